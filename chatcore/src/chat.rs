@@ -1,0 +1,264 @@
+//! One chat turn: validate -> session check -> rate-limit token -> per-session
+//! queue -> history -> model -> atomic append.
+//!
+//! Turns of one session run one at a time in arrival order (a fair FIFO
+//! async mutex per session), so stored history is never interleaved; turns
+//! of different sessions run in parallel. The rate-limit token is taken
+//! before queueing, so a rejected message never waits behind others.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::llm::{ChatRequest, Usage};
+use crate::types::{Message, SessionId};
+
+/// Longest user message accepted, in characters.
+pub const MAX_MESSAGE_CHARS: usize = 32_000;
+
+/// Tokens a message costs beyond its text (role and framing), per OpenAI's
+/// published accounting for chat models.
+const TOKENS_PER_MESSAGE: usize = 4;
+
+/// Estimated tokens of a message: one token per four characters (rounded
+/// up, counting chars rather than bytes so non-Latin text is not
+/// over-counted fourfold), plus [`TOKENS_PER_MESSAGE`]. Deliberately simple
+/// and dependency-free; it errs on the generous side for English text.
+pub fn estimate_tokens(text: &str) -> usize {
+    text.chars().count().div_ceil(4) + TOKENS_PER_MESSAGE
+}
+
+/// The most messages that can fit `context_tokens`: each costs at least
+/// `TOKENS_PER_MESSAGE + 1`. Bounds how much history a turn ever reads.
+pub(crate) fn history_read_limit(context_tokens: usize) -> usize {
+    context_tokens / (TOKENS_PER_MESSAGE + 1) + 1
+}
+
+/// Drops messages from the oldest end of `history` until it, the system
+/// prompt and the new message fit `context_tokens`; returns what remains.
+pub fn trim_history<'a>(
+    history: &'a [Message],
+    system: Option<&str>,
+    user: &str,
+    context_tokens: usize,
+) -> &'a [Message] {
+    let fixed = system.map_or(0, estimate_tokens) + estimate_tokens(user);
+    let mut budget = context_tokens.saturating_sub(fixed);
+    let mut keep = 0;
+    for m in history.iter().rev() {
+        let cost = estimate_tokens(&m.content);
+        if cost > budget {
+            break;
+        }
+        budget -= cost;
+        keep += 1;
+    }
+    &history[history.len() - keep..]
+}
+
+/// The answer to one successful turn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatReply {
+    /// The session the turn belongs to.
+    pub session_id: SessionId,
+    /// The assistant's reply.
+    pub content: String,
+    /// The session's quota per minute.
+    pub limit: u32,
+    /// Messages the session may still send right now.
+    pub remaining: u32,
+    /// Token usage, when the model reported it.
+    pub usage: Option<Usage>,
+}
+
+/// Builds the request for one turn, borrowing everything.
+pub(crate) fn request<'a>(
+    system: Option<&'a str>,
+    history: &'a [Message],
+    user: &'a str,
+    context_tokens: usize,
+) -> ChatRequest<'a> {
+    ChatRequest {
+        system,
+        history: trim_history(history, system, user, context_tokens),
+        user,
+    }
+}
+
+/// Validates a user message.
+pub(crate) fn validate_message(content: &str) -> Result<()> {
+    if content.trim().is_empty() {
+        return Err(Error::invalid("content", "content must not be empty"));
+    }
+    if content.len() > MAX_MESSAGE_CHARS && content.chars().count() > MAX_MESSAGE_CHARS {
+        return Err(Error::invalid(
+            "content",
+            format!("content must be at most {MAX_MESSAGE_CHARS} characters"),
+        ));
+    }
+    Ok(())
+}
+
+const SHARDS: usize = 16;
+
+type LockMap = HashMap<SessionId, Arc<AsyncMutex<()>>>;
+
+/// One FIFO queue per session with a turn in flight; a session's entry is
+/// removed when its last turn ends, so the map holds only busy sessions.
+#[derive(Debug, Default)]
+pub(crate) struct TurnQueues {
+    shards: [Mutex<LockMap>; SHARDS],
+    hasher: std::collections::hash_map::RandomState,
+}
+
+/// Holds a session's turn slot; releasing it lets the next turn in.
+pub(crate) struct TurnSlot<'a> {
+    queues: &'a TurnQueues,
+    id: SessionId,
+    guard: Option<OwnedMutexGuard<()>>,
+}
+
+impl TurnQueues {
+    fn shard(&self, id: &SessionId) -> &Mutex<LockMap> {
+        let mut h = self.hasher.build_hasher();
+        id.hash(&mut h);
+        &self.shards[(h.finish() as usize) % SHARDS]
+    }
+
+    /// Waits for `id`'s earlier turns to finish (in arrival order).
+    pub(crate) async fn enter(&self, id: SessionId) -> TurnSlot<'_> {
+        let lock = {
+            let mut map = self.shard(&id).lock().unwrap_or_else(|p| p.into_inner());
+            Arc::clone(map.entry(id).or_default())
+        };
+        let guard = lock.lock_owned().await;
+        TurnSlot {
+            queues: self,
+            id,
+            guard: Some(guard),
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn busy_sessions(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len())
+            .sum()
+    }
+}
+
+impl Drop for TurnSlot<'_> {
+    fn drop(&mut self) {
+        // Release first, then remove the entry if nobody else holds or
+        // waits on it. Clones are only made under the shard lock, so a count
+        // of 1 (the map's own) under that lock means no one can be waiting.
+        drop(self.guard.take());
+        let mut map = self
+            .queues
+            .shard(&self.id)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(lock) = map.get(&self.id) {
+            if Arc::strong_count(lock) == 1 {
+                map.remove(&self.id);
+            }
+        }
+    }
+}
+
+/// Maps a rate-limit rejection to its error.
+pub(crate) fn rate_limited(limit: u32, retry_after: std::time::Duration) -> Error {
+    // Whole seconds, at least one: a client told "0" would retry at once.
+    let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+    Error::new(
+        ErrorKind::RateLimited,
+        format!("Rate limit exceeded: {limit} messages per minute"),
+    )
+    .with_retry_after(std::time::Duration::from_secs(secs.max(1)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::Role;
+    use chrono::Utc;
+
+    fn msg(content: &str) -> Message {
+        Message {
+            role: Role::User,
+            content: content.to_owned(),
+            created_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn estimate_counts_chars_not_bytes() {
+        assert_eq!(estimate_tokens(""), 4);
+        assert_eq!(estimate_tokens("abcd"), 5);
+        assert_eq!(estimate_tokens("abcde"), 6);
+        assert_eq!(estimate_tokens("ééééé"), 6);
+    }
+
+    #[test]
+    fn trimming_drops_the_oldest_first() {
+        let history: Vec<Message> = (0..10).map(|i| msg(&format!("{i:0>40}"))).collect();
+        // 40 chars -> 14 tokens each; user "hi" -> 5; budget 50 -> 3 messages.
+        let kept = trim_history(&history, None, "hi", 50);
+        assert_eq!(kept.len(), 3);
+        assert_eq!(kept[0].content, history[7].content);
+        assert_eq!(trim_history(&history, None, "hi", 1_000_000).len(), 10);
+        assert!(trim_history(&history, Some(&"x".repeat(400)), "hi", 50).is_empty());
+    }
+
+    #[test]
+    fn read_limit_covers_every_message_that_could_fit() {
+        let limit = history_read_limit(3000);
+        let tiny: Vec<Message> = (0..limit + 50).map(|_| msg("")).collect();
+        assert!(trim_history(&tiny, None, "", 3000).len() < limit);
+    }
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds() {
+        let e = rate_limited(5, std::time::Duration::from_millis(10));
+        assert_eq!(e.retry_after(), Some(std::time::Duration::from_secs(1)));
+        let e = rate_limited(5, std::time::Duration::from_millis(11_500));
+        assert_eq!(e.retry_after(), Some(std::time::Duration::from_secs(12)));
+        assert_eq!(e.to_string(), "Rate limit exceeded: 5 messages per minute");
+    }
+
+    #[test]
+    fn empty_and_oversized_messages_are_rejected() {
+        assert!(validate_message("   ").is_err());
+        assert!(validate_message(&"a".repeat(MAX_MESSAGE_CHARS + 1)).is_err());
+        assert!(validate_message("Hello").is_ok());
+    }
+
+    #[tokio::test]
+    async fn queues_are_fifo_and_cleaned_up() {
+        let queues = Arc::new(TurnQueues::default());
+        let id = SessionId::new_v4();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let first = queues.enter(id).await;
+        let mut tasks = Vec::new();
+        for i in 0..5 {
+            let (q, o) = (Arc::clone(&queues), Arc::clone(&order));
+            tasks.push(tokio::spawn(async move {
+                let _slot = q.enter(id).await;
+                o.lock().unwrap().push(i);
+            }));
+            // Let task i queue before task i + 1 arrives.
+            tokio::task::yield_now().await;
+            tokio::task::yield_now().await;
+        }
+        drop(first);
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(*order.lock().unwrap(), vec![0, 1, 2, 3, 4]);
+        assert_eq!(queues.busy_sessions(), 0);
+    }
+}

@@ -1,0 +1,237 @@
+//! The one error type of chatcore: what went wrong ([`ErrorKind`]), whose
+//! fault it is ([`Fault`]), and the cause chain behind it.
+//!
+//! Each kind maps to exactly one row of the gateway's error table, so an
+//! HTTP layer can translate errors with one exhaustive `match` and a new
+//! kind forces a decision there.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::time::Duration;
+
+/// A boxed error that can cross threads, used as an [`Error`]'s cause.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// `Result` with chatcore's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong. Each kind corresponds to one row of the error table in
+/// the product contract (SPEC §2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The request was malformed: a missing or empty field, a bad value.
+    InvalidInput,
+    /// The session does not exist (or the id is not a UUID).
+    SessionNotFound,
+    /// The session was idle past its timeout; it is never revived.
+    SessionExpired,
+    /// The session used up its message quota; see [`Error::retry_after`].
+    RateLimited,
+    /// The upstream model kept rate-limiting us after every retry.
+    UpstreamBusy,
+    /// The upstream model failed: 5xx, connection error, undecodable reply,
+    /// or our credentials were refused.
+    UpstreamFailed,
+    /// The upstream deadline passed before a reply arrived.
+    UpstreamTimeout,
+    /// The storage backend failed.
+    Storage,
+    /// Anything else: a bug or a broken invariant.
+    Internal,
+}
+
+/// Whose fault an error is, which decides how it is reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The caller sent something we cannot serve.
+    Client,
+    /// The upstream model misbehaved.
+    Upstream,
+    /// We (or our storage) failed.
+    Server,
+}
+
+impl ErrorKind {
+    /// Whose fault an error of this kind is.
+    pub fn fault(self) -> Fault {
+        match self {
+            ErrorKind::InvalidInput
+            | ErrorKind::SessionNotFound
+            | ErrorKind::SessionExpired
+            | ErrorKind::RateLimited => Fault::Client,
+            ErrorKind::UpstreamBusy | ErrorKind::UpstreamFailed | ErrorKind::UpstreamTimeout => {
+                Fault::Upstream
+            }
+            ErrorKind::Storage | ErrorKind::Internal => Fault::Server,
+        }
+    }
+}
+
+/// An error from chatcore.
+///
+/// `Display` prints this level only: a message that is safe to show a
+/// client (it never contains a secret). The cause, if any, is available
+/// through [`std::error::Error::source`] and belongs in the log.
+pub struct Error {
+    kind: ErrorKind,
+    message: Cow<'static, str>,
+    field: Option<&'static str>,
+    retry_after: Option<Duration>,
+    source: Option<BoxError>,
+}
+
+impl Error {
+    /// Creates an error of `kind` with a client-safe `message`.
+    pub fn new(kind: ErrorKind, message: impl Into<Cow<'static, str>>) -> Self {
+        Error {
+            kind,
+            message: message.into(),
+            field: None,
+            retry_after: None,
+            source: None,
+        }
+    }
+
+    /// An [`ErrorKind::InvalidInput`] error about the request field `field`.
+    pub fn invalid(field: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
+        Error::new(ErrorKind::InvalidInput, message).with_field(field)
+    }
+
+    /// The [`ErrorKind::SessionNotFound`] error.
+    pub fn session_not_found() -> Self {
+        Error::new(ErrorKind::SessionNotFound, "Session not found")
+    }
+
+    /// The [`ErrorKind::SessionExpired`] error.
+    pub fn session_expired() -> Self {
+        Error::new(ErrorKind::SessionExpired, "Session expired")
+    }
+
+    /// A [`ErrorKind::Storage`] error caused by `source`.
+    pub fn storage(source: impl Into<BoxError>) -> Self {
+        Error::new(ErrorKind::Storage, "storage failure").with_source(source)
+    }
+
+    /// A [`ErrorKind::Internal`] error caused by `source`.
+    pub fn internal(source: impl Into<BoxError>) -> Self {
+        Error::new(ErrorKind::Internal, "internal error").with_source(source)
+    }
+
+    /// Attaches the cause of this error.
+    #[must_use]
+    pub fn with_source(mut self, source: impl Into<BoxError>) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+
+    /// Names the request field an [`ErrorKind::InvalidInput`] error is about.
+    #[must_use]
+    pub fn with_field(mut self, field: &'static str) -> Self {
+        self.field = Some(field);
+        self
+    }
+
+    /// Says how long the caller should wait before trying again.
+    #[must_use]
+    pub fn with_retry_after(mut self, wait: Duration) -> Self {
+        self.retry_after = Some(wait);
+        self
+    }
+
+    /// What went wrong.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// Whose fault this error is.
+    pub fn fault(&self) -> Fault {
+        self.kind.fault()
+    }
+
+    /// The client-safe message (the same text `Display` prints).
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// For [`ErrorKind::InvalidInput`]: the request field at fault, if known.
+    pub fn field(&self) -> Option<&'static str> {
+        self.field
+    }
+
+    /// For [`ErrorKind::RateLimited`] and [`ErrorKind::UpstreamBusy`]: how
+    /// long to wait before trying again, when known.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+
+    /// The whole cause chain on one line, `outer: inner: innermost`, for logs.
+    pub fn chain(&self) -> String {
+        let mut out = self.message.to_string();
+        let mut next = std::error::Error::source(self);
+        while let Some(cause) = next {
+            out.push_str(": ");
+            out.push_str(&cause.to_string());
+            next = cause.source();
+        }
+        out
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Error");
+        d.field("kind", &self.kind).field("message", &self.message);
+        if let Some(field) = self.field {
+            d.field("field", &field);
+        }
+        if let Some(wait) = self.retry_after {
+            d.field("retry_after", &wait);
+        }
+        if let Some(source) = &self.source {
+            d.field("source", source);
+        }
+        d.finish()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        Error::storage(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_joins_causes_and_display_prints_one_level() {
+        let io = std::io::Error::new(std::io::ErrorKind::Other, "disk full");
+        let e = Error::storage(io);
+        assert_eq!(e.to_string(), "storage failure");
+        assert_eq!(e.chain(), "storage failure: disk full");
+        assert_eq!(e.fault(), Fault::Server);
+    }
+
+    #[test]
+    fn every_kind_has_a_fault() {
+        assert_eq!(ErrorKind::RateLimited.fault(), Fault::Client);
+        assert_eq!(ErrorKind::UpstreamTimeout.fault(), Fault::Upstream);
+        assert_eq!(ErrorKind::Internal.fault(), Fault::Server);
+    }
+}

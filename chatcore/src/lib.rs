@@ -1,0 +1,404 @@
+//! # chatcore
+//!
+//! Everything an AI-chat product needs between its front end and an LLM,
+//! as a library. An application embeds it directly; the `chatgate` binary
+//! is a thin HTTP shell around it.
+//!
+//! ```no_run
+//! # async fn demo() -> chatcore::Result<()> {
+//! use chatcore::{ChatCore, OpenAiChat, SqliteStore};
+//!
+//! let core = ChatCore::builder()
+//!     .store(SqliteStore::open("chat.db")?)
+//!     .model(OpenAiChat::from_env()?)
+//!     .messages_per_minute(5)
+//!     .build()?;
+//! let session = core.sessions().initialize().await?;
+//! let reply = core.chat(session.session.id, "Hello").await?;
+//! println!("{}", reply.content);
+//! core.feedback().submit(session.session.id, "Helpful", None).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! ## The map
+//!
+//! - [`ChatCore`] (this file) is the facade: built once with
+//!   [`ChatCore::builder`], cheap to clone, shared by every request.
+//!   [`ChatCore::chat`] runs one turn.
+//! - [`chat`]: one turn. Validate, check the session, take a rate-limit
+//!   token, wait for the session's earlier turns (FIFO per session), trim
+//!   history to the context budget, call the model, append the user message
+//!   and the reply atomically.
+//! - [`session`]: [`SessionManager`] creates, looks up and purges sessions;
+//!   expiry is derived from `last_active` and the idle timeout.
+//! - [`feedback`]: [`FeedbackDesk`] validates and stores feedback.
+//! - [`rate_limit`]: the [`RateLimiter`] trait and the default keyed GCRA
+//!   limiter ([`GovernorLimiter`]), exact under concurrency, bounded memory.
+//! - [`llm`]: the [`ChatModel`] trait (complete, and stream with a provided
+//!   default) and the OpenAI chat-completions adapter [`OpenAiChat`].
+//! - [`storage`]: three small async traits (sessions, messages, feedback)
+//!   and two backends: [`MemoryStore`] and [`SqliteStore`] (one writer
+//!   thread, group commit, WAL, migrations by `user_version`).
+//! - [`error`]: one [`Error`] whose [`ErrorKind`] maps one-to-one onto the
+//!   gateway's error table, with whose fault it is ([`Fault`]).
+//! - [`types`]: ids and records ([`SessionId`], [`Session`], [`Message`],
+//!   [`Role`], [`Feedback`], [`Rating`]). [`clock`]: where time comes from.
+//!
+//! chatcore has no HTTP server types and logs only what it swallows (model
+//! retries) and, when asked, the SQL it runs.
+
+pub mod chat;
+pub mod clock;
+pub mod error;
+pub mod feedback;
+pub mod llm;
+pub mod rate_limit;
+pub mod session;
+pub mod storage;
+pub mod types;
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use chat::{estimate_tokens, trim_history, ChatReply};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::{BoxError, Error, ErrorKind, Fault, Result};
+pub use feedback::FeedbackDesk;
+pub use llm::{
+    ChatModel, ChatRequest, Completion, CompletionStream, OpenAiChat, OpenAiConfig, Usage,
+};
+pub use rate_limit::{Decision, GovernorLimiter, RateLimiter};
+pub use session::{SessionInfo, SessionManager};
+pub use storage::{
+    FeedbackStore, MemoryStore, MessageStore, SessionStore, SqliteOptions, SqliteStore, Store, Turn,
+};
+pub use types::{
+    format_time, Feedback, Message, NewSession, PurgeReport, Rating, Role, Session, SessionId,
+};
+
+use chat::{history_read_limit, rate_limited, request, validate_message, TurnQueues};
+
+/// The facade: sessions, chat turns, feedback, purge. Clone it freely; all
+/// clones share the same state.
+#[derive(Debug, Clone)]
+pub struct ChatCore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Arc<dyn Store>,
+    model: Arc<dyn ChatModel>,
+    limiter: Arc<dyn RateLimiter>,
+    clock: Arc<dyn Clock>,
+    sessions: SessionManager,
+    feedback: FeedbackDesk,
+    queues: TurnQueues,
+    system_prompt: Option<String>,
+    context_tokens: usize,
+    history_limit: usize,
+}
+
+/// Builds a [`ChatCore`]. Every setting has the product's default.
+#[derive(Debug)]
+pub struct ChatCoreBuilder {
+    store: Option<Arc<dyn Store>>,
+    model: Option<Arc<dyn ChatModel>>,
+    limiter: Option<Arc<dyn RateLimiter>>,
+    clock: Arc<dyn Clock>,
+    messages_per_minute: u32,
+    idle_timeout: Duration,
+    retention: Duration,
+    system_prompt: Option<String>,
+    context_tokens: usize,
+}
+
+impl Default for ChatCoreBuilder {
+    fn default() -> Self {
+        ChatCoreBuilder {
+            store: None,
+            model: None,
+            limiter: None,
+            clock: Arc::new(SystemClock),
+            messages_per_minute: 5,
+            idle_timeout: Duration::from_secs(30 * 60),
+            retention: Duration::from_secs(183 * 24 * 3600),
+            system_prompt: None,
+            context_tokens: 3000,
+        }
+    }
+}
+
+impl ChatCoreBuilder {
+    /// The storage backend (required).
+    #[must_use]
+    pub fn store(self, store: impl Store + 'static) -> Self {
+        self.shared_store(Arc::new(store))
+    }
+
+    /// The storage backend, already shared (required unless
+    /// [`ChatCoreBuilder::store`] is used).
+    #[must_use]
+    pub fn shared_store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// The model (required).
+    #[must_use]
+    pub fn model(self, model: impl ChatModel + 'static) -> Self {
+        self.shared_model(Arc::new(model))
+    }
+
+    /// The model, already shared.
+    #[must_use]
+    pub fn shared_model(mut self, model: Arc<dyn ChatModel>) -> Self {
+        self.model = Some(model);
+        self
+    }
+
+    /// Messages per minute per session, with a burst of the same size
+    /// (default 5). Ignored when [`ChatCoreBuilder::rate_limiter`] is set.
+    #[must_use]
+    pub fn messages_per_minute(mut self, n: u32) -> Self {
+        self.messages_per_minute = n;
+        self
+    }
+
+    /// A rate limiter of your own instead of the default GCRA limiter.
+    #[must_use]
+    pub fn rate_limiter(mut self, limiter: Arc<dyn RateLimiter>) -> Self {
+        self.limiter = Some(limiter);
+        self
+    }
+
+    /// How long a session may stay idle before it expires (default 30 min).
+    #[must_use]
+    pub fn idle_timeout(mut self, d: Duration) -> Self {
+        self.idle_timeout = d;
+        self
+    }
+
+    /// How long an idle session's data is kept (default 183 days).
+    #[must_use]
+    pub fn retention(mut self, d: Duration) -> Self {
+        self.retention = d;
+        self
+    }
+
+    /// The default system prompt; empty means none (the default).
+    #[must_use]
+    pub fn system_prompt(mut self, prompt: impl Into<String>) -> Self {
+        let prompt = prompt.into();
+        self.system_prompt = (!prompt.is_empty()).then_some(prompt);
+        self
+    }
+
+    /// The token budget for system prompt, history and new message
+    /// (default 3000); history is trimmed from the oldest end to fit.
+    #[must_use]
+    pub fn context_tokens(mut self, n: usize) -> Self {
+        self.context_tokens = n;
+        self
+    }
+
+    /// Where time comes from (default: the system clock).
+    #[must_use]
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Builds the facade.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidInput`] when the store or model is missing, or
+    /// `messages_per_minute`, `idle_timeout` or `context_tokens` is zero.
+    pub fn build(self) -> Result<ChatCore> {
+        let store = self
+            .store
+            .ok_or_else(|| Error::invalid("store", "a storage backend is required"))?;
+        let model = self
+            .model
+            .ok_or_else(|| Error::invalid("model", "a model is required"))?;
+        let limiter = match self.limiter {
+            Some(l) => l,
+            None => {
+                let n = NonZeroU32::new(self.messages_per_minute).ok_or_else(|| {
+                    Error::invalid(
+                        "messages_per_minute",
+                        "messages_per_minute must be at least 1",
+                    )
+                })?;
+                Arc::new(GovernorLimiter::new(n))
+            }
+        };
+        if self.idle_timeout.is_zero() {
+            return Err(Error::invalid(
+                "idle_timeout",
+                "idle_timeout must be positive",
+            ));
+        }
+        if self.context_tokens == 0 {
+            return Err(Error::invalid(
+                "context_tokens",
+                "context_tokens must be positive",
+            ));
+        }
+        let sessions = SessionManager::new(
+            Arc::clone(&store),
+            Arc::clone(&self.clock),
+            self.idle_timeout,
+            self.retention,
+        );
+        let feedback = FeedbackDesk::new(Arc::clone(&store), Arc::clone(&self.clock));
+        Ok(ChatCore {
+            inner: Arc::new(Inner {
+                store,
+                model,
+                limiter,
+                clock: self.clock,
+                sessions,
+                feedback,
+                queues: TurnQueues::default(),
+                system_prompt: self.system_prompt,
+                history_limit: history_read_limit(self.context_tokens),
+                context_tokens: self.context_tokens,
+            }),
+        })
+    }
+}
+
+impl ChatCore {
+    /// A builder with the product's defaults.
+    pub fn builder() -> ChatCoreBuilder {
+        ChatCoreBuilder::default()
+    }
+
+    /// Session management.
+    pub fn sessions(&self) -> &SessionManager {
+        &self.inner.sessions
+    }
+
+    /// Feedback.
+    pub fn feedback(&self) -> &FeedbackDesk {
+        &self.inner.feedback
+    }
+
+    /// The rate limiter in use.
+    pub fn rate_limiter(&self) -> &dyn RateLimiter {
+        &*self.inner.limiter
+    }
+
+    /// The storage backend in use.
+    pub fn store(&self) -> &dyn Store {
+        &*self.inner.store
+    }
+
+    /// Runs one chat turn: `content` from the user to session `id`.
+    ///
+    /// On success the user message and the reply are stored atomically and
+    /// the session's `last_active` moves; on any failure nothing is stored.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidInput`] (empty or oversized content),
+    /// [`ErrorKind::SessionNotFound`], [`ErrorKind::SessionExpired`],
+    /// [`ErrorKind::RateLimited`] (with a retry-after), the upstream kinds
+    /// from the model, and [`ErrorKind::Storage`].
+    pub async fn chat(&self, id: SessionId, content: &str) -> Result<ChatReply> {
+        let inner = &*self.inner;
+        validate_message(content)?;
+        let session = inner
+            .store
+            .get_session(id)
+            .await?
+            .ok_or_else(Error::session_not_found)?;
+        if !inner.sessions.is_active(&session) {
+            return Err(Error::session_expired());
+        }
+        let remaining = match inner.limiter.check(id) {
+            Decision::Allowed { remaining } => remaining,
+            Decision::Limited { retry_after } => {
+                return Err(rate_limited(inner.limiter.limit(), retry_after))
+            }
+        };
+        let user_at = inner.clock.now();
+        let _slot = inner.queues.enter(id).await;
+        // Re-read under the queue: earlier turns may have added history, and
+        // the session may have been purged or expired while we waited.
+        let (session, history) = inner
+            .store
+            .load_turn_context(id, inner.history_limit)
+            .await?
+            .ok_or_else(Error::session_not_found)?;
+        if !inner.sessions.is_active(&session) {
+            return Err(Error::session_expired());
+        }
+        let system = session
+            .system_prompt
+            .as_deref()
+            .or(inner.system_prompt.as_deref())
+            .filter(|s| !s.is_empty());
+        let completion = inner
+            .model
+            .complete(request(system, &history, content, inner.context_tokens))
+            .await?;
+        inner
+            .store
+            .append_turn(
+                id,
+                Turn {
+                    user: content,
+                    user_at,
+                    reply: &completion.content,
+                    reply_at: inner.clock.now(),
+                },
+            )
+            .await?;
+        Ok(ChatReply {
+            session_id: id,
+            content: completion.content,
+            limit: inner.limiter.limit(),
+            remaining,
+            usage: completion.usage,
+        })
+    }
+
+    /// Runs one retention sweep: purges sessions idle past retention and
+    /// lets the rate limiter forget idle keys.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Storage`]; nothing is deleted then.
+    pub async fn sweep(&self) -> Result<PurgeReport> {
+        self.inner.limiter.forget_idle();
+        self.inner.sessions.purge().await
+    }
+
+    /// Spawns a task that calls [`ChatCore::sweep`] every `interval` (the
+    /// first after one interval) and hands each outcome to `report`. Abort
+    /// the returned handle to stop it.
+    pub fn spawn_sweeper<F>(&self, interval: Duration, report: F) -> tokio::task::JoinHandle<()>
+    where
+        F: Fn(Result<PurgeReport>) + Send + Sync + 'static,
+    {
+        let core = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval.max(Duration::from_millis(10)));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await; // the first tick is immediate
+            loop {
+                tick.tick().await;
+                report(core.sweep().await);
+            }
+        })
+    }
+
+    /// Checks that storage is reachable.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Storage`] when it is not.
+    pub async fn ready(&self) -> Result<()> {
+        self.inner.store.ping().await
+    }
+}

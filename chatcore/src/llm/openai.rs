@@ -1,0 +1,546 @@
+//! The OpenAI chat-completions adapter: any OpenAI-compatible base URL
+//! (OpenAI, vLLM, Ollama, llama.cpp server, Azure-style proxies).
+//!
+//! One pooled keep-alive client (`TCP_NODELAY`, connect timeout). Every call
+//! has a total deadline; connection errors, 429 and 5xx are retried with
+//! exponential backoff and full jitter, honouring `Retry-After`, up to
+//! `max_retries`, all inside the deadline. Other 4xx are final. Errors are
+//! classified into chatcore kinds and never carry the API key.
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::StatusCode;
+use slog::Logger;
+use tokio::time::Instant;
+
+use super::{ChatModel, ChatRequest, Completion, CompletionStream, Usage};
+use crate::error::{Error, ErrorKind, Result};
+
+mod wire;
+
+/// OpenAI's public endpoint, the default base URL.
+pub const OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
+
+/// Settings of the OpenAI adapter.
+#[derive(Clone)]
+pub struct OpenAiConfig {
+    /// Base URL; `/chat/completions` is appended.
+    pub base_url: String,
+    /// Model name, e.g. `gpt-3.5-turbo`.
+    pub model: String,
+    /// Sampling temperature.
+    pub temperature: f32,
+    /// The API key, sent as `Authorization: Bearer`; `None` sends none.
+    pub api_key: Option<String>,
+    /// Total deadline for one call, retries included.
+    pub timeout: Duration,
+    /// Deadline for opening one connection.
+    pub connect_timeout: Duration,
+    /// Retries after the first attempt.
+    pub max_retries: u32,
+    /// The first backoff; each retry doubles it (before jitter).
+    pub backoff: Duration,
+}
+
+impl fmt::Debug for OpenAiConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OpenAiConfig")
+            .field("base_url", &self.base_url)
+            .field("model", &self.model)
+            .field("temperature", &self.temperature)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("timeout", &self.timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("max_retries", &self.max_retries)
+            .field("backoff", &self.backoff)
+            .finish()
+    }
+}
+
+impl Default for OpenAiConfig {
+    fn default() -> Self {
+        OpenAiConfig {
+            base_url: OPENAI_BASE_URL.to_owned(),
+            model: "gpt-3.5-turbo".to_owned(),
+            temperature: 0.7,
+            api_key: None,
+            timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(5),
+            max_retries: 2,
+            backoff: Duration::from_millis(200),
+        }
+    }
+}
+
+/// A [`ChatModel`] speaking OpenAI chat completions over HTTP.
+pub struct OpenAiChat {
+    client: reqwest::Client,
+    url: String,
+    config: OpenAiConfig,
+    log: Option<Logger>,
+}
+
+impl fmt::Debug for OpenAiChat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OpenAiChat")
+            .field("url", &self.url)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OpenAiChat {
+    /// An adapter with `config`.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidInput`] when the base URL is not http(s) or the
+    /// key cannot be sent as a header; [`ErrorKind::Internal`] when the HTTP
+    /// client cannot be built.
+    pub fn new(config: OpenAiConfig) -> Result<Self> {
+        let base = config.base_url.trim_end_matches('/');
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(Error::invalid(
+                "base_url",
+                format!("base_url must start with http:// or https://, got {base:?}"),
+            ));
+        }
+        let url = format!("{base}/chat/completions");
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(key) = &config.api_key {
+            let mut value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
+                Error::invalid(
+                    "api_key",
+                    "the API key contains characters a header cannot carry",
+                )
+            })?;
+            value.set_sensitive(true);
+            headers.insert(AUTHORIZATION, value);
+        }
+        let client = reqwest::Client::builder()
+            .default_headers(headers)
+            .user_agent(concat!("chatcore/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(config.connect_timeout)
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()
+            .map_err(Error::internal)?;
+        Ok(OpenAiChat {
+            client,
+            url,
+            config,
+            log: None,
+        })
+    }
+
+    /// An adapter configured from the environment: `OPENAI_API_KEY`, and
+    /// `OPENAI_BASE_URL` (default: OpenAI's) and `OPENAI_MODEL` when set.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidInput`] when the base URL is OpenAI's and
+    /// `OPENAI_API_KEY` is unset; otherwise as [`OpenAiChat::new`].
+    pub fn from_env() -> Result<Self> {
+        let mut config = OpenAiConfig::default();
+        if let Ok(url) = std::env::var("OPENAI_BASE_URL") {
+            config.base_url = url;
+        }
+        if let Ok(model) = std::env::var("OPENAI_MODEL") {
+            config.model = model;
+        }
+        config.api_key = std::env::var("OPENAI_API_KEY")
+            .ok()
+            .filter(|k| !k.is_empty());
+        if config.api_key.is_none() && config.base_url.trim_end_matches('/') == OPENAI_BASE_URL {
+            return Err(Error::invalid(
+                "api_key",
+                "OPENAI_API_KEY is not set (required for api.openai.com)",
+            ));
+        }
+        OpenAiChat::new(config)
+    }
+
+    /// Reports retries to `log` (the only thing the adapter logs: what it
+    /// swallows).
+    #[must_use]
+    pub fn with_logger(mut self, log: Logger) -> Self {
+        self.log = Some(log);
+        self
+    }
+
+    /// The settings in use.
+    pub fn config(&self) -> &OpenAiConfig {
+        &self.config
+    }
+
+    /// Sends `body` until a non-retryable outcome, the retry budget or the
+    /// deadline ends it; returns the successful response.
+    async fn send(&self, body: Vec<u8>, deadline: Instant) -> Result<reqwest::Response> {
+        // `Bytes` clones are reference-counted: a retry does not copy the body.
+        let body = bytes::Bytes::from(body);
+        let mut attempt: u32 = 0;
+        loop {
+            let outcome = match tokio::time::timeout_at(
+                deadline,
+                self.client.post(&self.url).body(body.clone()).send(),
+            )
+            .await
+            {
+                Err(_) => return Err(timed_out()),
+                Ok(Ok(resp)) => classify(resp).await,
+                Ok(Err(e)) if e.is_timeout() => Attempt::Retry(
+                    Error::new(ErrorKind::UpstreamFailed, "Upstream connection timed out")
+                        .with_source(scrub(e, self.config.api_key.as_deref())),
+                    None,
+                ),
+                Ok(Err(e)) => Attempt::Retry(
+                    Error::new(ErrorKind::UpstreamFailed, "Upstream connection error")
+                        .with_source(scrub(e, self.config.api_key.as_deref())),
+                    None,
+                ),
+            };
+            let (error, hint) = match outcome {
+                Attempt::Done(resp) => return Ok(resp),
+                Attempt::Fail(error) => return Err(error),
+                Attempt::Retry(error, hint) => (error, hint),
+            };
+            if attempt >= self.config.max_retries {
+                return Err(error);
+            }
+            let wait = backoff(self.config.backoff, attempt, hint);
+            if Instant::now() + wait >= deadline {
+                // Waiting would overrun the deadline: report what we know.
+                return Err(error);
+            }
+            if let Some(log) = &self.log {
+                slog::warn!(log, "retrying upstream";
+                    "attempt" => attempt + 1,
+                    "wait_ms" => wait.as_millis() as u64,
+                    "error" => error.chain());
+            }
+            tokio::time::sleep(wait).await;
+            attempt += 1;
+        }
+    }
+
+    fn body(&self, request: ChatRequest<'_>, stream: bool) -> Result<Vec<u8>> {
+        serde_json::to_vec(&wire::RequestBody {
+            model: &self.config.model,
+            messages: wire::Messages(request),
+            temperature: self.config.temperature,
+            stream,
+        })
+        .map_err(Error::internal)
+    }
+}
+
+fn timed_out() -> Error {
+    Error::new(ErrorKind::UpstreamTimeout, "Upstream timed out")
+}
+
+/// What one attempt came to.
+enum Attempt {
+    Done(reqwest::Response),
+    /// Worth another try, with the upstream's `Retry-After` if it gave one.
+    Retry(Error, Option<Duration>),
+    Fail(Error),
+}
+
+async fn classify(resp: reqwest::Response) -> Attempt {
+    let status = resp.status();
+    if status.is_success() {
+        return Attempt::Done(resp);
+    }
+    let hint = retry_after(resp.headers());
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        let mut e = Error::new(
+            ErrorKind::UpstreamBusy,
+            "Upstream is rate limiting requests (429)",
+        );
+        if let Some(wait) = hint {
+            e = e.with_retry_after(wait);
+        }
+        return Attempt::Retry(e, hint);
+    }
+    if status.is_server_error() {
+        let e = Error::new(
+            ErrorKind::UpstreamFailed,
+            format!("Upstream error: status {}", status.as_u16()),
+        );
+        return Attempt::Retry(e, hint);
+    }
+    if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+        // The body may quote part of the key: it is not read, not logged.
+        return Attempt::Fail(Error::new(
+            ErrorKind::UpstreamFailed,
+            format!(
+                "Upstream refused our credentials: status {}",
+                status.as_u16()
+            ),
+        ));
+    }
+    Attempt::Fail(Error::new(
+        ErrorKind::UpstreamFailed,
+        format!("Upstream rejected the request: status {}", status.as_u16()),
+    ))
+}
+
+/// `Retry-After` in seconds, or OpenAI's `retry-after-ms`.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    if let Some(ms) = headers
+        .get("retry-after-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+    {
+        if ms.is_finite() && ms >= 0.0 {
+            return Some(Duration::from_secs_f64(ms / 1000.0));
+        }
+    }
+    let secs = headers
+        .get(RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<f64>()
+        .ok()?;
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(3600.0)))
+}
+
+/// Exponential backoff with full jitter, never shorter than the upstream's
+/// `Retry-After`.
+fn backoff(base: Duration, attempt: u32, hint: Option<Duration>) -> Duration {
+    let ceiling = base.saturating_mul(1u32 << attempt.min(16));
+    let jittered = ceiling.mul_f64(0.5 + fastrand::f64() * 0.5);
+    match hint {
+        Some(h) => h.max(jittered),
+        None => jittered,
+    }
+}
+
+/// Removes the key from an error's text, should a transport error quote it.
+fn scrub(e: reqwest::Error, key: Option<&str>) -> Error {
+    let e = e.without_url();
+    let mut chain = e.to_string();
+    let mut next = std::error::Error::source(&e);
+    while let Some(cause) = next {
+        chain.push_str(": ");
+        chain.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    if let Some(key) = key.filter(|k| !k.is_empty()) {
+        chain = chain.replace(key, "<redacted>");
+    }
+    Error::new(ErrorKind::UpstreamFailed, chain)
+}
+
+#[async_trait]
+impl ChatModel for OpenAiChat {
+    async fn complete(&self, request: ChatRequest<'_>) -> Result<Completion> {
+        let deadline = Instant::now() + self.config.timeout;
+        let body = self.body(request, false)?;
+        let resp = self.send(body, deadline).await?;
+        let bytes = match tokio::time::timeout_at(deadline, resp.bytes()).await {
+            Err(_) => return Err(timed_out()),
+            Ok(Err(e)) => {
+                return Err(
+                    Error::new(ErrorKind::UpstreamFailed, "Upstream connection error")
+                        .with_source(scrub(e, self.config.api_key.as_deref())),
+                )
+            }
+            Ok(Ok(bytes)) => bytes,
+        };
+        let parsed: wire::ResponseBody = serde_json::from_slice(&bytes).map_err(|e| {
+            Error::new(
+                ErrorKind::UpstreamFailed,
+                "Upstream sent an invalid response (bad JSON)",
+            )
+            .with_source(e)
+        })?;
+        let content = parsed
+            .choices
+            .into_iter()
+            .next()
+            .and_then(|c| c.message.content)
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::UpstreamFailed,
+                    "Upstream sent an invalid response (no message content)",
+                )
+            })?;
+        Ok(Completion {
+            content,
+            usage: parsed.usage.map(|u| Usage {
+                prompt_tokens: u.prompt_tokens,
+                completion_tokens: u.completion_tokens,
+            }),
+        })
+    }
+
+    async fn stream(&self, request: ChatRequest<'_>) -> Result<CompletionStream> {
+        let deadline = Instant::now() + self.config.timeout;
+        let body = self.body(request, true)?;
+        let mut resp = self.send(body, deadline).await?;
+        let (tx, stream) = CompletionStream::channel(16);
+        let key = self.config.api_key.clone();
+        tokio::spawn(async move {
+            let mut parser = SseParser::default();
+            loop {
+                let chunk = match tokio::time::timeout_at(deadline, resp.chunk()).await {
+                    Err(_) => Err(timed_out()),
+                    Ok(Err(e)) => Err(Error::new(
+                        ErrorKind::UpstreamFailed,
+                        "Upstream connection error",
+                    )
+                    .with_source(scrub(e, key.as_deref()))),
+                    Ok(Ok(None)) => Err(Error::new(
+                        ErrorKind::UpstreamFailed,
+                        "Upstream closed the stream before [DONE]",
+                    )),
+                    Ok(Ok(Some(bytes))) => Ok(bytes),
+                };
+                let bytes = match chunk {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                };
+                for event in parser.feed(&bytes) {
+                    match event {
+                        SseEvent::Done => return,
+                        SseEvent::Piece(p) => {
+                            if tx.send(Ok(p)).await.is_err() {
+                                return; // the reader went away
+                            }
+                        }
+                        SseEvent::Bad(e) => {
+                            let _ = tx.send(Err(e)).await;
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(stream)
+    }
+}
+
+/// One decoded server-sent event of a chat-completions stream.
+#[derive(Debug)]
+enum SseEvent {
+    Piece(String),
+    Done,
+    Bad(Error),
+}
+
+/// Splits a byte stream into `data:` lines and decodes them.
+#[derive(Debug, Default)]
+struct SseParser {
+    pending: Vec<u8>,
+}
+
+impl SseParser {
+    fn feed(&mut self, bytes: &[u8]) -> Vec<SseEvent> {
+        self.pending.extend_from_slice(bytes);
+        let mut events = Vec::new();
+        while let Some(nl) = self.pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.pending.drain(..=nl).collect();
+            let line = line.strip_suffix(b"\n").unwrap_or(&line);
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let Some(data) = line.strip_prefix(b"data:") else {
+                continue; // blank separators, comments, other fields
+            };
+            let data = data.strip_prefix(b" ").unwrap_or(data);
+            if data == b"[DONE]" {
+                events.push(SseEvent::Done);
+                break;
+            }
+            match serde_json::from_slice::<wire::StreamChunk>(data) {
+                Ok(chunk) => {
+                    if let Some(text) = chunk
+                        .choices
+                        .into_iter()
+                        .next()
+                        .and_then(|c| c.delta.content)
+                    {
+                        if !text.is_empty() {
+                            events.push(SseEvent::Piece(text));
+                        }
+                    }
+                }
+                Err(e) => {
+                    events.push(SseEvent::Bad(
+                        Error::new(
+                            ErrorKind::UpstreamFailed,
+                            "Upstream sent an invalid stream event",
+                        )
+                        .with_source(e),
+                    ));
+                    break;
+                }
+            }
+        }
+        events
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_honours_retry_after() {
+        let base = Duration::from_millis(100);
+        for attempt in 0..4 {
+            let b = backoff(base, attempt, None);
+            let ceiling = base * (1 << attempt);
+            assert!(b >= ceiling / 2 && b <= ceiling, "{b:?} vs {ceiling:?}");
+        }
+        assert!(backoff(base, 0, Some(Duration::from_secs(2))) >= Duration::from_secs(2));
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_ms() {
+        let mut h = HeaderMap::new();
+        h.insert(RETRY_AFTER, HeaderValue::from_static("3"));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(3)));
+        h.insert("retry-after-ms", HeaderValue::from_static("250"));
+        assert_eq!(retry_after(&h), Some(Duration::from_millis(250)));
+        let mut bad = HeaderMap::new();
+        bad.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
+        assert_eq!(retry_after(&bad), None);
+    }
+
+    #[test]
+    fn sse_parser_handles_split_lines_and_done() {
+        let mut p = SseParser::default();
+        let first = p.feed(b"data: {\"choices\":[{\"delta\":{\"content\":\"Hel");
+        assert!(first.is_empty());
+        let events = p.feed(b"lo\"}}]}\n\n: comment\ndata: [DONE]\n\n");
+        assert!(matches!(&events[0], SseEvent::Piece(s) if s == "Hello"));
+        assert!(matches!(events[1], SseEvent::Done));
+    }
+
+    #[test]
+    fn base_url_must_be_http() {
+        let cfg = OpenAiConfig {
+            base_url: "ftp://example".into(),
+            ..OpenAiConfig::default()
+        };
+        assert_eq!(
+            OpenAiChat::new(cfg).unwrap_err().kind(),
+            ErrorKind::InvalidInput
+        );
+    }
+
+    #[test]
+    fn debug_hides_the_key() {
+        let cfg = OpenAiConfig {
+            api_key: Some("sk-secret-123".into()),
+            ..OpenAiConfig::default()
+        };
+        assert!(!format!("{cfg:?}").contains("sk-secret-123"));
+    }
+}

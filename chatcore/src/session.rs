@@ -1,0 +1,167 @@
+//! `SessionManager`: create, look up, expire and purge sessions.
+//!
+//! Expiry is derived, not stored: a session is active while `last_active`
+//! plus the idle timeout is in the future. `last_active` moves only when a
+//! turn succeeds, and a turn is only started on an active session, so an
+//! expired session is never revived.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::clock::Clock;
+use crate::error::{Error, Result};
+use crate::storage::Store;
+use crate::types::{Message, NewSession, PurgeReport, Session, SessionId};
+
+/// Longest per-session system prompt accepted, in characters.
+pub const MAX_SYSTEM_PROMPT_CHARS: usize = 32_000;
+/// Largest session metadata accepted, in bytes of JSON.
+pub const MAX_METADATA_BYTES: usize = 16 * 1024;
+
+/// A session as seen at one moment: the stored record and whether it is
+/// still active.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionInfo {
+    /// The stored session.
+    pub session: Session,
+    /// Whether the session can still chat.
+    pub is_active: bool,
+}
+
+/// Creates, looks up and purges sessions.
+#[derive(Debug, Clone)]
+pub struct SessionManager {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    idle_timeout: Duration,
+    retention: Duration,
+}
+
+impl SessionManager {
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        idle_timeout: Duration,
+        retention: Duration,
+    ) -> Self {
+        SessionManager {
+            store,
+            clock,
+            idle_timeout,
+            retention,
+        }
+    }
+
+    /// Creates a session with default options.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Storage`](crate::ErrorKind::Storage) when it cannot be stored.
+    pub async fn initialize(&self) -> Result<SessionInfo> {
+        self.initialize_with(NewSession::default()).await
+    }
+
+    /// Creates a session with its own system prompt and/or metadata.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) when the
+    /// prompt is too long or the metadata is not a JSON object or too large;
+    /// [`ErrorKind::Storage`](crate::ErrorKind::Storage) when it cannot be stored.
+    pub async fn initialize_with(&self, options: NewSession) -> Result<SessionInfo> {
+        if let Some(prompt) = &options.system_prompt {
+            if prompt.chars().count() > MAX_SYSTEM_PROMPT_CHARS {
+                return Err(Error::invalid(
+                    "system_prompt",
+                    format!("system_prompt must be at most {MAX_SYSTEM_PROMPT_CHARS} characters"),
+                ));
+            }
+        }
+        if let Some(metadata) = &options.metadata {
+            if !metadata.is_object() {
+                return Err(Error::invalid("metadata", "metadata must be a JSON object"));
+            }
+            let size = serde_json::to_vec(metadata).map_err(Error::internal)?.len();
+            if size > MAX_METADATA_BYTES {
+                return Err(Error::invalid(
+                    "metadata",
+                    format!("metadata must be at most {MAX_METADATA_BYTES} bytes of JSON"),
+                ));
+            }
+        }
+        let now = self.clock.now();
+        let session = Session {
+            id: SessionId::new_v4(),
+            created_at: now,
+            last_active: now,
+            system_prompt: options.system_prompt,
+            metadata: options.metadata,
+        };
+        self.store.insert_session(&session).await?;
+        Ok(SessionInfo {
+            is_active: true,
+            session,
+        })
+    }
+
+    /// Looks a session up.
+    ///
+    /// # Errors
+    /// [`ErrorKind::SessionNotFound`](crate::ErrorKind::SessionNotFound) when
+    /// there is no such session; [`ErrorKind::Storage`](crate::ErrorKind::Storage).
+    pub async fn get(&self, id: SessionId) -> Result<SessionInfo> {
+        let session = self
+            .store
+            .get_session(id)
+            .await?
+            .ok_or_else(Error::session_not_found)?;
+        Ok(self.info(session))
+    }
+
+    /// A session's whole history, oldest first.
+    ///
+    /// # Errors
+    /// [`ErrorKind::SessionNotFound`](crate::ErrorKind::SessionNotFound) when
+    /// there is no such session; [`ErrorKind::Storage`](crate::ErrorKind::Storage).
+    pub async fn messages(&self, id: SessionId) -> Result<Vec<Message>> {
+        match self.store.load_turn_context(id, usize::MAX).await? {
+            Some((_, messages)) => Ok(messages),
+            None => Err(Error::session_not_found()),
+        }
+    }
+
+    /// Deletes every session idle for longer than the retention period,
+    /// with its messages and feedback, in one transaction.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Storage`](crate::ErrorKind::Storage); nothing is deleted then.
+    pub async fn purge(&self) -> Result<PurgeReport> {
+        let retention = chrono::Duration::from_std(self.retention).unwrap_or(chrono::Duration::MAX);
+        let cutoff = self
+            .clock
+            .now()
+            .checked_sub_signed(retention)
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
+        self.store.purge_inactive_before(cutoff).await
+    }
+
+    /// Whether `session` is active now.
+    pub fn is_active(&self, session: &Session) -> bool {
+        session.is_active_at(self.clock.now(), self.idle_timeout)
+    }
+
+    pub(crate) fn info(&self, session: Session) -> SessionInfo {
+        SessionInfo {
+            is_active: self.is_active(&session),
+            session,
+        }
+    }
+
+    /// The idle timeout after which a session expires.
+    pub fn idle_timeout(&self) -> Duration {
+        self.idle_timeout
+    }
+
+    /// How long an idle session's data is kept.
+    pub fn retention(&self) -> Duration {
+        self.retention
+    }
+}

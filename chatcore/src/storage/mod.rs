@@ -1,0 +1,125 @@
+//! Storage backends: three small traits (sessions, messages, feedback) that
+//! a backend implements, and the two backends chatcore ships.
+//!
+//! A backend implements only what only it can provide; conveniences such as
+//! [`MessageStore::load_turn_context`] are provided methods a backend may
+//! override when it can do better (one round trip instead of two). Lookups
+//! return `Option`; a turn's two messages are appended in one atomic call.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::error::Result;
+use crate::types::{Feedback, Message, PurgeReport, Session, SessionId};
+
+mod memory;
+pub mod sqlite;
+
+pub use memory::MemoryStore;
+pub use sqlite::{SqliteOptions, SqliteStore};
+
+/// Stores sessions.
+#[async_trait]
+pub trait SessionStore: Send + Sync + std::fmt::Debug {
+    /// Stores a new session.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Storage`](crate::ErrorKind::Storage) when the backend fails.
+    async fn insert_session(&self, session: &Session) -> Result<()>;
+
+    /// Looks a session up; `None` when there is no such session.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Storage`](crate::ErrorKind::Storage) when the backend fails.
+    async fn get_session(&self, id: SessionId) -> Result<Option<Session>>;
+
+    /// Deletes, in one transaction, every session whose `last_active` is
+    /// before `cutoff`, with its messages and feedback.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Storage`](crate::ErrorKind::Storage) when the backend fails;
+    /// then nothing was deleted.
+    async fn purge_inactive_before(&self, cutoff: DateTime<Utc>) -> Result<PurgeReport>;
+
+    /// Checks that the backend is reachable (for readiness probes).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Storage`](crate::ErrorKind::Storage) when it is not.
+    async fn ping(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// The two messages of one successful chat turn.
+#[derive(Debug, Clone, Copy)]
+pub struct Turn<'a> {
+    /// The user's message.
+    pub user: &'a str,
+    /// When the user's message arrived.
+    pub user_at: DateTime<Utc>,
+    /// The assistant's reply.
+    pub reply: &'a str,
+    /// When the reply arrived; also the session's new `last_active`.
+    pub reply_at: DateTime<Utc>,
+}
+
+/// Stores the messages of sessions (which live in a [`SessionStore`]).
+#[async_trait]
+pub trait MessageStore: SessionStore {
+    /// The latest `limit` messages of a session, oldest first (all of them
+    /// when `limit` is `usize::MAX`). An unknown session has none.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Storage`](crate::ErrorKind::Storage) when the backend fails.
+    async fn recent_messages(&self, id: SessionId, limit: usize) -> Result<Vec<Message>>;
+
+    /// Appends a turn's user message and reply and sets the session's
+    /// `last_active` to `turn.reply_at`, atomically: all of it or none.
+    ///
+    /// # Errors
+    /// [`ErrorKind::SessionNotFound`](crate::ErrorKind::SessionNotFound) when
+    /// the session no longer exists (nothing is stored);
+    /// [`ErrorKind::Storage`](crate::ErrorKind::Storage) when the backend fails.
+    async fn append_turn(&self, id: SessionId, turn: Turn<'_>) -> Result<()>;
+
+    /// The session and its latest `limit` messages, in one call. The
+    /// provided version makes two calls; backends may do it in one.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Storage`](crate::ErrorKind::Storage) when the backend fails.
+    async fn load_turn_context(
+        &self,
+        id: SessionId,
+        limit: usize,
+    ) -> Result<Option<(Session, Vec<Message>)>> {
+        let Some(session) = self.get_session(id).await? else {
+            return Ok(None);
+        };
+        let history = self.recent_messages(id, limit).await?;
+        Ok(Some((session, history)))
+    }
+}
+
+/// Stores feedback.
+#[async_trait]
+pub trait FeedbackStore: Send + Sync + std::fmt::Debug {
+    /// Stores a piece of feedback about an existing session.
+    ///
+    /// # Errors
+    /// [`ErrorKind::SessionNotFound`](crate::ErrorKind::SessionNotFound) when
+    /// the session does not exist (nothing is stored);
+    /// [`ErrorKind::Storage`](crate::ErrorKind::Storage) when the backend fails.
+    async fn insert_feedback(&self, feedback: &Feedback) -> Result<()>;
+
+    /// All feedback about a session, oldest first.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Storage`](crate::ErrorKind::Storage) when the backend fails.
+    async fn list_feedback(&self, id: SessionId) -> Result<Vec<Feedback>>;
+}
+
+/// A complete storage backend: sessions, messages and feedback. Implemented
+/// automatically for any type that implements the three traits.
+pub trait Store: SessionStore + MessageStore + FeedbackStore {}
+
+impl<T: SessionStore + MessageStore + FeedbackStore> Store for T {}

@@ -1,0 +1,338 @@
+//! `SqliteStore`: sessions, messages and feedback in one SQLite file.
+//!
+//! WAL journal, `busy_timeout`, foreign keys on, schema migrated by
+//! `PRAGMA user_version` ([`schema`]), statements cached per connection.
+//! All work runs on one dedicated thread ([`worker`]) with group commit, so
+//! the async runtime never blocks on SQLite and concurrent turns share one
+//! commit.
+//!
+//! Durability: with `synchronous = NORMAL` (the default here) a committed
+//! turn survives the process being killed (`kill -9`); set
+//! [`SqliteOptions::full_sync`] to also survive power loss, at the cost of
+//! an fsync per commit.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use slog::Logger;
+
+use super::{FeedbackStore, MessageStore, SessionStore, Turn};
+use crate::error::{Error, Result};
+use crate::types::{from_millis, Feedback, Message, PurgeReport, Rating, Role, Session, SessionId};
+
+mod schema;
+mod worker;
+
+use worker::{Db, Worker};
+
+/// How a [`SqliteStore`] is opened.
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    /// Where every SQL statement executed is reported (SPEC `log.sql`);
+    /// `None` reports nothing. Parameter values are never logged.
+    pub sql_logger: Option<Logger>,
+    /// `synchronous = FULL` (fsync every commit) instead of `NORMAL`.
+    pub full_sync: bool,
+    /// How long a statement waits for another process's lock.
+    pub busy_timeout: Duration,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions {
+            sql_logger: None,
+            full_sync: false,
+            busy_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A storage backend on a SQLite file.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    worker: Worker,
+    path: PathBuf,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` with default options.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Storage`](crate::ErrorKind::Storage) when the file cannot
+    /// be opened or migrated.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        SqliteStore::open_with(path, SqliteOptions::default())
+    }
+
+    /// Opens (creating if needed) the database at `path`.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Storage`](crate::ErrorKind::Storage) when the file cannot
+    /// be opened, configured or migrated.
+    pub fn open_with(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI;
+        let mut conn = Connection::open_with_flags(&path, flags)
+            .map_err(|e| Error::storage(format!("cannot open {}: {e}", path.display())))?;
+        conn.busy_timeout(options.busy_timeout)?;
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") && !mode.eq_ignore_ascii_case("memory") {
+            return Err(Error::storage(format!(
+                "could not switch {} to WAL (journal_mode is {mode})",
+                path.display()
+            )));
+        }
+        conn.pragma_update(
+            None,
+            "synchronous",
+            if options.full_sync { "FULL" } else { "NORMAL" },
+        )?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.set_prepared_statement_cache_capacity(32);
+        schema::migrate(&mut conn)?;
+        let worker = Worker::spawn(conn, options.sql_logger)?;
+        Ok(SqliteStore { worker, path })
+    }
+
+    /// The database file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+const INSERT_SESSION: &str = "INSERT INTO sessions (id, created_at, last_active, system_prompt, metadata) VALUES (?1, ?2, ?3, ?4, ?5)";
+const GET_SESSION: &str =
+    "SELECT created_at, last_active, system_prompt, metadata FROM sessions WHERE id = ?1";
+const RECENT_MESSAGES: &str = "SELECT role, content, created_at FROM (SELECT seq, role, content, created_at FROM messages WHERE session_id = ?1 ORDER BY seq DESC LIMIT ?2) ORDER BY seq ASC";
+const TOUCH_SESSION: &str = "UPDATE sessions SET last_active = ?2 WHERE id = ?1";
+const INSERT_MESSAGE: &str =
+    "INSERT INTO messages (session_id, role, content, created_at) VALUES (?1, ?2, ?3, ?4)";
+const INSERT_FEEDBACK: &str = "INSERT INTO feedback (session_id, text, rating, created_at) SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM sessions WHERE id = ?1)";
+const LIST_FEEDBACK: &str =
+    "SELECT text, rating, created_at FROM feedback WHERE session_id = ?1 ORDER BY seq";
+const PURGE_MESSAGES: &str =
+    "DELETE FROM messages WHERE session_id IN (SELECT id FROM sessions WHERE last_active < ?1)";
+const PURGE_FEEDBACK: &str =
+    "DELETE FROM feedback WHERE session_id IN (SELECT id FROM sessions WHERE last_active < ?1)";
+const PURGE_SESSIONS: &str = "DELETE FROM sessions WHERE last_active < ?1";
+
+fn id_text(id: SessionId) -> String {
+    id.to_string()
+}
+
+fn read_session(db: &Db, id: SessionId, key: &str) -> Result<Option<Session>> {
+    db.log_sql(GET_SESSION);
+    let mut stmt = db.conn.prepare_cached(GET_SESSION)?;
+    let row = stmt
+        .query_row([key], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, Option<String>>(2)?,
+                r.get::<_, Option<String>>(3)?,
+            ))
+        })
+        .optional()?;
+    let Some((created, last, system_prompt, metadata)) = row else {
+        return Ok(None);
+    };
+    let metadata = match metadata {
+        Some(text) => Some(serde_json::from_str(&text).map_err(Error::storage)?),
+        None => None,
+    };
+    Ok(Some(Session {
+        id,
+        created_at: from_millis(created),
+        last_active: from_millis(last),
+        system_prompt,
+        metadata,
+    }))
+}
+
+fn read_recent(db: &Db, key: &str, limit: usize) -> Result<Vec<Message>> {
+    db.log_sql(RECENT_MESSAGES);
+    let limit = i64::try_from(limit).unwrap_or(-1);
+    let mut stmt = db.conn.prepare_cached(RECENT_MESSAGES)?;
+    let rows = stmt.query_map(params![key, limit], |r| {
+        let role: String = r.get(0)?;
+        Ok((role, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (role, content, at) = row?;
+        let role = Role::parse(&role)
+            .ok_or_else(|| Error::storage(format!("unknown role {role:?} in messages")))?;
+        out.push(Message {
+            role,
+            content,
+            created_at: from_millis(at),
+        });
+    }
+    Ok(out)
+}
+
+#[async_trait]
+impl SessionStore for SqliteStore {
+    async fn insert_session(&self, session: &Session) -> Result<()> {
+        let key = id_text(session.id);
+        let created = session.created_at.timestamp_millis();
+        let last = session.last_active.timestamp_millis();
+        let prompt = session.system_prompt.clone();
+        let metadata = match &session.metadata {
+            Some(v) => Some(serde_json::to_string(v).map_err(Error::internal)?),
+            None => None,
+        };
+        self.worker
+            .call(move |db| {
+                db.log_sql(INSERT_SESSION);
+                db.conn
+                    .prepare_cached(INSERT_SESSION)?
+                    .execute(params![key, created, last, prompt, metadata])?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn get_session(&self, id: SessionId) -> Result<Option<Session>> {
+        self.worker
+            .call(move |db| read_session(db, id, &id_text(id)))
+            .await
+    }
+
+    async fn purge_inactive_before(&self, cutoff: DateTime<Utc>) -> Result<PurgeReport> {
+        let cutoff = cutoff.timestamp_millis();
+        self.worker
+            .call(move |db| {
+                let run = |sql: &'static str| -> Result<u64> {
+                    db.log_sql(sql);
+                    Ok(db.conn.prepare_cached(sql)?.execute([cutoff])? as u64)
+                };
+                let messages = run(PURGE_MESSAGES)?;
+                let feedback = run(PURGE_FEEDBACK)?;
+                let sessions = run(PURGE_SESSIONS)?;
+                Ok(PurgeReport {
+                    sessions,
+                    messages,
+                    feedback,
+                })
+            })
+            .await
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.worker
+            .call(|db| {
+                db.log_sql("SELECT 1");
+                db.conn.query_row("SELECT 1", [], |_| Ok(()))?;
+                Ok(())
+            })
+            .await
+    }
+}
+
+#[async_trait]
+impl MessageStore for SqliteStore {
+    async fn recent_messages(&self, id: SessionId, limit: usize) -> Result<Vec<Message>> {
+        self.worker
+            .call(move |db| read_recent(db, &id_text(id), limit))
+            .await
+    }
+
+    async fn append_turn(&self, id: SessionId, turn: Turn<'_>) -> Result<()> {
+        let key = id_text(id);
+        let user = turn.user.to_owned();
+        let reply = turn.reply.to_owned();
+        let user_at = turn.user_at.timestamp_millis();
+        let reply_at = turn.reply_at.timestamp_millis();
+        self.worker
+            .call(move |db| {
+                db.log_sql(TOUCH_SESSION);
+                let touched = db
+                    .conn
+                    .prepare_cached(TOUCH_SESSION)?
+                    .execute(params![key, reply_at])?;
+                if touched == 0 {
+                    return Err(Error::session_not_found());
+                }
+                let mut insert = db.conn.prepare_cached(INSERT_MESSAGE)?;
+                db.log_sql(INSERT_MESSAGE);
+                insert.execute(params![key, Role::User.as_str(), user, user_at])?;
+                db.log_sql(INSERT_MESSAGE);
+                insert.execute(params![key, Role::Assistant.as_str(), reply, reply_at])?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn load_turn_context(
+        &self,
+        id: SessionId,
+        limit: usize,
+    ) -> Result<Option<(Session, Vec<Message>)>> {
+        self.worker
+            .call(move |db| {
+                let key = id_text(id);
+                let Some(session) = read_session(db, id, &key)? else {
+                    return Ok(None);
+                };
+                Ok(Some((session, read_recent(db, &key, limit)?)))
+            })
+            .await
+    }
+}
+
+#[async_trait]
+impl FeedbackStore for SqliteStore {
+    async fn insert_feedback(&self, feedback: &Feedback) -> Result<()> {
+        let key = id_text(feedback.session_id);
+        let text = feedback.text.clone();
+        let rating = feedback.rating.map(|r| r.get());
+        let at = feedback.created_at.timestamp_millis();
+        self.worker
+            .call(move |db| {
+                db.log_sql(INSERT_FEEDBACK);
+                let n = db
+                    .conn
+                    .prepare_cached(INSERT_FEEDBACK)?
+                    .execute(params![key, text, rating, at])?;
+                if n == 0 {
+                    return Err(Error::session_not_found());
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    async fn list_feedback(&self, id: SessionId) -> Result<Vec<Feedback>> {
+        self.worker
+            .call(move |db| {
+                db.log_sql(LIST_FEEDBACK);
+                let mut stmt = db.conn.prepare_cached(LIST_FEEDBACK)?;
+                let rows = stmt.query_map([id_text(id)], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, Option<i64>>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                })?;
+                let mut out = Vec::new();
+                for row in rows {
+                    let (text, rating, at) = row?;
+                    out.push(Feedback {
+                        session_id: id,
+                        text,
+                        rating: rating.map(Rating::new).transpose()?,
+                        created_at: from_millis(at),
+                    });
+                }
+                Ok(out)
+            })
+            .await
+    }
+}

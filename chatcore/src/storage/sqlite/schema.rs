@@ -1,0 +1,59 @@
+//! The SQLite schema and its migrations, versioned by `PRAGMA user_version`.
+//!
+//! Each entry of [`MIGRATIONS`] moves the schema one version up; a database
+//! is brought to the latest version inside one transaction when opened. A
+//! database newer than this code is refused rather than misread.
+
+use rusqlite::Connection;
+
+use crate::error::{Error, Result};
+
+/// Version `i + 1` is reached by running `MIGRATIONS[i]`.
+const MIGRATIONS: &[&str] = &[
+    // v1: sessions, messages, feedback. Times are unix milliseconds (UTC).
+    // Ids are hyphenated UUID text, so the file reads well in `sqlite3`.
+    "CREATE TABLE sessions (
+         id            TEXT PRIMARY KEY NOT NULL,
+         created_at    INTEGER NOT NULL,
+         last_active   INTEGER NOT NULL,
+         system_prompt TEXT,
+         metadata      TEXT
+     ) WITHOUT ROWID;
+     CREATE INDEX sessions_by_last_active ON sessions (last_active);
+     CREATE TABLE messages (
+         seq        INTEGER PRIMARY KEY,
+         session_id TEXT NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+         role       TEXT NOT NULL CHECK (role IN ('system', 'user', 'assistant')),
+         content    TEXT NOT NULL,
+         created_at INTEGER NOT NULL
+     );
+     CREATE INDEX messages_by_session ON messages (session_id, seq);
+     CREATE TABLE feedback (
+         seq        INTEGER PRIMARY KEY,
+         session_id TEXT NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+         text       TEXT NOT NULL,
+         rating     INTEGER CHECK (rating BETWEEN 1 AND 5),
+         created_at INTEGER NOT NULL
+     );
+     CREATE INDEX feedback_by_session ON feedback (session_id, seq);",
+];
+
+/// The schema version this code writes.
+pub(crate) const LATEST: i64 = MIGRATIONS.len() as i64;
+
+/// Brings `conn`'s schema to [`LATEST`].
+pub(crate) fn migrate(conn: &mut Connection) -> Result<()> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version > LATEST {
+        return Err(Error::storage(format!(
+            "database schema version {version} is newer than this build supports ({LATEST})"
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+    }
+    tx.commit()?;
+    Ok(())
+}

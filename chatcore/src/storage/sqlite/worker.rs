@@ -1,0 +1,139 @@
+//! The one thread that owns the SQLite connection.
+//!
+//! Async callers hand it closures through a bounded channel and await the
+//! answer on a oneshot, so SQLite never blocks a runtime worker. The thread
+//! runs whatever jobs are queued as one transaction (group commit), each
+//! job inside its own savepoint so a failing job rolls back alone, and
+//! answers every job only after the commit: an acknowledged write is on
+//! disk (in the WAL) before anyone hears of it.
+
+use std::thread;
+
+use rusqlite::Connection;
+use slog::Logger;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::{Error, Result};
+
+/// How many queued jobs one transaction may take.
+const MAX_BATCH: usize = 512;
+
+/// What a job hands back after running: a closure told the commit's outcome.
+type Deliver = Box<dyn FnOnce(Option<&rusqlite::Error>) + Send>;
+type Job = Box<dyn FnOnce(Option<&Db>) -> Deliver + Send>;
+
+/// The connection as jobs see it, with the SQL logger.
+pub(crate) struct Db {
+    pub(crate) conn: Connection,
+    log: Option<Logger>,
+}
+
+impl Db {
+    /// Reports one SQL statement about to run (SPEC: `log.sql`). Only the
+    /// statement text is logged, never parameter values.
+    #[inline]
+    pub(crate) fn log_sql(&self, sql: &'static str) {
+        if let Some(log) = &self.log {
+            slog::info!(log, "sql"; "statement" => sql);
+        }
+    }
+}
+
+impl Db {
+    /// Runs `f` inside a savepoint, so that its failure undoes its own
+    /// writes and nobody else's in the same transaction.
+    fn in_savepoint<R>(&self, f: impl FnOnce(&Db) -> Result<R>) -> Result<R> {
+        self.conn.execute_batch("SAVEPOINT job")?;
+        let out = f(self);
+        let end = if out.is_ok() {
+            "RELEASE job"
+        } else {
+            "ROLLBACK TO job; RELEASE job"
+        };
+        self.conn.execute_batch(end)?;
+        out
+    }
+}
+
+/// A handle on the worker thread; cloning shares the thread.
+#[derive(Clone, Debug)]
+pub(crate) struct Worker {
+    tx: mpsc::Sender<Job>,
+}
+
+impl Worker {
+    /// Starts the thread that owns `conn`.
+    pub(crate) fn spawn(conn: Connection, log: Option<Logger>) -> Result<Worker> {
+        let (tx, rx) = mpsc::channel::<Job>(4096);
+        thread::Builder::new()
+            .name("chatcore-sqlite".into())
+            .spawn(move || run(Db { conn, log }, rx))
+            .map_err(Error::storage)?;
+        Ok(Worker { tx })
+    }
+
+    /// Runs `f` on the worker thread, inside the next transaction, and
+    /// returns its result once that transaction has committed.
+    pub(crate) async fn call<R, F>(&self, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Db) -> Result<R> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel::<Result<R>>();
+        let job: Job = Box::new(move |db| {
+            let out = match db {
+                Some(db) => db.in_savepoint(f),
+                None => Err(Error::storage("could not begin a transaction")),
+            };
+            Box::new(move |commit_err| {
+                let out = match (out, commit_err) {
+                    (Ok(v), None) => Ok(v),
+                    (Ok(_), Some(e)) => Err(Error::storage(format!("commit failed: {e}"))),
+                    (Err(e), _) => Err(e),
+                };
+                // The caller may have gone away (its request was dropped);
+                // the work is done either way.
+                let _ = reply.send(out);
+            })
+        });
+        self.tx
+            .send(job)
+            .await
+            .map_err(|_| Error::storage("the SQLite worker has stopped"))?;
+        answer
+            .await
+            .map_err(|_| Error::storage("the SQLite worker dropped a job"))?
+    }
+}
+
+fn run(db: Db, mut rx: mpsc::Receiver<Job>) {
+    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    let mut deliveries: Vec<Deliver> = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = db.conn.execute_batch("BEGIN IMMEDIATE") {
+            // No transaction, so no job may run: fail them all unrun.
+            for job in batch.drain(..) {
+                job(None)(Some(&e));
+            }
+            continue;
+        }
+        for job in batch.drain(..) {
+            deliveries.push(job(Some(&db)));
+        }
+        db.log_sql("COMMIT");
+        let err = db.conn.execute_batch("COMMIT").err();
+        if err.is_some() {
+            let _ = db.conn.execute_batch("ROLLBACK");
+        }
+        for deliver in deliveries.drain(..) {
+            deliver(err.as_ref());
+        }
+    }
+}

@@ -1,0 +1,278 @@
+//! Domain types: ids are newtypes, times are UTC, and every value that
+//! crosses the library boundary is validated where it is made.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+
+/// A session's id: a random UUID v4, shown hyphenated.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SessionId(Uuid);
+
+impl SessionId {
+    /// A fresh random (v4) id.
+    pub fn new_v4() -> Self {
+        SessionId(Uuid::new_v4())
+    }
+
+    /// Parses a client-supplied id.
+    ///
+    /// # Errors
+    /// [`ErrorKind::SessionNotFound`](crate::ErrorKind::SessionNotFound) when
+    /// `s` is not a UUID: no session can have such an id.
+    pub fn parse(s: &str) -> Result<Self> {
+        Uuid::try_parse(s)
+            .map(SessionId)
+            .map_err(|_| Error::session_not_found())
+    }
+
+    /// The underlying UUID.
+    pub fn as_uuid(&self) -> &Uuid {
+        &self.0
+    }
+
+    /// The id's 16 bytes, as stored.
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        self.0.as_bytes()
+    }
+
+    /// Rebuilds an id from its 16 stored bytes.
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        SessionId(Uuid::from_bytes(bytes))
+    }
+}
+
+impl From<Uuid> for SessionId {
+    fn from(u: Uuid) -> Self {
+        SessionId(u)
+    }
+}
+
+impl FromStr for SessionId {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        SessionId::parse(s)
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0.hyphenated(), f)
+    }
+}
+
+impl fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SessionId({})", self.0.hyphenated())
+    }
+}
+
+/// Formats a time the way the API shows it: RFC 3339, UTC, whole seconds
+/// (`2023-10-10T12:00:00Z`).
+pub fn format_time(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// Converts stored unix milliseconds back into a time.
+pub(crate) fn from_millis(ms: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(ms)
+        .single()
+        .unwrap_or(DateTime::<Utc>::UNIX_EPOCH)
+}
+
+/// A chat session.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Session {
+    /// The session's id.
+    pub id: SessionId,
+    /// When the session was created.
+    pub created_at: DateTime<Utc>,
+    /// When the last successful chat turn finished (creation time before any).
+    pub last_active: DateTime<Utc>,
+    /// This session's system prompt, replacing the configured default.
+    pub system_prompt: Option<String>,
+    /// Application metadata, stored verbatim.
+    pub metadata: Option<serde_json::Value>,
+}
+
+impl Session {
+    /// Whether the session is still active at `now` given an idle timeout:
+    /// it is active until `idle_timeout` passes without a successful turn.
+    pub fn is_active_at(&self, now: DateTime<Utc>, idle_timeout: Duration) -> bool {
+        match chrono::Duration::from_std(idle_timeout) {
+            Ok(idle) => now < self.last_active + idle,
+            // An idle timeout too large for chrono never expires anything.
+            Err(_) => true,
+        }
+    }
+}
+
+/// Options for a new session.
+#[derive(Debug, Clone, Default)]
+pub struct NewSession {
+    /// Replaces the configured system prompt for this session.
+    pub system_prompt: Option<String>,
+    /// Application metadata, stored verbatim (must be a JSON object).
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// Who wrote a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Instructions for the model.
+    System,
+    /// The person chatting.
+    User,
+    /// The model.
+    Assistant,
+}
+
+impl Role {
+    /// The role's wire name: `system`, `user` or `assistant`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        }
+    }
+
+    /// Parses a stored or wire role name.
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "system" => Some(Role::System),
+            "user" => Some(Role::User),
+            "assistant" => Some(Role::Assistant),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One stored message of a session's history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Who wrote it.
+    pub role: Role,
+    /// What it says.
+    pub content: String,
+    /// When it was stored.
+    pub created_at: DateTime<Utc>,
+}
+
+/// A feedback rating: an integer from 1 to 5.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Rating(u8);
+
+impl Rating {
+    /// Validates a rating.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) unless
+    /// `value` is within 1..=5.
+    pub fn new(value: i64) -> Result<Self> {
+        if (1..=5).contains(&value) {
+            Ok(Rating(value as u8))
+        } else {
+            Err(Error::invalid(
+                "rating",
+                "rating must be an integer from 1 to 5",
+            ))
+        }
+    }
+
+    /// The rating's value, 1 to 5.
+    pub fn get(self) -> u8 {
+        self.0
+    }
+}
+
+/// A piece of feedback about a session.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Feedback {
+    /// The session it is about.
+    pub session_id: SessionId,
+    /// What the user said.
+    pub text: String,
+    /// An optional 1–5 rating.
+    pub rating: Option<Rating>,
+    /// When it was received.
+    pub created_at: DateTime<Utc>,
+}
+
+/// What one retention sweep deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PurgeReport {
+    /// Sessions deleted.
+    pub sessions: u64,
+    /// Messages deleted with them.
+    pub messages: u64,
+    /// Feedback entries deleted with them.
+    pub feedback: u64,
+}
+
+impl fmt::Display for PurgeReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "purged {} sessions, {} messages, {} feedback entries",
+            self.sessions, self.messages, self.feedback
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_id_round_trips_and_rejects_garbage() {
+        let id = SessionId::new_v4();
+        assert_eq!(SessionId::parse(&id.to_string()).unwrap(), id);
+        assert_eq!(id.to_string().len(), 36);
+        let err = SessionId::parse("not-a-uuid").unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::SessionNotFound);
+    }
+
+    #[test]
+    fn time_format_is_whole_seconds_utc() {
+        let t = Utc.with_ymd_and_hms(2023, 10, 10, 12, 0, 0).unwrap()
+            + chrono::Duration::milliseconds(999);
+        assert_eq!(format_time(&t), "2023-10-10T12:00:00Z");
+    }
+
+    #[test]
+    fn activity_follows_idle_timeout() {
+        let t0 = Utc.with_ymd_and_hms(2023, 10, 10, 12, 0, 0).unwrap();
+        let s = Session {
+            id: SessionId::new_v4(),
+            created_at: t0,
+            last_active: t0,
+            system_prompt: None,
+            metadata: None,
+        };
+        let idle = Duration::from_secs(1800);
+        assert!(s.is_active_at(t0 + chrono::Duration::seconds(1799), idle));
+        assert!(!s.is_active_at(t0 + chrono::Duration::seconds(1800), idle));
+    }
+
+    #[test]
+    fn rating_bounds() {
+        assert!(Rating::new(0).is_err());
+        assert_eq!(Rating::new(5).unwrap().get(), 5);
+        assert!(Rating::new(6).is_err());
+    }
+}
