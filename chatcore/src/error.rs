@@ -18,7 +18,6 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// What went wrong. Each kind corresponds to one row of the error table in
 /// the product contract (SPEC §2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
 pub enum ErrorKind {
     /// The request was malformed: a missing or empty field, a bad value.
     InvalidInput,

@@ -1,1 +1,126 @@
-//! placeholder
+//! # chatgate
+//!
+//! A standalone AI-chat gateway: chatcore served over HTTP (hyper 1), in
+//! front of OpenAI or any OpenAI-compatible server.
+//!
+//! - [`config`]: `config.toml` + `CHATGATE_*` env + `.env` secrets, typed
+//!   and validated.
+//! - [`logging`]: `app.log` (plain text) and stderr, via slog-async.
+//! - [`server`]: [`server::run`] serves a bound listener until a shutdown
+//!   future resolves, then drains.
+//! - [`router`]: request id, body limit, `match (method, path)`, CORS, the
+//!   access-log line; [`handlers`]: one file per endpoint group.
+//! - [`api`]: the JSON shapes of the contract; [`error`]: the one map from
+//!   chatcore error kinds to statuses.
+//!
+//! [`App`] is what every request sees; [`build_core`] makes the chatcore
+//! facade a [`config::Config`] describes.
+
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod handlers;
+pub mod logging;
+pub mod router;
+pub mod server;
+
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use chatcore::{ChatCore, MemoryStore, OpenAiChat, OpenAiConfig, SqliteOptions, SqliteStore};
+use slog::{o, Logger};
+
+use crate::config::{Backend, Config};
+use crate::router::Cors;
+
+pub use server::{run, shutdown_signal};
+
+/// Shared state of the gateway: the chatcore facade and the HTTP settings.
+#[derive(Debug)]
+pub struct App {
+    /// The chat backend.
+    pub core: ChatCore,
+    /// The root logger.
+    pub log: Logger,
+    /// `log.content`: log user messages and AI responses.
+    pub log_content: bool,
+    /// `server.max_body_bytes`.
+    pub max_body_bytes: usize,
+    /// `server.max_connections`.
+    pub max_connections: usize,
+    /// `server.header_timeout`.
+    pub header_timeout: Duration,
+    /// `server.shutdown_grace`.
+    pub shutdown_grace: Duration,
+    cors: Cors,
+    requests: AtomicU64,
+    id_prefix: u32,
+}
+
+impl App {
+    /// The gateway state for `core`, configured by `config`.
+    pub fn new(core: ChatCore, config: &Config, log: Logger) -> App {
+        App {
+            core,
+            log,
+            log_content: config.log.content,
+            max_body_bytes: config.server.max_body_bytes.get(),
+            max_connections: config.server.max_connections.get(),
+            header_timeout: config.server.header_timeout,
+            shutdown_grace: config.server.shutdown_grace,
+            cors: Cors::new(&config.server.cors_origins),
+            requests: AtomicU64::new(0),
+            id_prefix: fastrand_u32(),
+        }
+    }
+}
+
+fn fastrand_u32() -> u32 {
+    // A per-process prefix so request ids differ across restarts.
+    let u = uuid::Uuid::new_v4();
+    let b = u.as_bytes();
+    u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+}
+
+/// Builds the chatcore facade described by `config`: storage backend,
+/// OpenAI adapter, limits. SQL statements are logged to `log` when
+/// `log.sql` is on.
+///
+/// # Errors
+/// When the database cannot be opened or a setting is refused.
+pub fn build_core(config: &Config, log: &Logger) -> chatcore::Result<ChatCore> {
+    let o = &config.openai;
+    let model = OpenAiChat::new(OpenAiConfig {
+        base_url: o.base_url.clone(),
+        model: o.model.clone(),
+        temperature: o.temperature,
+        api_key: config
+            .secrets
+            .openai_api_key
+            .as_ref()
+            .map(|k| k.expose().to_owned()),
+        timeout: o.timeout,
+        connect_timeout: o.timeout.min(Duration::from_secs(5)),
+        max_retries: o.max_retries,
+        ..OpenAiConfig::default()
+    })?
+    .with_logger(log.new(o!("component" => "openai")));
+    let builder = ChatCore::builder()
+        .model(model)
+        .messages_per_minute(config.rate_limit.messages_per_minute.get())
+        .idle_timeout(config.session.idle_timeout)
+        .retention(config.session.retention)
+        .system_prompt(o.system_prompt.clone())
+        .context_tokens(o.context_tokens.get());
+    let builder = match config.storage.backend {
+        Backend::Memory => builder.store(MemoryStore::new()),
+        Backend::Sqlite => builder.store(SqliteStore::open_with(
+            &config.storage.path,
+            SqliteOptions {
+                sql_logger: config.log.sql.then(|| log.new(o!("component" => "sql"))),
+                ..SqliteOptions::default()
+            },
+        )?),
+    };
+    builder.build()
+}

@@ -15,7 +15,7 @@ use crate::types::Message;
 
 mod openai;
 
-pub use openai::{OpenAiChat, OpenAiConfig};
+pub use openai::{OpenAiChat, OpenAiConfig, OPENAI_BASE_URL};
 
 /// One request to the model: optional system prompt, earlier messages
 /// (oldest first) and the new user message.

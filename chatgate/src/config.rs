@@ -1,0 +1,583 @@
+//! Configuration: `config.toml`, overridden by `CHATGATE_*` environment
+//! variables (`__` between levels), secrets from the environment or `.env`.
+//!
+//! Parsed once into typed sections (`deny_unknown_fields`, one `Default`
+//! each, self-validating types), then checked for what types cannot say.
+//! Every failure names the key and what was expected; `main` exits 2.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// `[server]`
+    pub server: ServerConfig,
+    /// `[storage]`
+    pub storage: StorageConfig,
+    /// `[session]`
+    pub session: SessionConfig,
+    /// `[rate_limit]`
+    pub rate_limit: RateLimitConfig,
+    /// `[openai]`
+    pub openai: OpenAiSection,
+    /// `[log]`
+    pub log: LogConfig,
+    /// Secrets: never read from the file, never serialized or logged.
+    #[serde(skip)]
+    pub secrets: Secrets,
+}
+
+/// `[server]`: the listener and its bounds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub bind: SocketAddr,
+    /// Largest request body accepted (413 beyond).
+    pub max_body_bytes: NonZeroUsize,
+    /// How long in-flight requests may run after a shutdown signal.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Origins allowed by CORS (`"*"` for any); empty disables CORS.
+    pub cors_origins: Vec<String>,
+    /// Most connections served at once; further clients wait in the backlog.
+    pub max_connections: NonZeroUsize,
+    /// How long a client may take to send a request's headers.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            bind: "0.0.0.0:8000".parse().expect("valid default address"),
+            max_body_bytes: NonZeroUsize::new(65_536).expect("nonzero"),
+            shutdown_grace: Duration::from_secs(10),
+            cors_origins: vec!["*".to_owned()],
+            max_connections: NonZeroUsize::new(10_000).expect("nonzero"),
+            header_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Which storage backend to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// A SQLite file at `storage.path`.
+    Sqlite,
+    /// Process memory; nothing survives a restart.
+    Memory,
+}
+
+/// `[storage]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// `"sqlite"` or `"memory"`.
+    pub backend: Backend,
+    /// The SQLite file.
+    pub path: PathBuf,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            backend: Backend::Sqlite,
+            path: PathBuf::from("chatgate.db"),
+        }
+    }
+}
+
+/// `[session]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionConfig {
+    /// Idle time after which a session expires.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// How long an idle session's data is kept.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// How often the retention sweep runs.
+    #[serde(with = "humantime_serde")]
+    pub sweep_interval: Duration,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            idle_timeout: Duration::from_secs(30 * 60),
+            retention: Duration::from_secs(183 * 24 * 3600),
+            sweep_interval: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// `[rate_limit]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Messages per minute per session (burst of the same size).
+    pub messages_per_minute: NonZeroU32,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            messages_per_minute: NonZeroU32::new(5).expect("nonzero"),
+        }
+    }
+}
+
+/// `[openai]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OpenAiSection {
+    /// Any OpenAI-compatible base URL.
+    pub base_url: String,
+    /// Model name.
+    pub model: String,
+    /// Total deadline per turn's upstream call, retries included.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Retries after the first attempt.
+    pub max_retries: u32,
+    /// Sampling temperature, 0 to 2.
+    pub temperature: f32,
+    /// Default system prompt; empty for none.
+    pub system_prompt: String,
+    /// Token budget for prompt + history + message.
+    pub context_tokens: NonZeroUsize,
+}
+
+impl Default for OpenAiSection {
+    fn default() -> Self {
+        OpenAiSection {
+            base_url: chatcore::llm::OPENAI_BASE_URL.to_owned(),
+            model: "gpt-3.5-turbo".to_owned(),
+            timeout: Duration::from_secs(60),
+            max_retries: 2,
+            temperature: 0.7,
+            system_prompt: String::new(),
+            context_tokens: NonZeroUsize::new(3000).expect("nonzero"),
+        }
+    }
+}
+
+/// A log level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    /// Errors only.
+    Error,
+    /// Warnings and errors.
+    Warning,
+    /// The default: requests, messages, SQL, warnings, errors.
+    Info,
+    /// Everything, including debugging detail.
+    Debug,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// The plain-text log file.
+    pub file: PathBuf,
+    /// Minimum level logged.
+    pub level: Level,
+    /// Log user messages and AI responses.
+    pub content: bool,
+    /// Log every SQL statement.
+    pub sql: bool,
+    /// Also log to stderr (slog-term).
+    pub stderr: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            file: PathBuf::from("app.log"),
+            level: Level::Info,
+            content: true,
+            sql: true,
+            stderr: true,
+        }
+    }
+}
+
+/// A secret string: `Debug` and `Display` print `<redacted>`.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The secret itself; use only where it is sent, never where it is shown.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// `OPENAI_API_KEY` and `SECRET_KEY`.
+#[derive(Debug, Clone, Default)]
+pub struct Secrets {
+    /// Sent upstream as `Authorization: Bearer`.
+    pub openai_api_key: Option<Secret>,
+    /// Signs client credentials once access control exists.
+    pub secret_key: Option<Secret>,
+}
+
+/// Why the configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file named with `--config` does not exist or cannot be read.
+    #[error("cannot read config file {path}: {reason}")]
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A key has a bad value or is unknown (figment's message names it).
+    #[error("{0}")]
+    Parse(String),
+    /// A value that parsed but makes no sense.
+    #[error("invalid value for `{key}`: {expected}")]
+    Invalid {
+        /// The key path, e.g. `openai.temperature`.
+        key: &'static str,
+        /// What was expected.
+        expected: String,
+    },
+}
+
+/// Where the configuration comes from.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    /// The TOML file.
+    pub file: PathBuf,
+    /// Whether the file was named explicitly (then it must exist).
+    pub explicit: bool,
+    /// Environment variables (normally `std::env::vars()`).
+    pub env: HashMap<String, String>,
+    /// The `.env` file to read secrets from, if it exists.
+    pub dotenv: Option<PathBuf>,
+}
+
+impl Sources {
+    /// The process environment, `./.env`, and `file`.
+    pub fn from_process(file: Option<PathBuf>) -> Self {
+        Sources {
+            explicit: file.is_some(),
+            file: file.unwrap_or_else(|| PathBuf::from("config.toml")),
+            env: std::env::vars().collect(),
+            dotenv: Some(PathBuf::from(".env")),
+        }
+    }
+}
+
+const ENV_PREFIX: &str = "CHATGATE_";
+
+impl Config {
+    /// Loads, merges and validates the configuration.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the key at fault.
+    pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if sources.file.exists() {
+            figment = figment.merge(Toml::file_exact(&sources.file));
+        } else if sources.explicit {
+            return Err(ConfigError::Unreadable {
+                path: sources.file.clone(),
+                reason: "no such file".into(),
+            });
+        }
+        // Env::prefixed reads the process environment; we pass our own map
+        // so tests (and `--env`-less embedding) stay deterministic.
+        let env_toml = env_overrides(&sources.env)?;
+        figment = figment.merge(Toml::string(&env_toml));
+        let mut config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::Parse(describe(e)))?;
+        let dotenv = read_dotenv(sources.dotenv.as_deref())?;
+        let secret = |name: &str| {
+            sources
+                .env
+                .get(name)
+                .or_else(|| dotenv.get(name))
+                .filter(|v| !v.is_empty())
+                .map(|v| Secret::new(v.clone()))
+        };
+        config.secrets = Secrets {
+            openai_api_key: secret("OPENAI_API_KEY"),
+            secret_key: secret("SECRET_KEY"),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let o = &self.openai;
+        let base = o.base_url.trim_end_matches('/');
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(ConfigError::Invalid {
+                key: "openai.base_url",
+                expected: format!("an http:// or https:// URL, got {:?}", o.base_url),
+            });
+        }
+        if base == chatcore::llm::OPENAI_BASE_URL && self.secrets.openai_api_key.is_none() {
+            return Err(ConfigError::Invalid {
+                key: "openai.base_url",
+                expected: "OPENAI_API_KEY must be set (environment or .env) to use api.openai.com; \
+                           set it, or point openai.base_url at another OpenAI-compatible server"
+                    .into(),
+            });
+        }
+        if !(0.0..=2.0).contains(&o.temperature) {
+            return Err(ConfigError::Invalid {
+                key: "openai.temperature",
+                expected: format!("a number from 0 to 2, got {}", o.temperature),
+            });
+        }
+        if o.timeout.is_zero() {
+            return Err(ConfigError::Invalid {
+                key: "openai.timeout",
+                expected: "a positive duration such as \"60s\"".into(),
+            });
+        }
+        if o.model.trim().is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "openai.model",
+                expected: "a model name".into(),
+            });
+        }
+        let s = &self.session;
+        for (key, d) in [
+            ("session.idle_timeout", s.idle_timeout),
+            ("session.retention", s.retention),
+            ("session.sweep_interval", s.sweep_interval),
+            ("server.header_timeout", self.server.header_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::Invalid {
+                    key,
+                    expected: "a positive duration such as \"30m\"".into(),
+                });
+            }
+        }
+        if self.storage.backend == Backend::Sqlite && self.storage.path.as_os_str().is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "storage.path",
+                expected: "a file path for the SQLite database".into(),
+            });
+        }
+        if self.log.file.as_os_str().is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "log.file",
+                expected: "a file path for the log".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Turns `CHATGATE_SERVER__BIND=…` variables into a TOML document
+/// (`[server] bind = …`). Values that parse as TOML (numbers, booleans,
+/// arrays, quoted strings) keep their type; anything else is a string.
+fn env_overrides(env: &HashMap<String, String>) -> Result<String, ConfigError> {
+    let mut vars: Vec<(&String, &String)> = env
+        .iter()
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+        .collect();
+    vars.sort();
+    let mut root = toml::Table::new();
+    for (name, value) in vars {
+        let path: Vec<String> = name[ENV_PREFIX.len()..]
+            .split("__")
+            .map(str::to_ascii_lowercase)
+            .collect();
+        if path.iter().any(String::is_empty) {
+            return Err(ConfigError::Parse(format!(
+                "environment variable {name}: expected CHATGATE_SECTION__KEY"
+            )));
+        }
+        let parsed = value
+            .parse::<toml::Value>()
+            .ok()
+            .or_else(|| {
+                format!("v = {value}")
+                    .parse::<toml::Table>()
+                    .ok()
+                    .and_then(|mut t| t.remove("v"))
+            })
+            .unwrap_or_else(|| toml::Value::String(value.clone()));
+        let mut table = &mut root;
+        for part in &path[..path.len() - 1] {
+            let entry = table
+                .entry(part.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            table = match entry {
+                toml::Value::Table(t) => t,
+                _ => {
+                    return Err(ConfigError::Parse(format!(
+                        "environment variable {name}: `{part}` is not a section"
+                    )))
+                }
+            };
+        }
+        table.insert(path[path.len() - 1].clone(), parsed);
+    }
+    Ok(toml::to_string(&root).unwrap_or_default())
+}
+
+fn describe(e: figment::Error) -> String {
+    let mut out = Vec::new();
+    for err in e {
+        let key = err.path.join(".");
+        let mut msg = err.kind.to_string();
+        if !key.is_empty() {
+            msg = format!("invalid value for `{key}`: {msg}");
+        }
+        if let Some(src) = &err.metadata.as_ref().and_then(|m| m.source.as_ref()) {
+            msg.push_str(&format!(" (in {src})"));
+        }
+        out.push(msg);
+    }
+    out.join("; ")
+}
+
+fn read_dotenv(path: Option<&Path>) -> Result<HashMap<String, String>, ConfigError> {
+    let Some(path) = path.filter(|p| p.exists()) else {
+        return Ok(HashMap::new());
+    };
+    let iter = dotenvy::from_path_iter(path).map_err(|e| ConfigError::Unreadable {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let mut out = HashMap::new();
+    for item in iter {
+        let (k, v) = item.map_err(|e| ConfigError::Unreadable {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        out.insert(k, v);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sources(toml: Option<&str>, env: &[(&str, &str)]) -> (tempfile::TempDir, Sources) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.toml");
+        if let Some(t) = toml {
+            std::fs::write(&file, t).unwrap();
+        }
+        let mut map: HashMap<String, String> =
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        map.entry("OPENAI_API_KEY".into()).or_insert_with(|| "sk-test".into());
+        let s = Sources {
+            file,
+            explicit: false,
+            env: map,
+            dotenv: Some(dir.path().join(".env")),
+        };
+        (dir, s)
+    }
+
+    #[test]
+    fn defaults_match_the_spec() {
+        let (_d, s) = sources(None, &[]);
+        let c = Config::load(&s).unwrap();
+        assert_eq!(c.server.bind.to_string(), "0.0.0.0:8000");
+        assert_eq!(c.server.max_body_bytes.get(), 65_536);
+        assert_eq!(c.session.idle_timeout, Duration::from_secs(1800));
+        assert_eq!(c.session.retention, Duration::from_secs(183 * 86_400));
+        assert_eq!(c.rate_limit.messages_per_minute.get(), 5);
+        assert_eq!(c.openai.model, "gpt-3.5-turbo");
+        assert_eq!(c.openai.context_tokens.get(), 3000);
+        assert_eq!(c.log.file, PathBuf::from("app.log"));
+        assert!(c.log.content && c.log.sql);
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let (_d, s) = sources(
+            Some("[server]\nbind = \"127.0.0.1:7000\"\n[rate_limit]\nmessages_per_minute = 9\n"),
+            &[("CHATGATE_SERVER__BIND", "127.0.0.1:9000"), ("CHATGATE_SESSION__IDLE_TIMEOUT", "5m")],
+        );
+        let c = Config::load(&s).unwrap();
+        assert_eq!(c.server.bind.to_string(), "127.0.0.1:9000");
+        assert_eq!(c.rate_limit.messages_per_minute.get(), 9);
+        assert_eq!(c.session.idle_timeout, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key() {
+        let (_d, s) = sources(Some("[server]\nbnd = \"x\"\n"), &[]);
+        let e = Config::load(&s).unwrap_err().to_string();
+        assert!(e.contains("bnd"), "{e}");
+        let (_d, s) = sources(Some("[rate_limit]\nmessages_per_minute = 0\n"), &[]);
+        let e = Config::load(&s).unwrap_err().to_string();
+        assert!(e.contains("rate_limit.messages_per_minute"), "{e}");
+        let (_d, s) = sources(None, &[("CHATGATE_SESSION__IDLE_TIMEOUT", "soon")]);
+        let e = Config::load(&s).unwrap_err().to_string();
+        assert!(e.contains("session.idle_timeout"), "{e}");
+        let (_d, s) = sources(Some("[openai]\ntemperature = 3.5\n"), &[]);
+        let e = Config::load(&s).unwrap_err().to_string();
+        assert!(e.contains("openai.temperature"), "{e}");
+    }
+
+    #[test]
+    fn default_base_url_needs_a_key_from_env_or_dotenv() {
+        let (d, mut s) = sources(None, &[]);
+        s.env.remove("OPENAI_API_KEY");
+        let e = Config::load(&s).unwrap_err().to_string();
+        assert!(e.contains("OPENAI_API_KEY"), "{e}");
+        std::fs::write(d.path().join(".env"), "OPENAI_API_KEY=sk-from-dotenv\nSECRET_KEY=s3\n").unwrap();
+        let c = Config::load(&s).unwrap();
+        assert_eq!(c.secrets.openai_api_key.unwrap().expose(), "sk-from-dotenv");
+        assert!(!format!("{:?}", c.secrets.secret_key).contains("s3"));
+        // Another base URL runs without a key.
+        std::fs::remove_file(d.path().join(".env")).unwrap();
+        s.env.insert("CHATGATE_OPENAI__BASE_URL".into(), "http://127.0.0.1:1/v1".into());
+        assert!(Config::load(&s).is_ok());
+    }
+
+    #[test]
+    fn explicit_missing_file_is_an_error() {
+        let (_d, mut s) = sources(None, &[]);
+        s.explicit = true;
+        assert!(matches!(Config::load(&s), Err(ConfigError::Unreadable { .. })));
+    }
+}

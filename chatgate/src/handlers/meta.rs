@@ -1,0 +1,52 @@
+//! `GET /healthz`, `GET /readyz`, `GET /openapi.json` and `GET /docs`.
+//! The OpenAPI document and the docs page are compiled into the binary, so
+//! the docs work offline (no CDN).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{self, HeaderValue};
+use hyper::{Response, StatusCode};
+
+use crate::error::ApiError;
+use crate::router::{json, Body, HandlerResult};
+use crate::App;
+
+const OPENAPI: &str = include_str!("../../assets/openapi.json");
+const DOCS: &str = include_str!("../../assets/docs.html");
+
+/// The process is up.
+pub fn healthz() -> Response<Body> {
+    json(&serde_json::json!({"status": "ok"}))
+}
+
+/// Storage is reachable.
+pub async fn readyz(app: &Arc<App>) -> HandlerResult {
+    match app.core.ready().await {
+        Ok(()) => Ok(json(&serde_json::json!({"status": "ready"}))),
+        Err(e) => {
+            let mut err = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Storage unavailable");
+            err.cause = Some(e.chain());
+            Err(err)
+        }
+    }
+}
+
+/// The OpenAPI 3 description of every endpoint.
+pub fn openapi() -> Response<Body> {
+    static_response(OPENAPI, "application/json")
+}
+
+/// The interactive API docs page.
+pub fn docs() -> Response<Body> {
+    static_response(DOCS, "text/html; charset=utf-8")
+}
+
+fn static_response(body: &'static str, content_type: &'static str) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}
+

@@ -1,0 +1,45 @@
+//! `POST /session/initialize_session`, `GET /session/{id}` and
+//! `GET /session/{id}/messages`.
+
+use std::sync::Arc;
+
+use chatcore::{NewSession, SessionId};
+use hyper::body::Incoming;
+use hyper::Request;
+
+use crate::api::{parse_initialize, MessageOut, MessagesOut, SessionOut};
+use crate::router::{json, read_body, HandlerResult};
+use crate::App;
+
+/// Creates a session (optional `system_prompt` and `metadata`).
+pub async fn initialize(app: &Arc<App>, req: Request<Incoming>) -> HandlerResult {
+    let (parts, body) = req.into_parts();
+    let body = read_body(body, &parts.headers, app.max_body_bytes).await?;
+    let input = parse_initialize(&body)?;
+    let info = app
+        .core
+        .sessions()
+        .initialize_with(NewSession {
+            system_prompt: input.system_prompt,
+            metadata: input.metadata.map(serde_json::Value::Object),
+        })
+        .await?;
+    Ok(json(&SessionOut::from(&info)))
+}
+
+/// Shows a session, with `is_active` as of now.
+pub async fn get(app: &Arc<App>, id: &str) -> HandlerResult {
+    let id = SessionId::parse(id)?;
+    let info = app.core.sessions().get(id).await?;
+    Ok(json(&SessionOut::from(&info)))
+}
+
+/// Lists a session's messages, oldest first.
+pub async fn messages(app: &Arc<App>, id: &str) -> HandlerResult {
+    let id = SessionId::parse(id)?;
+    let messages = app.core.sessions().messages(id).await?;
+    Ok(json(&MessagesOut {
+        session_id: id.to_string(),
+        messages: messages.iter().map(MessageOut::from).collect(),
+    }))
+}

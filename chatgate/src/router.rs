@@ -1,0 +1,260 @@
+//! Per-request plumbing: request id, body limit, the `match (method, path)`
+//! that picks a handler, CORS, and the one access-log line per request.
+//! Errors are logged here, once, with their cause chain.
+
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use serde::Serialize;
+use slog::{error, info, warn};
+
+use crate::error::ApiError;
+use crate::handlers;
+use crate::App;
+
+/// The body type of every response.
+pub type Body = Full<Bytes>;
+
+/// What a handler returns.
+pub type HandlerResult = Result<Response<Body>, ApiError>;
+
+/// Serializes `value` to JSON bytes (serialization of our own types cannot
+/// fail; a failure would be a bug and yields `{}`).
+pub fn json_bytes<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128);
+    if serde_json::to_writer(&mut out, value).is_err() {
+        out.clear();
+        out.extend_from_slice(b"{}");
+    }
+    out
+}
+
+/// A `200 application/json` response.
+pub fn json<T: Serialize>(value: &T) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from(json_bytes(value))));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// Reads a request body, refusing more than `limit` bytes with 413.
+///
+/// # Errors
+/// 413 when the body is too large; 400 when it cannot be read.
+pub async fn read_body(body: Incoming, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("Request body too large (limit {limit} bytes)"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(e) => {
+            let mut err = ApiError::new(StatusCode::BAD_REQUEST, "Could not read the request body");
+            err.cause = Some(e.to_string());
+            Err(err)
+        }
+    }
+}
+
+/// Serves one request: the service function given to hyper.
+pub async fn serve(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let start = Instant::now();
+    let request_id = request_id(&app, req.headers());
+    let method = req.method().clone();
+    let uri = req.uri().clone();
+    let origin = req.headers().get(header::ORIGIN).cloned();
+    let preflight_headers = req.headers().get(header::ACCESS_CONTROL_REQUEST_HEADERS).cloned();
+    let rid: &str = request_id.to_str().unwrap_or("-");
+
+    let result = if method == Method::OPTIONS {
+        Ok(preflight(preflight_headers))
+    } else {
+        dispatch(&app, req, rid).await
+    };
+    let mut resp = match result {
+        Ok(r) => r,
+        Err(e) => {
+            if let Some(cause) = &e.cause {
+                if e.is_server_side() {
+                    error!(app.log, "request failed";
+                        "request_id" => rid, "status" => e.status.as_u16(), "error" => cause);
+                } else {
+                    warn!(app.log, "request rejected";
+                        "request_id" => rid, "status" => e.status.as_u16(), "error" => cause);
+                }
+            }
+            e.into_response()
+        }
+    };
+    app.cors.apply(origin.as_ref(), resp.headers_mut());
+    let status = resp.status().as_u16();
+    resp.headers_mut().insert("x-request-id", request_id.clone());
+    info!(app.log, "request";
+        "method" => method.as_str(),
+        "path" => uri.path(),
+        "status" => status,
+        "latency_us" => start.elapsed().as_micros() as u64,
+        "request_id" => rid);
+    Ok(resp)
+}
+
+/// The request's id: the client's `X-Request-Id` if it is short and
+/// printable, else a fresh one (process prefix + counter; no syscall).
+fn request_id(app: &App, headers: &HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get("x-request-id") {
+        let b = v.as_bytes();
+        if !b.is_empty() && b.len() <= 64 && b.iter().all(|c| c.is_ascii_graphic()) {
+            return v.clone();
+        }
+    }
+    let n = app.requests.fetch_add(1, Ordering::Relaxed);
+    let mut buf = itoa_hex(app.id_prefix, n);
+    HeaderValue::from_bytes(buf.as_mut_slice()).unwrap_or(HeaderValue::from_static("-"))
+}
+
+fn itoa_hex(prefix: u32, n: u64) -> [u8; 25] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [b'-'; 25];
+    for i in 0..8 {
+        out[i] = HEX[((prefix >> (28 - 4 * i)) & 0xf) as usize];
+    }
+    for i in 0..16 {
+        out[9 + i] = HEX[((n >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    out
+}
+
+fn preflight(requested: Option<HeaderValue>) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    let h = resp.headers_mut();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, POST, OPTIONS"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        requested.unwrap_or(HeaderValue::from_static("content-type, x-request-id")),
+    );
+    h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+    resp
+}
+
+/// Routes by method and path. Paths are served with and without a trailing
+/// slash; a known path with the wrong method is 405, anything else 404.
+async fn dispatch(app: &Arc<App>, req: Request<Incoming>, rid: &str) -> HandlerResult {
+    let path = req.uri().path();
+    let trimmed = path.strip_suffix('/').filter(|p| !p.is_empty()).unwrap_or(path);
+    let mut parts = trimmed.trim_start_matches('/').split('/');
+    let segs: [&str; 4] = [
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or(""),
+    ];
+    if parts.next().is_some() {
+        return Err(ApiError::not_found());
+    }
+    let m = req.method();
+    match segs {
+        ["chat", "", "", ""] => match *m {
+            Method::POST => handlers::chat::chat(app, req, rid).await,
+            _ => Err(ApiError::method_not_allowed("POST")),
+        },
+        ["session", "initialize_session", "", ""] => match *m {
+            Method::POST => handlers::session::initialize(app, req).await,
+            _ => Err(ApiError::method_not_allowed("POST")),
+        },
+        ["session", id, "", ""] if !id.is_empty() => match *m {
+            Method::GET => {
+                let id = id.to_owned();
+                handlers::session::get(app, &id).await
+            }
+            _ => Err(ApiError::method_not_allowed("GET")),
+        },
+        ["session", id, "messages", ""] if !id.is_empty() => match *m {
+            Method::GET => {
+                let id = id.to_owned();
+                handlers::session::messages(app, &id).await
+            }
+            _ => Err(ApiError::method_not_allowed("GET")),
+        },
+        ["feedback", "", "", ""] => match *m {
+            Method::POST => handlers::feedback::submit(app, req).await,
+            _ => Err(ApiError::method_not_allowed("POST")),
+        },
+        ["healthz", "", "", ""] => match *m {
+            Method::GET | Method::HEAD => Ok(handlers::meta::healthz()),
+            _ => Err(ApiError::method_not_allowed("GET")),
+        },
+        ["readyz", "", "", ""] => match *m {
+            Method::GET | Method::HEAD => handlers::meta::readyz(app).await,
+            _ => Err(ApiError::method_not_allowed("GET")),
+        },
+        ["openapi.json", "", "", ""] => match *m {
+            Method::GET => Ok(handlers::meta::openapi()),
+            _ => Err(ApiError::method_not_allowed("GET")),
+        },
+        ["docs", "", "", ""] => match *m {
+            Method::GET => Ok(handlers::meta::docs()),
+            _ => Err(ApiError::method_not_allowed("GET")),
+        },
+        _ => Err(ApiError::not_found()),
+    }
+}
+
+/// CORS policy from `server.cors_origins`.
+#[derive(Debug, Clone, Default)]
+pub struct Cors {
+    any: bool,
+    origins: Vec<HeaderValue>,
+}
+
+impl Cors {
+    /// A policy allowing `origins` (`"*"` allows any; empty allows none).
+    pub fn new(origins: &[String]) -> Self {
+        Cors {
+            any: origins.iter().any(|o| o == "*"),
+            origins: origins
+                .iter()
+                .filter(|o| *o != "*")
+                .filter_map(|o| HeaderValue::from_str(o.trim_end_matches('/')).ok())
+                .collect(),
+        }
+    }
+
+    fn apply(&self, origin: Option<&HeaderValue>, h: &mut HeaderMap) {
+        let Some(origin) = origin else { return };
+        if self.any {
+            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+        } else if self.origins.iter().any(|o| o == origin) {
+            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+            h.append(header::VARY, HeaderValue::from_static("Origin"));
+        } else {
+            return;
+        }
+        h.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static("Retry-After, X-RateLimit-Limit, X-RateLimit-Remaining, X-Request-Id"),
+        );
+    }
+}
