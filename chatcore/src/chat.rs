@@ -7,7 +7,7 @@
 //! before queueing, so a rejected message never waits behind others.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
@@ -32,9 +32,10 @@ pub fn estimate_tokens(text: &str) -> usize {
 }
 
 /// The most messages that can fit `context_tokens`: each costs at least
-/// `TOKENS_PER_MESSAGE + 1`. Bounds how much history a turn ever reads.
+/// `TOKENS_PER_MESSAGE` (an empty message). Bounds how much history a turn
+/// ever reads.
 pub(crate) fn history_read_limit(context_tokens: usize) -> usize {
-    context_tokens / (TOKENS_PER_MESSAGE + 1) + 1
+    context_tokens / TOKENS_PER_MESSAGE + 1
 }
 
 /// Drops messages from the oldest end of `history` until it, the system
@@ -123,9 +124,7 @@ pub(crate) struct TurnSlot<'a> {
 
 impl TurnQueues {
     fn shard(&self, id: &SessionId) -> &Mutex<LockMap> {
-        let mut h = self.hasher.build_hasher();
-        id.hash(&mut h);
-        &self.shards[(h.finish() as usize) % SHARDS]
+        &self.shards[(self.hasher.hash_one(id) as usize) % SHARDS]
     }
 
     /// Waits for `id`'s earlier turns to finish (in arrival order).

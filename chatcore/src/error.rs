@@ -220,7 +220,7 @@ mod tests {
 
     #[test]
     fn chain_joins_causes_and_display_prints_one_level() {
-        let io = std::io::Error::new(std::io::ErrorKind::Other, "disk full");
+        let io = std::io::Error::other("disk full");
         let e = Error::storage(io);
         assert_eq!(e.to_string(), "storage failure");
         assert_eq!(e.chain(), "storage failure: disk full");

@@ -47,10 +47,13 @@
 //! chatcore has no HTTP server types and logs only what it swallows (model
 //! retries) and, when asked, the SQL it runs.
 
+#![warn(missing_docs)]
+
 pub mod chat;
 pub mod clock;
 pub mod error;
 pub mod feedback;
+mod hot;
 pub mod llm;
 pub mod rate_limit;
 pub mod session;
@@ -78,6 +81,7 @@ pub use types::{
 };
 
 use chat::{history_read_limit, rate_limited, request, validate_message, TurnQueues};
+use hot::HotSessions;
 
 /// The facade: sessions, chat turns, feedback, purge. Clone it freely; all
 /// clones share the same state.
@@ -95,6 +99,7 @@ struct Inner {
     sessions: SessionManager,
     feedback: FeedbackDesk,
     queues: TurnQueues,
+    hot: Arc<HotSessions>,
     system_prompt: Option<String>,
     context_tokens: usize,
     history_limit: usize,
@@ -112,6 +117,7 @@ pub struct ChatCoreBuilder {
     retention: Duration,
     system_prompt: Option<String>,
     context_tokens: usize,
+    hot_sessions: usize,
 }
 
 impl Default for ChatCoreBuilder {
@@ -126,6 +132,7 @@ impl Default for ChatCoreBuilder {
             retention: Duration::from_secs(183 * 24 * 3600),
             system_prompt: None,
             context_tokens: 3000,
+            hot_sessions: 10_000,
         }
     }
 }
@@ -203,6 +210,17 @@ impl ChatCoreBuilder {
         self
     }
 
+    /// How many sessions the hot-session cache keeps in memory (default
+    /// 10,000; 0 turns it off). With it, a chat turn reads nothing from
+    /// storage: the session and the history that can still fit the context
+    /// budget are in memory. It assumes this facade is the only writer of
+    /// its store's messages.
+    #[must_use]
+    pub fn hot_sessions(mut self, n: usize) -> Self {
+        self.hot_sessions = n;
+        self
+    }
+
     /// Where time comes from (default: the system clock).
     #[must_use]
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
@@ -246,9 +264,11 @@ impl ChatCoreBuilder {
                 "context_tokens must be positive",
             ));
         }
+        let hot = Arc::new(HotSessions::new(self.hot_sessions, self.context_tokens));
         let sessions = SessionManager::new(
             Arc::clone(&store),
             Arc::clone(&self.clock),
+            Arc::clone(&hot),
             self.idle_timeout,
             self.retention,
         );
@@ -262,6 +282,7 @@ impl ChatCoreBuilder {
                 sessions,
                 feedback,
                 queues: TurnQueues::default(),
+                hot,
                 system_prompt: self.system_prompt,
                 history_limit: history_read_limit(self.context_tokens),
                 context_tokens: self.context_tokens,
@@ -309,12 +330,19 @@ impl ChatCore {
     pub async fn chat(&self, id: SessionId, content: &str) -> Result<ChatReply> {
         let inner = &*self.inner;
         validate_message(content)?;
-        let session = inner
-            .store
-            .get_session(id)
-            .await?
-            .ok_or_else(Error::session_not_found)?;
-        if !inner.sessions.is_active(&session) {
+        // Exists and active? From memory when the session is hot.
+        let last_active = match inner.hot.get(id) {
+            Some(hot) => hot.last_active(),
+            None => {
+                inner
+                    .store
+                    .get_session(id)
+                    .await?
+                    .ok_or_else(Error::session_not_found)?
+                    .last_active
+            }
+        };
+        if !inner.sessions.is_active_since(last_active) {
             return Err(Error::session_expired());
         }
         let remaining = match inner.limiter.check(id) {
@@ -325,25 +353,30 @@ impl ChatCore {
         };
         let user_at = inner.clock.now();
         let _slot = inner.queues.enter(id).await;
-        // Re-read under the queue: earlier turns may have added history, and
-        // the session may have been purged or expired while we waited.
-        let (session, history) = inner
-            .store
-            .load_turn_context(id, inner.history_limit)
-            .await?
-            .ok_or_else(Error::session_not_found)?;
-        if !inner.sessions.is_active(&session) {
+        // Under the queue: earlier turns of this session are done, so the
+        // history is complete; the session may have expired or gone meanwhile.
+        let mut lease = self.lease(id).await?;
+        if !inner.sessions.is_active_since(lease.hot.last_active()) {
             return Err(Error::session_expired());
         }
-        let system = session
+        let hot = Arc::clone(&lease.hot);
+        let system = hot
+            .session
             .system_prompt
             .as_deref()
             .or(inner.system_prompt.as_deref())
             .filter(|s| !s.is_empty());
         let completion = inner
             .model
-            .complete(request(system, &history, content, inner.context_tokens))
+            .complete(request(
+                system,
+                lease.history(),
+                content,
+                inner.context_tokens,
+            ))
             .await?;
+        let reply_at = inner.clock.now();
+        lease.writing();
         inner
             .store
             .append_turn(
@@ -352,10 +385,12 @@ impl ChatCore {
                     user: content,
                     user_at,
                     reply: &completion.content,
-                    reply_at: inner.clock.now(),
+                    reply_at,
                 },
             )
             .await?;
+        lease.record(content, user_at, &completion.content, reply_at);
+        drop(lease);
         Ok(ChatReply {
             session_id: id,
             content: completion.content,
@@ -363,6 +398,27 @@ impl ChatCore {
             remaining,
             usage: completion.usage,
         })
+    }
+
+    /// The session's hot entry with its history window, loaded from the
+    /// store when it is not in memory.
+    async fn lease(&self, id: SessionId) -> Result<hot::Lease<'_>> {
+        let inner = &*self.inner;
+        if let Some(hot) = inner.hot.get(id) {
+            if let Some(lease) = inner.hot.lease(hot) {
+                return Ok(lease);
+            }
+        }
+        let (session, history) = inner
+            .store
+            .load_turn_context(id, inner.history_limit)
+            .await?
+            .ok_or_else(Error::session_not_found)?;
+        let hot = inner.hot.insert(session, history);
+        inner
+            .hot
+            .lease(hot)
+            .ok_or_else(|| Error::internal("a fresh session window was already leased"))
     }
 
     /// Runs one retention sweep: purges sessions idle past retention and

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use crate::clock::Clock;
 use crate::error::{Error, Result};
+use crate::hot::HotSessions;
 use crate::storage::Store;
 use crate::types::{Message, NewSession, PurgeReport, Session, SessionId};
 
@@ -33,6 +34,7 @@ pub struct SessionInfo {
 pub struct SessionManager {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
+    hot: Arc<HotSessions>,
     idle_timeout: Duration,
     retention: Duration,
 }
@@ -41,12 +43,14 @@ impl SessionManager {
     pub(crate) fn new(
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
+        hot: Arc<HotSessions>,
         idle_timeout: Duration,
         retention: Duration,
     ) -> Self {
         SessionManager {
             store,
             clock,
+            hot,
             idle_timeout,
             retention,
         }
@@ -96,6 +100,9 @@ impl SessionManager {
             metadata: options.metadata,
         };
         self.store.insert_session(&session).await?;
+        if self.hot.enabled() {
+            self.hot.insert(session.clone(), Vec::new());
+        }
         Ok(SessionInfo {
             is_active: true,
             session,
@@ -140,12 +147,22 @@ impl SessionManager {
             .now()
             .checked_sub_signed(retention)
             .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
-        self.store.purge_inactive_before(cutoff).await
+        let report = self.store.purge_inactive_before(cutoff).await?;
+        self.hot.forget_idle_before(cutoff);
+        Ok(report)
     }
 
     /// Whether `session` is active now.
     pub fn is_active(&self, session: &Session) -> bool {
-        session.is_active_at(self.clock.now(), self.idle_timeout)
+        self.is_active_since(session.last_active)
+    }
+
+    /// Whether a session last active at `last_active` is active now.
+    pub(crate) fn is_active_since(&self, last_active: chrono::DateTime<chrono::Utc>) -> bool {
+        match chrono::Duration::from_std(self.idle_timeout) {
+            Ok(idle) => self.clock.now() < last_active + idle,
+            Err(_) => true,
+        }
     }
 
     pub(crate) fn info(&self, session: Session) -> SessionInfo {

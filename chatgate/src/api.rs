@@ -220,7 +220,11 @@ fn validate(body: &[u8], fields: &[Field]) -> Vec<Invalid> {
             (Kind::Str, Value::String(s)) => {
                 if let Some(lit) = f.literal {
                     if s != lit {
-                        out.push(Invalid::field(f.name, format!("Input should be '{lit}'"), "literal_error"));
+                        out.push(Invalid::field(
+                            f.name,
+                            format!("Input should be '{lit}'"),
+                            "literal_error",
+                        ));
                     }
                 }
                 if f.min_len && s.is_empty() {
@@ -231,7 +235,11 @@ fn validate(body: &[u8], fields: &[Field]) -> Vec<Invalid> {
                     ));
                 }
             }
-            (Kind::Str, _) => out.push(Invalid::field(f.name, "Input should be a valid string", "string_type")),
+            (Kind::Str, _) => out.push(Invalid::field(
+                f.name,
+                "Input should be a valid string",
+                "string_type",
+            )),
             (Kind::Int, Value::Number(n)) if n.is_i64() => {
                 let n = n.as_i64().unwrap_or_default();
                 if let Some((lo, hi)) = f.range {
@@ -250,9 +258,17 @@ fn validate(body: &[u8], fields: &[Field]) -> Vec<Invalid> {
                     }
                 }
             }
-            (Kind::Int, _) => out.push(Invalid::field(f.name, "Input should be a valid integer", "int_type")),
+            (Kind::Int, _) => out.push(Invalid::field(
+                f.name,
+                "Input should be a valid integer",
+                "int_type",
+            )),
             (Kind::Object, Value::Object(_)) => {}
-            (Kind::Object, _) => out.push(Invalid::field(f.name, "Input should be a valid dictionary", "dict_type")),
+            (Kind::Object, _) => out.push(Invalid::field(
+                f.name,
+                "Input should be a valid dictionary",
+                "dict_type",
+            )),
         }
     }
     out
@@ -352,9 +368,12 @@ mod tests {
     #[test]
     fn feedback_rating_is_bounded() {
         assert!(parse_feedback(br#"{"session_id":"x","feedback":"ok","rating":5}"#).is_ok());
-        let v = items(parse_feedback(br#"{"session_id":"x","feedback":"ok","rating":6}"#).unwrap_err());
+        let v =
+            items(parse_feedback(br#"{"session_id":"x","feedback":"ok","rating":6}"#).unwrap_err());
         assert_eq!(v[0].kind, "less_than_equal");
-        let v = items(parse_feedback(br#"{"session_id":"x","feedback":"ok","rating":"5"}"#).unwrap_err());
+        let v = items(
+            parse_feedback(br#"{"session_id":"x","feedback":"ok","rating":"5"}"#).unwrap_err(),
+        );
         assert_eq!(v[0].kind, "int_type");
     }
 

@@ -356,9 +356,10 @@ impl Config {
         if base == chatcore::llm::OPENAI_BASE_URL && self.secrets.openai_api_key.is_none() {
             return Err(ConfigError::Invalid {
                 key: "openai.base_url",
-                expected: "OPENAI_API_KEY must be set (environment or .env) to use api.openai.com; \
+                expected:
+                    "OPENAI_API_KEY must be set (environment or .env) to use api.openai.com; \
                            set it, or point openai.base_url at another OpenAI-compatible server"
-                    .into(),
+                        .into(),
             });
         }
         if !(0.0..=2.0).contains(&o.temperature) {
@@ -503,9 +504,12 @@ mod tests {
         if let Some(t) = toml {
             std::fs::write(&file, t).unwrap();
         }
-        let mut map: HashMap<String, String> =
-            env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        map.entry("OPENAI_API_KEY".into()).or_insert_with(|| "sk-test".into());
+        let mut map: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        map.entry("OPENAI_API_KEY".into())
+            .or_insert_with(|| "sk-test".into());
         let s = Sources {
             file,
             explicit: false,
@@ -534,7 +538,10 @@ mod tests {
     fn env_overrides_file() {
         let (_d, s) = sources(
             Some("[server]\nbind = \"127.0.0.1:7000\"\n[rate_limit]\nmessages_per_minute = 9\n"),
-            &[("CHATGATE_SERVER__BIND", "127.0.0.1:9000"), ("CHATGATE_SESSION__IDLE_TIMEOUT", "5m")],
+            &[
+                ("CHATGATE_SERVER__BIND", "127.0.0.1:9000"),
+                ("CHATGATE_SESSION__IDLE_TIMEOUT", "5m"),
+            ],
         );
         let c = Config::load(&s).unwrap();
         assert_eq!(c.server.bind.to_string(), "127.0.0.1:9000");
@@ -564,13 +571,20 @@ mod tests {
         s.env.remove("OPENAI_API_KEY");
         let e = Config::load(&s).unwrap_err().to_string();
         assert!(e.contains("OPENAI_API_KEY"), "{e}");
-        std::fs::write(d.path().join(".env"), "OPENAI_API_KEY=sk-from-dotenv\nSECRET_KEY=s3\n").unwrap();
+        std::fs::write(
+            d.path().join(".env"),
+            "OPENAI_API_KEY=sk-from-dotenv\nSECRET_KEY=s3\n",
+        )
+        .unwrap();
         let c = Config::load(&s).unwrap();
         assert_eq!(c.secrets.openai_api_key.unwrap().expose(), "sk-from-dotenv");
         assert!(!format!("{:?}", c.secrets.secret_key).contains("s3"));
         // Another base URL runs without a key.
         std::fs::remove_file(d.path().join(".env")).unwrap();
-        s.env.insert("CHATGATE_OPENAI__BASE_URL".into(), "http://127.0.0.1:1/v1".into());
+        s.env.insert(
+            "CHATGATE_OPENAI__BASE_URL".into(),
+            "http://127.0.0.1:1/v1".into(),
+        );
         assert!(Config::load(&s).is_ok());
     }
 
@@ -578,6 +592,9 @@ mod tests {
     fn explicit_missing_file_is_an_error() {
         let (_d, mut s) = sources(None, &[]);
         s.explicit = true;
-        assert!(matches!(Config::load(&s), Err(ConfigError::Unreadable { .. })));
+        assert!(matches!(
+            Config::load(&s),
+            Err(ConfigError::Unreadable { .. })
+        ));
     }
 }

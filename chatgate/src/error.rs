@@ -201,7 +201,8 @@ mod tests {
     #[test]
     fn retry_after_is_whole_seconds() {
         let e = ApiError::from(
-            Error::new(ErrorKind::UpstreamBusy, "busy").with_retry_after(Duration::from_millis(1500)),
+            Error::new(ErrorKind::UpstreamBusy, "busy")
+                .with_retry_after(Duration::from_millis(1500)),
         );
         assert_eq!(e.retry_after, Some(2));
     }

@@ -17,6 +17,7 @@
 //! facade a [`config::Config`] describes.
 
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod error;
 pub mod handlers;

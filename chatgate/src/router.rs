@@ -50,7 +50,11 @@ pub fn json<T: Serialize>(value: &T) -> Response<Body> {
 ///
 /// # Errors
 /// 413 when the body is too large; 400 when it cannot be read.
-pub async fn read_body(body: Incoming, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
+pub async fn read_body(
+    body: Incoming,
+    headers: &HeaderMap,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -82,7 +86,10 @@ pub async fn serve(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Bod
     let method = req.method().clone();
     let uri = req.uri().clone();
     let origin = req.headers().get(header::ORIGIN).cloned();
-    let preflight_headers = req.headers().get(header::ACCESS_CONTROL_REQUEST_HEADERS).cloned();
+    let preflight_headers = req
+        .headers()
+        .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+        .cloned();
     let rid: &str = request_id.to_str().unwrap_or("-");
 
     let result = if method == Method::OPTIONS {
@@ -107,7 +114,8 @@ pub async fn serve(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Bod
     };
     app.cors.apply(origin.as_ref(), resp.headers_mut());
     let status = resp.status().as_u16();
-    resp.headers_mut().insert("x-request-id", request_id.clone());
+    resp.headers_mut()
+        .insert("x-request-id", request_id.clone());
     info!(app.log, "request";
         "method" => method.as_str(),
         "path" => uri.path(),
@@ -155,7 +163,10 @@ fn preflight(requested: Option<HeaderValue>) -> Response<Body> {
         header::ACCESS_CONTROL_ALLOW_HEADERS,
         requested.unwrap_or(HeaderValue::from_static("content-type, x-request-id")),
     );
-    h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+    h.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("600"),
+    );
     resp
 }
 
@@ -163,7 +174,10 @@ fn preflight(requested: Option<HeaderValue>) -> Response<Body> {
 /// slash; a known path with the wrong method is 405, anything else 404.
 async fn dispatch(app: &Arc<App>, req: Request<Incoming>, rid: &str) -> HandlerResult {
     let path = req.uri().path();
-    let trimmed = path.strip_suffix('/').filter(|p| !p.is_empty()).unwrap_or(path);
+    let trimmed = path
+        .strip_suffix('/')
+        .filter(|p| !p.is_empty())
+        .unwrap_or(path);
     let mut parts = trimmed.trim_start_matches('/').split('/');
     let segs: [&str; 4] = [
         parts.next().unwrap_or(""),
@@ -245,7 +259,10 @@ impl Cors {
     fn apply(&self, origin: Option<&HeaderValue>, h: &mut HeaderMap) {
         let Some(origin) = origin else { return };
         if self.any {
-            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                HeaderValue::from_static("*"),
+            );
         } else if self.origins.iter().any(|o| o == origin) {
             h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
             h.append(header::VARY, HeaderValue::from_static("Origin"));
@@ -254,7 +271,9 @@ impl Cors {
         }
         h.insert(
             header::ACCESS_CONTROL_EXPOSE_HEADERS,
-            HeaderValue::from_static("Retry-After, X-RateLimit-Limit, X-RateLimit-Remaining, X-Request-Id"),
+            HeaderValue::from_static(
+                "Retry-After, X-RateLimit-Limit, X-RateLimit-Remaining, X-Request-Id",
+            ),
         );
     }
 }

@@ -72,7 +72,10 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
         .await
         .is_err()
     {
-        error!(app.log, "shutdown grace period passed with requests still in flight");
+        error!(
+            app.log,
+            "shutdown grace period passed with requests still in flight"
+        );
     }
 }
 

@@ -49,4 +49,3 @@ fn static_response(body: &'static str, content_type: &'static str) -> Response<B
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     resp
 }
-

@@ -94,6 +94,9 @@ impl SqliteStore {
             if options.full_sync { "FULL" } else { "NORMAL" },
         )?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        // 8 MiB of page cache (negative = KiB): the indexes appends touch
+        // stay in memory.
+        conn.pragma_update(None, "cache_size", -8192)?;
         conn.set_prepared_statement_cache_capacity(32);
         schema::migrate(&mut conn)?;
         let worker = Worker::spawn(conn, options.sql_logger)?;

@@ -1,0 +1,325 @@
+//! The hot-session cache: what a chat turn needs to know about a session
+//! (its record, `last_active`, and the recent history that can still fit
+//! the context budget), kept in memory so a turn reads nothing from storage.
+//!
+//! Coherence: every change to a session's messages and `last_active` goes
+//! through [`ChatCore::chat`](crate::ChatCore::chat), under the session's
+//! turn queue, which updates the cache after the store. This assumes the
+//! facade is the only writer of its store's messages (true for chatgate);
+//! an application that also writes messages behind its back should turn the
+//! cache off with `ChatCoreBuilder::hot_sessions(0)`.
+//!
+//! Bounds: at most `capacity` sessions, each holding only the newest
+//! messages whose estimated tokens fit `context_tokens` (older ones can
+//! never be sent again). A full shard evicts an arbitrary entry; unlike LRU,
+//! that degrades gracefully when clients round-robin over more sessions
+//! than fit.
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use chrono::{DateTime, Utc};
+
+use crate::chat::estimate_tokens;
+use crate::types::{from_millis, Message, Role, Session, SessionId};
+
+const SHARDS: usize = 16;
+
+/// A cached session.
+#[derive(Debug)]
+pub(crate) struct Hot {
+    /// The record as created (its `last_active` field is not maintained;
+    /// read [`Hot::last_active`]).
+    pub(crate) session: Session,
+    last_active_ms: AtomicI64,
+    window: Mutex<Option<Window>>,
+}
+
+/// The newest messages of a session that fit the context budget.
+#[derive(Debug, Default)]
+pub(crate) struct Window {
+    messages: Vec<Message>,
+    start: usize,
+    tokens: usize,
+}
+
+impl Window {
+    /// Keeps the newest of `history` that fit `budget` tokens.
+    pub(crate) fn new(mut history: Vec<Message>, budget: usize) -> Window {
+        let mut tokens = 0;
+        let mut keep = 0;
+        for m in history.iter().rev() {
+            let cost = estimate_tokens(&m.content);
+            if tokens + cost > budget {
+                break;
+            }
+            tokens += cost;
+            keep += 1;
+        }
+        history.drain(..history.len() - keep);
+        Window {
+            messages: history,
+            start: 0,
+            tokens,
+        }
+    }
+
+    /// The messages, oldest first.
+    pub(crate) fn messages(&self) -> &[Message] {
+        &self.messages[self.start..]
+    }
+
+    fn push(&mut self, role: Role, content: &str, at: DateTime<Utc>, budget: usize) {
+        self.tokens += estimate_tokens(content);
+        self.messages.push(Message {
+            role,
+            content: content.to_owned(),
+            created_at: at,
+        });
+        while self.tokens > budget && self.start < self.messages.len() {
+            self.tokens -= estimate_tokens(&self.messages[self.start].content);
+            self.start += 1;
+        }
+        // Compact now and then, not on every turn.
+        if self.start > 32 && self.start * 2 > self.messages.len() {
+            self.messages.drain(..self.start);
+            self.start = 0;
+        }
+    }
+}
+
+impl Hot {
+    pub(crate) fn new(session: Session, window: Window) -> Hot {
+        Hot {
+            last_active_ms: AtomicI64::new(session.last_active.timestamp_millis()),
+            session,
+            window: Mutex::new(Some(window)),
+        }
+    }
+
+    /// When the session's last successful turn finished.
+    pub(crate) fn last_active(&self) -> DateTime<Utc> {
+        from_millis(self.last_active_ms.load(Ordering::Acquire))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Option<Window>> {
+        self.window.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The cache: sharded maps from session id to [`Hot`].
+#[derive(Debug)]
+pub(crate) struct HotSessions {
+    shards: [Mutex<HashMap<SessionId, Arc<Hot>>>; SHARDS],
+    hasher: std::collections::hash_map::RandomState,
+    per_shard: usize,
+    budget: usize,
+}
+
+impl HotSessions {
+    /// A cache of up to about `capacity` sessions, windows of `budget` tokens.
+    pub(crate) fn new(capacity: usize, budget: usize) -> HotSessions {
+        HotSessions {
+            shards: Default::default(),
+            hasher: Default::default(),
+            per_shard: capacity.div_ceil(SHARDS),
+            budget,
+        }
+    }
+
+    fn shard(&self, id: &SessionId) -> MutexGuard<'_, HashMap<SessionId, Arc<Hot>>> {
+        self.shards[(self.hasher.hash_one(id) as usize) % SHARDS]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn enabled(&self) -> bool {
+        self.per_shard > 0
+    }
+
+    pub(crate) fn get(&self, id: SessionId) -> Option<Arc<Hot>> {
+        if !self.enabled() {
+            return None;
+        }
+        self.shard(&id).get(&id).cloned()
+    }
+
+    /// Caches `session` with `history`; returns the entry.
+    pub(crate) fn insert(&self, session: Session, history: Vec<Message>) -> Arc<Hot> {
+        let id = session.id;
+        let hot = Arc::new(Hot::new(session, Window::new(history, self.budget)));
+        if !self.enabled() {
+            return hot;
+        }
+        let mut shard = self.shard(&id);
+        if shard.len() >= self.per_shard && !shard.contains_key(&id) {
+            if let Some(victim) = shard.keys().next().copied() {
+                shard.remove(&victim);
+            }
+        }
+        shard.insert(id, Arc::clone(&hot));
+        hot
+    }
+
+    /// Forgets `id` if its entry is still `hot`.
+    pub(crate) fn invalidate(&self, id: SessionId, hot: &Arc<Hot>) {
+        let mut shard = self.shard(&id);
+        if shard.get(&id).is_some_and(|h| Arc::ptr_eq(h, hot)) {
+            shard.remove(&id);
+        }
+    }
+
+    /// Forgets every session idle since before `cutoff` (after a purge).
+    pub(crate) fn forget_idle_before(&self, cutoff: DateTime<Utc>) {
+        let cutoff = cutoff.timestamp_millis();
+        for shard in &self.shards {
+            shard
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|_, h| h.last_active_ms.load(Ordering::Acquire) >= cutoff);
+        }
+    }
+
+    /// Takes the session's window for one turn. Only one turn of a session
+    /// runs at a time (the turn queue), so the window is normally there;
+    /// `None` means a cancelled turn left the entry unknown: reload.
+    pub(crate) fn lease<'a>(&'a self, hot: Arc<Hot>) -> Option<Lease<'a>> {
+        let window = hot.lock().take()?;
+        Some(Lease {
+            cache: self,
+            hot,
+            window: Some(window),
+            in_doubt: false,
+        })
+    }
+}
+
+/// A session's window, held by the turn that runs. Dropped without
+/// [`Lease::record`] it goes back unchanged, or, if the store may have
+/// changed meanwhile, the entry is dropped so the next turn reloads.
+#[derive(Debug)]
+pub(crate) struct Lease<'a> {
+    cache: &'a HotSessions,
+    pub(crate) hot: Arc<Hot>,
+    window: Option<Window>,
+    in_doubt: bool,
+}
+
+impl Lease<'_> {
+    pub(crate) fn history(&self) -> &[Message] {
+        self.window.as_ref().map_or(&[], Window::messages)
+    }
+
+    /// Marks the store as being written: until [`Lease::record`], the
+    /// cache may be stale.
+    pub(crate) fn writing(&mut self) {
+        self.in_doubt = true;
+    }
+
+    /// Records a stored turn in the cache.
+    pub(crate) fn record(
+        &mut self,
+        user: &str,
+        user_at: DateTime<Utc>,
+        reply: &str,
+        reply_at: DateTime<Utc>,
+    ) {
+        let budget = self.cache.budget;
+        if let Some(w) = self.window.as_mut() {
+            w.push(Role::User, user, user_at, budget);
+            w.push(Role::Assistant, reply, reply_at, budget);
+        }
+        self.hot
+            .last_active_ms
+            .store(reply_at.timestamp_millis(), Ordering::Release);
+        self.in_doubt = false;
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if self.in_doubt {
+            self.cache.invalidate(self.hot.session.id, &self.hot);
+        } else {
+            *self.hot.lock() = self.window.take();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(content: &str) -> Message {
+        Message {
+            role: Role::User,
+            content: content.to_owned(),
+            created_at: Utc::now(),
+        }
+    }
+
+    fn session() -> Session {
+        let now = Utc::now();
+        Session {
+            id: SessionId::new_v4(),
+            created_at: now,
+            last_active: now,
+            system_prompt: None,
+            metadata: None,
+        }
+    }
+
+    #[test]
+    fn window_keeps_the_newest_that_fit() {
+        // "abcd" costs 5 tokens.
+        let w = Window::new((0..10).map(|_| msg("abcd")).collect(), 12);
+        assert_eq!(w.messages().len(), 2);
+        let mut w = Window::new(Vec::new(), 12);
+        for _ in 0..100 {
+            w.push(Role::User, "abcd", Utc::now(), 12);
+        }
+        assert_eq!(w.messages().len(), 2);
+        assert!(w.messages.len() < 70, "compaction keeps the buffer bounded");
+    }
+
+    #[test]
+    fn capacity_is_bounded() {
+        let cache = HotSessions::new(32, 100);
+        for _ in 0..1000 {
+            cache.insert(session(), Vec::new());
+        }
+        let total: usize = cache.shards.iter().map(|s| s.lock().unwrap().len()).sum();
+        assert!(total <= 32, "{total}");
+    }
+
+    #[test]
+    fn a_lease_in_doubt_invalidates_and_a_clean_one_returns() {
+        let cache = HotSessions::new(16, 100);
+        let s = session();
+        let id = s.id;
+        let hot = cache.insert(s, vec![msg("hi")]);
+        {
+            let lease = cache.lease(Arc::clone(&hot)).unwrap();
+            assert_eq!(lease.history().len(), 1);
+            assert!(
+                cache.lease(Arc::clone(&hot)).is_none(),
+                "leased once at a time"
+            );
+        }
+        let mut lease = cache.lease(Arc::clone(&hot)).unwrap();
+        lease.writing();
+        drop(lease);
+        assert!(cache.get(id).is_none());
+    }
+
+    #[test]
+    fn disabled_cache_holds_nothing() {
+        let cache = HotSessions::new(0, 100);
+        let s = session();
+        let id = s.id;
+        cache.insert(s, Vec::new());
+        assert!(cache.get(id).is_none());
+    }
+}

@@ -1,0 +1,172 @@
+//! A session's life through the facade, on a manual clock: expiry, the
+//! feedback rules, and the retention sweep.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chatcore::{ErrorKind, ManualClock, MemoryStore, PurgeReport, SessionId, Store};
+
+use super::builder;
+use crate::support::{t0, ScriptedModel, DAY, MINUTE};
+
+each_backend! {
+    "current_thread" => an_idle_session_expires_and_is_never_revived,
+    "current_thread" => feedback_is_validated_and_kept_in_order,
+    "current_thread" => the_sweep_purges_only_sessions_past_retention,
+}
+
+async fn an_idle_session_expires_and_is_never_revived<S: Store + 'static>(store: S) {
+    let model = ScriptedModel::new().shared();
+    let clock = Arc::new(ManualClock::new(t0()));
+    let core = builder(store, &model)
+        .clock(clock.clone())
+        .idle_timeout(30 * MINUTE)
+        .build()
+        .unwrap();
+    let id = core.sessions().initialize().await.unwrap().session.id;
+
+    // A turn before the timeout keeps the session alive from that turn on.
+    clock.advance(29 * MINUTE);
+    assert!(core.sessions().get(id).await.unwrap().is_active);
+    core.chat(id, "still here").await.unwrap();
+    clock.advance(29 * MINUTE);
+    assert!(core.sessions().get(id).await.unwrap().is_active);
+    core.chat(id, "and again").await.unwrap();
+    let last_active = t0() + 58 * MINUTE;
+
+    clock.advance(30 * MINUTE);
+    for _ in 0..3 {
+        let info = core.sessions().get(id).await.unwrap();
+        assert!(!info.is_active);
+        assert_eq!(info.session.last_active, last_active, "not touched");
+        let err = core.chat(id, "hello?").await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::SessionExpired);
+        assert_eq!(err.to_string(), "Session expired");
+        clock.advance(DAY);
+    }
+    assert_eq!(model.calls(), 2, "expired turns never reach the model");
+    assert_eq!(core.sessions().messages(id).await.unwrap().len(), 4);
+
+    // Feedback is still welcome while the data is retained.
+    core.feedback()
+        .submit(id, "It was fine until it expired.", Some(3))
+        .await
+        .unwrap();
+    assert_eq!(core.feedback().list(id).await.unwrap().len(), 1);
+    assert!(!core.sessions().get(id).await.unwrap().is_active);
+}
+
+async fn feedback_is_validated_and_kept_in_order<S: Store + 'static>(store: S) {
+    let model = ScriptedModel::new().shared();
+    let clock = Arc::new(ManualClock::new(t0()));
+    let core = builder(store, &model).clock(clock.clone()).build().unwrap();
+    let id = core.sessions().initialize().await.unwrap().session.id;
+    let desk = core.feedback();
+
+    let err = desk
+        .submit(SessionId::new_v4(), "who?", None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::SessionNotFound);
+    for bad in [0, 6, -1, 100] {
+        let err = desk.submit(id, "rated", Some(bad)).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "rating {bad}");
+        assert_eq!(err.field(), Some("rating"));
+    }
+    let too_long = "x".repeat(chatcore::feedback::MAX_FEEDBACK_CHARS + 1);
+    for bad in ["", "   \n", too_long.as_str()] {
+        let err = desk.submit(id, bad, Some(3)).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+        assert_eq!(err.field(), Some("feedback"));
+    }
+    assert!(
+        desk.list(id).await.unwrap().is_empty(),
+        "nothing invalid kept"
+    );
+
+    let first = desk
+        .submit(id, "The chat was very helpful.", Some(5))
+        .await
+        .unwrap();
+    assert_eq!(first.created_at, t0());
+    assert_eq!(first.rating.map(|r| r.get()), Some(5));
+    clock.advance(MINUTE);
+    let second = desk.submit(id, "No rating this time", None).await.unwrap();
+    let third = desk.submit(id, "Edge", Some(1)).await.unwrap();
+    assert_eq!(desk.list(id).await.unwrap(), vec![first, second, third]);
+}
+
+async fn the_sweep_purges_only_sessions_past_retention<S: Store + 'static>(store: S) {
+    let model = ScriptedModel::new().shared();
+    let clock = Arc::new(ManualClock::new(t0()));
+    let core = builder(store, &model)
+        .clock(clock.clone())
+        .retention(10 * DAY)
+        .build()
+        .unwrap();
+    let old = core.sessions().initialize().await.unwrap().session.id;
+    core.chat(old, "long ago").await.unwrap();
+    core.feedback().submit(old, "thanks", None).await.unwrap();
+    clock.advance(6 * DAY);
+    let recent = core.sessions().initialize().await.unwrap().session.id;
+    core.chat(recent, "lately").await.unwrap();
+    core.feedback()
+        .submit(recent, "nice", Some(4))
+        .await
+        .unwrap();
+
+    clock.advance(3 * DAY); // old: 9 days idle, inside retention
+    assert_eq!(core.sweep().await.unwrap(), PurgeReport::default());
+
+    clock.advance(2 * DAY); // old: 11 days idle; recent: 5
+    let report = core.sweep().await.unwrap();
+    assert_eq!(
+        report,
+        PurgeReport {
+            sessions: 1,
+            messages: 2,
+            feedback: 1
+        }
+    );
+    let gone = core.sessions().get(old).await.unwrap_err();
+    assert_eq!(gone.kind(), ErrorKind::SessionNotFound);
+    let gone = core.sessions().messages(old).await.unwrap_err();
+    assert_eq!(gone.kind(), ErrorKind::SessionNotFound);
+    let gone = core.feedback().submit(old, "late", None).await.unwrap_err();
+    assert_eq!(gone.kind(), ErrorKind::SessionNotFound);
+    assert!(core.feedback().list(old).await.unwrap().is_empty());
+
+    assert_eq!(core.sessions().messages(recent).await.unwrap().len(), 2);
+    assert_eq!(core.feedback().list(recent).await.unwrap().len(), 1);
+    assert_eq!(core.sweep().await.unwrap(), PurgeReport::default());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_sweeper_runs_once_per_interval() {
+    let model = ScriptedModel::new().shared();
+    let clock = Arc::new(ManualClock::new(t0()));
+    let core = builder(MemoryStore::new(), &model)
+        .clock(clock.clone())
+        .retention(DAY)
+        .build()
+        .unwrap();
+    let old = core.sessions().initialize().await.unwrap().session.id;
+    clock.advance(2 * DAY);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let started = tokio::time::Instant::now();
+    let interval = Duration::from_secs(3600);
+    let sweeper = core.spawn_sweeper(interval, move |r| {
+        let _ = tx.send(r);
+    });
+
+    tokio::task::yield_now().await;
+    assert!(rx.try_recv().is_err(), "the first sweep waits one interval");
+    let first = rx.recv().await.unwrap().unwrap();
+    assert!(started.elapsed() >= interval);
+    assert_eq!(first.sessions, 1);
+    assert!(core.sessions().get(old).await.is_err());
+    let second = rx.recv().await.unwrap().unwrap();
+    assert!(started.elapsed() >= 2 * interval);
+    assert_eq!(second, PurgeReport::default());
+    sweeper.abort();
+}

@@ -1,0 +1,161 @@
+//! What a SQLite file keeps: everything written survives dropping the store
+//! and reopening the file; an acknowledged turn is already committed; the
+//! schema is versioned by `PRAGMA user_version`.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use chatcore::{ChatCore, ErrorKind, ManualClock, NewSession, SqliteStore};
+use rusqlite::Connection;
+use serde_json::json;
+
+use crate::support::{assistant, pairs, t0, user, ScriptedModel, MINUTE};
+
+fn core_on(path: &Path, model: &Arc<ScriptedModel>, clock: &Arc<ManualClock>) -> ChatCore {
+    ChatCore::builder()
+        .store(SqliteStore::open(path).unwrap())
+        .shared_model(Arc::clone(model) as Arc<dyn chatcore::ChatModel>)
+        .clock(Arc::clone(clock) as Arc<dyn chatcore::Clock>)
+        .build()
+        .unwrap()
+}
+
+fn user_version(path: &Path) -> i64 {
+    let conn = Connection::open(path).unwrap();
+    conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn everything_survives_closing_and_reopening_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chat.db");
+    let model = ScriptedModel::new().shared();
+    let clock = Arc::new(ManualClock::new(t0()));
+
+    let (first, second) = {
+        let core = core_on(&path, &model, &clock);
+        let first = core
+            .sessions()
+            .initialize_with(NewSession {
+                system_prompt: Some("Be kind.".into()),
+                metadata: Some(json!({"plan": "free", "tags": ["x"]})),
+            })
+            .await
+            .unwrap()
+            .session;
+        let second = core.sessions().initialize().await.unwrap().session;
+        clock.advance(MINUTE);
+        core.chat(first.id, "hello").await.unwrap();
+        core.chat(first.id, "how are you?").await.unwrap();
+        core.chat(second.id, "other").await.unwrap();
+        core.feedback()
+            .submit(first.id, "Helpful", Some(5))
+            .await
+            .unwrap();
+        core.feedback()
+            .submit(first.id, "Slow", None)
+            .await
+            .unwrap();
+        let first = core.sessions().get(first.id).await.unwrap().session;
+        (first, second)
+    }; // the facade and its store are dropped here
+
+    let core = core_on(&path, &model, &clock);
+    let reread = core.sessions().get(first.id).await.unwrap();
+    assert_eq!(reread.session, first);
+    assert_eq!(reread.session.last_active, t0() + MINUTE);
+    assert_eq!(reread.session.system_prompt.as_deref(), Some("Be kind."));
+    assert_eq!(
+        pairs(&core.sessions().messages(first.id).await.unwrap()),
+        vec![
+            user("hello"),
+            assistant("reply to hello"),
+            user("how are you?"),
+            assistant("reply to how are you?"),
+        ]
+    );
+    assert_eq!(core.sessions().messages(second.id).await.unwrap().len(), 2);
+    let feedback = core.feedback().list(first.id).await.unwrap();
+    assert_eq!(feedback.len(), 2);
+    assert_eq!(feedback[0].text, "Helpful");
+    assert_eq!(feedback[0].rating.map(|r| r.get()), Some(5));
+    assert_eq!(
+        (feedback[1].text.as_str(), feedback[1].rating),
+        ("Slow", None)
+    );
+    assert_eq!(feedback[0].created_at, t0() + MINUTE);
+
+    // The reopened session carries on with its history and prompt.
+    core.chat(first.id, "still me").await.unwrap();
+    let last = model.seen().pop().unwrap();
+    assert_eq!(last.system.as_deref(), Some("Be kind."));
+    assert_eq!(last.history.len(), 4);
+    assert!(user_version(&path) >= 1);
+}
+
+#[tokio::test]
+async fn an_acknowledged_turn_is_already_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chat.db");
+    let model = ScriptedModel::new().shared();
+    let clock = Arc::new(ManualClock::new(t0()));
+    let core = core_on(&path, &model, &clock);
+    let id = core.sessions().initialize().await.unwrap().session.id;
+    core.chat(id, "do not lose me").await.unwrap();
+
+    // Another connection, while the store is still open, sees the turn.
+    let conn = Connection::open(&path).unwrap();
+    let (n, content): (i64, String) = conn
+        .query_row(
+            "SELECT COUNT(*), MIN(content) FROM messages WHERE session_id = ?1",
+            [id.to_string()],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((n, content.as_str()), (2, "do not lose me"));
+}
+
+#[tokio::test]
+async fn the_schema_is_versioned_and_reopening_keeps_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chat.db");
+    drop(SqliteStore::open(&path).unwrap());
+    let version = user_version(&path);
+    assert!(version >= 1, "user_version is {version}");
+    let conn = Connection::open(&path).unwrap();
+    let mut tables: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    tables.retain(|t| !t.starts_with("sqlite_"));
+    assert_eq!(tables, ["feedback", "messages", "sessions"]);
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode.to_lowercase(), "wal");
+    drop(conn);
+
+    // Opening again migrates nothing and loses nothing.
+    let store = SqliteStore::open(&path).unwrap();
+    chatcore::SessionStore::ping(&store).await.unwrap();
+    drop(store);
+    assert_eq!(user_version(&path), version);
+}
+
+#[tokio::test]
+async fn a_database_from_a_newer_build_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chat.db");
+    drop(SqliteStore::open(&path).unwrap());
+    Connection::open(&path)
+        .unwrap()
+        .pragma_update(None, "user_version", 999)
+        .unwrap();
+    let err = SqliteStore::open(&path).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Storage);
+    assert!(err.chain().contains("999"), "{}", err.chain());
+}

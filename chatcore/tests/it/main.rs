@@ -1,0 +1,19 @@
+//! chatcore's integration tests, one binary made of modules (so the crate
+//! and its dependencies link once):
+//!
+//! - `conformance`: one storage suite, run against every backend.
+//! - `adapter`: the OpenAI adapter against the in-process mock server.
+//! - `chat`: the facade end to end, per backend, with a scripted model or
+//!   the mock server.
+//! - `durability`: what a SQLite file keeps across reopening.
+//!
+//! Nothing here touches the internet: the only upstream is `chatmock` on
+//! 127.0.0.1.
+
+#[macro_use]
+mod support;
+
+mod adapter;
+mod chat;
+mod conformance;
+mod durability;

@@ -1,0 +1,205 @@
+//! The `chatgate` command: parse the command line, load the config, build
+//! the logger, bind, run. `main.rs` calls [`main`]; the load bench runs the
+//! gateway through the same function, so it measures exactly what ships.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use crate::config::{Config, Sources};
+use crate::{build_core, logging, App};
+use slog::{error, info};
+
+const USAGE: &str = "\
+chatgate: an AI-chat gateway in front of any OpenAI-compatible server
+
+usage: chatgate [--config PATH] [--mock-upstream] [COMMAND]
+
+commands:
+  serve          run the gateway (default)
+  purge          run one retention sweep, print what it deleted, exit
+  check-config   print the effective configuration (secrets hidden), exit
+
+options:
+  --config PATH      config file (default ./config.toml; a missing default
+                     file means built-in defaults)
+  --mock-upstream    answer chats with the bundled mock OpenAI server on
+                     loopback (echoes your message): no key, no network
+  -h, --help         this text
+  -V, --version      the version
+";
+
+#[derive(Debug, PartialEq)]
+enum Command {
+    Serve,
+    Purge,
+    CheckConfig,
+}
+
+#[derive(Debug)]
+struct Cli {
+    config: Option<PathBuf>,
+    mock_upstream: bool,
+    command: Command,
+}
+
+fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Cli>, String> {
+    let mut cli = Cli {
+        config: None,
+        mock_upstream: false,
+        command: Command::Serve,
+    };
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "-h" | "--help" => {
+                print!("{USAGE}");
+                return Ok(None);
+            }
+            "-V" | "--version" => {
+                println!("chatgate {}", env!("CARGO_PKG_VERSION"));
+                return Ok(None);
+            }
+            "--config" => {
+                let path = args.next().ok_or("--config needs a path")?;
+                cli.config = Some(PathBuf::from(path));
+            }
+            s if s.starts_with("--config=") => cli.config = Some(PathBuf::from(&s[9..])),
+            "--mock-upstream" => cli.mock_upstream = true,
+            "serve" => cli.command = Command::Serve,
+            "purge" => cli.command = Command::Purge,
+            "check-config" => cli.command = Command::CheckConfig,
+            other => return Err(format!("unknown argument {other:?} (see --help)")),
+        }
+    }
+    Ok(Some(cli))
+}
+
+/// Runs the `chatgate` command with `args` (without the program name) and
+/// returns its exit code: 0 on success, 2 for bad arguments or
+/// configuration, 1 for any other failure to start.
+pub fn main(args: impl Iterator<Item = String>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("chatgate: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(run_cli(args))
+}
+
+async fn run_cli(args: impl Iterator<Item = String>) -> ExitCode {
+    let cli = match parse_args(args) {
+        Ok(Some(cli)) => cli,
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("chatgate: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut sources = Sources::from_process(cli.config);
+    let mock = if cli.mock_upstream {
+        let mock = chatmock::MockOpenAi::start().await;
+        sources
+            .env
+            .insert("CHATGATE_OPENAI__BASE_URL".into(), mock.base_url());
+        Some(mock)
+    } else {
+        None
+    };
+    let config = match Config::load(&sources) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("chatgate: config error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if cli.command == Command::CheckConfig {
+        print!("{}", toml::to_string_pretty(&config).unwrap_or_default());
+        let set = |s: &Option<crate::config::Secret>| if s.is_some() { "set" } else { "unset" };
+        println!("# OPENAI_API_KEY: {}", set(&config.secrets.openai_api_key));
+        println!("# SECRET_KEY: {}", set(&config.secrets.secret_key));
+        return ExitCode::SUCCESS;
+    }
+    let logs = match logging::build(&config.log) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("chatgate: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let code = match cli.command {
+        Command::Purge => purge(&config, &logs.logger).await,
+        _ => serve(&config, &logs.logger, mock.is_some()).await,
+    };
+    drop(mock);
+    logs.flush();
+    code
+}
+
+async fn purge(config: &Config, log: &slog::Logger) -> ExitCode {
+    let core = match build_core(config, log) {
+        Ok(c) => c,
+        Err(e) => {
+            error!(log, "cannot start"; "error" => e.chain());
+            eprintln!("chatgate: {}", e.chain());
+            return ExitCode::from(1);
+        }
+    };
+    match core.sweep().await {
+        Ok(report) => {
+            info!(log, "purge"; "sessions" => report.sessions,
+                "messages" => report.messages, "feedback" => report.feedback);
+            println!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            error!(log, "purge failed"; "error" => e.chain());
+            eprintln!("chatgate: purge failed: {}", e.chain());
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn serve(config: &Config, log: &slog::Logger, mock: bool) -> ExitCode {
+    let core = match build_core(config, log) {
+        Ok(c) => c,
+        Err(e) => {
+            error!(log, "cannot start"; "error" => e.chain());
+            return ExitCode::from(1);
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(config.server.bind).await {
+        Ok(l) => l,
+        Err(e) => {
+            error!(log, "cannot bind"; "addr" => %config.server.bind, "error" => %e);
+            return ExitCode::from(1);
+        }
+    };
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    info!(log, "listening";
+        "addr" => &addr,
+        "upstream" => &config.openai.base_url,
+        "mock_upstream" => mock,
+        "model" => &config.openai.model,
+        "storage" => ?config.storage.backend,
+        "version" => env!("CARGO_PKG_VERSION"));
+    let sweep_log = log.clone();
+    let sweeper = core.spawn_sweeper(config.session.sweep_interval, move |r| match r {
+        Ok(report) => info!(sweep_log, "retention sweep";
+            "sessions" => report.sessions, "messages" => report.messages,
+            "feedback" => report.feedback),
+        Err(e) => error!(sweep_log, "retention sweep failed"; "error" => e.chain()),
+    });
+    let app = Arc::new(App::new(core, config, log.clone()));
+    crate::run(listener, app, crate::shutdown_signal()).await;
+    sweeper.abort();
+    info!(log, "stopped");
+    ExitCode::SUCCESS
+}

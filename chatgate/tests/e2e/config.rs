@@ -1,0 +1,177 @@
+//! SPEC §4 through the built binary: `chatgate check-config` in a temp
+//! directory with a clean environment (no `OPENAI_API_KEY`).
+
+use std::path::Path;
+use std::process::Output;
+
+use crate::process::run;
+
+/// A base URL that is not OpenAI's, so no key is needed.
+const LOCAL_URL: (&str, &str) = ("CHATGATE_OPENAI__BASE_URL", "http://127.0.0.1:9/v1");
+
+fn check(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut all = args.to_vec();
+    all.push("check-config");
+    run(dir, &all, env)
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Asserts exit code 2 and a message on stderr naming every one of `words`.
+#[track_caller]
+fn assert_refused(o: &Output, words: &[&str]) {
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "exit {}; stderr: {}",
+        o.status,
+        stderr(o)
+    );
+    let err = stderr(o);
+    for w in words {
+        assert!(err.contains(w), "stderr does not name {w:?}: {err}");
+    }
+}
+
+#[test]
+fn built_in_defaults_without_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = check(dir.path(), &[], &[LOCAL_URL]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    for line in [
+        "bind = \"0.0.0.0:8000\"",
+        "max_body_bytes = 65536",
+        "idle_timeout = \"30m\"",
+        "messages_per_minute = 5",
+        "model = \"gpt-3.5-turbo\"",
+        "file = \"app.log\"",
+    ] {
+        assert!(out.contains(line), "missing {line:?} in:\n{out}");
+    }
+    assert!(out.contains("OPENAI_API_KEY: unset"), "{out}");
+}
+
+#[test]
+fn environment_overrides_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("config.toml"),
+        "[server]\nbind = \"127.0.0.1:7000\"\n[rate_limit]\nmessages_per_minute = 9\n",
+    )
+    .unwrap();
+    let o = check(
+        dir.path(),
+        &[],
+        &[LOCAL_URL, ("CHATGATE_SERVER__BIND", "127.0.0.1:9000")],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("bind = \"127.0.0.1:9000\""), "{out}");
+    assert!(!out.contains("7000"), "{out}");
+    assert!(
+        out.contains("messages_per_minute = 9"),
+        "the file's other keys still apply: {out}"
+    );
+    assert!(
+        out.contains("base_url = \"http://127.0.0.1:9/v1\""),
+        "{out}"
+    );
+}
+
+#[test]
+fn unknown_key_in_the_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("config.toml"),
+        "[server]\nbnd = \"127.0.0.1:1\"\n",
+    )
+    .unwrap();
+    assert_refused(&check(dir.path(), &[], &[LOCAL_URL]), &["bnd"]);
+    std::fs::write(
+        dir.path().join("config.toml"),
+        "[sesion]\nidle_timeout = \"1m\"\n",
+    )
+    .unwrap();
+    assert_refused(&check(dir.path(), &[], &[LOCAL_URL]), &["sesion"]);
+}
+
+#[test]
+fn bad_values_are_refused_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.toml");
+    let cases = [
+        (
+            "[rate_limit]\nmessages_per_minute = 0\n",
+            "rate_limit.messages_per_minute",
+        ),
+        (
+            "[session]\nidle_timeout = \"soon\"\n",
+            "session.idle_timeout",
+        ),
+        ("[openai]\ntemperature = 3.5\n", "openai.temperature"),
+        ("[server]\nbind = \"not an address\"\n", "server.bind"),
+        ("[storage]\nbackend = \"postgres\"\n", "storage.backend"),
+    ];
+    for (toml, key) in cases {
+        std::fs::write(&file, toml).unwrap();
+        assert_refused(&check(dir.path(), &[], &[LOCAL_URL]), &[key]);
+    }
+    std::fs::remove_file(&file).unwrap();
+    let env = [LOCAL_URL, ("CHATGATE_SESSION__IDLE_TIMEOUT", "soon")];
+    assert_refused(&check(dir.path(), &[], &env), &["session.idle_timeout"]);
+}
+
+#[test]
+fn default_base_url_needs_openai_api_key() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_refused(&check(dir.path(), &[], &[]), &["OPENAI_API_KEY"]);
+    let o = check(dir.path(), &[], &[("OPENAI_API_KEY", "sk-from-env-1234")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("OPENAI_API_KEY: set"));
+    assert!(
+        !stdout(&o).contains("sk-from-env-1234"),
+        "the key was printed"
+    );
+}
+
+#[test]
+fn dotenv_file_supplies_openai_api_key() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join(".env"),
+        "OPENAI_API_KEY=sk-from-dotenv-5678\nSECRET_KEY=s3cr3t-value\n",
+    )
+    .unwrap();
+    let o = check(dir.path(), &[], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("OPENAI_API_KEY: set"), "{out}");
+    assert!(out.contains("SECRET_KEY: set"), "{out}");
+    assert!(
+        !out.contains("sk-from-dotenv-5678") && !out.contains("s3cr3t-value"),
+        "{out}"
+    );
+}
+
+#[test]
+fn explicit_config_file_must_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = check(dir.path(), &["--config", "missing.toml"], &[LOCAL_URL]);
+    assert_refused(&o, &["missing.toml"]);
+    // An explicit file that exists is used.
+    std::fs::write(
+        dir.path().join("other.toml"),
+        "[rate_limit]\nmessages_per_minute = 11\n",
+    )
+    .unwrap();
+    let o = check(dir.path(), &["--config", "other.toml"], &[LOCAL_URL]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("messages_per_minute = 11"));
+}

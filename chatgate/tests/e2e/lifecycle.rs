@@ -1,0 +1,186 @@
+//! Shutdown and durability: graceful drain in-process, SIGTERM to the
+//! built binary, and `kill -9` losing no acknowledged turn.
+
+use std::time::Duration;
+
+use hyper::Method;
+
+use crate::process::{run, Server};
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_the_turn_in_flight_then_refuses_connections() {
+    let mut gw = Gateway::start().await;
+    gw.mock.set_latency(Duration::from_millis(500));
+    let id = new_session(gw.addr).await;
+    let (addr, sid) = (gw.addr, id.clone());
+    let in_flight = tokio::spawn(async move { chat(addr, &sid, "finish me").await });
+    // The turn has reached the (slow) upstream: it is in flight.
+    let mock = &gw.mock;
+    let mock_requests = move || async move { mock.request_count() >= 1 };
+    wait_until(
+        Duration::from_secs(10),
+        "the turn to reach the mock",
+        mock_requests,
+    )
+    .await;
+
+    gw.trigger_shutdown();
+    let r = in_flight.await.expect("task");
+    assert_eq!(r.status, 200, "in-flight turn: {}", r.text());
+    assert_eq!(r.json()["content"], "Echo: finish me");
+    gw.wait_stopped().await;
+
+    let err = tokio::net::TcpStream::connect(addr).await;
+    assert!(err.is_err(), "a new connection was accepted after shutdown");
+    let log = gw.stop().await;
+    assert!(
+        log.lines()
+            .any(|l| has_field(l, "path", "/chat/") && has_field(l, "status", "200")),
+        "the drained request was not logged:\n{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_binary_with_exit_0_and_a_flushed_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = [
+        ("OPENAI_API_KEY", "sk-binary-Qm4Tz8Wv1Ny6"),
+        ("SECRET_KEY", "signing-Hb5Rk2Xc7Jd3"),
+    ];
+    let mut server = Server::start_with_env(dir.path(), &secrets).await;
+    let id = new_session(server.addr).await;
+    let r = chat(server.addr, &id, "before the signal").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["content"], "Echo: before the signal");
+
+    server.terminate();
+    let status = server.wait_exit(Duration::from_secs(30)).await;
+    assert_eq!(status.code(), Some(0), "exit status {status}");
+    let err = tokio::net::TcpStream::connect(server.addr).await;
+    assert!(err.is_err(), "still accepting after SIGTERM");
+
+    let log = std::fs::read_to_string(dir.path().join("app.log")).expect("app.log");
+    let last = log
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
+    assert!(
+        last.contains("stopped"),
+        "the last log line is not `stopped`: {last:?}\n{log}"
+    );
+    assert!(
+        log.contains("before the signal"),
+        "content not flushed:\n{log}"
+    );
+    for (name, value) in secrets {
+        assert!(!log.contains(value), "{name} is in app.log");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_loses_no_acknowledged_turn_and_purge_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path()).await;
+    let id = new_session(server.addr).await;
+    let mut expected = Vec::new();
+    for i in 0..4 {
+        let msg = format!("durable {i}");
+        let r = chat(server.addr, &id, &msg).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        expected.push(("user".to_owned(), msg.clone()));
+        expected.push(("assistant".to_owned(), format!("Echo: {msg}")));
+    }
+    let fb = serde_json::json!({"session_id": id, "feedback": "kept"}).to_string();
+    assert_eq!(post(server.addr, "/feedback/", &fb).await.status, 200);
+
+    server.child.kill().expect("SIGKILL");
+    server.child.wait().expect("reap");
+    drop(server);
+
+    let server = Server::start(dir.path()).await;
+    let stored: Vec<(String, String)> = messages(server.addr, &id)
+        .await
+        .iter()
+        .map(|m| {
+            let role = m["role"].as_str().unwrap().to_owned();
+            (role, m["content"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    assert_eq!(stored, expected, "acknowledged turns lost across kill -9");
+    let s = send(server.addr, Method::GET, &format!("/session/{id}"), None).await;
+    assert_eq!(s.json()["is_active"], 1);
+    drop(server);
+
+    let out = run(
+        dir.path(),
+        &["--mock-upstream", "purge"],
+        &[("CHATGATE_LOG__STDERR", "false")],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "purge failed: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.lines().any(|l| l.starts_with("purged 0 sessions, ")),
+        "purge printed {stdout:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_and_the_background_sweep_delete_sessions_past_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let retention = [("CHATGATE_SESSION__RETENTION", "1s")];
+    let server = Server::start_with_env(dir.path(), &retention).await;
+    let id = new_session(server.addr).await;
+    for m in ["a", "b"] {
+        assert_eq!(chat(server.addr, &id, m).await.status, 200);
+    }
+    let fb = serde_json::json!({"session_id": id, "feedback": "bye"}).to_string();
+    assert_eq!(post(server.addr, "/feedback/", &fb).await.status, 200);
+    let idle_since = std::time::Instant::now();
+    drop(server);
+
+    // `chatgate purge` runs one sweep and says what it deleted.
+    let wait = Duration::from_millis(1500).saturating_sub(idle_since.elapsed());
+    tokio::time::sleep(wait).await;
+    let env = [retention[0], ("CHATGATE_LOG__STDERR", "false")];
+    let out = run(dir.path(), &["--mock-upstream", "purge"], &env);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "purge failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("purged 1 sessions, 4 messages, 1 feedback entries"),
+        "purge printed {stdout:?}"
+    );
+    let server = Server::start(dir.path()).await;
+    get(server.addr, &format!("/session/{id}"))
+        .await
+        .assert_error(404, "Session not found");
+    drop(server);
+
+    // The server's own sweep (every `session.sweep_interval`) does the same.
+    let env = [retention[0], ("CHATGATE_SESSION__SWEEP_INTERVAL", "100ms")];
+    let server = Server::start_with_env(dir.path(), &env).await;
+    let id = new_session(server.addr).await;
+    assert_eq!(chat(server.addr, &id, "soon gone").await.status, 200);
+    let path = format!("/session/{id}/messages");
+    let addr = server.addr;
+    let gone = || {
+        let path = path.clone();
+        async move { get(addr, &path).await.status == 404 }
+    };
+    wait_until(Duration::from_secs(10), "the sweep to delete it", gone).await;
+    let r = get(addr, &format!("/session/{id}")).await;
+    r.assert_error(404, "Session not found");
+    // A purged session is gone for chat too (no cached copy answers).
+    let r = chat(addr, &id, "still there?").await;
+    r.assert_error(404, "Session not found");
+}

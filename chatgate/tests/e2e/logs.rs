@@ -1,0 +1,194 @@
+//! `app.log` content (access lines, message lines, SQL, the `log.*`
+//! switches) and the API key: sent upstream, shown nowhere.
+
+use chatgate::config::Secret;
+use chatmock::Reply;
+use hyper::Method;
+
+use crate::support::*;
+
+const KEY: &str = "sk-e2e-Zq7VxT3mLp9Rw2Kd8Hn4";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_key_is_sent_upstream_and_shown_nowhere() {
+    let gw = Gateway::start_with(|c| {
+        c.secrets.openai_api_key = Some(Secret::new(KEY));
+        c.openai.max_retries = 1;
+    })
+    .await;
+    let mut responses = Vec::new();
+    let id = new_session(gw.addr).await;
+    let ok = chat(gw.addr, &id, "hello").await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    let rec = gw.mock.recorded();
+    assert_eq!(
+        rec[0].authorization.as_deref(),
+        Some(format!("Bearer {KEY}").as_str())
+    );
+    responses.push(ok);
+
+    let failures: Vec<(Vec<Reply>, u16)> = vec![
+        (vec![Reply::status(401)], 502),
+        (vec![Reply::status(403)], 502),
+        (vec![Reply::status(500), Reply::status(500)], 502),
+        (vec![Reply::MalformedJson], 502),
+        (
+            vec![
+                Reply::Status {
+                    status: 429,
+                    retry_after: Some(0),
+                },
+                Reply::Status {
+                    status: 429,
+                    retry_after: Some(0),
+                },
+            ],
+            503,
+        ),
+        // Last: how many drops an attempt consumes is the transport's business.
+        (vec![Reply::Drop; 6], 502),
+    ];
+    for (script, status) in failures {
+        let id = new_session(gw.addr).await;
+        for reply in script {
+            gw.mock.push(reply);
+        }
+        let r = chat(gw.addr, &id, "trigger").await;
+        assert_eq!(r.status, status, "{}", r.text());
+        responses.push(r);
+    }
+    for r in &responses {
+        assert!(
+            !r.text().contains(KEY),
+            "key in a response body: {}",
+            r.text()
+        );
+        for (name, value) in &r.headers {
+            assert!(
+                !String::from_utf8_lossy(value.as_bytes()).contains(KEY),
+                "key in response header {name}"
+            );
+        }
+    }
+    let log = gw.stop().await;
+    assert!(
+        log.lines()
+            .any(|l| l.contains("error") && l.contains("401")),
+        "the upstream 401 was not logged with its cause:\n{log}"
+    );
+    assert!(!log.contains(KEY), "the API key is in app.log");
+    assert!(
+        !log.contains(&KEY[7..]),
+        "part of the API key is in app.log"
+    );
+}
+
+/// The lines of `log` whose message is `msg` (slog-term: `TIME LEVEL msg, k: v…`).
+fn lines_with<'a>(log: &'a str, msg: &str) -> Vec<&'a str> {
+    let needle = format!(" {msg}");
+    log.lines()
+        .filter(|l| {
+            l.match_indices(&needle).any(|(i, _)| {
+                let rest = &l[i + needle.len()..];
+                rest.is_empty() || rest.starts_with(',') || rest.starts_with(' ')
+            })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_log_records_requests_messages_and_sql() {
+    let gw = Gateway::start().await;
+    let id = new_session(gw.addr).await;
+    let body = serde_json::json!({"session_id": id, "role": "user", "content": "log me please"});
+    let rid = [("x-request-id", "e2e-rid-0001")];
+    let r = try_send(
+        gw.addr,
+        Method::POST,
+        "/chat/",
+        &rid,
+        Some(body.to_string().into()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-request-id"), Some("e2e-rid-0001"));
+    let missing = get(gw.addr, "/nope").await;
+    let generated = missing
+        .header("x-request-id")
+        .expect("a generated request id")
+        .to_owned();
+    assert!(!generated.is_empty());
+    let log = gw.stop().await;
+
+    let access = lines_with(&log, "request");
+    let chat_line = access
+        .iter()
+        .find(|l| has_field(l, "request_id", "e2e-rid-0001"))
+        .unwrap_or_else(|| panic!("no access line for the chat:\n{log}"));
+    for (k, v) in [("method", "POST"), ("path", "/chat/"), ("status", "200")] {
+        assert!(has_field(chat_line, k, v), "{k}={v} missing: {chat_line}");
+    }
+    assert!(chat_line.contains("latency"), "no latency: {chat_line}");
+    let miss_line = access
+        .iter()
+        .find(|l| has_field(l, "request_id", &generated))
+        .unwrap_or_else(|| panic!("no access line for /nope:\n{log}"));
+    for (k, v) in [("method", "GET"), ("path", "/nope"), ("status", "404")] {
+        assert!(has_field(miss_line, k, v), "{k}={v} missing: {miss_line}");
+    }
+
+    let user = lines_with(&log, "user message");
+    assert!(
+        user.iter()
+            .any(|l| has_field(l, "session_id", &id) && l.contains("log me please")),
+        "no user message line:\n{log}"
+    );
+    let ai = lines_with(&log, "ai response");
+    assert!(
+        ai.iter()
+            .any(|l| has_field(l, "session_id", &id) && l.contains("Echo: log me please")),
+        "no ai response line:\n{log}"
+    );
+    let sql: Vec<&str> = log.lines().filter(|l| l.contains("statement")).collect();
+    assert!(
+        sql.iter()
+            .any(|l| l.to_ascii_uppercase().contains("INSERT")),
+        "no SQL statements logged:\n{log}"
+    );
+    // Creating the session and storing the turn both write.
+    let inserts = sql
+        .iter()
+        .filter(|l| l.to_ascii_uppercase().contains("INSERT"))
+        .count();
+    assert!(inserts >= 2, "{inserts} INSERT statements logged:\n{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_and_sql_logging_can_be_switched_off() {
+    let gw = Gateway::start_with(|c| {
+        c.log.content = false;
+        c.log.sql = false;
+    })
+    .await;
+    let id = new_session(gw.addr).await;
+    let r = chat(gw.addr, &id, "a very private message").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let log = gw.stop().await;
+    assert!(
+        lines_with(&log, "request")
+            .iter()
+            .any(|l| has_field(l, "path", "/chat/")),
+        "the access line is still written:\n{log}"
+    );
+    assert!(lines_with(&log, "user message").is_empty(), "{log}");
+    assert!(lines_with(&log, "ai response").is_empty(), "{log}");
+    assert!(
+        !log.contains("a very private message"),
+        "content logged with log.content = false"
+    );
+    assert!(
+        !log.contains("statement"),
+        "SQL logged with log.sql = false:\n{log}"
+    );
+}

@@ -1,0 +1,15 @@
+//! End-to-end tests of chatgate: the real gateway on a loopback port in
+//! front of the mock OpenAI server (in-process), and the built binary for
+//! configuration, signals and crash durability. One test binary made of
+//! modules; nothing here touches the internet.
+
+mod process;
+mod support;
+
+mod config;
+mod endpoints;
+mod errors;
+mod lifecycle;
+mod logs;
+mod rate_limit;
+mod upstream;

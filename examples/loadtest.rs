@@ -1,0 +1,621 @@
+//! The gateway load bench: chatgate against the mock OpenAI upstream reached
+//! directly, in one run, on loopback.
+//!
+//! Run: `cargo run --release --example loadtest` (options: `--duration 10`
+//! seconds per throughput phase, `--latency-duration 10`, `--connections 64`,
+//! `--sessions 2000`, `--rate 50`).
+//!
+//! Three processes share the machine, as in production: this driver (a
+//! hyper client), the mock upstream and chatgate (both re-executions of
+//! this binary; the gateway runs `chatgate::cli::main`, the same code as
+//! the `chatgate` binary: SQLite on a temp file, logging to a file with
+//! `log.content` and `log.sql` on, stderr logging off). The per-session
+//! rate limit is raised so the bench measures the gateway, not the quota.
+//!
+//! Phases, each bounded in time: closed-loop throughput with N keep-alive
+//! connections (mock direct, `/chat/`, `/session/initialize_session`,
+//! `/feedback/`); fixed-rate open-loop latency with coordinated-omission
+//! correction (each latency counts from the request's scheduled start);
+//! concurrency-1 latency. Non-2xx responses are never counted as
+//! throughput; they are reported. At the end the gateway is stopped with
+//! SIGTERM and the SQLite file is checked: every acknowledged turn stored.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("__mock") => run_mock(),
+        Some("__gateway") => chatgate::cli::main(args.into_iter().skip(2)),
+        _ => {
+            let opts = match Options::parse(&args[1..]) {
+                Ok(o) => o,
+                Err(e) => {
+                    eprintln!("loadtest: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(drive(opts))
+        }
+    }
+}
+
+/// The mock upstream as a child process: prints its port, serves until
+/// its stdin closes (the driver exiting closes it).
+fn run_mock() -> ExitCode {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let mock = chatmock::MockOpenAi::start().await;
+        mock.set_recording(false);
+        println!("{}", mock.addr().port());
+        // A blocking read on its own thread: returns when the driver exits.
+        let _ = tokio::task::spawn_blocking(|| {
+            let mut buf = [0u8; 1];
+            let _ = std::io::Read::read(&mut std::io::stdin(), &mut buf);
+        })
+        .await;
+    });
+    ExitCode::SUCCESS
+}
+
+#[derive(Debug, Clone)]
+struct Options {
+    duration: Duration,
+    latency_duration: Duration,
+    connections: usize,
+    sessions: usize,
+    rate: u32,
+    backend: String,
+    phases: String,
+}
+
+impl Options {
+    fn parse(args: &[String]) -> Result<Options, String> {
+        let mut o = Options {
+            duration: Duration::from_secs(10),
+            latency_duration: Duration::from_secs(10),
+            connections: 64,
+            sessions: 2000,
+            rate: 50,
+            backend: "sqlite".into(),
+            phases: "all".into(),
+        };
+        let mut it = args.iter();
+        while let Some(flag) = it.next() {
+            let mut value = || -> Result<u64, String> {
+                it.next()
+                    .and_then(|v| v.parse().ok())
+                    .ok_or(format!("{flag} needs a whole number"))
+            };
+            match flag.as_str() {
+                "--duration" => o.duration = Duration::from_secs(value()?.clamp(1, 120)),
+                "--latency-duration" => {
+                    o.latency_duration = Duration::from_secs(value()?.clamp(1, 120))
+                }
+                "--connections" => o.connections = value()?.clamp(1, 1024) as usize,
+                "--sessions" => o.sessions = value()?.clamp(1, 100_000) as usize,
+                "--rate" => o.rate = value()?.clamp(1, 10_000) as u32,
+                "--backend" => {
+                    o.backend = it
+                        .next()
+                        .cloned()
+                        .ok_or("--backend needs sqlite or memory")?
+                }
+                "--phases" => {
+                    o.phases = it.next().cloned().ok_or("--phases needs all or latency")?
+                }
+                "--bench" => {} // passed by `cargo bench`; ignored
+                other => return Err(format!("unknown option {other}")),
+            }
+        }
+        Ok(o)
+    }
+}
+
+/// A child process killed when dropped, unless it exited.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+async fn connect(addr: SocketAddr) -> std::io::Result<SendRequest<Full<Bytes>>> {
+    let stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(std::io::Error::other)?;
+    tokio::spawn(conn);
+    Ok(tx)
+}
+
+async fn post(
+    tx: &mut SendRequest<Full<Bytes>>,
+    path: &str,
+    body: Bytes,
+) -> Result<(StatusCode, Bytes), String> {
+    tx.ready().await.map_err(|e| e.to_string())?;
+    let req = Request::post(path)
+        .header("host", "127.0.0.1")
+        .header("content-type", "application/json")
+        .body(Full::new(body))
+        .map_err(|e| e.to_string())?;
+    let resp = tx.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, body))
+}
+
+/// What a request generator produces: path and body for request `n`.
+type Make = Arc<dyn Fn(u64) -> (&'static str, Bytes) + Send + Sync>;
+
+#[derive(Debug, Default)]
+struct Phase {
+    ok: u64,
+    non_2xx: u64,
+    errors: u64,
+    elapsed: Duration,
+    latencies_us: Vec<u32>,
+}
+
+impl Phase {
+    fn rate(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn pct(&mut self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return f64::NAN;
+        }
+        self.latencies_us.sort_unstable();
+        let i = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
+        f64::from(self.latencies_us[i]) / 1000.0
+    }
+
+    fn merge(&mut self, other: Phase) {
+        self.ok += other.ok;
+        self.non_2xx += other.non_2xx;
+        self.errors += other.errors;
+        self.latencies_us.extend(other.latencies_us);
+    }
+}
+
+/// Closed loop: `conns` keep-alive connections, each sending its next
+/// request as soon as the previous answer arrives, for `duration`.
+async fn closed_loop(addr: SocketAddr, conns: usize, duration: Duration, make: Make) -> Phase {
+    let counter = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let deadline = start + duration;
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        let (make, counter) = (Arc::clone(&make), Arc::clone(&counter));
+        tasks.push(tokio::spawn(async move {
+            let mut phase = Phase::default();
+            let Ok(mut tx) = connect(addr).await else {
+                phase.errors += 1;
+                return phase;
+            };
+            while Instant::now() < deadline {
+                let (path, body) = make(counter.fetch_add(1, Ordering::Relaxed));
+                let t0 = Instant::now();
+                match post(&mut tx, path, body).await {
+                    Ok((s, _)) if s.is_success() => {
+                        phase.ok += 1;
+                        phase.latencies_us.push(t0.elapsed().as_micros() as u32);
+                    }
+                    Ok(_) => phase.non_2xx += 1,
+                    Err(_) => {
+                        phase.errors += 1;
+                        match connect(addr).await {
+                            Ok(c) => tx = c,
+                            Err(_) => return phase,
+                        }
+                    }
+                }
+            }
+            phase
+        }));
+    }
+    let mut total = Phase::default();
+    for t in tasks {
+        if let Ok(p) = t.await {
+            total.merge(p);
+        }
+    }
+    total.elapsed = start.elapsed();
+    total
+}
+
+/// Open loop: requests scheduled at a fixed `rate`; each latency counts
+/// from its scheduled start (coordinated-omission correction), on a pool
+/// of keep-alive connections that grows if every connection is busy.
+async fn open_loop(addr: SocketAddr, rate: u32, duration: Duration, make: Make) -> Phase {
+    let (pool_tx, pool_rx) = tokio::sync::mpsc::unbounded_channel::<SendRequest<Full<Bytes>>>();
+    let pool_rx = Arc::new(tokio::sync::Mutex::new(pool_rx));
+    for _ in 0..4 {
+        if let Ok(c) = connect(addr).await {
+            let _ = pool_tx.send(c);
+        }
+    }
+    let period = Duration::from_secs_f64(1.0 / f64::from(rate));
+    let start = tokio::time::Instant::now() + Duration::from_millis(5);
+    let total = (duration.as_secs_f64() * f64::from(rate)) as u64;
+    let mut tasks = Vec::with_capacity(total as usize);
+    for i in 0..total {
+        let scheduled = start + period * i as u32;
+        // The timer wheel has millisecond granularity: sleep to just before
+        // the slot, then spin, so latencies are not padded by timer slop.
+        tokio::time::sleep_until(scheduled - Duration::from_millis(2)).await;
+        while tokio::time::Instant::now() < scheduled {
+            std::hint::spin_loop();
+        }
+        let (make, pool_tx, pool_rx) = (Arc::clone(&make), pool_tx.clone(), Arc::clone(&pool_rx));
+        tasks.push(tokio::spawn(async move {
+            let conn = {
+                let mut rx = pool_rx.lock().await;
+                rx.try_recv().ok()
+            };
+            let mut conn = match conn {
+                Some(c) => c,
+                None => connect(addr).await.map_err(|e| e.to_string())?,
+            };
+            let (path, body) = make(i);
+            let result = post(&mut conn, path, body).await;
+            let latency = scheduled.elapsed().as_micros() as u32;
+            let _ = pool_tx.send(conn);
+            result.map(|(s, _)| (s, latency))
+        }));
+    }
+    let mut phase = Phase::default();
+    for t in tasks {
+        match t.await {
+            Ok(Ok((s, lat))) if s.is_success() => {
+                phase.ok += 1;
+                phase.latencies_us.push(lat);
+            }
+            Ok(Ok(_)) => phase.non_2xx += 1,
+            _ => phase.errors += 1,
+        }
+    }
+    phase.elapsed = start.elapsed();
+    phase
+}
+
+fn rss_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn direct_body() -> Bytes {
+    // What chatgate sends for a turn with a 10-message history.
+    let mut messages = Vec::new();
+    for i in 0..5 {
+        messages.push(
+            serde_json::json!({"role": "user", "content": format!("Hello, how are you? #{i}")}),
+        );
+        messages.push(serde_json::json!({"role": "assistant", "content": format!("Echo: Hello, how are you? #{i}")}));
+    }
+    messages.push(serde_json::json!({"role": "user", "content": "Hello, how are you? #5"}));
+    Bytes::from(
+        serde_json::json!({"model": "gpt-3.5-turbo", "messages": messages, "temperature": 0.7})
+            .to_string(),
+    )
+}
+
+async fn drive(o: Options) -> ExitCode {
+    let exe = std::env::current_exe().expect("own path");
+    let dir = tempfile::tempdir().expect("temp dir");
+
+    let mut mock = Command::new(&exe)
+        .arg("__mock")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the mock upstream");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(mock.stdout.take().expect("mock stdout")),
+        &mut line,
+    )
+    .expect("mock port");
+    let mock_pid = mock.id();
+    let mock = Proc(mock);
+    let mock_addr: SocketAddr = format!("127.0.0.1:{}", line.trim())
+        .parse()
+        .expect("mock port");
+
+    let gw_port = free_port();
+    let gw_addr: SocketAddr = format!("127.0.0.1:{gw_port}").parse().expect("addr");
+    let db = dir.path().join("chatgate.db");
+    let gateway = Command::new(&exe)
+        .args(["__gateway", "serve"])
+        .current_dir(dir.path())
+        .env_remove("OPENAI_API_KEY")
+        .env("CHATGATE_SERVER__BIND", gw_addr.to_string())
+        .env(
+            "CHATGATE_OPENAI__BASE_URL",
+            format!("http://{mock_addr}/v1"),
+        )
+        .env("CHATGATE_STORAGE__PATH", &db)
+        .env("CHATGATE_STORAGE__BACKEND", &o.backend)
+        .env("CHATGATE_LOG__FILE", dir.path().join("app.log"))
+        .env("CHATGATE_LOG__STDERR", "false")
+        .env("CHATGATE_RATE_LIMIT__MESSAGES_PER_MINUTE", "1000000000")
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start chatgate");
+    let gw_pid = gateway.id();
+    let mut gateway = Proc(gateway);
+
+    // Wait for readiness (bounded).
+    let ready_by = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(mut c) = connect(gw_addr).await {
+            let req = Request::get("/readyz")
+                .header("host", "x")
+                .body(Full::new(Bytes::new()))
+                .expect("request");
+            if matches!(c.send_request(req).await, Ok(r) if r.status().is_success()) {
+                break;
+            }
+        }
+        if Instant::now() > ready_by {
+            eprintln!("loadtest: chatgate did not become ready");
+            return ExitCode::from(1);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Sessions, created through the gateway.
+    let mut sessions = Vec::with_capacity(o.sessions);
+    let mut c = connect(gw_addr).await.expect("connect");
+    for _ in 0..o.sessions {
+        let (s, body) = post(&mut c, "/session/initialize_session", Bytes::new())
+            .await
+            .expect("session");
+        assert!(s.is_success(), "initialize_session answered {s}");
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        sessions.push(v["session_id"].as_str().expect("session_id").to_owned());
+    }
+    let sessions = Arc::new(sessions);
+
+    let direct = direct_body();
+    let make_direct: Make = Arc::new(move |_| ("/v1/chat/completions", direct.clone()));
+    let s1 = Arc::clone(&sessions);
+    let make_chat: Make = Arc::new(move |n| {
+        let id = &s1[(n as usize) % s1.len()];
+        let body = format!(
+            r#"{{"session_id":"{id}","role":"user","content":"Hello, how are you? #{n}"}}"#
+        );
+        ("/chat/", Bytes::from(body))
+    });
+    let make_init: Make = Arc::new(|_| ("/session/initialize_session", Bytes::new()));
+    let s2 = Arc::clone(&sessions);
+    let make_feedback: Make = Arc::new(move |n| {
+        let id = &s2[(n as usize) % s2.len()];
+        let body = format!(
+            r#"{{"session_id":"{id}","feedback":"The chat was very helpful.","rating":5}}"#
+        );
+        ("/feedback/", Bytes::from(body))
+    });
+
+    println!(
+        "chatgate load bench: {} cores, {}s per throughput phase, {} connections, {} sessions; \
+         open loop {} req/s for {}s",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        o.duration.as_secs(),
+        o.connections,
+        o.sessions,
+        o.rate,
+        o.latency_duration.as_secs()
+    );
+    let mut acked_turns = 0u64;
+
+    let throughput = o.phases != "latency";
+    let skip = || async {
+        Phase {
+            elapsed: Duration::from_secs(1),
+            ..Phase::default()
+        }
+    };
+    let mut direct_tp = if throughput {
+        closed_loop(
+            mock_addr,
+            o.connections,
+            o.duration,
+            Arc::clone(&make_direct),
+        )
+        .await
+    } else {
+        skip().await
+    };
+    let mut chat_tp = if throughput {
+        closed_loop(gw_addr, o.connections, o.duration, Arc::clone(&make_chat)).await
+    } else {
+        skip().await
+    };
+    acked_turns += chat_tp.ok;
+    let mut init_tp = if throughput {
+        closed_loop(gw_addr, o.connections, o.duration, make_init).await
+    } else {
+        skip().await
+    };
+    let mut fb_tp = if throughput {
+        closed_loop(gw_addr, o.connections, o.duration, make_feedback).await
+    } else {
+        skip().await
+    };
+    let peak_after_throughput = rss_kib(gw_pid, "VmHWM:");
+
+    let mut direct_open = open_loop(
+        mock_addr,
+        o.rate,
+        o.latency_duration,
+        Arc::clone(&make_direct),
+    )
+    .await;
+    let mut chat_open =
+        open_loop(gw_addr, o.rate, o.latency_duration, Arc::clone(&make_chat)).await;
+    acked_turns += chat_open.ok;
+    let mut direct_c1 = closed_loop(mock_addr, 1, o.latency_duration, make_direct).await;
+    let mut chat_c1 = closed_loop(gw_addr, 1, o.latency_duration, make_chat).await;
+    acked_turns += chat_c1.ok;
+    let mock_peak = rss_kib(mock_pid, "VmHWM:");
+
+    println!();
+    println!(
+        "{:<44} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "closed loop", "ok/s", "non-2xx", "errors", "p50 ms", "p99 ms", "p99.9 ms"
+    );
+    for (name, p) in [
+        ("mock direct  POST /v1/chat/completions", &mut direct_tp),
+        ("chatgate     POST /chat/", &mut chat_tp),
+        (
+            "chatgate     POST /session/initialize_session",
+            &mut init_tp,
+        ),
+        ("chatgate     POST /feedback/", &mut fb_tp),
+    ] {
+        let (p50, p99, p999) = (p.pct(0.5), p.pct(0.99), p.pct(0.999));
+        println!(
+            "{:<44} {:>10.0} {:>8} {:>8} {:>8.3} {:>8.3} {:>8.3}",
+            name,
+            p.rate(),
+            p.non_2xx,
+            p.errors,
+            p50,
+            p99,
+            p999
+        );
+    }
+    println!();
+    println!(
+        "{:<44} {:>10} {:>10} {:>10} {:>10}",
+        "latency (ms)", "p50", "p99", "p99.9", "non-2xx"
+    );
+    let rows: [(&str, &mut Phase, &mut Phase); 2] = [
+        ("open loop", &mut direct_open, &mut chat_open),
+        ("concurrency 1", &mut direct_c1, &mut chat_c1),
+    ];
+    let mut added = Vec::new();
+    for (name, d, g) in rows {
+        let (dp50, dp99, dp999) = (d.pct(0.5), d.pct(0.99), d.pct(0.999));
+        let (gp50, gp99, gp999) = (g.pct(0.5), g.pct(0.99), g.pct(0.999));
+        println!(
+            "{:<44} {:>10.3} {:>10.3} {:>10.3} {:>10}",
+            format!("{name}: mock direct"),
+            dp50,
+            dp99,
+            dp999,
+            d.non_2xx + d.errors
+        );
+        println!(
+            "{:<44} {:>10.3} {:>10.3} {:>10.3} {:>10}",
+            format!("{name}: chatgate /chat/"),
+            gp50,
+            gp99,
+            gp999,
+            g.non_2xx + g.errors
+        );
+        println!(
+            "{:<44} {:>+10.3} {:>+10.3} {:>+10.3}",
+            format!("{name}: added by chatgate"),
+            gp50 - dp50,
+            gp99 - dp99,
+            gp999 - dp999
+        );
+        added.push((name, gp50 - dp50, gp99 - dp99));
+    }
+
+    // Stop the gateway gracefully and check what it acknowledged is stored.
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(gw_pid.to_string())
+        .status();
+    let exit = gateway.0.wait();
+    let stored: i64 = if o.backend != "sqlite" {
+        2 * acked_turns as i64 // nothing on disk to check
+    } else {
+        rusqlite::Connection::open(&db)
+            .and_then(|c| c.query_row("SELECT COUNT(*) FROM messages", [], |r| r.get(0)))
+            .unwrap_or(-1)
+    };
+    drop(mock);
+
+    println!();
+    println!(
+        "ratio chatgate/direct, /chat/ throughput: {:.3} ({:.0} vs {:.0} turns/s)",
+        chat_tp.rate() / direct_tp.rate(),
+        chat_tp.rate(),
+        direct_tp.rate()
+    );
+    println!(
+        "ratio chatgate/direct, initialize_session: {:.3}; feedback: {:.3}",
+        init_tp.rate() / direct_tp.rate(),
+        fb_tp.rate() / direct_tp.rate()
+    );
+    for (name, p50, p99) in added {
+        println!(
+            "added latency, {name}: p50 {:+.3} ms, p99 {:+.3} ms",
+            p50, p99
+        );
+    }
+    println!(
+        "peak RSS: chatgate {:.1} MiB after the throughput phases ({:.1} MiB at the end); mock {:.1} MiB",
+        peak_after_throughput as f64 / 1024.0,
+        rss_kib(gw_pid, "VmHWM:").max(peak_after_throughput) as f64 / 1024.0,
+        mock_peak as f64 / 1024.0
+    );
+    let clean = matches!(&exit, Ok(s) if s.success());
+    println!(
+        "durability: {acked_turns} turns acknowledged, {stored} messages stored ({}); gateway exit {}",
+        if stored == 2 * acked_turns as i64 { "all there" } else { "MISMATCH" },
+        exit.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string())
+    );
+    let non_2xx =
+        chat_tp.non_2xx + init_tp.non_2xx + fb_tp.non_2xx + chat_open.non_2xx + chat_c1.non_2xx;
+    println!("non-2xx through chatgate: {non_2xx}");
+    if stored == 2 * acked_turns as i64 && clean {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
