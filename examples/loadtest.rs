@@ -450,6 +450,8 @@ async fn drive(o: Options) -> ExitCode {
     let mut acked_turns = 0u64;
 
     let throughput = o.phases != "latency";
+    let others = o.phases == "all";
+    let latency = o.phases != "chat";
     let skip = || async {
         Phase {
             elapsed: Duration::from_secs(1),
@@ -473,30 +475,40 @@ async fn drive(o: Options) -> ExitCode {
         skip().await
     };
     acked_turns += chat_tp.ok;
-    let mut init_tp = if throughput {
+    let mut init_tp = if others {
         closed_loop(gw_addr, o.connections, o.duration, make_init).await
     } else {
         skip().await
     };
-    let mut fb_tp = if throughput {
+    let mut fb_tp = if others {
         closed_loop(gw_addr, o.connections, o.duration, make_feedback).await
     } else {
         skip().await
     };
     let peak_after_throughput = rss_kib(gw_pid, "VmHWM:");
 
-    let mut direct_open = open_loop(
-        mock_addr,
-        o.rate,
-        o.latency_duration,
-        Arc::clone(&make_direct),
-    )
-    .await;
-    let mut chat_open =
-        open_loop(gw_addr, o.rate, o.latency_duration, Arc::clone(&make_chat)).await;
+    let lat = o.latency_duration;
+    let mut direct_open = if latency {
+        open_loop(mock_addr, o.rate, lat, Arc::clone(&make_direct)).await
+    } else {
+        skip().await
+    };
+    let mut chat_open = if latency {
+        open_loop(gw_addr, o.rate, lat, Arc::clone(&make_chat)).await
+    } else {
+        skip().await
+    };
     acked_turns += chat_open.ok;
-    let mut direct_c1 = closed_loop(mock_addr, 1, o.latency_duration, make_direct).await;
-    let mut chat_c1 = closed_loop(gw_addr, 1, o.latency_duration, make_chat).await;
+    let mut direct_c1 = if latency {
+        closed_loop(mock_addr, 1, lat, make_direct).await
+    } else {
+        skip().await
+    };
+    let mut chat_c1 = if latency {
+        closed_loop(gw_addr, 1, lat, make_chat).await
+    } else {
+        skip().await
+    };
     acked_turns += chat_c1.ok;
     let mock_peak = rss_kib(mock_pid, "VmHWM:");
 

@@ -78,7 +78,8 @@ impl Default for OpenAiConfig {
 /// A [`ChatModel`] speaking OpenAI chat completions over HTTP.
 pub struct OpenAiChat {
     client: reqwest::Client,
-    url: String,
+    /// Parsed once: parsing it per request showed up in profiles.
+    url: reqwest::Url,
     config: OpenAiConfig,
     log: Option<Logger>,
 }
@@ -107,7 +108,9 @@ impl OpenAiChat {
                 format!("base_url must start with http:// or https://, got {base:?}"),
             ));
         }
-        let url = format!("{base}/chat/completions");
+        let url = reqwest::Url::parse(&format!("{base}/chat/completions")).map_err(|e| {
+            Error::invalid("base_url", format!("base_url is not a valid URL: {e}"))
+        })?;
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if let Some(key) = &config.api_key {
@@ -184,7 +187,7 @@ impl OpenAiChat {
         loop {
             let outcome = match tokio::time::timeout_at(
                 deadline,
-                self.client.post(&self.url).body(body.clone()).send(),
+                self.client.post(self.url.clone()).body(body.clone()).send(),
             )
             .await
             {

@@ -109,7 +109,7 @@ async fn an_acknowledged_turn_is_already_committed() {
     let (n, content): (i64, String) = conn
         .query_row(
             "SELECT COUNT(*), MIN(content) FROM messages WHERE session_id = ?1",
-            [id.to_string()],
+            [id.as_bytes().as_slice()],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .unwrap();

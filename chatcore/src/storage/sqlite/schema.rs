@@ -11,9 +11,11 @@ use crate::error::{Error, Result};
 /// Version `i + 1` is reached by running `MIGRATIONS[i]`.
 const MIGRATIONS: &[&str] = &[
     // v1: sessions, messages, feedback. Times are unix milliseconds (UTC).
-    // Ids are hyphenated UUID text, so the file reads well in `sqlite3`.
+    // Ids are the UUID's 16 bytes (`hex(id)` in `sqlite3`): less than half
+    // the size of the text form in every key, so more keys per index page
+    // and fewer pages written per turn.
     "CREATE TABLE sessions (
-         id            TEXT PRIMARY KEY NOT NULL,
+         id            BLOB PRIMARY KEY NOT NULL CHECK (length(id) = 16),
          created_at    INTEGER NOT NULL,
          last_active   INTEGER NOT NULL,
          system_prompt TEXT,
@@ -22,7 +24,7 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX sessions_by_last_active ON sessions (last_active);
      CREATE TABLE messages (
          seq        INTEGER PRIMARY KEY,
-         session_id TEXT NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+         session_id BLOB NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
          role       TEXT NOT NULL CHECK (role IN ('system', 'user', 'assistant')),
          content    TEXT NOT NULL,
          created_at INTEGER NOT NULL
@@ -30,7 +32,7 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX messages_by_session ON messages (session_id, seq);
      CREATE TABLE feedback (
          seq        INTEGER PRIMARY KEY,
-         session_id TEXT NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+         session_id BLOB NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
          text       TEXT NOT NULL,
          rating     INTEGER CHECK (rating BETWEEN 1 AND 5),
          created_at INTEGER NOT NULL

@@ -14,6 +14,7 @@ use serde_json::json;
 use crate::support::{assistant, pairs, t0, user, ScriptedModel, MINUTE};
 
 mod concurrency;
+mod hot;
 mod lifecycle;
 
 each_backend! {
