@@ -587,7 +587,7 @@ async fn drive(o: Options) -> ExitCode {
         2 * acked_turns as i64 // nothing on disk to check
     } else {
         rusqlite::Connection::open(&db)
-            .and_then(|c| c.query_row("SELECT COUNT(*) FROM messages", [], |r| r.get(0)))
+            .and_then(|c| c.query_row("SELECT 2 * COUNT(*) FROM turns", [], |r| r.get(0)))
             .unwrap_or(-1)
     };
     drop(mock);

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::llm::{ChatRequest, Usage};
+use crate::llm::Usage;
 use crate::types::{Message, SessionId};
 
 /// Longest user message accepted, in characters.
@@ -73,20 +73,6 @@ pub struct ChatReply {
     pub remaining: u32,
     /// Token usage, when the model reported it.
     pub usage: Option<Usage>,
-}
-
-/// Builds the request for one turn, borrowing everything.
-pub(crate) fn request<'a>(
-    system: Option<&'a str>,
-    history: &'a [Message],
-    user: &'a str,
-    context_tokens: usize,
-) -> ChatRequest<'a> {
-    ChatRequest {
-        system,
-        history: trim_history(history, system, user, context_tokens),
-        user,
-    }
 }
 
 /// Validates a user message.

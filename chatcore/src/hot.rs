@@ -41,6 +41,9 @@ pub(crate) struct Hot {
 #[derive(Debug, Default)]
 pub(crate) struct Window {
     messages: Vec<Message>,
+    /// Each message's estimated tokens (same indices as `messages`), so a
+    /// turn does not recount the characters of its whole history.
+    costs: Vec<usize>,
     start: usize,
     tokens: usize,
 }
@@ -59,32 +62,56 @@ impl Window {
             keep += 1;
         }
         history.drain(..history.len() - keep);
+        let costs = history
+            .iter()
+            .map(|m| estimate_tokens(&m.content))
+            .collect();
         Window {
             messages: history,
+            costs,
             start: 0,
             tokens,
         }
     }
 
+    /// The newest messages whose estimated tokens fit `budget`, oldest
+    /// first: what [`trim_history`](crate::trim_history) would keep.
+    pub(crate) fn fit(&self, budget: usize) -> &[Message] {
+        let mut left = budget;
+        let mut keep = 0;
+        for &cost in self.costs[self.start..].iter().rev() {
+            if cost > left {
+                break;
+            }
+            left -= cost;
+            keep += 1;
+        }
+        &self.messages[self.messages.len() - keep..]
+    }
+
     /// The messages, oldest first.
+    #[cfg(test)]
     pub(crate) fn messages(&self) -> &[Message] {
         &self.messages[self.start..]
     }
 
     fn push(&mut self, role: Role, content: &str, at: DateTime<Utc>, budget: usize) {
-        self.tokens += estimate_tokens(content);
+        let cost = estimate_tokens(content);
+        self.tokens += cost;
+        self.costs.push(cost);
         self.messages.push(Message {
             role,
             content: content.to_owned(),
             created_at: at,
         });
         while self.tokens > budget && self.start < self.messages.len() {
-            self.tokens -= estimate_tokens(&self.messages[self.start].content);
+            self.tokens -= self.costs[self.start];
             self.start += 1;
         }
         // Compact now and then, not on every turn.
         if self.start > 32 && self.start * 2 > self.messages.len() {
             self.messages.drain(..self.start);
+            self.costs.drain(..self.start);
             self.start = 0;
         }
     }
@@ -208,8 +235,14 @@ pub(crate) struct Lease<'a> {
 }
 
 impl Lease<'_> {
+    #[cfg(test)]
     pub(crate) fn history(&self) -> &[Message] {
         self.window.as_ref().map_or(&[], Window::messages)
+    }
+
+    /// The newest messages that fit `budget` tokens, oldest first.
+    pub(crate) fn history_within(&self, budget: usize) -> &[Message] {
+        self.window.as_ref().map_or(&[], |w| w.fit(budget))
     }
 
     /// Marks the store as being written: until [`Lease::record`], the
@@ -282,6 +315,16 @@ mod tests {
         }
         assert_eq!(w.messages().len(), 2);
         assert!(w.messages.len() < 70, "compaction keeps the buffer bounded");
+    }
+
+    #[test]
+    fn fit_matches_trim_history() {
+        let history: Vec<Message> = (0..40).map(|i| msg(&"x".repeat(i * 3))).collect();
+        let w = Window::new(history.clone(), 10_000);
+        for budget in [0, 5, 17, 100, 333, 10_000] {
+            let expected = crate::trim_history(&history, None, "", budget + estimate_tokens(""));
+            assert_eq!(w.fit(budget), expected, "budget {budget}");
+        }
     }
 
     #[test]

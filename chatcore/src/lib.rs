@@ -80,7 +80,7 @@ pub use types::{
     format_time, Feedback, Message, NewSession, PurgeReport, Rating, Role, Session, SessionId,
 };
 
-use chat::{history_read_limit, rate_limited, request, validate_message, TurnQueues};
+use chat::{history_read_limit, rate_limited, validate_message, TurnQueues};
 use hot::HotSessions;
 
 /// The facade: sessions, chat turns, feedback, purge. Clone it freely; all
@@ -366,14 +366,17 @@ impl ChatCore {
             .as_deref()
             .or(inner.system_prompt.as_deref())
             .filter(|s| !s.is_empty());
+        // The history budget: what system prompt and new message leave.
+        let budget = inner
+            .context_tokens
+            .saturating_sub(system.map_or(0, estimate_tokens) + estimate_tokens(content));
         let completion = inner
             .model
-            .complete(request(
+            .complete(ChatRequest {
                 system,
-                lease.history(),
-                content,
-                inner.context_tokens,
-            ))
+                history: lease.history_within(budget),
+                user: content,
+            })
             .await?;
         let reply_at = inner.clock.now();
         lease.writing();

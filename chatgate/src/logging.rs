@@ -167,9 +167,24 @@ pub fn build(config: &LogConfig) -> io::Result<Logs> {
     })
 }
 
-/// Log timestamps: RFC 3339, UTC, microseconds.
+/// Log timestamps: RFC 3339, UTC, microseconds
+/// (`2026-11-24T05:04:55.067123Z`). The date-and-time part changes once a
+/// second, so it is formatted once a second and reused (per thread).
 fn rfc3339(w: &mut dyn io::Write) -> io::Result<()> {
-    write!(w, "{}", chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.6fZ"))
+    use std::cell::RefCell;
+    thread_local! {
+        static CACHE: RefCell<(i64, String)> = const { RefCell::new((i64::MIN, String::new())) };
+    }
+    let now = chrono::Utc::now();
+    let secs = now.timestamp();
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != secs {
+            c.1 = now.format("%Y-%m-%dT%H:%M:%S").to_string();
+            c.0 = secs;
+        }
+        write!(w, "{}.{:06}Z", c.1, now.timestamp_subsec_micros())
+    })
 }
 
 fn open(path: &Path) -> io::Result<File> {

@@ -108,9 +108,8 @@ impl OpenAiChat {
                 format!("base_url must start with http:// or https://, got {base:?}"),
             ));
         }
-        let url = reqwest::Url::parse(&format!("{base}/chat/completions")).map_err(|e| {
-            Error::invalid("base_url", format!("base_url is not a valid URL: {e}"))
-        })?;
+        let url = reqwest::Url::parse(&format!("{base}/chat/completions"))
+            .map_err(|e| Error::invalid("base_url", format!("base_url is not a valid URL: {e}")))?;
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if let Some(key) = &config.api_key {

@@ -108,7 +108,7 @@ async fn an_acknowledged_turn_is_already_committed() {
     let conn = Connection::open(&path).unwrap();
     let (n, content): (i64, String) = conn
         .query_row(
-            "SELECT COUNT(*), MIN(content) FROM messages WHERE session_id = ?1",
+            "SELECT 2 * COUNT(*), MIN(user_content) FROM turns WHERE session_id = ?1",
             [id.as_bytes().as_slice()],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
@@ -132,7 +132,7 @@ async fn the_schema_is_versioned_and_reopening_keeps_it() {
         .collect::<Result<_, _>>()
         .unwrap();
     tables.retain(|t| !t.starts_with("sqlite_"));
-    assert_eq!(tables, ["feedback", "messages", "sessions"]);
+    assert_eq!(tables, ["feedback", "sessions", "turns"]);
     let mode: String = conn
         .query_row("PRAGMA journal_mode", [], |r| r.get(0))
         .unwrap();

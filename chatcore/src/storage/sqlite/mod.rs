@@ -100,10 +100,9 @@ impl SqliteStore {
             if options.full_sync { "FULL" } else { "NORMAL" },
         )?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        // 4 MiB of page cache (negative = KiB): enough for the index pages
-        // appends touch. Turns read history from the facade's hot cache, and
-        // a larger page cache made SQLite's per-commit cache upkeep
-        // (pcache1TruncateUnsafe) show up in profiles.
+        // 8 MiB of page cache (negative = KiB): the index leaves that turns
+        // append to stay in memory. Turns read history from the facade's hot
+        // cache, so reads need little more.
         conn.pragma_update(None, "cache_size", -8192)?;
         // Checkpoint every 4 MiB of WAL (the default is 1,000 pages), and
         // cut the WAL file back to that size after it is reset.
@@ -121,21 +120,21 @@ impl SqliteStore {
     }
 }
 
-const INSERT_SESSION: &str = "INSERT INTO sessions (id, created_at, last_active, system_prompt, metadata) VALUES (?1, ?2, ?3, ?4, ?5)";
-const GET_SESSION: &str =
-    "SELECT created_at, last_active, system_prompt, metadata FROM sessions WHERE id = ?1";
-const RECENT_MESSAGES: &str = "SELECT role, content, created_at FROM (SELECT seq, role, content, created_at FROM messages WHERE session_id = ?1 ORDER BY seq DESC LIMIT ?2) ORDER BY seq ASC";
-const TOUCH_SESSION: &str = "UPDATE sessions SET last_active = ?2 WHERE id = ?1";
-const INSERT_MESSAGE: &str =
-    "INSERT INTO messages (session_id, role, content, created_at) VALUES (?1, ?2, ?3, ?4)";
+const INSERT_SESSION: &str = "INSERT INTO sessions (id, created_at, active_hour, system_prompt, metadata) VALUES (?1, ?2, ?3, ?4, ?5)";
+const GET_SESSION: &str = "SELECT s.created_at, (SELECT t.reply_at FROM turns t WHERE t.session_id = s.id ORDER BY t.seq DESC LIMIT 1), s.system_prompt, s.metadata FROM sessions s WHERE s.id = ?1";
+const RECENT_TURNS: &str = "SELECT user_content, user_at, reply_content, reply_at FROM (SELECT seq, user_content, user_at, reply_content, reply_at FROM turns WHERE session_id = ?1 ORDER BY seq DESC LIMIT ?2) ORDER BY seq ASC";
+const INSERT_TURN: &str = "INSERT INTO turns (session_id, user_content, user_at, reply_content, reply_at) VALUES (?1, ?2, ?3, ?4, ?5)";
+const TOUCH_SESSION: &str =
+    "UPDATE sessions SET active_hour = ?2 WHERE id = ?1 AND active_hour < ?2";
 const INSERT_FEEDBACK: &str = "INSERT INTO feedback (session_id, text, rating, created_at) SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM sessions WHERE id = ?1)";
 const LIST_FEEDBACK: &str =
     "SELECT text, rating, created_at FROM feedback WHERE session_id = ?1 ORDER BY seq";
-const PURGE_MESSAGES: &str =
-    "DELETE FROM messages WHERE session_id IN (SELECT id FROM sessions WHERE last_active < ?1)";
-const PURGE_FEEDBACK: &str =
-    "DELETE FROM feedback WHERE session_id IN (SELECT id FROM sessions WHERE last_active < ?1)";
-const PURGE_SESSIONS: &str = "DELETE FROM sessions WHERE last_active < ?1";
+const PURGE_CANDIDATES: &str = "SELECT s.id FROM sessions s WHERE s.active_hour <= ?1 AND max(s.created_at, coalesce((SELECT t.reply_at FROM turns t WHERE t.session_id = s.id ORDER BY t.seq DESC LIMIT 1), 0)) < ?2";
+const PURGE_TURNS: &str = "DELETE FROM turns WHERE session_id = ?1";
+const PURGE_FEEDBACK: &str = "DELETE FROM feedback WHERE session_id = ?1";
+const PURGE_SESSION: &str = "DELETE FROM sessions WHERE id = ?1";
+
+const HOUR_MS: i64 = 3_600_000;
 
 /// A session id as stored: its 16 bytes.
 fn id_key(id: SessionId) -> [u8; 16] {
@@ -149,13 +148,13 @@ fn read_session(db: &Db, id: SessionId, key: &[u8; 16]) -> Result<Option<Session
         .query_row([key], |r| {
             Ok((
                 r.get::<_, i64>(0)?,
-                r.get::<_, i64>(1)?,
+                r.get::<_, Option<i64>>(1)?,
                 r.get::<_, Option<String>>(2)?,
                 r.get::<_, Option<String>>(3)?,
             ))
         })
         .optional()?;
-    let Some((created, last, system_prompt, metadata)) = row else {
+    let Some((created, last_reply, system_prompt, metadata)) = row else {
         return Ok(None);
     };
     let metadata = match metadata {
@@ -165,32 +164,50 @@ fn read_session(db: &Db, id: SessionId, key: &[u8; 16]) -> Result<Option<Session
     Ok(Some(Session {
         id,
         created_at: from_millis(created),
-        last_active: from_millis(last),
+        last_active: from_millis(last_reply.map_or(created, |r| r.max(created))),
         system_prompt,
         metadata,
     }))
 }
 
+/// The newest `limit` messages, oldest first: the newest `limit / 2`
+/// turns (rounded up), unfolded, then cut to `limit`.
 fn read_recent(db: &Db, key: &[u8; 16], limit: usize) -> Result<Vec<Message>> {
-    db.log_sql(RECENT_MESSAGES);
-    let limit = i64::try_from(limit).unwrap_or(-1);
-    let mut stmt = db.conn.prepare_cached(RECENT_MESSAGES)?;
-    let rows = stmt.query_map(params![key, limit], |r| {
-        let role: String = r.get(0)?;
-        Ok((role, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
+    db.log_sql(RECENT_TURNS);
+    let turns = i64::try_from(limit.div_ceil(2)).unwrap_or(-1);
+    let mut stmt = db.conn.prepare_cached(RECENT_TURNS)?;
+    let rows = stmt.query_map(params![key, turns], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, i64>(3)?,
+        ))
     })?;
     let mut out = Vec::new();
     for row in rows {
-        let (role, content, at) = row?;
-        let role = Role::parse(&role)
-            .ok_or_else(|| Error::storage(format!("unknown role {role:?} in messages")))?;
+        let (user, user_at, reply, reply_at) = row?;
         out.push(Message {
-            role,
-            content,
-            created_at: from_millis(at),
+            role: Role::User,
+            content: user,
+            created_at: from_millis(user_at),
+        });
+        out.push(Message {
+            role: Role::Assistant,
+            content: reply,
+            created_at: from_millis(reply_at),
         });
     }
+    if out.len() > limit {
+        out.drain(..out.len() - limit);
+    }
     Ok(out)
+}
+
+/// Whether `e` is a foreign-key violation (a turn for a missing session).
+fn is_foreign_key_violation(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _)
+        if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY)
 }
 
 #[async_trait]
@@ -198,18 +215,18 @@ impl SessionStore for SqliteStore {
     async fn insert_session(&self, session: &Session) -> Result<()> {
         let key = id_key(session.id);
         let created = session.created_at.timestamp_millis();
-        let last = session.last_active.timestamp_millis();
+        let hour = session.last_active.timestamp_millis().div_euclid(HOUR_MS);
         let prompt = session.system_prompt.clone();
         let metadata = match &session.metadata {
             Some(v) => Some(serde_json::to_string(v).map_err(Error::internal)?),
             None => None,
         };
         self.worker
-            .call(move |db| {
+            .call_single(move |db| {
                 db.log_sql(INSERT_SESSION);
                 db.conn
                     .prepare_cached(INSERT_SESSION)?
-                    .execute(params![key, created, last, prompt, metadata])?;
+                    .execute(params![key, created, hour, prompt, metadata])?;
                 Ok(())
             })
             .await
@@ -217,33 +234,42 @@ impl SessionStore for SqliteStore {
 
     async fn get_session(&self, id: SessionId) -> Result<Option<Session>> {
         self.worker
-            .call(move |db| read_session(db, id, &id_key(id)))
+            .call_single(move |db| read_session(db, id, &id_key(id)))
             .await
     }
 
     async fn purge_inactive_before(&self, cutoff: DateTime<Utc>) -> Result<PurgeReport> {
         let cutoff = cutoff.timestamp_millis();
+        let cutoff_hour = cutoff.div_euclid(HOUR_MS);
         self.worker
             .call(move |db| {
-                let run = |sql: &'static str| -> Result<u64> {
-                    db.log_sql(sql);
-                    Ok(db.conn.prepare_cached(sql)?.execute([cutoff])? as u64)
+                // Candidates come through the active_hour index: only
+                // sessions whose last activity is in or before the cutoff's
+                // hour; the exact test reads each one's last turn.
+                db.log_sql(PURGE_CANDIDATES);
+                let ids: Vec<Vec<u8>> = {
+                    let mut stmt = db.conn.prepare_cached(PURGE_CANDIDATES)?;
+                    let rows = stmt.query_map(params![cutoff_hour, cutoff], |r| r.get(0))?;
+                    rows.collect::<rusqlite::Result<_>>()?
                 };
-                let messages = run(PURGE_MESSAGES)?;
-                let feedback = run(PURGE_FEEDBACK)?;
-                let sessions = run(PURGE_SESSIONS)?;
-                Ok(PurgeReport {
-                    sessions,
-                    messages,
-                    feedback,
-                })
+                let mut report = PurgeReport::default();
+                for id in &ids {
+                    let run = |sql: &'static str| -> Result<u64> {
+                        db.log_sql(sql);
+                        Ok(db.conn.prepare_cached(sql)?.execute([id])? as u64)
+                    };
+                    report.messages += 2 * run(PURGE_TURNS)?;
+                    report.feedback += run(PURGE_FEEDBACK)?;
+                    report.sessions += run(PURGE_SESSION)?;
+                }
+                Ok(report)
             })
             .await
     }
 
     async fn ping(&self) -> Result<()> {
         self.worker
-            .call(|db| {
+            .call_single(|db| {
                 db.log_sql("SELECT 1");
                 db.conn.query_row("SELECT 1", [], |_| Ok(()))?;
                 Ok(())
@@ -256,7 +282,7 @@ impl SessionStore for SqliteStore {
 impl MessageStore for SqliteStore {
     async fn recent_messages(&self, id: SessionId, limit: usize) -> Result<Vec<Message>> {
         self.worker
-            .call(move |db| read_recent(db, &id_key(id), limit))
+            .call_single(move |db| read_recent(db, &id_key(id), limit))
             .await
     }
 
@@ -267,20 +293,28 @@ impl MessageStore for SqliteStore {
         let user_at = turn.user_at.timestamp_millis();
         let reply_at = turn.reply_at.timestamp_millis();
         self.worker
-            .call(move |db| {
+            .call_single(move |db| {
+                // No savepoint (`call_single`): the only write that can come
+                // before a failure is the `active_hour` hint, harmless alone
+                // (the sweep checks the turns themselves). The hint is a
+                // no-op (no page written) unless the hour changed.
                 db.log_sql(TOUCH_SESSION);
-                let touched = db
-                    .conn
+                db.conn
                     .prepare_cached(TOUCH_SESSION)?
-                    .execute(params![key, reply_at])?;
-                if touched == 0 {
-                    return Err(Error::session_not_found());
-                }
-                let mut insert = db.conn.prepare_cached(INSERT_MESSAGE)?;
-                db.log_sql(INSERT_MESSAGE);
-                insert.execute(params![key, Role::User.as_str(), user, user_at])?;
-                db.log_sql(INSERT_MESSAGE);
-                insert.execute(params![key, Role::Assistant.as_str(), reply, reply_at])?;
+                    .execute(params![key, reply_at.div_euclid(HOUR_MS)])?;
+                // The foreign key refuses a turn for a missing session, so
+                // no separate existence check is needed.
+                db.log_sql(INSERT_TURN);
+                let inserted = db
+                    .conn
+                    .prepare_cached(INSERT_TURN)?
+                    .execute(params![key, user, user_at, reply, reply_at]);
+                match inserted {
+                    Err(e) if is_foreign_key_violation(&e) => {
+                        return Err(Error::session_not_found())
+                    }
+                    other => other?,
+                };
                 Ok(())
             })
             .await
@@ -292,7 +326,7 @@ impl MessageStore for SqliteStore {
         limit: usize,
     ) -> Result<Option<(Session, Vec<Message>)>> {
         self.worker
-            .call(move |db| {
+            .call_single(move |db| {
                 let key = id_key(id);
                 let Some(session) = read_session(db, id, &key)? else {
                     return Ok(None);
@@ -311,7 +345,7 @@ impl FeedbackStore for SqliteStore {
         let rating = feedback.rating.map(|r| r.get());
         let at = feedback.created_at.timestamp_millis();
         self.worker
-            .call(move |db| {
+            .call_single(move |db| {
                 db.log_sql(INSERT_FEEDBACK);
                 let n = db
                     .conn
@@ -327,7 +361,7 @@ impl FeedbackStore for SqliteStore {
 
     async fn list_feedback(&self, id: SessionId) -> Result<Vec<Feedback>> {
         self.worker
-            .call(move |db| {
+            .call_single(move |db| {
                 db.log_sql(LIST_FEEDBACK);
                 let mut stmt = db.conn.prepare_cached(LIST_FEEDBACK)?;
                 let rows = stmt.query_map([id_key(id)], |r| {

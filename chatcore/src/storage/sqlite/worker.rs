@@ -85,10 +85,31 @@ impl Worker {
         R: Send + 'static,
         F: FnOnce(&Db) -> Result<R> + Send + 'static,
     {
+        self.submit(f, true).await
+    }
+
+    /// As [`Worker::call`], without the savepoint: for jobs that write at
+    /// most one statement, or fail before their first write, and so can
+    /// never leave a partial write behind (SQLite undoes a failed statement
+    /// by itself). Two statements fewer per job on the hot path.
+    pub(crate) async fn call_single<R, F>(&self, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Db) -> Result<R> + Send + 'static,
+    {
+        self.submit(f, false).await
+    }
+
+    async fn submit<R, F>(&self, f: F, isolate: bool) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Db) -> Result<R> + Send + 'static,
+    {
         let (reply, answer) = oneshot::channel::<Result<R>>();
         let job: Job = Box::new(move |db| {
             let out = match db {
-                Some(db) => db.in_savepoint(f),
+                Some(db) if isolate => db.in_savepoint(f),
+                Some(db) => f(db),
                 None => Err(Error::storage("could not begin a transaction")),
             };
             Box::new(move |commit_err| {

@@ -67,9 +67,16 @@ async fn a_cancelled_turn_leaves_a_consistent_history() {
     core.chat(id, "third").await.unwrap();
     let stored = pairs(&core.sessions().messages(id).await.unwrap());
     let texts: Vec<&str> = stored.iter().map(|(_, t)| t.as_str()).collect();
-    assert_eq!(texts, ["first", "reply to first", "third", "reply to third"]);
+    assert_eq!(
+        texts,
+        ["first", "reply to first", "third", "reply to third"]
+    );
     let last = model.seen().last().unwrap().history.clone();
-    assert_eq!(last, stored[..2].to_vec(), "the model saw exactly what is stored");
+    assert_eq!(
+        last,
+        stored[..2].to_vec(),
+        "the model saw exactly what is stored"
+    );
 }
 
 #[tokio::test]
