@@ -88,6 +88,10 @@ pub struct StorageConfig {
     pub backend: Backend,
     /// The SQLite file.
     pub path: PathBuf,
+    /// fsync every commit (`synchronous = FULL`): acknowledged turns also
+    /// survive power loss, at the cost of a disk flush per commit. Off, they
+    /// survive the process being killed (`kill -9`).
+    pub full_sync: bool,
 }
 
 impl Default for StorageConfig {
@@ -95,6 +99,7 @@ impl Default for StorageConfig {
         StorageConfig {
             backend: Backend::Sqlite,
             path: PathBuf::from("chatgate.db"),
+            full_sync: false,
         }
     }
 }
@@ -430,15 +435,12 @@ fn env_overrides(env: &HashMap<String, String>) -> Result<String, ConfigError> {
                 "environment variable {name}: expected CHATGATE_SECTION__KEY"
             )));
         }
-        let parsed = value
-            .parse::<toml::Value>()
+        // Parse the value as the right-hand side of a TOML assignment (a
+        // bare `["a"]` would read as a table header as a document).
+        let parsed = format!("v = {value}")
+            .parse::<toml::Table>()
             .ok()
-            .or_else(|| {
-                format!("v = {value}")
-                    .parse::<toml::Table>()
-                    .ok()
-                    .and_then(|mut t| t.remove("v"))
-            })
+            .and_then(|mut t| t.remove("v"))
             .unwrap_or_else(|| toml::Value::String(value.clone()));
         let mut table = &mut root;
         for part in &path[..path.len() - 1] {
@@ -545,6 +547,9 @@ mod tests {
         );
         let c = Config::load(&s).unwrap();
         assert_eq!(c.server.bind.to_string(), "127.0.0.1:9000");
+        let (_d2, s2) = sources(None, &[("CHATGATE_SERVER__CORS_ORIGINS", r#"["https://a.example"]"#)]);
+        let c2 = Config::load(&s2).unwrap();
+        assert_eq!(c2.server.cors_origins, ["https://a.example"]);
         assert_eq!(c.rate_limit.messages_per_minute.get(), 9);
         assert_eq!(c.session.idle_timeout, Duration::from_secs(300));
     }

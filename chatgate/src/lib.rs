@@ -119,6 +119,7 @@ pub fn build_core(config: &Config, log: &Logger) -> chatcore::Result<ChatCore> {
             &config.storage.path,
             SqliteOptions {
                 sql_logger: config.log.sql.then(|| log.new(o!("component" => "sql"))),
+                full_sync: config.storage.full_sync,
                 ..SqliteOptions::default()
             },
         )?),

@@ -93,7 +93,11 @@ pub async fn serve(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Bod
     let rid: &str = request_id.to_str().unwrap_or("-");
 
     let result = if method == Method::OPTIONS {
-        Ok(preflight(preflight_headers))
+        if is_known_path(req.uri().path()) {
+            Ok(preflight(preflight_headers))
+        } else {
+            Err(ApiError::not_found())
+        }
     } else {
         dispatch(&app, req, rid).await
     };
@@ -170,6 +174,23 @@ fn preflight(requested: Option<HeaderValue>) -> Response<Body> {
     resp
 }
 
+/// Whether `path` names one of our endpoints (for CORS preflights).
+fn is_known_path(path: &str) -> bool {
+    let trimmed = path.strip_suffix('/').filter(|p| !p.is_empty()).unwrap_or(path);
+    let segs: Vec<&str> = trimmed.trim_start_matches('/').split('/').collect();
+    matches!(
+        segs.as_slice(),
+        ["chat"]
+            | ["feedback"]
+            | ["session", _]
+            | ["session", _, "messages"]
+            | ["healthz"]
+            | ["readyz"]
+            | ["openapi.json"]
+            | ["docs"]
+    ) && !segs.iter().any(|s| s.is_empty())
+}
+
 /// Routes by method and path. Paths are served with and without a trailing
 /// slash; a known path with the wrong method is 405, anything else 404.
 async fn dispatch(app: &Arc<App>, req: Request<Incoming>, rid: &str) -> HandlerResult {
@@ -225,11 +246,11 @@ async fn dispatch(app: &Arc<App>, req: Request<Incoming>, rid: &str) -> HandlerR
             _ => Err(ApiError::method_not_allowed("GET")),
         },
         ["openapi.json", "", "", ""] => match *m {
-            Method::GET => Ok(handlers::meta::openapi()),
+            Method::GET | Method::HEAD => Ok(handlers::meta::openapi()),
             _ => Err(ApiError::method_not_allowed("GET")),
         },
         ["docs", "", "", ""] => match *m {
-            Method::GET => Ok(handlers::meta::docs()),
+            Method::GET | Method::HEAD => Ok(handlers::meta::docs()),
             _ => Err(ApiError::method_not_allowed("GET")),
         },
         _ => Err(ApiError::not_found()),

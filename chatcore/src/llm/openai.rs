@@ -3,7 +3,7 @@
 //!
 //! One pooled keep-alive client (`TCP_NODELAY`, connect timeout). Every call
 //! has a total deadline; connection errors, 429 and 5xx are retried with
-//! exponential backoff and full jitter, honouring `Retry-After`, up to
+//! exponential backoff and jitter (50–100% of each step), honouring `Retry-After`, up to
 //! `max_retries`, all inside the deadline. Other 4xx are final. Errors are
 //! classified into chatcore kinds and never carry the API key.
 
@@ -310,7 +310,8 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(3600.0)))
 }
 
-/// Exponential backoff with full jitter, never shorter than the upstream's
+/// Exponential backoff with jitter (a random 50–100% of the step, so
+/// retries from many requests spread out), never shorter than the upstream's
 /// `Retry-After`.
 fn backoff(base: Duration, attempt: u32, hint: Option<Duration>) -> Duration {
     let ceiling = base.saturating_mul(1u32 << attempt.min(16));
