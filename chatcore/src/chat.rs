@@ -1,10 +1,13 @@
 //! One chat turn: validate -> session check -> rate-limit token -> per-session
-//! queue -> history -> model -> atomic append.
+//! queue -> history -> model -> atomic append ([`run`]).
 //!
 //! Turns of one session run one at a time in arrival order (a fair FIFO
 //! async mutex per session), so stored history is never interleaved; turns
-//! of different sessions run in parallel. The rate-limit token is taken
-//! before queueing, so a rejected message never waits behind others.
+//! of different sessions run in parallel. For a session in the hot cache the
+//! checks and the rate-limit token come before queueing (no `.await` before
+//! the queue, so arrival order is kept), and a rejected message never waits
+//! behind others. A session not in memory queues first and is loaded under
+//! the queue, so a 404 or 410 still takes no token.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -13,8 +16,113 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::llm::Usage;
+use crate::hot::Lease;
+use crate::llm::{ChatRequest, Usage};
+use crate::rate_limit::Decision;
+use crate::storage::Turn;
 use crate::types::{Message, SessionId};
+use crate::Inner;
+
+/// Runs one turn (see the module doc and [`ChatCore::chat`](crate::ChatCore::chat)).
+pub(crate) async fn run(inner: &Inner, id: SessionId, content: &str) -> Result<ChatReply> {
+    validate_message(content)?;
+    let take_token = || match inner.limiter.check(id) {
+        Decision::Allowed { remaining } => Ok(remaining),
+        Decision::Limited { retry_after } => Err(rate_limited(inner.limiter.limit(), retry_after)),
+    };
+    let (slot, mut lease, remaining) = match inner.hot.get(id) {
+        Some(hot) => {
+            if !inner.sessions.is_active_since(hot.last_active()) {
+                return Err(Error::session_expired());
+            }
+            let remaining = take_token()?;
+            let slot = inner.queues.enter(id).await;
+            // Under the queue the session may have gone (purged) or expired
+            // while earlier turns ran: rare, and the token stays spent.
+            let lease = lease(inner, id).await?;
+            if !inner.sessions.is_active_since(lease.hot.last_active()) {
+                return Err(Error::session_expired());
+            }
+            (slot, lease, remaining)
+        }
+        None => {
+            let slot = inner.queues.enter(id).await;
+            let lease = lease(inner, id).await?;
+            if !inner.sessions.is_active_since(lease.hot.last_active()) {
+                return Err(Error::session_expired());
+            }
+            let remaining = take_token()?;
+            (slot, lease, remaining)
+        }
+    };
+    // Earlier turns of this session are done: the history is complete.
+    let user_at = inner.clock.now();
+    let hot = std::sync::Arc::clone(&lease.hot);
+    let system = hot
+        .session
+        .system_prompt
+        .as_deref()
+        .or(inner.system_prompt.as_deref())
+        .filter(|s| !s.is_empty());
+    // The history budget: what the system prompt and new message leave.
+    let budget = inner
+        .context_tokens
+        .saturating_sub(system.map_or(0, estimate_tokens) + estimate_tokens(content));
+    let completion = inner
+        .model
+        .complete(ChatRequest {
+            system,
+            history: lease.history_within(budget),
+            user: content,
+        })
+        .await?;
+    let reply_at = inner.clock.now();
+    lease.writing();
+    inner
+        .store
+        .append_turn(
+            id,
+            Turn {
+                user: content,
+                user_at,
+                reply: &completion.content,
+                reply_at,
+            },
+        )
+        .await?;
+    lease.record(content, user_at, &completion.content, reply_at);
+    drop(lease);
+    drop(slot);
+    Ok(ChatReply {
+        session_id: id,
+        content: completion.content,
+        limit: inner.limiter.limit(),
+        remaining,
+        usage: completion.usage,
+    })
+}
+
+/// The session's hot entry with its history window, loaded from the store
+/// when it is not in memory.
+async fn lease(inner: &Inner, id: SessionId) -> Result<Lease<'_>> {
+    if let Some(hot) = inner.hot.get(id) {
+        if let Some(lease) = inner.hot.lease(hot) {
+            return Ok(lease);
+        }
+    }
+    let (mut session, history) = inner
+        .store
+        .load_turn_context(id, inner.history_limit)
+        .await?
+        .ok_or_else(Error::session_not_found)?;
+    // A turn never needs the metadata: keep it out of memory.
+    session.metadata = None;
+    let hot = inner.hot.insert(session, history);
+    inner
+        .hot
+        .lease(hot)
+        .ok_or_else(|| Error::internal("a fresh session window was already leased"))
+}
 
 /// Longest user message accepted, in characters.
 pub const MAX_MESSAGE_CHARS: usize = 32_000;
@@ -91,17 +199,27 @@ pub(crate) fn validate_message(content: &str) -> Result<()> {
 
 const SHARDS: usize = 16;
 
-type LockMap = HashMap<SessionId, Arc<AsyncMutex<()>>>;
+/// A session's queue: the FIFO lock and how many turns hold or wait on it.
+#[derive(Debug)]
+struct Queue {
+    lock: Arc<AsyncMutex<()>>,
+    users: usize,
+}
+
+type LockMap = HashMap<SessionId, Queue>;
 
 /// One FIFO queue per session with a turn in flight; a session's entry is
-/// removed when its last turn ends, so the map holds only busy sessions.
+/// removed when its last turn ends (or is cancelled while waiting), so the
+/// map holds only busy sessions.
 #[derive(Debug, Default)]
 pub(crate) struct TurnQueues {
     shards: [Mutex<LockMap>; SHARDS],
     hasher: std::collections::hash_map::RandomState,
 }
 
-/// Holds a session's turn slot; releasing it lets the next turn in.
+/// Holds (or waits for) a session's turn slot; dropping it lets the next
+/// turn in and, if it was the last user, removes the queue.
+#[derive(Debug)]
 pub(crate) struct TurnSlot<'a> {
     queues: &'a TurnQueues,
     id: SessionId,
@@ -117,14 +235,22 @@ impl TurnQueues {
     pub(crate) async fn enter(&self, id: SessionId) -> TurnSlot<'_> {
         let lock = {
             let mut map = self.shard(&id).lock().unwrap_or_else(|p| p.into_inner());
-            Arc::clone(map.entry(id).or_default())
+            let queue = map.entry(id).or_insert_with(|| Queue {
+                lock: Arc::default(),
+                users: 0,
+            });
+            queue.users += 1;
+            Arc::clone(&queue.lock)
         };
-        let guard = lock.lock_owned().await;
-        TurnSlot {
+        // Made before waiting: if this future is dropped while it waits,
+        // the slot's drop still counts this user out.
+        let mut slot = TurnSlot {
             queues: self,
             id,
-            guard: Some(guard),
-        }
+            guard: None,
+        };
+        slot.guard = Some(lock.lock_owned().await);
+        slot
     }
 
     #[cfg(test)]
@@ -138,17 +264,17 @@ impl TurnQueues {
 
 impl Drop for TurnSlot<'_> {
     fn drop(&mut self) {
-        // Release first, then remove the entry if nobody else holds or
-        // waits on it. Clones are only made under the shard lock, so a count
-        // of 1 (the map's own) under that lock means no one can be waiting.
+        // Release first, then count this user out; the last one out removes
+        // the queue. Users are counted under the shard lock.
         drop(self.guard.take());
         let mut map = self
             .queues
             .shard(&self.id)
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        if let Some(lock) = map.get(&self.id) {
-            if Arc::strong_count(lock) == 1 {
+        if let Some(queue) = map.get_mut(&self.id) {
+            queue.users -= 1;
+            if queue.users == 0 {
                 map.remove(&self.id);
             }
         }
@@ -220,6 +346,29 @@ mod tests {
         assert!(validate_message("   ").is_err());
         assert!(validate_message(&"a".repeat(MAX_MESSAGE_CHARS + 1)).is_err());
         assert!(validate_message("Hello").is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_waiter_leaves_no_queue_behind() {
+        let queues = TurnQueues::default();
+        let id = SessionId::new_v4();
+        let first = queues.enter(id).await;
+        {
+            let waiting = queues.enter(id);
+            tokio::pin!(waiting);
+            // Poll once so it queues, then drop it (a client going away).
+            assert!(futures_poll_once(waiting.as_mut()).await.is_none());
+        }
+        drop(first);
+        assert_eq!(queues.busy_sessions(), 0);
+    }
+
+    async fn futures_poll_once<F: std::future::Future + Unpin>(f: F) -> Option<F::Output> {
+        tokio::select! {
+            biased;
+            out = f => Some(out),
+            () = std::future::ready(()) => None,
+        }
     }
 
     #[tokio::test]

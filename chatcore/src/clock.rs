@@ -38,6 +38,9 @@ impl ManualClock {
     }
 
     /// Moves the clock forward by `by`.
+    ///
+    /// # Panics
+    /// If `by` is too large to represent as a time span (over ~292 years).
     pub fn advance(&self, by: std::time::Duration) {
         let by = chrono::Duration::from_std(by).expect("advance by a representable duration");
         *self.now.lock().unwrap_or_else(|p| p.into_inner()) += by;

@@ -228,9 +228,21 @@ mod tests {
     }
 
     #[test]
-    fn every_kind_has_a_fault() {
-        assert_eq!(ErrorKind::RateLimited.fault(), Fault::Client);
-        assert_eq!(ErrorKind::UpstreamTimeout.fault(), Fault::Upstream);
-        assert_eq!(ErrorKind::Internal.fault(), Fault::Server);
+    fn faults_follow_whose_mistake_it_is() {
+        use ErrorKind::*;
+        let expected = [
+            (InvalidInput, Fault::Client),
+            (SessionNotFound, Fault::Client),
+            (SessionExpired, Fault::Client),
+            (RateLimited, Fault::Client),
+            (UpstreamBusy, Fault::Upstream),
+            (UpstreamFailed, Fault::Upstream),
+            (UpstreamTimeout, Fault::Upstream),
+            (Storage, Fault::Server),
+            (Internal, Fault::Server),
+        ];
+        for (kind, fault) in expected {
+            assert_eq!(kind.fault(), fault, "{kind:?}");
+        }
     }
 }

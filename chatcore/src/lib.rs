@@ -80,7 +80,7 @@ pub use types::{
     format_time, Feedback, Message, NewSession, PurgeReport, Rating, Role, Session, SessionId,
 };
 
-use chat::{history_read_limit, rate_limited, validate_message, TurnQueues};
+use chat::{history_read_limit, TurnQueues};
 use hot::HotSessions;
 
 /// The facade: sessions, chat turns, feedback, purge. Clone it freely; all
@@ -90,19 +90,20 @@ pub struct ChatCore {
     inner: Arc<Inner>,
 }
 
+/// What every clone of a [`ChatCore`] shares.
 #[derive(Debug)]
-struct Inner {
-    store: Arc<dyn Store>,
-    model: Arc<dyn ChatModel>,
-    limiter: Arc<dyn RateLimiter>,
-    clock: Arc<dyn Clock>,
-    sessions: SessionManager,
-    feedback: FeedbackDesk,
-    queues: TurnQueues,
-    hot: Arc<HotSessions>,
-    system_prompt: Option<String>,
-    context_tokens: usize,
-    history_limit: usize,
+pub(crate) struct Inner {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) model: Arc<dyn ChatModel>,
+    pub(crate) limiter: Arc<dyn RateLimiter>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) sessions: SessionManager,
+    pub(crate) feedback: FeedbackDesk,
+    pub(crate) queues: TurnQueues,
+    pub(crate) hot: Arc<HotSessions>,
+    pub(crate) system_prompt: Option<String>,
+    pub(crate) context_tokens: usize,
+    pub(crate) history_limit: usize,
 }
 
 /// Builds a [`ChatCore`]. Every setting has the product's default.
@@ -328,100 +329,7 @@ impl ChatCore {
     /// [`ErrorKind::RateLimited`] (with a retry-after), the upstream kinds
     /// from the model, and [`ErrorKind::Storage`].
     pub async fn chat(&self, id: SessionId, content: &str) -> Result<ChatReply> {
-        let inner = &*self.inner;
-        validate_message(content)?;
-        // Exists and active? From memory when the session is hot.
-        let last_active = match inner.hot.get(id) {
-            Some(hot) => hot.last_active(),
-            None => {
-                inner
-                    .store
-                    .get_session(id)
-                    .await?
-                    .ok_or_else(Error::session_not_found)?
-                    .last_active
-            }
-        };
-        if !inner.sessions.is_active_since(last_active) {
-            return Err(Error::session_expired());
-        }
-        let remaining = match inner.limiter.check(id) {
-            Decision::Allowed { remaining } => remaining,
-            Decision::Limited { retry_after } => {
-                return Err(rate_limited(inner.limiter.limit(), retry_after))
-            }
-        };
-        let user_at = inner.clock.now();
-        let _slot = inner.queues.enter(id).await;
-        // Under the queue: earlier turns of this session are done, so the
-        // history is complete; the session may have expired or gone meanwhile.
-        let mut lease = self.lease(id).await?;
-        if !inner.sessions.is_active_since(lease.hot.last_active()) {
-            return Err(Error::session_expired());
-        }
-        let hot = Arc::clone(&lease.hot);
-        let system = hot
-            .session
-            .system_prompt
-            .as_deref()
-            .or(inner.system_prompt.as_deref())
-            .filter(|s| !s.is_empty());
-        // The history budget: what system prompt and new message leave.
-        let budget = inner
-            .context_tokens
-            .saturating_sub(system.map_or(0, estimate_tokens) + estimate_tokens(content));
-        let completion = inner
-            .model
-            .complete(ChatRequest {
-                system,
-                history: lease.history_within(budget),
-                user: content,
-            })
-            .await?;
-        let reply_at = inner.clock.now();
-        lease.writing();
-        inner
-            .store
-            .append_turn(
-                id,
-                Turn {
-                    user: content,
-                    user_at,
-                    reply: &completion.content,
-                    reply_at,
-                },
-            )
-            .await?;
-        lease.record(content, user_at, &completion.content, reply_at);
-        drop(lease);
-        Ok(ChatReply {
-            session_id: id,
-            content: completion.content,
-            limit: inner.limiter.limit(),
-            remaining,
-            usage: completion.usage,
-        })
-    }
-
-    /// The session's hot entry with its history window, loaded from the
-    /// store when it is not in memory.
-    async fn lease(&self, id: SessionId) -> Result<hot::Lease<'_>> {
-        let inner = &*self.inner;
-        if let Some(hot) = inner.hot.get(id) {
-            if let Some(lease) = inner.hot.lease(hot) {
-                return Ok(lease);
-            }
-        }
-        let (session, history) = inner
-            .store
-            .load_turn_context(id, inner.history_limit)
-            .await?
-            .ok_or_else(Error::session_not_found)?;
-        let hot = inner.hot.insert(session, history);
-        inner
-            .hot
-            .lease(hot)
-            .ok_or_else(|| Error::internal("a fresh session window was already leased"))
+        chat::run(&self.inner, id, content).await
     }
 
     /// Runs one retention sweep: purges sessions idle past retention and

@@ -101,7 +101,12 @@ impl SessionManager {
         };
         self.store.insert_session(&session).await?;
         if self.hot.enabled() {
-            self.hot.insert(session.clone(), Vec::new());
+            // A turn never needs the metadata: keep it out of memory.
+            let hot = Session {
+                metadata: None,
+                ..session.clone()
+            };
+            self.hot.insert(hot, Vec::new());
         }
         Ok(SessionInfo {
             is_active: true,
@@ -159,10 +164,7 @@ impl SessionManager {
 
     /// Whether a session last active at `last_active` is active now.
     pub(crate) fn is_active_since(&self, last_active: chrono::DateTime<chrono::Utc>) -> bool {
-        match chrono::Duration::from_std(self.idle_timeout) {
-            Ok(idle) => self.clock.now() < last_active + idle,
-            Err(_) => true,
-        }
+        crate::types::active_at(last_active, self.clock.now(), self.idle_timeout)
     }
 
     pub(crate) fn info(&self, session: Session) -> SessionInfo {

@@ -106,11 +106,23 @@ impl Session {
     /// Whether the session is still active at `now` given an idle timeout:
     /// it is active until `idle_timeout` passes without a successful turn.
     pub fn is_active_at(&self, now: DateTime<Utc>, idle_timeout: Duration) -> bool {
-        match chrono::Duration::from_std(idle_timeout) {
-            Ok(idle) => now < self.last_active + idle,
-            // An idle timeout too large for chrono never expires anything.
-            Err(_) => true,
-        }
+        active_at(self.last_active, now, idle_timeout)
+    }
+}
+
+/// Whether a session last active at `last_active` is still active at `now`.
+/// An idle timeout too large to represent never expires anything.
+pub(crate) fn active_at(
+    last_active: DateTime<Utc>,
+    now: DateTime<Utc>,
+    idle_timeout: Duration,
+) -> bool {
+    match chrono::Duration::from_std(idle_timeout)
+        .ok()
+        .and_then(|idle| last_active.checked_add_signed(idle))
+    {
+        Some(expires) => now < expires,
+        None => true,
     }
 }
 

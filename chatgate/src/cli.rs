@@ -169,6 +169,7 @@ async fn serve(config: &Config, log: &slog::Logger, mock: bool) -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             error!(log, "cannot start"; "error" => e.chain());
+            eprintln!("chatgate: cannot start: {}", e.chain());
             return ExitCode::from(1);
         }
     };
@@ -176,6 +177,7 @@ async fn serve(config: &Config, log: &slog::Logger, mock: bool) -> ExitCode {
         Ok(l) => l,
         Err(e) => {
             error!(log, "cannot bind"; "addr" => %config.server.bind, "error" => %e);
+            eprintln!("chatgate: cannot bind {}: {e}", config.server.bind);
             return ExitCode::from(1);
         }
     };

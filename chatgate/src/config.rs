@@ -117,6 +117,8 @@ pub struct SessionConfig {
     /// How often the retention sweep runs.
     #[serde(with = "humantime_serde")]
     pub sweep_interval: Duration,
+    /// Sessions kept in memory for fast turns (0 turns the cache off).
+    pub hot_sessions: usize,
 }
 
 impl Default for SessionConfig {
@@ -125,6 +127,7 @@ impl Default for SessionConfig {
             idle_timeout: Duration::from_secs(30 * 60),
             retention: Duration::from_secs(183 * 24 * 3600),
             sweep_interval: Duration::from_secs(3600),
+            hot_sessions: 10_000,
         }
     }
 }
@@ -358,6 +361,18 @@ impl Config {
                 expected: format!("an http:// or https:// URL, got {:?}", o.base_url),
             });
         }
+        match base.parse::<hyper::Uri>() {
+            Ok(uri) if uri.host().is_some_and(|h| !h.is_empty()) => {}
+            _ => {
+                return Err(ConfigError::Invalid {
+                    key: "openai.base_url",
+                    expected: format!(
+                        "a URL with a host, such as http://127.0.0.1:8080/v1, got {:?}",
+                        o.base_url
+                    ),
+                })
+            }
+        }
         if base == chatcore::llm::OPENAI_BASE_URL && self.secrets.openai_api_key.is_none() {
             return Err(ConfigError::Invalid {
                 key: "openai.base_url",
@@ -386,18 +401,38 @@ impl Config {
             });
         }
         let s = &self.session;
+        // A century bounds every duration: larger ones overflow time
+        // arithmetic and mean nothing operationally.
+        const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
         for (key, d) in [
             ("session.idle_timeout", s.idle_timeout),
             ("session.retention", s.retention),
             ("session.sweep_interval", s.sweep_interval),
             ("server.header_timeout", self.server.header_timeout),
+            ("server.shutdown_grace", self.server.shutdown_grace),
+            ("openai.timeout", o.timeout),
         ] {
-            if d.is_zero() {
+            if d.is_zero() && key != "server.shutdown_grace" {
                 return Err(ConfigError::Invalid {
                     key,
                     expected: "a positive duration such as \"30m\"".into(),
                 });
             }
+            if d > CENTURY {
+                return Err(ConfigError::Invalid {
+                    key,
+                    expected: "a duration of at most 100 years".into(),
+                });
+            }
+        }
+        if s.retention < s.idle_timeout {
+            return Err(ConfigError::Invalid {
+                key: "session.retention",
+                expected: format!(
+                    "at least session.idle_timeout ({}): a session must not be purged while it is still active",
+                    humantime::format_duration(s.idle_timeout)
+                ),
+            });
         }
         if self.storage.backend == Backend::Sqlite && self.storage.path.as_os_str().is_empty() {
             return Err(ConfigError::Invalid {
@@ -547,7 +582,10 @@ mod tests {
         );
         let c = Config::load(&s).unwrap();
         assert_eq!(c.server.bind.to_string(), "127.0.0.1:9000");
-        let (_d2, s2) = sources(None, &[("CHATGATE_SERVER__CORS_ORIGINS", r#"["https://a.example"]"#)]);
+        let (_d2, s2) = sources(
+            None,
+            &[("CHATGATE_SERVER__CORS_ORIGINS", r#"["https://a.example"]"#)],
+        );
         let c2 = Config::load(&s2).unwrap();
         assert_eq!(c2.server.cors_origins, ["https://a.example"]);
         assert_eq!(c.rate_limit.messages_per_minute.get(), 9);
@@ -565,6 +603,15 @@ mod tests {
         let (_d, s) = sources(None, &[("CHATGATE_SESSION__IDLE_TIMEOUT", "soon")]);
         let e = Config::load(&s).unwrap_err().to_string();
         assert!(e.contains("session.idle_timeout"), "{e}");
+        let (_d, s) = sources(None, &[("CHATGATE_OPENAI__BASE_URL", "http://")]);
+        let e = Config::load(&s).unwrap_err().to_string();
+        assert!(e.contains("openai.base_url"), "{e}");
+        let (_d, s) = sources(None, &[("CHATGATE_SESSION__IDLE_TIMEOUT", "300000y")]);
+        let e = Config::load(&s).unwrap_err().to_string();
+        assert!(e.contains("session.idle_timeout"), "{e}");
+        let (_d, s) = sources(None, &[("CHATGATE_SESSION__RETENTION", "1m")]);
+        let e = Config::load(&s).unwrap_err().to_string();
+        assert!(e.contains("session.retention"), "{e}");
         let (_d, s) = sources(Some("[openai]\ntemperature = 3.5\n"), &[]);
         let e = Config::load(&s).unwrap_err().to_string();
         assert!(e.contains("openai.temperature"), "{e}");

@@ -71,13 +71,13 @@ impl App {
             shutdown_grace: config.server.shutdown_grace,
             cors: Cors::new(&config.server.cors_origins),
             requests: AtomicU64::new(0),
-            id_prefix: fastrand_u32(),
+            id_prefix: process_prefix(),
         }
     }
 }
 
-fn fastrand_u32() -> u32 {
-    // A per-process prefix so request ids differ across restarts.
+/// A random per-process prefix, so request ids differ across restarts.
+fn process_prefix() -> u32 {
     let u = uuid::Uuid::new_v4();
     let b = u.as_bytes();
     u32::from_le_bytes([b[0], b[1], b[2], b[3]])
@@ -112,7 +112,8 @@ pub fn build_core(config: &Config, log: &Logger) -> chatcore::Result<ChatCore> {
         .idle_timeout(config.session.idle_timeout)
         .retention(config.session.retention)
         .system_prompt(o.system_prompt.clone())
-        .context_tokens(o.context_tokens.get());
+        .context_tokens(o.context_tokens.get())
+        .hot_sessions(config.session.hot_sessions);
     let builder = match config.storage.backend {
         Backend::Memory => builder.store(MemoryStore::new()),
         Backend::Sqlite => builder.store(SqliteStore::open_with(

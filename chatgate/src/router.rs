@@ -99,7 +99,19 @@ pub async fn serve(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Bod
             Err(ApiError::not_found())
         }
     } else {
-        dispatch(&app, req, rid).await
+        // A panic in a handler is a bug: answer 500 (the cause goes to the
+        // log) instead of dropping the connection.
+        match CatchUnwind(Box::pin(dispatch(&app, req, rid))).await {
+            Ok(result) => result,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".to_owned());
+                Err(ApiError::internal(format!("handler panicked: {what}")))
+            }
+        }
     };
     let mut resp = match result {
         Ok(r) => r,
@@ -174,9 +186,34 @@ fn preflight(requested: Option<HeaderValue>) -> Response<Body> {
     resp
 }
 
+/// Resolves to `Err` with the panic payload if polling the inner future
+/// panics.
+struct CatchUnwind<F>(F);
+
+impl<F: std::future::Future + Unpin> std::future::Future for CatchUnwind<F> {
+    type Output = Result<F::Output, Box<dyn std::any::Any + Send>>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let inner = &mut self.0;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            std::pin::Pin::new(inner).poll(cx)
+        })) {
+            Ok(std::task::Poll::Ready(out)) => std::task::Poll::Ready(Ok(out)),
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Err(panic) => std::task::Poll::Ready(Err(panic)),
+        }
+    }
+}
+
 /// Whether `path` names one of our endpoints (for CORS preflights).
 fn is_known_path(path: &str) -> bool {
-    let trimmed = path.strip_suffix('/').filter(|p| !p.is_empty()).unwrap_or(path);
+    let trimmed = path
+        .strip_suffix('/')
+        .filter(|p| !p.is_empty())
+        .unwrap_or(path);
     let segs: Vec<&str> = trimmed.trim_start_matches('/').split('/').collect();
     matches!(
         segs.as_slice(),

@@ -297,7 +297,7 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         .and_then(|v| v.trim().parse::<f64>().ok())
     {
         if ms.is_finite() && ms >= 0.0 {
-            return Some(Duration::from_secs_f64(ms / 1000.0));
+            return Some(Duration::from_secs_f64((ms / 1000.0).min(3600.0)));
         }
     }
     let secs = headers
@@ -511,6 +511,8 @@ mod tests {
         assert_eq!(retry_after(&h), Some(Duration::from_secs(3)));
         h.insert("retry-after-ms", HeaderValue::from_static("250"));
         assert_eq!(retry_after(&h), Some(Duration::from_millis(250)));
+        h.insert("retry-after-ms", HeaderValue::from_static("1e300"));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(3600)));
         let mut bad = HeaderMap::new();
         bad.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
         assert_eq!(retry_after(&bad), None);

@@ -81,12 +81,23 @@ impl SqliteStore {
         let mut conn = Connection::open_with_flags(&path, flags)
             .map_err(|e| Error::storage(format!("cannot open {}: {e}", path.display())))?;
         conn.busy_timeout(options.busy_timeout)?;
+        let log = options.sql_logger.as_ref();
+        let run = |conn: &Connection, sql: &str| -> Result<()> {
+            if let Some(log) = log {
+                slog::info!(log, "sql"; "statement" => sql);
+            }
+            conn.execute_batch(sql)?;
+            Ok(())
+        };
         // 1 KiB pages (a new file only; an existing one keeps its size).
         // Every turn dirties a few pages at random places (its session's
-        // row and index entries), and each dirty page is written whole to
-        // the WAL: smaller pages cut the bytes written per turn about
-        // fourfold, which profiles showed to be the writer's main cost.
-        conn.pragma_update(None, "page_size", 1024)?;
+        // index entries), and each dirty page is written whole to the WAL:
+        // smaller pages cut the bytes written per turn about fourfold, which
+        // profiles showed to be the writer's main cost.
+        run(&conn, "PRAGMA page_size = 1024")?;
+        if let Some(log) = log {
+            slog::info!(log, "sql"; "statement" => "PRAGMA journal_mode = WAL");
+        }
         let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") && !mode.eq_ignore_ascii_case("memory") {
             return Err(Error::storage(format!(
@@ -94,22 +105,25 @@ impl SqliteStore {
                 path.display()
             )));
         }
-        conn.pragma_update(
-            None,
-            "synchronous",
-            if options.full_sync { "FULL" } else { "NORMAL" },
+        run(
+            &conn,
+            if options.full_sync {
+                "PRAGMA synchronous = FULL"
+            } else {
+                "PRAGMA synchronous = NORMAL"
+            },
         )?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
+        run(&conn, "PRAGMA foreign_keys = ON")?;
         // 8 MiB of page cache (negative = KiB): the index leaves that turns
         // append to stay in memory. Turns read history from the facade's hot
         // cache, so reads need little more.
-        conn.pragma_update(None, "cache_size", -8192)?;
+        run(&conn, "PRAGMA cache_size = -8192")?;
         // Checkpoint every 4 MiB of WAL (the default is 1,000 pages), and
         // cut the WAL file back to that size after it is reset.
-        conn.pragma_update(None, "wal_autocheckpoint", 4096)?;
-        conn.pragma_update(None, "journal_size_limit", 4 * 1024 * 1024)?;
+        run(&conn, "PRAGMA wal_autocheckpoint = 4096")?;
+        run(&conn, "PRAGMA journal_size_limit = 4194304")?;
         conn.set_prepared_statement_cache_capacity(32);
-        schema::migrate(&mut conn)?;
+        schema::migrate(&mut conn, log)?;
         let worker = Worker::spawn(conn, options.sql_logger)?;
         Ok(SqliteStore { worker, path })
     }

@@ -55,8 +55,15 @@ const MIGRATIONS: &[&str] = &[
 pub(crate) const LATEST: i64 = MIGRATIONS.len() as i64;
 
 /// Brings `conn`'s schema to [`LATEST`].
-pub(crate) fn migrate(conn: &mut Connection) -> Result<()> {
+pub(crate) fn migrate(conn: &mut Connection, log: Option<&slog::Logger>) -> Result<()> {
+    let report = |sql: &str| {
+        if let Some(log) = log {
+            slog::info!(log, "sql"; "statement" => sql);
+        }
+    };
+    report("BEGIN IMMEDIATE");
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    report("PRAGMA user_version");
     let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version > LATEST {
         return Err(Error::storage(format!(
@@ -64,9 +71,13 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<()> {
         )));
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        report(sql);
         tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        let bump = format!("PRAGMA user_version = {}", i + 1);
+        report(&bump);
+        tx.execute_batch(&bump)?;
     }
+    report("COMMIT");
     tx.commit()?;
     Ok(())
 }

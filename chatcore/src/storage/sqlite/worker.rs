@@ -54,8 +54,10 @@ impl Db {
         out
     }
 
-    /// Runs a parameterless statement through the statement cache.
-    fn exec(&self, sql: &str) -> rusqlite::Result<()> {
+    /// Runs (and reports) a parameterless statement through the
+    /// statement cache.
+    fn exec(&self, sql: &'static str) -> rusqlite::Result<()> {
+        self.log_sql(sql);
         self.conn.prepare_cached(sql)?.execute([])?;
         Ok(())
     }
@@ -151,14 +153,33 @@ fn run(db: Db, mut rx: mpsc::Receiver<Job>) {
             }
             continue;
         }
+        // If a job's failure made SQLite roll the whole transaction back
+        // (disk full, I/O error), the jobs after it must not run outside a
+        // transaction: they fail unrun, and so does everything before.
+        let mut aborted: Option<rusqlite::Error> = None;
         for job in batch.drain(..) {
+            if aborted.is_some() {
+                job(None)(aborted.as_ref());
+                continue;
+            }
             deliveries.push(job(Some(&db)));
+            if db.conn.is_autocommit() {
+                aborted = Some(rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+                    Some("the transaction was rolled back by an earlier failure".into()),
+                ));
+            }
         }
-        db.log_sql("COMMIT");
-        let err = db.exec("COMMIT").err();
-        if err.is_some() {
-            let _ = db.exec("ROLLBACK");
-        }
+        let err = match aborted {
+            Some(e) => Some(e),
+            None => {
+                let err = db.exec("COMMIT").err();
+                if err.is_some() {
+                    let _ = db.exec("ROLLBACK");
+                }
+                err
+            }
+        };
         for deliver in deliveries.drain(..) {
             deliver(err.as_ref());
         }
