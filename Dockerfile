@@ -18,10 +18,10 @@ COPY Cargo.toml Cargo.lock ./
 COPY chatcore/Cargo.toml chatcore/
 COPY chatgate/Cargo.toml chatgate/
 COPY chatmock/Cargo.toml chatmock/
-RUN mkdir -p chatcore/src chatgate/src chatmock/src examples benches \
+RUN mkdir -p chatcore/src chatgate/src chatmock/src examples/loadtest benches \
  && touch chatcore/src/lib.rs chatgate/src/lib.rs chatmock/src/lib.rs \
  && echo 'fn main() {}' > chatgate/src/main.rs \
- && echo 'fn main() {}' > examples/loadtest.rs \
+ && echo 'fn main() {}' > examples/loadtest/main.rs \
  && echo 'fn main() {}' > benches/core.rs \
  && cargo build --release --locked -p chatgate \
  && rm -rf chatcore/src chatgate/src chatmock/src examples benches

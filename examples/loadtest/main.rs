@@ -22,16 +22,16 @@
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::SendRequest;
-use hyper::{Request, StatusCode};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use http_body_util::Full;
+use hyper::Request;
+
+mod load;
+
+use load::{closed_loop, connect, open_loop, post, Make, Phase};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
@@ -143,173 +143,6 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free loopback port")
-}
-
-async fn connect(addr: SocketAddr) -> std::io::Result<SendRequest<Full<Bytes>>> {
-    let stream = TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
-    let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(std::io::Error::other)?;
-    tokio::spawn(conn);
-    Ok(tx)
-}
-
-async fn post(
-    tx: &mut SendRequest<Full<Bytes>>,
-    path: &str,
-    body: Bytes,
-) -> Result<(StatusCode, Bytes), String> {
-    tx.ready().await.map_err(|e| e.to_string())?;
-    let req = Request::post(path)
-        .header("host", "127.0.0.1")
-        .header("content-type", "application/json")
-        .body(Full::new(body))
-        .map_err(|e| e.to_string())?;
-    let resp = tx.send_request(req).await.map_err(|e| e.to_string())?;
-    let status = resp.status();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    Ok((status, body))
-}
-
-/// What a request generator produces: path and body for request `n`.
-type Make = Arc<dyn Fn(u64) -> (&'static str, Bytes) + Send + Sync>;
-
-#[derive(Debug, Default)]
-struct Phase {
-    ok: u64,
-    non_2xx: u64,
-    errors: u64,
-    elapsed: Duration,
-    latencies_us: Vec<u32>,
-}
-
-impl Phase {
-    fn rate(&self) -> f64 {
-        self.ok as f64 / self.elapsed.as_secs_f64()
-    }
-
-    fn pct(&mut self, p: f64) -> f64 {
-        if self.latencies_us.is_empty() {
-            return f64::NAN;
-        }
-        self.latencies_us.sort_unstable();
-        let i = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
-        f64::from(self.latencies_us[i]) / 1000.0
-    }
-
-    fn merge(&mut self, other: Phase) {
-        self.ok += other.ok;
-        self.non_2xx += other.non_2xx;
-        self.errors += other.errors;
-        self.latencies_us.extend(other.latencies_us);
-    }
-}
-
-/// Closed loop: `conns` keep-alive connections, each sending its next
-/// request as soon as the previous answer arrives, for `duration`.
-async fn closed_loop(addr: SocketAddr, conns: usize, duration: Duration, make: Make) -> Phase {
-    let counter = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
-    let deadline = start + duration;
-    let mut tasks = Vec::new();
-    for _ in 0..conns {
-        let (make, counter) = (Arc::clone(&make), Arc::clone(&counter));
-        tasks.push(tokio::spawn(async move {
-            let mut phase = Phase::default();
-            let Ok(mut tx) = connect(addr).await else {
-                phase.errors += 1;
-                return phase;
-            };
-            while Instant::now() < deadline {
-                let (path, body) = make(counter.fetch_add(1, Ordering::Relaxed));
-                let t0 = Instant::now();
-                match post(&mut tx, path, body).await {
-                    Ok((s, _)) if s.is_success() => {
-                        phase.ok += 1;
-                        phase.latencies_us.push(t0.elapsed().as_micros() as u32);
-                    }
-                    Ok(_) => phase.non_2xx += 1,
-                    Err(_) => {
-                        phase.errors += 1;
-                        match connect(addr).await {
-                            Ok(c) => tx = c,
-                            Err(_) => return phase,
-                        }
-                    }
-                }
-            }
-            phase
-        }));
-    }
-    let mut total = Phase::default();
-    for t in tasks {
-        if let Ok(p) = t.await {
-            total.merge(p);
-        }
-    }
-    total.elapsed = start.elapsed();
-    total
-}
-
-/// Open loop: requests scheduled at a fixed `rate`; each latency counts
-/// from its scheduled start (coordinated-omission correction), on a pool
-/// of keep-alive connections that grows if every connection is busy.
-async fn open_loop(addr: SocketAddr, rate: u32, duration: Duration, make: Make) -> Phase {
-    let (pool_tx, pool_rx) = tokio::sync::mpsc::unbounded_channel::<SendRequest<Full<Bytes>>>();
-    let pool_rx = Arc::new(tokio::sync::Mutex::new(pool_rx));
-    for _ in 0..4 {
-        if let Ok(c) = connect(addr).await {
-            let _ = pool_tx.send(c);
-        }
-    }
-    let period = Duration::from_secs_f64(1.0 / f64::from(rate));
-    let start = tokio::time::Instant::now() + Duration::from_millis(5);
-    let total = (duration.as_secs_f64() * f64::from(rate)) as u64;
-    let mut tasks = Vec::with_capacity(total as usize);
-    for i in 0..total {
-        let scheduled = start + period * i as u32;
-        // The timer wheel has millisecond granularity: sleep to just before
-        // the slot, then spin, so latencies are not padded by timer slop.
-        tokio::time::sleep_until(scheduled - Duration::from_millis(2)).await;
-        while tokio::time::Instant::now() < scheduled {
-            std::hint::spin_loop();
-        }
-        let (make, pool_tx, pool_rx) = (Arc::clone(&make), pool_tx.clone(), Arc::clone(&pool_rx));
-        tasks.push(tokio::spawn(async move {
-            let conn = {
-                let mut rx = pool_rx.lock().await;
-                rx.try_recv().ok()
-            };
-            let mut conn = match conn {
-                Some(c) => c,
-                None => connect(addr).await.map_err(|e| e.to_string())?,
-            };
-            let (path, body) = make(i);
-            let result = post(&mut conn, path, body).await;
-            let latency = scheduled.elapsed().as_micros() as u32;
-            let _ = pool_tx.send(conn);
-            result.map(|(s, _)| (s, latency))
-        }));
-    }
-    let mut phase = Phase::default();
-    for t in tasks {
-        match t.await {
-            Ok(Ok((s, lat))) if s.is_success() => {
-                phase.ok += 1;
-                phase.latencies_us.push(lat);
-            }
-            Ok(Ok(_)) => phase.non_2xx += 1,
-            _ => phase.errors += 1,
-        }
-    }
-    phase.elapsed = start.elapsed();
-    phase
 }
 
 fn rss_kib(pid: u32, field: &str) -> u64 {
