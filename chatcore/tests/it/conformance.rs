@@ -21,6 +21,7 @@ each_backend! {
     "current_thread" => feedback_round_trip_in_order,
     "current_thread" => feedback_for_missing_session_is_rejected,
     "current_thread" => purge_deletes_only_old_sessions_with_their_data,
+    "current_thread" => purge_within_the_cutoffs_hour_goes_by_the_exact_time,
     "current_thread" => ping_succeeds,
 }
 
@@ -297,6 +298,141 @@ async fn purge_deletes_only_old_sessions_with_their_data<S: Store + 'static>(sto
 
     let again = store.purge_inactive_before(at(5 * day)).await.unwrap();
     assert_eq!(again, PurgeReport::default());
+}
+
+/// The cutoff falls mid-hour; what decides is each session's last reply
+/// (or creation), not the hour it falls in nor an earlier turn.
+async fn purge_within_the_cutoffs_hour_goes_by_the_exact_time<S: Store + 'static>(store: S) {
+    let (minute, day) = (60, 24 * 3600);
+    // t0() is on the hour: the cutoff is 12:30:00 on day 5.
+    let cutoff = 5 * day + 30 * minute;
+    // An early turn on day 0, the last one at 12:40 on the cutoff's day.
+    let late = session(t0());
+    // A turn at 12:10 and one at 12:45, both in the cutoff's hour.
+    let straddles = session(t0());
+    // Its last reply at 12:10 on the cutoff's day, after an early turn.
+    let early = session(t0());
+    // Its last reply one second before the cutoff.
+    let just_before = session(t0());
+    // Its last reply exactly at the cutoff: kept (only older ones go).
+    let at_cutoff = session(t0());
+    // Sessions without turns in the cutoff's hour, created before / after it.
+    let created_before = session(at(cutoff - 5 * minute));
+    let created_after = session(at(cutoff + 5 * minute));
+    for s in [
+        &late,
+        &straddles,
+        &early,
+        &just_before,
+        &at_cutoff,
+        &created_before,
+        &created_after,
+    ] {
+        store.insert_session(s).await.unwrap();
+    }
+    let append = |id: SessionId, text: &'static str, user_secs: i64| {
+        let store = &store;
+        async move {
+            store
+                .append_turn(id, turn(text, "ok", user_secs))
+                .await
+                .unwrap();
+        }
+    };
+    append(late.id, "old", 0).await;
+    append(late.id, "new", cutoff + 10 * minute - 1).await;
+    append(straddles.id, "before", cutoff - 20 * minute - 1).await;
+    append(straddles.id, "after", cutoff + 15 * minute - 1).await;
+    append(early.id, "old", 0).await;
+    append(early.id, "in the hour", cutoff - 20 * minute - 1).await;
+    append(just_before.id, "close", cutoff - 2).await;
+    append(at_cutoff.id, "edge", cutoff - 1).await;
+    store
+        .insert_feedback(&feedback(early.id, "gone", None, cutoff - 19 * minute))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .get_session(late.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .last_active,
+        at(cutoff + 10 * minute)
+    );
+    assert_eq!(
+        store
+            .get_session(just_before.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .last_active,
+        at(cutoff - 1)
+    );
+
+    let report = store.purge_inactive_before(at(cutoff)).await.unwrap();
+    assert_eq!(
+        report,
+        PurgeReport {
+            sessions: 3,
+            messages: 6,
+            feedback: 1
+        },
+        "early, just_before and created_before go"
+    );
+    for gone in [&early, &just_before, &created_before] {
+        assert_eq!(store.get_session(gone.id).await.unwrap(), None);
+        assert!(store
+            .recent_messages(gone.id, usize::MAX)
+            .await
+            .unwrap()
+            .is_empty());
+    }
+    assert!(store.list_feedback(early.id).await.unwrap().is_empty());
+    for (kept, messages) in [
+        (&late, 4),
+        (&straddles, 4),
+        (&at_cutoff, 2),
+        (&created_after, 0),
+    ] {
+        assert!(
+            store.get_session(kept.id).await.unwrap().is_some(),
+            "purged a session active at or after the cutoff"
+        );
+        assert_eq!(
+            store
+                .recent_messages(kept.id, usize::MAX)
+                .await
+                .unwrap()
+                .len(),
+            messages
+        );
+    }
+    // The same cutoff again finds nothing. A later cutoff, still in the
+    // same hour (12:40:01), takes exactly those now older than it.
+    let again = store.purge_inactive_before(at(cutoff)).await.unwrap();
+    assert_eq!(again, PurgeReport::default());
+    let later = store
+        .purge_inactive_before(at(cutoff + 10 * minute + 1))
+        .await
+        .unwrap();
+    assert_eq!(
+        (later.sessions, later.messages),
+        (3, 6),
+        "late, at_cutoff and created_after go"
+    );
+    for gone in [&late, &at_cutoff, &created_after] {
+        assert_eq!(store.get_session(gone.id).await.unwrap(), None);
+    }
+    assert_eq!(
+        store
+            .recent_messages(straddles.id, usize::MAX)
+            .await
+            .unwrap()
+            .len(),
+        4,
+        "straddles' last reply (12:45) is after the later cutoff"
+    );
 }
 
 async fn ping_succeeds<S: Store + 'static>(store: S) {

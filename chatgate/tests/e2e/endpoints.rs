@@ -1,6 +1,8 @@
 //! SPEC §2: every endpoint's exact shape, with and without the trailing
 //! slash, plus health, the OpenAPI document, the docs page and CORS.
 
+use std::time::Duration;
+
 use hyper::Method;
 use serde_json::{json, Value};
 
@@ -114,9 +116,26 @@ async fn chat_replies_with_echo_and_rate_limit_headers() {
         let remaining = (4 - i).to_string();
         assert_eq!(r.header("x-ratelimit-remaining"), Some(remaining.as_str()));
     }
+    // One more turn, answered over a second later (the upstream's delay):
+    // last_active moves to its reply's time, a later second than creation.
+    gw.mock.set_latency(Duration::from_millis(1100));
+    assert_eq!(chat(gw.addr, &id, "a slow one").await.status, 200);
     let s = get(gw.addr, &format!("/session/{id}")).await.json();
-    assert!(s["last_active"].as_str() >= s["created_at"].as_str());
-    assert_eq!(s["is_active"], 1);
+    assert_session_shape(&s, 1);
+    let stored = messages(gw.addr, &id).await;
+    let reply = stored.last().expect("messages");
+    assert_eq!(reply["content"], "Echo: a slow one");
+    assert_eq!(
+        s["last_active"], reply["created_at"],
+        "last_active is the latest reply's time"
+    );
+    let time = |v: &Value| {
+        chrono::DateTime::parse_from_rfc3339(v.as_str().expect("timestamp")).expect("RFC 3339")
+    };
+    assert!(
+        time(&s["last_active"]) > time(&s["created_at"]),
+        "last_active did not move: {s}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -340,6 +359,18 @@ async fn cors_preflight_and_allow_origin() {
         Some("*"),
         "errors carry CORS too"
     );
+    // A preflight for a path we do not serve is refused like the path.
+    let r = try_send(gw.addr, Method::OPTIONS, "/nope", &preflight, None)
+        .await
+        .unwrap();
+    r.assert_error(404, "Not Found");
+    // HEAD works on the read-only documents.
+    for path in ["/docs", "/openapi.json", "/healthz"] {
+        let r = try_send(gw.addr, Method::HEAD, path, &[], None)
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "HEAD {path}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,9 @@
 //! Shutdown and durability: graceful drain in-process, SIGTERM to the
 //! built binary, and `kill -9` losing no acknowledged turn.
 
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::Method;
@@ -131,10 +134,176 @@ async fn kill_9_loses_no_acknowledged_turn_and_purge_reports() {
     );
 }
 
+/// What one client task of the load test sent.
+#[derive(Debug, Default)]
+struct ClientLog {
+    /// `(session index, content)` of every message answered 200, in order.
+    acked: Vec<(usize, String)>,
+    /// The message whose request broke when the server died, if any.
+    broken: Option<(usize, String)>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_under_load_loses_no_acknowledged_turn() {
+    const SESSIONS: usize = 8;
+    const CLIENTS: usize = 16;
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("CHATGATE_RATE_LIMIT__MESSAGES_PER_MINUTE", "100000")];
+    let mut server = Server::start_with_env(dir.path(), &env).await;
+    let addr = server.addr;
+    let mut ids = Vec::new();
+    for _ in 0..SESSIONS {
+        ids.push(new_session(addr).await);
+    }
+    let ids = Arc::new(ids);
+
+    // Each client sends one message at a time, round-robin over the
+    // sessions (two clients start on each), until a request breaks.
+    let killed = Arc::new(AtomicBool::new(false));
+    let successes = Arc::new(AtomicUsize::new(0));
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let mut clients = tokio::task::JoinSet::new();
+    for c in 0..CLIENTS {
+        let (ids, killed) = (Arc::clone(&ids), Arc::clone(&killed));
+        let (successes, in_flight) = (Arc::clone(&successes), Arc::clone(&in_flight));
+        clients.spawn(async move {
+            let mut log = ClientLog::default();
+            let mut n = 0;
+            loop {
+                let s = (c + n) % SESSIONS;
+                let content = format!("client {c} message {n}");
+                let body = serde_json::json!({
+                    "session_id": ids[s], "role": "user", "content": content,
+                })
+                .to_string();
+                in_flight.fetch_add(1, Ordering::SeqCst);
+                let sent = try_send(addr, Method::POST, "/chat/", &[], Some(body.into())).await;
+                in_flight.fetch_sub(1, Ordering::SeqCst);
+                match sent {
+                    Ok(r) => {
+                        assert_eq!(r.status, 200, "{content}: {}", r.text());
+                        assert_eq!(r.json()["content"], format!("Echo: {content}"));
+                        log.acked.push((s, content));
+                        successes.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(e) => {
+                        assert!(
+                            killed.load(Ordering::SeqCst),
+                            "{content} failed before the kill: {e}"
+                        );
+                        log.broken = Some((s, content));
+                        return log;
+                    }
+                }
+                n += 1;
+            }
+        });
+    }
+
+    // Load for a while, and until a good number of turns are acknowledged;
+    // then kill -9 with requests in flight.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ok = &successes;
+    wait_until(
+        Duration::from_secs(60),
+        "200 acknowledged turns",
+        || async move { ok.load(Ordering::SeqCst) >= 200 },
+    )
+    .await;
+    let busy = &in_flight;
+    wait_until(
+        Duration::from_secs(10),
+        "a request in flight",
+        || async move { busy.load(Ordering::SeqCst) > 0 },
+    )
+    .await;
+    killed.store(true, Ordering::SeqCst);
+    server.child.kill().expect("SIGKILL");
+    server.child.wait().expect("reap");
+    drop(server);
+    let mut logs = Vec::new();
+    while let Some(done) = clients.join_next().await {
+        logs.push(done.expect("client task"));
+    }
+    let acked: usize = logs.iter().map(|l| l.acked.len()).sum();
+    assert!(acked >= 200, "only {acked} acknowledged");
+
+    let server = Server::start_with_env(dir.path(), &env).await;
+    let broken: HashSet<&str> = logs
+        .iter()
+        .filter_map(|l| l.broken.as_ref().map(|(_, m)| m.as_str()))
+        .collect();
+    let mut stored = Vec::new();
+    for id in ids.iter() {
+        let list = messages(server.addr, id).await;
+        let pairs: Vec<(String, String)> = list
+            .iter()
+            .map(|m| {
+                let role = m["role"].as_str().unwrap().to_owned();
+                (role, m["content"].as_str().unwrap().to_owned())
+            })
+            .collect();
+        // Whole turns only: each user message followed by its own reply.
+        assert_eq!(pairs.len() % 2, 0, "a half turn in {id}: {pairs:?}");
+        for turn in pairs.chunks(2) {
+            assert_eq!(turn[0].0, "user", "{id}: {turn:?}");
+            assert_eq!(turn[1].0, "assistant", "{id}: {turn:?}");
+            assert_eq!(
+                turn[1].1,
+                format!("Echo: {}", turn[0].1),
+                "interleaved in {id}"
+            );
+        }
+        let users: Vec<String> = pairs.into_iter().step_by(2).map(|(_, c)| c).collect();
+        stored.push(users);
+    }
+    // Each session's position of every stored message; nothing twice.
+    let mut position: HashMap<&str, (usize, usize)> = HashMap::new();
+    for (s, users) in stored.iter().enumerate() {
+        for (i, m) in users.iter().enumerate() {
+            let dup = position.insert(m.as_str(), (s, i));
+            assert!(dup.is_none(), "{m:?} stored twice");
+            let acked = logs.iter().any(|l| l.acked.iter().any(|(_, a)| a == m));
+            assert!(
+                acked || broken.contains(m.as_str()),
+                "{m:?} is stored but was never sent"
+            );
+        }
+    }
+    // Every acknowledged message is stored, in its session, and each
+    // client's messages to a session are in the order they were sent.
+    for log in &logs {
+        let mut last: HashMap<usize, usize> = HashMap::new();
+        for (s, m) in &log.acked {
+            let Some(&(at_s, at_i)) = position.get(m.as_str()) else {
+                panic!("acknowledged {m:?} was lost across kill -9");
+            };
+            assert_eq!(at_s, *s, "{m:?} is stored in another session");
+            if let Some(prev) = last.insert(*s, at_i) {
+                assert!(prev < at_i, "{m:?} is stored before an earlier message");
+            }
+        }
+    }
+    let broken_stored = broken.iter().filter(|m| position.contains_key(*m)).count();
+    eprintln!(
+        "{acked} acknowledged; {} broken by the kill, {broken_stored} of them stored",
+        broken.len()
+    );
+    // The restarted server carries on with every session.
+    for id in ids.iter() {
+        let r = chat(server.addr, id, "after the crash").await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn purge_and_the_background_sweep_delete_sessions_past_retention() {
     let dir = tempfile::tempdir().unwrap();
-    let retention = [("CHATGATE_SESSION__RETENTION", "1s")];
+    // Retention may not be shorter than the idle timeout (config refuses it).
+    let retention = [
+        ("CHATGATE_SESSION__RETENTION", "1s"),
+        ("CHATGATE_SESSION__IDLE_TIMEOUT", "1s"),
+    ];
     let server = Server::start_with_env(dir.path(), &retention).await;
     let id = new_session(server.addr).await;
     for m in ["a", "b"] {
@@ -148,7 +317,11 @@ async fn purge_and_the_background_sweep_delete_sessions_past_retention() {
     // `chatgate purge` runs one sweep and says what it deleted.
     let wait = Duration::from_millis(1500).saturating_sub(idle_since.elapsed());
     tokio::time::sleep(wait).await;
-    let env = [retention[0], ("CHATGATE_LOG__STDERR", "false")];
+    let env = [
+        retention[0],
+        retention[1],
+        ("CHATGATE_LOG__STDERR", "false"),
+    ];
     let out = run(dir.path(), &["--mock-upstream", "purge"], &env);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -167,7 +340,11 @@ async fn purge_and_the_background_sweep_delete_sessions_past_retention() {
     drop(server);
 
     // The server's own sweep (every `session.sweep_interval`) does the same.
-    let env = [retention[0], ("CHATGATE_SESSION__SWEEP_INTERVAL", "100ms")];
+    let env = [
+        retention[0],
+        retention[1],
+        ("CHATGATE_SESSION__SWEEP_INTERVAL", "100ms"),
+    ];
     let server = Server::start_with_env(dir.path(), &env).await;
     let id = new_session(server.addr).await;
     assert_eq!(chat(server.addr, &id, "soon gone").await.status, 200);

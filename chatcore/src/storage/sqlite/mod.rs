@@ -118,10 +118,10 @@ impl SqliteStore {
         // append to stay in memory. Turns read history from the facade's hot
         // cache, so reads need little more.
         run(&conn, "PRAGMA cache_size = -8192")?;
-        // Checkpoint every 4 MiB of WAL (the default is 1,000 pages), and
+        // Checkpoint every 16 MiB of WAL (the default is 1,000 pages), and
         // cut the WAL file back to that size after it is reset.
-        run(&conn, "PRAGMA wal_autocheckpoint = 4096")?;
-        run(&conn, "PRAGMA journal_size_limit = 4194304")?;
+        run(&conn, "PRAGMA wal_autocheckpoint = 16384")?;
+        run(&conn, "PRAGMA journal_size_limit = 16777216")?;
         conn.set_prepared_statement_cache_capacity(32);
         schema::migrate(&mut conn, log)?;
         let worker = Worker::spawn(conn, options.sql_logger)?;

@@ -4,12 +4,19 @@
 //! matches the store; a fresh facade on the same file picks up where the
 //! old one stopped.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chatcore::{ChatCore, SqliteStore, Store};
+use async_trait::async_trait;
+use chatcore::{
+    ChatCore, Feedback, FeedbackStore, Message, MessageStore, PurgeReport, Result, Session,
+    SessionId, SessionStore, SqliteStore, Store, Turn,
+};
+use chrono::{DateTime, Utc};
+use tokio::sync::Notify;
 
-use crate::support::{pairs, ScriptedModel};
+use crate::support::{assistant, pairs, user, ScriptedModel};
 
 fn core(store: Arc<dyn Store>, model: &Arc<ScriptedModel>, hot: usize) -> ChatCore {
     ChatCore::builder()
@@ -97,4 +104,190 @@ async fn a_new_facade_on_the_same_file_continues_the_history() {
     let seen = model.seen().last().unwrap().history.clone();
     let texts: Vec<&str> = seen.iter().map(|(_, t)| t.as_str()).collect();
     assert_eq!(texts, ["before restart", "reply to before restart"]);
+}
+
+/// Where a gated `append_turn` holds the turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gate {
+    /// Before handing the turn to the inner store: nothing is written.
+    BeforeStoring,
+    /// After the inner store has committed the turn.
+    AfterStoring,
+}
+
+/// A `SqliteStore` whose `append_turn` for one chosen user message stops
+/// at a gate (before or after delegating) and signals `reached`; the test
+/// drops the turn there. Every other call goes straight through.
+#[derive(Debug)]
+struct GatedStore {
+    inner: SqliteStore,
+    gated: &'static str,
+    gate: Gate,
+    reached: Notify,
+    release: Notify,
+    delegated: AtomicBool,
+}
+
+impl GatedStore {
+    fn open(path: &std::path::Path, gated: &'static str, gate: Gate) -> GatedStore {
+        GatedStore {
+            inner: SqliteStore::open(path).unwrap(),
+            gated,
+            gate,
+            reached: Notify::new(),
+            release: Notify::new(),
+            delegated: AtomicBool::new(false),
+        }
+    }
+
+    async fn hold(&self, here: Gate) {
+        if self.gate == here {
+            self.reached.notify_one();
+            self.release.notified().await;
+        }
+    }
+}
+
+#[async_trait]
+impl SessionStore for GatedStore {
+    async fn insert_session(&self, session: &Session) -> Result<()> {
+        self.inner.insert_session(session).await
+    }
+
+    async fn get_session(&self, id: SessionId) -> Result<Option<Session>> {
+        self.inner.get_session(id).await
+    }
+
+    async fn purge_inactive_before(&self, cutoff: DateTime<Utc>) -> Result<PurgeReport> {
+        self.inner.purge_inactive_before(cutoff).await
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.inner.ping().await
+    }
+}
+
+#[async_trait]
+impl MessageStore for GatedStore {
+    async fn recent_messages(&self, id: SessionId, limit: usize) -> Result<Vec<Message>> {
+        self.inner.recent_messages(id, limit).await
+    }
+
+    async fn append_turn(&self, id: SessionId, turn: Turn<'_>) -> Result<()> {
+        if turn.user != self.gated {
+            return self.inner.append_turn(id, turn).await;
+        }
+        self.hold(Gate::BeforeStoring).await;
+        self.delegated.store(true, Ordering::SeqCst);
+        self.inner.append_turn(id, turn).await?;
+        self.hold(Gate::AfterStoring).await;
+        Ok(())
+    }
+
+    async fn load_turn_context(
+        &self,
+        id: SessionId,
+        limit: usize,
+    ) -> Result<Option<(Session, Vec<Message>)>> {
+        self.inner.load_turn_context(id, limit).await
+    }
+}
+
+#[async_trait]
+impl FeedbackStore for GatedStore {
+    async fn insert_feedback(&self, feedback: &Feedback) -> Result<()> {
+        self.inner.insert_feedback(feedback).await
+    }
+
+    async fn list_feedback(&self, id: SessionId) -> Result<Vec<Feedback>> {
+        self.inner.list_feedback(id).await
+    }
+}
+
+/// Runs "first", then "cancel me" (dropped while its `append_turn` is held
+/// at `gate`), then "third". Returns what is stored at the end and the
+/// history the model was sent for "third".
+async fn cancel_inside_append_turn(
+    gate: Gate,
+) -> (Vec<(chatcore::Role, String)>, Vec<(chatcore::Role, String)>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(GatedStore::open(
+        &dir.path().join("c.db"),
+        "cancel me",
+        gate,
+    ));
+    let model = ScriptedModel::new().shared();
+    let core = core(Arc::clone(&store) as Arc<dyn Store>, &model, 10_000);
+    let id = core.sessions().initialize().await.unwrap().session.id;
+    core.chat(id, "first").await.unwrap();
+
+    // Drive the turn until it is held inside `append_turn`, then drop it,
+    // as a client going away would (the timeout only guards against a hang).
+    let mut turn = Box::pin(core.chat(id, "cancel me"));
+    let held = tokio::time::timeout(Duration::from_secs(30), async {
+        tokio::select! {
+            r = &mut turn => panic!("the gated turn finished: {r:?}"),
+            () = store.reached.notified() => {}
+        }
+    })
+    .await;
+    assert!(held.is_ok(), "the turn never reached append_turn");
+    assert_eq!(
+        model.calls(),
+        2,
+        "the model answered before the gate: this cancels the write, not the call"
+    );
+    drop(turn);
+    // Opening the gate now must not matter: the turn is gone.
+    store.release.notify_waiters();
+    assert_eq!(
+        store.delegated.load(Ordering::SeqCst),
+        gate == Gate::AfterStoring,
+        "the turn was dropped on the wrong side of the inner append"
+    );
+
+    core.chat(id, "third").await.unwrap();
+    let stored = pairs(&core.sessions().messages(id).await.unwrap());
+    let seen = model.seen();
+    assert_eq!(seen.len(), 3);
+    assert_eq!(seen[2].user, "third");
+    (stored, seen[2].history.clone())
+}
+
+#[tokio::test]
+async fn a_turn_cancelled_before_it_is_stored_leaves_no_trace() {
+    let (stored, sent) = cancel_inside_append_turn(Gate::BeforeStoring).await;
+    assert_eq!(
+        stored,
+        [
+            user("first"),
+            assistant("reply to first"),
+            user("third"),
+            assistant("reply to third"),
+        ],
+        "the cancelled turn was never written"
+    );
+    assert_eq!(sent, stored[..2], "the model saw exactly what is stored");
+}
+
+#[tokio::test]
+async fn a_turn_cancelled_after_it_is_stored_is_in_the_next_history() {
+    let (stored, sent) = cancel_inside_append_turn(Gate::AfterStoring).await;
+    assert_eq!(
+        stored,
+        [
+            user("first"),
+            assistant("reply to first"),
+            user("cancel me"),
+            assistant("reply to cancel me"),
+            user("third"),
+            assistant("reply to third"),
+        ],
+        "the store committed the turn before it was dropped"
+    );
+    assert_eq!(
+        sent,
+        stored[..4],
+        "the cache hid a stored turn from the model"
+    );
 }

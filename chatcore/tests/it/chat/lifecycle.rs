@@ -4,15 +4,92 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chatcore::{ErrorKind, ManualClock, MemoryStore, PurgeReport, SessionId, Store};
+use async_trait::async_trait;
+use chatcore::{
+    ChatCore, ChatModel, ChatRequest, Completion, ErrorKind, ManualClock, MemoryStore, PurgeReport,
+    Role, SessionId, Store,
+};
 
 use super::builder;
 use crate::support::{t0, ScriptedModel, DAY, MINUTE};
 
 each_backend! {
+    "current_thread" => last_active_is_the_reply_time_not_the_request_time,
     "current_thread" => an_idle_session_expires_and_is_never_revived,
     "current_thread" => feedback_is_validated_and_kept_in_order,
     "current_thread" => the_sweep_purges_only_sessions_past_retention,
+}
+
+/// A model that takes `think` of the manual clock's time to answer.
+#[derive(Debug)]
+struct SlowThinker {
+    clock: Arc<ManualClock>,
+    think: Duration,
+}
+
+#[async_trait]
+impl ChatModel for SlowThinker {
+    async fn complete(&self, request: ChatRequest<'_>) -> chatcore::Result<Completion> {
+        self.clock.advance(self.think);
+        Ok(Completion {
+            content: format!("thought about {}", request.user),
+            usage: None,
+        })
+    }
+}
+
+async fn last_active_is_the_reply_time_not_the_request_time<S: Store + 'static>(store: S) {
+    let clock = Arc::new(ManualClock::new(t0()));
+    let think = Duration::from_secs(7);
+    let core = ChatCore::builder()
+        .store(store)
+        .model(SlowThinker {
+            clock: Arc::clone(&clock),
+            think,
+        })
+        .clock(clock.clone())
+        .idle_timeout(30 * MINUTE)
+        .build()
+        .unwrap();
+    let id = core.sessions().initialize().await.unwrap().session.id;
+    clock.advance(MINUTE);
+    let asked = t0() + MINUTE;
+    let answered = asked + think;
+
+    core.chat(id, "hello").await.unwrap();
+    let info = core.sessions().get(id).await.unwrap();
+    assert_eq!(info.session.created_at, t0());
+    assert_eq!(
+        info.session.last_active, answered,
+        "last_active is the reply's time"
+    );
+    assert!(info.is_active);
+    let stored = core.sessions().messages(id).await.unwrap();
+    let times: Vec<_> = stored.iter().map(|m| (m.role, m.created_at)).collect();
+    assert_eq!(
+        times,
+        [(Role::User, asked), (Role::Assistant, answered)],
+        "each message keeps its own time"
+    );
+
+    // Now `asked + 30m + 3.5s`: idle past the timeout counted from the
+    // request, not from the reply. Still active, and a turn is accepted
+    // (the hot path, which does not read the store, agrees).
+    clock.advance(30 * MINUTE - think / 2);
+    assert!(core.sessions().get(id).await.unwrap().is_active);
+    core.chat(id, "still here")
+        .await
+        .expect("idle less than the timeout since the last reply: the turn is accepted");
+    let second = answered + 30 * MINUTE - think / 2 + think;
+    let info = core.sessions().get(id).await.unwrap();
+    assert_eq!(info.session.last_active, second);
+
+    // Exactly the timeout after the last reply: expired, for reads and turns.
+    clock.advance(30 * MINUTE);
+    assert!(!core.sessions().get(id).await.unwrap().is_active);
+    let err = core.chat(id, "too late").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::SessionExpired);
+    assert_eq!(core.sessions().messages(id).await.unwrap().len(), 4);
 }
 
 async fn an_idle_session_expires_and_is_never_revived<S: Store + 'static>(store: S) {
