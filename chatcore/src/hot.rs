@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use chrono::{DateTime, Utc};
 
 use crate::chat::estimate_tokens;
+use crate::llm::{History, PackedEntry};
 use crate::types::{from_millis, Message, Role, Session, SessionId};
 
 const SHARDS: usize = 16;
@@ -37,20 +38,23 @@ pub(crate) struct Hot {
     window: Mutex<Option<Window>>,
 }
 
-/// The newest messages of a session that fit the context budget.
+/// The newest messages of a session that fit the context budget, packed:
+/// all their text in one buffer and a small fixed-size entry per message
+/// (position, estimated tokens, role, time). About half the memory of a
+/// `Vec<Message>` (no allocation per message), and the token costs are
+/// computed once, not on every turn.
 #[derive(Debug, Default)]
 pub(crate) struct Window {
-    messages: Vec<Message>,
-    /// Each message's estimated tokens (same indices as `messages`), so a
-    /// turn does not recount the characters of its whole history.
-    costs: Vec<usize>,
+    text: String,
+    entries: Vec<PackedEntry>,
+    /// Entries before `start` (and their text) are dropped, lazily.
     start: usize,
     tokens: usize,
 }
 
 impl Window {
     /// Keeps the newest of `history` that fit `budget` tokens.
-    pub(crate) fn new(mut history: Vec<Message>, budget: usize) -> Window {
+    pub(crate) fn new(history: Vec<Message>, budget: usize) -> Window {
         let mut tokens = 0;
         let mut keep = 0;
         for m in history.iter().rev() {
@@ -61,58 +65,73 @@ impl Window {
             tokens += cost;
             keep += 1;
         }
-        history.drain(..history.len() - keep);
-        let costs = history
-            .iter()
-            .map(|m| estimate_tokens(&m.content))
-            .collect();
-        Window {
-            messages: history,
-            costs,
-            start: 0,
-            tokens,
+        let mut w = Window::default();
+        for m in &history[history.len() - keep..] {
+            w.append(m.role, &m.content, m.created_at.timestamp_millis());
         }
+        w
     }
 
     /// The newest messages whose estimated tokens fit `budget`, oldest
     /// first: what [`trim_history`](crate::trim_history) would keep.
-    pub(crate) fn fit(&self, budget: usize) -> &[Message] {
+    pub(crate) fn fit(&self, budget: usize) -> History<'_> {
+        let live = &self.entries[self.start..];
         let mut left = budget;
         let mut keep = 0;
-        for &cost in self.costs[self.start..].iter().rev() {
+        for e in live.iter().rev() {
+            let cost = e.cost as usize;
             if cost > left {
                 break;
             }
             left -= cost;
             keep += 1;
         }
-        &self.messages[self.messages.len() - keep..]
+        History::packed(&self.text, &live[live.len() - keep..])
     }
 
     /// The messages, oldest first.
     #[cfg(test)]
-    pub(crate) fn messages(&self) -> &[Message] {
-        &self.messages[self.start..]
+    pub(crate) fn messages(&self) -> Vec<(Role, String)> {
+        History::packed(&self.text, &self.entries[self.start..])
+            .iter()
+            .map(|m| (m.role, m.content.to_owned()))
+            .collect()
+    }
+
+    fn append(&mut self, role: Role, content: &str, at_ms: i64) {
+        let cost = estimate_tokens(content);
+        self.tokens += cost;
+        self.entries.push(PackedEntry {
+            start: self.text.len() as u32,
+            len: content.len() as u32,
+            cost: cost.min(u32::MAX as usize) as u32,
+            role,
+            at_ms,
+        });
+        self.text.push_str(content);
     }
 
     fn push(&mut self, role: Role, content: &str, at: DateTime<Utc>, budget: usize) {
-        let cost = estimate_tokens(content);
-        self.tokens += cost;
-        self.costs.push(cost);
-        self.messages.push(Message {
-            role,
-            content: content.to_owned(),
-            created_at: at,
-        });
-        while self.tokens > budget && self.start < self.messages.len() {
-            self.tokens -= self.costs[self.start];
+        self.append(role, content, at.timestamp_millis());
+        while self.tokens > budget && self.start < self.entries.len() {
+            self.tokens -= self.entries[self.start].cost as usize;
             self.start += 1;
         }
-        // Compact now and then, not on every turn.
-        if self.start > 32 && self.start * 2 > self.messages.len() {
-            self.messages.drain(..self.start);
-            self.costs.drain(..self.start);
+        // Compact now and then, not on every turn: drop the dead entries
+        // and their text, and move the rest down.
+        if self.start > 32 && self.start * 2 > self.entries.len() {
+            let cut = self
+                .entries
+                .get(self.start)
+                .map_or(self.text.len(), |e| e.start as usize);
+            self.text.drain(..cut);
+            self.entries.drain(..self.start);
+            for e in &mut self.entries {
+                e.start -= cut as u32;
+            }
             self.start = 0;
+            self.text.shrink_to(self.text.len() * 2);
+            self.entries.shrink_to(self.entries.len() * 2);
         }
     }
 }
@@ -236,13 +255,15 @@ pub(crate) struct Lease<'a> {
 
 impl Lease<'_> {
     #[cfg(test)]
-    pub(crate) fn history(&self) -> &[Message] {
-        self.window.as_ref().map_or(&[], Window::messages)
+    pub(crate) fn history(&self) -> Vec<(Role, String)> {
+        self.window.as_ref().map_or(Vec::new(), Window::messages)
     }
 
     /// The newest messages that fit `budget` tokens, oldest first.
-    pub(crate) fn history_within(&self, budget: usize) -> &[Message] {
-        self.window.as_ref().map_or(&[], |w| w.fit(budget))
+    pub(crate) fn history_within(&self, budget: usize) -> History<'_> {
+        self.window
+            .as_ref()
+            .map_or(History::empty(), |w| w.fit(budget))
     }
 
     /// Marks the store as being written: until [`Lease::record`], the
@@ -314,7 +335,9 @@ mod tests {
             w.push(Role::User, "abcd", Utc::now(), 12);
         }
         assert_eq!(w.messages().len(), 2);
-        assert!(w.messages.len() < 70, "compaction keeps the buffer bounded");
+        assert!(w.entries.len() < 70, "compaction keeps the buffer bounded");
+        assert!(w.text.len() < 70 * 4, "and the text with it");
+        assert_eq!(w.messages().last().unwrap().1, "abcd");
     }
 
     #[test]
@@ -323,7 +346,9 @@ mod tests {
         let w = Window::new(history.clone(), 10_000);
         for budget in [0, 5, 17, 100, 333, 10_000] {
             let expected = crate::trim_history(&history, None, "", budget + estimate_tokens(""));
-            assert_eq!(w.fit(budget), expected, "budget {budget}");
+            let got: Vec<String> = w.fit(budget).iter().map(|m| m.content.to_owned()).collect();
+            let want: Vec<String> = expected.iter().map(|m| m.content.clone()).collect();
+            assert_eq!(got, want, "budget {budget}");
         }
     }
 

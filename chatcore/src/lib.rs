@@ -69,7 +69,8 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{BoxError, Error, ErrorKind, Fault, Result};
 pub use feedback::FeedbackDesk;
 pub use llm::{
-    ChatModel, ChatRequest, Completion, CompletionStream, OpenAiChat, OpenAiConfig, Usage,
+    ChatModel, ChatRequest, Completion, CompletionStream, History, HistoryItem, OpenAiChat,
+    OpenAiConfig, Usage,
 };
 pub use rate_limit::{Decision, GovernorLimiter, RateLimiter};
 pub use session::{SessionInfo, SessionManager};

@@ -5,8 +5,8 @@
 use std::time::{Duration, Instant};
 
 use chatcore::{
-    ChatModel, ChatRequest, Completion, Error, ErrorKind, Message, OpenAiChat, OpenAiConfig, Role,
-    Usage,
+    ChatModel, ChatRequest, Completion, Error, ErrorKind, History, Message, OpenAiChat,
+    OpenAiConfig, Role, Usage,
 };
 use chatmock::{MockOpenAi, Reply};
 use serde_json::json;
@@ -44,7 +44,7 @@ fn keyed_adapter(mock: &MockOpenAi) -> OpenAiChat {
 fn ask(user: &str) -> ChatRequest<'_> {
     ChatRequest {
         system: None,
-        history: &[],
+        history: History::empty(),
         user,
     }
 }
@@ -94,7 +94,7 @@ async fn request_has_model_temperature_messages_in_order_and_bearer_key() {
     ];
     let request = ChatRequest {
         system: Some("You are terse."),
-        history: &history,
+        history: (&history).into(),
         user: "second question",
     };
     keyed_adapter(&mock).complete(request).await.unwrap();

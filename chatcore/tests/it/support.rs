@@ -138,7 +138,7 @@ impl ChatModel for ScriptedModel {
             history: request
                 .history
                 .iter()
-                .map(|m| (m.role, m.content.clone()))
+                .map(|m| (m.role, m.content.to_owned()))
                 .collect(),
             user: request.user.to_owned(),
         });

@@ -36,10 +36,10 @@ impl Serialize for Messages<'_> {
                 content: system,
             })?;
         }
-        for m in r.history {
+        for m in r.history.iter() {
             seq.serialize_element(&WireMessage {
                 role: m.role.as_str(),
-                content: &m.content,
+                content: m.content,
             })?;
         }
         seq.serialize_element(&WireMessage {
