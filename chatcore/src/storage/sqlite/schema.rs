@@ -24,13 +24,18 @@ const MIGRATIONS: &[&str] = &[
     // `active_hour` (last activity, in whole hours since the epoch) moves
     // at most once an hour per session and lets the retention sweep find
     // its few candidates through an index.
+    //
+    // Sessions are a rowid table (new rows go to the end) with a unique
+    // index on the random id, so a new session dirties one page at a random
+    // place, not two: entries of the active_hour index are (hour, rowid),
+    // which also grow at the end.
     "CREATE TABLE sessions (
-         id            BLOB PRIMARY KEY NOT NULL CHECK (length(id) = 16),
+         id            BLOB NOT NULL UNIQUE CHECK (length(id) = 16),
          created_at    INTEGER NOT NULL,
          active_hour   INTEGER NOT NULL,
          system_prompt TEXT,
          metadata      TEXT
-     ) WITHOUT ROWID;
+     );
      CREATE INDEX sessions_by_active_hour ON sessions (active_hour);
      CREATE TABLE turns (
          seq           INTEGER PRIMARY KEY,
