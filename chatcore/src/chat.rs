@@ -1,5 +1,5 @@
 //! One chat turn: validate -> session check -> rate-limit token -> per-session
-//! queue -> history -> model -> atomic append ([`run`]).
+//! queue -> history -> model -> atomic append (`run`).
 //!
 //! Turns of one session run one at a time in arrival order (a fair FIFO
 //! async mutex per session), so stored history is never interleaved; turns
@@ -133,7 +133,7 @@ const TOKENS_PER_MESSAGE: usize = 4;
 
 /// Estimated tokens of a message: one token per four characters (rounded
 /// up, counting chars rather than bytes so non-Latin text is not
-/// over-counted fourfold), plus [`TOKENS_PER_MESSAGE`]. Deliberately simple
+/// over-counted fourfold), plus 4 per message (`TOKENS_PER_MESSAGE`). Deliberately simple
 /// and dependency-free; it errs on the generous side for English text.
 pub fn estimate_tokens(text: &str) -> usize {
     text.chars().count().div_ceil(4) + TOKENS_PER_MESSAGE

@@ -1,8 +1,8 @@
 //! `SqliteStore`: sessions, messages and feedback in one SQLite file.
 //!
 //! WAL journal, `busy_timeout`, foreign keys on, schema migrated by
-//! `PRAGMA user_version` ([`schema`]), statements cached per connection.
-//! All work runs on one dedicated thread ([`worker`]) with group commit, so
+//! `PRAGMA user_version` (`schema`), statements cached per connection.
+//! All work runs on one dedicated thread (`worker`) with group commit, so
 //! the async runtime never blocks on SQLite and concurrent turns share one
 //! commit.
 //!
