@@ -310,12 +310,16 @@ impl MessageStore for SqliteStore {
             .call_single(move |db| {
                 // No savepoint (`call_single`): the only write that can come
                 // before a failure is the `active_hour` hint, harmless alone
-                // (the sweep checks the turns themselves). The hint is a
-                // no-op (no page written) unless the hour changed.
-                db.log_sql(TOUCH_SESSION);
-                db.conn
-                    .prepare_cached(TOUCH_SESSION)?
-                    .execute(params![key, reply_at.div_euclid(HOUR_MS)])?;
+                // (the sweep checks the turns themselves). The hint changes
+                // at most once an hour per session; the worker remembers
+                // recent ones, so most turns skip the statement entirely.
+                let hour = reply_at.div_euclid(HOUR_MS);
+                if !db.hour_known(&key, hour) {
+                    db.log_sql(TOUCH_SESSION);
+                    db.conn
+                        .prepare_cached(TOUCH_SESSION)?
+                        .execute(params![key, hour])?;
+                }
                 // The foreign key refuses a turn for a missing session, so
                 // no separate existence check is needed.
                 db.log_sql(INSERT_TURN);

@@ -26,9 +26,30 @@ type Job = Box<dyn FnOnce(Option<&Db>) -> Deliver + Send>;
 pub(crate) struct Db {
     pub(crate) conn: Connection,
     log: Option<Logger>,
+    /// A small direct-mapped memo of the `active_hour` last written per
+    /// session (see [`Db::hour_known`]).
+    hours: std::cell::RefCell<Vec<([u8; 16], i64)>>,
 }
 
+/// Slots of the `active_hour` memo (~100 KiB).
+const HOUR_SLOTS: usize = 4096;
+
 impl Db {
+    /// Whether `active_hour >= hour` is already known to be stored for the
+    /// session `key`; if not, records that it will be. A wrong "yes" (a
+    /// slot recorded in a transaction that then rolled back) only makes the
+    /// hint lag, which the sweep tolerates: it checks the turns themselves.
+    pub(crate) fn hour_known(&self, key: &[u8; 16], hour: i64) -> bool {
+        let slot = usize::from(u16::from_le_bytes([key[0], key[1]])) % HOUR_SLOTS;
+        let mut hours = self.hours.borrow_mut();
+        let entry = &mut hours[slot];
+        if entry.0 == *key && entry.1 >= hour {
+            return true;
+        }
+        *entry = (*key, hour);
+        false
+    }
+
     /// Reports one SQL statement about to run (SPEC: `log.sql`). Only the
     /// statement text is logged, never parameter values.
     #[inline]
@@ -75,7 +96,10 @@ impl Worker {
         let (tx, rx) = mpsc::channel::<Job>(4096);
         thread::Builder::new()
             .name("chatcore-sqlite".into())
-            .spawn(move || run(Db { conn, log }, rx))
+            .spawn(move || {
+                let hours = std::cell::RefCell::new(vec![([0u8; 16], i64::MIN); HOUR_SLOTS]);
+                run(Db { conn, log, hours }, rx)
+            })
             .map_err(Error::storage)?;
         Ok(Worker { tx })
     }
