@@ -158,15 +158,20 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
 }
 
 fn direct_body() -> Bytes {
-    // What chatgate sends for a turn with a 10-message history.
+    direct_body_with(10)
+}
+
+/// A chat-completions request like chatgate's for a turn with `history`
+/// earlier messages.
+fn direct_body_with(history: usize) -> Bytes {
     let mut messages = Vec::new();
-    for i in 0..5 {
+    for i in 0..history / 2 {
         messages.push(
             serde_json::json!({"role": "user", "content": format!("Hello, how are you? #{i}")}),
         );
         messages.push(serde_json::json!({"role": "assistant", "content": format!("Echo: Hello, how are you? #{i}")}));
     }
-    messages.push(serde_json::json!({"role": "user", "content": "Hello, how are you? #5"}));
+    messages.push(serde_json::json!({"role": "user", "content": "Hello, how are you? #0"}));
     Bytes::from(
         serde_json::json!({"model": "gpt-3.5-turbo", "messages": messages, "temperature": 0.7})
             .to_string(),
@@ -308,6 +313,18 @@ async fn drive(o: Options) -> ExitCode {
         skip().await
     };
     acked_turns += chat_tp.ok;
+    // chatgate's upstream requests carry each session's growing history
+    // (on average half the turns a session got in the phase, two messages
+    // each): the same closed loop against the mock with bodies of that
+    // average size shows how much of the gap is the heavier upstream work.
+    let avg_history = (chat_tp.ok as usize / o.sessions.max(1)).max(10);
+    let mut direct_eq = if throughput {
+        let body = direct_body_with(avg_history);
+        let make: Make = Arc::new(move |_| ("/v1/chat/completions", body.clone()));
+        closed_loop(mock_addr, o.connections, o.duration, make).await
+    } else {
+        skip().await
+    };
     let mut init_tp = if others {
         closed_loop(gw_addr, o.connections, o.duration, make_init).await
     } else {
@@ -353,6 +370,7 @@ async fn drive(o: Options) -> ExitCode {
     for (name, p) in [
         ("mock direct  POST /v1/chat/completions", &mut direct_tp),
         ("chatgate     POST /chat/", &mut chat_tp),
+        ("mock direct, chatgate-sized bodies", &mut direct_eq),
         (
             "chatgate     POST /session/initialize_session",
             &mut init_tp,
@@ -431,6 +449,12 @@ async fn drive(o: Options) -> ExitCode {
         chat_tp.rate() / direct_tp.rate(),
         chat_tp.rate(),
         direct_tp.rate()
+    );
+    println!(
+        "ratio chatgate/direct with chatgate-sized upstream bodies ({avg_history} history messages): {:.3} ({:.0} vs {:.0})",
+        chat_tp.rate() / direct_eq.rate(),
+        chat_tp.rate(),
+        direct_eq.rate()
     );
     println!(
         "ratio chatgate/direct, initialize_session: {:.3}; feedback: {:.3}",
