@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::hot::Lease;
+use crate::hot::{Hot, Lease};
 use crate::llm::{ChatRequest, Usage};
 use crate::rate_limit::Decision;
 use crate::storage::Turn;
@@ -39,7 +39,7 @@ pub(crate) async fn run(inner: &Inner, id: SessionId, content: &str) -> Result<C
             let slot = inner.queues.enter(id).await;
             // Under the queue the session may have gone (purged) or expired
             // while earlier turns ran: rare, and the token stays spent.
-            let lease = lease(inner, id).await?;
+            let lease = lease(inner, id, Some(hot)).await?;
             if !inner.sessions.is_active_since(lease.hot.last_active()) {
                 return Err(Error::session_expired());
             }
@@ -47,7 +47,8 @@ pub(crate) async fn run(inner: &Inner, id: SessionId, content: &str) -> Result<C
         }
         None => {
             let slot = inner.queues.enter(id).await;
-            let lease = lease(inner, id).await?;
+            // An earlier turn may have loaded it while this one waited.
+            let lease = lease(inner, id, inner.hot.get(id)).await?;
             if !inner.sessions.is_active_since(lease.hot.last_active()) {
                 return Err(Error::session_expired());
             }
@@ -102,10 +103,11 @@ pub(crate) async fn run(inner: &Inner, id: SessionId, content: &str) -> Result<C
     })
 }
 
-/// The session's hot entry with its history window, loaded from the store
-/// when it is not in memory.
-async fn lease(inner: &Inner, id: SessionId) -> Result<Lease<'_>> {
-    if let Some(hot) = inner.hot.get(id) {
+/// The session's hot entry (`known`, when the caller already looked it
+/// up) with its history window, loaded from the store when it is not in
+/// memory or a cancelled turn left its window in doubt.
+async fn lease(inner: &Inner, id: SessionId, known: Option<Arc<Hot>>) -> Result<Lease<'_>> {
+    if let Some(hot) = known {
         if let Some(lease) = inner.hot.lease(hot) {
             return Ok(lease);
         }
