@@ -55,11 +55,20 @@ pub struct Phase {
     pub errors: u64,
     pub elapsed: Duration,
     pub latencies_us: Vec<u32>,
+    /// CPU time the measured server process spent during the phase, by
+    /// thread kind (see [`cpu_by_thread`]).
+    pub cpu: Vec<(String, Duration)>,
 }
 
 impl Phase {
     pub fn rate(&self) -> f64 {
         self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// Server CPU per successful request, in microseconds.
+    pub fn cpu_us_per_ok(&self) -> f64 {
+        let total: Duration = self.cpu.iter().map(|(_, d)| *d).sum();
+        total.as_secs_f64() * 1e6 / self.ok.max(1) as f64
     }
 
     pub fn pct(&mut self, p: f64) -> f64 {
@@ -178,4 +187,51 @@ pub async fn open_loop(addr: SocketAddr, rate: u32, duration: Duration, make: Ma
     }
     phase.elapsed = start.elapsed();
     phase
+}
+
+/// On-CPU time of each thread of process `pid`, summed by thread name with
+/// trailing digits and dashes dropped (`tokio-runtime-w`, `chatcore-sqlite`,
+/// ...), from `/proc/<pid>/task/*/schedstat` (nanoseconds).
+pub fn cpu_by_thread(pid: u32) -> Vec<(String, Duration)> {
+    let mut out: Vec<(String, Duration)> = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        let path = task.path();
+        let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        let name = name
+            .trim()
+            .trim_end_matches(|c: char| c.is_ascii_digit() || c == '-');
+        let ns: u64 = std::fs::read_to_string(path.join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+            .unwrap_or(0);
+        match out.iter_mut().find(|(n, _)| n == name) {
+            Some((_, d)) => *d += Duration::from_nanos(ns),
+            None => out.push((name.to_owned(), Duration::from_nanos(ns))),
+        }
+    }
+    out
+}
+
+/// `after - before`, thread kind by thread kind, largest first (threads
+/// that exited in between are lost; the bench's servers keep theirs).
+pub fn cpu_delta(
+    before: &[(String, Duration)],
+    after: &[(String, Duration)],
+) -> Vec<(String, Duration)> {
+    let mut out: Vec<(String, Duration)> = after
+        .iter()
+        .map(|(n, a)| {
+            let b = before
+                .iter()
+                .find(|(m, _)| m == n)
+                .map_or(Duration::ZERO, |(_, d)| *d);
+            (n.clone(), a.saturating_sub(b))
+        })
+        .filter(|(_, d)| !d.is_zero())
+        .collect();
+    out.sort_by_key(|(_, d)| std::cmp::Reverse(*d));
+    out
 }

@@ -31,7 +31,7 @@ use hyper::Request;
 
 mod load;
 
-use load::{closed_loop, connect, open_loop, post, Make, Phase};
+use load::{closed_loop, connect, cpu_by_thread, cpu_delta, open_loop, post, Make, Phase};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
@@ -126,6 +126,14 @@ impl Options {
         }
         Ok(o)
     }
+}
+
+/// Runs a load phase and records the CPU process `pid` spent during it.
+async fn measured(pid: u32, phase: impl std::future::Future<Output = Phase>) -> Phase {
+    let before = cpu_by_thread(pid);
+    let mut p = phase.await;
+    p.cpu = cpu_delta(&before, &cpu_by_thread(pid));
+    p
 }
 
 /// A child process killed when dropped, unless it exited.
@@ -297,18 +305,25 @@ async fn drive(o: Options) -> ExitCode {
         }
     };
     let mut direct_tp = if throughput {
-        closed_loop(
-            mock_addr,
-            o.connections,
-            o.duration,
-            Arc::clone(&make_direct),
+        measured(
+            mock_pid,
+            closed_loop(
+                mock_addr,
+                o.connections,
+                o.duration,
+                Arc::clone(&make_direct),
+            ),
         )
         .await
     } else {
         skip().await
     };
     let mut chat_tp = if throughput {
-        closed_loop(gw_addr, o.connections, o.duration, Arc::clone(&make_chat)).await
+        measured(
+            gw_pid,
+            closed_loop(gw_addr, o.connections, o.duration, Arc::clone(&make_chat)),
+        )
+        .await
     } else {
         skip().await
     };
@@ -321,17 +336,29 @@ async fn drive(o: Options) -> ExitCode {
     let mut direct_eq = if throughput {
         let body = direct_body_with(avg_history);
         let make: Make = Arc::new(move |_| ("/v1/chat/completions", body.clone()));
-        closed_loop(mock_addr, o.connections, o.duration, make).await
+        measured(
+            mock_pid,
+            closed_loop(mock_addr, o.connections, o.duration, make),
+        )
+        .await
     } else {
         skip().await
     };
     let mut init_tp = if others {
-        closed_loop(gw_addr, o.connections, o.duration, make_init).await
+        measured(
+            gw_pid,
+            closed_loop(gw_addr, o.connections, o.duration, make_init),
+        )
+        .await
     } else {
         skip().await
     };
     let mut fb_tp = if others {
-        closed_loop(gw_addr, o.connections, o.duration, make_feedback).await
+        measured(
+            gw_pid,
+            closed_loop(gw_addr, o.connections, o.duration, make_feedback),
+        )
+        .await
     } else {
         skip().await
     };
@@ -364,8 +391,8 @@ async fn drive(o: Options) -> ExitCode {
 
     println!();
     println!(
-        "{:<44} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8}",
-        "closed loop", "ok/s", "non-2xx", "errors", "p50 ms", "p99 ms", "p99.9 ms"
+        "{:<44} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10}",
+        "closed loop", "ok/s", "non-2xx", "errors", "p50 ms", "p99 ms", "p99.9 ms", "CPU µs/ok"
     );
     for (name, p) in [
         ("mock direct  POST /v1/chat/completions", &mut direct_tp),
@@ -379,15 +406,34 @@ async fn drive(o: Options) -> ExitCode {
     ] {
         let (p50, p99, p999) = (p.pct(0.5), p.pct(0.99), p.pct(0.999));
         println!(
-            "{:<44} {:>10.0} {:>8} {:>8} {:>8.3} {:>8.3} {:>8.3}",
+            "{:<44} {:>10.0} {:>8} {:>8} {:>8.3} {:>8.3} {:>8.3} {:>10.1}",
             name,
             p.rate(),
             p.non_2xx,
             p.errors,
             p50,
             p99,
-            p999
+            p999,
+            p.cpu_us_per_ok()
         );
+    }
+    println!();
+    println!("server CPU by thread kind, µs per ok request (the server answering each phase):");
+    for (name, p) in [
+        ("mock direct", &direct_tp),
+        ("chatgate /chat/", &chat_tp),
+        ("chatgate initialize_session", &init_tp),
+        ("chatgate feedback", &fb_tp),
+    ] {
+        if p.ok == 0 {
+            continue;
+        }
+        let per: Vec<String> = p
+            .cpu
+            .iter()
+            .map(|(n, d)| format!("{n} {:.1}", d.as_secs_f64() * 1e6 / p.ok as f64))
+            .collect();
+        println!("  {name:<30} {}", per.join(", "));
     }
     println!();
     println!(

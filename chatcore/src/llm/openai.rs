@@ -1,18 +1,26 @@
 //! The OpenAI chat-completions adapter: any OpenAI-compatible base URL
 //! (OpenAI, vLLM, Ollama, llama.cpp server, Azure-style proxies).
 //!
-//! One pooled keep-alive client (`TCP_NODELAY`, connect timeout). Every call
-//! has a total deadline; connection errors, 429 and 5xx are retried with
-//! exponential backoff and jitter (50–100% of each step), honouring `Retry-After`, up to
+//! One pooled keep-alive client (hyper, rustls for `https://`,
+//! `TCP_NODELAY`, connect timeout). Every call has a total deadline;
+//! connection errors, 429 and 5xx are retried with exponential backoff and
+//! jitter (50–100% of each step), honouring `Retry-After`, up to
 //! `max_retries`, all inside the deadline. Other 4xx are final. Errors are
-//! classified into chatcore kinds and never carry the API key.
+//! classified into chatcore kinds and never carry the API key. A reply body
+//! larger than [`MAX_REPLY_BYTES`] is refused rather than buffered.
 
 use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
-use reqwest::StatusCode;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
+use hyper::{Method, Request, Response, StatusCode, Uri};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use slog::Logger;
 use tokio::time::Instant;
 
@@ -23,6 +31,12 @@ mod sse;
 mod wire;
 
 use sse::{SseEvent, SseParser};
+
+/// The largest non-streamed reply body the adapter reads (16 MiB); a
+/// streamed reply is read chunk by chunk and has no such bound.
+pub const MAX_REPLY_BYTES: usize = 16 << 20;
+
+type Https = hyper_rustls::HttpsConnector<HttpConnector>;
 
 /// OpenAI's public endpoint, the default base URL.
 pub const OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
@@ -80,9 +94,11 @@ impl Default for OpenAiConfig {
 
 /// A [`ChatModel`] speaking OpenAI chat completions over HTTP.
 pub struct OpenAiChat {
-    client: reqwest::Client,
+    client: Client<Https, Full<Bytes>>,
     /// Parsed once: parsing it per request showed up in profiles.
-    url: reqwest::Url,
+    uri: Uri,
+    /// `Authorization` (marked sensitive), when a key is set.
+    authorization: Option<HeaderValue>,
     config: OpenAiConfig,
     log: Option<Logger>,
 }
@@ -90,7 +106,7 @@ pub struct OpenAiChat {
 impl fmt::Debug for OpenAiChat {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OpenAiChat")
-            .field("url", &self.url)
+            .field("uri", &self.uri)
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
@@ -111,31 +127,44 @@ impl OpenAiChat {
                 format!("base_url must start with http:// or https://, got {base:?}"),
             ));
         }
-        let url = reqwest::Url::parse(&format!("{base}/chat/completions"))
+        let uri: Uri = format!("{base}/chat/completions")
+            .parse()
             .map_err(|e| Error::invalid("base_url", format!("base_url is not a valid URL: {e}")))?;
-        let mut headers = HeaderMap::new();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        if let Some(key) = &config.api_key {
-            let mut value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
-                Error::invalid(
-                    "api_key",
-                    "the API key contains characters a header cannot carry",
-                )
-            })?;
-            value.set_sensitive(true);
-            headers.insert(AUTHORIZATION, value);
+        if uri.host().is_none_or(str::is_empty) {
+            return Err(Error::invalid("base_url", "base_url has no host"));
         }
-        let client = reqwest::Client::builder()
-            .default_headers(headers)
-            .user_agent(concat!("chatcore/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(config.connect_timeout)
-            .tcp_nodelay(true)
+        let authorization = match &config.api_key {
+            Some(key) => {
+                let mut value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
+                    Error::invalid(
+                        "api_key",
+                        "the API key contains characters a header cannot carry",
+                    )
+                })?;
+                value.set_sensitive(true);
+                Some(value)
+            }
+            None => None,
+        };
+        let mut http = HttpConnector::new();
+        http.enforce_http(false); // the TLS layer takes https:// URLs
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(config.connect_timeout));
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
+            .map_err(Error::internal)?
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
-            .build()
-            .map_err(Error::internal)?;
+            .pool_timer(TokioTimer::new())
+            .build(connector);
         Ok(OpenAiChat {
             client,
-            url,
+            uri,
+            authorization,
             config,
             log: None,
         })
@@ -180,31 +209,50 @@ impl OpenAiChat {
         &self.config
     }
 
+    /// One POST of `body` to the completions URL.
+    fn request(&self, body: Bytes) -> Request<Full<Bytes>> {
+        let mut req = Request::new(Full::new(body));
+        *req.method_mut() = Method::POST;
+        *req.uri_mut() = self.uri.clone();
+        let headers = req.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(
+            USER_AGENT,
+            HeaderValue::from_static(concat!("chatcore/", env!("CARGO_PKG_VERSION"))),
+        );
+        if let Some(auth) = &self.authorization {
+            headers.insert(AUTHORIZATION, auth.clone());
+        }
+        req
+    }
+
     /// Sends `body` until a non-retryable outcome, the retry budget or the
     /// deadline ends it; returns the successful response.
-    async fn send(&self, body: Vec<u8>, deadline: Instant) -> Result<reqwest::Response> {
+    async fn send(&self, body: Vec<u8>, deadline: Instant) -> Result<Response<Incoming>> {
         // `Bytes` clones are reference-counted: a retry does not copy the body.
-        let body = bytes::Bytes::from(body);
+        let body = Bytes::from(body);
         let mut attempt: u32 = 0;
         loop {
             let outcome = match tokio::time::timeout_at(
                 deadline,
-                self.client.post(self.url.clone()).body(body.clone()).send(),
+                self.client.request(self.request(body.clone())),
             )
             .await
             {
                 Err(_) => return Err(timed_out()),
-                Ok(Ok(resp)) => classify(resp).await,
-                Ok(Err(e)) if e.is_timeout() => Attempt::Retry(
-                    Error::new(ErrorKind::UpstreamFailed, "Upstream connection timed out")
-                        .with_source(scrub(e, self.config.api_key.as_deref())),
-                    None,
-                ),
-                Ok(Err(e)) => Attempt::Retry(
-                    Error::new(ErrorKind::UpstreamFailed, "Upstream connection error")
-                        .with_source(scrub(e, self.config.api_key.as_deref())),
-                    None,
-                ),
+                Ok(Ok(resp)) => classify(resp),
+                Ok(Err(e)) => {
+                    let what = if is_timeout(&e) {
+                        "Upstream connection timed out"
+                    } else {
+                        "Upstream connection error"
+                    };
+                    Attempt::Retry(
+                        Error::new(ErrorKind::UpstreamFailed, what)
+                            .with_source(scrub(&e, self.config.api_key.as_deref())),
+                        None,
+                    )
+                }
             };
             let (error, hint) = match outcome {
                 Attempt::Done(resp) => return Ok(resp),
@@ -231,13 +279,28 @@ impl OpenAiChat {
     }
 
     fn body(&self, request: ChatRequest<'_>, stream: bool) -> Result<Vec<u8>> {
-        serde_json::to_vec(&wire::RequestBody {
-            model: &self.config.model,
-            messages: wire::Messages(request),
-            temperature: self.config.temperature,
-            stream,
-        })
-        .map_err(Error::internal)
+        // Sized up front: growing the buffer by doubling showed in profiles.
+        let estimate = 128
+            + self.config.model.len()
+            + request.system.map_or(0, |s| s.len() + 40)
+            + request.user.len()
+            + request
+                .history
+                .iter()
+                .map(|m| m.content.len() + 40)
+                .sum::<usize>();
+        let mut out = Vec::with_capacity(estimate + estimate / 8);
+        serde_json::to_writer(
+            &mut out,
+            &wire::RequestBody {
+                model: &self.config.model,
+                messages: wire::Messages(request),
+                temperature: self.config.temperature,
+                stream,
+            },
+        )
+        .map_err(Error::internal)?;
+        Ok(out)
     }
 }
 
@@ -247,13 +310,13 @@ fn timed_out() -> Error {
 
 /// What one attempt came to.
 enum Attempt {
-    Done(reqwest::Response),
+    Done(Response<Incoming>),
     /// Worth another try, with the upstream's `Retry-After` if it gave one.
     Retry(Error, Option<Duration>),
     Fail(Error),
 }
 
-async fn classify(resp: reqwest::Response) -> Attempt {
+fn classify(resp: Response<Incoming>) -> Attempt {
     let status = resp.status();
     if status.is_success() {
         return Attempt::Done(resp);
@@ -325,11 +388,26 @@ fn backoff(base: Duration, attempt: u32, hint: Option<Duration>) -> Duration {
     }
 }
 
-/// Removes the key from an error's text, should a transport error quote it.
-fn scrub(e: reqwest::Error, key: Option<&str>) -> Error {
-    let e = e.without_url();
+/// Whether a transport error is a timeout (the connect timeout, or the OS
+/// giving up on the peer).
+fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(cause) = next {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return true;
+            }
+        }
+        next = cause.source();
+    }
+    false
+}
+
+/// The error's text with its causes, the key removed should a transport
+/// error ever quote it.
+fn scrub(e: &(dyn std::error::Error + 'static), key: Option<&str>) -> Error {
     let mut chain = e.to_string();
-    let mut next = std::error::Error::source(&e);
+    let mut next = e.source();
     while let Some(cause) = next {
         chain.push_str(": ");
         chain.push_str(&cause.to_string());
@@ -341,21 +419,28 @@ fn scrub(e: reqwest::Error, key: Option<&str>) -> Error {
     Error::new(ErrorKind::UpstreamFailed, chain)
 }
 
+/// A failure reading the reply body.
+fn read_error(e: &(dyn std::error::Error + 'static), key: Option<&str>) -> Error {
+    Error::new(ErrorKind::UpstreamFailed, "Upstream connection error").with_source(scrub(e, key))
+}
+
 #[async_trait]
 impl ChatModel for OpenAiChat {
     async fn complete(&self, request: ChatRequest<'_>) -> Result<Completion> {
         let deadline = Instant::now() + self.config.timeout;
         let body = self.body(request, false)?;
         let resp = self.send(body, deadline).await?;
-        let bytes = match tokio::time::timeout_at(deadline, resp.bytes()).await {
+        let read = Limited::new(resp.into_body(), MAX_REPLY_BYTES).collect();
+        let bytes = match tokio::time::timeout_at(deadline, read).await {
             Err(_) => return Err(timed_out()),
-            Ok(Err(e)) => {
-                return Err(
-                    Error::new(ErrorKind::UpstreamFailed, "Upstream connection error")
-                        .with_source(scrub(e, self.config.api_key.as_deref())),
-                )
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+                return Err(Error::new(
+                    ErrorKind::UpstreamFailed,
+                    format!("Upstream reply is larger than {MAX_REPLY_BYTES} bytes"),
+                ))
             }
-            Ok(Ok(bytes)) => bytes,
+            Ok(Err(e)) => return Err(read_error(&*e, self.config.api_key.as_deref())),
+            Ok(Ok(collected)) => collected.to_bytes(),
         };
         let parsed: wire::ResponseBody = serde_json::from_slice(&bytes).map_err(|e| {
             Error::new(
@@ -393,21 +478,20 @@ impl ChatModel for OpenAiChat {
         tokio::spawn(async move {
             let mut parser = SseParser::default();
             loop {
-                let chunk = match tokio::time::timeout_at(deadline, resp.chunk()).await {
+                let frame = match tokio::time::timeout_at(deadline, resp.body_mut().frame()).await {
                     Err(_) => Err(timed_out()),
-                    Ok(Err(e)) => Err(Error::new(
-                        ErrorKind::UpstreamFailed,
-                        "Upstream connection error",
-                    )
-                    .with_source(scrub(e, key.as_deref()))),
-                    Ok(Ok(None)) => Err(Error::new(
+                    Ok(Some(Err(e))) => Err(read_error(&e, key.as_deref())),
+                    Ok(None) => Err(Error::new(
                         ErrorKind::UpstreamFailed,
                         "Upstream closed the stream before [DONE]",
                     )),
-                    Ok(Ok(Some(bytes))) => Ok(bytes),
+                    Ok(Some(Ok(frame))) => Ok(frame),
                 };
-                let bytes = match chunk {
-                    Ok(b) => b,
+                let bytes = match frame {
+                    Ok(frame) => match frame.into_data() {
+                        Ok(bytes) => bytes,
+                        Err(_) => continue, // trailers carry no events
+                    },
                     Err(e) => {
                         let _ = tx.send(Err(e)).await;
                         return;

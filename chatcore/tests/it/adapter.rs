@@ -280,6 +280,38 @@ async fn a_refused_connection_fails_upstream() {
 }
 
 #[tokio::test]
+async fn an_https_base_url_speaks_tls() {
+    // The mock speaks plain HTTP: a TLS client must fail its handshake
+    // rather than fall back to cleartext (which would get an echo).
+    let mock = MockOpenAi::start().await;
+    let model = OpenAiChat::new(OpenAiConfig {
+        api_key: Some(KEY.into()),
+        max_retries: 0,
+        ..config(format!("https://{}/v1", mock.addr()))
+    })
+    .unwrap();
+    let err = complete(&model, "secret question").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::UpstreamFailed);
+    assert_eq!(err.to_string(), "Upstream connection error");
+    assert_no_key(&err);
+    assert_eq!(mock.request_count(), 0, "no cleartext request reached it");
+}
+
+#[tokio::test]
+async fn a_reply_over_the_size_cap_is_refused_not_buffered() {
+    let mock = MockOpenAi::start().await;
+    mock.push(Reply::Text("a".repeat(chatcore::llm::MAX_REPLY_BYTES)));
+    let model = adapter(&mock);
+    let err = complete(&model, "flood me").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::UpstreamFailed);
+    assert!(err.to_string().contains("larger than"), "{err}");
+    assert_eq!(mock.request_count(), 1, "a too-large reply is not retried");
+    // The adapter is still usable afterwards.
+    let reply = complete(&model, "small").await.unwrap();
+    assert_eq!(reply.content, "Echo: small");
+}
+
+#[tokio::test]
 async fn streaming_collects_to_the_echo() {
     let mock = MockOpenAi::start().await;
     let model = adapter(&mock);
