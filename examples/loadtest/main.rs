@@ -3,7 +3,8 @@
 //!
 //! Run: `cargo run --release --example loadtest` (options: `--duration 10`
 //! seconds per throughput phase, `--latency-duration 10`, `--connections 64`,
-//! `--sessions 2000`, `--rate 50`).
+//! `--sessions 2000`, `--rate 50`, `--context-tokens 136`, `--backend sqlite`,
+//! `--phases all`).
 //!
 //! Three processes share the machine, as in production: this driver (a
 //! hyper client), the mock upstream and chatgate (both re-executions of
@@ -83,6 +84,7 @@ struct Options {
     rate: u32,
     backend: String,
     phases: String,
+    context_tokens: u64,
 }
 
 impl Options {
@@ -95,6 +97,7 @@ impl Options {
             rate: 50,
             backend: "sqlite".into(),
             phases: "all".into(),
+            context_tokens: SAME_WORK_CONTEXT_TOKENS,
         };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
@@ -120,6 +123,7 @@ impl Options {
                 "--phases" => {
                     o.phases = it.next().cloned().ok_or("--phases needs all or latency")?
                 }
+                "--context-tokens" => o.context_tokens = value()?,
                 "--bench" => {} // passed by `cargo bench`; ignored
                 other => return Err(format!("unknown option {other}")),
             }
@@ -163,6 +167,40 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
                 .and_then(|v| v.parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// The `openai.context_tokens` budget under which chatgate forwards the
+/// same upstream request as the direct baseline: with the bench's short
+/// messages (about 11 and 12 estimated tokens for a question and its echo)
+/// the new message plus the last 10 history messages fit, and an 11th does
+/// not. Real chat messages are far longer, so the default budget (3000
+/// tokens) holds about as many real messages; with these short ones it
+/// would forward up to ~250 messages (see `--context-tokens 0`).
+const SAME_WORK_CONTEXT_TOKENS: u64 = 136;
+
+/// How many history messages chatgate forwards with a `context_tokens`
+/// budget, for a turn of the bench with 5-digit request numbers (what most
+/// of a run's turns have), by chatcore's own trimming rule.
+fn forwarded_history(context_tokens: usize) -> usize {
+    let at = chrono::Utc::now();
+    let history: Vec<chatcore::Message> = (0..400)
+        .flat_map(|i| {
+            let q = format!("Hello, how are you? #{}", 10_000 + i);
+            [
+                chatcore::Message {
+                    role: chatcore::Role::User,
+                    content: q.clone(),
+                    created_at: at,
+                },
+                chatcore::Message {
+                    role: chatcore::Role::Assistant,
+                    content: format!("Echo: {q}"),
+                    created_at: at,
+                },
+            ]
+        })
+        .collect();
+    chatcore::trim_history(&history, None, "Hello, how are you? #12345", context_tokens).len()
 }
 
 fn direct_body() -> Bytes {
@@ -225,6 +263,12 @@ async fn drive(o: Options) -> ExitCode {
         .env("CHATGATE_LOG__FILE", dir.path().join("app.log"))
         .env("CHATGATE_LOG__STDERR", "false")
         .env("CHATGATE_RATE_LIMIT__MESSAGES_PER_MINUTE", "1000000000")
+        .envs((o.context_tokens > 0).then(|| {
+            (
+                "CHATGATE_OPENAI__CONTEXT_TOKENS",
+                o.context_tokens.to_string(),
+            )
+        }))
         .stdin(Stdio::null())
         .spawn()
         .expect("start chatgate");
@@ -285,13 +329,22 @@ async fn drive(o: Options) -> ExitCode {
 
     println!(
         "chatgate load bench: {} cores, {}s per throughput phase, {} connections, {} sessions; \
-         open loop {} req/s for {}s",
+         open loop {} req/s for {}s; context_tokens {}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         o.duration.as_secs(),
         o.connections,
         o.sessions,
         o.rate,
-        o.latency_duration.as_secs()
+        o.latency_duration.as_secs(),
+        if o.context_tokens > 0 {
+            format!(
+                "{} (chatgate forwards {} history messages; the direct body has 10)",
+                o.context_tokens,
+                forwarded_history(o.context_tokens as usize)
+            )
+        } else {
+            "server default (chatgate forwards each session's whole history)".to_owned()
+        }
     );
     let mut acked_turns = 0u64;
 
@@ -328,12 +381,14 @@ async fn drive(o: Options) -> ExitCode {
         skip().await
     };
     acked_turns += chat_tp.ok;
-    // chatgate's upstream requests carry each session's growing history
-    // (on average half the turns a session got in the phase, two messages
-    // each): the same closed loop against the mock with bodies of that
-    // average size shows how much of the gap is the heavier upstream work.
+    // Without the same-work budget, chatgate's upstream requests carry each
+    // session's growing history (on average half the turns a session got in
+    // the phase, two messages each): the same closed loop against the mock
+    // with bodies of that average size shows how much of the gap is the
+    // heavier upstream work.
     let avg_history = (chat_tp.ok as usize / o.sessions.max(1)).max(10);
-    let mut direct_eq = if throughput {
+    let sized = throughput && o.context_tokens == 0;
+    let mut direct_eq = if sized {
         let body = direct_body_with(avg_history);
         let make: Make = Arc::new(move |_| ("/v1/chat/completions", body.clone()));
         measured(
@@ -496,12 +551,14 @@ async fn drive(o: Options) -> ExitCode {
         chat_tp.rate(),
         direct_tp.rate()
     );
-    println!(
-        "ratio chatgate/direct with chatgate-sized upstream bodies ({avg_history} history messages): {:.3} ({:.0} vs {:.0})",
-        chat_tp.rate() / direct_eq.rate(),
-        chat_tp.rate(),
-        direct_eq.rate()
-    );
+    if sized {
+        println!(
+            "ratio chatgate/direct with chatgate-sized upstream bodies ({avg_history} history messages): {:.3} ({:.0} vs {:.0})",
+            chat_tp.rate() / direct_eq.rate(),
+            chat_tp.rate(),
+            direct_eq.rate()
+        );
+    }
     println!(
         "ratio chatgate/direct, initialize_session: {:.3}; feedback: {:.3}",
         init_tp.rate() / direct_tp.rate(),
