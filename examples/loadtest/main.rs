@@ -132,6 +132,32 @@ impl Options {
     }
 }
 
+/// Creates `n` sessions through the gateway; returns their ids.
+async fn new_sessions(gw_addr: SocketAddr, n: usize) -> Vec<String> {
+    let mut sessions = Vec::with_capacity(n);
+    let mut c = connect(gw_addr).await.expect("connect");
+    for _ in 0..n {
+        let (s, body) = post(&mut c, "/session/initialize_session", Bytes::new())
+            .await
+            .expect("session");
+        assert!(s.is_success(), "initialize_session answered {s}");
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        sessions.push(v["session_id"].as_str().expect("session_id").to_owned());
+    }
+    sessions
+}
+
+/// `/chat/` requests over `sessions`, round-robin.
+fn chat_maker(sessions: Arc<Vec<String>>) -> Make {
+    Arc::new(move |n| {
+        let id = &sessions[(n as usize) % sessions.len()];
+        let body = format!(
+            r#"{{"session_id":"{id}","role":"user","content":"Hello, how are you? #{n}"}}"#
+        );
+        ("/chat/", Bytes::from(body))
+    })
+}
+
 /// Runs a load phase and records the CPU process `pid` spent during it.
 async fn measured(pid: u32, phase: impl std::future::Future<Output = Phase>) -> Phase {
     let before = cpu_by_thread(pid);
@@ -295,28 +321,11 @@ async fn drive(o: Options) -> ExitCode {
     }
 
     // Sessions, created through the gateway.
-    let mut sessions = Vec::with_capacity(o.sessions);
-    let mut c = connect(gw_addr).await.expect("connect");
-    for _ in 0..o.sessions {
-        let (s, body) = post(&mut c, "/session/initialize_session", Bytes::new())
-            .await
-            .expect("session");
-        assert!(s.is_success(), "initialize_session answered {s}");
-        let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
-        sessions.push(v["session_id"].as_str().expect("session_id").to_owned());
-    }
-    let sessions = Arc::new(sessions);
+    let sessions = Arc::new(new_sessions(gw_addr, o.sessions).await);
 
     let direct = direct_body();
     let make_direct: Make = Arc::new(move |_| ("/v1/chat/completions", direct.clone()));
-    let s1 = Arc::clone(&sessions);
-    let make_chat: Make = Arc::new(move |n| {
-        let id = &s1[(n as usize) % s1.len()];
-        let body = format!(
-            r#"{{"session_id":"{id}","role":"user","content":"Hello, how are you? #{n}"}}"#
-        );
-        ("/chat/", Bytes::from(body))
-    });
+    let make_chat = chat_maker(Arc::clone(&sessions));
     let make_init: Make = Arc::new(|_| ("/session/initialize_session", Bytes::new()));
     let s2 = Arc::clone(&sessions);
     let make_feedback: Make = Arc::new(move |n| {
@@ -419,7 +428,28 @@ async fn drive(o: Options) -> ExitCode {
     };
     let peak_after_throughput = rss_kib(gw_pid, "VmHWM:");
 
+    // The latency phases run on sessions of their own, created now and
+    // warmed with a few turns each (so chatgate forwards 10 history
+    // messages, as the direct body has): the initialize_session phase
+    // before them made hundreds of thousands of sessions, which pushed the
+    // first ones out of the hot-session cache (random eviction), and the
+    // first turn of a session not in memory loads it from SQLite.
     let lat = o.latency_duration;
+    let make_chat = if latency {
+        let fresh = Arc::new(new_sessions(gw_addr, o.sessions).await);
+        let make = chat_maker(fresh);
+        let warm = closed_loop(
+            gw_addr,
+            o.connections,
+            Duration::from_secs(1),
+            Arc::clone(&make),
+        )
+        .await;
+        acked_turns += warm.ok;
+        make
+    } else {
+        make_chat
+    };
     let mut direct_open = if latency {
         open_loop(mock_addr, o.rate, lat, Arc::clone(&make_direct)).await
     } else {
