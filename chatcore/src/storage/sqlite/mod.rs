@@ -246,6 +246,9 @@ impl SessionStore for SqliteStore {
                 db.conn
                     .prepare_cached(INSERT_SESSION)?
                     .execute(params![key, created, hour, prompt, metadata])?;
+                // Stored with its hour: the session's first turns need not
+                // touch the hint.
+                db.hour_known(&key, hour);
                 Ok(())
             })
             .await
