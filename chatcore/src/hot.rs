@@ -11,13 +11,17 @@
 //!
 //! Bounds: at most `capacity` sessions, each holding only the newest
 //! messages whose estimated tokens fit `context_tokens` (older ones can
-//! never be sent again). A full shard evicts an arbitrary entry; unlike LRU,
-//! that degrades gracefully when clients round-robin over more sessions
-//! than fit.
+//! never be sent again). A full shard evicts one of a few entries picked at
+//! random, preferring, in order: one no turn ever used, one no turn used
+//! since an eviction last spared it (a second chance, as in CLOCK), then
+//! the least recently active. So sessions in conversation stay while a
+//! flood of sessions created and never used goes first, and, unlike exact
+//! LRU, some hits remain when clients round-robin over more sessions than
+//! fit. Every operation is O(1).
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use chrono::{DateTime, Utc};
@@ -35,6 +39,8 @@ pub(crate) struct Hot {
     /// read [`Hot::last_active`]).
     pub(crate) session: Session,
     last_active_ms: AtomicI64,
+    /// [`UNUSED`], [`SPARED`] or [`IN_USE`].
+    used: AtomicU8,
     window: Mutex<Option<Window>>,
 }
 
@@ -140,6 +146,7 @@ impl Hot {
     pub(crate) fn new(session: Session, window: Window) -> Hot {
         Hot {
             last_active_ms: AtomicI64::new(session.last_active.timestamp_millis()),
+            used: AtomicU8::new(UNUSED),
             session,
             window: Mutex::new(Some(window)),
         }
@@ -155,10 +162,96 @@ impl Hot {
     }
 }
 
+/// No turn has used the entry yet (eviction prefers these).
+const UNUSED: u8 = 0;
+/// Used, but not since an eviction last sampled and spared it.
+const SPARED: u8 = 1;
+/// Used since it was last spared.
+const IN_USE: u8 = 2;
+
+/// Entries sampled per eviction.
+const EVICTION_SAMPLES: usize = 4;
+
+/// One shard: the entries in a dense vector (so a random one can be
+/// picked), and where each session's entry is.
+#[derive(Debug, Default)]
+struct Shard {
+    slots: Vec<Arc<Hot>>,
+    index: HashMap<SessionId, usize>,
+}
+
+impl Shard {
+    fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    fn get(&self, id: &SessionId) -> Option<&Arc<Hot>> {
+        self.index.get(id).map(|&i| &self.slots[i])
+    }
+
+    fn insert(&mut self, id: SessionId, hot: Arc<Hot>) {
+        match self.index.get(&id) {
+            Some(&i) => self.slots[i] = hot,
+            None => {
+                self.index.insert(id, self.slots.len());
+                self.slots.push(hot);
+            }
+        }
+    }
+
+    fn remove_at(&mut self, i: usize) {
+        let gone = self.slots.swap_remove(i);
+        self.index.remove(&gone.session.id);
+        if let Some(moved) = self.slots.get(i) {
+            self.index.insert(moved.session.id, i);
+        }
+    }
+
+    /// Evicts one of a few random entries: never used first, then unused
+    /// since last spared, then least recently active. The others sampled
+    /// that were in use are marked spared.
+    fn evict_one(&mut self) {
+        let n = self.slots.len();
+        if n == 0 {
+            return;
+        }
+        let mut picks = [0usize; EVICTION_SAMPLES];
+        for p in &mut picks {
+            *p = fastrand::usize(..n);
+        }
+        let key = |i: usize| {
+            let h = &self.slots[i];
+            (
+                h.used.load(Ordering::Relaxed),
+                h.last_active_ms.load(Ordering::Acquire),
+            )
+        };
+        let victim = picks.iter().copied().min_by_key(|&i| key(i)).unwrap_or(0);
+        for &i in &picks {
+            // Only IN_USE moves (to SPARED); a racing turn may set it again.
+            let _ = self.slots[i].used.compare_exchange(
+                IN_USE,
+                SPARED,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+        self.remove_at(victim);
+    }
+
+    fn retain(&mut self, keep: impl Fn(&Hot) -> bool) {
+        self.slots.retain(|h| keep(h));
+        self.index.clear();
+        for (i, h) in self.slots.iter().enumerate() {
+            self.index.insert(h.session.id, i);
+        }
+    }
+}
+
 /// The cache: sharded maps from session id to [`Hot`].
 #[derive(Debug)]
 pub(crate) struct HotSessions {
-    shards: [Mutex<HashMap<SessionId, Arc<Hot>>>; SHARDS],
+    shards: [Mutex<Shard>; SHARDS],
     hasher: std::collections::hash_map::RandomState,
     per_shard: usize,
     budget: usize,
@@ -175,7 +268,7 @@ impl HotSessions {
         }
     }
 
-    fn shard(&self, id: &SessionId) -> MutexGuard<'_, HashMap<SessionId, Arc<Hot>>> {
+    fn shard(&self, id: &SessionId) -> MutexGuard<'_, Shard> {
         self.shards[(self.hasher.hash_one(id) as usize) % SHARDS]
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -200,10 +293,8 @@ impl HotSessions {
             return hot;
         }
         let mut shard = self.shard(&id);
-        if shard.len() >= self.per_shard && !shard.contains_key(&id) {
-            if let Some(victim) = shard.keys().next().copied() {
-                shard.remove(&victim);
-            }
+        if shard.len() >= self.per_shard && shard.get(&id).is_none() {
+            shard.evict_one();
         }
         shard.insert(id, Arc::clone(&hot));
         hot
@@ -212,8 +303,10 @@ impl HotSessions {
     /// Forgets `id` if its entry is still `hot`.
     pub(crate) fn invalidate(&self, id: SessionId, hot: &Arc<Hot>) {
         let mut shard = self.shard(&id);
-        if shard.get(&id).is_some_and(|h| Arc::ptr_eq(h, hot)) {
-            shard.remove(&id);
+        if let Some(&i) = shard.index.get(&id) {
+            if Arc::ptr_eq(&shard.slots[i], hot) {
+                shard.remove_at(i);
+            }
         }
     }
 
@@ -224,7 +317,7 @@ impl HotSessions {
             shard
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .retain(|_, h| h.last_active_ms.load(Ordering::Acquire) >= cutoff);
+                .retain(|h| h.last_active_ms.load(Ordering::Acquire) >= cutoff);
         }
     }
 
@@ -233,6 +326,7 @@ impl HotSessions {
     /// `None` means a cancelled turn left the entry unknown: reload.
     pub(crate) fn lease<'a>(&'a self, hot: Arc<Hot>) -> Option<Lease<'a>> {
         let window = hot.lock().take()?;
+        hot.used.store(IN_USE, Ordering::Relaxed);
         Some(Lease {
             cache: self,
             hot,
@@ -360,6 +454,51 @@ mod tests {
         }
         let total: usize = cache.shards.iter().map(|s| s.lock().unwrap().len()).sum();
         assert!(total <= 32, "{total}");
+    }
+
+    #[test]
+    fn sessions_in_use_survive_a_flood_of_unused_ones() {
+        let cache = HotSessions::new(1_000, 100);
+        let active: Vec<Arc<Hot>> = (0..200)
+            .map(|_| cache.insert(session(), Vec::new()))
+            .collect();
+        // A turn on each, then ten times the capacity in new sessions,
+        // with a turn on every active session between rounds.
+        for _ in 0..100 {
+            for hot in &active {
+                drop(cache.lease(Arc::clone(hot)).unwrap());
+            }
+            for _ in 0..100 {
+                cache.insert(session(), Vec::new());
+            }
+        }
+        // An eviction loses a session in use only when all its samples are
+        // in use: (1/5)^4 of 10,000 evictions, about 16 of them.
+        let kept = active
+            .iter()
+            .filter(|h| cache.get(h.session.id).is_some())
+            .count();
+        assert!(kept >= 170, "only {kept} of 200 sessions in use stayed");
+        let total: usize = cache.shards.iter().map(|s| s.lock().unwrap().len()).sum();
+        assert!(total <= cache.per_shard * SHARDS, "{total}");
+    }
+
+    #[test]
+    fn removal_keeps_the_index_consistent() {
+        let cache = HotSessions::new(64, 100);
+        let all: Vec<Arc<Hot>> = (0..300)
+            .map(|_| cache.insert(session(), Vec::new()))
+            .collect();
+        for hot in all.iter().step_by(3) {
+            cache.invalidate(hot.session.id, hot);
+        }
+        for shard in &cache.shards {
+            let shard = shard.lock().unwrap();
+            assert_eq!(shard.index.len(), shard.slots.len());
+            for (i, h) in shard.slots.iter().enumerate() {
+                assert_eq!(shard.index[&h.session.id], i);
+            }
+        }
     }
 
     #[test]
