@@ -202,6 +202,10 @@ async fn serve(config: &Config, log: &slog::Logger, mock: bool) -> ExitCode {
     let app = Arc::new(App::new(core, config, log.clone()));
     crate::run(listener, app, crate::shutdown_signal()).await;
     sweeper.abort();
+    // Let go of the core (the sweeper's copy too): the last handle on the
+    // SQLite store waits for its thread, whose last log lines then reach
+    // the logger before it is flushed.
+    let _ = sweeper.await;
     info!(log, "stopped");
     ExitCode::SUCCESS
 }

@@ -1,26 +1,19 @@
 //! The OpenAI chat-completions adapter: any OpenAI-compatible base URL
 //! (OpenAI, vLLM, Ollama, llama.cpp server, Azure-style proxies).
 //!
-//! One pooled keep-alive client (hyper, rustls for `https://`,
-//! `TCP_NODELAY`, connect timeout). Every call has a total deadline;
-//! connection errors, 429 and 5xx are retried with exponential backoff and
-//! jitter (50–100% of each step), honouring `Retry-After`, up to
+//! One pooled keep-alive client (`TCP_NODELAY`, connect timeout). Every call
+//! has a total deadline; connection errors, 429 and 5xx are retried with
+//! exponential backoff and jitter (50–100% of each step), honouring `Retry-After`, up to
 //! `max_retries`, all inside the deadline. Other 4xx are final. Errors are
-//! classified into chatcore kinds and never carry the API key. A reply body
-//! larger than [`MAX_REPLY_BYTES`] is refused rather than buffered.
+//! classified into chatcore kinds and never carry the API key. A reply
+//! body larger than [`MAX_REPLY_BYTES`] is refused rather than buffered.
 
 use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
-use hyper::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
-use hyper::{Method, Request, Response, StatusCode, Uri};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::StatusCode;
 use slog::Logger;
 use tokio::time::Instant;
 
@@ -32,11 +25,9 @@ mod wire;
 
 use sse::{SseEvent, SseParser};
 
-/// The largest non-streamed reply body the adapter reads (16 MiB); a
-/// streamed reply is read chunk by chunk and has no such bound.
+/// The largest reply the adapter reads (16 MiB): a whole non-streamed
+/// body, or one line of a streamed one.
 pub const MAX_REPLY_BYTES: usize = 16 << 20;
-
-type Https = hyper_rustls::HttpsConnector<HttpConnector>;
 
 /// OpenAI's public endpoint, the default base URL.
 pub const OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
@@ -94,11 +85,9 @@ impl Default for OpenAiConfig {
 
 /// A [`ChatModel`] speaking OpenAI chat completions over HTTP.
 pub struct OpenAiChat {
-    client: Client<Https, Full<Bytes>>,
+    client: reqwest::Client,
     /// Parsed once: parsing it per request showed up in profiles.
-    uri: Uri,
-    /// `Authorization` (marked sensitive), when a key is set.
-    authorization: Option<HeaderValue>,
+    url: reqwest::Url,
     config: OpenAiConfig,
     log: Option<Logger>,
 }
@@ -106,7 +95,7 @@ pub struct OpenAiChat {
 impl fmt::Debug for OpenAiChat {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OpenAiChat")
-            .field("uri", &self.uri)
+            .field("url", &self.url)
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
@@ -127,44 +116,31 @@ impl OpenAiChat {
                 format!("base_url must start with http:// or https://, got {base:?}"),
             ));
         }
-        let uri: Uri = format!("{base}/chat/completions")
-            .parse()
+        let url = reqwest::Url::parse(&format!("{base}/chat/completions"))
             .map_err(|e| Error::invalid("base_url", format!("base_url is not a valid URL: {e}")))?;
-        if uri.host().is_none_or(str::is_empty) {
-            return Err(Error::invalid("base_url", "base_url has no host"));
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(key) = &config.api_key {
+            let mut value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
+                Error::invalid(
+                    "api_key",
+                    "the API key contains characters a header cannot carry",
+                )
+            })?;
+            value.set_sensitive(true);
+            headers.insert(AUTHORIZATION, value);
         }
-        let authorization = match &config.api_key {
-            Some(key) => {
-                let mut value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
-                    Error::invalid(
-                        "api_key",
-                        "the API key contains characters a header cannot carry",
-                    )
-                })?;
-                value.set_sensitive(true);
-                Some(value)
-            }
-            None => None,
-        };
-        let mut http = HttpConnector::new();
-        http.enforce_http(false); // the TLS layer takes https:// URLs
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(config.connect_timeout));
-        http.set_keepalive(Some(Duration::from_secs(60)));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-            .map_err(Error::internal)?
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
+        let client = reqwest::Client::builder()
+            .default_headers(headers)
+            .user_agent(concat!("chatcore/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(config.connect_timeout)
+            .tcp_nodelay(true)
             .pool_idle_timeout(Duration::from_secs(60))
-            .pool_timer(TokioTimer::new())
-            .build(connector);
+            .build()
+            .map_err(Error::internal)?;
         Ok(OpenAiChat {
             client,
-            uri,
-            authorization,
+            url,
             config,
             log: None,
         })
@@ -209,50 +185,31 @@ impl OpenAiChat {
         &self.config
     }
 
-    /// One POST of `body` to the completions URL.
-    fn request(&self, body: Bytes) -> Request<Full<Bytes>> {
-        let mut req = Request::new(Full::new(body));
-        *req.method_mut() = Method::POST;
-        *req.uri_mut() = self.uri.clone();
-        let headers = req.headers_mut();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        headers.insert(
-            USER_AGENT,
-            HeaderValue::from_static(concat!("chatcore/", env!("CARGO_PKG_VERSION"))),
-        );
-        if let Some(auth) = &self.authorization {
-            headers.insert(AUTHORIZATION, auth.clone());
-        }
-        req
-    }
-
     /// Sends `body` until a non-retryable outcome, the retry budget or the
     /// deadline ends it; returns the successful response.
-    async fn send(&self, body: Vec<u8>, deadline: Instant) -> Result<Response<Incoming>> {
+    async fn send(&self, body: Vec<u8>, deadline: Instant) -> Result<reqwest::Response> {
         // `Bytes` clones are reference-counted: a retry does not copy the body.
-        let body = Bytes::from(body);
+        let body = bytes::Bytes::from(body);
         let mut attempt: u32 = 0;
         loop {
             let outcome = match tokio::time::timeout_at(
                 deadline,
-                self.client.request(self.request(body.clone())),
+                self.client.post(self.url.clone()).body(body.clone()).send(),
             )
             .await
             {
                 Err(_) => return Err(timed_out()),
-                Ok(Ok(resp)) => classify(resp),
-                Ok(Err(e)) => {
-                    let what = if is_timeout(&e) {
-                        "Upstream connection timed out"
-                    } else {
-                        "Upstream connection error"
-                    };
-                    Attempt::Retry(
-                        Error::new(ErrorKind::UpstreamFailed, what)
-                            .with_source(scrub(&e, self.config.api_key.as_deref())),
-                        None,
-                    )
-                }
+                Ok(Ok(resp)) => classify(resp).await,
+                Ok(Err(e)) if e.is_timeout() => Attempt::Retry(
+                    Error::new(ErrorKind::UpstreamFailed, "Upstream connection timed out")
+                        .with_source(scrub(e, self.config.api_key.as_deref())),
+                    None,
+                ),
+                Ok(Err(e)) => Attempt::Retry(
+                    Error::new(ErrorKind::UpstreamFailed, "Upstream connection error")
+                        .with_source(scrub(e, self.config.api_key.as_deref())),
+                    None,
+                ),
             };
             let (error, hint) = match outcome {
                 Attempt::Done(resp) => return Ok(resp),
@@ -310,13 +267,13 @@ fn timed_out() -> Error {
 
 /// What one attempt came to.
 enum Attempt {
-    Done(Response<Incoming>),
+    Done(reqwest::Response),
     /// Worth another try, with the upstream's `Retry-After` if it gave one.
     Retry(Error, Option<Duration>),
     Fail(Error),
 }
 
-fn classify(resp: Response<Incoming>) -> Attempt {
+async fn classify(resp: reqwest::Response) -> Attempt {
     let status = resp.status();
     if status.is_success() {
         return Attempt::Done(resp);
@@ -388,26 +345,11 @@ fn backoff(base: Duration, attempt: u32, hint: Option<Duration>) -> Duration {
     }
 }
 
-/// Whether a transport error is a timeout (the connect timeout, or the OS
-/// giving up on the peer).
-fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut next = Some(e);
-    while let Some(cause) = next {
-        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::TimedOut {
-                return true;
-            }
-        }
-        next = cause.source();
-    }
-    false
-}
-
-/// The error's text with its causes, the key removed should a transport
-/// error ever quote it.
-fn scrub(e: &(dyn std::error::Error + 'static), key: Option<&str>) -> Error {
+/// Removes the key from an error's text, should a transport error quote it.
+fn scrub(e: reqwest::Error, key: Option<&str>) -> Error {
+    let e = e.without_url();
     let mut chain = e.to_string();
-    let mut next = e.source();
+    let mut next = std::error::Error::source(&e);
     while let Some(cause) = next {
         chain.push_str(": ");
         chain.push_str(&cause.to_string());
@@ -419,9 +361,38 @@ fn scrub(e: &(dyn std::error::Error + 'static), key: Option<&str>) -> Error {
     Error::new(ErrorKind::UpstreamFailed, chain)
 }
 
-/// A failure reading the reply body.
-fn read_error(e: &(dyn std::error::Error + 'static), key: Option<&str>) -> Error {
-    Error::new(ErrorKind::UpstreamFailed, "Upstream connection error").with_source(scrub(e, key))
+fn too_large() -> Error {
+    Error::new(
+        ErrorKind::UpstreamFailed,
+        format!("Upstream reply is larger than {MAX_REPLY_BYTES} bytes"),
+    )
+}
+
+/// The whole body of `resp`, refused past [`MAX_REPLY_BYTES`] (at once
+/// when its `Content-Length` says so).
+async fn read_capped(mut resp: reqwest::Response, key: Option<&str>) -> Result<Vec<u8>> {
+    let declared = resp.content_length().unwrap_or(0);
+    if declared > MAX_REPLY_BYTES as u64 {
+        return Err(too_large());
+    }
+    let mut out = Vec::with_capacity(declared as usize);
+    loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                if out.len() + chunk.len() > MAX_REPLY_BYTES {
+                    return Err(too_large());
+                }
+                out.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(out),
+            Err(e) => {
+                return Err(
+                    Error::new(ErrorKind::UpstreamFailed, "Upstream connection error")
+                        .with_source(scrub(e, key)),
+                )
+            }
+        }
+    }
 }
 
 #[async_trait]
@@ -430,17 +401,10 @@ impl ChatModel for OpenAiChat {
         let deadline = Instant::now() + self.config.timeout;
         let body = self.body(request, false)?;
         let resp = self.send(body, deadline).await?;
-        let read = Limited::new(resp.into_body(), MAX_REPLY_BYTES).collect();
-        let bytes = match tokio::time::timeout_at(deadline, read).await {
+        let key = self.config.api_key.as_deref();
+        let bytes = match tokio::time::timeout_at(deadline, read_capped(resp, key)).await {
             Err(_) => return Err(timed_out()),
-            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-                return Err(Error::new(
-                    ErrorKind::UpstreamFailed,
-                    format!("Upstream reply is larger than {MAX_REPLY_BYTES} bytes"),
-                ))
-            }
-            Ok(Err(e)) => return Err(read_error(&*e, self.config.api_key.as_deref())),
-            Ok(Ok(collected)) => collected.to_bytes(),
+            Ok(result) => result?,
         };
         let parsed: wire::ResponseBody = serde_json::from_slice(&bytes).map_err(|e| {
             Error::new(
@@ -478,20 +442,21 @@ impl ChatModel for OpenAiChat {
         tokio::spawn(async move {
             let mut parser = SseParser::default();
             loop {
-                let frame = match tokio::time::timeout_at(deadline, resp.body_mut().frame()).await {
+                let chunk = match tokio::time::timeout_at(deadline, resp.chunk()).await {
                     Err(_) => Err(timed_out()),
-                    Ok(Some(Err(e))) => Err(read_error(&e, key.as_deref())),
-                    Ok(None) => Err(Error::new(
+                    Ok(Err(e)) => Err(Error::new(
+                        ErrorKind::UpstreamFailed,
+                        "Upstream connection error",
+                    )
+                    .with_source(scrub(e, key.as_deref()))),
+                    Ok(Ok(None)) => Err(Error::new(
                         ErrorKind::UpstreamFailed,
                         "Upstream closed the stream before [DONE]",
                     )),
-                    Ok(Some(Ok(frame))) => Ok(frame),
+                    Ok(Ok(Some(bytes))) => Ok(bytes),
                 };
-                let bytes = match frame {
-                    Ok(frame) => match frame.into_data() {
-                        Ok(bytes) => bytes,
-                        Err(_) => continue, // trailers carry no events
-                    },
+                let bytes = match chunk {
+                    Ok(b) => b,
                     Err(e) => {
                         let _ = tx.send(Err(e)).await;
                         return;

@@ -333,6 +333,22 @@ async fn purge_and_the_background_sweep_delete_sessions_past_retention() {
         stdout.contains("purged 1 sessions, 4 messages, 1 feedback entries"),
         "purge printed {stdout:?}"
     );
+    // Its statements are logged (after it answered, before the log closed),
+    // the transaction's COMMIT last.
+    let log = std::fs::read_to_string(dir.path().join("app.log")).unwrap();
+    let purge_sql: Vec<&str> = log
+        .lines()
+        .skip_while(|l| !l.contains("DELETE FROM turns"))
+        .filter(|l| l.contains("statement"))
+        .collect();
+    assert!(
+        purge_sql.iter().any(|l| l.contains("DELETE FROM sessions")),
+        "purge statements missing from app.log:\n{log}"
+    );
+    assert!(
+        purge_sql.last().is_some_and(|l| l.contains("COMMIT")),
+        "the purge's COMMIT is not logged: {purge_sql:?}"
+    );
     let server = Server::start(dir.path()).await;
     get(server.addr, &format!("/session/{id}"))
         .await

@@ -16,13 +16,33 @@ pub(super) enum SseEvent {
 #[derive(Debug, Default)]
 pub(super) struct SseParser {
     pending: Vec<u8>,
+    /// How much of `pending` is known to hold no newline.
+    scanned: usize,
 }
 
 impl SseParser {
     pub(super) fn feed(&mut self, bytes: &[u8]) -> Vec<SseEvent> {
         self.pending.extend_from_slice(bytes);
         let mut events = Vec::new();
-        while let Some(nl) = self.pending.iter().position(|&b| b == b'\n') {
+        loop {
+            let Some(nl) = self.pending[self.scanned..]
+                .iter()
+                .position(|&b| b == b'\n')
+                .map(|i| i + self.scanned)
+            else {
+                self.scanned = self.pending.len();
+                if self.pending.len() > super::MAX_REPLY_BYTES {
+                    events.push(SseEvent::Bad(Error::new(
+                        ErrorKind::UpstreamFailed,
+                        format!(
+                            "Upstream stream line is longer than {} bytes",
+                            super::MAX_REPLY_BYTES
+                        ),
+                    )));
+                }
+                break;
+            };
+            self.scanned = 0;
             let line: Vec<u8> = self.pending.drain(..=nl).collect();
             let line = line.strip_suffix(b"\n").unwrap_or(&line);
             let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -75,5 +95,16 @@ mod tests {
         let events = p.feed(b"lo\"}}]}\n\n: comment\ndata: [DONE]\n\n");
         assert!(matches!(&events[0], SseEvent::Piece(s) if s == "Hello"));
         assert!(matches!(events[1], SseEvent::Done));
+    }
+
+    #[test]
+    fn a_line_without_end_is_refused_past_the_cap() {
+        let mut p = SseParser::default();
+        let chunk = vec![b'x'; 1 << 20];
+        for _ in 0..16 {
+            assert!(p.feed(&chunk).is_empty(), "16 MiB is still allowed");
+        }
+        let events = p.feed(b"x");
+        assert!(matches!(&events[..], [SseEvent::Bad(e)] if e.to_string().contains("longer than")));
     }
 }

@@ -63,20 +63,42 @@ impl Db {
     /// The lines are written (in order) after the batch's callers have been
     /// answered: handing a record to the async logger can wake its thread,
     /// a futex call per statement that traces showed on the commit path.
+    /// None is lost: a long job (a purge) flushes every [`LOG_BATCH`]
+    /// lines, a panicking job's lines go out as the thread unwinds (`Drop`),
+    /// and the last handle's drop waits for the thread, so a process that
+    /// drops its store before its logger keeps every line.
     #[inline]
     pub(crate) fn log_sql(&self, sql: &'static str) {
         if self.log.is_some() {
-            self.ran.borrow_mut().push(sql);
+            let full = {
+                let mut ran = self.ran.borrow_mut();
+                ran.push(sql);
+                ran.len() >= LOG_BATCH
+            };
+            if full {
+                self.flush_sql_log();
+            }
         }
     }
 
     /// Logs the statements [`Db::log_sql`] collected.
     fn flush_sql_log(&self) {
         if let Some(log) = &self.log {
-            for sql in self.ran.borrow_mut().drain(..) {
+            let mut ran = self.ran.borrow_mut();
+            for sql in ran.drain(..) {
                 slog::info!(log, "sql"; "statement" => sql);
             }
+            ran.shrink_to(LOG_BATCH);
         }
+    }
+}
+
+/// Statement lines held back at most (see [`Db::log_sql`]).
+const LOG_BATCH: usize = 1024;
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        self.flush_sql_log();
     }
 }
 
@@ -107,9 +129,29 @@ impl Db {
 /// A handle on the worker thread; cloning shares the thread.
 #[derive(Clone, Debug)]
 pub(crate) struct Worker {
+    // Field order matters: this handle's sender goes before the thread is
+    // joined (the thread ends once every sender is gone).
     tx: mpsc::Sender<Job>,
     /// Jobs submitted and not yet answered.
     pending: std::sync::Arc<AtomicUsize>,
+    _joined: std::sync::Arc<Joined>,
+}
+
+/// Joins the worker thread when the last handle goes, so that its last
+/// log lines are out before the owner tears its logger down.
+#[derive(Debug)]
+struct Joined(std::sync::Mutex<Option<thread::JoinHandle<()>>>);
+
+impl Drop for Joined {
+    fn drop(&mut self) {
+        let handle = self.0.get_mut().ok().and_then(Option::take);
+        if let Some(handle) = handle {
+            // A job never holds a handle, but never join oneself.
+            if handle.thread().id() != thread::current().id() {
+                let _ = handle.join();
+            }
+        }
+    }
 }
 
 /// How long a caller whose job is the only one in flight polls for its
@@ -120,7 +162,7 @@ impl Worker {
     /// Starts the thread that owns `conn`.
     pub(crate) fn spawn(conn: Connection, log: Option<Logger>) -> Result<Worker> {
         let (tx, rx) = mpsc::channel::<Job>(4096);
-        thread::Builder::new()
+        let handle = thread::Builder::new()
             .name("chatcore-sqlite".into())
             .spawn(move || {
                 let hours = std::cell::RefCell::new(vec![([0u8; 16], i64::MIN); HOUR_SLOTS]);
@@ -139,6 +181,7 @@ impl Worker {
         Ok(Worker {
             tx,
             pending: std::sync::Arc::default(),
+            _joined: std::sync::Arc::new(Joined(std::sync::Mutex::new(Some(handle)))),
         })
     }
 
