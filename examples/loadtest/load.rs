@@ -91,6 +91,17 @@ impl Phase {
 /// Closed loop: `conns` keep-alive connections, each sending its next
 /// request as soon as the previous answer arrives, for `duration`.
 pub async fn closed_loop(addr: SocketAddr, conns: usize, duration: Duration, make: Make) -> Phase {
+    closed_loop_until(addr, conns, duration, u64::MAX, make).await
+}
+
+/// As [`closed_loop`], also ending once `total` requests were sent.
+pub async fn closed_loop_until(
+    addr: SocketAddr,
+    conns: usize,
+    duration: Duration,
+    total: u64,
+    make: Make,
+) -> Phase {
     let counter = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let deadline = start + duration;
@@ -104,7 +115,11 @@ pub async fn closed_loop(addr: SocketAddr, conns: usize, duration: Duration, mak
                 return phase;
             };
             while Instant::now() < deadline {
-                let (path, body) = make(counter.fetch_add(1, Ordering::Relaxed));
+                let n = counter.fetch_add(1, Ordering::Relaxed);
+                if n >= total {
+                    break;
+                }
+                let (path, body) = make(n);
                 let t0 = Instant::now();
                 match post(&mut tx, path, body).await {
                     Ok((s, _)) if s.is_success() => {

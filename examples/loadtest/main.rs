@@ -32,7 +32,9 @@ use hyper::Request;
 
 mod load;
 
-use load::{closed_loop, connect, cpu_by_thread, cpu_delta, open_loop, post, Make, Phase};
+use load::{
+    closed_loop, closed_loop_until, connect, cpu_by_thread, cpu_delta, open_loop, post, Make, Phase,
+};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
@@ -121,7 +123,11 @@ impl Options {
                         .ok_or("--backend needs sqlite or memory")?
                 }
                 "--phases" => {
-                    o.phases = it.next().cloned().ok_or("--phases needs all or latency")?
+                    o.phases = it
+                        .next()
+                        .filter(|p| ["all", "chat", "latency"].contains(&p.as_str()))
+                        .cloned()
+                        .ok_or("--phases needs all, chat or latency")?
                 }
                 "--context-tokens" => o.context_tokens = value()?,
                 "--bench" => {} // passed by `cargo bench`; ignored
@@ -429,19 +435,19 @@ async fn drive(o: Options) -> ExitCode {
     let peak_after_throughput = rss_kib(gw_pid, "VmHWM:");
 
     // The latency phases run on sessions of their own, created now and
-    // warmed with a few turns each (so chatgate forwards 10 history
-    // messages, as the direct body has): the initialize_session phase
-    // before them made hundreds of thousands of sessions, which pushed the
-    // first ones out of the hot-session cache (random eviction), and the
-    // first turn of a session not in memory loads it from SQLite.
+    // warmed with 5 turns each (so chatgate forwards 10 history messages,
+    // as the direct body has): the initialize_session phase before them
+    // made hundreds of thousands of sessions, which crowd the first ones in
+    // the hot-session cache.
     let lat = o.latency_duration;
     let make_chat = if latency {
         let fresh = Arc::new(new_sessions(gw_addr, o.sessions).await);
         let make = chat_maker(fresh);
-        let warm = closed_loop(
+        let warm = closed_loop_until(
             gw_addr,
             o.connections,
-            Duration::from_secs(1),
+            Duration::from_secs(60),
+            5 * o.sessions as u64,
             Arc::clone(&make),
         )
         .await;
