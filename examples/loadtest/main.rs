@@ -462,7 +462,11 @@ async fn drive(o: Options) -> ExitCode {
         skip().await
     };
     let mut chat_open = if latency {
-        open_loop(gw_addr, o.rate, lat, Arc::clone(&make_chat)).await
+        measured(
+            gw_pid,
+            open_loop(gw_addr, o.rate, lat, Arc::clone(&make_chat)),
+        )
+        .await
     } else {
         skip().await
     };
@@ -473,7 +477,7 @@ async fn drive(o: Options) -> ExitCode {
         skip().await
     };
     let mut chat_c1 = if latency {
-        closed_loop(gw_addr, 1, lat, make_chat).await
+        measured(gw_pid, closed_loop(gw_addr, 1, lat, make_chat)).await
     } else {
         skip().await
     };
@@ -515,6 +519,8 @@ async fn drive(o: Options) -> ExitCode {
         ("chatgate /chat/", &chat_tp),
         ("chatgate initialize_session", &init_tp),
         ("chatgate feedback", &fb_tp),
+        ("chatgate /chat/, open loop", &chat_open),
+        ("chatgate /chat/, concurrency 1", &chat_c1),
     ] {
         if p.ok == 0 {
             continue;
@@ -528,8 +534,8 @@ async fn drive(o: Options) -> ExitCode {
     }
     println!();
     println!(
-        "{:<44} {:>10} {:>10} {:>10} {:>10}",
-        "latency (ms)", "p50", "p99", "p99.9", "non-2xx"
+        "{:<44} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "latency (ms)", "p50", "p99", "p99.9", "non-2xx", "CPU µs/ok"
     );
     let rows: [(&str, &mut Phase, &mut Phase); 2] = [
         ("open loop", &mut direct_open, &mut chat_open),
@@ -548,12 +554,13 @@ async fn drive(o: Options) -> ExitCode {
             d.non_2xx + d.errors
         );
         println!(
-            "{:<44} {:>10.3} {:>10.3} {:>10.3} {:>10}",
+            "{:<44} {:>10.3} {:>10.3} {:>10.3} {:>10} {:>10.1}",
             format!("{name}: chatgate /chat/"),
             gp50,
             gp99,
             gp999,
-            g.non_2xx + g.errors
+            g.non_2xx + g.errors,
+            g.cpu_us_per_ok()
         );
         println!(
             "{:<44} {:>+10.3} {:>+10.3} {:>+10.3}",
