@@ -164,6 +164,23 @@ fn chat_maker(sessions: Arc<Vec<String>>) -> Make {
     })
 }
 
+/// Runs the load phase `load` if `run` (else an empty phase), recording the
+/// CPU process `pid` spent during it when given.
+async fn phase(
+    run: bool,
+    pid: Option<u32>,
+    load: impl std::future::Future<Output = Phase>,
+) -> Phase {
+    match (run, pid) {
+        (false, _) => Phase {
+            elapsed: Duration::from_secs(1),
+            ..Phase::default()
+        },
+        (true, Some(pid)) => measured(pid, load).await,
+        (true, None) => load.await,
+    }
+}
+
 /// Runs a load phase and records the CPU process `pid` spent during it.
 async fn measured(pid: u32, phase: impl std::future::Future<Output = Phase>) -> Phase {
     let before = cpu_by_thread(pid);
@@ -366,35 +383,23 @@ async fn drive(o: Options) -> ExitCode {
     let throughput = o.phases != "latency";
     let others = o.phases == "all";
     let latency = o.phases != "chat";
-    let skip = || async {
-        Phase {
-            elapsed: Duration::from_secs(1),
-            ..Phase::default()
-        }
-    };
-    let mut direct_tp = if throughput {
-        measured(
-            mock_pid,
-            closed_loop(
-                mock_addr,
-                o.connections,
-                o.duration,
-                Arc::clone(&make_direct),
-            ),
-        )
-        .await
-    } else {
-        skip().await
-    };
-    let mut chat_tp = if throughput {
-        measured(
-            gw_pid,
-            closed_loop(gw_addr, o.connections, o.duration, Arc::clone(&make_chat)),
-        )
-        .await
-    } else {
-        skip().await
-    };
+    let mut direct_tp = phase(
+        throughput,
+        Some(mock_pid),
+        closed_loop(
+            mock_addr,
+            o.connections,
+            o.duration,
+            Arc::clone(&make_direct),
+        ),
+    )
+    .await;
+    let mut chat_tp = phase(
+        throughput,
+        Some(gw_pid),
+        closed_loop(gw_addr, o.connections, o.duration, Arc::clone(&make_chat)),
+    )
+    .await;
     acked_turns += chat_tp.ok;
     // Without the same-work budget, chatgate's upstream requests carry each
     // session's growing history (on average half the turns a session got in
@@ -403,35 +408,26 @@ async fn drive(o: Options) -> ExitCode {
     // heavier upstream work.
     let avg_history = (chat_tp.ok as usize / o.sessions.max(1)).max(10);
     let sized = throughput && o.context_tokens == 0;
-    let mut direct_eq = if sized {
-        let body = direct_body_with(avg_history);
-        let make: Make = Arc::new(move |_| ("/v1/chat/completions", body.clone()));
-        measured(
-            mock_pid,
-            closed_loop(mock_addr, o.connections, o.duration, make),
-        )
-        .await
-    } else {
-        skip().await
-    };
-    let mut init_tp = if others {
-        measured(
-            gw_pid,
-            closed_loop(gw_addr, o.connections, o.duration, make_init),
-        )
-        .await
-    } else {
-        skip().await
-    };
-    let mut fb_tp = if others {
-        measured(
-            gw_pid,
-            closed_loop(gw_addr, o.connections, o.duration, make_feedback),
-        )
-        .await
-    } else {
-        skip().await
-    };
+    let body = direct_body_with(avg_history);
+    let make_sized: Make = Arc::new(move |_| ("/v1/chat/completions", body.clone()));
+    let mut direct_eq = phase(
+        sized,
+        Some(mock_pid),
+        closed_loop(mock_addr, o.connections, o.duration, make_sized),
+    )
+    .await;
+    let mut init_tp = phase(
+        others,
+        Some(gw_pid),
+        closed_loop(gw_addr, o.connections, o.duration, make_init),
+    )
+    .await;
+    let mut fb_tp = phase(
+        others,
+        Some(gw_pid),
+        closed_loop(gw_addr, o.connections, o.duration, make_feedback),
+    )
+    .await;
     let peak_after_throughput = rss_kib(gw_pid, "VmHWM:");
 
     // The latency phases run on sessions of their own, created now and
@@ -456,31 +452,26 @@ async fn drive(o: Options) -> ExitCode {
     } else {
         make_chat
     };
-    let mut direct_open = if latency {
-        open_loop(mock_addr, o.rate, lat, Arc::clone(&make_direct)).await
-    } else {
-        skip().await
-    };
-    let mut chat_open = if latency {
-        measured(
-            gw_pid,
-            open_loop(gw_addr, o.rate, lat, Arc::clone(&make_chat)),
-        )
-        .await
-    } else {
-        skip().await
-    };
+    let mut direct_open = phase(
+        latency,
+        None,
+        open_loop(mock_addr, o.rate, lat, Arc::clone(&make_direct)),
+    )
+    .await;
+    let mut chat_open = phase(
+        latency,
+        Some(gw_pid),
+        open_loop(gw_addr, o.rate, lat, Arc::clone(&make_chat)),
+    )
+    .await;
     acked_turns += chat_open.ok;
-    let mut direct_c1 = if latency {
-        closed_loop(mock_addr, 1, lat, make_direct).await
-    } else {
-        skip().await
-    };
-    let mut chat_c1 = if latency {
-        measured(gw_pid, closed_loop(gw_addr, 1, lat, make_chat)).await
-    } else {
-        skip().await
-    };
+    let mut direct_c1 = phase(latency, None, closed_loop(mock_addr, 1, lat, make_direct)).await;
+    let mut chat_c1 = phase(
+        latency,
+        Some(gw_pid),
+        closed_loop(gw_addr, 1, lat, make_chat),
+    )
+    .await;
     acked_turns += chat_c1.ok;
     let mock_peak = rss_kib(mock_pid, "VmHWM:");
 
