@@ -57,7 +57,7 @@ pub struct Phase {
     pub latencies_us: Vec<u32>,
     /// CPU time the measured server process spent during the phase, by
     /// thread kind (see [`cpu_by_thread`]).
-    pub cpu: Vec<(String, Duration)>,
+    pub cpu: Vec<(String, ThreadUse)>,
 }
 
 impl Phase {
@@ -67,7 +67,7 @@ impl Phase {
 
     /// Server CPU per successful request, in microseconds.
     pub fn cpu_us_per_ok(&self) -> f64 {
-        let total: Duration = self.cpu.iter().map(|(_, d)| *d).sum();
+        let total: Duration = self.cpu.iter().map(|(_, u)| u.cpu).sum();
         total.as_secs_f64() * 1e6 / self.ok.max(1) as f64
     }
 
@@ -204,11 +204,21 @@ pub async fn open_loop(addr: SocketAddr, rate: u32, duration: Duration, make: Ma
     phase
 }
 
-/// On-CPU time of each thread of process `pid`, summed by thread name with
-/// trailing digits and dashes dropped (`tokio-runtime-w`, `chatcore-sqlite`,
-/// ...), from `/proc/<pid>/task/*/schedstat` (nanoseconds).
-pub fn cpu_by_thread(pid: u32) -> Vec<(String, Duration)> {
-    let mut out: Vec<(String, Duration)> = Vec::new();
+/// What the threads of one kind did: on-CPU time, and how many times they
+/// were put on a CPU (a thread that runs, sleeps and is woken counts one
+/// per wake-up, so at low load this counts the hops a request makes).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ThreadUse {
+    pub cpu: Duration,
+    pub runs: u64,
+}
+
+/// [`ThreadUse`] of each thread of process `pid`, summed by thread name
+/// with trailing digits and dashes dropped (`tokio-rt-worker`,
+/// `chatcore-sqlite`, ...), from `/proc/<pid>/task/*/schedstat` (on-CPU
+/// nanoseconds, run-queue wait, timeslices run).
+pub fn cpu_by_thread(pid: u32) -> Vec<(String, ThreadUse)> {
+    let mut out: Vec<(String, ThreadUse)> = Vec::new();
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return out;
     };
@@ -218,35 +228,48 @@ pub fn cpu_by_thread(pid: u32) -> Vec<(String, Duration)> {
         let name = name
             .trim()
             .trim_end_matches(|c: char| c.is_ascii_digit() || c == '-');
-        let ns: u64 = std::fs::read_to_string(path.join("schedstat"))
-            .ok()
-            .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
-            .unwrap_or(0);
+        let stat = std::fs::read_to_string(path.join("schedstat")).unwrap_or_default();
+        let mut fields = stat
+            .split_whitespace()
+            .map(|v| v.parse::<u64>().unwrap_or(0));
+        let ns = fields.next().unwrap_or(0);
+        let runs = fields.nth(1).unwrap_or(0);
+        let used = ThreadUse {
+            cpu: Duration::from_nanos(ns),
+            runs,
+        };
         match out.iter_mut().find(|(n, _)| n == name) {
-            Some((_, d)) => *d += Duration::from_nanos(ns),
-            None => out.push((name.to_owned(), Duration::from_nanos(ns))),
+            Some((_, u)) => {
+                u.cpu += used.cpu;
+                u.runs += used.runs;
+            }
+            None => out.push((name.to_owned(), used)),
         }
     }
     out
 }
 
-/// `after - before`, thread kind by thread kind, largest first (threads
+/// `after - before`, thread kind by thread kind, most CPU first (threads
 /// that exited in between are lost; the bench's servers keep theirs).
 pub fn cpu_delta(
-    before: &[(String, Duration)],
-    after: &[(String, Duration)],
-) -> Vec<(String, Duration)> {
-    let mut out: Vec<(String, Duration)> = after
+    before: &[(String, ThreadUse)],
+    after: &[(String, ThreadUse)],
+) -> Vec<(String, ThreadUse)> {
+    let mut out: Vec<(String, ThreadUse)> = after
         .iter()
         .map(|(n, a)| {
             let b = before
                 .iter()
                 .find(|(m, _)| m == n)
-                .map_or(Duration::ZERO, |(_, d)| *d);
-            (n.clone(), a.saturating_sub(b))
+                .map_or(ThreadUse::default(), |(_, u)| *u);
+            let used = ThreadUse {
+                cpu: a.cpu.saturating_sub(b.cpu),
+                runs: a.runs.saturating_sub(b.runs),
+            };
+            (n.clone(), used)
         })
-        .filter(|(_, d)| !d.is_zero())
+        .filter(|(_, u)| !u.cpu.is_zero())
         .collect();
-    out.sort_by_key(|(_, d)| std::cmp::Reverse(*d));
+    out.sort_by_key(|(_, u)| std::cmp::Reverse(u.cpu));
     out
 }
