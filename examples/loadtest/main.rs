@@ -393,7 +393,11 @@ async fn drive(o: Options) -> ExitCode {
         }
     );
     if o.backend != "sqlite" || !o.gateway_env.is_empty() {
-        let env: Vec<String> = o.gateway_env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let env: Vec<String> = o
+            .gateway_env
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         println!("gateway: backend {}; env {}", o.backend, env.join(" "));
     }
     let mut acked_turns = 0u64;
@@ -638,7 +642,9 @@ async fn drive(o: Options) -> ExitCode {
         mock_peak as f64 / 1024.0
     );
     let clean = matches!(&exit, Ok(s) if s.success());
-    let exit = exit.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+    let exit = exit
+        .map(|s| s.to_string())
+        .unwrap_or_else(|e| e.to_string());
     match stored {
         Some(n) => println!(
             "durability: {acked_turns} turns acknowledged, {n} messages stored ({}); gateway exit {exit}",
