@@ -267,9 +267,10 @@ impl Drop for Pending<'_> {
 /// latency. Under load other tasks keep the thread busy, and `submit` only
 /// spins for a job that is alone in flight.
 ///
-/// Each round also yields the OS thread (`sched_yield`): in the bench's
-/// probes of a lone turn's storage step, that cut its p99 from ~270 to
-/// ~200 µs at concurrency 1 and from ~440 to ~340 µs at 50 req/s.
+/// Each round also yields the OS thread (`sched_yield`). Timing a turn's
+/// storage step in the load bench's latency phases, its p99 went from
+/// 267–316 µs (five runs) to 177–257 µs (six runs) at concurrency 1, and
+/// from 394–487 to 291–397 µs at 50 req/s.
 async fn spin_then_await<F: Future + Unpin>(mut fut: F) -> F::Output {
     let start = Instant::now();
     loop {
