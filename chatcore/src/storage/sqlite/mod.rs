@@ -23,11 +23,9 @@ use super::{FeedbackStore, MessageStore, SessionStore, Turn};
 use crate::error::{Error, Result};
 use crate::types::{from_millis, Feedback, Message, PurgeReport, Rating, Role, Session, SessionId};
 
-mod checkpoint;
 mod schema;
 mod worker;
 
-use checkpoint::Checkpointer;
 use worker::{Db, Worker};
 
 /// How a [`SqliteStore`] is opened.
@@ -40,12 +38,6 @@ pub struct SqliteOptions {
     pub full_sync: bool,
     /// How long a statement waits for another process's lock.
     pub busy_timeout: Duration,
-    /// How often a background thread copies the WAL's committed frames
-    /// into the database file (a passive checkpoint, skipped while nothing
-    /// was committed), so that the writer thread does not stop to do it
-    /// with every turn waiting. `Duration::ZERO` leaves checkpoints to the
-    /// writer alone (SQLite's default behaviour).
-    pub checkpoint_interval: Duration,
 }
 
 impl Default for SqliteOptions {
@@ -54,7 +46,6 @@ impl Default for SqliteOptions {
             sql_logger: None,
             full_sync: false,
             busy_timeout: Duration::from_secs(5),
-            checkpoint_interval: Duration::from_millis(100),
         }
     }
 }
@@ -62,12 +53,6 @@ impl Default for SqliteOptions {
 /// A storage backend on a SQLite file.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
-    /// The background checkpoint thread (none for an in-memory database or
-    /// a zero interval), stopped when the last handle goes: before the
-    /// writer (field order), so that the writer's connection is the last to
-    /// close and checkpoints what is left, as SQLite does on close.
-    #[cfg_attr(not(test), allow(dead_code))]
-    checkpointer: Option<std::sync::Arc<Checkpointer>>,
     worker: Worker,
     path: PathBuf,
 }
@@ -138,33 +123,14 @@ impl SqliteStore {
         // commit that split a b-tree page, about 5% of the gateway's CPU
         // under full load at this size.
         run(&conn, "PRAGMA cache_size = -8192")?;
-        // The writer checkpoints at 16 MiB of WAL (the default is 1,000
-        // pages): the background checkpointer (`checkpoint`) normally
-        // copies the frames long before, so this is a backstop. The WAL file
-        // is cut back to that size after it is reset.
+        // Checkpoint every 16 MiB of WAL (the default is 1,000 pages), and
+        // cut the WAL file back to that size after it is reset.
         run(&conn, "PRAGMA wal_autocheckpoint = 16384")?;
         run(&conn, "PRAGMA journal_size_limit = 16777216")?;
         conn.set_prepared_statement_cache_capacity(32);
         schema::migrate(&mut conn, log)?;
-        let commits = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let checkpointer =
-            if mode.eq_ignore_ascii_case("wal") && !options.checkpoint_interval.is_zero() {
-                Some(std::sync::Arc::new(Checkpointer::spawn(
-                    &path,
-                    options.full_sync,
-                    options.checkpoint_interval,
-                    std::sync::Arc::clone(&commits),
-                    options.sql_logger.clone(),
-                )?))
-            } else {
-                None
-            };
-        let worker = Worker::spawn(conn, options.sql_logger, commits)?;
-        Ok(SqliteStore {
-            checkpointer,
-            worker,
-            path,
-        })
+        let worker = Worker::spawn(conn, options.sql_logger)?;
+        Ok(SqliteStore { worker, path })
     }
 
     /// The database file's path.
@@ -444,101 +410,5 @@ impl FeedbackStore for SqliteStore {
                 Ok(out)
             })
             .await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::atomic::Ordering;
-    use std::sync::Arc;
-    use std::time::{Duration, Instant};
-
-    use chrono::Utc;
-
-    use super::{SqliteOptions, SqliteStore};
-    use crate::storage::{MessageStore, SessionStore, Turn};
-    use crate::types::{Session, SessionId};
-
-    fn open(dir: &tempfile::TempDir, every: Duration) -> SqliteStore {
-        let options = SqliteOptions {
-            checkpoint_interval: every,
-            ..SqliteOptions::default()
-        };
-        SqliteStore::open_with(dir.path().join("chat.db"), options).unwrap()
-    }
-
-    async fn write_turns(store: &SqliteStore, n: usize) -> SessionId {
-        let now = Utc::now();
-        let session = Session {
-            id: SessionId::new_v4(),
-            created_at: now,
-            last_active: now,
-            system_prompt: None,
-            metadata: None,
-        };
-        store.insert_session(&session).await.unwrap();
-        for _ in 0..n {
-            let turn = Turn {
-                user: "hello",
-                user_at: now,
-                reply: "hi",
-                reply_at: now,
-            };
-            store.append_turn(session.id, turn).await.unwrap();
-        }
-        session.id
-    }
-
-    #[tokio::test]
-    async fn committed_frames_are_copied_in_the_background() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(&dir, Duration::from_millis(10));
-        let _ = write_turns(&store, 50).await;
-        let stats = Arc::clone(&store.checkpointer.as_ref().unwrap().stats);
-        // Every frame in the WAL copied into the database file, by the
-        // checkpoint thread (nothing else checkpoints a WAL this small).
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let last = stats.last.load(Ordering::Relaxed);
-            let (wal, copied) = (last >> 32, last & 0xffff_ffff);
-            if stats.runs.load(Ordering::Relaxed) > 0 && wal > 0 && copied == wal {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no complete background checkpoint: {wal} frames, {copied} copied"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    #[tokio::test]
-    async fn an_idle_store_runs_no_checkpoint_and_the_thread_stops_with_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(&dir, Duration::from_millis(5));
-        let stats = Arc::clone(&store.checkpointer.as_ref().unwrap().stats);
-        // Opening migrated the schema, but the writer has changed nothing
-        // (a read commits an empty transaction): twenty intervals pass
-        // without a checkpoint, or a log line.
-        let missing = store.load_turn_context(SessionId::new_v4(), 10).await;
-        assert_eq!(missing.unwrap(), None);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(stats.runs.load(Ordering::Relaxed), 0);
-        // A clone shares the thread; the last handle stops and joins it.
-        let clone = store.clone();
-        drop(store);
-        assert_eq!(Arc::strong_count(&stats), 3);
-        drop(clone);
-        assert_eq!(Arc::strong_count(&stats), 1);
-    }
-
-    #[tokio::test]
-    async fn a_zero_interval_leaves_checkpoints_to_the_writer() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(&dir, Duration::ZERO);
-        assert!(store.checkpointer.is_none());
-        let id = write_turns(&store, 3).await;
-        let (_, history) = store.load_turn_context(id, 10).await.unwrap().unwrap();
-        assert_eq!(history.len(), 6);
     }
 }

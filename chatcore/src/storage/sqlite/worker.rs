@@ -159,14 +159,8 @@ impl Drop for Joined {
 const SPIN: Duration = Duration::from_micros(200);
 
 impl Worker {
-    /// Starts the thread that owns `conn`. It counts in `commits` each
-    /// transaction it commits that changed a row (reads and no-op writes
-    /// leave the WAL as it was).
-    pub(crate) fn spawn(
-        conn: Connection,
-        log: Option<Logger>,
-        commits: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    ) -> Result<Worker> {
+    /// Starts the thread that owns `conn`.
+    pub(crate) fn spawn(conn: Connection, log: Option<Logger>) -> Result<Worker> {
         let (tx, rx) = mpsc::channel::<Job>(4096);
         let handle = thread::Builder::new()
             .name("chatcore-sqlite".into())
@@ -181,7 +175,6 @@ impl Worker {
                         ran,
                     },
                     rx,
-                    &commits,
                 )
             })
             .map_err(Error::storage)?;
@@ -301,7 +294,7 @@ async fn spin_then_await<F: Future + Unpin>(mut fut: F) -> F::Output {
     }
 }
 
-fn run(db: Db, mut rx: mpsc::Receiver<Job>, commits: &std::sync::atomic::AtomicU64) {
+fn run(db: Db, mut rx: mpsc::Receiver<Job>) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     let mut deliveries: Vec<Deliver> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
@@ -312,7 +305,6 @@ fn run(db: Db, mut rx: mpsc::Receiver<Job>, commits: &std::sync::atomic::AtomicU
                 Err(_) => break,
             }
         }
-        let changes_before = db.conn.total_changes();
         if let Err(e) = db.exec("BEGIN IMMEDIATE") {
             // No transaction, so no job may run: fail them all unrun.
             for job in batch.drain(..) {
@@ -344,8 +336,6 @@ fn run(db: Db, mut rx: mpsc::Receiver<Job>, commits: &std::sync::atomic::AtomicU
                 let err = db.exec("COMMIT").err();
                 if err.is_some() {
                     let _ = db.exec("ROLLBACK");
-                } else if db.conn.total_changes() != changes_before {
-                    commits.fetch_add(1, Ordering::Release);
                 }
                 err
             }
