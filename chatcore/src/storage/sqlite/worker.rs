@@ -266,11 +266,6 @@ impl Drop for Pending<'_> {
 /// switches, which on a lightly loaded VM were most of a turn's storage
 /// latency. Under load other tasks keep the thread busy, and `submit` only
 /// spins for a job that is alone in flight.
-///
-/// Each round also yields the OS thread (`sched_yield`). Timing a turn's
-/// storage step in the load bench's latency phases, its p99 went from
-/// 267–316 µs (five runs) to 177–257 µs (six runs) at concurrency 1, and
-/// from 394–487 to 291–397 µs at 50 req/s.
 async fn spin_then_await<F: Future + Unpin>(mut fut: F) -> F::Output {
     let start = Instant::now();
     loop {
@@ -285,11 +280,6 @@ async fn spin_then_await<F: Future + Unpin>(mut fut: F) -> F::Output {
         if start.elapsed() >= SPIN {
             return fut.await;
         }
-        // The writer, woken by this job, is often queued on this very CPU
-        // (the kernel wakes a thread near its waker): give it the CPU now
-        // rather than when this thread's time slice ends. A no-op when
-        // nothing else is waiting for this CPU.
-        std::thread::yield_now();
         tokio::task::yield_now().await;
     }
 }
