@@ -205,8 +205,8 @@ pub async fn open_loop(addr: SocketAddr, rate: u32, duration: Duration, make: Ma
 }
 
 /// What the threads of one kind did: on-CPU time, and how many times they
-/// were put on a CPU (a thread that runs, sleeps and is woken counts one
-/// per wake-up, so at low load this counts the hops a request makes).
+/// were put on a CPU (after a wake-up or a preemption; at low load nearly
+/// all are wake-ups, so this counts the hops a request makes).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ThreadUse {
     pub cpu: Duration,

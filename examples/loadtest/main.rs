@@ -93,6 +93,19 @@ struct Options {
     gateway_env: Vec<(String, String)>,
 }
 
+/// Gateway settings the bench itself sets, and relies on (the durability
+/// check reads the SQLite file it chose; the rate limit is raised so that
+/// the bench measures the gateway, not the quota).
+const MANAGED_ENV: &[&str] = &[
+    "CHATGATE_SERVER__BIND",
+    "CHATGATE_OPENAI__BASE_URL",
+    "CHATGATE_OPENAI__CONTEXT_TOKENS",
+    "CHATGATE_STORAGE__PATH",
+    "CHATGATE_STORAGE__BACKEND",
+    "CHATGATE_LOG__FILE",
+    "CHATGATE_RATE_LIMIT__MESSAGES_PER_MINUTE",
+];
+
 impl Options {
     fn parse(args: &[String]) -> Result<Options, String> {
         let mut o = Options {
@@ -141,6 +154,11 @@ impl Options {
                         .and_then(|kv| kv.split_once('='))
                         .filter(|(k, _)| !k.is_empty())
                         .ok_or("--gateway-env needs KEY=VALUE")?;
+                    if MANAGED_ENV.contains(&k) {
+                        return Err(format!(
+                            "--gateway-env cannot set {k}: the bench sets it (see --backend and --context-tokens)"
+                        ));
+                    }
                     o.gateway_env.push((k.to_owned(), v.to_owned()));
                 }
                 "--bench" => {} // passed by `cargo bench`; ignored
@@ -393,10 +411,16 @@ async fn drive(o: Options) -> ExitCode {
         }
     );
     if o.backend != "sqlite" || !o.gateway_env.is_empty() {
+        // Values of secret-looking keys are not echoed.
         let env: Vec<String> = o
             .gateway_env
             .iter()
-            .map(|(k, v)| format!("{k}={v}"))
+            .map(|(k, v)| {
+                let secret = ["KEY", "SECRET", "TOKEN", "PASSWORD"]
+                    .iter()
+                    .any(|s| k.to_ascii_uppercase().contains(s));
+                format!("{k}={}", if secret { "(set)" } else { v.as_str() })
+            })
             .collect();
         println!("gateway: backend {}; env {}", o.backend, env.join(" "));
     }
