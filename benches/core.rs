@@ -84,6 +84,7 @@ impl ChatModel for Instant0 {
         Ok(Completion {
             content: "Hi there".to_owned(),
             usage: None,
+            finish_reason: None,
         })
     }
 }

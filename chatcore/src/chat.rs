@@ -1,5 +1,12 @@
-//! One chat turn: validate -> session check -> rate-limit token -> per-session
-//! queue -> history -> model -> atomic append (`run`).
+//! One chat turn, in two steps: [`PreparedTurn`] (validate -> session check
+//! -> rate-limit token -> per-session queue -> history) and its finish
+//! (atomic append + cache update), with the model call between them, whole
+//! ([`PreparedTurn::complete`]) or streamed ([`PreparedTurn::stream`]).
+//!
+//! A prepared turn owns its guards (the session's queue slot and its cached
+//! history window) rather than borrowing the facade, so a streamed turn can
+//! live inside a `'static` response body; dropping it at any point releases
+//! both and stores nothing.
 //!
 //! Turns of one session run one at a time in arrival order (a fair FIFO
 //! async mutex per session), so stored history is never interleaved; turns
@@ -9,28 +16,36 @@
 //! behind others. A session not in memory queues first and is loaded under
 //! the queue, so a 404 or 410 still takes no token.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex};
 
+use chrono::{DateTime, Utc};
 use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::hot::{Hot, Lease};
-use crate::llm::{ChatRequest, Usage};
+use crate::llm::{ChatOptions, ChatRequest, Completion, CompletionStream, StreamEvent, Usage};
 use crate::rate_limit::Decision;
 use crate::storage::Turn;
-use crate::types::{Message, SessionId};
+use crate::tokens::estimate_tokens;
+use crate::types::SessionId;
 use crate::Inner;
 
-/// Runs one turn (see the module doc and [`ChatCore::chat`](crate::ChatCore::chat)).
-pub(crate) async fn run(inner: &Inner, id: SessionId, content: &str) -> Result<ChatReply> {
-    validate_message(content)?;
+/// Prepares one turn (see the module doc and [`ChatCore::prepare`](crate::ChatCore::prepare)).
+pub(crate) async fn prepare<'c>(
+    inner: &Arc<Inner>,
+    id: SessionId,
+    content: Cow<'c, str>,
+    options: ChatOptions,
+) -> Result<PreparedTurn<'c>> {
+    validate_message(&content)?;
     let take_token = || match inner.limiter.check(id) {
         Decision::Allowed { remaining } => Ok(remaining),
         Decision::Limited { retry_after } => Err(rate_limited(inner.limiter.limit(), retry_after)),
     };
-    let (slot, mut lease, remaining) = match inner.hot.get(id) {
+    let (slot, lease, remaining) = match inner.hot.get(id) {
         Some(hot) => {
             if !inner.sessions.is_active_since(hot.last_active()) {
                 return Err(Error::session_expired());
@@ -57,56 +72,202 @@ pub(crate) async fn run(inner: &Inner, id: SessionId, content: &str) -> Result<C
         }
     };
     // Earlier turns of this session are done: the history is complete.
-    let user_at = inner.clock.now();
-    let hot = std::sync::Arc::clone(&lease.hot);
-    let system = hot
-        .session
-        .system_prompt
-        .as_deref()
-        .or(inner.system_prompt.as_deref())
-        .filter(|s| !s.is_empty());
-    // The history budget: what the system prompt and new message leave.
-    let budget = inner
-        .context_tokens
-        .saturating_sub(system.map_or(0, estimate_tokens) + estimate_tokens(content));
-    let completion = inner
-        .model
-        .complete(ChatRequest {
-            system,
-            history: lease.history_within(budget),
-            user: content,
-        })
-        .await?;
-    let reply_at = inner.clock.now();
-    lease.writing();
-    inner
-        .store
-        .append_turn(
-            id,
-            Turn {
-                user: content,
-                user_at,
-                reply: &completion.content,
-                reply_at,
-            },
-        )
-        .await?;
-    lease.record(content, user_at, &completion.content, reply_at);
-    drop(lease);
-    drop(slot);
-    Ok(ChatReply {
-        session_id: id,
-        content: completion.content,
-        limit: inner.limiter.limit(),
+    Ok(PreparedTurn {
+        inner: Arc::clone(inner),
+        id,
+        content,
+        options,
+        user_at: inner.clock.now(),
         remaining,
-        usage: completion.usage,
+        lease,
+        _slot: slot,
     })
+}
+
+/// A turn that has passed every check, taken its rate-limit token and
+/// reached the front of its session's queue; it holds the session until it
+/// is finished or dropped. Dropping it stores nothing (the token stays
+/// spent).
+#[derive(Debug)]
+pub struct PreparedTurn<'c> {
+    inner: Arc<Inner>,
+    id: SessionId,
+    content: Cow<'c, str>,
+    options: ChatOptions,
+    user_at: DateTime<Utc>,
+    remaining: u32,
+    // Field order is drop order: the window goes back to the cache before
+    // the next turn of the session is let in.
+    lease: Lease,
+    _slot: TurnSlot,
+}
+
+impl<'c> PreparedTurn<'c> {
+    /// The session this turn belongs to.
+    pub fn session_id(&self) -> SessionId {
+        self.id
+    }
+
+    /// The session's quota per minute.
+    pub fn limit(&self) -> u32 {
+        self.inner.limiter.limit()
+    }
+
+    /// Messages the session may still send right now.
+    pub fn remaining(&self) -> u32 {
+        self.remaining
+    }
+
+    /// The user's message.
+    pub fn content(&self) -> &str {
+        &self.content
+    }
+
+    /// What the model is asked: the session's system prompt, the history
+    /// that fits the context budget, and the new message.
+    pub fn request(&self) -> ChatRequest<'_> {
+        let inner = &*self.inner;
+        let system = self
+            .lease
+            .hot
+            .session
+            .system_prompt
+            .as_deref()
+            .or(inner.system_prompt.as_deref())
+            .filter(|s| !s.is_empty());
+        // The history budget: what the system prompt and new message leave.
+        let budget = inner
+            .context_tokens
+            .saturating_sub(system.map_or(0, estimate_tokens) + estimate_tokens(&self.content));
+        ChatRequest {
+            system,
+            history: self.lease.history_within(budget),
+            user: &self.content,
+            options: &self.options,
+        }
+    }
+
+    /// Asks the model for the whole reply, then stores the turn.
+    ///
+    /// # Errors
+    /// The upstream kinds from the model, [`ErrorKind::SessionNotFound`]
+    /// (purged meanwhile) and [`ErrorKind::Storage`]; nothing is stored.
+    pub async fn complete(self) -> Result<ChatReply> {
+        let completion = self.inner.model.complete(self.request()).await?;
+        self.finish(completion).await
+    }
+
+    /// Asks the model to stream its reply. Returns once the upstream has
+    /// accepted the request, so failures before the first piece are
+    /// ordinary errors; the turn is stored when the stream ends well.
+    ///
+    /// # Errors
+    /// The upstream kinds from the model; nothing is stored.
+    pub async fn stream(self) -> Result<TurnStream<'c>> {
+        let upstream = self.inner.model.stream(self.request()).await?;
+        Ok(TurnStream {
+            turn: Some(self),
+            upstream,
+            text: String::new(),
+            usage: None,
+            finish_reason: None,
+        })
+    }
+
+    /// Stores the user message and `completion` atomically, moves the
+    /// session's `last_active`, and releases the session.
+    ///
+    /// # Errors
+    /// [`ErrorKind::SessionNotFound`] (purged meanwhile) and
+    /// [`ErrorKind::Storage`]; nothing is stored then.
+    pub async fn finish(mut self, completion: Completion) -> Result<ChatReply> {
+        let inner = Arc::clone(&self.inner);
+        let reply_at = inner.clock.now();
+        self.lease.writing();
+        inner
+            .store
+            .append_turn(
+                self.id,
+                Turn {
+                    user: &self.content,
+                    user_at: self.user_at,
+                    reply: &completion.content,
+                    reply_at,
+                    usage: completion.usage,
+                },
+            )
+            .await?;
+        self.lease
+            .record(&self.content, self.user_at, &completion.content, reply_at);
+        let (session_id, remaining) = (self.id, self.remaining);
+        drop(self);
+        Ok(ChatReply {
+            session_id,
+            content: completion.content,
+            limit: inner.limiter.limit(),
+            remaining,
+            usage: completion.usage,
+            finish_reason: completion.finish_reason,
+        })
+    }
+}
+
+/// A turn whose reply is streaming in. Read it with [`TurnStream::next`]:
+/// deltas as they arrive, then [`TurnEvent::Done`] once the turn is stored
+/// (always the last item), or an error (nothing stored). Dropping it
+/// cancels the upstream request and stores nothing.
+#[derive(Debug)]
+pub struct TurnStream<'c> {
+    turn: Option<PreparedTurn<'c>>,
+    upstream: CompletionStream,
+    text: String,
+    usage: Option<Usage>,
+    finish_reason: Option<String>,
+}
+
+/// One item of a [`TurnStream`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TurnEvent {
+    /// The next piece of the reply.
+    Delta(String),
+    /// The turn is stored; the whole reply.
+    Done(ChatReply),
+}
+
+impl TurnStream<'_> {
+    /// The next item; `None` after `Done` or an error.
+    pub async fn next(&mut self) -> Option<Result<TurnEvent>> {
+        self.turn.as_ref()?;
+        loop {
+            match self.upstream.next().await {
+                Some(Ok(StreamEvent::Delta(piece))) => {
+                    self.text.push_str(&piece);
+                    return Some(Ok(TurnEvent::Delta(piece)));
+                }
+                Some(Ok(StreamEvent::Usage(usage))) => self.usage = Some(usage),
+                Some(Ok(StreamEvent::Finish(reason))) => self.finish_reason = Some(reason),
+                Some(Err(e)) => {
+                    self.turn = None;
+                    return Some(Err(e));
+                }
+                None => {
+                    let turn = self.turn.take()?;
+                    let completion = Completion {
+                        content: std::mem::take(&mut self.text),
+                        usage: self.usage,
+                        finish_reason: self.finish_reason.take(),
+                    };
+                    return Some(turn.finish(completion).await.map(TurnEvent::Done));
+                }
+            }
+        }
+    }
 }
 
 /// The session's hot entry (`known`, when the caller already looked it
 /// up) with its history window, loaded from the store when it is not in
 /// memory or a cancelled turn left its window in doubt.
-async fn lease(inner: &Inner, id: SessionId, known: Option<Arc<Hot>>) -> Result<Lease<'_>> {
+async fn lease(inner: &Inner, id: SessionId, known: Option<Arc<Hot>>) -> Result<Lease> {
     if let Some(hot) = known {
         if let Some(lease) = inner.hot.lease(hot) {
             return Ok(lease);
@@ -129,47 +290,6 @@ async fn lease(inner: &Inner, id: SessionId, known: Option<Arc<Hot>>) -> Result<
 /// Longest user message accepted, in characters.
 pub const MAX_MESSAGE_CHARS: usize = 32_000;
 
-/// Tokens a message costs beyond its text (role and framing), per OpenAI's
-/// published accounting for chat models.
-const TOKENS_PER_MESSAGE: usize = 4;
-
-/// Estimated tokens of a message: one token per four characters (rounded
-/// up, counting chars rather than bytes so non-Latin text is not
-/// over-counted fourfold), plus 4 per message (`TOKENS_PER_MESSAGE`). Deliberately simple
-/// and dependency-free; it errs on the generous side for English text.
-pub fn estimate_tokens(text: &str) -> usize {
-    text.chars().count().div_ceil(4) + TOKENS_PER_MESSAGE
-}
-
-/// The most messages that can fit `context_tokens`: each costs at least
-/// `TOKENS_PER_MESSAGE` (an empty message). Bounds how much history a turn
-/// ever reads.
-pub(crate) fn history_read_limit(context_tokens: usize) -> usize {
-    context_tokens / TOKENS_PER_MESSAGE + 1
-}
-
-/// Drops messages from the oldest end of `history` until it, the system
-/// prompt and the new message fit `context_tokens`; returns what remains.
-pub fn trim_history<'a>(
-    history: &'a [Message],
-    system: Option<&str>,
-    user: &str,
-    context_tokens: usize,
-) -> &'a [Message] {
-    let fixed = system.map_or(0, estimate_tokens) + estimate_tokens(user);
-    let mut budget = context_tokens.saturating_sub(fixed);
-    let mut keep = 0;
-    for m in history.iter().rev() {
-        let cost = estimate_tokens(&m.content);
-        if cost > budget {
-            break;
-        }
-        budget -= cost;
-        keep += 1;
-    }
-    &history[history.len() - keep..]
-}
-
 /// The answer to one successful turn.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChatReply {
@@ -183,6 +303,8 @@ pub struct ChatReply {
     pub remaining: u32,
     /// Token usage, when the model reported it.
     pub usage: Option<Usage>,
+    /// Why the reply ended (`stop`, `length`, …), when the model said.
+    pub finish_reason: Option<String>,
 }
 
 /// Validates a user message.
@@ -222,8 +344,8 @@ pub(crate) struct TurnQueues {
 /// Holds (or waits for) a session's turn slot; dropping it lets the next
 /// turn in and, if it was the last user, removes the queue.
 #[derive(Debug)]
-pub(crate) struct TurnSlot<'a> {
-    queues: &'a TurnQueues,
+pub(crate) struct TurnSlot {
+    queues: Arc<TurnQueues>,
     id: SessionId,
     guard: Option<OwnedMutexGuard<()>>,
 }
@@ -234,7 +356,7 @@ impl TurnQueues {
     }
 
     /// Waits for `id`'s earlier turns to finish (in arrival order).
-    pub(crate) async fn enter(&self, id: SessionId) -> TurnSlot<'_> {
+    pub(crate) async fn enter(self: &Arc<Self>, id: SessionId) -> TurnSlot {
         let lock = {
             let mut map = self.shard(&id).lock().unwrap_or_else(|p| p.into_inner());
             let queue = map.entry(id).or_insert_with(|| Queue {
@@ -247,7 +369,7 @@ impl TurnQueues {
         // Made before waiting: if this future is dropped while it waits,
         // the slot's drop still counts this user out.
         let mut slot = TurnSlot {
-            queues: self,
+            queues: Arc::clone(self),
             id,
             guard: None,
         };
@@ -264,7 +386,7 @@ impl TurnQueues {
     }
 }
 
-impl Drop for TurnSlot<'_> {
+impl Drop for TurnSlot {
     fn drop(&mut self) {
         // Release first, then count this user out; the last one out removes
         // the queue. Users are counted under the shard lock.
@@ -297,42 +419,6 @@ pub(crate) fn rate_limited(limit: u32, retry_after: std::time::Duration) -> Erro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::Role;
-    use chrono::Utc;
-
-    fn msg(content: &str) -> Message {
-        Message {
-            role: Role::User,
-            content: content.to_owned(),
-            created_at: Utc::now(),
-        }
-    }
-
-    #[test]
-    fn estimate_counts_chars_not_bytes() {
-        assert_eq!(estimate_tokens(""), 4);
-        assert_eq!(estimate_tokens("abcd"), 5);
-        assert_eq!(estimate_tokens("abcde"), 6);
-        assert_eq!(estimate_tokens("ééééé"), 6);
-    }
-
-    #[test]
-    fn trimming_drops_the_oldest_first() {
-        let history: Vec<Message> = (0..10).map(|i| msg(&format!("{i:0>40}"))).collect();
-        // 40 chars -> 14 tokens each; user "hi" -> 5; budget 50 -> 3 messages.
-        let kept = trim_history(&history, None, "hi", 50);
-        assert_eq!(kept.len(), 3);
-        assert_eq!(kept[0].content, history[7].content);
-        assert_eq!(trim_history(&history, None, "hi", 1_000_000).len(), 10);
-        assert!(trim_history(&history, Some(&"x".repeat(400)), "hi", 50).is_empty());
-    }
-
-    #[test]
-    fn read_limit_covers_every_message_that_could_fit() {
-        let limit = history_read_limit(3000);
-        let tiny: Vec<Message> = (0..limit + 50).map(|_| msg("")).collect();
-        assert!(trim_history(&tiny, None, "", 3000).len() < limit);
-    }
 
     #[test]
     fn retry_after_rounds_up_to_whole_seconds() {
@@ -352,7 +438,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_cancelled_waiter_leaves_no_queue_behind() {
-        let queues = TurnQueues::default();
+        let queues = Arc::new(TurnQueues::default());
         let id = SessionId::new_v4();
         let first = queues.enter(id).await;
         {

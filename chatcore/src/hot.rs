@@ -26,8 +26,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use chrono::{DateTime, Utc};
 
-use crate::chat::estimate_tokens;
 use crate::llm::{History, PackedEntry};
+use crate::tokens::estimate_tokens;
 use crate::types::{from_millis, Message, Role, Session, SessionId};
 
 const SHARDS: usize = 16;
@@ -324,11 +324,11 @@ impl HotSessions {
     /// Takes the session's window for one turn. Only one turn of a session
     /// runs at a time (the turn queue), so the window is normally there;
     /// `None` means a cancelled turn left the entry unknown: reload.
-    pub(crate) fn lease<'a>(&'a self, hot: Arc<Hot>) -> Option<Lease<'a>> {
+    pub(crate) fn lease(self: &Arc<Self>, hot: Arc<Hot>) -> Option<Lease> {
         let window = hot.lock().take()?;
         hot.used.store(IN_USE, Ordering::Relaxed);
         Some(Lease {
-            cache: self,
+            cache: Arc::clone(self),
             hot,
             window: Some(window),
             in_doubt: false,
@@ -339,15 +339,17 @@ impl HotSessions {
 /// A session's window, held by the turn that runs. Dropped without
 /// [`Lease::record`] it goes back unchanged, or, if the store may have
 /// changed meanwhile, the entry is dropped so the next turn reloads.
+/// It owns its handle on the cache, so a turn holding it can outlive the
+/// borrow of the facade (a streamed reply lives inside the response body).
 #[derive(Debug)]
-pub(crate) struct Lease<'a> {
-    cache: &'a HotSessions,
+pub(crate) struct Lease {
+    cache: Arc<HotSessions>,
     pub(crate) hot: Arc<Hot>,
     window: Option<Window>,
     in_doubt: bool,
 }
 
-impl Lease<'_> {
+impl Lease {
     #[cfg(test)]
     pub(crate) fn history(&self) -> Vec<(Role, String)> {
         self.window.as_ref().map_or(Vec::new(), Window::messages)
@@ -386,7 +388,7 @@ impl Lease<'_> {
     }
 }
 
-impl Drop for Lease<'_> {
+impl Drop for Lease {
     fn drop(&mut self) {
         if self.in_doubt {
             self.cache.invalidate(self.hot.session.id, &self.hot);
@@ -458,7 +460,7 @@ mod tests {
 
     #[test]
     fn sessions_in_use_survive_a_flood_of_unused_ones() {
-        let cache = HotSessions::new(1_000, 100);
+        let cache = Arc::new(HotSessions::new(1_000, 100));
         let active: Vec<Arc<Hot>> = (0..200)
             .map(|_| cache.insert(session(), Vec::new()))
             .collect();
@@ -503,7 +505,7 @@ mod tests {
 
     #[test]
     fn a_lease_in_doubt_invalidates_and_a_clean_one_returns() {
-        let cache = HotSessions::new(16, 100);
+        let cache = Arc::new(HotSessions::new(16, 100));
         let s = session();
         let id = s.id;
         let hot = cache.insert(s, vec![msg("hi")]);

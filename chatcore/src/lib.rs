@@ -25,10 +25,14 @@
 //! - [`ChatCore`] (this file) is the facade: built once with
 //!   [`ChatCore::builder`], cheap to clone, shared by every request.
 //!   [`ChatCore::chat`] runs one turn.
-//! - [`chat`]: one turn. Validate, check the session, take a rate-limit
-//!   token, wait for the session's earlier turns (FIFO per session), trim
-//!   history to the context budget, call the model, append the user message
-//!   and the reply atomically.
+//! - [`chat`]: one turn, in two steps. [`ChatCore::prepare`] validates,
+//!   checks the session, takes a rate-limit token and waits for the
+//!   session's earlier turns (FIFO per session), giving a [`PreparedTurn`]
+//!   that owns its guards; it calls the model whole or streamed
+//!   ([`TurnStream`]) and then appends the user message and the reply
+//!   atomically. [`ChatCore::chat`] does both steps.
+//! - [`tokens`]: the token estimate and history trimming to the context
+//!   budget.
 //! - [`session`]: [`SessionManager`] creates, looks up and purges sessions;
 //!   expiry is derived from `last_active` and the idle timeout.
 //! - [`feedback`]: [`FeedbackDesk`] validates and stores feedback.
@@ -58,31 +62,34 @@ pub mod llm;
 pub mod rate_limit;
 pub mod session;
 pub mod storage;
+pub mod tokens;
 pub mod types;
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use chat::{estimate_tokens, trim_history, ChatReply};
+pub use chat::{ChatReply, PreparedTurn, TurnEvent, TurnStream};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{BoxError, Error, ErrorKind, Fault, Result};
 pub use feedback::FeedbackDesk;
 pub use llm::{
-    ChatModel, ChatRequest, Completion, CompletionStream, History, HistoryItem, OpenAiChat,
-    OpenAiConfig, Usage,
+    ChatModel, ChatOptions, ChatRequest, Completion, CompletionStream, History, HistoryItem,
+    OpenAiChat, OpenAiConfig, StreamEvent, Usage,
 };
 pub use rate_limit::{Decision, GovernorLimiter, RateLimiter};
 pub use session::{SessionInfo, SessionManager};
 pub use storage::{
     FeedbackStore, MemoryStore, MessageStore, SessionStore, SqliteOptions, SqliteStore, Store, Turn,
 };
+pub use tokens::{estimate_tokens, trim_history};
 pub use types::{
     format_time, Feedback, Message, NewSession, PurgeReport, Rating, Role, Session, SessionId,
 };
 
-use chat::{history_read_limit, TurnQueues};
+use chat::TurnQueues;
 use hot::HotSessions;
+use tokens::history_read_limit;
 
 /// The facade: sessions, chat turns, feedback, purge. Clone it freely; all
 /// clones share the same state.
@@ -100,7 +107,7 @@ pub(crate) struct Inner {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) sessions: SessionManager,
     pub(crate) feedback: FeedbackDesk,
-    pub(crate) queues: TurnQueues,
+    pub(crate) queues: Arc<TurnQueues>,
     pub(crate) hot: Arc<HotSessions>,
     pub(crate) system_prompt: Option<String>,
     pub(crate) context_tokens: usize,
@@ -283,7 +290,7 @@ impl ChatCoreBuilder {
                 clock: self.clock,
                 sessions,
                 feedback,
-                queues: TurnQueues::default(),
+                queues: Arc::default(),
                 hot,
                 system_prompt: self.system_prompt,
                 history_limit: history_read_limit(self.context_tokens),
@@ -330,7 +337,48 @@ impl ChatCore {
     /// [`ErrorKind::RateLimited`] (with a retry-after), the upstream kinds
     /// from the model, and [`ErrorKind::Storage`].
     pub async fn chat(&self, id: SessionId, content: &str) -> Result<ChatReply> {
-        chat::run(&self.inner, id, content).await
+        self.prepare(id, content, ChatOptions::default())
+            .await?
+            .complete()
+            .await
+    }
+
+    /// Runs the checks of a turn and waits for the session's earlier turns:
+    /// the first half of [`ChatCore::chat`]. Finish it with
+    /// [`PreparedTurn::complete`] or [`PreparedTurn::stream`]; the turn holds
+    /// the session until then (dropping it stores nothing). `content` may be
+    /// borrowed or owned; an owned one makes a `'static` turn that can live
+    /// inside a streamed response.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidInput`], [`ErrorKind::SessionNotFound`],
+    /// [`ErrorKind::SessionExpired`], [`ErrorKind::RateLimited`] and
+    /// [`ErrorKind::Storage`].
+    pub async fn prepare<'c>(
+        &self,
+        id: SessionId,
+        content: impl Into<std::borrow::Cow<'c, str>>,
+        options: ChatOptions,
+    ) -> Result<PreparedTurn<'c>> {
+        chat::prepare(&self.inner, id, content.into(), options).await
+    }
+
+    /// Sends a request straight to the model, with no session: nothing is
+    /// checked against a session, limited or stored.
+    ///
+    /// # Errors
+    /// The upstream kinds from the model.
+    pub async fn complete(&self, request: ChatRequest<'_>) -> Result<Completion> {
+        self.inner.model.complete(request).await
+    }
+
+    /// Streams a request straight from the model, with no session (see
+    /// [`ChatCore::complete`]).
+    ///
+    /// # Errors
+    /// The upstream kinds from the model, before the first piece.
+    pub async fn stream(&self, request: ChatRequest<'_>) -> Result<CompletionStream> {
+        self.inner.model.stream(request).await
     }
 
     /// Runs one retention sweep: purges sessions idle past retention and

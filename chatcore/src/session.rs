@@ -128,6 +128,14 @@ impl SessionManager {
         Ok(self.info(session))
     }
 
+    /// The tokens a session's stored turns cost, summed.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Storage`](crate::ErrorKind::Storage).
+    pub async fn usage(&self, id: SessionId) -> Result<crate::Usage> {
+        self.store.session_usage(id).await
+    }
+
     /// A session's whole history, oldest first.
     ///
     /// # Errors

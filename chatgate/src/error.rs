@@ -5,13 +5,12 @@
 
 use std::borrow::Cow;
 
-use bytes::Bytes;
 use chatcore::{Error, ErrorKind};
 use hyper::header::{HeaderValue, RETRY_AFTER};
 use hyper::{Response, StatusCode};
 use serde::Serialize;
 
-use crate::router::{json_bytes, Body};
+use crate::body::{json_bytes, Body};
 
 /// One item of a FastAPI-style validation error list.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -59,6 +58,9 @@ pub struct ApiError {
     pub cause: Option<String>,
     /// Extra headers (e.g. `Allow` on 405).
     pub allow: Option<&'static str>,
+    /// A machine-readable code for OpenAI-shaped bodies (`model_not_found`);
+    /// without one, the code follows from the status.
+    pub code: Option<&'static str>,
 }
 
 impl ApiError {
@@ -70,6 +72,7 @@ impl ApiError {
             retry_after: None,
             cause: None,
             allow: None,
+            code: None,
         }
     }
 
@@ -81,6 +84,7 @@ impl ApiError {
             retry_after: None,
             cause: None,
             allow: None,
+            code: None,
         }
     }
 
@@ -103,6 +107,88 @@ impl ApiError {
         e
     }
 
+    /// The same error with OpenAI-shaped `code`.
+    #[must_use]
+    pub fn with_code(mut self, code: &'static str) -> Self {
+        self.code = Some(code);
+        self
+    }
+
+    /// The status and body of this error as a mid-stream `error` event
+    /// carries them: `{"detail": "…", "status": 502}`.
+    pub fn event_body(&self) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct Out<'a> {
+            detail: &'a Detail,
+            status: u16,
+        }
+        json_bytes(&Out {
+            detail: &self.detail,
+            status: self.status.as_u16(),
+        })
+    }
+
+    /// OpenAI's `{"error": {"message", "type", "param", "code"}}` for this
+    /// error; a validation list becomes one 400 `invalid_request_error`
+    /// naming the first field at fault.
+    pub fn openai_body(&self) -> (StatusCode, serde_json::Value) {
+        let (message, param): (Cow<'_, str>, Option<String>) = match &self.detail {
+            Detail::Message(m) => (Cow::Borrowed(m), None),
+            Detail::Validation(items) => {
+                let message = items
+                    .iter()
+                    .map(|i| {
+                        let field = i.loc.get(1).map(|v| match v {
+                            serde_json::Value::String(s) => s.clone(),
+                            other => other.to_string(),
+                        });
+                        match field {
+                            Some(f) => format!("{f}: {}", i.msg),
+                            None => i.msg.to_string(),
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                let param = items.first().and_then(|i| match i.loc.get(1) {
+                    Some(serde_json::Value::String(s)) => Some(s.clone()),
+                    _ => None,
+                });
+                (Cow::Owned(message), param)
+            }
+        };
+        let status = if self.status == StatusCode::UNPROCESSABLE_ENTITY {
+            StatusCode::BAD_REQUEST
+        } else {
+            self.status
+        };
+        let (kind, default_code) = match status.as_u16() {
+            400 | 413 => ("invalid_request_error", "invalid_request"),
+            401 => ("authentication_error", "invalid_api_key"),
+            403 => ("permission_error", "forbidden"),
+            404 => ("invalid_request_error", "not_found"),
+            405 => ("invalid_request_error", "method_not_allowed"),
+            410 => ("invalid_request_error", "session_expired"),
+            429 => ("requests", "rate_limit_exceeded"),
+            502 => ("server_error", "upstream_error"),
+            503 => ("server_error", "upstream_unavailable"),
+            504 => ("server_error", "upstream_timeout"),
+            _ => ("server_error", "internal_error"),
+        };
+        let body = serde_json::json!({"error": {
+            "message": message,
+            "type": kind,
+            "param": param,
+            "code": self.code.unwrap_or(default_code),
+        }});
+        (status, body)
+    }
+
+    /// The response in OpenAI's error shape (for `/v1`).
+    pub fn into_openai_response(self) -> Response<Body> {
+        let (status, body) = self.openai_body();
+        self.respond(status, json_bytes(&body))
+    }
+
     /// Whether this error is worth an error-level log line (our fault or
     /// the upstream's, not the client's).
     pub fn is_server_side(&self) -> bool {
@@ -115,10 +201,16 @@ impl ApiError {
         struct Out<'a> {
             detail: &'a Detail,
         }
-        let mut resp = Response::new(http_body_util::Full::new(Bytes::from(json_bytes(&Out {
+        let body = json_bytes(&Out {
             detail: &self.detail,
-        }))));
-        *resp.status_mut() = self.status;
+        });
+        let status = self.status;
+        self.respond(status, body)
+    }
+
+    fn respond(self, status: StatusCode, body: Vec<u8>) -> Response<Body> {
+        let mut resp = Response::new(Body::full(body));
+        *resp.status_mut() = status;
         let h = resp.headers_mut();
         h.insert(
             hyper::header::CONTENT_TYPE,
@@ -149,7 +241,10 @@ impl From<Error> for ApiError {
                     "value_error",
                 )]);
             }
-            ErrorKind::SessionNotFound => StatusCode::NOT_FOUND,
+            ErrorKind::SessionNotFound => {
+                return ApiError::new(StatusCode::NOT_FOUND, e.message().to_owned())
+                    .with_code("session_not_found")
+            }
             ErrorKind::SessionExpired => StatusCode::GONE,
             ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::UpstreamBusy => StatusCode::SERVICE_UNAVAILABLE,
@@ -196,6 +291,30 @@ mod tests {
         let e = ApiError::from(Error::storage("secret path /var/x"));
         assert!(matches!(&e.detail, Detail::Message(m) if m == "Internal Server Error"));
         assert!(e.cause.as_deref().unwrap().contains("/var/x"));
+    }
+
+    #[test]
+    fn openai_shape_turns_validation_into_400() {
+        let e = ApiError::validation(vec![Invalid::field(
+            "messages",
+            "Field required",
+            "missing",
+        )]);
+        let (status, body) = e.openai_body();
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(body["error"]["type"], "invalid_request_error");
+        assert_eq!(body["error"]["param"], "messages");
+        assert_eq!(body["error"]["message"], "messages: Field required");
+        let (status, body) = ApiError::from(Error::session_not_found()).openai_body();
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(body["error"]["code"], "session_not_found");
+        let (status, body) = ApiError::from(
+            Error::new(ErrorKind::RateLimited, "slow down")
+                .with_retry_after(Duration::from_secs(3)),
+        )
+        .openai_body();
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(body["error"]["code"], "rate_limit_exceeded");
     }
 
     #[test]

@@ -8,8 +8,10 @@
 //! - [`logging`]: `app.log` (plain text) and stderr, via slog-async.
 //! - [`server`]: [`server::run`] serves a bound listener until a shutdown
 //!   future resolves, then drains.
-//! - [`router`]: request id, body limit, `match (method, path)`, CORS, the
-//!   access-log line; [`handlers`]: one file per endpoint group.
+//! - [`router`]: request id, `match (method, path)`, CORS, the access-log
+//!   line; [`handlers`]: one file per endpoint group (the seed's endpoints,
+//!   and the OpenAI-compatible `/v1`).
+//! - [`body`]: the one response body type, whole or streamed (SSE).
 //! - [`api`]: the JSON shapes of the contract; [`error`]: the one map from
 //!   chatcore error kinds to statuses.
 //!
@@ -17,6 +19,7 @@
 //! facade a [`config::Config`] describes.
 
 pub mod api;
+pub mod body;
 pub mod cli;
 pub mod config;
 pub mod error;
@@ -45,6 +48,9 @@ pub struct App {
     pub log: Logger,
     /// `log.content`: log user messages and AI responses.
     pub log_content: bool,
+    /// The models clients may name on `/v1` (`openai.models`, or the
+    /// configured model).
+    pub models: Vec<String>,
     /// `server.max_body_bytes`.
     pub max_body_bytes: usize,
     /// `server.max_connections`.
@@ -65,6 +71,7 @@ impl App {
             core,
             log,
             log_content: config.log.content,
+            models: config.openai.allowed_models(),
             max_body_bytes: config.server.max_body_bytes.get(),
             max_connections: config.server.max_connections.get(),
             header_timeout: config.server.header_timeout,
@@ -101,6 +108,7 @@ pub fn build_core(config: &Config, log: &Logger) -> chatcore::Result<ChatCore> {
             .as_ref()
             .map(|k| k.expose().to_owned()),
         timeout: o.timeout,
+        stream_idle_timeout: o.stream_idle_timeout,
         connect_timeout: o.timeout.min(Duration::from_secs(5)),
         max_retries: o.max_retries,
         ..OpenAiConfig::default()

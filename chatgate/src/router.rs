@@ -1,83 +1,23 @@
-//! Per-request plumbing: request id, body limit, the `match (method, path)`
-//! that picks a handler, CORS, and the one access-log line per request.
-//! Errors are logged here, once, with their cause chain.
+//! Per-request plumbing: request id, the `match (method, path)` that picks
+//! a handler, CORS, and the one access-log line per request (written when a
+//! streamed response ends, not when its headers go out). Errors are logged
+//! here, once, with their cause chain, and shaped for the path: OpenAI's
+//! `{"error": …}` under `/v1`, `{"detail": …}` elsewhere.
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode};
-use serde::Serialize;
+use hyper::{Method, Request, Response};
 use slog::{error, info, warn};
 
+use crate::body::Body;
 use crate::error::ApiError;
-use crate::handlers;
+use crate::handlers::{self, HandlerResult};
 use crate::App;
-
-/// The body type of every response.
-pub type Body = Full<Bytes>;
-
-/// What a handler returns.
-pub type HandlerResult = Result<Response<Body>, ApiError>;
-
-/// Serializes `value` to JSON bytes (serialization of our own types cannot
-/// fail; a failure would be a bug and yields `{}`).
-pub fn json_bytes<T: Serialize>(value: &T) -> Vec<u8> {
-    let mut out = Vec::with_capacity(128);
-    if serde_json::to_writer(&mut out, value).is_err() {
-        out.clear();
-        out.extend_from_slice(b"{}");
-    }
-    out
-}
-
-/// A `200 application/json` response.
-pub fn json<T: Serialize>(value: &T) -> Response<Body> {
-    let mut resp = Response::new(Full::new(Bytes::from(json_bytes(value))));
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
-}
-
-/// Reads a request body, refusing more than `limit` bytes with 413.
-///
-/// # Errors
-/// 413 when the body is too large; 400 when it cannot be read.
-pub async fn read_body(
-    body: Incoming,
-    headers: &HeaderMap,
-    limit: usize,
-) -> Result<Bytes, ApiError> {
-    let too_large = || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("Request body too large (limit {limit} bytes)"),
-        )
-    };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(too_large());
-    }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(e) => {
-            let mut err = ApiError::new(StatusCode::BAD_REQUEST, "Could not read the request body");
-            err.cause = Some(e.to_string());
-            Err(err)
-        }
-    }
-}
 
 /// Serves one request: the service function given to hyper.
 pub async fn serve(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
@@ -91,6 +31,7 @@ pub async fn serve(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Bod
         .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
         .cloned();
     let rid: &str = request_id.to_str().unwrap_or("-");
+    let openai_shape = is_openai_path(uri.path());
 
     let result = if method == Method::OPTIONS {
         if is_known_path(req.uri().path()) {
@@ -125,19 +66,38 @@ pub async fn serve(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Bod
                         "request_id" => rid, "status" => e.status.as_u16(), "error" => cause);
                 }
             }
-            e.into_response()
+            if openai_shape {
+                e.into_openai_response()
+            } else {
+                e.into_response()
+            }
         }
     };
     app.cors.apply(origin.as_ref(), resp.headers_mut());
     let status = resp.status().as_u16();
     resp.headers_mut()
         .insert("x-request-id", request_id.clone());
-    info!(app.log, "request";
-        "method" => method.as_str(),
-        "path" => uri.path(),
-        "status" => status,
-        "latency_us" => start.elapsed().as_micros() as u64,
-        "request_id" => rid);
+    if resp.body().is_stream() {
+        let log = app.log.clone();
+        let path = uri.path().to_owned();
+        let rid = request_id.clone();
+        resp.body_mut().on_end(move |how| {
+            info!(log, "request";
+                "method" => method.as_str(),
+                "path" => path,
+                "status" => status,
+                "latency_us" => start.elapsed().as_micros() as u64,
+                "stream" => how.as_str(),
+                "request_id" => rid.to_str().unwrap_or("-"));
+        });
+    } else {
+        info!(app.log, "request";
+            "method" => method.as_str(),
+            "path" => uri.path(),
+            "status" => status,
+            "latency_us" => start.elapsed().as_micros() as u64,
+            "request_id" => rid);
+    }
     Ok(resp)
 }
 
@@ -168,8 +128,8 @@ fn itoa_hex(prefix: u32, n: u64) -> [u8; 25] {
 }
 
 fn preflight(requested: Option<HeaderValue>) -> Response<Body> {
-    let mut resp = Response::new(Full::new(Bytes::new()));
-    *resp.status_mut() = StatusCode::NO_CONTENT;
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = hyper::StatusCode::NO_CONTENT;
     let h = resp.headers_mut();
     h.insert(
         header::ACCESS_CONTROL_ALLOW_METHODS,
@@ -177,7 +137,9 @@ fn preflight(requested: Option<HeaderValue>) -> Response<Body> {
     );
     h.insert(
         header::ACCESS_CONTROL_ALLOW_HEADERS,
-        requested.unwrap_or(HeaderValue::from_static("content-type, x-request-id")),
+        requested.unwrap_or(HeaderValue::from_static(
+            "authorization, content-type, x-request-id, x-session-id",
+        )),
     );
     h.insert(
         header::ACCESS_CONTROL_MAX_AGE,
@@ -225,7 +187,15 @@ fn is_known_path(path: &str) -> bool {
             | ["readyz"]
             | ["openapi.json"]
             | ["docs"]
+            | ["v1", "chat", "completions"]
+            | ["v1", "models"]
+            | ["v1", "models", _]
     ) && !segs.iter().any(|s| s.is_empty())
+}
+
+/// Whether errors on `path` take OpenAI's shape.
+fn is_openai_path(path: &str) -> bool {
+    path == "/v1" || path.starts_with("/v1/")
 }
 
 /// Routes by method and path. Paths are served with and without a trailing
@@ -251,6 +221,18 @@ async fn dispatch(app: &Arc<App>, req: Request<Incoming>, rid: &str) -> HandlerR
         ["chat", "", "", ""] => match *m {
             Method::POST => handlers::chat::chat(app, req, rid).await,
             _ => Err(ApiError::method_not_allowed("POST")),
+        },
+        ["v1", "chat", "completions", ""] => match *m {
+            Method::POST => handlers::openai::completions(app, req, rid).await,
+            _ => Err(ApiError::method_not_allowed("POST")),
+        },
+        ["v1", "models", "", ""] => match *m {
+            Method::GET | Method::HEAD => Ok(handlers::openai::models(app)),
+            _ => Err(ApiError::method_not_allowed("GET")),
+        },
+        ["v1", "models", id, ""] if !id.is_empty() => match *m {
+            Method::GET | Method::HEAD => handlers::openai::model(app, id),
+            _ => Err(ApiError::method_not_allowed("GET")),
         },
         ["session", "initialize_session", "", ""] => match *m {
             Method::POST => handlers::session::initialize(app, req).await,

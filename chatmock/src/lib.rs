@@ -2,31 +2,54 @@
 //!
 //! A mock OpenAI chat-completions server: a real hyper server on a loopback
 //! port that speaks the actual wire format, both plain JSON and server-sent
-//! events (`stream: true`, chunks ending in `data: [DONE]`). Tests, examples
-//! and benches point an OpenAI client at [`MockOpenAi::base_url`].
+//! events. Tests, examples and benches point an OpenAI client at
+//! [`MockOpenAi::base_url`].
 //!
 //! By default it echoes the last user message (`"Echo: …"`). Replies can be
 //! scripted, one per request in order ([`MockOpenAi::push`]): a text, a
-//! status (with `Retry-After`), a delay, malformed JSON, or a dropped
-//! connection. It records requests it received (the most recent
-//! [`RECORD_LIMIT`]) so tests can check what was sent.
+//! status (with `Retry-After`), a delay, malformed JSON, a dropped
+//! connection, or a scripted stream. It records requests it received (the
+//! most recent [`RECORD_LIMIT`]) so tests can check what was sent.
+//!
+//! **Streams** (`"stream": true`) are streamed as upstream streams them: a
+//! role chunk, one chunk per word piece, a finish chunk, a usage chunk when
+//! the request sets `stream_options.include_usage`, then `data: [DONE]`.
+//! Each event is its own body frame, sent as it is produced by a task of
+//! its own. Both modes honour `max_completion_tokens` / `max_tokens` (a
+//! limit in word pieces; a cut reply finishes with `"length"`) and count
+//! usage alike: a token per four bytes of the messages and of the reply.
+//!
+//! A [`StreamScript`] ([`Reply::Stream`]) picks the pieces, a delay before
+//! each, a [`StreamFault`] (an aborted connection, a malformed event, a
+//! stall) and a [`StreamGate`] that holds each chunk until the test lets it
+//! pass, which proves that deltas reach a client before the upstream is
+//! done. [`MockOpenAi::disconnects`] and [`MockOpenAi::streams_completed`]
+//! tell how streams ended, which proves that a gateway cancels its upstream
+//! request when its own client goes away.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+
+mod chat;
+mod stream;
+
+pub use stream::{StreamFault, StreamGate, StreamScript};
+
+use chat::{completion_json, split_words, ChatRequest};
+use stream::{Plan, SseBody, Tally};
 
 /// How many requests the mock remembers.
 pub const RECORD_LIMIT: usize = 1024;
@@ -34,7 +57,8 @@ pub const RECORD_LIMIT: usize = 1024;
 /// One scripted reply.
 #[derive(Debug, Clone)]
 pub enum Reply {
-    /// 200 with this assistant text.
+    /// 200 with this assistant text (the echo reply when empty); streamed
+    /// one word piece per chunk when the request asks to stream.
     Text(String),
     /// This status with an OpenAI-style error body and, optionally, a
     /// `Retry-After` header (seconds).
@@ -44,12 +68,15 @@ pub enum Reply {
         /// The `Retry-After` value in seconds, if any.
         retry_after: Option<u64>,
     },
-    /// Waits, then answers with the inner reply.
+    /// Waits, then answers with the inner reply (for a stream: before the
+    /// response headers).
     Delay(Duration, Box<Reply>),
     /// 200 with a body that is not JSON.
     MalformedJson,
     /// Closes the connection without answering.
     Drop,
+    /// A scripted stream: its pieces, pacing, gate and fault.
+    Stream(StreamScript),
 }
 
 impl Reply {
@@ -64,6 +91,12 @@ impl Reply {
     /// The default echo reply, delayed.
     pub fn slow(delay: Duration) -> Reply {
         Reply::Delay(delay, Box::new(Reply::Text(String::new())))
+    }
+}
+
+impl From<StreamScript> for Reply {
+    fn from(script: StreamScript) -> Reply {
+        Reply::Stream(script)
     }
 }
 
@@ -83,8 +116,9 @@ struct State {
     script: Mutex<VecDeque<Reply>>,
     recorded: Mutex<VecDeque<Recorded>>,
     requests: AtomicU64,
-    record: std::sync::atomic::AtomicBool,
+    record: AtomicBool,
     latency_us: AtomicU64,
+    streams: Arc<Tally>,
 }
 
 /// A running mock server; it stops when this handle is dropped.
@@ -93,24 +127,6 @@ pub struct MockOpenAi {
     addr: SocketAddr,
     state: Arc<State>,
     _stop: watch::Sender<()>,
-}
-
-#[derive(Deserialize)]
-struct ChatBody<'a> {
-    #[serde(borrow, default)]
-    messages: Vec<WireMessage<'a>>,
-    #[serde(default)]
-    stream: bool,
-    #[serde(borrow, default)]
-    model: Option<std::borrow::Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct WireMessage<'a> {
-    #[serde(borrow)]
-    role: std::borrow::Cow<'a, str>,
-    #[serde(borrow)]
-    content: std::borrow::Cow<'a, str>,
 }
 
 impl MockOpenAi {
@@ -180,7 +196,9 @@ impl MockOpenAi {
             .push_back(reply);
     }
 
-    /// Adds a fixed delay before every default (unscripted) reply.
+    /// Adds a fixed delay before every default (unscripted) reply; for a
+    /// stream the headers go out at once and the delay precedes the first
+    /// chunk, as a model's time to first token does.
     pub fn set_latency(&self, latency: Duration) {
         self.state
             .latency_us
@@ -207,9 +225,24 @@ impl MockOpenAi {
             .cloned()
             .collect()
     }
+
+    /// How many streamed responses lost their client before the stream
+    /// ended: the client went away while the mock still had something to
+    /// send, or while it was delaying, stalled or held at a gate.
+    pub fn disconnects(&self) -> u64 {
+        self.state.streams.disconnected.load(Ordering::Relaxed)
+    }
+
+    /// How many streamed responses reached `[DONE]` or their scripted end
+    /// (a [`StreamFault::DropAfter`] abort, a [`StreamFault::MalformedAfter`]
+    /// close).
+    pub fn streams_completed(&self) -> u64 {
+        self.state.streams.completed.load(Ordering::Relaxed)
+    }
 }
 
-type Body = Full<Bytes>;
+/// Any response body the mock sends: whole, or streamed event by event.
+type Body = Either<Full<Bytes>, SseBody>;
 
 async fn handle(
     state: Arc<State>,
@@ -245,15 +278,14 @@ async fn handle(
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .pop_front();
-    let mut reply = match scripted {
-        Some(r) => r,
-        None => {
-            let us = state.latency_us.load(Ordering::Relaxed);
-            if us > 0 {
-                tokio::time::sleep(Duration::from_micros(us)).await;
-            }
-            Reply::Text(String::new())
-        }
+    // Latency models the default upstream; a scripted reply carries its
+    // own timing.
+    let (mut reply, latency) = match scripted {
+        Some(r) => (r, Duration::ZERO),
+        None => (
+            Reply::Text(String::new()),
+            Duration::from_micros(state.latency_us.load(Ordering::Relaxed)),
+        ),
     };
     loop {
         match reply {
@@ -276,85 +308,52 @@ async fn handle(
                     StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
                 return Ok(error(code, "scripted failure", retry_after));
             }
-            Reply::Text(text) => return Ok(complete(&body, text)),
+            Reply::Text(text) => {
+                let script = StreamScript {
+                    pieces: split_words(&text),
+                    ..StreamScript::default()
+                };
+                return Ok(complete(&state, &body, script, latency).await);
+            }
+            Reply::Stream(script) => return Ok(complete(&state, &body, script, latency).await),
         }
     }
 }
 
-/// Answers a chat request: `text`, or an echo of the last user message when
-/// `text` is empty; as SSE when the request asked to stream.
-fn complete(body: &[u8], text: String) -> Response<Body> {
-    let Ok(parsed) = serde_json::from_slice::<ChatBody<'_>>(body) else {
+/// Answers a chat request with `script`'s pieces (the echo of the last user
+/// message when there are none): as SSE when the request asked to stream,
+/// else as one JSON completion.
+async fn complete(
+    state: &State,
+    body: &[u8],
+    script: StreamScript,
+    latency: Duration,
+) -> Response<Body> {
+    let Some(request) = ChatRequest::parse(body) else {
         return error(
             StatusCode::BAD_REQUEST,
             "request body is not a chat request",
             None,
         );
     };
-    let prompt_chars: usize = parsed.messages.iter().map(|m| m.content.len()).sum();
-    let content = if text.is_empty() {
-        let last = parsed
-            .messages
-            .iter()
-            .rev()
-            .find(|m| m.role == "user")
-            .map(|m| m.content.as_ref())
-            .unwrap_or("");
-        format!("Echo: {last}")
-    } else {
-        text
-    };
-    let model = parsed.model.as_deref().unwrap_or("mock");
-    if parsed.stream {
-        return sse(model, &content);
+    if request.stream {
+        let body = Plan::new(&request, script, latency).spawn(Arc::clone(&state.streams));
+        let mut resp = Response::new(Either::Right(body));
+        resp.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        resp.headers_mut()
+            .insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        return resp;
     }
-    let out = serde_json::json!({
-        "id": "chatcmpl-mock",
-        "object": "chat.completion",
-        "created": 0,
-        "model": model,
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": content},
-            "finish_reason": "stop"
-        }],
-        "usage": {
-            "prompt_tokens": prompt_chars / 4,
-            "completion_tokens": content.len() / 4,
-            "total_tokens": prompt_chars / 4 + content.len() / 4
-        }
-    });
-    json(StatusCode::OK, Bytes::from(out.to_string()))
-}
-
-fn sse(model: &str, content: &str) -> Response<Body> {
-    let mut out = String::new();
-    let mut push = |delta: serde_json::Value, finish: Option<&str>| {
-        let chunk = serde_json::json!({
-            "id": "chatcmpl-mock",
-            "object": "chat.completion.chunk",
-            "created": 0,
-            "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]
-        });
-        out.push_str("data: ");
-        out.push_str(&chunk.to_string());
-        out.push_str("\n\n");
-    };
-    push(serde_json::json!({"role": "assistant"}), None);
-    for piece in content.split_inclusive(' ') {
-        push(serde_json::json!({"content": piece}), None);
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
     }
-    push(serde_json::json!({}), Some("stop"));
-    out.push_str("data: [DONE]\n\n");
-    let mut resp = Response::new(Full::new(Bytes::from(out)));
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-    resp
+    let answer = request.answer(script.pieces);
+    json(StatusCode::OK, completion_json(&request, &answer))
 }
 
 fn json(status: StatusCode, body: Bytes) -> Response<Body> {
-    let mut resp = Response::new(Full::new(body));
+    let mut resp = Response::new(Either::Left(Full::new(body)));
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));

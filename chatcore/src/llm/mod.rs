@@ -21,15 +21,75 @@ pub(crate) use self::Packed as PackedEntry;
 pub use openai::{OpenAiChat, OpenAiConfig, MAX_REPLY_BYTES, OPENAI_BASE_URL};
 
 /// One request to the model: optional system prompt, earlier messages
-/// (oldest first) and the new user message.
+/// (oldest first), the new user message, and per-request options.
 #[derive(Debug, Clone, Copy)]
 pub struct ChatRequest<'a> {
     /// The system prompt, if any.
     pub system: Option<&'a str>,
     /// Earlier messages of the session, oldest first, already trimmed to fit.
+    /// For a stateless request, every message before the last one (system
+    /// messages included).
     pub history: History<'a>,
     /// The new user message.
     pub user: &'a str,
+    /// Sampling and model choices for this request; every unset field
+    /// falls back to the model's configured default.
+    pub options: &'a ChatOptions,
+}
+
+impl<'a> ChatRequest<'a> {
+    /// A request with default options.
+    pub fn new(system: Option<&'a str>, history: History<'a>, user: &'a str) -> Self {
+        ChatRequest {
+            system,
+            history,
+            user,
+            options: ChatOptions::none(),
+        }
+    }
+}
+
+/// Per-request choices a client may make (OpenAI's names). `None` (or an
+/// empty `stop`) leaves the model's configured default.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ChatOptions {
+    /// The model to ask, instead of the configured one.
+    pub model: Option<String>,
+    /// Sampling temperature.
+    pub temperature: Option<f32>,
+    /// Nucleus sampling.
+    pub top_p: Option<f32>,
+    /// The most tokens the reply may have.
+    pub max_tokens: Option<u32>,
+    /// Sequences at which the reply stops (at most 4).
+    pub stop: Vec<String>,
+    /// Penalty for tokens already present.
+    pub presence_penalty: Option<f32>,
+    /// Penalty by frequency of tokens already present.
+    pub frequency_penalty: Option<f32>,
+    /// A seed for best-effort deterministic sampling.
+    pub seed: Option<i64>,
+    /// An end-user identifier passed to the upstream for abuse monitoring.
+    pub user: Option<String>,
+}
+
+static NO_OPTIONS: ChatOptions = ChatOptions {
+    model: None,
+    temperature: None,
+    top_p: None,
+    max_tokens: None,
+    stop: Vec::new(),
+    presence_penalty: None,
+    frequency_penalty: None,
+    seed: None,
+    user: None,
+};
+
+impl ChatOptions {
+    /// Options that leave every default in place.
+    pub fn none() -> &'static ChatOptions {
+        &NO_OPTIONS
+    }
 }
 
 /// A borrowed view of a session's earlier messages, oldest first.
@@ -172,51 +232,117 @@ pub struct Usage {
     pub completion_tokens: u32,
 }
 
+impl Usage {
+    /// Adds `other` to these counts (saturating).
+    pub fn add(&mut self, other: Usage) {
+        self.prompt_tokens = self.prompt_tokens.saturating_add(other.prompt_tokens);
+        self.completion_tokens = self
+            .completion_tokens
+            .saturating_add(other.completion_tokens);
+    }
+}
+
 /// The model's reply.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Completion {
     /// The reply text.
     pub content: String,
     /// Token usage, when the model reported it.
     pub usage: Option<Usage>,
+    /// Why the reply ended (`stop`, `length`, …), when the model said.
+    pub finish_reason: Option<String>,
+}
+
+/// One item of a streamed reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StreamEvent {
+    /// The next piece of the reply's text (never empty).
+    Delta(String),
+    /// Token counts for the whole exchange (usually near the end).
+    Usage(Usage),
+    /// Why the reply ended (`stop`, `length`, …).
+    Finish(String),
 }
 
 /// A reply arriving piece by piece (server-sent events, for OpenAI).
 ///
 /// Call [`CompletionStream::next`] until it returns `None`; an `Err` item
-/// ends the stream.
+/// ends the stream. Dropping the stream cancels the upstream request.
 #[derive(Debug)]
 pub struct CompletionStream {
-    rx: mpsc::Receiver<Result<String>>,
+    source: Source,
+}
+
+#[derive(Debug)]
+enum Source {
+    Channel(mpsc::Receiver<Result<StreamEvent>>),
+    Sse(Box<openai::SseSource>),
 }
 
 impl CompletionStream {
-    /// A stream and the sender that feeds it (for implementors).
-    pub fn channel(buffer: usize) -> (mpsc::Sender<Result<String>>, CompletionStream) {
+    /// A stream and the sender that feeds it (for implementors). Dropping
+    /// the sender ends the stream.
+    pub fn channel(buffer: usize) -> (mpsc::Sender<Result<StreamEvent>>, CompletionStream) {
         let (tx, rx) = mpsc::channel(buffer.max(1));
-        (tx, CompletionStream { rx })
+        (
+            tx,
+            CompletionStream {
+                source: Source::Channel(rx),
+            },
+        )
     }
 
-    /// The next piece of the reply, `None` at the end.
-    pub async fn next(&mut self) -> Option<Result<String>> {
-        self.rx.recv().await
+    /// A stream holding every event of `completion` (what a model that
+    /// cannot stream answers).
+    pub fn from_completion(completion: Completion) -> CompletionStream {
+        let (tx, stream) = CompletionStream::channel(3);
+        // The buffer has room for all three, so these cannot fail.
+        if !completion.content.is_empty() {
+            let _ = tx.try_send(Ok(StreamEvent::Delta(completion.content)));
+        }
+        if let Some(usage) = completion.usage {
+            let _ = tx.try_send(Ok(StreamEvent::Usage(usage)));
+        }
+        if let Some(reason) = completion.finish_reason {
+            let _ = tx.try_send(Ok(StreamEvent::Finish(reason)));
+        }
+        stream
     }
 
-    /// Reads the whole stream into one string.
+    pub(crate) fn sse(source: openai::SseSource) -> CompletionStream {
+        CompletionStream {
+            source: Source::Sse(Box::new(source)),
+        }
+    }
+
+    /// The next event, `None` at the end.
+    pub async fn next(&mut self) -> Option<Result<StreamEvent>> {
+        match &mut self.source {
+            Source::Channel(rx) => rx.recv().await,
+            Source::Sse(sse) => sse.next().await,
+        }
+    }
+
+    /// Reads the whole stream into one completion.
     ///
     /// # Errors
     /// The first error the stream yields.
-    pub async fn collect(mut self) -> Result<String> {
-        let mut out = String::new();
-        while let Some(piece) = self.next().await {
-            out.push_str(&piece?);
+    pub async fn collect(mut self) -> Result<Completion> {
+        let mut out = Completion::default();
+        while let Some(event) = self.next().await {
+            match event? {
+                StreamEvent::Delta(piece) => out.content.push_str(&piece),
+                StreamEvent::Usage(usage) => out.usage = Some(usage),
+                StreamEvent::Finish(reason) => out.finish_reason = Some(reason),
+            }
         }
         Ok(out)
     }
 }
 
 /// A chat model. Implement [`ChatModel::complete`]; streaming has a provided
-/// default (one piece holding the whole reply) that a model able to stream
+/// default (the whole reply as one piece) that a model able to stream
 /// overrides, so adding streaming never breaks an implementor.
 #[async_trait]
 pub trait ChatModel: Send + Sync + fmt::Debug {
@@ -228,16 +354,16 @@ pub trait ChatModel: Send + Sync + fmt::Debug {
     /// [`ErrorKind::UpstreamTimeout`](crate::ErrorKind::UpstreamTimeout).
     async fn complete(&self, request: ChatRequest<'_>) -> Result<Completion>;
 
-    /// Answers a request piece by piece.
+    /// Answers a request piece by piece. It returns once the upstream has
+    /// accepted the request, so errors found before the first piece are
+    /// ordinary errors.
     ///
     /// # Errors
     /// As [`ChatModel::complete`], before the first piece; later failures
     /// arrive as an `Err` item of the stream.
     async fn stream(&self, request: ChatRequest<'_>) -> Result<CompletionStream> {
-        let completion = self.complete(request).await?;
-        let (tx, stream) = CompletionStream::channel(1);
-        // The buffer has room for this one item, so this cannot fail.
-        let _ = tx.try_send(Ok(completion.content));
-        Ok(stream)
+        Ok(CompletionStream::from_completion(
+            self.complete(request).await?,
+        ))
     }
 }

@@ -8,6 +8,7 @@
 //! classified into chatcore kinds and never carry the API key. A reply
 //! body larger than [`MAX_REPLY_BYTES`] is refused rather than buffered.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::time::Duration;
 
@@ -17,7 +18,7 @@ use reqwest::StatusCode;
 use slog::Logger;
 use tokio::time::Instant;
 
-use super::{ChatModel, ChatRequest, Completion, CompletionStream, Usage};
+use super::{ChatModel, ChatRequest, Completion, CompletionStream, StreamEvent, Usage};
 use crate::error::{Error, ErrorKind, Result};
 
 mod sse;
@@ -43,8 +44,12 @@ pub struct OpenAiConfig {
     pub temperature: f32,
     /// The API key, sent as `Authorization: Bearer`; `None` sends none.
     pub api_key: Option<String>,
-    /// Total deadline for one call, retries included.
+    /// Total deadline for one call, retries included; for a stream, the
+    /// deadline for its first byte of content.
     pub timeout: Duration,
+    /// For a stream, the longest gap allowed between two chunks once the
+    /// first has arrived (an answer that keeps flowing is never cut off).
+    pub stream_idle_timeout: Duration,
     /// Deadline for opening one connection.
     pub connect_timeout: Duration,
     /// Retries after the first attempt.
@@ -61,6 +66,7 @@ impl fmt::Debug for OpenAiConfig {
             .field("temperature", &self.temperature)
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
             .field("timeout", &self.timeout)
+            .field("stream_idle_timeout", &self.stream_idle_timeout)
             .field("connect_timeout", &self.connect_timeout)
             .field("max_retries", &self.max_retries)
             .field("backoff", &self.backoff)
@@ -76,6 +82,7 @@ impl Default for OpenAiConfig {
             temperature: 0.7,
             api_key: None,
             timeout: Duration::from_secs(60),
+            stream_idle_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
             max_retries: 2,
             backoff: Duration::from_millis(200),
@@ -236,9 +243,11 @@ impl OpenAiChat {
     }
 
     fn body(&self, request: ChatRequest<'_>, stream: bool) -> Result<Vec<u8>> {
+        let o = request.options;
+        let model = o.model.as_deref().unwrap_or(&self.config.model);
         // Sized up front: growing the buffer by doubling showed in profiles.
         let estimate = 128
-            + self.config.model.len()
+            + model.len()
             + request.system.map_or(0, |s| s.len() + 40)
             + request.user.len()
             + request
@@ -250,10 +259,20 @@ impl OpenAiChat {
         serde_json::to_writer(
             &mut out,
             &wire::RequestBody {
-                model: &self.config.model,
+                model,
                 messages: wire::Messages(request),
-                temperature: self.config.temperature,
+                temperature: o.temperature.unwrap_or(self.config.temperature),
+                top_p: o.top_p,
+                max_tokens: o.max_tokens,
+                stop: &o.stop,
+                presence_penalty: o.presence_penalty,
+                frequency_penalty: o.frequency_penalty,
+                seed: o.seed,
+                user: o.user.as_deref(),
                 stream,
+                stream_options: stream.then_some(wire::StreamOptions {
+                    include_usage: true,
+                }),
             },
         )
         .map_err(Error::internal)?;
@@ -413,72 +432,115 @@ impl ChatModel for OpenAiChat {
             )
             .with_source(e)
         })?;
-        let content = parsed
-            .choices
-            .into_iter()
-            .next()
-            .and_then(|c| c.message.content)
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorKind::UpstreamFailed,
-                    "Upstream sent an invalid response (no message content)",
-                )
-            })?;
+        let choice = parsed.choices.into_iter().next();
+        let finish_reason = choice.as_ref().and_then(|c| c.finish_reason.clone());
+        let content = choice.and_then(|c| c.message.content).ok_or_else(|| {
+            Error::new(
+                ErrorKind::UpstreamFailed,
+                "Upstream sent an invalid response (no message content)",
+            )
+        })?;
         Ok(Completion {
             content,
             usage: parsed.usage.map(|u| Usage {
                 prompt_tokens: u.prompt_tokens,
                 completion_tokens: u.completion_tokens,
             }),
+            finish_reason,
         })
     }
 
     async fn stream(&self, request: ChatRequest<'_>) -> Result<CompletionStream> {
         let deadline = Instant::now() + self.config.timeout;
         let body = self.body(request, true)?;
-        let mut resp = self.send(body, deadline).await?;
-        let (tx, stream) = CompletionStream::channel(16);
-        let key = self.config.api_key.clone();
-        tokio::spawn(async move {
-            let mut parser = SseParser::default();
-            loop {
-                let chunk = match tokio::time::timeout_at(deadline, resp.chunk()).await {
-                    Err(_) => Err(timed_out()),
-                    Ok(Err(e)) => Err(Error::new(
-                        ErrorKind::UpstreamFailed,
-                        "Upstream connection error",
-                    )
-                    .with_source(scrub(e, key.as_deref()))),
-                    Ok(Ok(None)) => Err(Error::new(
-                        ErrorKind::UpstreamFailed,
-                        "Upstream closed the stream before [DONE]",
-                    )),
-                    Ok(Ok(Some(bytes))) => Ok(bytes),
-                };
-                let bytes = match chunk {
-                    Ok(b) => b,
-                    Err(e) => {
-                        let _ = tx.send(Err(e)).await;
-                        return;
-                    }
-                };
-                for event in parser.feed(&bytes) {
-                    match event {
-                        SseEvent::Done => return,
-                        SseEvent::Piece(p) => {
-                            if tx.send(Ok(p)).await.is_err() {
-                                return; // the reader went away
-                            }
-                        }
-                        SseEvent::Bad(e) => {
-                            let _ = tx.send(Err(e)).await;
-                            return;
-                        }
-                    }
+        let resp = self.send(body, deadline).await?;
+        Ok(CompletionStream::sse(SseSource {
+            resp,
+            parser: SseParser::default(),
+            events: VecDeque::new(),
+            first_by: Some(deadline),
+            idle: self.config.stream_idle_timeout,
+            key: self.config.api_key.clone(),
+            ended: false,
+        }))
+    }
+}
+
+/// A streamed reply being read: polled by whoever reads the
+/// [`CompletionStream`], so each chunk is read only when the previous one
+/// has been taken, and dropping the stream drops the connection (the
+/// upstream sees the request cancelled).
+pub(crate) struct SseSource {
+    resp: reqwest::Response,
+    parser: SseParser,
+    events: VecDeque<SseEvent>,
+    /// Until the first chunk: the call's deadline. Then each gap is
+    /// bounded by `idle` instead.
+    first_by: Option<Instant>,
+    idle: Duration,
+    key: Option<String>,
+    ended: bool,
+}
+
+impl fmt::Debug for SseSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SseSource")
+            .field("idle", &self.idle)
+            .field("ended", &self.ended)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SseSource {
+    pub(crate) async fn next(&mut self) -> Option<Result<StreamEvent>> {
+        loop {
+            if self.ended {
+                return None;
+            }
+            match self.events.pop_front() {
+                Some(SseEvent::Event(e)) => return Some(Ok(e)),
+                Some(SseEvent::Done) => {
+                    self.ended = true;
+                    return None;
+                }
+                Some(SseEvent::Bad(e)) => {
+                    self.ended = true;
+                    return Some(Err(e));
+                }
+                None => {}
+            }
+            let wait = match self.first_by {
+                Some(deadline) => tokio::time::timeout_at(deadline, self.resp.chunk()).await,
+                None => tokio::time::timeout(self.idle, self.resp.chunk()).await,
+            };
+            let bytes = match wait {
+                Err(_) => Err(if self.first_by.is_some() {
+                    timed_out()
+                } else {
+                    Error::new(ErrorKind::UpstreamTimeout, "Upstream stream stalled")
+                }),
+                Ok(Err(e)) => Err(Error::new(
+                    ErrorKind::UpstreamFailed,
+                    "Upstream connection error",
+                )
+                .with_source(scrub(e, self.key.as_deref()))),
+                Ok(Ok(None)) => Err(Error::new(
+                    ErrorKind::UpstreamFailed,
+                    "Upstream closed the stream before [DONE]",
+                )),
+                Ok(Ok(Some(bytes))) => Ok(bytes),
+            };
+            match bytes {
+                Ok(bytes) => {
+                    self.first_by = None;
+                    self.parser.feed(&bytes, &mut self.events);
+                }
+                Err(e) => {
+                    self.ended = true;
+                    return Some(Err(e));
                 }
             }
-        });
-        Ok(stream)
+        }
     }
 }
 

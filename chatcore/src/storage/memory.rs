@@ -13,6 +13,7 @@ use chrono::{DateTime, Utc};
 
 use super::{FeedbackStore, MessageStore, SessionStore, Turn};
 use crate::error::{Error, Result};
+use crate::llm::Usage;
 use crate::types::{Feedback, Message, PurgeReport, Role, Session, SessionId};
 
 #[derive(Debug)]
@@ -20,6 +21,7 @@ struct Entry {
     session: Session,
     messages: Vec<Message>,
     feedback: Vec<Feedback>,
+    usage: Usage,
 }
 
 /// An in-memory storage backend.
@@ -51,6 +53,7 @@ impl SessionStore for MemoryStore {
                 session: session.clone(),
                 messages: Vec::new(),
                 feedback: Vec::new(),
+                usage: Usage::default(),
             },
         );
         Ok(())
@@ -101,7 +104,14 @@ impl MessageStore for MemoryStore {
             created_at: turn.reply_at,
         });
         e.session.last_active = turn.reply_at;
+        if let Some(usage) = turn.usage {
+            e.usage.add(usage);
+        }
         Ok(())
+    }
+
+    async fn session_usage(&self, id: SessionId) -> Result<Usage> {
+        Ok(self.lock().get(&id).map_or(Usage::default(), |e| e.usage))
     }
 
     async fn load_turn_context(

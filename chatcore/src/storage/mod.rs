@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::error::Result;
+use crate::llm::Usage;
 use crate::types::{Feedback, Message, PurgeReport, Session, SessionId};
 
 mod memory;
@@ -61,6 +62,8 @@ pub struct Turn<'a> {
     pub reply: &'a str,
     /// When the reply arrived; also the session's new `last_active`.
     pub reply_at: DateTime<Utc>,
+    /// The tokens the turn cost, when the model reported them.
+    pub usage: Option<Usage>,
 }
 
 /// Stores the messages of sessions (which live in a [`SessionStore`]).
@@ -81,6 +84,17 @@ pub trait MessageStore: SessionStore {
     /// the session no longer exists (nothing is stored);
     /// [`ErrorKind::Storage`](crate::ErrorKind::Storage) when the backend fails.
     async fn append_turn(&self, id: SessionId, turn: Turn<'_>) -> Result<()>;
+
+    /// The tokens a session's stored turns cost, summed (turns whose usage
+    /// was not reported count zero). A backend that does not keep usage
+    /// reports zero, which the provided version does.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Storage`](crate::ErrorKind::Storage) when the backend fails.
+    async fn session_usage(&self, id: SessionId) -> Result<Usage> {
+        let _ = id;
+        Ok(Usage::default())
+    }
 
     /// The session and its latest `limit` messages, in one call. The
     /// provided version makes two calls; backends may do it in one.

@@ -23,6 +23,7 @@ fn config(base_url: String) -> OpenAiConfig {
         temperature: 0.25,
         api_key: None,
         timeout: Duration::from_secs(5),
+        stream_idle_timeout: Duration::from_secs(5),
         connect_timeout: Duration::from_secs(1),
         max_retries: 2,
         backoff: Duration::from_millis(5),
@@ -42,11 +43,7 @@ fn keyed_adapter(mock: &MockOpenAi) -> OpenAiChat {
 }
 
 fn ask(user: &str) -> ChatRequest<'_> {
-    ChatRequest {
-        system: None,
-        history: History::empty(),
-        user,
-    }
+    ChatRequest::new(None, History::empty(), user)
 }
 
 async fn complete(model: &OpenAiChat, user: &str) -> chatcore::Result<Completion> {
@@ -92,11 +89,7 @@ async fn request_has_model_temperature_messages_in_order_and_bearer_key() {
             created_at: t0(),
         },
     ];
-    let request = ChatRequest {
-        system: Some("You are terse."),
-        history: (&history).into(),
-        user: "second question",
-    };
+    let request = ChatRequest::new(Some("You are terse."), (&history).into(), "second question");
     keyed_adapter(&mock).complete(request).await.unwrap();
 
     let recorded = mock.recorded();
@@ -316,7 +309,10 @@ async fn streaming_collects_to_the_echo() {
     let mock = MockOpenAi::start().await;
     let model = adapter(&mock);
     let stream = model.stream(ask("tell me a story")).await.unwrap();
-    assert_eq!(stream.collect().await.unwrap(), "Echo: tell me a story");
+    assert_eq!(
+        stream.collect().await.unwrap().content,
+        "Echo: tell me a story"
+    );
     assert_eq!(mock.recorded()[0].body["stream"], json!(true));
 }
 

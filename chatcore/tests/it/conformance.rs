@@ -41,6 +41,7 @@ fn turn<'a>(u: &'a str, r: &'a str, secs: i64) -> Turn<'a> {
         user_at: at(secs),
         reply: r,
         reply_at: at(secs + 1),
+        usage: None,
     }
 }
 

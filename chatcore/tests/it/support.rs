@@ -160,6 +160,7 @@ impl ChatModel for ScriptedModel {
         Ok(Completion {
             content,
             usage: None,
+            finish_reason: None,
         })
     }
 }

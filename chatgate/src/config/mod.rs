@@ -156,9 +156,15 @@ pub struct OpenAiSection {
     pub base_url: String,
     /// Model name.
     pub model: String,
-    /// Total deadline per turn's upstream call, retries included.
+    /// Total deadline per turn's upstream call, retries included; for a
+    /// stream, the deadline for its first byte.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// For a stream, the longest gap between two upstream chunks.
+    #[serde(with = "humantime_serde")]
+    pub stream_idle_timeout: Duration,
+    /// The models clients may name on `/v1`; empty means `[model]`.
+    pub models: Vec<String>,
     /// Retries after the first attempt.
     pub max_retries: u32,
     /// Sampling temperature, 0 to 2.
@@ -169,12 +175,25 @@ pub struct OpenAiSection {
     pub context_tokens: NonZeroUsize,
 }
 
+impl OpenAiSection {
+    /// The models clients may name: `models`, or `[model]` when it is empty.
+    pub fn allowed_models(&self) -> Vec<String> {
+        if self.models.is_empty() {
+            vec![self.model.clone()]
+        } else {
+            self.models.clone()
+        }
+    }
+}
+
 impl Default for OpenAiSection {
     fn default() -> Self {
         OpenAiSection {
             base_url: chatcore::llm::OPENAI_BASE_URL.to_owned(),
             model: "gpt-3.5-turbo".to_owned(),
             timeout: Duration::from_secs(60),
+            stream_idle_timeout: Duration::from_secs(30),
+            models: Vec::new(),
             max_retries: 2,
             temperature: 0.7,
             system_prompt: String::new(),
@@ -402,6 +421,12 @@ impl Config {
                 expected: "a model name".into(),
             });
         }
+        if o.models.iter().any(|m| m.trim().is_empty()) {
+            return Err(ConfigError::Invalid {
+                key: "openai.models",
+                expected: "a list of model names, none empty".into(),
+            });
+        }
         let s = &self.session;
         // A century bounds every duration: larger ones overflow time
         // arithmetic and mean nothing operationally.
@@ -413,6 +438,7 @@ impl Config {
             ("server.header_timeout", self.server.header_timeout),
             ("server.shutdown_grace", self.server.shutdown_grace),
             ("openai.timeout", o.timeout),
+            ("openai.stream_idle_timeout", o.stream_idle_timeout),
         ] {
             if d.is_zero() && key != "server.shutdown_grace" {
                 return Err(ConfigError::Invalid {

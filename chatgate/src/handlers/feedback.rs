@@ -7,7 +7,8 @@ use hyper::body::Incoming;
 use hyper::Request;
 
 use crate::api::{parse_feedback, DetailOut};
-use crate::router::{json, read_body, HandlerResult};
+use crate::body::json;
+use crate::handlers::{read_body, HandlerResult};
 use crate::App;
 
 /// Stores feedback (accepted for expired sessions while they are retained).

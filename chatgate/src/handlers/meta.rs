@@ -5,12 +5,12 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::header::{self, HeaderValue};
 use hyper::{Response, StatusCode};
 
+use crate::body::{json, Body};
 use crate::error::ApiError;
-use crate::router::{json, Body, HandlerResult};
+use crate::handlers::HandlerResult;
 use crate::App;
 
 const OPENAPI: &str = include_str!("../../assets/openapi.json");
@@ -44,7 +44,7 @@ pub fn docs() -> Response<Body> {
 }
 
 fn static_response(body: &'static str, content_type: &'static str) -> Response<Body> {
-    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    let mut resp = Response::new(Body::full(Bytes::from_static(body.as_bytes())));
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     resp

@@ -1,9 +1,66 @@
 //! One file per endpoint group; each handler parses, calls chatcore, and
 //! shapes the answer. Errors go back to the router as [`ApiError`]s.
-//!
-//! [`ApiError`]: crate::error::ApiError
 
 pub mod chat;
 pub mod feedback;
 pub mod meta;
+pub mod openai;
 pub mod session;
+mod sse;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap};
+use hyper::{Response, StatusCode};
+
+use crate::body::Body;
+use crate::error::ApiError;
+
+/// What a handler returns.
+pub type HandlerResult = Result<Response<Body>, ApiError>;
+
+/// Reads a request body, refusing more than `limit` bytes with 413.
+///
+/// # Errors
+/// 413 when the body is too large; 400 when it cannot be read.
+pub async fn read_body(
+    body: Incoming,
+    headers: &HeaderMap,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("Request body too large (limit {limit} bytes)"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(e) => {
+            let mut err = ApiError::new(StatusCode::BAD_REQUEST, "Could not read the request body");
+            err.cause = Some(e.to_string());
+            Err(err)
+        }
+    }
+}
+
+/// Whether the client asked for server-sent events in its `Accept` header.
+pub(crate) fn accepts_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .any(|t| t.trim().starts_with("text/event-stream"))
+        })
+}

@@ -8,7 +8,8 @@ use hyper::body::Incoming;
 use hyper::Request;
 
 use crate::api::{parse_initialize, MessageOut, MessagesOut, SessionOut};
-use crate::router::{json, read_body, HandlerResult};
+use crate::body::json;
+use crate::handlers::{read_body, HandlerResult};
 use crate::App;
 
 /// Creates a session (optional `system_prompt` and `metadata`).
@@ -27,11 +28,15 @@ pub async fn initialize(app: &Arc<App>, req: Request<Incoming>) -> HandlerResult
     Ok(json(&SessionOut::from(&info)))
 }
 
-/// Shows a session, with `is_active` as of now.
+/// Shows a session, with `is_active` as of now and the tokens its turns
+/// cost.
 pub async fn get(app: &Arc<App>, id: &str) -> HandlerResult {
     let id = SessionId::parse(id)?;
     let info = app.core.sessions().get(id).await?;
-    Ok(json(&SessionOut::from(&info)))
+    let usage = app.core.sessions().usage(id).await?;
+    let mut out = SessionOut::from(&info);
+    out.usage = Some(usage.into());
+    Ok(json(&out))
 }
 
 /// Lists a session's messages, oldest first.

@@ -271,14 +271,7 @@ async fn idle_sessions_expire_with_410_and_are_never_revived() {
 async fn unknown_paths_are_404_and_wrong_methods_405() {
     let gw = Gateway::start().await;
     let id = new_session(gw.addr).await;
-    for path in [
-        "/",
-        "/nope",
-        "/chat/extra",
-        "/session",
-        "/session/a/b/c",
-        "/v1/chat/completions",
-    ] {
+    for path in ["/", "/nope", "/chat/extra", "/session", "/session/a/b/c"] {
         get(gw.addr, path).await.assert_error(404, "Not Found");
         post(gw.addr, path, "{}")
             .await
@@ -302,5 +295,21 @@ async fn unknown_paths_are_404_and_wrong_methods_405() {
             r.header("allow").is_some(),
             "{method} {path}: 405 without Allow"
         );
+    }
+    // Under /v1 the same errors take OpenAI's shape.
+    for (method, path, status, code) in [
+        (Method::GET, "/v1/nope", 404, "not_found"),
+        (
+            Method::GET,
+            "/v1/chat/completions",
+            405,
+            "method_not_allowed",
+        ),
+        (Method::POST, "/v1/models", 405, "method_not_allowed"),
+    ] {
+        let r = send(gw.addr, method.clone(), path, None).await;
+        assert_eq!(r.status, status, "{method} {path}: {}", r.text());
+        assert_eq!(r.json()["error"]["code"], code, "{method} {path}");
+        assert!(r.json()["error"]["message"].is_string());
     }
 }

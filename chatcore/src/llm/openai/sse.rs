@@ -1,13 +1,17 @@
 //! Server-sent events of a streamed chat completion: `data:` lines split
-//! across network chunks, decoded into text pieces, ending at `[DONE]`.
+//! across network chunks, reassembled, and decoded into stream events
+//! (text pieces, finish reason, usage), ending at `[DONE]`.
+
+use std::collections::VecDeque;
 
 use super::wire;
 use crate::error::{Error, ErrorKind};
+use crate::llm::{StreamEvent, Usage};
 
 /// One decoded server-sent event of a chat-completions stream.
 #[derive(Debug)]
 pub(super) enum SseEvent {
-    Piece(String),
+    Event(StreamEvent),
     Done,
     Bad(Error),
 }
@@ -21,9 +25,10 @@ pub(super) struct SseParser {
 }
 
 impl SseParser {
-    pub(super) fn feed(&mut self, bytes: &[u8]) -> Vec<SseEvent> {
+    /// Appends what `bytes` completes to `events`; a line cut by the end
+    /// of `bytes` waits for the next call.
+    pub(super) fn feed(&mut self, bytes: &[u8], events: &mut VecDeque<SseEvent>) {
         self.pending.extend_from_slice(bytes);
-        let mut events = Vec::new();
         loop {
             let Some(nl) = self.pending[self.scanned..]
                 .iter()
@@ -32,7 +37,7 @@ impl SseParser {
             else {
                 self.scanned = self.pending.len();
                 if self.pending.len() > super::MAX_REPLY_BYTES {
-                    events.push(SseEvent::Bad(Error::new(
+                    events.push_back(SseEvent::Bad(Error::new(
                         ErrorKind::UpstreamFailed,
                         format!(
                             "Upstream stream line is longer than {} bytes",
@@ -51,24 +56,37 @@ impl SseParser {
             };
             let data = data.strip_prefix(b" ").unwrap_or(data);
             if data == b"[DONE]" {
-                events.push(SseEvent::Done);
+                events.push_back(SseEvent::Done);
                 break;
             }
             match serde_json::from_slice::<wire::StreamChunk>(data) {
+                Ok(chunk) if chunk.error.is_some() => {
+                    // The upstream reports a failure inside a 200 stream;
+                    // its message may quote the request, so it is not kept.
+                    events.push_back(SseEvent::Bad(Error::new(
+                        ErrorKind::UpstreamFailed,
+                        "Upstream reported an error mid-stream",
+                    )));
+                    break;
+                }
                 Ok(chunk) => {
-                    if let Some(text) = chunk
-                        .choices
-                        .into_iter()
-                        .next()
-                        .and_then(|c| c.delta.content)
-                    {
-                        if !text.is_empty() {
-                            events.push(SseEvent::Piece(text));
+                    if let Some(choice) = chunk.choices.into_iter().next() {
+                        if let Some(text) = choice.delta.content.filter(|t| !t.is_empty()) {
+                            events.push_back(SseEvent::Event(StreamEvent::Delta(text)));
                         }
+                        if let Some(reason) = choice.finish_reason {
+                            events.push_back(SseEvent::Event(StreamEvent::Finish(reason)));
+                        }
+                    }
+                    if let Some(u) = chunk.usage {
+                        events.push_back(SseEvent::Event(StreamEvent::Usage(Usage {
+                            prompt_tokens: u.prompt_tokens,
+                            completion_tokens: u.completion_tokens,
+                        })));
                     }
                 }
                 Err(e) => {
-                    events.push(SseEvent::Bad(
+                    events.push_back(SseEvent::Bad(
                         Error::new(
                             ErrorKind::UpstreamFailed,
                             "Upstream sent an invalid stream event",
@@ -79,7 +97,6 @@ impl SseParser {
                 }
             }
         }
-        events
     }
 }
 
@@ -87,14 +104,48 @@ impl SseParser {
 mod tests {
     use super::*;
 
+    fn feed(p: &mut SseParser, bytes: &[u8]) -> Vec<SseEvent> {
+        let mut events = VecDeque::new();
+        p.feed(bytes, &mut events);
+        events.into()
+    }
+
     #[test]
     fn sse_parser_handles_split_lines_and_done() {
         let mut p = SseParser::default();
-        let first = p.feed(b"data: {\"choices\":[{\"delta\":{\"content\":\"Hel");
+        let first = feed(&mut p, b"data: {\"choices\":[{\"delta\":{\"content\":\"Hel");
         assert!(first.is_empty());
-        let events = p.feed(b"lo\"}}]}\n\n: comment\ndata: [DONE]\n\n");
-        assert!(matches!(&events[0], SseEvent::Piece(s) if s == "Hello"));
+        let events = feed(&mut p, b"lo\"}}]}\n\n: comment\ndata: [DONE]\n\n");
+        assert!(matches!(&events[0], SseEvent::Event(StreamEvent::Delta(s)) if s == "Hello"));
         assert!(matches!(events[1], SseEvent::Done));
+    }
+
+    #[test]
+    fn finish_reason_and_usage_become_events() {
+        let mut p = SseParser::default();
+        let events = feed(
+            &mut p,
+            b"data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"length\"}]}\r\n\r\n\
+              data: {\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":3}}\n\n",
+        );
+        assert!(matches!(&events[0], SseEvent::Event(StreamEvent::Finish(r)) if r == "length"));
+        assert!(matches!(
+            &events[1],
+            SseEvent::Event(StreamEvent::Usage(Usage {
+                prompt_tokens: 7,
+                completion_tokens: 3
+            }))
+        ));
+    }
+
+    #[test]
+    fn an_error_object_mid_stream_is_a_failure() {
+        let mut p = SseParser::default();
+        let events = feed(
+            &mut p,
+            b"data: {\"error\":{\"message\":\"overloaded\"}}\n\n",
+        );
+        assert!(matches!(&events[..], [SseEvent::Bad(e)] if e.kind() == ErrorKind::UpstreamFailed));
     }
 
     #[test]
@@ -102,9 +153,9 @@ mod tests {
         let mut p = SseParser::default();
         let chunk = vec![b'x'; 1 << 20];
         for _ in 0..16 {
-            assert!(p.feed(&chunk).is_empty(), "16 MiB is still allowed");
+            assert!(feed(&mut p, &chunk).is_empty(), "16 MiB is still allowed");
         }
-        let events = p.feed(b"x");
+        let events = feed(&mut p, b"x");
         assert!(matches!(&events[..], [SseEvent::Bad(e)] if e.to_string().contains("longer than")));
     }
 }

@@ -12,8 +12,30 @@ pub(super) struct RequestBody<'a> {
     pub model: &'a str,
     pub messages: Messages<'a>,
     pub temperature: f32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    pub stop: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub presence_penalty: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub frequency_penalty: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<&'a str>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub stream: bool,
+    /// Asked for on every stream, so usage is known for streamed turns too.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream_options: Option<StreamOptions>,
+}
+
+#[derive(Serialize)]
+pub(super) struct StreamOptions {
+    pub include_usage: bool,
 }
 
 /// The request's messages: system prompt, history, new user message.
@@ -60,6 +82,8 @@ pub(super) struct ResponseBody {
 #[derive(Deserialize)]
 pub(super) struct Choice {
     pub message: ChoiceMessage,
+    #[serde(default)]
+    pub finish_reason: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -80,12 +104,19 @@ pub(super) struct WireUsage {
 pub(super) struct StreamChunk {
     #[serde(default)]
     pub choices: Vec<StreamChoice>,
+    #[serde(default)]
+    pub usage: Option<WireUsage>,
+    /// Some servers report a failure as an event inside a 200 stream.
+    #[serde(default)]
+    pub error: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Deserialize)]
 pub(super) struct StreamChoice {
     #[serde(default)]
     pub delta: Delta,
+    #[serde(default)]
+    pub finish_reason: Option<String>,
 }
 
 #[derive(Deserialize, Default)]

@@ -21,6 +21,7 @@ use slog::Logger;
 
 use super::{FeedbackStore, MessageStore, SessionStore, Turn};
 use crate::error::{Error, Result};
+use crate::llm::Usage;
 use crate::types::{from_millis, Feedback, Message, PurgeReport, Rating, Role, Session, SessionId};
 
 mod schema;
@@ -142,7 +143,8 @@ impl SqliteStore {
 const INSERT_SESSION: &str = "INSERT INTO sessions (id, created_at, active_hour, system_prompt, metadata) VALUES (?1, ?2, ?3, ?4, ?5)";
 const GET_SESSION: &str = "SELECT s.created_at, (SELECT t.reply_at FROM turns t WHERE t.session_id = s.id ORDER BY t.seq DESC LIMIT 1), s.system_prompt, s.metadata FROM sessions s WHERE s.id = ?1";
 const RECENT_TURNS: &str = "SELECT user_content, user_at, reply_content, reply_at FROM (SELECT seq, user_content, user_at, reply_content, reply_at FROM turns WHERE session_id = ?1 ORDER BY seq DESC LIMIT ?2) ORDER BY seq ASC";
-const INSERT_TURN: &str = "INSERT INTO turns (session_id, user_content, user_at, reply_content, reply_at) VALUES (?1, ?2, ?3, ?4, ?5)";
+const INSERT_TURN: &str = "INSERT INTO turns (session_id, user_content, user_at, reply_content, reply_at, prompt_tokens, completion_tokens) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+const SESSION_USAGE: &str = "SELECT coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0) FROM turns WHERE session_id = ?1";
 const TOUCH_SESSION: &str =
     "UPDATE sessions SET active_hour = ?2 WHERE id = ?1 AND active_hour < ?2";
 const INSERT_FEEDBACK: &str = "INSERT INTO feedback (session_id, text, rating, created_at) SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM sessions WHERE id = ?1)";
@@ -314,6 +316,8 @@ impl MessageStore for SqliteStore {
         let reply = turn.reply.to_owned();
         let user_at = turn.user_at.timestamp_millis();
         let reply_at = turn.reply_at.timestamp_millis();
+        let prompt_tokens = turn.usage.map(|u| u.prompt_tokens);
+        let completion_tokens = turn.usage.map(|u| u.completion_tokens);
         self.worker
             .call_single(move |db| {
                 // No savepoint (`call_single`): the only write that can come
@@ -331,10 +335,15 @@ impl MessageStore for SqliteStore {
                 // The foreign key refuses a turn for a missing session, so
                 // no separate existence check is needed.
                 db.log_sql(INSERT_TURN);
-                let inserted = db
-                    .conn
-                    .prepare_cached(INSERT_TURN)?
-                    .execute(params![key, user, user_at, reply, reply_at]);
+                let inserted = db.conn.prepare_cached(INSERT_TURN)?.execute(params![
+                    key,
+                    user,
+                    user_at,
+                    reply,
+                    reply_at,
+                    prompt_tokens,
+                    completion_tokens
+                ]);
                 match inserted {
                     Err(e) if is_foreign_key_violation(&e) => {
                         return Err(Error::session_not_found())
@@ -342,6 +351,23 @@ impl MessageStore for SqliteStore {
                     other => other?,
                 };
                 Ok(())
+            })
+            .await
+    }
+
+    async fn session_usage(&self, id: SessionId) -> Result<Usage> {
+        self.worker
+            .call_single(move |db| {
+                db.log_sql(SESSION_USAGE);
+                let (prompt, completion): (i64, i64) = db
+                    .conn
+                    .prepare_cached(SESSION_USAGE)?
+                    .query_row(params![id_key(id)], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                let clamp = |n: i64| u32::try_from(n.max(0)).unwrap_or(u32::MAX);
+                Ok(Usage {
+                    prompt_tokens: clamp(prompt),
+                    completion_tokens: clamp(completion),
+                })
             })
             .await
     }

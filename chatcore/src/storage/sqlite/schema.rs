@@ -54,6 +54,11 @@ const MIGRATIONS: &[&str] = &[
          created_at INTEGER NOT NULL
      );
      CREATE INDEX feedback_by_session ON feedback (session_id, seq);",
+    // v2: the tokens each turn cost, as the model reported them (NULL when
+    // it did not), summed per session on demand rather than kept in a
+    // running total that every turn would have to update.
+    "ALTER TABLE turns ADD COLUMN prompt_tokens INTEGER;
+     ALTER TABLE turns ADD COLUMN completion_tokens INTEGER;",
 ];
 
 /// The schema version this code writes.

@@ -34,6 +34,7 @@ impl ChatModel for SlowThinker {
         Ok(Completion {
             content: format!("thought about {}", request.user),
             usage: None,
+            finish_reason: None,
         })
     }
 }

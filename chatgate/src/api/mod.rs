@@ -13,6 +13,8 @@ use serde_json::Value;
 
 use crate::error::{ApiError, Invalid};
 
+pub mod openai;
+
 /// `POST /chat/` body.
 #[derive(Debug, Deserialize)]
 pub struct ChatIn<'a> {
@@ -25,6 +27,9 @@ pub struct ChatIn<'a> {
     /// The message.
     #[serde(borrow)]
     pub content: Cow<'a, str>,
+    /// Answer as server-sent events.
+    #[serde(default)]
+    pub stream: Option<bool>,
 }
 
 /// `POST /chat/` answer.
@@ -74,6 +79,27 @@ pub struct SessionOut {
     pub last_active: String,
     /// 1 while active, 0 once expired.
     pub is_active: u8,
+    /// Tokens the session's turns cost (`GET /session/{id}` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<UsageOut>,
+}
+
+/// Token counts, as the API shows them.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct UsageOut {
+    /// Tokens in the prompts.
+    pub prompt_tokens: u32,
+    /// Tokens in the replies.
+    pub completion_tokens: u32,
+}
+
+impl From<chatcore::Usage> for UsageOut {
+    fn from(u: chatcore::Usage) -> Self {
+        UsageOut {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+        }
+    }
 }
 
 impl From<&SessionInfo> for SessionOut {
@@ -83,6 +109,7 @@ impl From<&SessionInfo> for SessionOut {
             created_at: format_time(&info.session.created_at),
             last_active: format_time(&info.session.last_active),
             is_active: u8::from(info.is_active),
+            usage: None,
         }
     }
 }
@@ -129,6 +156,7 @@ pub struct DetailOut {
 enum Kind {
     Str,
     Int,
+    Bool,
     Object,
 }
 
@@ -167,6 +195,7 @@ const CHAT_FIELDS: &[Field] = &[
         min_len: true,
         ..field("content", Kind::Str, true)
     },
+    field("stream", Kind::Bool, false),
 ];
 
 const FEEDBACK_FIELDS: &[Field] = &[
@@ -262,6 +291,12 @@ fn validate(body: &[u8], fields: &[Field]) -> Vec<Invalid> {
                 f.name,
                 "Input should be a valid integer",
                 "int_type",
+            )),
+            (Kind::Bool, Value::Bool(_)) => {}
+            (Kind::Bool, _) => out.push(Invalid::field(
+                f.name,
+                "Input should be a valid boolean",
+                "bool_type",
             )),
             (Kind::Object, Value::Object(_)) => {}
             (Kind::Object, _) => out.push(Invalid::field(
@@ -363,6 +398,18 @@ mod tests {
         assert_eq!(v[0].kind, "json_invalid");
         let v = items(parse_chat(b"[1,2]").unwrap_err());
         assert_eq!(v[0].kind, "model_attributes_type");
+    }
+
+    #[test]
+    fn stream_must_be_a_boolean() {
+        let c = parse_chat(br#"{"session_id":"x","role":"user","content":"Hi","stream":true}"#)
+            .unwrap();
+        assert_eq!(c.stream, Some(true));
+        let v = items(
+            parse_chat(br#"{"session_id":"x","role":"user","content":"Hi","stream":"yes"}"#)
+                .unwrap_err(),
+        );
+        assert_eq!(v[0].kind, "bool_type");
     }
 
     #[test]
