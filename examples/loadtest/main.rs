@@ -19,10 +19,15 @@
 //! connections (mock direct, `/chat/`, `/session/initialize_session`,
 //! `/feedback/`); fixed-rate open-loop latency with coordinated-omission
 //! correction (each latency counts from the request's scheduled start);
-//! concurrency-1 latency. Non-2xx responses are never counted as
+//! concurrency-1 latency; streaming (`--phases stream`, also in `all`):
+//! time to first token at the open-loop rate, streamed from chatgate's
+//! `/chat/` and from the mock directly, then `--sessions` streams held
+//! open at once with chatgate's RSS sampled while they are. Non-2xx
+//! responses are never counted as
 //! throughput; they are reported. At the end the gateway is stopped with
 //! SIGTERM and the SQLite file is checked: every acknowledged turn stored.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::Arc;
@@ -33,6 +38,7 @@ use http_body_util::Full;
 use hyper::Request;
 
 mod load;
+mod stream;
 
 use load::{
     closed_loop, closed_loop_until, connect, cpu_by_thread, cpu_delta, open_loop, post, Make, Phase,
@@ -62,17 +68,31 @@ fn main() -> ExitCode {
 }
 
 /// The mock upstream as a child process: prints its port, serves until
-/// its stdin closes (the driver exiting closes it).
+/// its stdin closes (the driver exiting closes it). A line `latency MS` on
+/// stdin sets the delay before each default reply (for a stream, before
+/// its first chunk), so the driver can hold streams open.
 fn run_mock() -> ExitCode {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
-        let mock = chatmock::MockOpenAi::start().await;
+        let mock = Arc::new(chatmock::MockOpenAi::start().await);
         mock.set_recording(false);
         println!("{}", mock.addr().port());
-        // A blocking read on its own thread: returns when the driver exits.
-        let _ = tokio::task::spawn_blocking(|| {
-            let mut buf = [0u8; 1];
-            let _ = std::io::Read::read(&mut std::io::stdin(), &mut buf);
+        // Blocking reads on their own thread: returns when the driver exits.
+        let m = Arc::clone(&mock);
+        let _ = tokio::task::spawn_blocking(move || {
+            let mut line = String::new();
+            while std::io::BufRead::read_line(&mut std::io::stdin().lock(), &mut line)
+                .is_ok_and(|n| n > 0)
+            {
+                if let Some(ms) = line
+                    .trim()
+                    .strip_prefix("latency ")
+                    .and_then(|v| v.parse().ok())
+                {
+                    m.set_latency(Duration::from_millis(ms));
+                }
+                line.clear();
+            }
         })
         .await;
     });
@@ -143,9 +163,9 @@ impl Options {
                 "--phases" => {
                     o.phases = it
                         .next()
-                        .filter(|p| ["all", "chat", "latency"].contains(&p.as_str()))
+                        .filter(|p| ["all", "chat", "latency", "stream"].contains(&p.as_str()))
                         .cloned()
-                        .ok_or("--phases needs all, chat or latency")?
+                        .ok_or("--phases needs all, chat, latency or stream")?
                 }
                 "--context-tokens" => o.context_tokens = value()?,
                 "--gateway-env" => {
@@ -287,6 +307,25 @@ fn direct_body() -> Bytes {
     direct_body_with(10)
 }
 
+/// [`direct_body`], streamed with usage, as chatgate asks for a stream.
+fn direct_stream_body() -> Bytes {
+    let mut v: serde_json::Value = serde_json::from_slice(&direct_body()).expect("json");
+    v["stream"] = true.into();
+    v["stream_options"] = serde_json::json!({"include_usage": true});
+    Bytes::from(v.to_string())
+}
+
+/// Streamed `/chat/` requests over `sessions`, round-robin.
+fn chat_stream_maker(sessions: Arc<Vec<String>>) -> Make {
+    Arc::new(move |n| {
+        let id = &sessions[(n as usize) % sessions.len()];
+        let body = format!(
+            r#"{{"session_id":"{id}","role":"user","content":"Hello, how are you? #{n}","stream":true}}"#
+        );
+        ("/chat/", Bytes::from(body))
+    })
+}
+
 /// A chat-completions request like chatgate's for a turn with `history`
 /// earlier messages.
 fn direct_body_with(history: usize) -> Bytes {
@@ -321,6 +360,7 @@ async fn drive(o: Options) -> ExitCode {
     )
     .expect("mock port");
     let mock_pid = mock.id();
+    let mut mock_ctl = mock.stdin.take().expect("mock stdin");
     let mock = Proc(mock);
     let mock_addr: SocketAddr = format!("127.0.0.1:{}", line.trim())
         .parse()
@@ -426,9 +466,10 @@ async fn drive(o: Options) -> ExitCode {
     }
     let mut acked_turns = 0u64;
 
-    let throughput = o.phases != "latency";
+    let throughput = o.phases == "all" || o.phases == "chat";
     let others = o.phases == "all";
-    let latency = o.phases != "chat";
+    let latency = o.phases == "all" || o.phases == "latency";
+    let streaming = o.phases == "all" || o.phases == "stream";
     let mut direct_tp = phase(
         throughput,
         Some(mock_pid),
@@ -482,9 +523,10 @@ async fn drive(o: Options) -> ExitCode {
     // made hundreds of thousands of sessions, which crowd the first ones in
     // the hot-session cache.
     let lat = o.latency_duration;
-    let make_chat = if latency {
-        let fresh = Arc::new(new_sessions(gw_addr, o.sessions).await);
-        let make = chat_maker(fresh);
+    let mut warm_sessions = Arc::clone(&sessions);
+    let make_chat = if latency || streaming {
+        warm_sessions = Arc::new(new_sessions(gw_addr, o.sessions).await);
+        let make = chat_maker(Arc::clone(&warm_sessions));
         let warm = closed_loop_until(
             gw_addr,
             o.connections,
@@ -519,6 +561,51 @@ async fn drive(o: Options) -> ExitCode {
     )
     .await;
     acked_turns += chat_c1.ok;
+
+    // Streaming: time to first token on the warmed sessions (so chatgate
+    // forwards as much history as the direct body carries), then every
+    // session streaming at once while the mock holds its first chunk.
+    let direct_stream = direct_stream_body();
+    let make_direct_stream: Make =
+        Arc::new(move |_| ("/v1/chat/completions", direct_stream.clone()));
+    let make_chat_stream = chat_stream_maker(Arc::clone(&warm_sessions));
+    let mut direct_ttft = phase(
+        streaming,
+        None,
+        stream::ttft_open_loop(mock_addr, o.rate, lat, make_direct_stream, stream::OPENAI),
+    )
+    .await;
+    let mut chat_ttft = phase(
+        streaming,
+        Some(gw_pid),
+        stream::ttft_open_loop(
+            gw_addr,
+            o.rate,
+            lat,
+            Arc::clone(&make_chat_stream),
+            stream::GATEWAY,
+        ),
+    )
+    .await;
+    acked_turns += chat_ttft.ok;
+    let held = if streaming {
+        let hold = Duration::from_secs(5);
+        let _ = writeln!(mock_ctl, "latency {}", hold.as_millis());
+        let held = stream::hold_open(
+            gw_addr,
+            o.sessions,
+            hold,
+            make_chat_stream,
+            stream::GATEWAY,
+            || rss_kib(gw_pid, "VmRSS:"),
+        )
+        .await;
+        let _ = writeln!(mock_ctl, "latency 0");
+        acked_turns += held.completed as u64;
+        Some(held)
+    } else {
+        None
+    };
     let mock_peak = rss_kib(mock_pid, "VmHWM:");
 
     println!();
@@ -618,6 +705,39 @@ async fn drive(o: Options) -> ExitCode {
         added.push((name, gp50 - dp50, gp99 - dp99));
     }
 
+    if streaming {
+        let (d50, d99) = (direct_ttft.pct(0.5), direct_ttft.pct(0.99));
+        let (g50, g99) = (chat_ttft.pct(0.5), chat_ttft.pct(0.99));
+        println!();
+        println!(
+            "{:<44} {:>10} {:>10} {:>10} {:>10}",
+            "time to first token (ms), open loop", "p50", "p99", "non-2xx", "errors"
+        );
+        println!(
+            "{:<44} {:>10.3} {:>10.3} {:>10} {:>10}",
+            "mock direct, stream", d50, d99, direct_ttft.non_2xx, direct_ttft.errors
+        );
+        println!(
+            "{:<44} {:>10.3} {:>10.3} {:>10} {:>10}",
+            "chatgate /chat/, stream", g50, g99, chat_ttft.non_2xx, chat_ttft.errors
+        );
+        println!(
+            "{:<44} {:>+10.3} {:>+10.3}",
+            "added by chatgate",
+            g50 - d50,
+            g99 - d99
+        );
+        if let Some(h) = &held {
+            println!(
+                "{} streams at once: {} open together, {} completed; chatgate RSS with all open {:.1} MiB",
+                o.sessions,
+                h.open,
+                h.completed,
+                h.rss_kib as f64 / 1024.0
+            );
+        }
+    }
+
     // Stop the gateway gracefully and check what it acknowledged is stored.
     let _ = Command::new("kill")
         .arg("-TERM")
@@ -631,6 +751,7 @@ async fn drive(o: Options) -> ExitCode {
             .unwrap_or(-1)
     });
     let all_there = stored.is_none_or(|n| n == 2 * acked_turns as i64);
+    drop(mock_ctl);
     drop(mock);
 
     println!();
@@ -679,8 +800,12 @@ async fn drive(o: Options) -> ExitCode {
             o.backend
         ),
     }
-    let non_2xx =
-        chat_tp.non_2xx + init_tp.non_2xx + fb_tp.non_2xx + chat_open.non_2xx + chat_c1.non_2xx;
+    let non_2xx = chat_tp.non_2xx
+        + init_tp.non_2xx
+        + fb_tp.non_2xx
+        + chat_open.non_2xx
+        + chat_c1.non_2xx
+        + chat_ttft.non_2xx;
     println!("non-2xx through chatgate: {non_2xx}");
     if all_there && clean {
         ExitCode::SUCCESS

@@ -17,3 +17,4 @@ mod adapter;
 mod chat;
 mod conformance;
 mod durability;
+mod stream;

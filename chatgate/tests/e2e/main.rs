@@ -11,5 +11,7 @@ mod endpoints;
 mod errors;
 mod lifecycle;
 mod logs;
+mod openai_api;
 mod rate_limit;
+mod streaming;
 mod upstream;

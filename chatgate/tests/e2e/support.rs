@@ -326,3 +326,236 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// One server-sent event: its `event:` name, if it has one, and its
+/// `data:` (lines joined with `\n`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SseEvent {
+    pub name: Option<String>,
+    pub data: String,
+}
+
+impl SseEvent {
+    /// The data as JSON; panics (showing the event) if it is not JSON.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.data)
+            .unwrap_or_else(|e| panic!("event data is not JSON ({e}): {self:?}"))
+    }
+
+    /// Whether this is a named event (`event: NAME`).
+    pub fn is(&self, name: &str) -> bool {
+        self.name.as_deref() == Some(name)
+    }
+}
+
+/// How long one event may take to arrive before a test gives up on it.
+pub const EVENT_GUARD: Duration = Duration::from_secs(15);
+
+/// A response whose body is read as it arrives, event by event, over its
+/// own connection. Dropping it (or [`EventStream::disconnect`]) closes the
+/// connection, as a client that goes away does.
+#[derive(Debug)]
+pub struct EventStream {
+    pub status: u16,
+    pub headers: HeaderMap,
+    body: hyper::body::Incoming,
+    buf: Vec<u8>,
+    ended: bool,
+    conn: JoinHandle<()>,
+}
+
+impl EventStream {
+    /// A header as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The next event; `Ok(None)` when the body ended cleanly, `Err` when
+    /// the connection broke. Panics when nothing arrives within
+    /// [`EVENT_GUARD`].
+    pub async fn next_event(&mut self) -> Result<Option<SseEvent>, String> {
+        loop {
+            if let Some(event) = self.take_event() {
+                return Ok(Some(event));
+            }
+            if self.ended {
+                let rest = String::from_utf8_lossy(&self.buf).trim().to_owned();
+                assert!(rest.is_empty(), "stream ended inside an event: {rest:?}");
+                return Ok(None);
+            }
+            let frame = tokio::time::timeout(EVENT_GUARD, self.body.frame())
+                .await
+                .unwrap_or_else(|_| panic!("no event within {EVENT_GUARD:?}"));
+            match frame {
+                None => self.ended = true,
+                Some(Err(e)) => {
+                    self.ended = true;
+                    return Err(e.to_string());
+                }
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.buf.extend_from_slice(&data);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The next event, which must exist (no end, no transport error).
+    pub async fn expect_event(&mut self) -> SseEvent {
+        match self.next_event().await {
+            Ok(Some(e)) => e,
+            Ok(None) => panic!("the stream ended; an event was expected"),
+            Err(e) => panic!("the stream broke ({e}); an event was expected"),
+        }
+    }
+
+    /// Every remaining event, and how the body ended: `None` cleanly,
+    /// `Some(error)` when the connection broke.
+    pub async fn rest(&mut self) -> (Vec<SseEvent>, Option<String>) {
+        let mut events = Vec::new();
+        loop {
+            match self.next_event().await {
+                Ok(Some(e)) => events.push(e),
+                Ok(None) => return (events, None),
+                Err(e) => return (events, Some(e)),
+            }
+        }
+    }
+
+    /// Whether no event arrives within `wait` (the stream is held back).
+    pub async fn quiet_for(&mut self, wait: Duration) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        match tokio::time::timeout(wait, self.body.frame()).await {
+            Err(_) => true,
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    self.buf.extend_from_slice(&data);
+                }
+                false
+            }
+            Ok(_) => {
+                self.ended = true;
+                false
+            }
+        }
+    }
+
+    /// Reads the rest of the body as a whole response (for answers that
+    /// are not streams, such as JSON errors).
+    pub async fn into_resp(mut self) -> Resp {
+        let mut body = std::mem::take(&mut self.buf);
+        while !self.ended {
+            match tokio::time::timeout(HANG_GUARD, self.body.frame()).await {
+                Ok(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        body.extend_from_slice(&data);
+                    }
+                }
+                Ok(Some(Err(e))) => panic!("the body broke: {e}"),
+                Ok(None) => self.ended = true,
+                Err(_) => panic!("no end of body within {HANG_GUARD:?}"),
+            }
+        }
+        Resp {
+            status: self.status,
+            headers: std::mem::take(&mut self.headers),
+            body: Bytes::from(body),
+        }
+    }
+
+    /// Closes the connection now, mid-stream.
+    pub fn disconnect(self) {
+        drop(self);
+    }
+
+    fn take_event(&mut self) -> Option<SseEvent> {
+        loop {
+            let end = self.buf.windows(2).position(|w| w == b"\n\n")?;
+            let block: Vec<u8> = self.buf.drain(..end + 2).collect();
+            let text = String::from_utf8_lossy(&block[..end]).into_owned();
+            let mut name = None;
+            let mut data: Vec<&str> = Vec::new();
+            for line in text.lines() {
+                if let Some(v) = line.strip_prefix("event:") {
+                    name = Some(v.trim_start().to_owned());
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push(v.strip_prefix(' ').unwrap_or(v));
+                }
+            }
+            if name.is_some() || !data.is_empty() {
+                return Some(SseEvent {
+                    name,
+                    data: data.join("\n"),
+                });
+            }
+            // A comment or keep-alive block: not an event.
+        }
+    }
+}
+
+impl Drop for EventStream {
+    fn drop(&mut self) {
+        // The task owns the socket: ending it closes the connection.
+        self.conn.abort();
+    }
+}
+
+/// POSTs `body` (JSON) to `path` on a connection of its own and returns
+/// once the response head has arrived, leaving the body to be read event
+/// by event.
+pub async fn open_stream(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> EventStream {
+    let work = async {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("handshake");
+        let conn = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut req = Request::builder()
+            .method(Method::POST)
+            .uri(path)
+            .header(HOST, addr.to_string())
+            .header(CONTENT_TYPE, "application/json");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body.to_owned())))
+            .expect("request");
+        let resp = sender.send_request(req).await.expect("response head");
+        let (parts, body) = resp.into_parts();
+        EventStream {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body,
+            buf: Vec::new(),
+            ended: false,
+            conn,
+        }
+    };
+    tokio::time::timeout(HANG_GUARD, work)
+        .await
+        .unwrap_or_else(|_| panic!("POST {path}: no response head within {HANG_GUARD:?}"))
+}
+
+/// POSTs `body` to `path` with extra `headers` and reads the whole answer.
+pub async fn post_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)], body: &str) -> Resp {
+    try_send(
+        addr,
+        Method::POST,
+        path,
+        headers,
+        Some(Bytes::from(body.to_owned())),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("POST {path}: {e}"))
+}
