@@ -1,15 +1,21 @@
-//! The one response body type: a whole buffer, or a stream of frames fed
-//! by a task through a channel (server-sent events).
+//! The one response body type: a whole buffer, or a stream of frames
+//! (server-sent events) produced by an async step function that hyper
+//! itself drives.
+//!
+//! A streamed body is polled by the connection that writes it, with no task
+//! or channel between: the next frame (and so the next upstream chunk) is
+//! produced only once hyper has taken the previous one, and when the
+//! client goes away hyper drops the body, which drops the step's state and
+//! with it the upstream request.
 //!
 //! A streamed body can carry an end hook, run once when the stream ends or
-//! when hyper drops the body (the client went away), so the access line of
-//! a streamed response reports its real latency and how it ended, not the
-//! moment its headers went out. Dropping the body also closes the channel,
-//! which is how the producing task learns that its client is gone and
-//! cancels its upstream request.
+//! when the body is dropped first (the client went away), so the access
+//! line of a streamed response reports its real latency and how it ended,
+//! not the moment its headers went out.
 
 use std::convert::Infallible;
 use std::fmt;
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -18,7 +24,6 @@ use hyper::body::{Frame, SizeHint};
 use hyper::header::{self, HeaderValue};
 use hyper::Response;
 use serde::Serialize;
-use tokio::sync::mpsc;
 
 /// How a streamed body ended, for its end hook.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,9 +54,56 @@ pub struct Body {
 enum Kind {
     Full(Option<Bytes>),
     Stream {
-        rx: mpsc::Receiver<Bytes>,
+        frames: Pin<Box<dyn Frames>>,
         on_end: Option<EndHook>,
     },
+}
+
+/// What a streamed body polls for its next frame.
+trait Frames: Send {
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Bytes>>;
+}
+
+/// Runs `step(state)` to get each frame and the state for the next one,
+/// until it answers `None`: a stream written as one async function.
+struct Unfold<S, F, Fut> {
+    state: Option<S>,
+    step: F,
+    pending: Option<Pin<Box<Fut>>>,
+}
+
+// Nothing in it is ever pinned in place: the state and step are moved and
+// called by value or `&mut`, and the future is boxed.
+impl<S, F, Fut> Unpin for Unfold<S, F, Fut> {}
+
+impl<S, F, Fut> Frames for Unfold<S, F, Fut>
+where
+    S: Send,
+    F: FnMut(S) -> Fut + Send,
+    Fut: Future<Output = Option<(Bytes, S)>> + Send,
+{
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        let this = Pin::into_inner(self);
+        if this.pending.is_none() {
+            let Some(state) = this.state.take() else {
+                return Poll::Ready(None);
+            };
+            this.pending = Some(Box::pin((this.step)(state)));
+        }
+        let Some(fut) = this.pending.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match fut.as_mut().poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(next) => {
+                this.pending = None;
+                Poll::Ready(next.map(|(frame, state)| {
+                    this.state = Some(state);
+                    frame
+                }))
+            }
+        }
+    }
 }
 
 impl fmt::Debug for Body {
@@ -81,18 +133,26 @@ impl Body {
         }
     }
 
-    /// A streamed body and the sender that feeds it. Each `Bytes` sent is
-    /// one frame; the body ends when every sender is dropped. The channel
-    /// holds `buffer` frames, so a slow client slows the producer down
-    /// instead of growing memory.
-    pub fn channel(buffer: usize) -> (mpsc::Sender<Bytes>, Body) {
-        let (tx, rx) = mpsc::channel(buffer.max(1));
-        (
-            tx,
-            Body {
-                kind: Kind::Stream { rx, on_end: None },
+    /// A streamed body: `step(state)` yields each frame with the state for
+    /// the next, and `None` to end. It runs only when hyper asks for a
+    /// frame, so a slow client slows the producer down instead of growing
+    /// memory; dropping the body drops the state.
+    pub fn unfold<S, F, Fut>(state: S, step: F) -> Body
+    where
+        S: Send + 'static,
+        F: FnMut(S) -> Fut + Send + 'static,
+        Fut: Future<Output = Option<(Bytes, S)>> + Send + 'static,
+    {
+        Body {
+            kind: Kind::Stream {
+                frames: Box::pin(Unfold {
+                    state: Some(state),
+                    step,
+                    pending: None,
+                }),
+                on_end: None,
             },
-        )
+        }
     }
 
     /// Whether this body is streamed.
@@ -136,7 +196,7 @@ impl hyper::body::Body for Body {
         let this = &mut *self;
         match &mut this.kind {
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Stream { rx, .. } => match rx.poll_recv(cx) {
+            Kind::Stream { frames, .. } => match frames.as_mut().poll_next(cx) {
                 Poll::Ready(Some(b)) => Poll::Ready(Some(Ok(Frame::data(b)))),
                 Poll::Ready(None) => {
                     this.end(StreamEnd::Complete);
@@ -208,23 +268,58 @@ mod tests {
         assert_eq!(body.collect().await.unwrap().to_bytes(), "hello");
     }
 
+    fn counting(n: u32) -> Body {
+        Body::unfold(0u32, move |i| async move {
+            tokio::task::yield_now().await;
+            (i < n).then(|| (Bytes::from(i.to_string()), i + 1))
+        })
+    }
+
     #[tokio::test]
     async fn a_stream_reports_how_it_ended() {
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let (tx, mut body) = Body::channel(4);
+        let mut body = counting(3);
         let s = Arc::clone(&seen);
         body.on_end(move |how| s.lock().unwrap().push(how));
-        tx.send(Bytes::from_static(b"a")).await.unwrap();
-        drop(tx);
-        assert_eq!(body.collect().await.unwrap().to_bytes(), "a");
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "012");
         assert_eq!(*seen.lock().unwrap(), [StreamEnd::Complete]);
 
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let (tx, mut body) = Body::channel(4);
+        let mut body = counting(3);
         let s = Arc::clone(&seen);
         body.on_end(move |how| s.lock().unwrap().push(how));
+        assert_eq!(
+            body.frame().await.unwrap().unwrap().into_data().unwrap(),
+            "0"
+        );
         drop(body);
-        assert!(tx.is_closed(), "the producer learns the client is gone");
         assert_eq!(*seen.lock().unwrap(), [StreamEnd::ClientGone]);
+    }
+
+    #[tokio::test]
+    async fn dropping_a_stream_drops_its_state() {
+        struct Flag(Arc<Mutex<bool>>);
+        impl Drop for Flag {
+            fn drop(&mut self) {
+                *self.0.lock().unwrap() = true;
+            }
+        }
+        let dropped = Arc::new(Mutex::new(false));
+        let mut body = Body::unfold(Flag(Arc::clone(&dropped)), |flag| async move {
+            // Never ready after the first frame: a stalled upstream.
+            if *flag.0.lock().unwrap() {
+                return None;
+            }
+            std::future::pending::<()>().await;
+            Some((Bytes::new(), flag))
+        });
+        let polled = tokio::time::timeout(std::time::Duration::from_millis(20), body.frame()).await;
+        assert!(polled.is_err(), "the step is still waiting");
+        assert!(!*dropped.lock().unwrap());
+        drop(body);
+        assert!(
+            *dropped.lock().unwrap(),
+            "the client going away cancels the step"
+        );
     }
 }

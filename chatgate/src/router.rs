@@ -189,8 +189,8 @@ fn is_known_path(path: &str) -> bool {
             | ["docs"]
             | ["v1", "chat", "completions"]
             | ["v1", "models"]
-            | ["v1", "models", _]
     ) && !segs.iter().any(|s| s.is_empty())
+        || path.starts_with("/v1/models/")
 }
 
 /// Whether errors on `path` take OpenAI's shape.
@@ -202,6 +202,17 @@ fn is_openai_path(path: &str) -> bool {
 /// slash; a known path with the wrong method is 405, anything else 404.
 async fn dispatch(app: &Arc<App>, req: Request<Incoming>, rid: &str) -> HandlerResult {
     let path = req.uri().path();
+    // Model ids may hold slashes (`meta-llama/Llama-3-8B-Instruct`), sent
+    // raw or percent-encoded: everything after the prefix is the id.
+    if let Some(id) = path.strip_prefix("/v1/models/").filter(|id| !id.is_empty()) {
+        return match *req.method() {
+            Method::GET | Method::HEAD => {
+                let id = percent_encoding::percent_decode_str(id).decode_utf8_lossy();
+                handlers::openai::model(app, &id)
+            }
+            _ => Err(ApiError::method_not_allowed("GET")),
+        };
+    }
     let trimmed = path
         .strip_suffix('/')
         .filter(|p| !p.is_empty())
@@ -228,10 +239,6 @@ async fn dispatch(app: &Arc<App>, req: Request<Incoming>, rid: &str) -> HandlerR
         },
         ["v1", "models", "", ""] => match *m {
             Method::GET | Method::HEAD => Ok(handlers::openai::models(app)),
-            _ => Err(ApiError::method_not_allowed("GET")),
-        },
-        ["v1", "models", id, ""] if !id.is_empty() => match *m {
-            Method::GET | Method::HEAD => handlers::openai::model(app, id),
             _ => Err(ApiError::method_not_allowed("GET")),
         },
         ["session", "initialize_session", "", ""] => match *m {

@@ -204,6 +204,13 @@ pub fn parse_completions(body: &[u8]) -> Result<Completions, ApiError> {
         messages.push((role, text));
     }
     let stream = input.stream.unwrap_or(false);
+    if input.stream_options.is_some() && !stream {
+        // As OpenAI answers: the option means nothing without a stream.
+        return Err(bad(
+            "stream_options",
+            "stream_options is only allowed when stream is true",
+        ));
+    }
     let include_usage = input
         .stream_options
         .and_then(|o| o.include_usage)

@@ -9,12 +9,12 @@
 
 use std::sync::Arc;
 
-use chatcore::{ChatOptions, ChatReply, PreparedTurn, SessionId, TurnEvent};
+use chatcore::{ChatOptions, ChatReply, PreparedTurn, SessionId, TurnEvent, TurnStream};
 use hyper::body::Incoming;
 use hyper::header::HeaderValue;
 use hyper::{Request, Response};
 use serde::Serialize;
-use slog::{error, info, warn};
+use slog::{error, info};
 
 use crate::api::{parse_chat, ChatOut, UsageOut};
 use crate::body::{event_stream, json, Body};
@@ -90,60 +90,57 @@ struct DoneOut<'a> {
     usage: Option<UsageOut>,
 }
 
+/// A streamed turn while hyper writes it.
+struct Live {
+    app: Arc<App>,
+    turn: TurnStream<'static>,
+    rid: String,
+    over: bool,
+}
+
 /// Starts the upstream stream (its failures before the first piece are
-/// ordinary JSON errors), then answers 200 with a body fed by a task that
-/// forwards each piece as it arrives. The task stops, cancelling the
-/// upstream request and storing nothing, as soon as the client goes away.
+/// ordinary JSON errors), then answers 200 with a body that forwards each
+/// piece as hyper asks for the next frame. When the client goes away hyper
+/// drops the body, and with it the turn: the upstream request is cancelled
+/// and nothing is stored (the router's access line says `client_gone`).
 async fn stream_turn(app: &Arc<App>, turn: PreparedTurn<'static>, rid: &str) -> HandlerResult {
     let (limit, remaining) = (turn.limit(), turn.remaining());
-    let mut turn = turn.stream().await?;
-    let (tx, body) = Body::channel(sse::BUFFER);
-    let app = Arc::clone(app);
-    let rid = rid.to_owned();
-    tokio::spawn(async move {
-        loop {
-            let next = tokio::select! {
-                biased;
-                () = tx.closed() => {
-                    warn!(app.log, "client went away mid-stream; turn not stored"; "request_id" => &rid);
-                    return;
-                }
-                next = turn.next() => next,
-            };
-            let frame = match next {
-                Some(Ok(TurnEvent::Delta(piece))) => {
-                    sse::event("delta", &DeltaOut { content: &piece })
-                }
-                Some(Ok(TurnEvent::Done(reply))) => {
-                    log_reply(&app, &reply, &rid);
-                    let frame = sse::event(
-                        "done",
-                        &DoneOut {
-                            session_id: reply.session_id.to_string(),
-                            role: "assistant",
-                            content: &reply.content,
-                            usage: reply.usage.map(UsageOut::from),
-                        },
-                    );
-                    let _ = tx.send(frame).await;
-                    return;
-                }
-                Some(Err(e)) => {
-                    let e = ApiError::from(e);
-                    error!(app.log, "stream failed";
-                        "request_id" => &rid,
-                        "status" => e.status.as_u16(),
-                        "error" => e.cause.as_deref().unwrap_or("-"));
-                    let _ = tx.send(sse::event_raw("error", &e.event_body())).await;
-                    return;
-                }
-                None => return,
-            };
-            if tx.send(frame).await.is_err() {
-                warn!(app.log, "client went away mid-stream; turn not stored"; "request_id" => &rid);
-                return;
-            }
+    let live = Live {
+        app: Arc::clone(app),
+        turn: turn.stream().await?,
+        rid: rid.to_owned(),
+        over: false,
+    };
+    let body = Body::unfold(live, |mut live| async move {
+        if live.over {
+            return None;
         }
+        let frame = match live.turn.next().await? {
+            Ok(TurnEvent::Delta(piece)) => sse::event("delta", &DeltaOut { content: &piece }),
+            Ok(TurnEvent::Done(reply)) => {
+                live.over = true;
+                log_reply(&live.app, &reply, &live.rid);
+                sse::event(
+                    "done",
+                    &DoneOut {
+                        session_id: reply.session_id.to_string(),
+                        role: "assistant",
+                        content: &reply.content,
+                        usage: reply.usage.map(UsageOut::from),
+                    },
+                )
+            }
+            Err(e) => {
+                live.over = true;
+                let e = ApiError::from(e);
+                error!(live.app.log, "stream failed";
+                    "request_id" => &live.rid,
+                    "status" => e.status.as_u16(),
+                    "error" => e.cause.as_deref().unwrap_or("-"));
+                sse::event_raw("error", &e.event_body())
+            }
+        };
+        Some((frame, live))
     });
     let mut resp = event_stream(body);
     rate_headers(&mut resp, limit, remaining);

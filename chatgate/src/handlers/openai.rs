@@ -8,6 +8,7 @@
 //! trimmed history prepended, its expiry and rate limit applied, the turn
 //! stored. Errors take OpenAI's shape (the router sees the `/v1` path).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -18,7 +19,7 @@ use chatcore::{
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 use serde::Serialize;
-use slog::{error, info, warn};
+use slog::{error, info};
 
 use crate::api::openai::{
     parse_completions, ChoiceOut, ChunkChoice, ChunkOut, CompletionOut, Completions, Delta,
@@ -73,7 +74,7 @@ async fn session_turn(
     let chunks = Chunks::new(request.model, request.include_usage);
     let mut resp = if request.stream {
         let stream = turn.stream().await?;
-        spawn_stream(app, Source::Turn(Box::new(stream)), chunks, rid)
+        stream_response(app, Source::Turn(Box::new(stream)), chunks, rid)
     } else {
         let reply = turn.complete().await?;
         log_reply(app, Some(id), &reply.content, rid);
@@ -118,7 +119,7 @@ async fn stateless(app: &Arc<App>, request: Completions, rid: &str) -> HandlerRe
     let chunks = Chunks::new(request.model.clone(), request.include_usage);
     if request.stream {
         let stream = app.core.stream(chat).await?;
-        return Ok(spawn_stream(app, Source::Raw(stream), chunks, rid));
+        return Ok(stream_response(app, Source::Raw(stream), chunks, rid));
     }
     let completion = app.core.complete(chat).await?;
     log_reply(app, None, &completion.content, rid);
@@ -299,96 +300,112 @@ impl Source {
     }
 }
 
-/// Answers 200 with a body fed by a task: a role chunk, a chunk per
+/// A streamed completion while hyper writes it.
+struct Live {
+    app: Arc<App>,
+    source: Source,
+    chunks: Chunks,
+    rid: String,
+    /// Frames to send before reading the source again (the role chunk
+    /// first; the finish, usage and `[DONE]` frames last).
+    queued: VecDeque<Bytes>,
+    /// The reply so far, for the content log.
+    text: String,
+    usage: Option<Usage>,
+    finish: Option<String>,
+    over: bool,
+}
+
+impl Live {
+    /// The frames that end a stream well, and its content log line.
+    fn close(&mut self, session_id: Option<SessionId>) {
+        self.over = true;
+        log_reply(&self.app, session_id, &self.text, &self.rid);
+        let reason = self.finish.as_deref().unwrap_or("stop");
+        self.queued
+            .push_back(self.chunks.chunk(Delta::default(), Some(reason)));
+        if self.chunks.include_usage {
+            if let Some(u) = self.usage {
+                self.queued.push_back(self.chunks.usage(u));
+            }
+        }
+        self.queued.push_back(sse::done());
+    }
+}
+
+/// Answers 200 with a body that hyper drives: a role chunk, a chunk per
 /// piece as it arrives, a finish chunk, the usage chunk when asked for,
 /// then `[DONE]`. A failure mid-stream sends an `{"error": …}` event and
-/// no `[DONE]`, so clients never mistake a cut answer for a whole one. The
-/// task stops, dropping the upstream request, when the client goes away.
-fn spawn_stream(
+/// no `[DONE]`, so clients never mistake a cut answer for a whole one.
+/// When the client goes away hyper drops the body, and with it the
+/// upstream request.
+fn stream_response(
     app: &Arc<App>,
-    mut source: Source,
+    source: Source,
     chunks: Chunks,
     rid: &str,
 ) -> hyper::Response<Body> {
-    let (tx, body) = Body::channel(sse::BUFFER);
-    let app = Arc::clone(app);
-    let rid = rid.to_owned();
-    let session = match &source {
-        Source::Turn(_) => true,
-        Source::Raw(_) => false,
+    let first = chunks.chunk(
+        Delta {
+            role: Some("assistant"),
+            content: Some(""),
+        },
+        None,
+    );
+    let live = Live {
+        app: Arc::clone(app),
+        source,
+        chunks,
+        rid: rid.to_owned(),
+        queued: VecDeque::from([first]),
+        text: String::new(),
+        usage: None,
+        finish: None,
+        over: false,
     };
-    tokio::spawn(async move {
-        let first = chunks.chunk(
-            Delta {
-                role: Some("assistant"),
-                content: Some(""),
-            },
-            None,
-        );
-        if tx.send(first).await.is_err() {
-            return;
-        }
-        let mut text = String::new();
-        let mut usage = None;
-        let mut finish = None;
-        let mut session_id = None;
+    let body = Body::unfold(live, |mut live| async move {
         loop {
-            let next = tokio::select! {
-                biased;
-                () = tx.closed() => {
-                    warn!(app.log, "client went away mid-stream"; "request_id" => &rid);
-                    return;
-                }
-                next = source.next() => next,
-            };
-            match next {
+            if let Some(frame) = live.queued.pop_front() {
+                return Some((frame, live));
+            }
+            if live.over {
+                return None;
+            }
+            match live.source.next().await {
                 Some(Ok(Item::Delta(piece))) => {
-                    let frame = chunks.chunk(
+                    let frame = live.chunks.chunk(
                         Delta {
                             role: None,
                             content: Some(&piece),
                         },
                         None,
                     );
-                    if session || app.log_content {
-                        text.push_str(&piece);
+                    if live.app.log_content {
+                        live.text.push_str(&piece);
                     }
-                    if tx.send(frame).await.is_err() {
-                        warn!(app.log, "client went away mid-stream"; "request_id" => &rid);
-                        return;
-                    }
+                    return Some((frame, live));
                 }
-                Some(Ok(Item::Usage(u))) => usage = Some(u),
-                Some(Ok(Item::Finish(r))) => finish = Some(r),
+                Some(Ok(Item::Usage(u))) => live.usage = Some(u),
+                Some(Ok(Item::Finish(r))) => live.finish = Some(r),
                 Some(Ok(Item::Stored(reply))) => {
-                    usage = reply.usage;
-                    finish = reply.finish_reason;
-                    session_id = Some(reply.session_id);
-                    text = reply.content;
-                    break;
+                    live.usage = reply.usage;
+                    live.finish = reply.finish_reason;
+                    live.text = reply.content;
+                    live.close(Some(reply.session_id));
                 }
                 Some(Err(e)) => {
+                    live.over = true;
                     let e = ApiError::from(e);
-                    error!(app.log, "stream failed";
-                        "request_id" => &rid,
+                    error!(live.app.log, "stream failed";
+                        "request_id" => &live.rid,
                         "status" => e.status.as_u16(),
                         "error" => e.cause.as_deref().unwrap_or("-"));
                     let (_, body) = e.openai_body();
-                    let _ = tx.send(sse::data(&body)).await;
-                    return;
+                    return Some((sse::data(&body), live));
                 }
-                None => break,
+                None => live.close(None),
             }
         }
-        log_reply(&app, session_id, &text, &rid);
-        let last = chunks.chunk(Delta::default(), Some(finish.as_deref().unwrap_or("stop")));
-        let _ = tx.send(last).await;
-        if chunks.include_usage {
-            if let Some(u) = usage {
-                let _ = tx.send(chunks.usage(u)).await;
-            }
-        }
-        let _ = tx.send(sse::done()).await;
     });
     event_stream(body)
 }

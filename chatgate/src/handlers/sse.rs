@@ -5,9 +5,6 @@
 use bytes::Bytes;
 use serde::Serialize;
 
-/// How many frames a stream buffers ahead of a slow client.
-pub(crate) const BUFFER: usize = 4;
-
 /// `event: NAME` + `data: JSON`.
 pub(crate) fn event<T: Serialize>(name: &str, data: &T) -> Bytes {
     let mut out = Vec::with_capacity(64 + name.len());

@@ -788,7 +788,6 @@ async fn of_12_parallel_turns_on_both_apis_exactly_5_pass() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: GET /v1/models/{id} cannot find a listed model whose id has a slash (router.rs:216/233, handlers/openai.rs:142)"]
 async fn a_listed_model_with_a_slash_in_its_id_can_be_retrieved() {
     // vLLM and other OpenAI-compatible servers name models after their
     // Hugging Face repository, so `openai.models` holds ids with a slash.
