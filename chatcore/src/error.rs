@@ -36,6 +36,9 @@ pub enum ErrorKind {
     UpstreamTimeout,
     /// The storage backend failed.
     Storage,
+    /// The storage backend cannot serve for now (disk full, I/O error, a
+    /// lock held too long, a server out of reach); trying later may work.
+    StorageUnavailable,
     /// Anything else: a bug or a broken invariant.
     Internal,
 }
@@ -62,7 +65,9 @@ impl ErrorKind {
             ErrorKind::UpstreamBusy | ErrorKind::UpstreamFailed | ErrorKind::UpstreamTimeout => {
                 Fault::Upstream
             }
-            ErrorKind::Storage | ErrorKind::Internal => Fault::Server,
+            ErrorKind::Storage | ErrorKind::StorageUnavailable | ErrorKind::Internal => {
+                Fault::Server
+            }
         }
     }
 }
@@ -110,6 +115,11 @@ impl Error {
     /// A [`ErrorKind::Storage`] error caused by `source`.
     pub fn storage(source: impl Into<BoxError>) -> Self {
         Error::new(ErrorKind::Storage, "storage failure").with_source(source)
+    }
+
+    /// A [`ErrorKind::StorageUnavailable`] error caused by `source`.
+    pub fn storage_unavailable(source: impl Into<BoxError>) -> Self {
+        Error::new(ErrorKind::StorageUnavailable, "Storage unavailable").with_source(source)
     }
 
     /// A [`ErrorKind::Internal`] error caused by `source`.
@@ -210,8 +220,23 @@ impl std::error::Error for Error {
 
 impl From<rusqlite::Error> for Error {
     fn from(e: rusqlite::Error) -> Self {
-        Error::storage(e)
+        if sqlite_unavailable(&e) {
+            Error::storage_unavailable(e)
+        } else {
+            Error::storage(e)
+        }
     }
+}
+
+/// Whether a SQLite failure is one that passes (a full disk, an I/O error,
+/// a lock held too long, a file that cannot be opened right now) rather
+/// than a bug or a broken database.
+pub(crate) fn sqlite_unavailable(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode::*;
+    matches!(
+        e.sqlite_error_code(),
+        Some(DiskFull | SystemIoFailure | DatabaseBusy | DatabaseLocked | CannotOpen)
+    )
 }
 
 #[cfg(test)]
@@ -239,6 +264,7 @@ mod tests {
             (UpstreamFailed, Fault::Upstream),
             (UpstreamTimeout, Fault::Upstream),
             (Storage, Fault::Server),
+            (StorageUnavailable, Fault::Server),
             (Internal, Fault::Server),
         ];
         for (kind, fault) in expected {

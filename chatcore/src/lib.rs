@@ -80,7 +80,8 @@ pub use llm::{
 pub use rate_limit::{Decision, GovernorLimiter, RateLimiter};
 pub use session::{SessionInfo, SessionManager};
 pub use storage::{
-    FeedbackStore, MemoryStore, MessageStore, SessionStore, SqliteOptions, SqliteStore, Store, Turn,
+    FeedbackStore, MemoryStore, MessageCursor, MessagePage, MessageStore, SessionStore,
+    SqliteOptions, SqliteStore, Store, Turn,
 };
 pub use tokens::{estimate_tokens, trim_history};
 pub use types::{

@@ -136,6 +136,24 @@ impl SessionManager {
         self.store.session_usage(id).await
     }
 
+    /// Up to `limit` of a session's messages after `after` (from the
+    /// oldest when `None`), oldest first, with where to continue.
+    ///
+    /// # Errors
+    /// [`ErrorKind::SessionNotFound`](crate::ErrorKind::SessionNotFound) when
+    /// there is no such session; [`ErrorKind::Storage`](crate::ErrorKind::Storage).
+    pub async fn messages_page(
+        &self,
+        id: SessionId,
+        after: Option<crate::MessageCursor>,
+        limit: usize,
+    ) -> Result<crate::MessagePage> {
+        self.store
+            .messages_page(id, after, limit)
+            .await?
+            .ok_or_else(Error::session_not_found)
+    }
+
     /// A session's whole history, oldest first.
     ///
     /// # Errors

@@ -58,6 +58,8 @@ pub struct ApiError {
     pub cause: Option<String>,
     /// Extra headers (e.g. `Allow` on 405).
     pub allow: Option<&'static str>,
+    /// Close the connection after this response (`Connection: close`).
+    pub close: bool,
     /// A machine-readable code for OpenAI-shaped bodies (`model_not_found`);
     /// without one, the code follows from the status.
     pub code: Option<&'static str>,
@@ -72,6 +74,7 @@ impl ApiError {
             retry_after: None,
             cause: None,
             allow: None,
+            close: false,
             code: None,
         }
     }
@@ -84,6 +87,7 @@ impl ApiError {
             retry_after: None,
             cause: None,
             allow: None,
+            close: false,
             code: None,
         }
     }
@@ -222,6 +226,9 @@ impl ApiError {
         if let Some(allow) = self.allow {
             h.insert(hyper::header::ALLOW, HeaderValue::from_static(allow));
         }
+        if self.close {
+            h.insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+        }
         resp
     }
 }
@@ -250,6 +257,7 @@ impl From<Error> for ApiError {
             ErrorKind::UpstreamBusy => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::UpstreamFailed => StatusCode::BAD_GATEWAY,
             ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ErrorKind::StorageUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::Storage | ErrorKind::Internal => {
                 return ApiError::internal(e.chain());
             }
@@ -278,6 +286,7 @@ mod tests {
             (Error::new(ErrorKind::UpstreamFailed, "x"), 502),
             (Error::new(ErrorKind::UpstreamTimeout, "x"), 504),
             (Error::storage("disk"), 500),
+            (Error::storage_unavailable("disk full"), 503),
             (Error::internal("bug"), 500),
             (Error::invalid("content", "empty"), 422),
         ];

@@ -57,6 +57,10 @@ pub struct App {
     pub max_connections: usize,
     /// `server.header_timeout`.
     pub header_timeout: Duration,
+    /// `server.body_timeout`.
+    pub body_timeout: Duration,
+    /// `server.write_timeout`.
+    pub write_timeout: Duration,
     /// `server.shutdown_grace`.
     pub shutdown_grace: Duration,
     cors: Cors,
@@ -75,6 +79,8 @@ impl App {
             max_body_bytes: config.server.max_body_bytes.get(),
             max_connections: config.server.max_connections.get(),
             header_timeout: config.server.header_timeout,
+            body_timeout: config.server.body_timeout,
+            write_timeout: config.server.write_timeout,
             shutdown_grace: config.server.shutdown_grace,
             cors: Cors::new(&config.server.cors_origins),
             requests: AtomicU64::new(0),

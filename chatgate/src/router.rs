@@ -255,7 +255,7 @@ async fn dispatch(app: &Arc<App>, req: Request<Incoming>, rid: &str) -> HandlerR
         ["session", id, "messages", ""] if !id.is_empty() => match *m {
             Method::GET => {
                 let id = id.to_owned();
-                handlers::session::messages(app, &id).await
+                handlers::session::messages(app, &id, req.uri().query()).await
             }
             _ => Err(ApiError::method_not_allowed("GET")),
         },

@@ -11,7 +11,7 @@ use std::sync::{Mutex, MutexGuard};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::{FeedbackStore, MessageStore, SessionStore, Turn};
+use super::{FeedbackStore, MessageCursor, MessagePage, MessageStore, SessionStore, Turn};
 use crate::error::{Error, Result};
 use crate::llm::Usage;
 use crate::types::{Feedback, Message, PurgeReport, Role, Session, SessionId};
@@ -108,6 +108,27 @@ impl MessageStore for MemoryStore {
             e.usage.add(usage);
         }
         Ok(())
+    }
+
+    async fn messages_page(
+        &self,
+        id: SessionId,
+        after: Option<MessageCursor>,
+        limit: usize,
+    ) -> Result<Option<MessagePage>> {
+        let map = self.lock();
+        Ok(map.get(&id).map(|e| {
+            let start = after.map_or(0, |c| {
+                usize::try_from(c.position() + 1).unwrap_or(usize::MAX)
+            });
+            let start = start.min(e.messages.len());
+            let end = start.saturating_add(limit).min(e.messages.len());
+            MessagePage {
+                messages: e.messages[start..end].to_vec(),
+                next: (end < e.messages.len() && end > start)
+                    .then(|| MessageCursor::after((end - 1) as i64)),
+            }
+        }))
     }
 
     async fn session_usage(&self, id: SessionId) -> Result<Usage> {

@@ -66,6 +66,64 @@ pub struct Turn<'a> {
     pub usage: Option<Usage>,
 }
 
+/// Where a page of a session's messages ends, to ask for the next one.
+///
+/// Opaque to clients: its text form (`Display`/[`MessageCursor::parse`])
+/// is what an API hands out. Inside, it is the position of the last
+/// message returned: `2 × turn + 1` after a reply, `2 × turn` after a user
+/// message, where `turn` orders a session's turns (a backend's own key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MessageCursor(i64);
+
+impl MessageCursor {
+    /// The cursor after message `position` (see the type's docs).
+    pub fn after(position: i64) -> Self {
+        MessageCursor(position)
+    }
+
+    /// The position of the last message returned.
+    pub fn position(self) -> i64 {
+        self.0
+    }
+
+    /// Reads a cursor a client sent back; `None` when it is not one.
+    pub fn parse(s: &str) -> Option<Self> {
+        s.parse::<i64>().ok().filter(|n| *n >= 0).map(MessageCursor)
+    }
+}
+
+impl std::fmt::Display for MessageCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// One page of a session's messages, oldest first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MessagePage {
+    /// The messages.
+    pub messages: Vec<Message>,
+    /// Where to continue; `None` when this page reaches the newest message.
+    pub next: Option<MessageCursor>,
+}
+
+impl MessagePage {
+    /// The page of `all` (a whole history, oldest first) after `after`, at
+    /// most `limit` messages, where a message's position is its index.
+    pub fn slice(mut all: Vec<Message>, after: Option<MessageCursor>, limit: usize) -> Self {
+        let start = after.map_or(0, |c| usize::try_from(c.0 + 1).unwrap_or(usize::MAX));
+        let end = start.saturating_add(limit).min(all.len());
+        let start = start.min(end);
+        let next = (end < all.len() && end > start).then(|| MessageCursor((end - 1) as i64));
+        all.truncate(end);
+        all.drain(..start);
+        MessagePage {
+            messages: all,
+            next,
+        }
+    }
+}
+
 /// Stores the messages of sessions (which live in a [`SessionStore`]).
 #[async_trait]
 pub trait MessageStore: SessionStore {
@@ -94,6 +152,26 @@ pub trait MessageStore: SessionStore {
     async fn session_usage(&self, id: SessionId) -> Result<Usage> {
         let _ = id;
         Ok(Usage::default())
+    }
+
+    /// Up to `limit` of a session's messages after `after` (from the
+    /// oldest when `None`), oldest first; `None` when there is no such
+    /// session. The provided version reads the whole history and slices
+    /// it, with each message's index as its position; backends override it
+    /// to read one page.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Storage`](crate::ErrorKind::Storage) when the backend fails.
+    async fn messages_page(
+        &self,
+        id: SessionId,
+        after: Option<MessageCursor>,
+        limit: usize,
+    ) -> Result<Option<MessagePage>> {
+        Ok(self
+            .load_turn_context(id, usize::MAX)
+            .await?
+            .map(|(_, all)| MessagePage::slice(all, after, limit)))
     }
 
     /// The session and its latest `limit` messages, in one call. The

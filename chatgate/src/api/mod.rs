@@ -28,7 +28,7 @@ pub struct ChatIn<'a> {
     #[serde(borrow)]
     pub content: Cow<'a, str>,
     /// Answer as server-sent events.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     pub stream: Option<bool>,
 }
 
@@ -53,7 +53,7 @@ pub struct FeedbackIn<'a> {
     #[serde(borrow)]
     pub feedback: Cow<'a, str>,
     /// Optional rating, 1 to 5.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     pub rating: Option<i64>,
 }
 
@@ -61,10 +61,10 @@ pub struct FeedbackIn<'a> {
 #[derive(Debug, Default, Deserialize)]
 pub struct InitializeIn {
     /// Replaces `openai.system_prompt` for this session.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     pub system_prompt: Option<String>,
     /// Stored verbatim.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     pub metadata: Option<serde_json::Map<String, Value>>,
 }
 
@@ -142,6 +142,70 @@ pub struct MessagesOut<'a> {
     pub session_id: String,
     /// Oldest first.
     pub messages: Vec<MessageOut<'a>>,
+    /// Pass as `after` for the next page; absent on the last page (so a
+    /// history that fits one page has the original two-field shape).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// The most messages one page of `GET /session/{id}/messages` holds (and
+/// its default size).
+pub const MAX_PAGE: usize = 1000;
+
+/// `GET /session/{id}/messages` query: `limit` (1 to [`MAX_PAGE`]) and
+/// `after` (a cursor from an earlier page).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct PageQuery {
+    /// Messages per page.
+    pub limit: usize,
+    /// Continue after this cursor.
+    pub after: Option<chatcore::MessageCursor>,
+}
+
+/// Parses the query string of `GET /session/{id}/messages`.
+///
+/// # Errors
+/// 422 naming the parameter at fault.
+pub fn parse_page_query(query: Option<&str>) -> Result<PageQuery, ApiError> {
+    let mut out = PageQuery {
+        limit: MAX_PAGE,
+        after: None,
+    };
+    let bad = |name: &str, msg: String| {
+        ApiError::validation(vec![Invalid {
+            loc: vec!["query".into(), name.into()],
+            msg: msg.into(),
+            kind: "value_error",
+        }])
+    };
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "limit" => {
+                out.limit = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=MAX_PAGE).contains(n))
+                    .ok_or_else(|| {
+                        bad(
+                            "limit",
+                            format!("Input should be an integer from 1 to {MAX_PAGE}"),
+                        )
+                    })?;
+            }
+            "after" => {
+                out.after = Some(chatcore::MessageCursor::parse(value).ok_or_else(|| {
+                    bad(
+                        "after",
+                        "Input should be a cursor from an earlier page".into(),
+                    )
+                })?);
+            }
+            // Unknown parameters are ignored, as FastAPI does.
+            _ => {}
+        }
+    }
+    Ok(out)
 }
 
 /// `{"detail": "Feedback received"}` and friends.
@@ -149,6 +213,22 @@ pub struct MessagesOut<'a> {
 pub struct DetailOut {
     /// The sentence.
     pub detail: &'static str,
+}
+
+/// An optional field that, when present, must hold a value: `null` is
+/// refused (omit the field instead), as the OpenAPI document says.
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
+}
+
+/// Whether `body` is a JSON object (serde would also read a struct from an
+/// array of its fields, which the contract does not allow).
+fn is_object(body: &[u8]) -> bool {
+    body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
 }
 
 /// The expected type of a field, for validation.
@@ -238,7 +318,7 @@ fn validate(body: &[u8], fields: &[Field]) -> Vec<Invalid> {
     let mut out = Vec::new();
     for f in fields {
         let v = match map.get(f.name) {
-            None | Some(Value::Null) if !f.required => continue,
+            None if !f.required => continue,
             None => {
                 out.push(Invalid::field(f.name, "Field required", "missing"));
                 continue;
@@ -340,7 +420,7 @@ fn rejected(body: &[u8], fields: &[Field]) -> ApiError {
 /// 422 with every problem listed.
 pub fn parse_chat(body: &[u8]) -> Result<ChatIn<'_>, ApiError> {
     match serde_json::from_slice::<ChatIn<'_>>(body) {
-        Ok(c) if c.role == "user" && !c.content.is_empty() => Ok(c),
+        Ok(c) if c.role == "user" && !c.content.is_empty() && is_object(body) => Ok(c),
         _ => Err(rejected(body, CHAT_FIELDS)),
     }
 }
@@ -351,7 +431,13 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatIn<'_>, ApiError> {
 /// 422 with every problem listed.
 pub fn parse_feedback(body: &[u8]) -> Result<FeedbackIn<'_>, ApiError> {
     match serde_json::from_slice::<FeedbackIn<'_>>(body) {
-        Ok(f) if !f.feedback.is_empty() && f.rating.is_none_or(|r| (1..=5).contains(&r)) => Ok(f),
+        Ok(f)
+            if !f.feedback.is_empty()
+                && f.rating.is_none_or(|r| (1..=5).contains(&r))
+                && is_object(body) =>
+        {
+            Ok(f)
+        }
         _ => Err(rejected(body, FEEDBACK_FIELDS)),
     }
 }
@@ -365,7 +451,10 @@ pub fn parse_initialize(body: &[u8]) -> Result<InitializeIn, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(InitializeIn::default());
     }
-    serde_json::from_slice::<InitializeIn>(body).map_err(|_| rejected(body, INITIALIZE_FIELDS))
+    match serde_json::from_slice::<InitializeIn>(body) {
+        Ok(i) if is_object(body) => Ok(i),
+        _ => Err(rejected(body, INITIALIZE_FIELDS)),
+    }
 }
 
 #[cfg(test)]
@@ -401,6 +490,16 @@ mod tests {
     }
 
     #[test]
+    fn page_queries_are_bounded() {
+        assert_eq!(parse_page_query(None).unwrap().limit, MAX_PAGE);
+        let q = parse_page_query(Some("limit=10&after=7&x=1")).unwrap();
+        assert_eq!((q.limit, q.after.map(|c| c.position())), (10, Some(7)));
+        for bad in ["limit=0", "limit=1001", "limit=x", "after=-1", "after=abc"] {
+            assert!(parse_page_query(Some(bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn stream_must_be_a_boolean() {
         let c = parse_chat(br#"{"session_id":"x","role":"user","content":"Hi","stream":true}"#)
             .unwrap();
@@ -432,5 +531,28 @@ mod tests {
         assert_eq!(i.system_prompt.as_deref(), Some("Be brief"));
         let v = items(parse_initialize(br#"{"metadata":[1]}"#).unwrap_err());
         assert_eq!(v[0].kind, "dict_type");
+    }
+
+    #[test]
+    fn arrays_and_nulls_outside_the_contract_are_422() {
+        let v = items(parse_initialize(br#"["Be brief", {}]"#).unwrap_err());
+        assert_eq!(v[0].kind, "model_attributes_type");
+        let v = items(parse_initialize(br#"{"metadata":null}"#).unwrap_err());
+        assert_eq!(v[0].kind, "dict_type");
+        let v = items(parse_initialize(br#"{"system_prompt":null}"#).unwrap_err());
+        assert_eq!(v[0].kind, "string_type");
+        let v = items(parse_chat(br#"["x","user","Hi"]"#).unwrap_err());
+        assert_eq!(v[0].kind, "model_attributes_type");
+        let v = items(
+            parse_chat(br#"{"session_id":"x","role":"user","content":"Hi","stream":null}"#)
+                .unwrap_err(),
+        );
+        assert_eq!(v[0].kind, "bool_type");
+        let v = items(
+            parse_feedback(br#"{"session_id":"x","feedback":"ok","rating":null}"#).unwrap_err(),
+        );
+        assert_eq!(v[0].kind, "int_type");
+        let v = items(parse_feedback(br#"["x","ok"]"#).unwrap_err());
+        assert_eq!(v[0].kind, "model_attributes_type");
     }
 }

@@ -55,6 +55,13 @@ pub struct ServerConfig {
     /// How long a client may take to send a request's headers.
     #[serde(with = "humantime_serde")]
     pub header_timeout: Duration,
+    /// A request body must arrive whole within this, or 408.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// A response write that makes no progress for this long (the client
+    /// stopped reading) closes the connection.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -66,6 +73,8 @@ impl Default for ServerConfig {
             cors_origins: vec!["*".to_owned()],
             max_connections: NonZeroUsize::new(10_000).expect("nonzero"),
             header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(15),
+            write_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -436,6 +445,8 @@ impl Config {
             ("session.retention", s.retention),
             ("session.sweep_interval", s.sweep_interval),
             ("server.header_timeout", self.server.header_timeout),
+            ("server.body_timeout", self.server.body_timeout),
+            ("server.write_timeout", self.server.write_timeout),
             ("server.shutdown_grace", self.server.shutdown_grace),
             ("openai.timeout", o.timeout),
             ("openai.stream_idle_timeout", o.stream_idle_timeout),

@@ -26,7 +26,7 @@ use crate::App;
 /// remaining quota in `X-RateLimit-*` headers.
 pub async fn chat(app: &Arc<App>, req: Request<Incoming>, rid: &str) -> HandlerResult {
     let (parts, body) = req.into_parts();
-    let body = read_body(body, &parts.headers, app.max_body_bytes).await?;
+    let body = read_body(app, body, &parts.headers).await?;
     let input = parse_chat(&body)?;
     let id = SessionId::parse(&input.session_id)?;
     let stream = input

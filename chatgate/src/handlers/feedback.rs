@@ -14,7 +14,7 @@ use crate::App;
 /// Stores feedback (accepted for expired sessions while they are retained).
 pub async fn submit(app: &Arc<App>, req: Request<Incoming>) -> HandlerResult {
     let (parts, body) = req.into_parts();
-    let body = read_body(body, &parts.headers, app.max_body_bytes).await?;
+    let body = read_body(app, body, &parts.headers).await?;
     let input = parse_feedback(&body)?;
     let id = SessionId::parse(&input.session_id)?;
     app.core

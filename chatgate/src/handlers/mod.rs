@@ -16,19 +16,20 @@ use hyper::{Response, StatusCode};
 
 use crate::body::Body;
 use crate::error::ApiError;
+use crate::App;
 
 /// What a handler returns.
 pub type HandlerResult = Result<Response<Body>, ApiError>;
 
-/// Reads a request body, refusing more than `limit` bytes with 413.
+/// Reads a request body, refusing more than `limit` bytes with 413 and a
+/// body that has not arrived whole within `server.body_timeout` with 408
+/// (a client that stops sending must not hold its connection for ever).
 ///
 /// # Errors
-/// 413 when the body is too large; 400 when it cannot be read.
-pub async fn read_body(
-    body: Incoming,
-    headers: &HeaderMap,
-    limit: usize,
-) -> Result<Bytes, ApiError> {
+/// 413 when the body is too large; 408 when it is too slow; 400 when it
+/// cannot be read.
+pub async fn read_body(app: &App, body: Incoming, headers: &HeaderMap) -> Result<Bytes, ApiError> {
+    let limit = app.max_body_bytes;
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -42,7 +43,21 @@ pub async fn read_body(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    match Limited::new(body, limit).collect().await {
+    let read = tokio::time::timeout(app.body_timeout, Limited::new(body, limit).collect());
+    let Ok(read) = read.await else {
+        let mut err = ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "Request body not received within {}",
+                humantime::format_duration(app.body_timeout)
+            ),
+        );
+        // The rest of the body may still trickle in: the connection cannot
+        // be reused for another request.
+        err.close = true;
+        return Err(err);
+    };
+    match read {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
         Err(e) => {

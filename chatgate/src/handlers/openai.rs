@@ -34,7 +34,7 @@ use crate::App;
 /// `POST /v1/chat/completions`.
 pub async fn completions(app: &Arc<App>, req: Request<Incoming>, rid: &str) -> HandlerResult {
     let (parts, body) = req.into_parts();
-    let body = read_body(body, &parts.headers, app.max_body_bytes).await?;
+    let body = read_body(app, body, &parts.headers).await?;
     let request = parse_completions(&body)?;
     if !app.models.contains(&request.model) {
         return Err(model_not_found(&request.model));

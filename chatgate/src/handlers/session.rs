@@ -7,7 +7,7 @@ use chatcore::{NewSession, SessionId};
 use hyper::body::Incoming;
 use hyper::Request;
 
-use crate::api::{parse_initialize, MessageOut, MessagesOut, SessionOut};
+use crate::api::{parse_initialize, parse_page_query, MessageOut, MessagesOut, SessionOut};
 use crate::body::json;
 use crate::handlers::{read_body, HandlerResult};
 use crate::App;
@@ -15,7 +15,7 @@ use crate::App;
 /// Creates a session (optional `system_prompt` and `metadata`).
 pub async fn initialize(app: &Arc<App>, req: Request<Incoming>) -> HandlerResult {
     let (parts, body) = req.into_parts();
-    let body = read_body(body, &parts.headers, app.max_body_bytes).await?;
+    let body = read_body(app, body, &parts.headers).await?;
     let input = parse_initialize(&body)?;
     let info = app
         .core
@@ -39,12 +39,19 @@ pub async fn get(app: &Arc<App>, id: &str) -> HandlerResult {
     Ok(json(&out))
 }
 
-/// Lists a session's messages, oldest first.
-pub async fn messages(app: &Arc<App>, id: &str) -> HandlerResult {
+/// Lists a session's messages, oldest first, a page at a time
+/// (`?limit=` up to 1,000, `?after=` the previous page's `next_cursor`).
+pub async fn messages(app: &Arc<App>, id: &str, query: Option<&str>) -> HandlerResult {
     let id = SessionId::parse(id)?;
-    let messages = app.core.sessions().messages(id).await?;
+    let q = parse_page_query(query)?;
+    let page = app
+        .core
+        .sessions()
+        .messages_page(id, q.after, q.limit)
+        .await?;
     Ok(json(&MessagesOut {
         session_id: id.to_string(),
-        messages: messages.iter().map(MessageOut::from).collect(),
+        messages: page.messages.iter().map(MessageOut::from).collect(),
+        next_cursor: page.next.map(|c| c.to_string()),
     }))
 }

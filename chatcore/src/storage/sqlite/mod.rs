@@ -2,9 +2,14 @@
 //!
 //! WAL journal, `busy_timeout`, foreign keys on, schema migrated by
 //! `PRAGMA user_version` (`schema`), statements cached per connection.
-//! All work runs on one dedicated thread (`worker`) with group commit, so
-//! the async runtime never blocks on SQLite and concurrent turns share one
-//! commit.
+//! Writes, and the reads a turn makes, run on one dedicated thread
+//! (`worker`) with group commit, so the async runtime never blocks on
+//! SQLite and concurrent turns share one commit; reads for clients run on
+//! a second connection (`reader`) so they never hold up a commit.
+//!
+//! The database and its `-wal`/`-shm` files hold conversations: they are
+//! created readable by their owner only (SQLite gives the journal files
+//! the database file's mode).
 //!
 //! Durability: with `synchronous = NORMAL` (the default here) a committed
 //! turn survives the process being killed (`kill -9`); set
@@ -19,15 +24,17 @@ use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use slog::Logger;
 
-use super::{FeedbackStore, MessageStore, SessionStore, Turn};
+use super::{FeedbackStore, MessageCursor, MessagePage, MessageStore, SessionStore, Turn};
 use crate::error::{Error, Result};
 use crate::llm::Usage;
 use crate::types::{from_millis, Feedback, Message, PurgeReport, Rating, Role, Session, SessionId};
 
+mod reader;
 mod schema;
 mod worker;
 
-use worker::{Db, Worker};
+use reader::{Reader, Sql};
+use worker::Worker;
 
 /// How a [`SqliteStore`] is opened.
 #[derive(Debug, Clone)]
@@ -55,6 +62,7 @@ impl Default for SqliteOptions {
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     worker: Worker,
+    reader: Reader,
     path: PathBuf,
 }
 
@@ -75,6 +83,7 @@ impl SqliteStore {
     /// be opened, configured or migrated.
     pub fn open_with(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
+        owner_only(&path)?;
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX
@@ -130,8 +139,46 @@ impl SqliteStore {
         run(&conn, "PRAGMA journal_size_limit = 16777216")?;
         conn.set_prepared_statement_cache_capacity(32);
         schema::migrate(&mut conn, log)?;
+        let read_conn = Connection::open_with_flags(&path, flags)
+            .map_err(|e| Error::storage(format!("cannot open {}: {e}", path.display())))?;
+        read_conn.busy_timeout(options.busy_timeout)?;
+        // It only reads; a small cache, since pages come from the OS cache.
+        read_conn.execute_batch("PRAGMA query_only = ON; PRAGMA cache_size = -2048")?;
+        read_conn.set_prepared_statement_cache_capacity(16);
+        let reader = Reader::new(read_conn, options.sql_logger.clone());
         let worker = Worker::spawn(conn, options.sql_logger)?;
-        Ok(SqliteStore { worker, path })
+        Ok(SqliteStore {
+            worker,
+            reader,
+            path,
+        })
+    }
+
+    /// Caps the database at about `bytes` (rounded down to whole pages):
+    /// a write past it fails as on a full disk, with
+    /// [`ErrorKind::StorageUnavailable`](crate::ErrorKind::StorageUnavailable),
+    /// and writes work again once the cap is raised. `None` lifts the cap.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Storage`](crate::ErrorKind::Storage) when the setting
+    /// cannot be applied.
+    pub async fn set_max_size(&self, bytes: Option<u64>) -> Result<()> {
+        self.worker
+            .call_single(move |db| {
+                let page: i64 = db.conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+                let pages = bytes.map_or(i64::from(u32::MAX), |b| {
+                    i64::try_from(b).unwrap_or(i64::MAX) / page.max(1)
+                });
+                // The pragma answers the cap it set (never below the
+                // database's current size).
+                let _: i64 = db.conn.query_row(
+                    &format!("PRAGMA max_page_count = {}", pages.max(1)),
+                    [],
+                    |r| r.get(0),
+                )?;
+                Ok(())
+            })
+            .await
     }
 
     /// The database file's path.
@@ -150,21 +197,64 @@ const TOUCH_SESSION: &str =
 const INSERT_FEEDBACK: &str = "INSERT INTO feedback (session_id, text, rating, created_at) SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM sessions WHERE id = ?1)";
 const LIST_FEEDBACK: &str =
     "SELECT text, rating, created_at FROM feedback WHERE session_id = ?1 ORDER BY seq";
-const PURGE_CANDIDATES: &str = "SELECT s.id FROM sessions s WHERE s.active_hour <= ?1 AND max(s.created_at, coalesce((SELECT t.reply_at FROM turns t WHERE t.session_id = s.id ORDER BY t.seq DESC LIMIT 1), 0)) < ?2";
+const PURGE_CANDIDATES: &str = "SELECT s.id FROM sessions s WHERE s.active_hour <= ?1 AND max(s.created_at, coalesce((SELECT t.reply_at FROM turns t WHERE t.session_id = s.id ORDER BY t.seq DESC LIMIT 1), 0)) < ?2 LIMIT ?3";
+const SESSION_EXISTS: &str = "SELECT 1 FROM sessions WHERE id = ?1";
+const PAGE_TURNS: &str = "SELECT seq, user_content, user_at, reply_content, reply_at FROM turns WHERE session_id = ?1 AND seq >= ?2 ORDER BY seq LIMIT ?3";
 const PURGE_TURNS: &str = "DELETE FROM turns WHERE session_id = ?1";
 const PURGE_FEEDBACK: &str = "DELETE FROM feedback WHERE session_id = ?1";
 const PURGE_SESSION: &str = "DELETE FROM sessions WHERE id = ?1";
 
 const HOUR_MS: i64 = 3_600_000;
 
+/// Sessions deleted per transaction by the retention sweep: each batch is
+/// one writer job, so turns keep committing between batches however much
+/// there is to purge.
+const PURGE_BATCH: i64 = 256;
+
 /// A session id as stored: its 16 bytes.
 fn id_key(id: SessionId) -> [u8; 16] {
     *id.as_bytes()
 }
 
-fn read_session(db: &Db, id: SessionId, key: &[u8; 16]) -> Result<Option<Session>> {
+/// Creates the database file readable by its owner only, or makes an
+/// existing one (and its journal files) so. Paths SQLite treats specially
+/// (`:memory:`, `file:` URIs) are left alone.
+fn owner_only(path: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let text = path.to_string_lossy();
+        if text.is_empty() || text == ":memory:" || text.starts_with("file:") {
+            return Ok(());
+        }
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| Error::storage(format!("cannot open {}: {e}", path.display())))?;
+        for suffix in ["", "-wal", "-shm"] {
+            let mut file = path.as_os_str().to_owned();
+            file.push(suffix);
+            if let Ok(meta) = std::fs::metadata(&file) {
+                if meta.permissions().mode() & 0o077 != 0 {
+                    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+                        .map_err(|e| {
+                            Error::storage(format!("cannot restrict {}: {e}", path.display()))
+                        })?;
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
+fn read_session(db: &impl Sql, id: SessionId, key: &[u8; 16]) -> Result<Option<Session>> {
     db.log_sql(GET_SESSION);
-    let mut stmt = db.conn.prepare_cached(GET_SESSION)?;
+    let mut stmt = db.conn().prepare_cached(GET_SESSION)?;
     let row = stmt
         .query_row([key], |r| {
             Ok((
@@ -193,10 +283,10 @@ fn read_session(db: &Db, id: SessionId, key: &[u8; 16]) -> Result<Option<Session
 
 /// The newest `limit` messages, oldest first: the newest `limit / 2`
 /// turns (rounded up), unfolded, then cut to `limit`.
-fn read_recent(db: &Db, key: &[u8; 16], limit: usize) -> Result<Vec<Message>> {
+fn read_recent(db: &impl Sql, key: &[u8; 16], limit: usize) -> Result<Vec<Message>> {
     db.log_sql(RECENT_TURNS);
     let turns = i64::try_from(limit.div_ceil(2)).unwrap_or(-1);
-    let mut stmt = db.conn.prepare_cached(RECENT_TURNS)?;
+    let mut stmt = db.conn().prepare_cached(RECENT_TURNS)?;
     let rows = stmt.query_map(params![key, turns], |r| {
         Ok((
             r.get::<_, String>(0)?,
@@ -223,6 +313,75 @@ fn read_recent(db: &Db, key: &[u8; 16], limit: usize) -> Result<Vec<Message>> {
         out.drain(..out.len() - limit);
     }
     Ok(out)
+}
+
+/// Up to `limit` messages after `after`, oldest first, reading only the
+/// turns the page needs; `None` when the session does not exist. A
+/// message's position is `2 × seq` for a turn's user message and
+/// `2 × seq + 1` for its reply.
+fn read_page(
+    db: &impl Sql,
+    key: &[u8; 16],
+    after: Option<MessageCursor>,
+    limit: usize,
+) -> Result<Option<MessagePage>> {
+    db.log_sql(SESSION_EXISTS);
+    let exists = db
+        .conn()
+        .prepare_cached(SESSION_EXISTS)?
+        .query_row([key], |_| Ok(()))
+        .optional()?;
+    if exists.is_none() {
+        return Ok(None);
+    }
+    // The first position to return, and the turn it is in.
+    let first = after.map_or(0, |c| c.position().saturating_add(1));
+    // One message more than asked for tells whether there is a next page.
+    let want = limit.saturating_add(1);
+    let turns = i64::try_from(want.div_ceil(2) + 1).unwrap_or(i64::MAX);
+    db.log_sql(PAGE_TURNS);
+    let mut stmt = db.conn().prepare_cached(PAGE_TURNS)?;
+    let rows = stmt.query_map(params![key, first / 2, turns], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, i64>(2)?,
+            r.get::<_, String>(3)?,
+            r.get::<_, i64>(4)?,
+        ))
+    })?;
+    let mut page: Vec<(i64, Message)> = Vec::with_capacity(want.min(1024));
+    for row in rows {
+        let (seq, user, user_at, reply, reply_at) = row?;
+        for (pos, role, content, at) in [
+            (2 * seq, Role::User, user, user_at),
+            (2 * seq + 1, Role::Assistant, reply, reply_at),
+        ] {
+            if pos >= first && page.len() < want {
+                page.push((
+                    pos,
+                    Message {
+                        role,
+                        content,
+                        created_at: from_millis(at),
+                    },
+                ));
+            }
+        }
+        if page.len() >= want {
+            break;
+        }
+    }
+    let next = if page.len() > limit {
+        page.truncate(limit);
+        page.last().map(|(pos, _)| MessageCursor::after(*pos))
+    } else {
+        None
+    };
+    Ok(Some(MessagePage {
+        messages: page.into_iter().map(|(_, m)| m).collect(),
+        next,
+    }))
 }
 
 /// Whether `e` is a foreign-key violation (a turn for a missing session).
@@ -257,38 +416,50 @@ impl SessionStore for SqliteStore {
     }
 
     async fn get_session(&self, id: SessionId) -> Result<Option<Session>> {
-        self.worker
-            .call_single(move |db| read_session(db, id, &id_key(id)))
+        self.reader
+            .read(move |db| read_session(db, id, &id_key(id)))
             .await
     }
 
     async fn purge_inactive_before(&self, cutoff: DateTime<Utc>) -> Result<PurgeReport> {
         let cutoff = cutoff.timestamp_millis();
         let cutoff_hour = cutoff.div_euclid(HOUR_MS);
-        self.worker
-            .call(move |db| {
-                // Candidates come through the active_hour index: only
-                // sessions whose last activity is in or before the cutoff's
-                // hour; the exact test reads each one's last turn.
-                db.log_sql(PURGE_CANDIDATES);
-                let ids: Vec<Vec<u8>> = {
-                    let mut stmt = db.conn.prepare_cached(PURGE_CANDIDATES)?;
-                    let rows = stmt.query_map(params![cutoff_hour, cutoff], |r| r.get(0))?;
-                    rows.collect::<rusqlite::Result<_>>()?
-                };
-                let mut report = PurgeReport::default();
-                for id in &ids {
-                    let run = |sql: &'static str| -> Result<u64> {
-                        db.log_sql(sql);
-                        Ok(db.conn.prepare_cached(sql)?.execute([id])? as u64)
+        let mut report = PurgeReport::default();
+        loop {
+            let (batch, found) = self
+                .worker
+                .call(move |db| {
+                    // Candidates come through the active_hour index: only
+                    // sessions whose last activity is in or before the
+                    // cutoff's hour; the exact test reads each one's last
+                    // turn.
+                    db.log_sql(PURGE_CANDIDATES);
+                    let ids: Vec<Vec<u8>> = {
+                        let mut stmt = db.conn.prepare_cached(PURGE_CANDIDATES)?;
+                        let rows = stmt
+                            .query_map(params![cutoff_hour, cutoff, PURGE_BATCH], |r| r.get(0))?;
+                        rows.collect::<rusqlite::Result<_>>()?
                     };
-                    report.messages += 2 * run(PURGE_TURNS)?;
-                    report.feedback += run(PURGE_FEEDBACK)?;
-                    report.sessions += run(PURGE_SESSION)?;
-                }
-                Ok(report)
-            })
-            .await
+                    let mut report = PurgeReport::default();
+                    for id in &ids {
+                        let run = |sql: &'static str| -> Result<u64> {
+                            db.log_sql(sql);
+                            Ok(db.conn.prepare_cached(sql)?.execute([id])? as u64)
+                        };
+                        report.messages += 2 * run(PURGE_TURNS)?;
+                        report.feedback += run(PURGE_FEEDBACK)?;
+                        report.sessions += run(PURGE_SESSION)?;
+                    }
+                    Ok((report, ids.len() as i64))
+                })
+                .await?;
+            report.sessions += batch.sessions;
+            report.messages += batch.messages;
+            report.feedback += batch.feedback;
+            if found < PURGE_BATCH {
+                return Ok(report);
+            }
+        }
     }
 
     async fn ping(&self) -> Result<()> {
@@ -355,12 +526,23 @@ impl MessageStore for SqliteStore {
             .await
     }
 
+    async fn messages_page(
+        &self,
+        id: SessionId,
+        after: Option<MessageCursor>,
+        limit: usize,
+    ) -> Result<Option<MessagePage>> {
+        self.reader
+            .read(move |db| read_page(db, &id_key(id), after, limit))
+            .await
+    }
+
     async fn session_usage(&self, id: SessionId) -> Result<Usage> {
-        self.worker
-            .call_single(move |db| {
+        self.reader
+            .read(move |db| {
                 db.log_sql(SESSION_USAGE);
                 let (prompt, completion): (i64, i64) = db
-                    .conn
+                    .conn()
                     .prepare_cached(SESSION_USAGE)?
                     .query_row(params![id_key(id)], |r| Ok((r.get(0)?, r.get(1)?)))?;
                 let clamp = |n: i64| u32::try_from(n.max(0)).unwrap_or(u32::MAX);
@@ -412,10 +594,10 @@ impl FeedbackStore for SqliteStore {
     }
 
     async fn list_feedback(&self, id: SessionId) -> Result<Vec<Feedback>> {
-        self.worker
-            .call_single(move |db| {
+        self.reader
+            .read(move |db| {
                 db.log_sql(LIST_FEEDBACK);
-                let mut stmt = db.conn.prepare_cached(LIST_FEEDBACK)?;
+                let mut stmt = db.conn().prepare_cached(LIST_FEEDBACK)?;
                 let rows = stmt.query_map([id_key(id)], |r| {
                     Ok((
                         r.get::<_, String>(0)?,

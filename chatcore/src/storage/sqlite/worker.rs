@@ -217,11 +217,14 @@ impl Worker {
             let out = match db {
                 Some(db) if isolate => db.in_savepoint(f),
                 Some(db) => f(db),
-                None => Err(Error::storage("could not begin a transaction")),
+                None => Err(Error::storage_unavailable("could not begin a transaction")),
             };
             Box::new(move |commit_err| {
                 let out = match (out, commit_err) {
                     (Ok(v), None) => Ok(v),
+                    (Ok(_), Some(e)) if crate::error::sqlite_unavailable(e) => {
+                        Err(Error::storage_unavailable(format!("commit failed: {e}")))
+                    }
                     (Ok(_), Some(e)) => Err(Error::storage(format!("commit failed: {e}"))),
                     (Err(e), _) => Err(e),
                 };
@@ -312,7 +315,21 @@ fn run(db: Db, mut rx: mpsc::Receiver<Job>) {
                 job(None)(aborted.as_ref());
                 continue;
             }
-            deliveries.push(job(Some(&db)));
+            // A job that panics must not take the writer (and every later
+            // write) down with it. What it wrote is unknown, so the whole
+            // transaction is rolled back and the batch fails; its own caller
+            // hears of it when its reply channel drops with the panic.
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(Some(&db)))) {
+                Ok(deliver) => deliveries.push(deliver),
+                Err(_) => {
+                    let _ = db.exec("ROLLBACK");
+                    aborted = Some(rusqlite::Error::SqliteFailure(
+                        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+                        Some("a job in the same transaction panicked".into()),
+                    ));
+                    continue;
+                }
+            }
             if db.conn.is_autocommit() {
                 aborted = Some(rusqlite::Error::SqliteFailure(
                     rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
