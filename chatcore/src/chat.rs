@@ -79,6 +79,7 @@ pub(crate) async fn prepare<'c>(
         options,
         user_at: inner.clock.now(),
         remaining,
+        tight: false,
         lease,
         _slot: slot,
     })
@@ -96,6 +97,9 @@ pub struct PreparedTurn<'c> {
     options: ChatOptions,
     user_at: DateTime<Utc>,
     remaining: u32,
+    /// Set after the upstream said the prompt overflowed its context: the
+    /// history budget is cut to a quarter for the one retry.
+    tight: bool,
     // Field order is drop order: the window goes back to the cache before
     // the next turn of the session is let in.
     lease: Lease,
@@ -136,9 +140,12 @@ impl<'c> PreparedTurn<'c> {
             .or(inner.system_prompt.as_deref())
             .filter(|s| !s.is_empty());
         // The history budget: what the system prompt and new message leave.
-        let budget = inner
+        let mut budget = inner
             .context_tokens
             .saturating_sub(system.map_or(0, estimate_tokens) + estimate_tokens(&self.content));
+        if self.tight {
+            budget /= 4;
+        }
         ChatRequest {
             system,
             history: self.lease.history_within(budget),
@@ -152,9 +159,40 @@ impl<'c> PreparedTurn<'c> {
     /// # Errors
     /// The upstream kinds from the model, [`ErrorKind::SessionNotFound`]
     /// (purged meanwhile) and [`ErrorKind::Storage`]; nothing is stored.
-    pub async fn complete(self) -> Result<ChatReply> {
-        let completion = self.inner.model.complete(self.request()).await?;
+    pub async fn complete(mut self) -> Result<ChatReply> {
+        let first = self.inner.model.complete(self.request()).await;
+        let completion = match first {
+            Err(e) if self.retry_tighter(&e) => {
+                let again = self.inner.model.complete(self.request()).await;
+                again.map_err(|e| self.overflow(e))?
+            }
+            other => other.map_err(|e| self.overflow(e))?,
+        };
         self.finish(completion).await
+    }
+
+    /// After a context overflow with history to spare, cuts the history
+    /// budget for one retry (the token estimate was short for this text).
+    /// A session must not break for good because its history grew past
+    /// what the model takes.
+    fn retry_tighter(&mut self, e: &Error) -> bool {
+        if !e.is_context_overflow() || self.tight || self.request().history.is_empty() {
+            return false;
+        }
+        self.tight = true;
+        true
+    }
+
+    /// An overflow with no history left to drop is the message's own
+    /// fault: it (with the system prompt) does not fit the model.
+    fn overflow(&self, e: Error) -> Error {
+        if e.is_context_overflow() && self.request().history.is_empty() {
+            return Error::invalid(
+                "content",
+                "The message does not fit the model's context window",
+            );
+        }
+        e
     }
 
     /// Asks the model to stream its reply. Returns once the upstream has
@@ -163,8 +201,15 @@ impl<'c> PreparedTurn<'c> {
     ///
     /// # Errors
     /// The upstream kinds from the model; nothing is stored.
-    pub async fn stream(self) -> Result<TurnStream<'c>> {
-        let upstream = self.inner.model.stream(self.request()).await?;
+    pub async fn stream(mut self) -> Result<TurnStream<'c>> {
+        let first = self.inner.model.stream(self.request()).await;
+        let upstream = match first {
+            Err(e) if self.retry_tighter(&e) => {
+                let again = self.inner.model.stream(self.request()).await;
+                again.map_err(|e| self.overflow(e))?
+            }
+            other => other.map_err(|e| self.overflow(e))?,
+        };
         Ok(TurnStream {
             turn: Some(self),
             upstream,

@@ -82,6 +82,7 @@ pub struct Error {
     message: Cow<'static, str>,
     field: Option<&'static str>,
     retry_after: Option<Duration>,
+    context_overflow: bool,
     source: Option<BoxError>,
 }
 
@@ -93,8 +94,23 @@ impl Error {
             message: message.into(),
             field: None,
             retry_after: None,
+            context_overflow: false,
             source: None,
         }
+    }
+
+    /// Marks an upstream refusal as "the prompt does not fit the model's
+    /// context window", which a turn answers by trimming history harder.
+    #[must_use]
+    pub fn with_context_overflow(mut self) -> Self {
+        self.context_overflow = true;
+        self
+    }
+
+    /// Whether the upstream refused the request because the prompt does
+    /// not fit the model's context window.
+    pub fn is_context_overflow(&self) -> bool {
+        self.context_overflow
     }
 
     /// An [`ErrorKind::InvalidInput`] error about the request field `field`.

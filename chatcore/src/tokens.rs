@@ -10,13 +10,25 @@ use crate::types::Message;
 /// published accounting for chat models.
 pub(crate) const TOKENS_PER_MESSAGE: usize = 4;
 
-/// Estimated tokens of a message: one token per four characters (rounded
-/// up, counting chars rather than bytes so non-Latin text is not
-/// over-counted fourfold), plus 4 per message for its framing.
-/// Deliberately simple and dependency-free; it errs on the generous side
-/// for English text.
+/// Estimated tokens of a message, plus 4 for its framing: one token per
+/// four ASCII characters, and one per two bytes of anything else.
+///
+/// BPE vocabularies pack English about four characters to a token but not
+/// other scripts: a CJK character is often a token of its own or more,
+/// and an emoji two or three. Counting non-ASCII text by its UTF-8 bytes
+/// (1.5 tokens per CJK character, 2 per emoji, 1 per accented letter) errs
+/// on the side of sending less history, which costs a little context;
+/// counting it like English would overflow the model's window and fail
+/// the turn. Dependency-free and exact for no model; a turn that still
+/// overflows is retried with less history.
 pub fn estimate_tokens(text: &str) -> usize {
-    text.chars().count().div_ceil(4) + TOKENS_PER_MESSAGE
+    let bytes = text.as_bytes();
+    let ascii = if text.is_ascii() {
+        bytes.len()
+    } else {
+        bytes.iter().filter(|b| b.is_ascii()).count()
+    };
+    ascii.div_ceil(4) + (bytes.len() - ascii).div_ceil(2) + TOKENS_PER_MESSAGE
 }
 
 /// The most messages that can fit `context_tokens`: each costs at least
@@ -63,11 +75,17 @@ mod tests {
     }
 
     #[test]
-    fn estimate_counts_chars_not_bytes() {
+    fn estimate_is_conservative_for_other_scripts() {
         assert_eq!(estimate_tokens(""), 4);
         assert_eq!(estimate_tokens("abcd"), 5);
         assert_eq!(estimate_tokens("abcde"), 6);
-        assert_eq!(estimate_tokens("ééééé"), 6);
+        // Two bytes each: one token per accented letter.
+        assert_eq!(estimate_tokens("ééééé"), 9);
+        // Three bytes each: 1.5 tokens per CJK character.
+        assert_eq!(estimate_tokens("你好世界"), 6 + 4);
+        // Four bytes: 2 tokens per emoji.
+        assert_eq!(estimate_tokens("😀😀"), 4 + 4);
+        assert_eq!(estimate_tokens("hi 你好"), 1 + 3 + 4);
     }
 
     #[test]

@@ -29,6 +29,9 @@ pub(crate) struct ChatRequest {
     prompt_chars: usize,
     /// The last user message, for the echo reply.
     last_user: String,
+    /// The prompt's size as a tokenizer would roughly count it (see
+    /// `MockOpenAi::set_context_limit`).
+    pub(crate) prompt_tokens: u64,
 }
 
 #[derive(Deserialize)]
@@ -81,6 +84,15 @@ impl ChatRequest {
             include_usage: wire.stream_options.is_some_and(|o| o.include_usage),
             max_pieces: limit.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
             prompt_chars: wire.messages.iter().map(|m| m.content.len()).sum(),
+            prompt_tokens: wire
+                .messages
+                .iter()
+                .map(|m| {
+                    let ascii = m.content.chars().filter(char::is_ascii).count();
+                    let other = m.content.chars().count() - ascii;
+                    4 + ascii.div_ceil(4) as u64 + other as u64
+                })
+                .sum(),
             last_user,
         })
     }

@@ -77,6 +77,9 @@ pub enum Reply {
     Drop,
     /// A scripted stream: its pieces, pacing, gate and fault.
     Stream(StreamScript),
+    /// 400 `context_length_exceeded`, as OpenAI answers a prompt longer
+    /// than the model's context window.
+    ContextOverflow,
 }
 
 impl Reply {
@@ -118,6 +121,9 @@ struct State {
     requests: AtomicU64,
     record: AtomicBool,
     latency_us: AtomicU64,
+    /// The context window in tokens (0: unlimited); see
+    /// [`MockOpenAi::set_context_limit`].
+    context_limit: AtomicU64,
     streams: Arc<Tally>,
 }
 
@@ -203,6 +209,16 @@ impl MockOpenAi {
         self.state
             .latency_us
             .store(latency.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Refuses, as OpenAI does (400 `context_length_exceeded`), every
+    /// request whose prompt is longer than `tokens`, counted like a BPE
+    /// tokenizer roughly counts: 4 tokens per message, a token per four
+    /// ASCII characters and one per other character. `None` lifts it.
+    pub fn set_context_limit(&self, tokens: Option<u64>) {
+        self.state
+            .context_limit
+            .store(tokens.unwrap_or(0), Ordering::Relaxed);
     }
 
     /// Turns request recording on or off (off for benches).
@@ -316,6 +332,7 @@ async fn handle(
                 return Ok(complete(&state, &body, script, latency).await);
             }
             Reply::Stream(script) => return Ok(complete(&state, &body, script, latency).await),
+            Reply::ContextOverflow => return Ok(context_overflow(4096, 5000)),
         }
     }
 }
@@ -336,6 +353,10 @@ async fn complete(
             None,
         );
     };
+    let limit = state.context_limit.load(Ordering::Relaxed);
+    if limit > 0 && request.prompt_tokens > limit {
+        return context_overflow(limit, request.prompt_tokens);
+    }
     if request.stream {
         let body = Plan::new(&request, script, latency).spawn(Arc::clone(&state.streams));
         let mut resp = Response::new(Either::Right(body));
@@ -350,6 +371,21 @@ async fn complete(
     }
     let answer = request.answer(script.pieces);
     json(StatusCode::OK, completion_json(&request, &answer))
+}
+
+/// OpenAI's answer to a prompt longer than the context window.
+fn context_overflow(limit: u64, tokens: u64) -> Response<Body> {
+    let body = serde_json::json!({"error": {
+        "message": format!(
+            "This model's maximum context length is {limit} tokens. \
+             However, your messages resulted in {tokens} tokens. \
+             Please reduce the length of the messages."
+        ),
+        "type": "invalid_request_error",
+        "param": "messages",
+        "code": "context_length_exceeded"
+    }});
+    json(StatusCode::BAD_REQUEST, Bytes::from(body.to_string()))
 }
 
 fn json(status: StatusCode, body: Bytes) -> Response<Body> {

@@ -325,10 +325,39 @@ async fn classify(resp: reqwest::Response) -> Attempt {
             ),
         ));
     }
-    Attempt::Fail(Error::new(
+    let rejected = Error::new(
         ErrorKind::UpstreamFailed,
         format!("Upstream rejected the request: status {}", status.as_u16()),
-    ))
+    );
+    // A 400 may say the prompt is too long for the model: read a little of
+    // it to tell (the body is the upstream's, quoting our request at most).
+    if status == StatusCode::BAD_REQUEST && says_context_overflow(resp).await {
+        return Attempt::Fail(rejected.with_context_overflow());
+    }
+    Attempt::Fail(rejected)
+}
+
+/// Whether an error body says the prompt exceeds the context window, in
+/// the words of OpenAI (`context_length_exceeded`), vLLM ("maximum context
+/// length") or llama.cpp ("exceeds the available context size").
+async fn says_context_overflow(mut resp: reqwest::Response) -> bool {
+    const MAX: usize = 64 * 1024;
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = resp.chunk().await {
+        body.extend_from_slice(&chunk);
+        if body.len() >= MAX {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&body).to_ascii_lowercase();
+    [
+        "context_length_exceeded",
+        "maximum context length",
+        "context size",
+        "context window",
+    ]
+    .iter()
+    .any(|needle| text.contains(needle))
 }
 
 /// `Retry-After` in seconds, or OpenAI's `retry-after-ms`.

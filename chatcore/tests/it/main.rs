@@ -16,5 +16,6 @@ mod support;
 mod adapter;
 mod chat;
 mod conformance;
+mod context;
 mod durability;
 mod stream;
