@@ -9,9 +9,11 @@
 //! an application that also writes messages behind its back should turn the
 //! cache off with `ChatCoreBuilder::hot_sessions(0)`.
 //!
-//! Bounds: at most `capacity` sessions, each holding only the newest
-//! messages whose estimated tokens fit `context_tokens` (older ones can
-//! never be sent again). A full shard evicts one of a few entries picked at
+//! Bounds: at most `capacity` sessions and about `max_bytes` of memory
+//! (each entry's system prompt, text and index, by their allocations), each
+//! session holding only the newest messages whose estimated tokens fit
+//! `context_tokens` (older ones can never be sent again, and their text is
+//! reclaimed as the window moves). A full shard evicts one of a few entries picked at
 //! random, preferring, in order: one no turn ever used, one no turn used
 //! since an eviction last spared it (a second chance, as in CLOCK), then
 //! the least recently active. So sessions in conversation stay while a
@@ -21,7 +23,7 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use chrono::{DateTime, Utc};
@@ -41,6 +43,8 @@ pub(crate) struct Hot {
     last_active_ms: AtomicI64,
     /// [`UNUSED`], [`SPARED`] or [`IN_USE`].
     used: AtomicU8,
+    /// The memory this entry was last accounted for in its shard.
+    bytes: AtomicUsize,
     window: Mutex<Option<Window>>,
 }
 
@@ -144,9 +148,11 @@ impl Window {
 
 impl Hot {
     pub(crate) fn new(session: Session, window: Window) -> Hot {
+        let bytes = footprint(&session, &window);
         Hot {
             last_active_ms: AtomicI64::new(session.last_active.timestamp_millis()),
             used: AtomicU8::new(UNUSED),
+            bytes: AtomicUsize::new(bytes),
             session,
             window: Mutex::new(Some(window)),
         }
@@ -160,6 +166,16 @@ impl Hot {
     fn lock(&self) -> MutexGuard<'_, Option<Window>> {
         self.window.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// What an entry with `window` costs: its allocations, plus a fixed
+/// allowance for the entry, its `Arc` and its place in the index.
+fn footprint(session: &Session, window: &Window) -> usize {
+    const ENTRY: usize = 256;
+    ENTRY
+        + session.system_prompt.as_ref().map_or(0, String::capacity)
+        + window.text.capacity()
+        + window.entries.capacity() * std::mem::size_of::<PackedEntry>()
 }
 
 /// No turn has used the entry yet (eviction prefers these).
@@ -178,6 +194,8 @@ const EVICTION_SAMPLES: usize = 4;
 struct Shard {
     slots: Vec<Arc<Hot>>,
     index: HashMap<SessionId, usize>,
+    /// The sum of the entries' accounted `bytes`.
+    bytes: usize,
 }
 
 impl Shard {
@@ -190,8 +208,12 @@ impl Shard {
     }
 
     fn insert(&mut self, id: SessionId, hot: Arc<Hot>) {
+        self.bytes += hot.bytes.load(Ordering::Relaxed);
         match self.index.get(&id) {
-            Some(&i) => self.slots[i] = hot,
+            Some(&i) => {
+                let old = std::mem::replace(&mut self.slots[i], hot);
+                self.bytes -= old.bytes.load(Ordering::Relaxed);
+            }
             None => {
                 self.index.insert(id, self.slots.len());
                 self.slots.push(hot);
@@ -201,6 +223,7 @@ impl Shard {
 
     fn remove_at(&mut self, i: usize) {
         let gone = self.slots.swap_remove(i);
+        self.bytes -= gone.bytes.load(Ordering::Relaxed);
         self.index.remove(&gone.session.id);
         if let Some(moved) = self.slots.get(i) {
             self.index.insert(moved.session.id, i);
@@ -242,8 +265,10 @@ impl Shard {
     fn retain(&mut self, keep: impl Fn(&Hot) -> bool) {
         self.slots.retain(|h| keep(h));
         self.index.clear();
+        self.bytes = 0;
         for (i, h) in self.slots.iter().enumerate() {
             self.index.insert(h.session.id, i);
+            self.bytes += h.bytes.load(Ordering::Relaxed);
         }
     }
 }
@@ -254,16 +279,19 @@ pub(crate) struct HotSessions {
     shards: [Mutex<Shard>; SHARDS],
     hasher: std::collections::hash_map::RandomState,
     per_shard: usize,
+    bytes_per_shard: usize,
     budget: usize,
 }
 
 impl HotSessions {
-    /// A cache of up to about `capacity` sessions, windows of `budget` tokens.
-    pub(crate) fn new(capacity: usize, budget: usize) -> HotSessions {
+    /// A cache of up to about `capacity` sessions and `max_bytes`, windows
+    /// of `budget` tokens.
+    pub(crate) fn new(capacity: usize, max_bytes: usize, budget: usize) -> HotSessions {
         HotSessions {
             shards: Default::default(),
             hasher: Default::default(),
             per_shard: capacity.div_ceil(SHARDS),
+            bytes_per_shard: max_bytes / SHARDS,
             budget,
         }
     }
@@ -293,11 +321,41 @@ impl HotSessions {
             return hot;
         }
         let mut shard = self.shard(&id);
-        if shard.len() >= self.per_shard && shard.get(&id).is_none() {
+        let new = hot.bytes.load(Ordering::Relaxed);
+        // Room first, so the newcomer (never used, the eviction's first
+        // choice) is not its own victim.
+        while shard.len() > 0
+            && shard.get(&id).is_none()
+            && (shard.len() >= self.per_shard || shard.bytes + new > self.bytes_per_shard)
+        {
             shard.evict_one();
         }
         shard.insert(id, Arc::clone(&hot));
         hot
+    }
+
+    /// Accounts for `hot`'s window having grown or shrunk to `window`, and
+    /// evicts from its shard while the shard is over its share of bytes.
+    fn resized(&self, hot: &Arc<Hot>, window: &Window) {
+        let now = footprint(&hot.session, window);
+        let before = hot.bytes.swap(now, Ordering::Relaxed);
+        if now == before || !self.enabled() {
+            return;
+        }
+        let id = hot.session.id;
+        let mut shard = self.shard(&id);
+        // An entry evicted while its turn ran is no longer counted.
+        let counted = shard
+            .index
+            .get(&id)
+            .is_some_and(|&i| Arc::ptr_eq(&shard.slots[i], hot));
+        if !counted {
+            return;
+        }
+        shard.bytes = shard.bytes + now - before;
+        while shard.bytes > self.bytes_per_shard && shard.len() > 1 {
+            shard.evict_one();
+        }
     }
 
     /// Forgets `id` if its entry is still `hot`.
@@ -392,8 +450,9 @@ impl Drop for Lease {
     fn drop(&mut self) {
         if self.in_doubt {
             self.cache.invalidate(self.hot.session.id, &self.hot);
-        } else {
-            *self.hot.lock() = self.window.take();
+        } else if let Some(window) = self.window.take() {
+            self.cache.resized(&self.hot, &window);
+            *self.hot.lock() = Some(window);
         }
     }
 }
@@ -450,7 +509,7 @@ mod tests {
 
     #[test]
     fn capacity_is_bounded() {
-        let cache = HotSessions::new(32, 100);
+        let cache = HotSessions::new(32, usize::MAX, 100);
         for _ in 0..1000 {
             cache.insert(session(), Vec::new());
         }
@@ -460,7 +519,7 @@ mod tests {
 
     #[test]
     fn sessions_in_use_survive_a_flood_of_unused_ones() {
-        let cache = Arc::new(HotSessions::new(1_000, 100));
+        let cache = Arc::new(HotSessions::new(1_000, usize::MAX, 100));
         let active: Vec<Arc<Hot>> = (0..200)
             .map(|_| cache.insert(session(), Vec::new()))
             .collect();
@@ -487,7 +546,7 @@ mod tests {
 
     #[test]
     fn removal_keeps_the_index_consistent() {
-        let cache = HotSessions::new(64, 100);
+        let cache = HotSessions::new(64, usize::MAX, 100);
         let all: Vec<Arc<Hot>> = (0..300)
             .map(|_| cache.insert(session(), Vec::new()))
             .collect();
@@ -505,7 +564,7 @@ mod tests {
 
     #[test]
     fn a_lease_in_doubt_invalidates_and_a_clean_one_returns() {
-        let cache = Arc::new(HotSessions::new(16, 100));
+        let cache = Arc::new(HotSessions::new(16, usize::MAX, 100));
         let s = session();
         let id = s.id;
         let hot = cache.insert(s, vec![msg("hi")]);
@@ -523,9 +582,61 @@ mod tests {
         assert!(cache.get(id).is_none());
     }
 
+    fn cached_bytes(cache: &HotSessions) -> usize {
+        cache.shards.iter().map(|s| s.lock().unwrap().bytes).sum()
+    }
+
+    #[test]
+    fn memory_is_bounded_in_bytes() {
+        // 64 KiB of system prompt each: 10,000 of them would hold ~640 MB.
+        let budget = 4 << 20;
+        let cache = HotSessions::new(10_000, budget, 100);
+        for _ in 0..1_000 {
+            let mut s = session();
+            s.system_prompt = Some("p".repeat(64 * 1024));
+            cache.insert(s, Vec::new());
+        }
+        let held = cached_bytes(&cache);
+        assert!(held <= budget, "{held} bytes held");
+        assert!(held >= budget / 2, "the budget is used: {held}");
+        let total: usize = cache.shards.iter().map(|s| s.lock().unwrap().len()).sum();
+        assert!(total < 100, "{total} entries of 64 KiB in 4 MiB");
+    }
+
+    #[test]
+    fn growing_windows_are_accounted_and_bounded() {
+        let budget = 1 << 20;
+        let cache = Arc::new(HotSessions::new(10_000, budget, 100_000));
+        let hots: Vec<Arc<Hot>> = (0..64)
+            .map(|_| cache.insert(session(), Vec::new()))
+            .collect();
+        let before = cached_bytes(&cache);
+        for round in 0..40 {
+            for hot in &hots {
+                if let Some(mut lease) = cache.lease(Arc::clone(hot)) {
+                    let text = "y".repeat(1000);
+                    lease.record(&text, Utc::now(), &format!("{round}"), Utc::now());
+                }
+            }
+        }
+        let after = cached_bytes(&cache);
+        assert!(after > before, "growth is counted: {before} -> {after}");
+        assert!(after <= budget, "{after} bytes held");
+        // What is counted matches what is held.
+        for shard in &cache.shards {
+            let shard = shard.lock().unwrap();
+            let sum: usize = shard
+                .slots
+                .iter()
+                .map(|h| h.bytes.load(Ordering::Relaxed))
+                .sum();
+            assert_eq!(sum, shard.bytes);
+        }
+    }
+
     #[test]
     fn disabled_cache_holds_nothing() {
-        let cache = HotSessions::new(0, 100);
+        let cache = HotSessions::new(0, usize::MAX, 100);
         let s = session();
         let id = s.id;
         cache.insert(s, Vec::new());

@@ -128,6 +128,7 @@ pub struct ChatCoreBuilder {
     system_prompt: Option<String>,
     context_tokens: usize,
     hot_sessions: usize,
+    hot_cache_bytes: usize,
 }
 
 impl Default for ChatCoreBuilder {
@@ -143,6 +144,7 @@ impl Default for ChatCoreBuilder {
             system_prompt: None,
             context_tokens: 3000,
             hot_sessions: 10_000,
+            hot_cache_bytes: 32 << 20,
         }
     }
 }
@@ -231,6 +233,15 @@ impl ChatCoreBuilder {
         self
     }
 
+    /// About how much memory the hot-session cache may hold, in bytes
+    /// (default 32 MiB): system prompts, history text and index, by their
+    /// allocations. Sessions are evicted to stay under it.
+    #[must_use]
+    pub fn hot_cache_bytes(mut self, n: usize) -> Self {
+        self.hot_cache_bytes = n;
+        self
+    }
+
     /// Where time comes from (default: the system clock).
     #[must_use]
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
@@ -274,7 +285,11 @@ impl ChatCoreBuilder {
                 "context_tokens must be positive",
             ));
         }
-        let hot = Arc::new(HotSessions::new(self.hot_sessions, self.context_tokens));
+        let hot = Arc::new(HotSessions::new(
+            self.hot_sessions,
+            self.hot_cache_bytes,
+            self.context_tokens,
+        ));
         let sessions = SessionManager::new(
             Arc::clone(&store),
             Arc::clone(&self.clock),

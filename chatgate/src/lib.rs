@@ -127,7 +127,8 @@ pub fn build_core(config: &Config, log: &Logger) -> chatcore::Result<ChatCore> {
         .retention(config.session.retention)
         .system_prompt(o.system_prompt.clone())
         .context_tokens(o.context_tokens.get())
-        .hot_sessions(config.session.hot_sessions);
+        .hot_sessions(config.session.hot_sessions)
+        .hot_cache_bytes(config.session.hot_cache_bytes);
     let builder = match config.storage.backend {
         Backend::Memory => builder.store(MemoryStore::new()),
         Backend::Sqlite => builder.store(SqliteStore::open_with(

@@ -128,6 +128,8 @@ pub struct SessionConfig {
     pub sweep_interval: Duration,
     /// Sessions kept in memory for fast turns (0 turns the cache off).
     pub hot_sessions: usize,
+    /// About how much memory the hot-session cache may hold, in bytes.
+    pub hot_cache_bytes: usize,
 }
 
 impl Default for SessionConfig {
@@ -137,6 +139,7 @@ impl Default for SessionConfig {
             retention: Duration::from_secs(183 * 24 * 3600),
             sweep_interval: Duration::from_secs(3600),
             hot_sessions: 10_000,
+            hot_cache_bytes: 32 << 20,
         }
     }
 }

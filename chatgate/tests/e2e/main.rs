@@ -9,6 +9,7 @@ mod support;
 mod config;
 mod endpoints;
 mod errors;
+mod hostile;
 mod lifecycle;
 mod logs;
 mod openai_api;
