@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, Utc};
 use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
 
+use crate::caller::Caller;
 use crate::error::{Error, ErrorKind, Result};
 use crate::hot::{Hot, Lease};
 use crate::llm::{ChatOptions, ChatRequest, Completion, CompletionStream, StreamEvent, Usage};
@@ -36,17 +37,33 @@ use crate::Inner;
 /// Prepares one turn (see the module doc and [`ChatCore::prepare`](crate::ChatCore::prepare)).
 pub(crate) async fn prepare<'c>(
     inner: &Arc<Inner>,
+    caller: &Caller,
     id: SessionId,
     content: Cow<'c, str>,
     options: ChatOptions,
 ) -> Result<PreparedTurn<'c>> {
     validate_message(&content)?;
-    let take_token = || match inner.limiter.check(id) {
-        Decision::Allowed { remaining } => Ok(remaining),
-        Decision::Limited { retry_after } => Err(rate_limited(inner.limiter.limit(), retry_after)),
+    // The principal's quota first (across its sessions), then the
+    // session's: a message refused for either is not forwarded.
+    let take_token = || {
+        if let (Some(p), Some(limiter)) = (caller.principal(), &inner.principal_limiter) {
+            if let Decision::Limited { retry_after } = limiter.check(principal_key(&p.id)) {
+                return Err(rate_limited(limiter.limit(), retry_after));
+            }
+        }
+        match inner.limiter.check(id) {
+            Decision::Allowed { remaining } => Ok(remaining),
+            Decision::Limited { retry_after } => {
+                Err(rate_limited(inner.limiter.limit(), retry_after))
+            }
+        }
     };
     let (slot, lease, remaining) = match inner.hot.get(id) {
         Some(hot) => {
+            // Another caller's session does not exist, as far as it knows.
+            if !caller.may_use(&hot.session) {
+                return Err(Error::session_not_found());
+            }
             if !inner.sessions.is_active_since(hot.last_active()) {
                 return Err(Error::session_expired());
             }
@@ -64,6 +81,9 @@ pub(crate) async fn prepare<'c>(
             let slot = inner.queues.enter(id).await;
             // An earlier turn may have loaded it while this one waited.
             let lease = lease(inner, id, inner.hot.get(id)).await?;
+            if !caller.may_use(&lease.hot.session) {
+                return Err(Error::session_not_found());
+            }
             if !inner.sessions.is_active_since(lease.hot.last_active()) {
                 return Err(Error::session_expired());
             }
@@ -448,6 +468,15 @@ impl Drop for TurnSlot {
             }
         }
     }
+}
+
+/// A principal's key in the principal limiter: the first 16 bytes of the
+/// SHA-256 of its name (the limiters are keyed by 16-byte ids).
+pub(crate) fn principal_key(principal: &str) -> SessionId {
+    let digest = ring::digest::digest(&ring::digest::SHA256, principal.as_bytes());
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&digest.as_ref()[..16]);
+    SessionId::from_bytes(key)
 }
 
 /// Maps a rate-limit rejection to its error.

@@ -27,6 +27,8 @@ pub enum ErrorKind {
     SessionExpired,
     /// The session used up its message quota; see [`Error::retry_after`].
     RateLimited,
+    /// The caller is known but may not do this (an admin-only operation).
+    Forbidden,
     /// The upstream model kept rate-limiting us after every retry.
     UpstreamBusy,
     /// The upstream model failed: 5xx, connection error, undecodable reply,
@@ -61,7 +63,8 @@ impl ErrorKind {
             ErrorKind::InvalidInput
             | ErrorKind::SessionNotFound
             | ErrorKind::SessionExpired
-            | ErrorKind::RateLimited => Fault::Client,
+            | ErrorKind::RateLimited
+            | ErrorKind::Forbidden => Fault::Client,
             ErrorKind::UpstreamBusy | ErrorKind::UpstreamFailed | ErrorKind::UpstreamTimeout => {
                 Fault::Upstream
             }
@@ -276,6 +279,7 @@ mod tests {
             (SessionNotFound, Fault::Client),
             (SessionExpired, Fault::Client),
             (RateLimited, Fault::Client),
+            (Forbidden, Fault::Client),
             (UpstreamBusy, Fault::Upstream),
             (UpstreamFailed, Fault::Upstream),
             (UpstreamTimeout, Fault::Upstream),

@@ -320,8 +320,12 @@ impl HotSessions {
         if !self.enabled() {
             return hot;
         }
-        let mut shard = self.shard(&id);
         let new = hot.bytes.load(Ordering::Relaxed);
+        if new > self.bytes_per_shard {
+            // Larger than a shard's whole share: served, never cached.
+            return hot;
+        }
+        let mut shard = self.shard(&id);
         // Room first, so the newcomer (never used, the eviction's first
         // choice) is not its own victim.
         while shard.len() > 0
@@ -353,7 +357,9 @@ impl HotSessions {
             return;
         }
         shard.bytes = shard.bytes + now - before;
-        while shard.bytes > self.bytes_per_shard && shard.len() > 1 {
+        // Possibly this entry itself: its session is then read from
+        // storage on its next turn.
+        while shard.bytes > self.bytes_per_shard && shard.len() > 0 {
             shard.evict_one();
         }
     }
@@ -365,6 +371,14 @@ impl HotSessions {
             if Arc::ptr_eq(&shard.slots[i], hot) {
                 shard.remove_at(i);
             }
+        }
+    }
+
+    /// Forgets `id` (after it was deleted).
+    pub(crate) fn forget(&self, id: SessionId) {
+        let mut shard = self.shard(&id);
+        if let Some(&i) = shard.index.get(&id) {
+            shard.remove_at(i);
         }
     }
 
@@ -472,6 +486,7 @@ mod tests {
     fn session() -> Session {
         let now = Utc::now();
         Session {
+            owner: None,
             id: SessionId::new_v4(),
             created_at: now,
             last_active: now,
@@ -603,14 +618,11 @@ mod tests {
         assert!(total < 100, "{total} entries of 64 KiB in 4 MiB");
     }
 
-    #[test]
-    fn growing_windows_are_accounted_and_bounded() {
-        let budget = 1 << 20;
-        let cache = Arc::new(HotSessions::new(10_000, budget, 100_000));
+    /// Sixty-four sessions, each given forty turns of about a kilobyte.
+    fn grow(cache: &Arc<HotSessions>) -> Vec<Arc<Hot>> {
         let hots: Vec<Arc<Hot>> = (0..64)
             .map(|_| cache.insert(session(), Vec::new()))
             .collect();
-        let before = cached_bytes(&cache);
         for round in 0..40 {
             for hot in &hots {
                 if let Some(mut lease) = cache.lease(Arc::clone(hot)) {
@@ -619,10 +631,10 @@ mod tests {
                 }
             }
         }
-        let after = cached_bytes(&cache);
-        assert!(after > before, "growth is counted: {before} -> {after}");
-        assert!(after <= budget, "{after} bytes held");
-        // What is counted matches what is held.
+        hots
+    }
+
+    fn assert_consistent(cache: &HotSessions) {
         for shard in &cache.shards {
             let shard = shard.lock().unwrap();
             let sum: usize = shard
@@ -630,8 +642,28 @@ mod tests {
                 .iter()
                 .map(|h| h.bytes.load(Ordering::Relaxed))
                 .sum();
-            assert_eq!(sum, shard.bytes);
+            assert_eq!(sum, shard.bytes, "what is counted is what is held");
         }
+    }
+
+    #[test]
+    fn growing_windows_are_accounted_and_bounded() {
+        // Room for all: growth is counted.
+        let roomy = Arc::new(HotSessions::new(10_000, usize::MAX, 100_000));
+        let hots = grow(&roomy);
+        assert!(hots.iter().all(|h| roomy.get(h.session.id).is_some()));
+        assert!(cached_bytes(&roomy) > 64 * 40 * 1000, "{}", cached_bytes(&roomy));
+        assert_consistent(&roomy);
+        // Half of that: the cache stays under it, evicting as windows grow,
+        // and keeps what fits.
+        let budget = cached_bytes(&roomy) / 2;
+        let tight = Arc::new(HotSessions::new(10_000, budget, 100_000));
+        let hots = grow(&tight);
+        let held = cached_bytes(&tight);
+        assert!(held <= budget, "{held} bytes held");
+        let kept = hots.iter().filter(|h| tight.get(h.session.id).is_some()).count();
+        assert!(kept > 0 && kept < 64, "{kept} kept");
+        assert_consistent(&tight);
     }
 
     #[test]

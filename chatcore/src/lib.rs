@@ -53,13 +53,16 @@
 
 #![warn(missing_docs)]
 
+pub mod caller;
 pub mod chat;
 pub mod clock;
 pub mod error;
 pub mod feedback;
 mod hot;
+pub mod keys;
 pub mod llm;
 pub mod rate_limit;
+mod scoped;
 pub mod session;
 pub mod storage;
 pub mod tokens;
@@ -69,19 +72,22 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use caller::{Caller, Principal};
 pub use chat::{ChatReply, PreparedTurn, TurnEvent, TurnStream};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{BoxError, Error, ErrorKind, Fault, Result};
 pub use feedback::FeedbackDesk;
+pub use keys::{KeyRing, NewKey};
 pub use llm::{
     ChatModel, ChatOptions, ChatRequest, Completion, CompletionStream, History, HistoryItem,
     OpenAiChat, OpenAiConfig, StreamEvent, Usage,
 };
 pub use rate_limit::{Decision, GovernorLimiter, RateLimiter};
+pub use scoped::Scoped;
 pub use session::{SessionInfo, SessionManager};
 pub use storage::{
-    FeedbackStore, MemoryStore, MessageCursor, MessagePage, MessageStore, SessionStore,
-    SqliteOptions, SqliteStore, Store, Turn,
+    ApiKey, FeedbackFilter, FeedbackStore, KeyStore, MemoryStore, MessageCursor, MessagePage,
+    MessageStore, SessionCursor, SessionStore, SqliteOptions, SqliteStore, Store, Turn,
 };
 pub use tokens::{estimate_tokens, trim_history};
 pub use types::{
@@ -105,6 +111,7 @@ pub(crate) struct Inner {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) model: Arc<dyn ChatModel>,
     pub(crate) limiter: Arc<dyn RateLimiter>,
+    pub(crate) principal_limiter: Option<Arc<dyn RateLimiter>>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) sessions: SessionManager,
     pub(crate) feedback: FeedbackDesk,
@@ -121,6 +128,7 @@ pub struct ChatCoreBuilder {
     store: Option<Arc<dyn Store>>,
     model: Option<Arc<dyn ChatModel>>,
     limiter: Option<Arc<dyn RateLimiter>>,
+    principal_limiter: Option<Arc<dyn RateLimiter>>,
     clock: Arc<dyn Clock>,
     messages_per_minute: u32,
     idle_timeout: Duration,
@@ -137,6 +145,7 @@ impl Default for ChatCoreBuilder {
             store: None,
             model: None,
             limiter: None,
+            principal_limiter: None,
             clock: Arc::new(SystemClock),
             messages_per_minute: 5,
             idle_timeout: Duration::from_secs(30 * 60),
@@ -189,6 +198,15 @@ impl ChatCoreBuilder {
     #[must_use]
     pub fn rate_limiter(mut self, limiter: Arc<dyn RateLimiter>) -> Self {
         self.limiter = Some(limiter);
+        self
+    }
+
+    /// Messages per minute per principal, across all its sessions (off by
+    /// default). Applies to turns made through [`ChatCore::as_caller`]
+    /// with a [`Caller::Principal`].
+    #[must_use]
+    pub fn principal_messages_per_minute(mut self, n: NonZeroU32) -> Self {
+        self.principal_limiter = Some(Arc::new(GovernorLimiter::new(n)));
         self
     }
 
@@ -303,6 +321,7 @@ impl ChatCoreBuilder {
                 store,
                 model,
                 limiter,
+                principal_limiter: self.principal_limiter,
                 clock: self.clock,
                 sessions,
                 feedback,
@@ -376,7 +395,23 @@ impl ChatCore {
         content: impl Into<std::borrow::Cow<'c, str>>,
         options: ChatOptions,
     ) -> Result<PreparedTurn<'c>> {
-        chat::prepare(&self.inner, id, content.into(), options).await
+        chat::prepare(&self.inner, &Caller::Anyone, id, content.into(), options).await
+    }
+
+    /// The facade as `caller` sees it: sessions it may not use do not
+    /// exist, sessions it creates are its own, and admin operations need
+    /// an admin. [`ChatCore`]'s own methods act for [`Caller::Anyone`].
+    pub fn as_caller(&self, caller: Caller) -> Scoped<'_> {
+        Scoped::new(self, caller)
+    }
+
+    /// API keys: create, verify, list, revoke.
+    pub fn keys(&self) -> KeyRing<'_> {
+        KeyRing::new(&*self.inner.store, &*self.inner.clock)
+    }
+
+    pub(crate) fn inner(&self) -> &Arc<Inner> {
+        &self.inner
     }
 
     /// Sends a request straight to the model, with no session: nothing is

@@ -71,6 +71,15 @@ impl SessionManager {
     /// prompt is too long or the metadata is not a JSON object or too large;
     /// [`ErrorKind::Storage`](crate::ErrorKind::Storage) when it cannot be stored.
     pub async fn initialize_with(&self, options: NewSession) -> Result<SessionInfo> {
+        self.initialize_owned(options, None).await
+    }
+
+    /// As [`SessionManager::initialize_with`], for `owner`.
+    pub(crate) async fn initialize_owned(
+        &self,
+        options: NewSession,
+        owner: Option<String>,
+    ) -> Result<SessionInfo> {
         if let Some(prompt) = &options.system_prompt {
             if prompt.chars().count() > MAX_SYSTEM_PROMPT_CHARS {
                 return Err(Error::invalid(
@@ -98,6 +107,7 @@ impl SessionManager {
             last_active: now,
             system_prompt: options.system_prompt,
             metadata: options.metadata,
+            owner,
         };
         self.store.insert_session(&session).await?;
         if self.hot.enabled() {

@@ -100,6 +100,9 @@ pub struct Session {
     pub system_prompt: Option<String>,
     /// Application metadata, stored verbatim.
     pub metadata: Option<serde_json::Value>,
+    /// The principal that created it, when access control knows one; only
+    /// it (and an admin) may use the session.
+    pub owner: Option<String>,
 }
 
 impl Session {
@@ -275,6 +278,7 @@ mod tests {
             last_active: t0,
             system_prompt: None,
             metadata: None,
+            owner: None,
         };
         let idle = Duration::from_secs(1800);
         assert!(s.is_active_at(t0 + chrono::Duration::seconds(1799), idle));

@@ -254,6 +254,7 @@ impl From<Error> for ApiError {
             }
             ErrorKind::SessionExpired => StatusCode::GONE,
             ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ErrorKind::Forbidden => StatusCode::FORBIDDEN,
             ErrorKind::UpstreamBusy => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::UpstreamFailed => StatusCode::BAD_GATEWAY,
             ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -282,6 +283,7 @@ mod tests {
             (Error::session_not_found(), 404),
             (Error::session_expired(), 410),
             (Error::new(ErrorKind::RateLimited, "x"), 429),
+            (Error::new(ErrorKind::Forbidden, "x"), 403),
             (Error::new(ErrorKind::UpstreamBusy, "x"), 503),
             (Error::new(ErrorKind::UpstreamFailed, "x"), 502),
             (Error::new(ErrorKind::UpstreamTimeout, "x"), 504),

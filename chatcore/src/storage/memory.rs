@@ -6,12 +6,16 @@
 //! and every critical section is a few map operations.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::{FeedbackStore, MessageCursor, MessagePage, MessageStore, SessionStore, Turn};
+use super::{
+    ApiKey, FeedbackFilter, FeedbackStore, KeyStore, MessageCursor, MessagePage, MessageStore,
+    SessionCursor, SessionStore, Turn,
+};
 use crate::error::{Error, Result};
 use crate::llm::Usage;
 use crate::types::{Feedback, Message, PurgeReport, Role, Session, SessionId};
@@ -20,7 +24,8 @@ use crate::types::{Feedback, Message, PurgeReport, Role, Session, SessionId};
 struct Entry {
     session: Session,
     messages: Vec<Message>,
-    feedback: Vec<Feedback>,
+    /// With its position among all feedback, for review paging.
+    feedback: Vec<(i64, Feedback)>,
     usage: Usage,
 }
 
@@ -28,6 +33,8 @@ struct Entry {
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     entries: Mutex<HashMap<SessionId, Entry>>,
+    feedback_seq: AtomicI64,
+    keys: Mutex<Vec<(ApiKey, [u8; 32])>>,
 }
 
 impl MemoryStore {
@@ -75,6 +82,29 @@ impl SessionStore for MemoryStore {
             keep
         });
         Ok(report)
+    }
+
+    async fn delete_session(&self, id: SessionId) -> Result<bool> {
+        Ok(self.lock().remove(&id).is_some())
+    }
+
+    async fn list_sessions(
+        &self,
+        owner: Option<&str>,
+        after: Option<SessionCursor>,
+        limit: usize,
+    ) -> Result<Vec<Session>> {
+        let mut out: Vec<Session> = self
+            .lock()
+            .values()
+            .map(|e| &e.session)
+            .filter(|s| owner.is_none_or(|o| s.owner.as_deref() == Some(o)))
+            .filter(|s| after.is_none_or(|c| c.precedes(s)))
+            .cloned()
+            .collect();
+        out.sort_unstable_by_key(|s| std::cmp::Reverse((s.last_active.timestamp_millis(), s.id)));
+        out.truncate(limit);
+        Ok(out)
     }
 }
 
@@ -155,7 +185,8 @@ impl FeedbackStore for MemoryStore {
         let e = map
             .get_mut(&feedback.session_id)
             .ok_or_else(Error::session_not_found)?;
-        e.feedback.push(feedback.clone());
+        let seq = self.feedback_seq.fetch_add(1, Ordering::Relaxed) + 1;
+        e.feedback.push((seq, feedback.clone()));
         Ok(())
     }
 
@@ -163,7 +194,71 @@ impl FeedbackStore for MemoryStore {
         Ok(self
             .lock()
             .get(&id)
-            .map(|e| e.feedback.clone())
+            .map(|e| e.feedback.iter().map(|(_, f)| f.clone()).collect())
             .unwrap_or_default())
+    }
+
+    async fn review_feedback(
+        &self,
+        filter: &FeedbackFilter,
+        after: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<(i64, Feedback)>> {
+        let after = after.unwrap_or(0);
+        let mut out: Vec<(i64, Feedback)> = self
+            .lock()
+            .values()
+            .flat_map(|e| e.feedback.iter())
+            .filter(|(seq, f)| *seq > after && filter.admits(f))
+            .cloned()
+            .collect();
+        out.sort_unstable_by_key(|(seq, _)| *seq);
+        out.truncate(limit);
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl KeyStore for MemoryStore {
+    async fn insert_key(&self, key: &ApiKey, hash: &[u8; 32]) -> Result<()> {
+        self.keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((key.clone(), *hash));
+        Ok(())
+    }
+
+    async fn get_key(&self, id: &str) -> Result<Option<(ApiKey, [u8; 32])>> {
+        Ok(self
+            .keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|(k, _)| k.id == id)
+            .cloned())
+    }
+
+    async fn list_keys(&self) -> Result<Vec<ApiKey>> {
+        Ok(self
+            .keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, _)| k.clone())
+            .collect())
+    }
+
+    async fn revoke_key(&self, id: &str, at: DateTime<Utc>) -> Result<bool> {
+        let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        match keys
+            .iter_mut()
+            .find(|(k, _)| k.id == id && k.revoked_at.is_none())
+        {
+            Some((k, _)) => {
+                k.revoked_at = Some(at);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 }

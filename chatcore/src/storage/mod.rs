@@ -9,7 +9,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::error::Result;
+use crate::error::{Error, ErrorKind, Result};
 use crate::llm::Usage;
 use crate::types::{Feedback, Message, PurgeReport, Session, SessionId};
 
@@ -42,6 +42,33 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug {
     /// then nothing was deleted.
     async fn purge_inactive_before(&self, cutoff: DateTime<Utc>) -> Result<PurgeReport>;
 
+    /// Deletes a session with its messages and feedback, all at once;
+    /// `false` when there was no such session.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Storage`](crate::ErrorKind::Storage) when the backend
+    /// fails (nothing is deleted), or does not support deletion.
+    async fn delete_session(&self, id: SessionId) -> Result<bool> {
+        let _ = id;
+        Err(unsupported("deleting sessions"))
+    }
+
+    /// Up to `limit` sessions, most recently active first, after `after`;
+    /// only those owned by `owner` when it is given.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Storage`](crate::ErrorKind::Storage) when the backend
+    /// fails, or does not support listing.
+    async fn list_sessions(
+        &self,
+        owner: Option<&str>,
+        after: Option<SessionCursor>,
+        limit: usize,
+    ) -> Result<Vec<Session>> {
+        let _ = (owner, after, limit);
+        Err(unsupported("listing sessions"))
+    }
+
     /// Checks that the backend is reachable (for readiness probes).
     ///
     /// # Errors
@@ -49,6 +76,95 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug {
     async fn ping(&self) -> Result<()> {
         Ok(())
     }
+}
+
+/// The error of a provided method a backend does not override.
+pub(crate) fn unsupported(what: &str) -> Error {
+    Error::new(
+        ErrorKind::Internal,
+        format!("this storage backend does not support {what}"),
+    )
+}
+
+/// Where a listing of sessions (most recently active first) stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionCursor {
+    /// The last listed session's `last_active`, in unix milliseconds.
+    pub last_active_ms: i64,
+    /// The last listed session.
+    pub id: SessionId,
+}
+
+impl SessionCursor {
+    /// The cursor after `session`.
+    pub fn after(session: &Session) -> Self {
+        SessionCursor {
+            last_active_ms: session.last_active.timestamp_millis(),
+            id: session.id,
+        }
+    }
+
+    /// Whether `session` comes after this cursor in the listing order
+    /// (`last_active` descending, then id descending).
+    pub fn precedes(&self, session: &Session) -> bool {
+        let t = session.last_active.timestamp_millis();
+        t < self.last_active_ms || (t == self.last_active_ms && session.id < self.id)
+    }
+
+    /// Reads a cursor a client sent back; `None` when it is not one.
+    pub fn parse(s: &str) -> Option<Self> {
+        let (t, id) = s.split_once('.')?;
+        Some(SessionCursor {
+            last_active_ms: t.parse().ok()?,
+            id: SessionId::parse(id).ok()?,
+        })
+    }
+}
+
+impl std::fmt::Display for SessionCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.last_active_ms, self.id)
+    }
+}
+
+/// Which feedback to list for review.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FeedbackFilter {
+    /// Received at or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// Received before this time.
+    pub until: Option<DateTime<Utc>>,
+    /// About this session.
+    pub session_id: Option<SessionId>,
+    /// With this rating.
+    pub rating: Option<u8>,
+}
+
+impl FeedbackFilter {
+    /// Whether `f` passes the filter.
+    pub fn admits(&self, f: &Feedback) -> bool {
+        self.since.is_none_or(|t| f.created_at >= t)
+            && self.until.is_none_or(|t| f.created_at < t)
+            && self.session_id.is_none_or(|id| f.session_id == id)
+            && self
+                .rating
+                .is_none_or(|r| f.rating.map(|x| x.get()) == Some(r))
+    }
+}
+
+/// A stored API key, without its secret (only a hash of it is kept).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    /// The key's public id (part of the key itself).
+    pub id: String,
+    /// What the operator called it.
+    pub name: String,
+    /// Whether it grants the admin scope.
+    pub admin: bool,
+    /// When it was made.
+    pub created_at: DateTime<Utc>,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<DateTime<Utc>>,
 }
 
 /// The two messages of one successful chat turn.
@@ -208,10 +324,70 @@ pub trait FeedbackStore: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// [`ErrorKind::Storage`](crate::ErrorKind::Storage) when the backend fails.
     async fn list_feedback(&self, id: SessionId) -> Result<Vec<Feedback>>;
+
+    /// Up to `limit` pieces of feedback passing `filter`, oldest first,
+    /// after position `after`; each with its position (to continue from).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Storage`](crate::ErrorKind::Storage) when the backend
+    /// fails, or does not support review.
+    async fn review_feedback(
+        &self,
+        filter: &FeedbackFilter,
+        after: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<(i64, Feedback)>> {
+        let _ = (filter, after, limit);
+        Err(unsupported("feedback review"))
+    }
 }
 
-/// A complete storage backend: sessions, messages and feedback. Implemented
-/// automatically for any type that implements the three traits.
-pub trait Store: SessionStore + MessageStore + FeedbackStore {}
+/// Stores API keys: only a SHA-256 hash of each secret is kept. Backends
+/// shared by several gateways share their keys, so a key revoked through
+/// one is refused by all.
+#[async_trait]
+pub trait KeyStore: Send + Sync + std::fmt::Debug {
+    /// Stores a new key with the hash of its secret.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Storage`](crate::ErrorKind::Storage) when the backend
+    /// fails, or does not keep keys.
+    async fn insert_key(&self, key: &ApiKey, hash: &[u8; 32]) -> Result<()> {
+        let _ = (key, hash);
+        Err(unsupported("API keys"))
+    }
 
-impl<T: SessionStore + MessageStore + FeedbackStore> Store for T {}
+    /// A key and the hash of its secret, by id.
+    ///
+    /// # Errors
+    /// As [`KeyStore::insert_key`].
+    async fn get_key(&self, id: &str) -> Result<Option<(ApiKey, [u8; 32])>> {
+        let _ = id;
+        Err(unsupported("API keys"))
+    }
+
+    /// Every key, oldest first.
+    ///
+    /// # Errors
+    /// As [`KeyStore::insert_key`].
+    async fn list_keys(&self) -> Result<Vec<ApiKey>> {
+        Err(unsupported("API keys"))
+    }
+
+    /// Marks a key revoked at `at`; `false` when there is no such key (or
+    /// it was already revoked).
+    ///
+    /// # Errors
+    /// As [`KeyStore::insert_key`].
+    async fn revoke_key(&self, id: &str, at: DateTime<Utc>) -> Result<bool> {
+        let _ = (id, at);
+        Err(unsupported("API keys"))
+    }
+}
+
+/// A complete storage backend: sessions, messages, feedback and API keys.
+/// Implemented automatically for any type that implements the four traits
+/// (whose newer methods have provided bodies).
+pub trait Store: SessionStore + MessageStore + FeedbackStore + KeyStore {}
+
+impl<T: SessionStore + MessageStore + FeedbackStore + KeyStore> Store for T {}

@@ -27,6 +27,7 @@ each_backend! {
 
 fn session(created: DateTime<Utc>) -> Session {
     Session {
+        owner: None,
         id: SessionId::new_v4(),
         created_at: created,
         last_active: created,

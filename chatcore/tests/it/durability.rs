@@ -132,7 +132,7 @@ async fn the_schema_is_versioned_and_reopening_keeps_it() {
         .collect::<Result<_, _>>()
         .unwrap();
     tables.retain(|t| !t.starts_with("sqlite_"));
-    assert_eq!(tables, ["feedback", "sessions", "turns"]);
+    assert_eq!(tables, ["api_keys", "feedback", "sessions", "turns"]);
     let mode: String = conn
         .query_row("PRAGMA journal_mode", [], |r| r.get(0))
         .unwrap();

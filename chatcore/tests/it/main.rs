@@ -18,4 +18,5 @@ mod chat;
 mod conformance;
 mod context;
 mod durability;
+mod storage_bounds;
 mod stream;

@@ -94,9 +94,6 @@ async fn stateless(app: &Arc<App>, request: Completions, rid: &str) -> HandlerRe
     let Some(((Role::User, user), earlier)) = request.messages.split_last() else {
         return Err(invalid("messages", "the last message must have role user"));
     };
-    if user.trim().is_empty() {
-        return Err(invalid("messages", "the last message must not be empty"));
-    }
     let now = chrono::Utc::now();
     let history: Vec<Message> = earlier
         .iter()

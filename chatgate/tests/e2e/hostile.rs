@@ -171,7 +171,9 @@ fn assert_body_timeout(r: &RawResp) {
     let ct = r.header("content-type").unwrap_or("");
     assert!(ct.starts_with("application/json"), "content-type {ct:?}");
     assert_eq!(
-        r.header("connection").map(str::to_ascii_lowercase).as_deref(),
+        r.header("connection")
+            .map(str::to_ascii_lowercase)
+            .as_deref(),
         Some("close"),
         "{:?}",
         r.headers
@@ -383,7 +385,9 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout() {
     assert_eq!(r.status, 200);
     assert_eq!(r.json(), json!({"status": "ok"}));
     assert_ne!(
-        r.header("connection").map(str::to_ascii_lowercase).as_deref(),
+        r.header("connection")
+            .map(str::to_ascii_lowercase)
+            .as_deref(),
         Some("close"),
         "the connection should be kept alive after a good request"
     );
@@ -424,8 +428,9 @@ async fn a_client_that_stops_reading_a_stream_is_cut_and_cancels_the_upstream() 
     let socket = TcpSocket::new_v4().expect("socket");
     socket.set_recv_buffer_size(16 * 1024).expect("SO_RCVBUF");
     let mut s = socket.connect(gw.addr).await.expect("connect");
-    let body = json!({"session_id": id, "role": "user", "content": "Go on forever", "stream": true})
-        .to_string();
+    let body =
+        json!({"session_id": id, "role": "user", "content": "Go on forever", "stream": true})
+            .to_string();
     let head = head_with_length("POST", "/chat/", body.len());
     s.write_all(format!("{head}{body}").as_bytes())
         .await
@@ -504,7 +509,12 @@ async fn page(addr: SocketAddr, id: &str, query: &str) -> (Vec<(String, String)>
     assert_eq!(r.status, 200, "{query}: {}", r.text());
     let v = r.json();
     assert_eq!(v["session_id"], id);
-    let mut keys: Vec<&str> = v.as_object().expect("object").keys().map(String::as_str).collect();
+    let mut keys: Vec<&str> = v
+        .as_object()
+        .expect("object")
+        .keys()
+        .map(String::as_str)
+        .collect();
     keys.sort_unstable();
     let next = match v.get("next_cursor") {
         None => {
@@ -513,7 +523,11 @@ async fn page(addr: SocketAddr, id: &str, query: &str) -> (Vec<(String, String)>
         }
         Some(c) => {
             assert_eq!(keys, ["messages", "next_cursor", "session_id"], "{v}");
-            Some(c.as_str().unwrap_or_else(|| panic!("cursor {c}")).to_owned())
+            Some(
+                c.as_str()
+                    .unwrap_or_else(|| panic!("cursor {c}"))
+                    .to_owned(),
+            )
         }
     };
     let messages = v["messages"]
@@ -687,7 +701,10 @@ async fn shapes_outside_the_contract_are_422() {
     let ok = json!({"session_id": id, "feedback": "ok", "rating": 5});
     assert_eq!(post(addr, "/feedback/", &ok.to_string()).await.status, 200);
     let ok = r#"{"system_prompt": "Be brief", "metadata": {"a": [1]}}"#;
-    assert_eq!(post(addr, "/session/initialize_session", ok).await.status, 200);
+    assert_eq!(
+        post(addr, "/session/initialize_session", ok).await.status,
+        200
+    );
 }
 
 #[test]

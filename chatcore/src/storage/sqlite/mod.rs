@@ -24,7 +24,10 @@ use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use slog::Logger;
 
-use super::{FeedbackStore, MessageCursor, MessagePage, MessageStore, SessionStore, Turn};
+use super::{
+    ApiKey, FeedbackFilter, FeedbackStore, KeyStore, MessageCursor, MessagePage, MessageStore,
+    SessionCursor, SessionStore, Turn,
+};
 use crate::error::{Error, Result};
 use crate::llm::Usage;
 use crate::types::{from_millis, Feedback, Message, PurgeReport, Rating, Role, Session, SessionId};
@@ -187,8 +190,17 @@ impl SqliteStore {
     }
 }
 
-const INSERT_SESSION: &str = "INSERT INTO sessions (id, created_at, active_hour, system_prompt, metadata) VALUES (?1, ?2, ?3, ?4, ?5)";
-const GET_SESSION: &str = "SELECT s.created_at, (SELECT t.reply_at FROM turns t WHERE t.session_id = s.id ORDER BY t.seq DESC LIMIT 1), s.system_prompt, s.metadata FROM sessions s WHERE s.id = ?1";
+const INSERT_SESSION: &str = "INSERT INTO sessions (id, created_at, active_hour, system_prompt, metadata, owner) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+const GET_SESSION: &str = "SELECT s.created_at, (SELECT t.reply_at FROM turns t WHERE t.session_id = s.id ORDER BY t.seq DESC LIMIT 1), s.system_prompt, s.metadata, s.owner FROM sessions s WHERE s.id = ?1";
+const LIST_SESSIONS: &str = "SELECT id, created_at, last_at, system_prompt, metadata, owner FROM (SELECT s.id, s.created_at, max(s.created_at, coalesce((SELECT t.reply_at FROM turns t WHERE t.session_id = s.id ORDER BY t.seq DESC LIMIT 1), 0)) AS last_at, s.system_prompt, s.metadata, s.owner FROM sessions s WHERE ?1 IS NULL OR s.owner = ?1) WHERE ?2 IS NULL OR last_at < ?2 OR (last_at = ?2 AND id < ?3) ORDER BY last_at DESC, id DESC LIMIT ?4";
+const REVIEW_FEEDBACK: &str = "SELECT seq, session_id, text, rating, created_at FROM feedback WHERE seq > ?1 AND (?2 IS NULL OR created_at >= ?2) AND (?3 IS NULL OR created_at < ?3) AND (?4 IS NULL OR session_id = ?4) AND (?5 IS NULL OR rating = ?5) ORDER BY seq LIMIT ?6";
+const INSERT_KEY: &str =
+    "INSERT INTO api_keys (id, name, hash, admin, created_at) VALUES (?1, ?2, ?3, ?4, ?5)";
+const GET_KEY: &str =
+    "SELECT id, name, hash, admin, created_at, revoked_at FROM api_keys WHERE id = ?1";
+const LIST_KEYS: &str =
+    "SELECT id, name, hash, admin, created_at, revoked_at FROM api_keys ORDER BY created_at, id";
+const REVOKE_KEY: &str = "UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL";
 const RECENT_TURNS: &str = "SELECT user_content, user_at, reply_content, reply_at FROM (SELECT seq, user_content, user_at, reply_content, reply_at FROM turns WHERE session_id = ?1 ORDER BY seq DESC LIMIT ?2) ORDER BY seq ASC";
 const INSERT_TURN: &str = "INSERT INTO turns (session_id, user_content, user_at, reply_content, reply_at, prompt_tokens, completion_tokens) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
 const SESSION_USAGE: &str = "SELECT coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0) FROM turns WHERE session_id = ?1";
@@ -262,10 +274,11 @@ fn read_session(db: &impl Sql, id: SessionId, key: &[u8; 16]) -> Result<Option<S
                 r.get::<_, Option<i64>>(1)?,
                 r.get::<_, Option<String>>(2)?,
                 r.get::<_, Option<String>>(3)?,
+                r.get::<_, Option<String>>(4)?,
             ))
         })
         .optional()?;
-    let Some((created, last_reply, system_prompt, metadata)) = row else {
+    let Some((created, last_reply, system_prompt, metadata, owner)) = row else {
         return Ok(None);
     };
     let metadata = match metadata {
@@ -278,6 +291,7 @@ fn read_session(db: &impl Sql, id: SessionId, key: &[u8; 16]) -> Result<Option<S
         last_active: from_millis(last_reply.map_or(created, |r| r.max(created))),
         system_prompt,
         metadata,
+        owner,
     }))
 }
 
@@ -397,6 +411,7 @@ impl SessionStore for SqliteStore {
         let created = session.created_at.timestamp_millis();
         let hour = session.last_active.timestamp_millis().div_euclid(HOUR_MS);
         let prompt = session.system_prompt.clone();
+        let owner = session.owner.clone();
         let metadata = match &session.metadata {
             Some(v) => Some(serde_json::to_string(v).map_err(Error::internal)?),
             None => None,
@@ -406,7 +421,7 @@ impl SessionStore for SqliteStore {
                 db.log_sql(INSERT_SESSION);
                 db.conn
                     .prepare_cached(INSERT_SESSION)?
-                    .execute(params![key, created, hour, prompt, metadata])?;
+                    .execute(params![key, created, hour, prompt, metadata, owner])?;
                 // Stored with its hour: the session's first turns need not
                 // touch the hint.
                 db.hour_known(&key, hour);
@@ -460,6 +475,72 @@ impl SessionStore for SqliteStore {
                 return Ok(report);
             }
         }
+    }
+
+    async fn delete_session(&self, id: SessionId) -> Result<bool> {
+        let key = id_key(id);
+        self.worker
+            .call(move |db| {
+                let run = |sql: &'static str| -> Result<usize> {
+                    db.log_sql(sql);
+                    Ok(db.conn.prepare_cached(sql)?.execute([key])?)
+                };
+                run(PURGE_TURNS)?;
+                run(PURGE_FEEDBACK)?;
+                Ok(run(PURGE_SESSION)? > 0)
+            })
+            .await
+    }
+
+    async fn list_sessions(
+        &self,
+        owner: Option<&str>,
+        after: Option<SessionCursor>,
+        limit: usize,
+    ) -> Result<Vec<Session>> {
+        let owner = owner.map(str::to_owned);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.reader
+            .read(move |db| {
+                db.log_sql(LIST_SESSIONS);
+                let mut stmt = db.conn().prepare_cached(LIST_SESSIONS)?;
+                let (at, after_id) = match after {
+                    Some(c) => (Some(c.last_active_ms), Some(id_key(c.id).to_vec())),
+                    None => (None, None),
+                };
+                let rows = stmt.query_map(params![owner, at, after_id, limit], |r| {
+                    Ok((
+                        r.get::<_, Vec<u8>>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, Option<String>>(3)?,
+                        r.get::<_, Option<String>>(4)?,
+                        r.get::<_, Option<String>>(5)?,
+                    ))
+                })?;
+                let mut out = Vec::new();
+                for row in rows {
+                    let (id, created, last, system_prompt, metadata, owner) = row?;
+                    let id: [u8; 16] = id
+                        .try_into()
+                        .map_err(|_| Error::storage("a session id is not 16 bytes"))?;
+                    out.push(Session {
+                        id: SessionId::from_bytes(id),
+                        created_at: from_millis(created),
+                        last_active: from_millis(last),
+                        system_prompt,
+                        metadata: match metadata {
+                            Some(text) => {
+                                Some(serde_json::from_str(&text).map_err(Error::storage)?)
+                            }
+                            None => None,
+                        },
+                        owner,
+                    });
+                }
+                Ok(out)
+            })
+            .await
     }
 
     async fn ping(&self) -> Result<()> {
@@ -616,6 +697,143 @@ impl FeedbackStore for SqliteStore {
                     });
                 }
                 Ok(out)
+            })
+            .await
+    }
+
+    async fn review_feedback(
+        &self,
+        filter: &FeedbackFilter,
+        after: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<(i64, Feedback)>> {
+        let since = filter.since.map(|t| t.timestamp_millis());
+        let until = filter.until.map(|t| t.timestamp_millis());
+        let session = filter.session_id.map(|id| id_key(id).to_vec());
+        let rating = filter.rating.map(i64::from);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.reader
+            .read(move |db| {
+                db.log_sql(REVIEW_FEEDBACK);
+                let mut stmt = db.conn().prepare_cached(REVIEW_FEEDBACK)?;
+                let rows = stmt.query_map(
+                    params![after.unwrap_or(0), since, until, session, rating, limit],
+                    |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, Vec<u8>>(1)?,
+                            r.get::<_, String>(2)?,
+                            r.get::<_, Option<i64>>(3)?,
+                            r.get::<_, i64>(4)?,
+                        ))
+                    },
+                )?;
+                let mut out = Vec::new();
+                for row in rows {
+                    let (seq, id, text, rating, at) = row?;
+                    let id: [u8; 16] = id
+                        .try_into()
+                        .map_err(|_| Error::storage("a session id is not 16 bytes"))?;
+                    out.push((
+                        seq,
+                        Feedback {
+                            session_id: SessionId::from_bytes(id),
+                            text,
+                            rating: rating.map(Rating::new).transpose()?,
+                            created_at: from_millis(at),
+                        },
+                    ));
+                }
+                Ok(out)
+            })
+            .await
+    }
+}
+
+/// An API key row: the key and the hash of its secret.
+fn key_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(ApiKey, Vec<u8>)> {
+    Ok((
+        ApiKey {
+            id: r.get(0)?,
+            name: r.get(1)?,
+            admin: r.get(3)?,
+            created_at: from_millis(r.get(4)?),
+            revoked_at: r.get::<_, Option<i64>>(5)?.map(from_millis),
+        },
+        r.get(2)?,
+    ))
+}
+
+#[async_trait]
+impl KeyStore for SqliteStore {
+    async fn insert_key(&self, key: &ApiKey, hash: &[u8; 32]) -> Result<()> {
+        let key = key.clone();
+        let hash = *hash;
+        self.worker
+            .call_single(move |db| {
+                db.log_sql(INSERT_KEY);
+                db.conn.prepare_cached(INSERT_KEY)?.execute(params![
+                    key.id,
+                    key.name,
+                    &hash[..],
+                    key.admin,
+                    key.created_at.timestamp_millis()
+                ])?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn get_key(&self, id: &str) -> Result<Option<(ApiKey, [u8; 32])>> {
+        let id = id.to_owned();
+        // Each lookup is a read transaction of its own, so it sees every
+        // commit before it: a key revoked by another process is refused
+        // from the next lookup on.
+        self.reader
+            .read(move |db| {
+                db.log_sql(GET_KEY);
+                let row = db
+                    .conn()
+                    .prepare_cached(GET_KEY)?
+                    .query_row([id], key_row)
+                    .optional()?;
+                row.map(|(key, hash)| {
+                    let hash: [u8; 32] = hash
+                        .try_into()
+                        .map_err(|_| Error::storage("a key hash is not 32 bytes"))?;
+                    Ok((key, hash))
+                })
+                .transpose()
+            })
+            .await
+    }
+
+    async fn list_keys(&self) -> Result<Vec<ApiKey>> {
+        self.reader
+            .read(|db| {
+                db.log_sql(LIST_KEYS);
+                let mut stmt = db.conn().prepare_cached(LIST_KEYS)?;
+                let rows = stmt.query_map([], key_row)?;
+                let mut out = Vec::new();
+                for row in rows {
+                    out.push(row?.0);
+                }
+                Ok(out)
+            })
+            .await
+    }
+
+    async fn revoke_key(&self, id: &str, at: DateTime<Utc>) -> Result<bool> {
+        let id = id.to_owned();
+        let at = at.timestamp_millis();
+        self.worker
+            .call_single(move |db| {
+                db.log_sql(REVOKE_KEY);
+                Ok(db
+                    .conn
+                    .prepare_cached(REVOKE_KEY)?
+                    .execute(params![id, at])?
+                    > 0)
             })
             .await
     }

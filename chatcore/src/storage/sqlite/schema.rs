@@ -59,6 +59,20 @@ const MIGRATIONS: &[&str] = &[
     // running total that every turn would have to update.
     "ALTER TABLE turns ADD COLUMN prompt_tokens INTEGER;
      ALTER TABLE turns ADD COLUMN completion_tokens INTEGER;",
+    // v3: access control. A session's owner (the principal that created
+    // it; NULL without access control), indexed for a principal's list of
+    // sessions; API keys, of which only a SHA-256 hash of the secret is
+    // kept.
+    "ALTER TABLE sessions ADD COLUMN owner TEXT;
+     CREATE INDEX sessions_by_owner ON sessions (owner) WHERE owner IS NOT NULL;
+     CREATE TABLE api_keys (
+         id         TEXT PRIMARY KEY,
+         name       TEXT NOT NULL,
+         hash       BLOB NOT NULL CHECK (length(hash) = 32),
+         admin      INTEGER NOT NULL,
+         created_at INTEGER NOT NULL,
+         revoked_at INTEGER
+     );",
 ];
 
 /// The schema version this code writes.

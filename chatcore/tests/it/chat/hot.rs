@@ -204,6 +204,10 @@ impl FeedbackStore for GatedStore {
     }
 }
 
+// Keys are not what this store is about: the provided bodies (which
+// refuse) are enough.
+impl chatcore::KeyStore for GatedStore {}
+
 /// Runs "first", then "cancel me" (dropped while its `append_turn` is held
 /// at `gate`), then "third". Returns what is stored at the end and the
 /// history the model was sent for "third".

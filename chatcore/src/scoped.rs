@@ -1,0 +1,181 @@
+//! The facade as one caller sees it ([`ChatCore::as_caller`]): every
+//! operation on a session first checks that the caller may use it, and
+//! answers "not found" when it may not, so another principal's sessions
+//! cannot even be confirmed to exist. Sessions made here belong to the
+//! caller; reviewing feedback needs an admin.
+
+use std::borrow::Cow;
+
+use crate::caller::Caller;
+use crate::error::{Error, ErrorKind, Result};
+use crate::llm::{ChatOptions, Usage};
+use crate::storage::{FeedbackFilter, MessageCursor, MessagePage, SessionCursor};
+use crate::types::{Feedback, NewSession, Session, SessionId};
+use crate::{chat, ChatCore, PreparedTurn, SessionInfo};
+
+/// [`ChatCore`] acting for one [`Caller`].
+#[derive(Debug, Clone)]
+pub struct Scoped<'a> {
+    core: &'a ChatCore,
+    caller: Caller,
+}
+
+impl<'a> Scoped<'a> {
+    pub(crate) fn new(core: &'a ChatCore, caller: Caller) -> Self {
+        Scoped { core, caller }
+    }
+
+    /// Who this acts for.
+    pub fn caller(&self) -> &Caller {
+        &self.caller
+    }
+
+    /// The session, if it exists and the caller may use it.
+    async fn visible(&self, id: SessionId) -> Result<Session> {
+        match self.core.store().get_session(id).await? {
+            Some(s) if self.caller.may_use(&s) => Ok(s),
+            _ => Err(Error::session_not_found()),
+        }
+    }
+
+    /// Creates a session owned by the caller (see
+    /// [`SessionManager::initialize_with`](crate::SessionManager::initialize_with)).
+    ///
+    /// # Errors
+    /// As `initialize_with`.
+    pub async fn initialize(&self, options: NewSession) -> Result<SessionInfo> {
+        self.core
+            .sessions()
+            .initialize_owned(options, self.caller.owner().map(str::to_owned))
+            .await
+    }
+
+    /// A session, with `is_active` as of now.
+    ///
+    /// # Errors
+    /// [`ErrorKind::SessionNotFound`] when it does not exist or is not the
+    /// caller's; [`ErrorKind::Storage`].
+    pub async fn get(&self, id: SessionId) -> Result<SessionInfo> {
+        let session = self.visible(id).await?;
+        Ok(self.core.sessions().info(session))
+    }
+
+    /// The tokens a session's turns cost.
+    ///
+    /// # Errors
+    /// As [`Scoped::get`].
+    pub async fn usage(&self, id: SessionId) -> Result<Usage> {
+        self.visible(id).await?;
+        self.core.sessions().usage(id).await
+    }
+
+    /// A page of a session's messages.
+    ///
+    /// # Errors
+    /// As [`Scoped::get`].
+    pub async fn messages_page(
+        &self,
+        id: SessionId,
+        after: Option<MessageCursor>,
+        limit: usize,
+    ) -> Result<MessagePage> {
+        self.visible(id).await?;
+        self.core.sessions().messages_page(id, after, limit).await
+    }
+
+    /// The first half of a turn (see [`ChatCore::prepare`]), for this
+    /// caller: its principal's quota applies too.
+    ///
+    /// # Errors
+    /// As [`ChatCore::prepare`]; another caller's session is not found.
+    pub async fn prepare<'c>(
+        &self,
+        id: SessionId,
+        content: impl Into<Cow<'c, str>>,
+        options: ChatOptions,
+    ) -> Result<PreparedTurn<'c>> {
+        chat::prepare(self.core.inner(), &self.caller, id, content.into(), options).await
+    }
+
+    /// Stores feedback about a session the caller may use.
+    ///
+    /// # Errors
+    /// As [`FeedbackDesk::submit`](crate::FeedbackDesk::submit); another
+    /// caller's session is not found.
+    pub async fn submit_feedback(
+        &self,
+        id: SessionId,
+        text: &str,
+        rating: Option<i64>,
+    ) -> Result<Feedback> {
+        if !matches!(self.caller, Caller::Anyone) {
+            self.visible(id).await?;
+        }
+        self.core.feedback().submit(id, text, rating).await
+    }
+
+    /// Deletes a session with its messages and feedback, at once.
+    ///
+    /// # Errors
+    /// As [`Scoped::get`].
+    pub async fn delete(&self, id: SessionId) -> Result<()> {
+        self.visible(id).await?;
+        if !self.core.store().delete_session(id).await? {
+            return Err(Error::session_not_found());
+        }
+        self.core.inner().hot.forget(id);
+        Ok(())
+    }
+
+    /// The caller's sessions (every session for an admin), most recently
+    /// active first, `limit` at a time.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Storage`].
+    pub async fn sessions(
+        &self,
+        after: Option<SessionCursor>,
+        limit: usize,
+    ) -> Result<Vec<SessionInfo>> {
+        let owner = match &self.caller {
+            Caller::Principal(p) if !p.admin => Some(p.id.as_str()),
+            Caller::Session(id) => {
+                let mine = self.visible(*id).await?;
+                let after_mine = after.is_some_and(|c| !c.precedes(&mine));
+                return Ok(if after_mine || limit == 0 {
+                    Vec::new()
+                } else {
+                    vec![self.core.sessions().info(mine)]
+                });
+            }
+            _ => None,
+        };
+        let list = self.core.store().list_sessions(owner, after, limit).await?;
+        Ok(list
+            .into_iter()
+            .map(|s| self.core.sessions().info(s))
+            .collect())
+    }
+
+    /// Feedback for review, oldest first, `limit` at a time: admins only.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Forbidden`] for anyone else; [`ErrorKind::Storage`].
+    pub async fn review_feedback(
+        &self,
+        filter: &FeedbackFilter,
+        after: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<(i64, Feedback)>> {
+        if !self.caller.is_admin() {
+            return Err(Error::new(
+                ErrorKind::Forbidden,
+                "Reviewing feedback needs the admin scope",
+            ));
+        }
+        self.core
+            .store()
+            .review_feedback(filter, after, limit)
+            .await
+    }
+}
