@@ -47,7 +47,9 @@ pub(crate) async fn prepare<'c>(
     // session's: a message refused for either is not forwarded.
     let take_token = || {
         if let (Some(p), Some(limiter)) = (caller.principal(), &inner.principal_limiter) {
-            if let Decision::Limited { retry_after } = limiter.check(principal_key(&p.id)) {
+            if let Decision::Limited { retry_after } =
+                limiter.check(crate::rate_limit::key_of(p.id.as_bytes()))
+            {
                 return Err(rate_limited(limiter.limit(), retry_after));
             }
         }
@@ -468,15 +470,6 @@ impl Drop for TurnSlot {
             }
         }
     }
-}
-
-/// A principal's key in the principal limiter: the first 16 bytes of the
-/// SHA-256 of its name (the limiters are keyed by 16-byte ids).
-pub(crate) fn principal_key(principal: &str) -> SessionId {
-    let digest = ring::digest::digest(&ring::digest::SHA256, principal.as_bytes());
-    let mut key = [0u8; 16];
-    key.copy_from_slice(&digest.as_ref()[..16]);
-    SessionId::from_bytes(key)
 }
 
 /// Maps a rate-limit rejection to its error.

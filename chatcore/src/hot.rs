@@ -652,7 +652,11 @@ mod tests {
         let roomy = Arc::new(HotSessions::new(10_000, usize::MAX, 100_000));
         let hots = grow(&roomy);
         assert!(hots.iter().all(|h| roomy.get(h.session.id).is_some()));
-        assert!(cached_bytes(&roomy) > 64 * 40 * 1000, "{}", cached_bytes(&roomy));
+        assert!(
+            cached_bytes(&roomy) > 64 * 40 * 1000,
+            "{}",
+            cached_bytes(&roomy)
+        );
         assert_consistent(&roomy);
         // Half of that: the cache stays under it, evicting as windows grow,
         // and keeps what fits.
@@ -661,7 +665,10 @@ mod tests {
         let hots = grow(&tight);
         let held = cached_bytes(&tight);
         assert!(held <= budget, "{held} bytes held");
-        let kept = hots.iter().filter(|h| tight.get(h.session.id).is_some()).count();
+        let kept = hots
+            .iter()
+            .filter(|h| tight.get(h.session.id).is_some())
+            .count();
         assert!(kept > 0 && kept < 64, "{kept} kept");
         assert_consistent(&tight);
     }

@@ -44,6 +44,16 @@ pub trait RateLimiter: Send + Sync + fmt::Debug {
     fn forget_idle(&self) {}
 }
 
+/// A limiter key for anything that is not a session (a principal's name,
+/// a client address): the first 16 bytes of the SHA-256 of `name`. The
+/// limiters are keyed by 16-byte ids; a collision would need SHA-256's.
+pub fn key_of(name: &[u8]) -> SessionId {
+    let digest = ring::digest::digest(&ring::digest::SHA256, name);
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&digest.as_ref()[..16]);
+    SessionId::from_bytes(key)
+}
+
 type Keyed =
     Gcra<SessionId, DefaultKeyedStateStore<SessionId>, DefaultClock, StateInformationMiddleware>;
 
@@ -52,13 +62,13 @@ type Keyed =
 pub struct GovernorLimiter {
     inner: Keyed,
     clock: DefaultClock,
-    per_minute: u32,
+    limit: u32,
 }
 
 impl fmt::Debug for GovernorLimiter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GovernorLimiter")
-            .field("per_minute", &self.per_minute)
+            .field("limit", &self.limit)
             .field("keys", &self.inner.len())
             .finish()
     }
@@ -75,7 +85,22 @@ impl GovernorLimiter {
         GovernorLimiter {
             inner,
             clock,
-            per_minute: per_minute.get(),
+            limit: per_minute.get(),
+        }
+    }
+
+    /// A limiter allowing `per_hour` events per hour per key, in bursts of
+    /// up to `per_hour` (for quotas such as sessions created per hour;
+    /// [`RateLimiter::limit`] then reports the hourly figure).
+    pub fn per_hour(per_hour: NonZeroU32) -> Self {
+        let clock = DefaultClock::default();
+        let quota = Quota::per_hour(per_hour).allow_burst(per_hour);
+        let inner = Gcra::dashmap_with_clock(quota, clock.clone())
+            .with_middleware::<StateInformationMiddleware>();
+        GovernorLimiter {
+            inner,
+            clock,
+            limit: per_hour.get(),
         }
     }
 
@@ -99,7 +124,7 @@ impl RateLimiter for GovernorLimiter {
     }
 
     fn limit(&self) -> u32 {
-        self.per_minute
+        self.limit
     }
 
     fn forget_idle(&self) {

@@ -153,7 +153,12 @@ impl ApiError {
                     })
                     .collect::<Vec<_>>()
                     .join("; ");
+                // A turn's text is `content` on /chat/ but lives in
+                // `messages` in OpenAI's request.
                 let param = items.first().and_then(|i| match i.loc.get(1) {
+                    Some(serde_json::Value::String(s)) if s == "content" => {
+                        Some("messages".to_owned())
+                    }
                     Some(serde_json::Value::String(s)) => Some(s.clone()),
                     _ => None,
                 });
@@ -167,6 +172,7 @@ impl ApiError {
         };
         let (kind, default_code) = match status.as_u16() {
             400 | 413 => ("invalid_request_error", "invalid_request"),
+            408 => ("invalid_request_error", "request_timeout"),
             401 => ("authentication_error", "invalid_api_key"),
             403 => ("permission_error", "forbidden"),
             404 => ("invalid_request_error", "not_found"),
@@ -258,7 +264,13 @@ impl From<Error> for ApiError {
             ErrorKind::UpstreamBusy => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::UpstreamFailed => StatusCode::BAD_GATEWAY,
             ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            ErrorKind::StorageUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::StorageUnavailable => {
+                let mut out = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Storage unavailable")
+                    .with_code("storage_unavailable");
+                out.retry_after = Some(1);
+                out.cause = Some(e.chain());
+                return out;
+            }
             ErrorKind::Storage | ErrorKind::Internal => {
                 return ApiError::internal(e.chain());
             }

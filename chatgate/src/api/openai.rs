@@ -24,10 +24,10 @@ pub struct CompletionsIn {
     pub stream_options: Option<StreamOptionsIn>,
     /// Sampling temperature, 0 to 2.
     #[serde(default)]
-    pub temperature: Option<f32>,
+    pub temperature: Option<f64>,
     /// Nucleus sampling, 0 to 1.
     #[serde(default)]
-    pub top_p: Option<f32>,
+    pub top_p: Option<f64>,
     /// Reply length cap (older name).
     #[serde(default)]
     pub max_tokens: Option<u32>,
@@ -39,10 +39,10 @@ pub struct CompletionsIn {
     pub stop: Option<StopIn>,
     /// -2 to 2.
     #[serde(default)]
-    pub presence_penalty: Option<f32>,
+    pub presence_penalty: Option<f64>,
     /// -2 to 2.
     #[serde(default)]
-    pub frequency_penalty: Option<f32>,
+    pub frequency_penalty: Option<f64>,
     /// Best-effort determinism.
     #[serde(default)]
     pub seed: Option<i64>,
@@ -125,7 +125,9 @@ fn bad(param: &str, msg: impl Into<String>) -> ApiError {
     ApiError::validation(vec![Invalid::field(param, msg.into(), "value_error")])
 }
 
-fn in_range(param: &str, v: Option<f32>, lo: f32, hi: f32) -> Result<(), ApiError> {
+/// Checked as sent (f64), before narrowing to what is forwarded (f32), so
+/// a value just past a bound is not rounded into range.
+fn in_range(param: &str, v: Option<f64>, lo: f64, hi: f64) -> Result<(), ApiError> {
     match v {
         Some(x) if !(lo..=hi).contains(&x) => Err(bad(
             param,
@@ -162,6 +164,10 @@ pub fn parse_completions(body: &[u8]) -> Result<Completions, ApiError> {
     in_range("top_p", input.top_p, 0.0, 1.0)?;
     in_range("presence_penalty", input.presence_penalty, -2.0, 2.0)?;
     in_range("frequency_penalty", input.frequency_penalty, -2.0, 2.0)?;
+    let max_tokens = input.max_completion_tokens.or(input.max_tokens);
+    if max_tokens == Some(0) {
+        return Err(bad("max_tokens", "must be at least 1"));
+    }
     let stop = match input.stop {
         None => Vec::new(),
         Some(StopIn::One(s)) => vec![s],
@@ -218,12 +224,12 @@ pub fn parse_completions(body: &[u8]) -> Result<Completions, ApiError> {
     Ok(Completions {
         options: ChatOptions {
             model: Some(input.model.clone()),
-            temperature: input.temperature,
-            top_p: input.top_p,
-            max_tokens: input.max_completion_tokens.or(input.max_tokens),
+            temperature: input.temperature.map(|v| v as f32),
+            top_p: input.top_p.map(|v| v as f32),
+            max_tokens,
             stop,
-            presence_penalty: input.presence_penalty,
-            frequency_penalty: input.frequency_penalty,
+            presence_penalty: input.presence_penalty.map(|v| v as f32),
+            frequency_penalty: input.frequency_penalty.map(|v| v as f32),
             seed: input.seed,
             user: input.user,
         },
@@ -363,6 +369,8 @@ mod tests {
             br#"{"model":"m","messages":[{"role":"tool","content":"x"}]}"#,
             br#"{"model":"m","messages":[{"role":"user","content":"x"}],"temperature":3}"#,
             br#"{"model":"m","messages":[{"role":"user","content":"x"}],"n":2}"#,
+            br#"{"model":"m","messages":[{"role":"user","content":"x"}],"temperature":2.0000001}"#,
+            br#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":0}"#,
             br#"{"model":"m","messages":[{"role":"user","content":[{"type":"image_url"}]}]}"#,
             br#"[1]"#,
         ] {

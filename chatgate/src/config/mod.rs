@@ -32,6 +32,8 @@ pub struct Config {
     pub openai: OpenAiSection,
     /// `[log]`
     pub log: LogConfig,
+    /// `[auth]`
+    pub auth: AuthConfig,
     /// Secrets: never read from the file, never serialized or logged.
     #[serde(skip)]
     pub secrets: Secrets,
@@ -62,6 +64,8 @@ pub struct ServerConfig {
     /// stopped reading) closes the connection.
     #[serde(with = "humantime_serde")]
     pub write_timeout: Duration,
+    /// Proxies whose `X-Forwarded-For` is believed (addresses or CIDRs).
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -75,6 +79,7 @@ impl Default for ServerConfig {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(15),
             write_timeout: Duration::from_secs(30),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -130,6 +135,9 @@ pub struct SessionConfig {
     pub hot_sessions: usize,
     /// About how much memory the hot-session cache may hold, in bytes.
     pub hot_cache_bytes: usize,
+    /// Whether `initialize_session` (and stateless `/v1` requests) may
+    /// bring their own system prompt.
+    pub client_system_prompt: bool,
 }
 
 impl Default for SessionConfig {
@@ -140,6 +148,7 @@ impl Default for SessionConfig {
             sweep_interval: Duration::from_secs(3600),
             hot_sessions: 10_000,
             hot_cache_bytes: 32 << 20,
+            client_system_prompt: true,
         }
     }
 }
@@ -150,12 +159,20 @@ impl Default for SessionConfig {
 pub struct RateLimitConfig {
     /// Messages per minute per session (burst of the same size).
     pub messages_per_minute: NonZeroU32,
+    /// Messages per minute per principal, across its sessions (with
+    /// `auth.mode` other than `none`).
+    pub principal_messages_per_minute: NonZeroU32,
+    /// Sessions created per hour per principal, or per client address for
+    /// anonymous callers.
+    pub sessions_per_hour: NonZeroU32,
 }
 
 impl Default for RateLimitConfig {
     fn default() -> Self {
         RateLimitConfig {
             messages_per_minute: NonZeroU32::new(5).expect("nonzero"),
+            principal_messages_per_minute: NonZeroU32::new(60).expect("nonzero"),
+            sessions_per_hour: NonZeroU32::new(60).expect("nonzero"),
         }
     }
 }
@@ -177,6 +194,8 @@ pub struct OpenAiSection {
     pub stream_idle_timeout: Duration,
     /// The models clients may name on `/v1`; empty means `[model]`.
     pub models: Vec<String>,
+    /// The most tokens any reply may have (0: no cap of ours).
+    pub max_tokens: u32,
     /// Retries after the first attempt.
     pub max_retries: u32,
     /// Sampling temperature, 0 to 2.
@@ -206,6 +225,7 @@ impl Default for OpenAiSection {
             timeout: Duration::from_secs(60),
             stream_idle_timeout: Duration::from_secs(30),
             models: Vec::new(),
+            max_tokens: 0,
             max_retries: 2,
             temperature: 0.7,
             system_prompt: String::new(),
@@ -342,7 +362,10 @@ impl Sources {
     }
 }
 
+mod auth;
 mod sources;
+
+pub use auth::{AuthConfig, AuthMode, TrustedProxies};
 
 use sources::{describe, env_overrides, read_dotenv};
 
@@ -487,6 +510,28 @@ impl Config {
                 key: "log.file",
                 expected: "a file path for the log".into(),
             });
+        }
+        if let Err(bad) = TrustedProxies::parse(&self.server.trusted_proxies) {
+            return Err(ConfigError::Invalid {
+                key: "server.trusted_proxies",
+                expected: format!("IP addresses or CIDR networks, got {bad:?}"),
+            });
+        }
+        if self.auth.mode != AuthMode::None {
+            let long_enough = self
+                .secrets
+                .secret_key
+                .as_ref()
+                .is_some_and(|k| k.expose().len() >= 32);
+            if !long_enough {
+                return Err(ConfigError::Invalid {
+                    key: "auth.mode",
+                    expected:
+                        "SECRET_KEY (environment or .env) of at least 32 bytes: it signs and \
+                               verifies session tokens and JWTs"
+                            .into(),
+                });
+            }
         }
         Ok(())
     }

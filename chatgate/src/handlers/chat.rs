@@ -47,8 +47,10 @@ pub async fn chat(app: &Arc<App>, req: Request<Incoming>, rid: &str) -> HandlerR
     log_user(app, &turn, rid);
     let reply = turn.complete().await?;
     log_reply(app, &reply, rid);
+    // The canonical form of the id, whatever form the client sent.
+    let mut buf = uuid::Uuid::encode_buffer();
     let mut resp = json(&ChatOut {
-        session_id: &input.session_id,
+        session_id: id.as_uuid().hyphenated().encode_lower(&mut buf),
         role: "assistant",
         content: &reply.content,
     });
