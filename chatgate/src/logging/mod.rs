@@ -15,12 +15,16 @@
 //!
 //! A lost record (queue full, a failed write) is counted in
 //! [`Logs::dropped`]; logging goes on. [`Logs`] must be kept alive until
-//! exit; [`Logs::flush`] writes out everything queued.
+//! exit; [`Logs::flush`] writes out everything queued. [`ContentLog`]
+//! writes the content lines (user messages, AI responses), capped.
 
+mod content;
 mod file;
 mod line;
 mod queue;
 mod rotate;
+
+pub use content::ContentLog;
 
 use std::io::{self, IsTerminal};
 use std::sync::atomic::{AtomicU64, Ordering};
