@@ -10,6 +10,8 @@ mod config;
 mod endpoints;
 mod errors;
 mod lifecycle;
+mod log_files;
+mod log_stderr;
 mod logs;
 mod openai_api;
 mod rate_limit;
