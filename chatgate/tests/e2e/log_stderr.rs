@@ -154,3 +154,26 @@ fn bad_log_values_exit_2_naming_the_key() {
         }
     }
 }
+
+#[test]
+fn the_repository_config_toml_states_every_default() {
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config.toml");
+    let file = file.to_str().expect("a UTF-8 path");
+    let dir = tempfile::tempdir().unwrap();
+    let with_file = run(
+        dir.path(),
+        &["--config", file, "check-config"],
+        &[LOCAL_URL],
+    );
+    let without = run(dir.path(), &["check-config"], &[LOCAL_URL]);
+    assert!(
+        with_file.status.success(),
+        "{}",
+        String::from_utf8_lossy(&with_file.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&with_file.stdout),
+        String::from_utf8_lossy(&without.stdout),
+        "config.toml and the built-in defaults differ"
+    );
+}
