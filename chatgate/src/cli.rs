@@ -124,7 +124,7 @@ async fn run_cli(args: impl Iterator<Item = String>) -> ExitCode {
         println!("# SECRET_KEY: {}", set(&config.secrets.secret_key));
         return ExitCode::SUCCESS;
     }
-    let logs = match logging::build(&config.log) {
+    let logs = match logging::build(&config) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("chatgate: {e}");
@@ -185,7 +185,9 @@ async fn serve(config: &Config, log: &slog::Logger, mock: bool) -> ExitCode {
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
-    info!(log, "listening";
+    // Tagged so stderr shows it at any level but "off": an operator
+    // sees where the gateway listens without turning on request lines.
+    info!(log, #logging::ANNOUNCE, "listening";
         "addr" => &addr,
         "upstream" => &config.openai.base_url,
         "mock_upstream" => mock,
@@ -206,6 +208,6 @@ async fn serve(config: &Config, log: &slog::Logger, mock: bool) -> ExitCode {
     // SQLite store waits for its thread, whose last log lines then reach
     // the logger before it is flushed.
     let _ = sweeper.await;
-    info!(log, "stopped");
+    info!(log, #logging::ANNOUNCE, "stopped");
     ExitCode::SUCCESS
 }

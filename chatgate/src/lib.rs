@@ -35,6 +35,7 @@ use chatcore::{ChatCore, MemoryStore, OpenAiChat, OpenAiConfig, SqliteOptions, S
 use slog::{o, Logger};
 
 use crate::config::{Backend, Config};
+use crate::logging::ContentLog;
 use crate::router::Cors;
 
 pub use server::{run, shutdown_signal};
@@ -46,8 +47,8 @@ pub struct App {
     pub core: ChatCore,
     /// The root logger.
     pub log: Logger,
-    /// `log.content`: log user messages and AI responses.
-    pub log_content: bool,
+    /// The content lines (`log.content`, `log.max_content_bytes`).
+    pub content_log: ContentLog,
     /// The models clients may name on `/v1` (`openai.models`, or the
     /// configured model).
     pub models: Vec<String>,
@@ -71,10 +72,15 @@ pub struct App {
 impl App {
     /// The gateway state for `core`, configured by `config`.
     pub fn new(core: ChatCore, config: &Config, log: Logger) -> App {
+        let content_log = if config.log.content {
+            ContentLog::new(log.clone(), config.log.max_content_bytes.get())
+        } else {
+            ContentLog::off()
+        };
         App {
             core,
             log,
-            log_content: config.log.content,
+            content_log,
             models: config.openai.allowed_models(),
             max_body_bytes: config.server.max_body_bytes.get(),
             max_connections: config.server.max_connections.get(),

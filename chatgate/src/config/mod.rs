@@ -234,48 +234,6 @@ impl Default for OpenAiSection {
     }
 }
 
-/// A log level.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Level {
-    /// Errors only.
-    Error,
-    /// Warnings and errors.
-    Warning,
-    /// The default: requests, messages, SQL, warnings, errors.
-    Info,
-    /// Everything, including debugging detail.
-    Debug,
-}
-
-/// `[log]`
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LogConfig {
-    /// The plain-text log file.
-    pub file: PathBuf,
-    /// Minimum level logged.
-    pub level: Level,
-    /// Log user messages and AI responses.
-    pub content: bool,
-    /// Log every SQL statement.
-    pub sql: bool,
-    /// Also log to stderr (slog-term).
-    pub stderr: bool,
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        LogConfig {
-            file: PathBuf::from("app.log"),
-            level: Level::Info,
-            content: true,
-            sql: true,
-            stderr: true,
-        }
-    }
-}
-
 /// A secret string: `Debug` and `Display` print `<redacted>`.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(String);
@@ -363,10 +321,11 @@ impl Sources {
 }
 
 mod auth;
+mod log;
 mod sources;
 
+pub use self::log::{ByteSize, Level, LogConfig, StderrLevel};
 pub use auth::{AuthConfig, AuthMode, TrustedProxies};
-
 use sources::{describe, env_overrides, read_dotenv};
 
 impl Config {
@@ -505,12 +464,6 @@ impl Config {
                 expected: "a file path for the SQLite database".into(),
             });
         }
-        if self.log.file.as_os_str().is_empty() {
-            return Err(ConfigError::Invalid {
-                key: "log.file",
-                expected: "a file path for the log".into(),
-            });
-        }
         if let Err(bad) = TrustedProxies::parse(&self.server.trusted_proxies) {
             return Err(ConfigError::Invalid {
                 key: "server.trusted_proxies",
@@ -533,7 +486,7 @@ impl Config {
                 });
             }
         }
-        Ok(())
+        self.log.validate()
     }
 }
 
@@ -575,6 +528,10 @@ mod tests {
         assert_eq!(c.openai.context_tokens.get(), 3000);
         assert_eq!(c.log.file, PathBuf::from("app.log"));
         assert!(c.log.content && c.log.sql);
+        assert_eq!(c.log.stderr, StderrLevel::Warning);
+        assert_eq!(c.log.max_content_bytes.get(), 2048);
+        assert_eq!(c.log.max_size, ByteSize(50 * 1024 * 1024));
+        assert_eq!(c.log.keep, 5);
     }
 
     #[test]
@@ -621,6 +578,37 @@ mod tests {
         let (_d, s) = sources(Some("[openai]\ntemperature = 3.5\n"), &[]);
         let e = Config::load(&s).unwrap_err().to_string();
         assert!(e.contains("openai.temperature"), "{e}");
+    }
+
+    #[test]
+    fn log_keys_read_from_env_and_name_themselves_when_bad() {
+        let (_d, s) = sources(
+            None,
+            &[
+                ("CHATGATE_LOG__STDERR", "false"),
+                ("CHATGATE_LOG__MAX_SIZE", "10MB"),
+                ("CHATGATE_LOG__KEEP", "2"),
+            ],
+        );
+        let c = Config::load(&s).unwrap();
+        assert_eq!(c.log.stderr, StderrLevel::Off);
+        assert_eq!(c.log.max_size, ByteSize(10_000_000));
+        assert_eq!(c.log.keep, 2);
+        for (key, value, named) in [
+            ("CHATGATE_LOG__STDERR", "loud", "log.stderr"),
+            ("CHATGATE_LOG__MAX_SIZE", "lots", "log.max_size"),
+            ("CHATGATE_LOG__MAX_SIZE", "1KiB", "log.max_size"),
+            (
+                "CHATGATE_LOG__MAX_CONTENT_BYTES",
+                "0",
+                "log.max_content_bytes",
+            ),
+            ("CHATGATE_LOG__KEEP", "-1", "log.keep"),
+        ] {
+            let (_d, s) = sources(None, &[(key, value)]);
+            let e = Config::load(&s).unwrap_err().to_string();
+            assert!(e.contains(named), "{key}={value}: {e}");
+        }
     }
 
     #[test]

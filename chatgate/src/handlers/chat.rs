@@ -2,10 +2,8 @@
 //! or `Accept: text/event-stream`, as server-sent events (`delta`, then
 //! `done` once the turn is stored, or `error`).
 //!
-//! Content is logged in its Debug form (quoted, with `\n` and other control
-//! characters escaped), so a message can never break the one-line-per-event
-//! format of the log or forge a line of its own. It is logged only once the
-//! turn has passed validation and the session checks.
+//! The message is logged (see [`ContentLog`](crate::logging::ContentLog))
+//! only once the turn has passed validation and the session checks.
 
 use std::sync::Arc;
 
@@ -14,7 +12,7 @@ use hyper::body::Incoming;
 use hyper::header::HeaderValue;
 use hyper::{Request, Response};
 use serde::Serialize;
-use slog::{error, info};
+use slog::error;
 
 use crate::api::{parse_chat, ChatOut, UsageOut};
 use crate::body::{event_stream, json, Body};
@@ -59,17 +57,11 @@ pub async fn chat(app: &Arc<App>, req: Request<Incoming>, rid: &str) -> HandlerR
 }
 
 fn log_user(app: &App, turn: &PreparedTurn<'_>, rid: &str) {
-    if app.log_content {
-        info!(app.log, "user message";
-            "session_id" => %turn.session_id(), "content" => ?turn.content(), "request_id" => rid);
-    }
+    app.content_log.user(turn.session_id(), turn.content(), rid);
 }
 
 fn log_reply(app: &App, reply: &ChatReply, rid: &str) {
-    if app.log_content {
-        info!(app.log, "ai response";
-            "session_id" => %reply.session_id, "content" => ?&reply.content, "request_id" => rid);
-    }
+    app.content_log.reply(reply.session_id, &reply.content, rid);
 }
 
 /// `X-RateLimit-Limit` and `X-RateLimit-Remaining`.

@@ -19,7 +19,7 @@ use chatcore::{
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 use serde::Serialize;
-use slog::{error, info};
+use slog::error;
 
 use crate::api::openai::{
     parse_completions, ChoiceOut, ChunkChoice, ChunkOut, CompletionOut, Completions, Delta,
@@ -66,10 +66,7 @@ async fn session_turn(
         }
     };
     let turn = app.core.prepare(id, content, request.options).await?;
-    if app.log_content {
-        info!(app.log, "user message";
-            "session_id" => %id, "content" => ?turn.content(), "request_id" => rid);
-    }
+    app.content_log.user(id, turn.content(), rid);
     let (limit, remaining) = (turn.limit(), turn.remaining());
     let chunks = Chunks::new(request.model, request.include_usage);
     let mut resp = if request.stream {
@@ -103,10 +100,7 @@ async fn stateless(app: &Arc<App>, request: Completions, rid: &str) -> HandlerRe
             created_at: now,
         })
         .collect();
-    if app.log_content {
-        info!(app.log, "user message";
-            "session_id" => "-", "content" => ?user, "request_id" => rid);
-    }
+    app.content_log.user("-", user, rid);
     let chat = ChatRequest {
         system: None,
         history: (&history).into(),
@@ -186,10 +180,9 @@ fn invalid(param: &str, msg: &'static str) -> ApiError {
 }
 
 fn log_reply(app: &App, id: Option<SessionId>, content: &str, rid: &str) {
-    if app.log_content {
-        let session = id.map_or_else(|| "-".to_owned(), |id| id.to_string());
-        info!(app.log, "ai response";
-            "session_id" => session, "content" => ?content, "request_id" => rid);
+    match id {
+        Some(id) => app.content_log.reply(id, content, rid),
+        None => app.content_log.reply("-", content, rid),
     }
 }
 
@@ -306,8 +299,10 @@ struct Live {
     /// Frames to send before reading the source again (the role chunk
     /// first; the finish, usage and `[DONE]` frames last).
     queued: VecDeque<Bytes>,
-    /// The reply so far, for the content log.
+    /// The start of the reply so far, as much as the content log shows.
     text: String,
+    /// The reply's length so far, in bytes.
+    text_len: usize,
     usage: Option<Usage>,
     finish: Option<String>,
     over: bool,
@@ -317,7 +312,11 @@ impl Live {
     /// The frames that end a stream well, and its content log line.
     fn close(&mut self, session_id: Option<SessionId>) {
         self.over = true;
-        log_reply(&self.app, session_id, &self.text, &self.rid);
+        let log = &self.app.content_log;
+        match session_id {
+            Some(id) => log.reply_collected(id, &self.text, self.text_len, &self.rid),
+            None => log.reply_collected("-", &self.text, self.text_len, &self.rid),
+        }
         let reason = self.finish.as_deref().unwrap_or("stop");
         self.queued
             .push_back(self.chunks.chunk(Delta::default(), Some(reason)));
@@ -356,6 +355,7 @@ fn stream_response(
         rid: rid.to_owned(),
         queued: VecDeque::from([first]),
         text: String::new(),
+        text_len: 0,
         usage: None,
         finish: None,
         over: false,
@@ -377,8 +377,14 @@ fn stream_response(
                         },
                         None,
                     );
-                    if live.app.log_content {
-                        live.text.push_str(&piece);
+                    // Collected for the content line, no further than
+                    // it shows: a long reply costs no memory here.
+                    let log = &live.app.content_log;
+                    if log.enabled() {
+                        live.text_len += piece.len();
+                        if live.text.len() < log.max_bytes() {
+                            live.text.push_str(&piece);
+                        }
                     }
                     return Some((frame, live));
                 }
@@ -387,6 +393,7 @@ fn stream_response(
                 Some(Ok(Item::Stored(reply))) => {
                     live.usage = reply.usage;
                     live.finish = reply.finish_reason;
+                    live.text_len = reply.content.len();
                     live.text = reply.content;
                     live.close(Some(reply.session_id));
                 }

@@ -192,3 +192,114 @@ async fn content_and_sql_logging_can_be_switched_off() {
         "SQL logged with log.sql = false:\n{log}"
     );
 }
+
+/// The `content` field of a content line, unquoted (no escapes in these tests).
+fn content_field(line: &str) -> &str {
+    let start = line.find("content: \"").expect("a content field") + "content: \"".len();
+    let len = line[start..].find('"').expect("a closing quote");
+    &line[start..start + len]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_lines_are_capped_at_a_char_boundary_with_the_length_noted() {
+    let gw = Gateway::start_with(|c| {
+        c.log.max_content_bytes = std::num::NonZeroUsize::new(101).unwrap();
+    })
+    .await;
+    let id = new_session(gw.addr).await;
+    let long = "é".repeat(300); // 600 bytes
+    assert_eq!(chat(gw.addr, &id, &long).await.status, 200);
+    assert_eq!(chat(gw.addr, &id, "short one").await.status, 200);
+    // A stateless stream: the reply is collected piece by piece, no
+    // further than the line shows, but its whole length is noted.
+    let words = "word ".repeat(100);
+    let body = serde_json::json!({
+        "model": "gpt-3.5-turbo",
+        "messages": [{"role": "user", "content": words}],
+        "stream": true,
+    });
+    let mut s = open_stream(gw.addr, "/v1/chat/completions", &[], &body.to_string()).await;
+    assert_eq!(s.status, 200);
+    let (events, broke) = s.rest().await;
+    assert!(broke.is_none() && events.last().is_some_and(|e| e.data == "[DONE]"));
+    let log = gw.stop().await;
+
+    let user = lines_with(&log, "user message");
+    let ai = lines_with(&log, "ai response");
+    assert_eq!((user.len(), ai.len()), (3, 3), "{log}");
+    // 101 bytes would split an "é": 50 of them (100 bytes) are shown.
+    assert_eq!(content_field(user[0]), "é".repeat(50));
+    assert!(has_field(user[0], "content_len", "600") && has_field(user[0], "truncated", "true"));
+    let echo = format!("Echo: {long}");
+    assert_eq!(content_field(ai[0]), &echo[..100]);
+    assert!(
+        has_field(ai[0], "content_len", &echo.len().to_string()),
+        "{}",
+        ai[0]
+    );
+    assert!(has_field(ai[0], "truncated", "true"), "{}", ai[0]);
+    assert_eq!(content_field(user[1]), "short one");
+    assert!(has_field(user[1], "content_len", "9") && has_field(user[1], "truncated", "false"));
+    assert!(has_field(user[2], "session_id", "-") && content_field(user[2]) == &words[..101]);
+    let streamed = format!("Echo: {words}");
+    assert_eq!(content_field(ai[2]), &streamed[..101]);
+    assert!(
+        has_field(ai[2], "content_len", &streamed.len().to_string()),
+        "{}",
+        ai[2]
+    );
+    assert!(
+        !log.contains(&"é".repeat(51)),
+        "more than the cap was logged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_requests_leave_their_access_line_not_their_body() {
+    let gw = Gateway::start().await;
+    let id = new_session(gw.addr).await;
+    let unknown = uuid::Uuid::new_v4().to_string();
+    let cases = [
+        (
+            "/chat/",
+            serde_json::json!({"session_id": unknown, "role": "user", "content": "secret-404-body"}),
+            404,
+        ),
+        (
+            "/chat/",
+            serde_json::json!({"session_id": id, "role": "assistant", "content": "secret-422-body"}),
+            422,
+        ),
+        (
+            "/chat/",
+            serde_json::json!({"session_id": "not-a-uuid", "role": "user", "content": "secret-bad-id"}),
+            404,
+        ),
+        (
+            "/feedback/",
+            serde_json::json!({"session_id": unknown, "feedback": "secret-feedback-body"}),
+            404,
+        ),
+    ];
+    for (path, body, status) in &cases {
+        let r = post(gw.addr, path, &body.to_string()).await;
+        assert_eq!(r.status, *status, "{path} {body}: {}", r.text());
+    }
+    let log = gw.stop().await;
+    for secret in [
+        "secret-404-body",
+        "secret-422-body",
+        "secret-bad-id",
+        "secret-feedback-body",
+    ] {
+        assert!(!log.contains(secret), "{secret} is in app.log:\n{log}");
+    }
+    let access = lines_with(&log, "request");
+    for status in ["404", "422"] {
+        assert!(
+            access.iter().any(|l| has_field(l, "status", status)),
+            "no {status} access line:\n{log}"
+        );
+    }
+    assert!(lines_with(&log, "user message").is_empty(), "{log}");
+}

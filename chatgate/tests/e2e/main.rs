@@ -11,6 +11,8 @@ mod endpoints;
 mod errors;
 mod hostile;
 mod lifecycle;
+mod log_files;
+mod log_stderr;
 mod logs;
 mod openai_api;
 mod rate_limit;

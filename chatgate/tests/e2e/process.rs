@@ -48,16 +48,30 @@ impl Server {
 
     /// Like [`Server::start`], with extra environment variables.
     pub async fn start_with_env(dir: &Path, env: &[(&str, &str)]) -> Server {
+        Server::spawn(dir, env, true).await
+    }
+
+    /// Like [`Server::start_with_env`], but stderr logs as configured
+    /// (by default: the startup line, warnings and errors) instead of
+    /// not at all. It goes to `stderr.txt` in `dir`.
+    pub async fn start_logging_to_stderr(dir: &Path, env: &[(&str, &str)]) -> Server {
+        Server::spawn(dir, env, false).await
+    }
+
+    async fn spawn(dir: &Path, env: &[(&str, &str)], quiet: bool) -> Server {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let stderr = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(dir.join("stderr.txt"))
             .expect("stderr file");
-        let child = chatgate(dir)
-            .args(["--mock-upstream", "serve"])
-            .env("CHATGATE_SERVER__BIND", addr.to_string())
-            .env("CHATGATE_LOG__STDERR", "false")
+        let mut cmd = chatgate(dir);
+        cmd.args(["--mock-upstream", "serve"])
+            .env("CHATGATE_SERVER__BIND", addr.to_string());
+        if quiet {
+            cmd.env("CHATGATE_LOG__STDERR", "off");
+        }
+        let child = cmd
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use chatgate::config::Config;
+use chatgate::config::{Config, StderrLevel};
 use chatgate::logging::Logs;
 use chatmock::MockOpenAi;
 use http_body_util::{BodyExt, Full};
@@ -221,7 +221,7 @@ pub fn base_config(mock: &MockOpenAi, dir: &Path) -> Config {
     c.openai.base_url = mock.base_url();
     c.storage.path = dir.join("chatgate.db");
     c.log.file = dir.join("app.log");
-    c.log.stderr = false;
+    c.log.stderr = StderrLevel::Off;
     c
 }
 
@@ -249,7 +249,7 @@ impl Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut config = base_config(&mock, dir.path());
         edit(&mut config);
-        let logs = chatgate::logging::build(&config.log).expect("open app.log");
+        let logs = chatgate::logging::build(&config).expect("open app.log");
         let core = chatgate::build_core(&config, &logs.logger).expect("build chatcore");
         let app = Arc::new(chatgate::App::new(core, &config, logs.logger.clone()));
         let listener = tokio::net::TcpListener::bind(config.server.bind)
