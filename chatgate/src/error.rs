@@ -60,6 +60,8 @@ pub struct ApiError {
     pub allow: Option<&'static str>,
     /// Close the connection after this response (`Connection: close`).
     pub close: bool,
+    /// Ask for a bearer credential (`WWW-Authenticate: Bearer`, on 401).
+    pub challenge: bool,
     /// A machine-readable code for OpenAI-shaped bodies (`model_not_found`);
     /// without one, the code follows from the status.
     pub code: Option<&'static str>,
@@ -75,6 +77,7 @@ impl ApiError {
             cause: None,
             allow: None,
             close: false,
+            challenge: false,
             code: None,
         }
     }
@@ -88,6 +91,7 @@ impl ApiError {
             cause: None,
             allow: None,
             close: false,
+            challenge: false,
             code: None,
         }
     }
@@ -234,6 +238,12 @@ impl ApiError {
         }
         if self.close {
             h.insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if self.challenge {
+            h.insert(
+                hyper::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer"),
+            );
         }
         resp
     }

@@ -19,6 +19,7 @@
 //! facade a [`config::Config`] describes.
 
 pub mod api;
+pub mod auth;
 pub mod body;
 pub mod cli;
 pub mod config;
