@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use crate::config::{Config, Sources};
+use crate::config::{Config, Loaded, Sources};
 use crate::{build_core, logging, App};
-use slog::{error, info};
+use slog::{error, info, warn};
 
 const USAGE: &str = "\
 chatgate: an AI-chat gateway in front of any OpenAI-compatible server
@@ -110,14 +110,18 @@ async fn run_cli(args: impl Iterator<Item = String>) -> ExitCode {
     } else {
         None
     };
-    let config = match Config::load(&sources) {
-        Ok(c) => c,
+    let Loaded { config, warnings } = match Config::load(&sources) {
+        Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("chatgate: config error: {e}");
             return ExitCode::from(2);
         }
     };
     if cli.command == Command::CheckConfig {
+        // On stderr, so stdout stays the TOML alone.
+        for w in &warnings {
+            eprintln!("chatgate: warning: {w}");
+        }
         print!("{}", toml::to_string_pretty(&config).unwrap_or_default());
         let set = |s: &Option<crate::config::Secret>| if s.is_some() { "set" } else { "unset" };
         println!("# OPENAI_API_KEY: {}", set(&config.secrets.openai_api_key));
@@ -131,6 +135,9 @@ async fn run_cli(args: impl Iterator<Item = String>) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    for w in &warnings {
+        warn!(logs.logger, "{}", w);
+    }
     let code = match cli.command {
         Command::Purge => purge(&config, &logs.logger).await,
         _ => serve(&config, &logs.logger, mock.is_some()).await,

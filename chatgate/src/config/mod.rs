@@ -4,6 +4,12 @@
 //! Parsed once into typed sections (`deny_unknown_fields`, one `Default`
 //! each, self-validating types), then checked for what types cannot say.
 //! Every failure names the key and what was expected; `main` exits 2.
+//! What is ignored rather than refused (foreign `CHATGATE_*` variables)
+//! comes back as [`Warning`]s for the caller to report once its logger
+//! exists.
+//!
+//! Files: `env` (the typed `CHATGATE_*` layer), `sources` (`.env`, error
+//! messages).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -295,6 +301,15 @@ pub enum ConfigError {
     /// A key has a bad value or is unknown (figment's message names it).
     #[error("{0}")]
     Parse(String),
+    /// A `CHATGATE_*` variable under a known section names no key, or its
+    /// value is not of its key's type.
+    #[error("{message} (environment variable {var})")]
+    Env {
+        /// The variable, e.g. `CHATGATE_SERVER__MAX_BODY_BYTES`.
+        var: String,
+        /// What is wrong, naming the key.
+        message: String,
+    },
     /// A value that parsed but makes no sense.
     #[error("invalid value for `{key}`: {expected}")]
     Invalid {
@@ -303,6 +318,45 @@ pub enum ConfigError {
         /// What was expected.
         expected: String,
     },
+}
+
+/// Something in the sources that was ignored rather than refused: the
+/// operator should hear of it, but it must not stop the gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Warning {
+    /// `CHATGATE_*` variables whose first segment is not a config section,
+    /// such as the `CHATGATE_PORT=tcp://…` Kubernetes sets for a Service
+    /// named chatgate.
+    IgnoredEnv {
+        /// The variables, sorted.
+        vars: Vec<String>,
+        /// The sections there are.
+        sections: Vec<String>,
+    },
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Warning::IgnoredEnv { vars, sections } => write!(
+                f,
+                "ignored environment variables {}: not a config section after CHATGATE_ \
+                 (the sections are {})",
+                vars.join(", "),
+                sections.join(", ")
+            ),
+        }
+    }
+}
+
+/// A loaded configuration and what was ignored on the way, for the caller
+/// to report once it can (the logger is built from the configuration).
+#[derive(Debug)]
+pub struct Loaded {
+    /// The configuration.
+    pub config: Config,
+    /// What was ignored.
+    pub warnings: Vec<Warning>,
 }
 
 /// Where the configuration comes from.
@@ -330,16 +384,18 @@ impl Sources {
     }
 }
 
+mod env;
 mod sources;
 
-use sources::{describe, env_overrides, read_dotenv};
+use env::EnvLayer;
+use sources::{describe, read_dotenv};
 
 impl Config {
     /// Loads, merges and validates the configuration.
     ///
     /// # Errors
     /// A [`ConfigError`] naming the key at fault.
-    pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
+    pub fn load(sources: &Sources) -> Result<Loaded, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if sources.file.exists() {
             figment = figment.merge(Toml::file_exact(&sources.file));
@@ -349,13 +405,13 @@ impl Config {
                 reason: "no such file".into(),
             });
         }
-        // Env::prefixed reads the process environment; we pass our own map
-        // so tests (and `--env`-less embedding) stay deterministic.
-        let env_toml = env_overrides(&sources.env)?;
-        figment = figment.merge(Toml::string(&env_toml));
+        let env = EnvLayer::read(&sources.env)?;
+        let warnings: Vec<Warning> = env.warning.iter().cloned().collect();
+        let env_vars = env.vars.clone();
         let mut config: Config = figment
+            .merge(env)
             .extract()
-            .map_err(|e| ConfigError::Parse(describe(e)))?;
+            .map_err(|e| ConfigError::Parse(describe(e, &env_vars)))?;
         let dotenv = read_dotenv(sources.dotenv.as_deref())?;
         let secret = |name: &str| {
             sources
@@ -370,7 +426,7 @@ impl Config {
             secret_key: secret("SECRET_KEY"),
         };
         config.validate()?;
-        Ok(config)
+        Ok(Loaded { config, warnings })
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -506,7 +562,7 @@ mod tests {
     #[test]
     fn defaults_match_the_spec() {
         let (_d, s) = sources(None, &[]);
-        let c = Config::load(&s).unwrap();
+        let c = Config::load(&s).unwrap().config;
         assert_eq!(c.server.bind.to_string(), "0.0.0.0:8000");
         assert_eq!(c.server.max_body_bytes.get(), 65_536);
         assert_eq!(c.session.idle_timeout, Duration::from_secs(1800));
@@ -527,13 +583,13 @@ mod tests {
                 ("CHATGATE_SESSION__IDLE_TIMEOUT", "5m"),
             ],
         );
-        let c = Config::load(&s).unwrap();
+        let c = Config::load(&s).unwrap().config;
         assert_eq!(c.server.bind.to_string(), "127.0.0.1:9000");
         let (_d2, s2) = sources(
             None,
             &[("CHATGATE_SERVER__CORS_ORIGINS", r#"["https://a.example"]"#)],
         );
-        let c2 = Config::load(&s2).unwrap();
+        let c2 = Config::load(&s2).unwrap().config;
         assert_eq!(c2.server.cors_origins, ["https://a.example"]);
         assert_eq!(c.rate_limit.messages_per_minute.get(), 9);
         assert_eq!(c.session.idle_timeout, Duration::from_secs(300));
@@ -575,7 +631,7 @@ mod tests {
             "OPENAI_API_KEY=sk-from-dotenv\nSECRET_KEY=s3\n",
         )
         .unwrap();
-        let c = Config::load(&s).unwrap();
+        let c = Config::load(&s).unwrap().config;
         assert_eq!(c.secrets.openai_api_key.unwrap().expose(), "sk-from-dotenv");
         assert!(!format!("{:?}", c.secrets.secret_key).contains("s3"));
         // Another base URL runs without a key.
@@ -585,6 +641,17 @@ mod tests {
             "http://127.0.0.1:1/v1".into(),
         );
         assert!(Config::load(&s).is_ok());
+    }
+
+    #[test]
+    fn ignored_sources_come_back_as_warnings() {
+        let (_d, s) = sources(None, &[("CHATGATE_PORT", "tcp://10.0.0.1:8000")]);
+        let loaded = Config::load(&s).unwrap();
+        let shown: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+        assert_eq!(shown.len(), 1, "{shown:?}");
+        assert!(shown[0].contains("CHATGATE_PORT"), "{shown:?}");
+        let (_d, s) = sources(None, &[]);
+        assert!(Config::load(&s).unwrap().warnings.is_empty());
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! SPEC §4 through the built binary: `chatgate check-config` in a temp
-//! directory with a clean environment (no `OPENAI_API_KEY`).
+//! directory with a clean environment (no `OPENAI_API_KEY`), and `serve`
+//! where its log is what is checked.
 
 use std::path::Path;
 use std::process::Output;
+use std::time::Duration;
 
-use crate::process::run;
+use crate::process::{run, Server};
 
 /// A base URL that is not OpenAI's, so no key is needed.
 const LOCAL_URL: (&str, &str) = ("CHATGATE_OPENAI__BASE_URL", "http://127.0.0.1:9/v1");
@@ -174,4 +176,139 @@ fn explicit_config_file_must_exist() {
     let o = check(dir.path(), &["--config", "other.toml"], &[LOCAL_URL]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("messages_per_minute = 11"));
+}
+
+/// `check-config` output parsed back, to compare values rather than layout.
+fn printed(o: &Output) -> toml::Table {
+    assert!(
+        o.status.success(),
+        "exit {}; stderr: {}",
+        o.status,
+        stderr(o)
+    );
+    stdout(o).parse().expect("check-config prints TOML")
+}
+
+#[test]
+fn environment_values_take_the_type_of_their_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&str, &str, &str, &str, toml::Value); 6] = [
+        // Strings that look like a date or a number stay strings.
+        (
+            "CHATGATE_OPENAI__MODEL",
+            "2024-05-13",
+            "openai",
+            "model",
+            "2024-05-13".into(),
+        ),
+        (
+            "CHATGATE_OPENAI__MODEL",
+            "123",
+            "openai",
+            "model",
+            "123".into(),
+        ),
+        (
+            "CHATGATE_SERVER__CORS_ORIGINS",
+            "*",
+            "server",
+            "cors_origins",
+            vec!["*"].into(),
+        ),
+        (
+            "CHATGATE_SERVER__CORS_ORIGINS",
+            "https://a.example,https://b.example",
+            "server",
+            "cors_origins",
+            vec!["https://a.example", "https://b.example"].into(),
+        ),
+        (
+            "CHATGATE_OPENAI__MODELS",
+            r#"["gpt-4o", "2024-05-13"]"#,
+            "openai",
+            "models",
+            vec!["gpt-4o", "2024-05-13"].into(),
+        ),
+        (
+            "CHATGATE_OPENAI__TEMPERATURE",
+            "1",
+            "openai",
+            "temperature",
+            1.0.into(),
+        ),
+    ];
+    for (var, raw, section, key, want) in cases {
+        let o = check(dir.path(), &[], &[LOCAL_URL, (var, raw)]);
+        assert_eq!(printed(&o)[section][key], want, "{var}={raw}");
+    }
+}
+
+#[test]
+fn a_bad_environment_value_names_the_key_and_what_was_expected() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "CHATGATE_SERVER__MAX_BODY_BYTES",
+            "abc",
+            ["server.max_body_bytes", "integer"],
+        ),
+        (
+            "CHATGATE_LOG__CONTENT",
+            "yes",
+            ["log.content", "true or false"],
+        ),
+        (
+            "CHATGATE_SERVER__MAX_BODY_BYTES",
+            "0",
+            ["server.max_body_bytes", "nonzero"],
+        ),
+        (
+            "CHATGATE_SERVER__BND",
+            "127.0.0.1:1",
+            ["server.bnd", "unknown key"],
+        ),
+    ];
+    for (var, raw, words) in cases {
+        let o = check(dir.path(), &[], &[LOCAL_URL, (var, raw)]);
+        assert_refused(&o, &[words[0], words[1], var]);
+    }
+}
+
+/// What Kubernetes injects into every pod when a Service is named chatgate.
+const KUBERNETES: [(&str, &str); 5] = [
+    ("CHATGATE_PORT", "tcp://10.96.0.12:8000"),
+    ("CHATGATE_PORT_8000_TCP", "tcp://10.96.0.12:8000"),
+    ("CHATGATE_PORT_8000_TCP_ADDR", "10.96.0.12"),
+    ("CHATGATE_SERVICE_HOST", "10.96.0.12"),
+    ("CHATGATE_SERVICE_PORT", "8000"),
+];
+
+#[test]
+fn kubernetes_service_variables_are_ignored_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = KUBERNETES.to_vec();
+    env.push(LOCAL_URL);
+    let o = check(dir.path(), &[], &env);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    for (var, _) in KUBERNETES {
+        assert!(err.contains(var), "{var} not named in: {err}");
+    }
+    assert!(err.contains("warning"), "{err}");
+    assert!(!stdout(&o).contains("warning"), "stdout is TOML only");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_logs_the_kubernetes_warning_and_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start_with_env(dir.path(), &KUBERNETES).await;
+    server.terminate();
+    let status = server.wait_exit(Duration::from_secs(30)).await;
+    assert_eq!(status.code(), Some(0), "exit status {status}");
+    let log = std::fs::read_to_string(dir.path().join("app.log")).expect("app.log");
+    let warning = log
+        .lines()
+        .find(|l| l.contains("CHATGATE_SERVICE_HOST"))
+        .unwrap_or_else(|| panic!("no warning naming the variables:\n{log}"));
+    assert!(warning.contains("WARN"), "{warning}");
 }
