@@ -4,9 +4,9 @@
 //! Parsed once into typed sections (`deny_unknown_fields`, one `Default`
 //! each, self-validating types), then checked for what types cannot say.
 //! Every failure names the key and what was expected; `main` exits 2.
-//! What is ignored rather than refused (foreign `CHATGATE_*` variables)
-//! comes back as [`Warning`]s for the caller to report once its logger
-//! exists.
+//! What is ignored rather than refused (foreign `CHATGATE_*` variables,
+//! other variables in `.env`) comes back as [`Warning`]s for the caller to
+//! report once its logger exists.
 //!
 //! Files: `env` (the typed `CHATGATE_*` layer), `sources` (`.env`, error
 //! messages).
@@ -310,6 +310,15 @@ pub enum ConfigError {
         /// What is wrong, naming the key.
         message: String,
     },
+    /// The `.env` file cannot be read or parsed. The reason gives a line
+    /// number, never the line: it may hold a secret.
+    #[error("cannot read {path}: {reason}")]
+    Dotenv {
+        /// The file.
+        path: PathBuf,
+        /// Why, e.g. `line 3: expected NAME=value`.
+        reason: String,
+    },
     /// A value that parsed but makes no sense.
     #[error("invalid value for `{key}`: {expected}")]
     Invalid {
@@ -333,6 +342,13 @@ pub enum Warning {
         /// The sections there are.
         sections: Vec<String>,
     },
+    /// Variables in `.env` other than the secrets read from it.
+    IgnoredDotenv {
+        /// The `.env` file.
+        file: PathBuf,
+        /// The variables (names only), in file order.
+        vars: Vec<String>,
+    },
 }
 
 impl fmt::Display for Warning {
@@ -344,6 +360,12 @@ impl fmt::Display for Warning {
                  (the sections are {})",
                 vars.join(", "),
                 sections.join(", ")
+            ),
+            Warning::IgnoredDotenv { file, vars } => write!(
+                f,
+                "ignored variables in {}: {} (only OPENAI_API_KEY and SECRET_KEY are read from it)",
+                file.display(),
+                vars.join(", ")
             ),
         }
     }
@@ -406,13 +428,14 @@ impl Config {
             });
         }
         let env = EnvLayer::read(&sources.env)?;
-        let warnings: Vec<Warning> = env.warning.iter().cloned().collect();
+        let mut warnings: Vec<Warning> = env.warning.iter().cloned().collect();
         let env_vars = env.vars.clone();
         let mut config: Config = figment
             .merge(env)
             .extract()
             .map_err(|e| ConfigError::Parse(describe(e, &env_vars)))?;
-        let dotenv = read_dotenv(sources.dotenv.as_deref())?;
+        let (dotenv, dotenv_warning) = read_dotenv(sources.dotenv.as_deref())?;
+        warnings.extend(dotenv_warning);
         let secret = |name: &str| {
             sources
                 .env
@@ -645,11 +668,13 @@ mod tests {
 
     #[test]
     fn ignored_sources_come_back_as_warnings() {
-        let (_d, s) = sources(None, &[("CHATGATE_PORT", "tcp://10.0.0.1:8000")]);
+        let (d, s) = sources(None, &[("CHATGATE_PORT", "tcp://10.0.0.1:8000")]);
+        std::fs::write(d.path().join(".env"), "OPENAI_API_KEY=sk-1\nDEBUG=1\n").unwrap();
         let loaded = Config::load(&s).unwrap();
         let shown: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
-        assert_eq!(shown.len(), 1, "{shown:?}");
+        assert_eq!(shown.len(), 2, "{shown:?}");
         assert!(shown[0].contains("CHATGATE_PORT"), "{shown:?}");
+        assert!(shown[1].contains("DEBUG"), "{shown:?}");
         let (_d, s) = sources(None, &[]);
         assert!(Config::load(&s).unwrap().warnings.is_empty());
     }

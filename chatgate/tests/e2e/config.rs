@@ -312,3 +312,38 @@ async fn serve_logs_the_kubernetes_warning_and_starts() {
         .unwrap_or_else(|| panic!("no warning naming the variables:\n{log}"));
     assert!(warning.contains("WARN"), "{warning}");
 }
+
+#[test]
+fn other_dotenv_variables_are_ignored_with_a_warning_naming_them() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join(".env"),
+        "OPENAI_API_KEY=sk-from-dotenv-5678\nDATABASE_URL=postgres://app:hunter2-Xq9@db/app\n\
+         CHATGATE_SERVER__BIND=127.0.0.1:1\n",
+    )
+    .unwrap();
+    let o = check(dir.path(), &[], &[]);
+    let err = stderr(&o);
+    assert!(
+        err.contains("DATABASE_URL") && err.contains("CHATGATE_SERVER__BIND"),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "a value was printed: {err}");
+    // `.env` supplies secrets only: the bind stays the default.
+    assert_eq!(printed(&o)["server"]["bind"].as_str(), Some("0.0.0.0:8000"));
+}
+
+#[test]
+fn a_malformed_dotenv_line_is_named_by_number_not_by_content() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = "sk-fake-Jw3Lq8Vz2Rt6Pn4";
+    std::fs::write(
+        dir.path().join(".env"),
+        format!("# secrets\nSECRET_KEY=ok\nOPENAI_API_KEY {fake}\n"),
+    )
+    .unwrap();
+    let o = check(dir.path(), &[], &[LOCAL_URL]);
+    assert_refused(&o, &[".env", "line 3"]);
+    let all = format!("{}{}", stdout(&o), stderr(&o));
+    assert!(!all.contains(fake), "the line's content was printed: {all}");
+}
