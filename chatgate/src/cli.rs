@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use crate::config::{Config, Loaded, Sources};
+use crate::config::{redact_url, Config, Loaded, Sources};
 use crate::{build_core, logging, App};
 use slog::{error, info, warn};
 
@@ -122,10 +122,7 @@ async fn run_cli(args: impl Iterator<Item = String>) -> ExitCode {
         for w in &warnings {
             eprintln!("chatgate: warning: {w}");
         }
-        print!("{}", toml::to_string_pretty(&config).unwrap_or_default());
-        let set = |s: &Option<crate::config::Secret>| if s.is_some() { "set" } else { "unset" };
-        println!("# OPENAI_API_KEY: {}", set(&config.secrets.openai_api_key));
-        println!("# SECRET_KEY: {}", set(&config.secrets.secret_key));
+        print!("{}", config.to_toml());
         return ExitCode::SUCCESS;
     }
     let logs = match logging::build(&config.log) {
@@ -194,7 +191,7 @@ async fn serve(config: &Config, log: &slog::Logger, mock: bool) -> ExitCode {
         .unwrap_or_default();
     info!(log, "listening";
         "addr" => &addr,
-        "upstream" => &config.openai.base_url,
+        "upstream" => redact_url(&config.openai.base_url),
         "mock_upstream" => mock,
         "model" => &config.openai.model,
         "storage" => ?config.storage.backend,

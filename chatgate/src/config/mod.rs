@@ -9,7 +9,7 @@
 //! report once its logger exists.
 //!
 //! Files: `env` (the typed `CHATGATE_*` layer), `sources` (`.env`, error
-//! messages).
+//! messages), `human` (durations, floats and URLs as people write them).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -52,14 +52,14 @@ pub struct ServerConfig {
     /// Largest request body accepted (413 beyond).
     pub max_body_bytes: NonZeroUsize,
     /// How long in-flight requests may run after a shutdown signal.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "human::duration")]
     pub shutdown_grace: Duration,
     /// Origins allowed by CORS (`"*"` for any); empty disables CORS.
     pub cors_origins: Vec<String>,
     /// Most connections served at once; further clients wait in the backlog.
     pub max_connections: NonZeroUsize,
     /// How long a client may take to send a request's headers.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "human::duration")]
     pub header_timeout: Duration,
 }
 
@@ -115,13 +115,13 @@ impl Default for StorageConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct SessionConfig {
     /// Idle time after which a session expires.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "human::duration")]
     pub idle_timeout: Duration,
     /// How long an idle session's data is kept.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "human::duration")]
     pub retention: Duration,
     /// How often the retention sweep runs.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "human::duration")]
     pub sweep_interval: Duration,
     /// Sessions kept in memory for fast turns (0 turns the cache off).
     pub hot_sessions: usize,
@@ -154,8 +154,8 @@ impl Default for RateLimitConfig {
     }
 }
 
-/// `[openai]`
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `[openai]`. `Debug` shows `base_url` through [`redact_url`].
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OpenAiSection {
     /// Any OpenAI-compatible base URL.
@@ -164,16 +164,17 @@ pub struct OpenAiSection {
     pub model: String,
     /// Total deadline per turn's upstream call, retries included; for a
     /// stream, the deadline for its first byte.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "human::duration")]
     pub timeout: Duration,
     /// For a stream, the longest gap between two upstream chunks.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "human::duration")]
     pub stream_idle_timeout: Duration,
     /// The models clients may name on `/v1`; empty means `[model]`.
     pub models: Vec<String>,
     /// Retries after the first attempt.
     pub max_retries: u32,
     /// Sampling temperature, 0 to 2.
+    #[serde(serialize_with = "human::shortest_f32")]
     pub temperature: f32,
     /// Default system prompt; empty for none.
     pub system_prompt: String,
@@ -189,6 +190,22 @@ impl OpenAiSection {
         } else {
             self.models.clone()
         }
+    }
+}
+
+impl fmt::Debug for OpenAiSection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OpenAiSection")
+            .field("base_url", &redact_url(&self.base_url))
+            .field("model", &self.model)
+            .field("timeout", &self.timeout)
+            .field("stream_idle_timeout", &self.stream_idle_timeout)
+            .field("models", &self.models)
+            .field("max_retries", &self.max_retries)
+            .field("temperature", &self.temperature)
+            .field("system_prompt", &self.system_prompt)
+            .field("context_tokens", &self.context_tokens)
+            .finish()
     }
 }
 
@@ -407,7 +424,10 @@ impl Sources {
 }
 
 mod env;
+mod human;
 mod sources;
+
+pub use human::redact_url;
 
 use env::EnvLayer;
 use sources::{describe, read_dotenv};
@@ -452,13 +472,33 @@ impl Config {
         Ok(Loaded { config, warnings })
     }
 
+    /// The configuration as TOML, as `check-config` prints it: durations
+    /// and numbers as a person writes them, credentials in `base_url`
+    /// hidden, and the secrets only as `(set)` or `(not set)`.
+    pub fn to_toml(&self) -> String {
+        let mut shown = self.clone();
+        shown.openai.base_url = redact_url(&self.openai.base_url);
+        let mut out =
+            toml::to_string_pretty(&shown).expect("the config serializes to TOML (plain tables)");
+        let set = |s: &Option<Secret>| if s.is_some() { "(set)" } else { "(not set)" };
+        out.push_str(&format!(
+            "\n# OPENAI_API_KEY: {}\n# SECRET_KEY: {}\n",
+            set(&self.secrets.openai_api_key),
+            set(&self.secrets.secret_key)
+        ));
+        out
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         let o = &self.openai;
         let base = o.base_url.trim_end_matches('/');
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(ConfigError::Invalid {
                 key: "openai.base_url",
-                expected: format!("an http:// or https:// URL, got {:?}", o.base_url),
+                expected: format!(
+                    "an http:// or https:// URL, got {:?}",
+                    redact_url(&o.base_url)
+                ),
             });
         }
         match base.parse::<hyper::Uri>() {
@@ -468,7 +508,7 @@ impl Config {
                     key: "openai.base_url",
                     expected: format!(
                         "a URL with a host, such as http://127.0.0.1:8080/v1, got {:?}",
-                        o.base_url
+                        redact_url(&o.base_url)
                     ),
                 })
             }
@@ -537,7 +577,7 @@ impl Config {
                 key: "session.retention",
                 expected: format!(
                     "at least session.idle_timeout ({}): a session must not be purged while it is still active",
-                    humantime::format_duration(s.idle_timeout)
+                    human::duration::format(s.idle_timeout)
                 ),
             });
         }
@@ -677,6 +717,44 @@ mod tests {
         assert!(shown[1].contains("DEBUG"), "{shown:?}");
         let (_d, s) = sources(None, &[]);
         assert!(Config::load(&s).unwrap().warnings.is_empty());
+    }
+
+    #[test]
+    fn base_url_credentials_are_shown_nowhere() {
+        let url = "http://bob:hunter2@127.0.0.1:9/v1?api-key=k3y";
+        let (_d, s) = sources(None, &[("CHATGATE_OPENAI__BASE_URL", url)]);
+        let c = Config::load(&s).unwrap().config;
+        assert_eq!(c.openai.base_url, url, "the real URL is still used");
+        for shown in [c.to_toml(), format!("{c:?}")] {
+            assert!(
+                shown.contains("http://***@127.0.0.1:9/v1?api-key=***"),
+                "{shown}"
+            );
+            assert!(
+                !shown.contains("hunter2") && !shown.contains("k3y"),
+                "{shown}"
+            );
+        }
+    }
+
+    #[test]
+    fn to_toml_writes_values_as_a_person_would_and_reads_back() {
+        let (d, s) = sources(None, &[]);
+        let c = Config::load(&s).unwrap().config;
+        let text = c.to_toml();
+        for line in [
+            "retention = \"183d\"",
+            "idle_timeout = \"30m\"",
+            "temperature = 0.7\n",
+            "# OPENAI_API_KEY: (set)",
+            "# SECRET_KEY: (not set)",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in:\n{text}");
+        }
+        std::fs::write(d.path().join("config.toml"), &text).unwrap();
+        let again = Config::load(&s).unwrap().config;
+        assert_eq!(again.to_toml(), text);
+        assert_eq!(again.openai.temperature, 0.7);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! SPEC §4 through the built binary: `chatgate check-config` in a temp
 //! directory with a clean environment (no `OPENAI_API_KEY`), and `serve`
-//! where its log is what is checked.
+//! where the startup log line is what is checked.
 
 use std::path::Path;
 use std::process::Output;
@@ -54,10 +54,20 @@ fn built_in_defaults_without_a_file() {
         "messages_per_minute = 5",
         "model = \"gpt-3.5-turbo\"",
         "file = \"app.log\"",
+        // As written in config.toml, not humantime's "6months 8h 38m 24s"
+        // or the widened f32 0.699999988079071.
+        "retention = \"183d\"",
+        "shutdown_grace = \"10s\"",
+        "temperature = 0.7\n",
     ] {
         assert!(out.contains(line), "missing {line:?} in:\n{out}");
     }
-    assert!(out.contains("OPENAI_API_KEY: unset"), "{out}");
+    assert!(out.contains("# OPENAI_API_KEY: (not set)"), "{out}");
+    assert!(out.contains("# SECRET_KEY: (not set)"), "{out}");
+    // What check-config prints is a config file that loads back as itself.
+    std::fs::write(dir.path().join("printed.toml"), &out).unwrap();
+    let again = check(dir.path(), &["--config", "printed.toml"], &[LOCAL_URL]);
+    assert_eq!(stdout(&again), out, "{}", stderr(&again));
 }
 
 #[test]
@@ -136,7 +146,7 @@ fn default_base_url_needs_openai_api_key() {
     assert_refused(&check(dir.path(), &[], &[]), &["OPENAI_API_KEY"]);
     let o = check(dir.path(), &[], &[("OPENAI_API_KEY", "sk-from-env-1234")]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stdout(&o).contains("OPENAI_API_KEY: set"));
+    assert!(stdout(&o).contains("OPENAI_API_KEY: (set)"));
     assert!(
         !stdout(&o).contains("sk-from-env-1234"),
         "the key was printed"
@@ -154,8 +164,8 @@ fn dotenv_file_supplies_openai_api_key() {
     let o = check(dir.path(), &[], &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
-    assert!(out.contains("OPENAI_API_KEY: set"), "{out}");
-    assert!(out.contains("SECRET_KEY: set"), "{out}");
+    assert!(out.contains("OPENAI_API_KEY: (set)"), "{out}");
+    assert!(out.contains("SECRET_KEY: (set)"), "{out}");
     assert!(
         !out.contains("sk-from-dotenv-5678") && !out.contains("s3cr3t-value"),
         "{out}"
@@ -187,6 +197,25 @@ fn printed(o: &Output) -> toml::Table {
         stderr(o)
     );
     stdout(o).parse().expect("check-config prints TOML")
+}
+
+#[test]
+fn values_as_written_in_the_file_print_as_written() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("config.toml"),
+        "[server]\nheader_timeout = \"250ms\"\n[session]\nidle_timeout = \"90min\"\n\
+         [openai]\ntemperature = 0.3\n",
+    )
+    .unwrap();
+    let out = stdout(&check(dir.path(), &[], &[LOCAL_URL]));
+    for line in [
+        "header_timeout = \"250ms\"",
+        "idle_timeout = \"90m\"",
+        "temperature = 0.3\n",
+    ] {
+        assert!(out.contains(line), "missing {line:?} in:\n{out}");
+    }
 }
 
 #[test]
@@ -346,4 +375,62 @@ fn a_malformed_dotenv_line_is_named_by_number_not_by_content() {
     assert_refused(&o, &[".env", "line 3"]);
     let all = format!("{}{}", stdout(&o), stderr(&o));
     assert!(!all.contains(fake), "the line's content was printed: {all}");
+}
+
+/// A base URL with a password in its userinfo and a key in its query.
+const URL_WITH_CREDENTIALS: &str =
+    "http://alice:pa55-Vb8Wm2@127.0.0.1:9/v1?api-key=k3y-Tn5Hs1&api-version=2024-02-01";
+const REDACTED_URL: &str = "http://***@127.0.0.1:9/v1?api-key=***&api-version=2024-02-01";
+
+#[track_caller]
+fn assert_no_credentials(text: &str) {
+    for secret in ["alice", "pa55-Vb8Wm2", "k3y-Tn5Hs1"] {
+        assert!(!text.contains(secret), "{secret} is shown: {text}");
+    }
+}
+
+#[test]
+fn base_url_credentials_are_hidden_in_check_config_and_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = check(
+        dir.path(),
+        &[],
+        &[("CHATGATE_OPENAI__BASE_URL", URL_WITH_CREDENTIALS)],
+    );
+    assert_eq!(
+        printed(&o)["openai"]["base_url"].as_str(),
+        Some(REDACTED_URL)
+    );
+    assert_no_credentials(&format!("{}{}", stdout(&o), stderr(&o)));
+    let refused = check(
+        dir.path(),
+        &[],
+        &[(
+            "CHATGATE_OPENAI__BASE_URL",
+            "ftp://alice:pa55-Vb8Wm2@127.0.0.1/v1",
+        )],
+    );
+    assert_refused(&refused, &["openai.base_url", "ftp://***@127.0.0.1/v1"]);
+    assert_no_credentials(&stderr(&refused));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn base_url_credentials_are_hidden_in_the_startup_line() {
+    let dir = tempfile::tempdir().unwrap();
+    // No mock: the URL itself is the upstream (nothing is sent to it).
+    let mut server = Server::start_with_args(
+        dir.path(),
+        &["serve"],
+        &[("CHATGATE_OPENAI__BASE_URL", URL_WITH_CREDENTIALS)],
+    )
+    .await;
+    server.terminate();
+    server.wait_exit(Duration::from_secs(30)).await;
+    let log = std::fs::read_to_string(dir.path().join("app.log")).expect("app.log");
+    let line = log
+        .lines()
+        .find(|l| l.contains("listening"))
+        .unwrap_or_else(|| panic!("no startup line:\n{log}"));
+    assert!(line.contains(REDACTED_URL), "{line}");
+    assert_no_credentials(&log);
 }

@@ -48,6 +48,12 @@ impl Server {
 
     /// Like [`Server::start`], with extra environment variables.
     pub async fn start_with_env(dir: &Path, env: &[(&str, &str)]) -> Server {
+        Server::start_with_args(dir, &["--mock-upstream", "serve"], env).await
+    }
+
+    /// `chatgate <args>` in `dir` on a free port, with extra environment
+    /// variables, once `/healthz` answers.
+    pub async fn start_with_args(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let stderr = std::fs::OpenOptions::new()
             .create(true)
@@ -55,7 +61,7 @@ impl Server {
             .open(dir.join("stderr.txt"))
             .expect("stderr file");
         let child = chatgate(dir)
-            .args(["--mock-upstream", "serve"])
+            .args(args)
             .env("CHATGATE_SERVER__BIND", addr.to_string())
             .env("CHATGATE_LOG__STDERR", "false")
             .envs(env.iter().copied())
