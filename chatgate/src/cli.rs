@@ -128,7 +128,16 @@ async fn run_cli(args: impl Iterator<Item = String>) -> ExitCode {
     let logs = match logging::build(&config.log) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("chatgate: {e}");
+            // logging::build names the file when opening it fails, but not
+            // when creating its directory does ("File exists (os error 17)"
+            // says nothing about which path); name it once either way.
+            let path = config.log.file.display().to_string();
+            let reason = e.to_string();
+            if reason.contains(&path) {
+                eprintln!("chatgate: {reason}");
+            } else {
+                eprintln!("chatgate: cannot open log file {path}: {reason}");
+            }
             return ExitCode::from(1);
         }
     };

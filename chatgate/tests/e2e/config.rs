@@ -434,3 +434,27 @@ async fn base_url_credentials_are_hidden_in_the_startup_line() {
     assert!(line.contains(REDACTED_URL), "{line}");
     assert_no_credentials(&log);
 }
+
+#[test]
+fn a_log_file_that_cannot_be_opened_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("not-a-dir"), "").unwrap();
+    let env = [
+        LOCAL_URL,
+        ("CHATGATE_STORAGE__BACKEND", "memory"),
+        ("CHATGATE_SERVER__BIND", "127.0.0.1:0"),
+    ];
+    // Its directory cannot be created (a file is in the way), or the file
+    // itself cannot be opened (it is a directory).
+    for file in ["not-a-dir/app.log", "."] {
+        let mut env = env.to_vec();
+        env.push(("CHATGATE_LOG__FILE", file));
+        let o = run(dir.path(), &["serve"], &env);
+        assert_eq!(o.status.code(), Some(1), "{file}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains(&format!("log file {file}:")),
+            "{file}: {}",
+            stderr(&o)
+        );
+    }
+}
