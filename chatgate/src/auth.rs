@@ -64,8 +64,12 @@ pub struct Auth {
     encoding: Option<EncodingKey>,
     validation: Validation,
     session_lifetime: Duration,
-    keys: Mutex<HashMap<[u8; 32], (Instant, Option<Principal>)>>,
+    keys: Mutex<KeyCache>,
 }
+
+/// Recent key lookups by the SHA-256 of the presented key (the cache holds
+/// no key itself): when, and who it was.
+type KeyCache = HashMap<[u8; 32], (Instant, Option<Principal>)>;
 
 impl std::fmt::Debug for Auth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -122,7 +126,11 @@ impl Auth {
     /// The authenticator `config` describes (its SECRET_KEY was checked
     /// when the config was loaded).
     pub fn new(config: &Config) -> Auth {
-        let secret = config.secrets.secret_key.as_ref().map(|k| k.expose().as_bytes());
+        let secret = config
+            .secrets
+            .secret_key
+            .as_ref()
+            .map(|k| k.expose().as_bytes());
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = SKEW;
         validation.validate_nbf = true;
@@ -169,11 +177,15 @@ impl Auth {
             None => None,
         };
         match (need, credential) {
-            (Need::Create, None | Some(Caller::Session(_))) if self.mode == AuthMode::SessionToken => {
+            (Need::Create, None | Some(Caller::Session(_)))
+                if self.mode == AuthMode::SessionToken =>
+            {
                 Ok(Caller::Anyone)
             }
             (Need::Models, None) if self.mode == AuthMode::SessionToken => Ok(Caller::Anyone),
-            (_, None) => Err(unauthorized("Missing credentials: send Authorization: Bearer <token>")),
+            (_, None) => Err(unauthorized(
+                "Missing credentials: send Authorization: Bearer <token>",
+            )),
             (Need::Admin, Some(c)) if !c.is_admin() => Err(forbidden()),
             (Need::Session | Need::Known, Some(c @ Caller::Session(_)))
                 if self.mode == AuthMode::SessionToken =>
@@ -199,17 +211,22 @@ impl Auth {
             .decoding
             .as_ref()
             .ok_or_else(|| unauthorized("Invalid credentials"))?;
-        let data = jsonwebtoken::decode::<Claims>(token, decoding, &self.validation).map_err(|e| {
-            use jsonwebtoken::errors::ErrorKind as K;
-            match e.kind() {
-                K::ExpiredSignature => unauthorized("Expired token"),
-                K::ImmatureSignature => unauthorized("Token not yet valid"),
-                K::InvalidSignature => unauthorized("Invalid token signature"),
-                K::InvalidAlgorithm => unauthorized("Token algorithm not accepted (HS256 only)"),
-                K::MissingRequiredClaim(_) => unauthorized("Token lacks a required claim (exp)"),
-                _ => unauthorized("Malformed token"),
-            }
-        })?;
+        let data =
+            jsonwebtoken::decode::<Claims>(token, decoding, &self.validation).map_err(|e| {
+                use jsonwebtoken::errors::ErrorKind as K;
+                match e.kind() {
+                    K::ExpiredSignature => unauthorized("Expired token"),
+                    K::ImmatureSignature => unauthorized("Token not yet valid"),
+                    K::InvalidSignature => unauthorized("Invalid token signature"),
+                    K::InvalidAlgorithm => {
+                        unauthorized("Token algorithm not accepted (HS256 only)")
+                    }
+                    K::MissingRequiredClaim(_) => {
+                        unauthorized("Token lacks a required claim (exp)")
+                    }
+                    _ => unauthorized("Malformed token"),
+                }
+            })?;
         let claims = data.claims;
         let now = chrono::Utc::now().timestamp();
         if claims.iat.is_some_and(|iat| iat > now + SKEW as i64) {
@@ -275,7 +292,8 @@ impl Auth {
             typ: Some("session".into()),
             sid: Some(id.to_string()),
             iat: Some(now),
-            exp: now.saturating_add(i64::try_from(self.session_lifetime.as_secs()).unwrap_or(i64::MAX)),
+            exp: now
+                .saturating_add(i64::try_from(self.session_lifetime.as_secs()).unwrap_or(i64::MAX)),
         };
         let key = self.encoding.as_ref()?;
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, key).ok()

@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use crate::config::{Config, Sources};
+use crate::config::{redact_url, Config, Loaded, Sources};
 use crate::{build_core, logging, App};
-use slog::{error, info};
+use slog::{error, info, warn};
 
 const USAGE: &str = "\
 chatgate: an AI-chat gateway in front of any OpenAI-compatible server
@@ -110,27 +110,40 @@ async fn run_cli(args: impl Iterator<Item = String>) -> ExitCode {
     } else {
         None
     };
-    let config = match Config::load(&sources) {
-        Ok(c) => c,
+    let Loaded { config, warnings } = match Config::load(&sources) {
+        Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("chatgate: config error: {e}");
             return ExitCode::from(2);
         }
     };
     if cli.command == Command::CheckConfig {
-        print!("{}", toml::to_string_pretty(&config).unwrap_or_default());
-        let set = |s: &Option<crate::config::Secret>| if s.is_some() { "set" } else { "unset" };
-        println!("# OPENAI_API_KEY: {}", set(&config.secrets.openai_api_key));
-        println!("# SECRET_KEY: {}", set(&config.secrets.secret_key));
+        // On stderr, so stdout stays the TOML alone.
+        for w in &warnings {
+            eprintln!("chatgate: warning: {w}");
+        }
+        print!("{}", config.to_toml());
         return ExitCode::SUCCESS;
     }
     let logs = match logging::build(&config) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("chatgate: {e}");
+            // logging::build names the file when opening it fails, but not
+            // when creating its directory does ("File exists (os error 17)"
+            // says nothing about which path); name it once either way.
+            let path = config.log.file.display().to_string();
+            let reason = e.to_string();
+            if reason.contains(&path) {
+                eprintln!("chatgate: {reason}");
+            } else {
+                eprintln!("chatgate: cannot open log file {path}: {reason}");
+            }
             return ExitCode::from(1);
         }
     };
+    for w in &warnings {
+        warn!(logs.logger, "{}", w);
+    }
     let code = match cli.command {
         Command::Purge => purge(&config, &logs.logger).await,
         _ => serve(&config, &logs.logger, mock.is_some()).await,
@@ -189,7 +202,7 @@ async fn serve(config: &Config, log: &slog::Logger, mock: bool) -> ExitCode {
     // sees where the gateway listens without turning on request lines.
     info!(log, #logging::ANNOUNCE, "listening";
         "addr" => &addr,
-        "upstream" => &config.openai.base_url,
+        "upstream" => redact_url(&config.openai.base_url),
         "mock_upstream" => mock,
         "model" => &config.openai.model,
         "storage" => ?config.storage.backend,

@@ -171,6 +171,10 @@ impl<'de> Deserialize<'de> for StderrLevel {
                     "warning" => StderrLevel::Warning,
                     "info" => StderrLevel::Info,
                     "debug" => StderrLevel::Debug,
+                    // The old boolean form, as an environment variable
+                    // (which arrives as a string) carries it.
+                    "false" => StderrLevel::Off,
+                    "true" => StderrLevel::Info,
                     _ => return Err(E::invalid_value(Unexpected::Str(v), &self)),
                 })
             }

@@ -4,6 +4,12 @@
 //! Parsed once into typed sections (`deny_unknown_fields`, one `Default`
 //! each, self-validating types), then checked for what types cannot say.
 //! Every failure names the key and what was expected; `main` exits 2.
+//! What is ignored rather than refused (foreign `CHATGATE_*` variables,
+//! other variables in `.env`) comes back as [`Warning`]s for the caller to
+//! report once its logger exists.
+//!
+//! Files: `env` (the typed `CHATGATE_*` layer), `sources` (`.env`, error
+//! messages), `human` (durations, floats and URLs as people write them).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -48,14 +54,14 @@ pub struct ServerConfig {
     /// Largest request body accepted (413 beyond).
     pub max_body_bytes: NonZeroUsize,
     /// How long in-flight requests may run after a shutdown signal.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "human::duration")]
     pub shutdown_grace: Duration,
     /// Origins allowed by CORS (`"*"` for any); empty disables CORS.
     pub cors_origins: Vec<String>,
     /// Most connections served at once; further clients wait in the backlog.
     pub max_connections: NonZeroUsize,
     /// How long a client may take to send a request's headers.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "human::duration")]
     pub header_timeout: Duration,
     /// A request body must arrive whole within this, or 408.
     #[serde(with = "humantime_serde")]
@@ -123,13 +129,13 @@ impl Default for StorageConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct SessionConfig {
     /// Idle time after which a session expires.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "human::duration")]
     pub idle_timeout: Duration,
     /// How long an idle session's data is kept.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "human::duration")]
     pub retention: Duration,
     /// How often the retention sweep runs.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "human::duration")]
     pub sweep_interval: Duration,
     /// Sessions kept in memory for fast turns (0 turns the cache off).
     pub hot_sessions: usize,
@@ -177,8 +183,8 @@ impl Default for RateLimitConfig {
     }
 }
 
-/// `[openai]`
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `[openai]`. `Debug` shows `base_url` through [`redact_url`].
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OpenAiSection {
     /// Any OpenAI-compatible base URL.
@@ -187,10 +193,10 @@ pub struct OpenAiSection {
     pub model: String,
     /// Total deadline per turn's upstream call, retries included; for a
     /// stream, the deadline for its first byte.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "human::duration")]
     pub timeout: Duration,
     /// For a stream, the longest gap between two upstream chunks.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "human::duration")]
     pub stream_idle_timeout: Duration,
     /// The models clients may name on `/v1`; empty means `[model]`.
     pub models: Vec<String>,
@@ -199,6 +205,7 @@ pub struct OpenAiSection {
     /// Retries after the first attempt.
     pub max_retries: u32,
     /// Sampling temperature, 0 to 2.
+    #[serde(serialize_with = "human::shortest_f32")]
     pub temperature: f32,
     /// Default system prompt; empty for none.
     pub system_prompt: String,
@@ -214,6 +221,22 @@ impl OpenAiSection {
         } else {
             self.models.clone()
         }
+    }
+}
+
+impl fmt::Debug for OpenAiSection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OpenAiSection")
+            .field("base_url", &redact_url(&self.base_url))
+            .field("model", &self.model)
+            .field("timeout", &self.timeout)
+            .field("stream_idle_timeout", &self.stream_idle_timeout)
+            .field("models", &self.models)
+            .field("max_retries", &self.max_retries)
+            .field("temperature", &self.temperature)
+            .field("system_prompt", &self.system_prompt)
+            .field("context_tokens", &self.context_tokens)
+            .finish()
     }
 }
 
@@ -285,6 +308,24 @@ pub enum ConfigError {
     /// A key has a bad value or is unknown (figment's message names it).
     #[error("{0}")]
     Parse(String),
+    /// A `CHATGATE_*` variable under a known section names no key, or its
+    /// value is not of its key's type.
+    #[error("{message} (environment variable {var})")]
+    Env {
+        /// The variable, e.g. `CHATGATE_SERVER__MAX_BODY_BYTES`.
+        var: String,
+        /// What is wrong, naming the key.
+        message: String,
+    },
+    /// The `.env` file cannot be read or parsed. The reason gives a line
+    /// number, never the line: it may hold a secret.
+    #[error("cannot read {path}: {reason}")]
+    Dotenv {
+        /// The file.
+        path: PathBuf,
+        /// Why, e.g. `line 3: expected NAME=value`.
+        reason: String,
+    },
     /// A value that parsed but makes no sense.
     #[error("invalid value for `{key}`: {expected}")]
     Invalid {
@@ -293,6 +334,58 @@ pub enum ConfigError {
         /// What was expected.
         expected: String,
     },
+}
+
+/// Something in the sources that was ignored rather than refused: the
+/// operator should hear of it, but it must not stop the gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Warning {
+    /// `CHATGATE_*` variables whose first segment is not a config section,
+    /// such as the `CHATGATE_PORT=tcp://…` Kubernetes sets for a Service
+    /// named chatgate.
+    IgnoredEnv {
+        /// The variables, sorted.
+        vars: Vec<String>,
+        /// The sections there are.
+        sections: Vec<String>,
+    },
+    /// Variables in `.env` other than the secrets read from it.
+    IgnoredDotenv {
+        /// The `.env` file.
+        file: PathBuf,
+        /// The variables (names only), in file order.
+        vars: Vec<String>,
+    },
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Warning::IgnoredEnv { vars, sections } => write!(
+                f,
+                "ignored environment variables {}: not a config section after CHATGATE_ \
+                 (the sections are {})",
+                vars.join(", "),
+                sections.join(", ")
+            ),
+            Warning::IgnoredDotenv { file, vars } => write!(
+                f,
+                "ignored variables in {}: {} (only OPENAI_API_KEY and SECRET_KEY are read from it)",
+                file.display(),
+                vars.join(", ")
+            ),
+        }
+    }
+}
+
+/// A loaded configuration and what was ignored on the way, for the caller
+/// to report once it can (the logger is built from the configuration).
+#[derive(Debug)]
+pub struct Loaded {
+    /// The configuration.
+    pub config: Config,
+    /// What was ignored.
+    pub warnings: Vec<Warning>,
 }
 
 /// Where the configuration comes from.
@@ -321,19 +414,24 @@ impl Sources {
 }
 
 mod auth;
+mod env;
+mod human;
 mod log;
 mod sources;
 
 pub use self::log::{ByteSize, Level, LogConfig, StderrLevel};
 pub use auth::{AuthConfig, AuthMode, TrustedProxies};
-use sources::{describe, env_overrides, read_dotenv};
+pub use human::redact_url;
+
+use env::EnvLayer;
+use sources::{describe, read_dotenv};
 
 impl Config {
     /// Loads, merges and validates the configuration.
     ///
     /// # Errors
     /// A [`ConfigError`] naming the key at fault.
-    pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
+    pub fn load(sources: &Sources) -> Result<Loaded, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if sources.file.exists() {
             figment = figment.merge(Toml::file_exact(&sources.file));
@@ -343,14 +441,15 @@ impl Config {
                 reason: "no such file".into(),
             });
         }
-        // Env::prefixed reads the process environment; we pass our own map
-        // so tests (and `--env`-less embedding) stay deterministic.
-        let env_toml = env_overrides(&sources.env)?;
-        figment = figment.merge(Toml::string(&env_toml));
+        let env = EnvLayer::read(&sources.env)?;
+        let mut warnings: Vec<Warning> = env.warning.iter().cloned().collect();
+        let env_vars = env.vars.clone();
         let mut config: Config = figment
+            .merge(env)
             .extract()
-            .map_err(|e| ConfigError::Parse(describe(e)))?;
-        let dotenv = read_dotenv(sources.dotenv.as_deref())?;
+            .map_err(|e| ConfigError::Parse(describe(e, &env_vars)))?;
+        let (dotenv, dotenv_warning) = read_dotenv(sources.dotenv.as_deref())?;
+        warnings.extend(dotenv_warning);
         let secret = |name: &str| {
             sources
                 .env
@@ -364,7 +463,24 @@ impl Config {
             secret_key: secret("SECRET_KEY"),
         };
         config.validate()?;
-        Ok(config)
+        Ok(Loaded { config, warnings })
+    }
+
+    /// The configuration as TOML, as `check-config` prints it: durations
+    /// and numbers as a person writes them, credentials in `base_url`
+    /// hidden, and the secrets only as `(set)` or `(not set)`.
+    pub fn to_toml(&self) -> String {
+        let mut shown = self.clone();
+        shown.openai.base_url = redact_url(&self.openai.base_url);
+        let mut out =
+            toml::to_string_pretty(&shown).expect("the config serializes to TOML (plain tables)");
+        let set = |s: &Option<Secret>| if s.is_some() { "(set)" } else { "(not set)" };
+        out.push_str(&format!(
+            "\n# OPENAI_API_KEY: {}\n# SECRET_KEY: {}\n",
+            set(&self.secrets.openai_api_key),
+            set(&self.secrets.secret_key)
+        ));
+        out
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -373,7 +489,10 @@ impl Config {
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(ConfigError::Invalid {
                 key: "openai.base_url",
-                expected: format!("an http:// or https:// URL, got {:?}", o.base_url),
+                expected: format!(
+                    "an http:// or https:// URL, got {:?}",
+                    redact_url(&o.base_url)
+                ),
             });
         }
         match base.parse::<hyper::Uri>() {
@@ -383,7 +502,7 @@ impl Config {
                     key: "openai.base_url",
                     expected: format!(
                         "a URL with a host, such as http://127.0.0.1:8080/v1, got {:?}",
-                        o.base_url
+                        redact_url(&o.base_url)
                     ),
                 })
             }
@@ -454,7 +573,7 @@ impl Config {
                 key: "session.retention",
                 expected: format!(
                     "at least session.idle_timeout ({}): a session must not be purged while it is still active",
-                    humantime::format_duration(s.idle_timeout)
+                    human::duration::format(s.idle_timeout)
                 ),
             });
         }
@@ -518,7 +637,7 @@ mod tests {
     #[test]
     fn defaults_match_the_spec() {
         let (_d, s) = sources(None, &[]);
-        let c = Config::load(&s).unwrap();
+        let c = Config::load(&s).unwrap().config;
         assert_eq!(c.server.bind.to_string(), "0.0.0.0:8000");
         assert_eq!(c.server.max_body_bytes.get(), 65_536);
         assert_eq!(c.session.idle_timeout, Duration::from_secs(1800));
@@ -543,13 +662,13 @@ mod tests {
                 ("CHATGATE_SESSION__IDLE_TIMEOUT", "5m"),
             ],
         );
-        let c = Config::load(&s).unwrap();
+        let c = Config::load(&s).unwrap().config;
         assert_eq!(c.server.bind.to_string(), "127.0.0.1:9000");
         let (_d2, s2) = sources(
             None,
             &[("CHATGATE_SERVER__CORS_ORIGINS", r#"["https://a.example"]"#)],
         );
-        let c2 = Config::load(&s2).unwrap();
+        let c2 = Config::load(&s2).unwrap().config;
         assert_eq!(c2.server.cors_origins, ["https://a.example"]);
         assert_eq!(c.rate_limit.messages_per_minute.get(), 9);
         assert_eq!(c.session.idle_timeout, Duration::from_secs(300));
@@ -590,7 +709,7 @@ mod tests {
                 ("CHATGATE_LOG__KEEP", "2"),
             ],
         );
-        let c = Config::load(&s).unwrap();
+        let c = Config::load(&s).unwrap().config;
         assert_eq!(c.log.stderr, StderrLevel::Off);
         assert_eq!(c.log.max_size, ByteSize(10_000_000));
         assert_eq!(c.log.keep, 2);
@@ -622,7 +741,7 @@ mod tests {
             "OPENAI_API_KEY=sk-from-dotenv\nSECRET_KEY=s3\n",
         )
         .unwrap();
-        let c = Config::load(&s).unwrap();
+        let c = Config::load(&s).unwrap().config;
         assert_eq!(c.secrets.openai_api_key.unwrap().expose(), "sk-from-dotenv");
         assert!(!format!("{:?}", c.secrets.secret_key).contains("s3"));
         // Another base URL runs without a key.
@@ -632,6 +751,57 @@ mod tests {
             "http://127.0.0.1:1/v1".into(),
         );
         assert!(Config::load(&s).is_ok());
+    }
+
+    #[test]
+    fn ignored_sources_come_back_as_warnings() {
+        let (d, s) = sources(None, &[("CHATGATE_PORT", "tcp://10.0.0.1:8000")]);
+        std::fs::write(d.path().join(".env"), "OPENAI_API_KEY=sk-1\nDEBUG=1\n").unwrap();
+        let loaded = Config::load(&s).unwrap();
+        let shown: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+        assert_eq!(shown.len(), 2, "{shown:?}");
+        assert!(shown[0].contains("CHATGATE_PORT"), "{shown:?}");
+        assert!(shown[1].contains("DEBUG"), "{shown:?}");
+        let (_d, s) = sources(None, &[]);
+        assert!(Config::load(&s).unwrap().warnings.is_empty());
+    }
+
+    #[test]
+    fn base_url_credentials_are_shown_nowhere() {
+        let url = "http://bob:hunter2@127.0.0.1:9/v1?api-key=k3y";
+        let (_d, s) = sources(None, &[("CHATGATE_OPENAI__BASE_URL", url)]);
+        let c = Config::load(&s).unwrap().config;
+        assert_eq!(c.openai.base_url, url, "the real URL is still used");
+        for shown in [c.to_toml(), format!("{c:?}")] {
+            assert!(
+                shown.contains("http://***@127.0.0.1:9/v1?api-key=***"),
+                "{shown}"
+            );
+            assert!(
+                !shown.contains("hunter2") && !shown.contains("k3y"),
+                "{shown}"
+            );
+        }
+    }
+
+    #[test]
+    fn to_toml_writes_values_as_a_person_would_and_reads_back() {
+        let (d, s) = sources(None, &[]);
+        let c = Config::load(&s).unwrap().config;
+        let text = c.to_toml();
+        for line in [
+            "retention = \"183d\"",
+            "idle_timeout = \"30m\"",
+            "temperature = 0.7\n",
+            "# OPENAI_API_KEY: (set)",
+            "# SECRET_KEY: (not set)",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in:\n{text}");
+        }
+        std::fs::write(d.path().join("config.toml"), &text).unwrap();
+        let again = Config::load(&s).unwrap().config;
+        assert_eq!(again.to_toml(), text);
+        assert_eq!(again.openai.temperature, 0.7);
     }
 
     #[test]

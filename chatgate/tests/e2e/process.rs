@@ -48,17 +48,23 @@ impl Server {
 
     /// Like [`Server::start`], with extra environment variables.
     pub async fn start_with_env(dir: &Path, env: &[(&str, &str)]) -> Server {
-        Server::spawn(dir, env, true).await
+        Server::spawn(dir, &["--mock-upstream", "serve"], env, true).await
     }
 
     /// Like [`Server::start_with_env`], but stderr logs as configured
     /// (by default: the startup line, warnings and errors) instead of
     /// not at all. It goes to `stderr.txt` in `dir`.
     pub async fn start_logging_to_stderr(dir: &Path, env: &[(&str, &str)]) -> Server {
-        Server::spawn(dir, env, false).await
+        Server::spawn(dir, &["--mock-upstream", "serve"], env, false).await
     }
 
-    async fn spawn(dir: &Path, env: &[(&str, &str)], quiet: bool) -> Server {
+    /// `chatgate <args>` in `dir` on a free port, with extra environment
+    /// variables, once `/healthz` answers.
+    pub async fn start_with_args(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
+        Server::spawn(dir, args, env, true).await
+    }
+
+    async fn spawn(dir: &Path, args: &[&str], env: &[(&str, &str)], quiet: bool) -> Server {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let stderr = std::fs::OpenOptions::new()
             .create(true)
@@ -66,7 +72,7 @@ impl Server {
             .open(dir.join("stderr.txt"))
             .expect("stderr file");
         let mut cmd = chatgate(dir);
-        cmd.args(["--mock-upstream", "serve"])
+        cmd.args(args)
             .env("CHATGATE_SERVER__BIND", addr.to_string());
         if quiet {
             cmd.env("CHATGATE_LOG__STDERR", "off");
