@@ -19,6 +19,13 @@ commands:
   serve          run the gateway (default)
   purge          run one retention sweep, print what it deleted, exit
   check-config   print the effective configuration (secrets hidden), exit
+  keys create --name NAME [--admin]
+                 make an API key and print it (the only time it is shown)
+  keys list      list API keys (ids, names, scopes; never the keys)
+  keys revoke ID revoke a key (every gateway refuses it within 5 s)
+  feedback export [--since T] [--until T] [--session ID] [--rating N]
+                  [--format jsonl|csv]
+                 write stored feedback to stdout
 
 options:
   --config PATH      config file (default ./config.toml; a missing default
@@ -34,6 +41,8 @@ enum Command {
     Serve,
     Purge,
     CheckConfig,
+    Keys(crate::ops::KeysCmd),
+    Export(crate::ops::ExportCmd),
 }
 
 #[derive(Debug)]
@@ -68,6 +77,8 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Cli>, Str
             "serve" => cli.command = Command::Serve,
             "purge" => cli.command = Command::Purge,
             "check-config" => cli.command = Command::CheckConfig,
+            "keys" => cli.command = Command::Keys(crate::ops::parse_keys(&mut args)?),
+            "feedback" => cli.command = Command::Export(crate::ops::parse_export(&mut args)?),
             other => return Err(format!("unknown argument {other:?} (see --help)")),
         }
     }
@@ -146,6 +157,20 @@ async fn run_cli(args: impl Iterator<Item = String>) -> ExitCode {
     }
     let code = match cli.command {
         Command::Purge => purge(&config, &logs.logger).await,
+        Command::Keys(cmd) => match build_core(&config, &logs.logger) {
+            Ok(core) => crate::ops::keys(&core, cmd).await,
+            Err(e) => {
+                eprintln!("chatgate: {}", e.chain());
+                ExitCode::from(1)
+            }
+        },
+        Command::Export(cmd) => match build_core(&config, &logs.logger) {
+            Ok(core) => crate::ops::export(&core, cmd).await,
+            Err(e) => {
+                eprintln!("chatgate: {}", e.chain());
+                ExitCode::from(1)
+            }
+        },
         _ => serve(&config, &logs.logger, mock.is_some()).await,
     };
     drop(mock);
@@ -207,6 +232,10 @@ async fn serve(config: &Config, log: &slog::Logger, mock: bool) -> ExitCode {
         "model" => &config.openai.model,
         "storage" => ?config.storage.backend,
         "version" => env!("CARGO_PKG_VERSION"));
+    if config.auth.mode == crate::config::AuthMode::None && !config.server.bind.ip().is_loopback() {
+        warn!(log, "auth.mode is none and the gateway listens beyond loopback: anyone who reaches the port may chat on your upstream key";
+            "addr" => &addr);
+    }
     let sweep_log = log.clone();
     let sweeper = core.spawn_sweeper(config.session.sweep_interval, move |r| match r {
         Ok(report) => info!(sweep_log, "retention sweep";

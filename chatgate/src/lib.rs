@@ -26,16 +26,20 @@ pub mod config;
 pub mod error;
 pub mod handlers;
 pub mod logging;
+pub mod ops;
 pub mod router;
 pub mod server;
 
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use chatcore::{ChatCore, MemoryStore, OpenAiChat, OpenAiConfig, SqliteOptions, SqliteStore};
+use chatcore::{
+    ChatCore, GovernorLimiter, MemoryStore, OpenAiChat, OpenAiConfig, SqliteOptions, SqliteStore,
+};
 use slog::{o, Logger};
 
-use crate::config::{Backend, Config};
+use crate::auth::Auth;
+use crate::config::{AuthMode, Backend, Config, TrustedProxies};
 use crate::logging::ContentLog;
 use crate::router::Cors;
 
@@ -65,12 +69,40 @@ pub struct App {
     pub write_timeout: Duration,
     /// `server.shutdown_grace`.
     pub shutdown_grace: Duration,
+    /// Credentials to callers (`[auth]`).
+    pub auth: Auth,
+    /// `server.trusted_proxies`.
+    pub trusted_proxies: TrustedProxies,
+    /// `rate_limit.sessions_per_hour`, per principal or client address;
+    /// only with access control (without it, no caller is known).
+    pub session_quota: Option<GovernorLimiter>,
+    /// `openai.max_tokens` (0 in the file: none).
+    pub max_tokens: Option<u32>,
+    /// `session.client_system_prompt`.
+    pub client_system_prompt: bool,
     cors: Cors,
     requests: AtomicU64,
     id_prefix: u32,
 }
 
 impl App {
+    /// The options every turn starts from: the reply cap of
+    /// `openai.max_tokens`, nothing else chosen.
+    pub fn turn_options(&self) -> chatcore::ChatOptions {
+        chatcore::ChatOptions {
+            max_tokens: self.max_tokens,
+            ..chatcore::ChatOptions::default()
+        }
+    }
+
+    /// Caps a client's `max_tokens` at `openai.max_tokens`.
+    pub fn cap_tokens(&self, asked: Option<u32>) -> Option<u32> {
+        match (asked, self.max_tokens) {
+            (Some(a), Some(cap)) => Some(a.min(cap)),
+            (a, cap) => a.or(cap),
+        }
+    }
+
     /// The gateway state for `core`, configured by `config`.
     pub fn new(core: ChatCore, config: &Config, log: Logger) -> App {
         let content_log = if config.log.content {
@@ -89,6 +121,14 @@ impl App {
             body_timeout: config.server.body_timeout,
             write_timeout: config.server.write_timeout,
             shutdown_grace: config.server.shutdown_grace,
+            auth: Auth::new(config),
+            // Validated when the config was loaded.
+            trusted_proxies: TrustedProxies::parse(&config.server.trusted_proxies)
+                .unwrap_or_default(),
+            session_quota: (config.auth.mode != AuthMode::None)
+                .then(|| GovernorLimiter::per_hour(config.rate_limit.sessions_per_hour)),
+            max_tokens: (config.openai.max_tokens > 0).then_some(config.openai.max_tokens),
+            client_system_prompt: config.session.client_system_prompt,
             cors: Cors::new(&config.server.cors_origins),
             requests: AtomicU64::new(0),
             id_prefix: process_prefix(),
@@ -136,6 +176,13 @@ pub fn build_core(config: &Config, log: &Logger) -> chatcore::Result<ChatCore> {
         .context_tokens(o.context_tokens.get())
         .hot_sessions(config.session.hot_sessions)
         .hot_cache_bytes(config.session.hot_cache_bytes);
+    // Without access control no principal is known, so there is nothing
+    // to count per principal.
+    let builder = if config.auth.mode == AuthMode::None {
+        builder
+    } else {
+        builder.principal_messages_per_minute(config.rate_limit.principal_messages_per_minute)
+    };
     let builder = match config.storage.backend {
         Backend::Memory => builder.store(MemoryStore::new()),
         Backend::Sqlite => builder.store(SqliteStore::open_with(

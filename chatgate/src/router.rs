@@ -5,6 +5,7 @@
 //! `{"error": …}` under `/v1`, `{"detail": …}` elsewhere.
 
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,13 +15,18 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response};
 use slog::{error, info, warn};
 
+use crate::auth::Need;
 use crate::body::Body;
 use crate::error::ApiError;
 use crate::handlers::{self, HandlerResult};
 use crate::App;
 
 /// Serves one request: the service function given to hyper.
-pub async fn serve(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+pub async fn serve(
+    app: Arc<App>,
+    req: Request<Incoming>,
+    peer: IpAddr,
+) -> Result<Response<Body>, Infallible> {
     let start = Instant::now();
     let request_id = request_id(&app, req.headers());
     let method = req.method().clone();
@@ -42,7 +48,7 @@ pub async fn serve(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Bod
     } else {
         // A panic in a handler is a bug: answer 500 (the cause goes to the
         // log) instead of dropping the connection.
-        match CatchUnwind(Box::pin(dispatch(&app, req, rid))).await {
+        match CatchUnwind(Box::pin(dispatch(&app, req, rid, peer))).await {
             Ok(result) => result,
             Err(panic) => {
                 let what = panic
@@ -133,7 +139,7 @@ fn preflight(requested: Option<HeaderValue>) -> Response<Body> {
     let h = resp.headers_mut();
     h.insert(
         header::ACCESS_CONTROL_ALLOW_METHODS,
-        HeaderValue::from_static("GET, POST, OPTIONS"),
+        HeaderValue::from_static("GET, POST, DELETE, OPTIONS"),
     );
     h.insert(
         header::ACCESS_CONTROL_ALLOW_HEADERS,
@@ -183,6 +189,9 @@ fn is_known_path(path: &str) -> bool {
             | ["feedback"]
             | ["session", _]
             | ["session", _, "messages"]
+            | ["sessions"]
+            | ["admin", "feedback"]
+            | ["admin", "feedback", "export"]
             | ["healthz"]
             | ["readyz"]
             | ["openapi.json"]
@@ -200,14 +209,25 @@ fn is_openai_path(path: &str) -> bool {
 
 /// Routes by method and path. Paths are served with and without a trailing
 /// slash; a known path with the wrong method is 405, anything else 404.
-async fn dispatch(app: &Arc<App>, req: Request<Incoming>, rid: &str) -> HandlerResult {
+async fn dispatch(
+    app: &Arc<App>,
+    req: Request<Incoming>,
+    rid: &str,
+    peer: IpAddr,
+) -> HandlerResult {
+    // Each route first asks who is calling, as it needs (`auth::Need`).
     let path = req.uri().path();
     // Model ids may hold slashes (`meta-llama/Llama-3-8B-Instruct`), sent
     // raw or percent-encoded: everything after the prefix is the id.
     if let Some(id) = path.strip_prefix("/v1/models/").filter(|id| !id.is_empty()) {
         return match *req.method() {
             Method::GET | Method::HEAD => {
-                let id = percent_encoding::percent_decode_str(id).decode_utf8_lossy();
+                let id = percent_encoding::percent_decode_str(id)
+                    .decode_utf8_lossy()
+                    .into_owned();
+                app.auth
+                    .caller(&app.core, req.headers(), Need::Models)
+                    .await?;
                 handlers::openai::model(app, &id)
             }
             _ => Err(ApiError::method_not_allowed("GET")),
@@ -227,55 +247,134 @@ async fn dispatch(app: &Arc<App>, req: Request<Incoming>, rid: &str) -> HandlerR
     if parts.next().is_some() {
         return Err(ApiError::not_found());
     }
-    let m = req.method();
+    let m = req.method().clone();
+    let query = req.uri().query().map(str::to_owned);
     match segs {
-        ["chat", "", "", ""] => match *m {
-            Method::POST => handlers::chat::chat(app, req, rid).await,
+        ["chat", "", "", ""] => match m {
+            Method::POST => {
+                let caller = app
+                    .auth
+                    .caller(&app.core, req.headers(), Need::Session)
+                    .await?;
+                handlers::chat::chat(app, req, rid, caller).await
+            }
             _ => Err(ApiError::method_not_allowed("POST")),
         },
-        ["v1", "chat", "completions", ""] => match *m {
-            Method::POST => handlers::openai::completions(app, req, rid).await,
+        ["v1", "chat", "completions", ""] => match m {
+            Method::POST => {
+                let need = if req.headers().contains_key("x-session-id") {
+                    Need::Session
+                } else {
+                    Need::Principal
+                };
+                let caller = app.auth.caller(&app.core, req.headers(), need).await?;
+                handlers::openai::completions(app, req, rid, caller).await
+            }
             _ => Err(ApiError::method_not_allowed("POST")),
         },
-        ["v1", "models", "", ""] => match *m {
-            Method::GET | Method::HEAD => Ok(handlers::openai::models(app)),
-            _ => Err(ApiError::method_not_allowed("GET")),
-        },
-        ["session", "initialize_session", "", ""] => match *m {
-            Method::POST => handlers::session::initialize(app, req).await,
-            _ => Err(ApiError::method_not_allowed("POST")),
-        },
-        ["session", id, "", ""] if !id.is_empty() => match *m {
-            Method::GET => {
-                let id = id.to_owned();
-                handlers::session::get(app, &id).await
+        ["v1", "models", "", ""] => match m {
+            Method::GET | Method::HEAD => {
+                app.auth
+                    .caller(&app.core, req.headers(), Need::Models)
+                    .await?;
+                Ok(handlers::openai::models(app))
             }
             _ => Err(ApiError::method_not_allowed("GET")),
         },
-        ["session", id, "messages", ""] if !id.is_empty() => match *m {
+        ["session", "initialize_session", "", ""] => match m {
+            Method::POST => {
+                let caller = app
+                    .auth
+                    .caller(&app.core, req.headers(), Need::Create)
+                    .await?;
+                handlers::session::initialize(app, req, caller, peer).await
+            }
+            _ => Err(ApiError::method_not_allowed("POST")),
+        },
+        ["session", id, "", ""] if !id.is_empty() => {
+            let id = id.to_owned();
+            match m {
+                Method::GET => {
+                    let caller = app
+                        .auth
+                        .caller(&app.core, req.headers(), Need::Session)
+                        .await?;
+                    handlers::session::get(app, caller, &id).await
+                }
+                Method::DELETE => {
+                    let caller = app
+                        .auth
+                        .caller(&app.core, req.headers(), Need::Session)
+                        .await?;
+                    handlers::session::delete(app, caller, &id).await
+                }
+                _ => Err(ApiError::method_not_allowed("GET, DELETE")),
+            }
+        }
+        ["session", id, "messages", ""] if !id.is_empty() => match m {
             Method::GET => {
                 let id = id.to_owned();
-                handlers::session::messages(app, &id, req.uri().query()).await
+                let caller = app
+                    .auth
+                    .caller(&app.core, req.headers(), Need::Session)
+                    .await?;
+                handlers::session::messages(app, caller, &id, query.as_deref()).await
             }
             _ => Err(ApiError::method_not_allowed("GET")),
         },
-        ["feedback", "", "", ""] => match *m {
-            Method::POST => handlers::feedback::submit(app, req).await,
+        ["sessions", "", "", ""] => match m {
+            Method::GET => {
+                let caller = app
+                    .auth
+                    .caller(&app.core, req.headers(), Need::Known)
+                    .await?;
+                handlers::session::list(app, caller, query.as_deref()).await
+            }
+            _ => Err(ApiError::method_not_allowed("GET")),
+        },
+        ["feedback", "", "", ""] => match m {
+            Method::POST => {
+                let caller = app
+                    .auth
+                    .caller(&app.core, req.headers(), Need::Session)
+                    .await?;
+                handlers::feedback::submit(app, req, caller).await
+            }
             _ => Err(ApiError::method_not_allowed("POST")),
         },
-        ["healthz", "", "", ""] => match *m {
+        ["admin", "feedback", "", ""] => match m {
+            Method::GET => {
+                let caller = app
+                    .auth
+                    .caller(&app.core, req.headers(), Need::Admin)
+                    .await?;
+                handlers::admin::feedback(app, caller, query.as_deref()).await
+            }
+            _ => Err(ApiError::method_not_allowed("GET")),
+        },
+        ["admin", "feedback", "export", ""] => match m {
+            Method::GET => {
+                let caller = app
+                    .auth
+                    .caller(&app.core, req.headers(), Need::Admin)
+                    .await?;
+                handlers::admin::export(app, caller, query.as_deref())
+            }
+            _ => Err(ApiError::method_not_allowed("GET")),
+        },
+        ["healthz", "", "", ""] => match m {
             Method::GET | Method::HEAD => Ok(handlers::meta::healthz()),
             _ => Err(ApiError::method_not_allowed("GET")),
         },
-        ["readyz", "", "", ""] => match *m {
+        ["readyz", "", "", ""] => match m {
             Method::GET | Method::HEAD => handlers::meta::readyz(app).await,
             _ => Err(ApiError::method_not_allowed("GET")),
         },
-        ["openapi.json", "", "", ""] => match *m {
+        ["openapi.json", "", "", ""] => match m {
             Method::GET | Method::HEAD => Ok(handlers::meta::openapi()),
             _ => Err(ApiError::method_not_allowed("GET")),
         },
-        ["docs", "", "", ""] => match *m {
+        ["docs", "", "", ""] => match m {
             Method::GET | Method::HEAD => Ok(handlers::meta::docs()),
             _ => Err(ApiError::method_not_allowed("GET")),
         },

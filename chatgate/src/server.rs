@@ -54,7 +54,7 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
             },
             () = &mut shutdown => break,
         };
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(conn) => conn,
                 Err(e) => {
@@ -68,7 +68,8 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
         };
         let _ = stream.set_nodelay(true);
         let app2 = Arc::clone(&app);
-        let svc = service_fn(move |req| router::serve(Arc::clone(&app2), req));
+        let peer = peer.ip();
+        let svc = service_fn(move |req| router::serve(Arc::clone(&app2), req, peer));
         let io = TokioIo::new(StallGuard::new(stream, app.write_timeout));
         let conn = graceful.watch(http.serve_connection(io, svc));
         tokio::spawn(async move {

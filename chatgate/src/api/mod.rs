@@ -82,6 +82,20 @@ pub struct SessionOut {
     /// Tokens the session's turns cost (`GET /session/{id}` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<UsageOut>,
+    /// The bearer token for this session (`initialize_session` in
+    /// `session_token` mode only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_token: Option<String>,
+}
+
+/// `GET /sessions` answer.
+#[derive(Debug, Serialize)]
+pub struct SessionsOut {
+    /// Most recently active first.
+    pub sessions: Vec<SessionOut>,
+    /// Pass as `after` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 /// Token counts, as the API shows them.
@@ -110,6 +124,7 @@ impl From<&SessionInfo> for SessionOut {
             last_active: format_time(&info.session.last_active),
             is_active: u8::from(info.is_active),
             usage: None,
+            session_token: None,
         }
     }
 }
@@ -160,6 +175,49 @@ pub struct PageQuery {
     pub limit: usize,
     /// Continue after this cursor.
     pub after: Option<chatcore::MessageCursor>,
+}
+
+/// A 422 about query parameter `name`.
+pub fn bad_query(name: &str, msg: impl Into<Cow<'static, str>>) -> ApiError {
+    ApiError::validation(vec![Invalid {
+        loc: vec!["query".into(), name.into()],
+        msg: msg.into(),
+        kind: "value_error",
+    }])
+}
+
+/// The `limit` (1 to `max`, default `max`) and raw `after` of a listing's
+/// query string; other parameters go to `other`, which may refuse them.
+///
+/// # Errors
+/// 422 naming the parameter at fault.
+pub fn parse_listing<'q>(
+    query: Option<&'q str>,
+    max: usize,
+    mut other: impl FnMut(&str, &'q str) -> Result<(), ApiError>,
+) -> Result<(usize, Option<&'q str>), ApiError> {
+    let mut limit = max;
+    let mut after = None;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "limit" => {
+                limit = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=max).contains(n))
+                    .ok_or_else(|| {
+                        bad_query(
+                            "limit",
+                            format!("Input should be an integer from 1 to {max}"),
+                        )
+                    })?;
+            }
+            "after" => after = Some(value),
+            _ => other(key, value)?,
+        }
+    }
+    Ok((limit, after))
 }
 
 /// Parses the query string of `GET /session/{id}/messages`.

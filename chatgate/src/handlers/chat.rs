@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use chatcore::{ChatOptions, ChatReply, PreparedTurn, SessionId, TurnEvent, TurnStream};
+use chatcore::{Caller, ChatReply, PreparedTurn, SessionId, TurnEvent, TurnStream};
 use hyper::body::Incoming;
 use hyper::header::HeaderValue;
 use hyper::{Request, Response};
@@ -22,7 +22,12 @@ use crate::App;
 
 /// Runs one turn and answers with the assistant's reply and the session's
 /// remaining quota in `X-RateLimit-*` headers.
-pub async fn chat(app: &Arc<App>, req: Request<Incoming>, rid: &str) -> HandlerResult {
+pub async fn chat(
+    app: &Arc<App>,
+    req: Request<Incoming>,
+    rid: &str,
+    caller: Caller,
+) -> HandlerResult {
     let (parts, body) = req.into_parts();
     let body = read_body(app, body, &parts.headers).await?;
     let input = parse_chat(&body)?;
@@ -30,17 +35,16 @@ pub async fn chat(app: &Arc<App>, req: Request<Incoming>, rid: &str) -> HandlerR
     let stream = input
         .stream
         .unwrap_or_else(|| accepts_event_stream(&parts.headers));
+    let scoped = app.core.as_caller(caller);
     if stream {
-        let turn = app
-            .core
-            .prepare(id, input.content.into_owned(), ChatOptions::default())
+        let turn = scoped
+            .prepare(id, input.content.into_owned(), app.turn_options())
             .await?;
         log_user(app, &turn, rid);
         return stream_turn(app, turn, rid).await;
     }
-    let turn = app
-        .core
-        .prepare(id, &*input.content, ChatOptions::default())
+    let turn = scoped
+        .prepare(id, &*input.content, app.turn_options())
         .await?;
     log_user(app, &turn, rid);
     let reply = turn.complete().await?;

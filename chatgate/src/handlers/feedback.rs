@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use chatcore::SessionId;
+use chatcore::{Caller, SessionId};
 use hyper::body::Incoming;
 use hyper::Request;
 
@@ -12,14 +12,15 @@ use crate::handlers::{read_body, HandlerResult};
 use crate::App;
 
 /// Stores feedback (accepted for expired sessions while they are retained).
-pub async fn submit(app: &Arc<App>, req: Request<Incoming>) -> HandlerResult {
+/// Only a caller that may use the session may leave feedback on it.
+pub async fn submit(app: &Arc<App>, req: Request<Incoming>, caller: Caller) -> HandlerResult {
     let (parts, body) = req.into_parts();
     let body = read_body(app, body, &parts.headers).await?;
     let input = parse_feedback(&body)?;
     let id = SessionId::parse(&input.session_id)?;
     app.core
-        .feedback()
-        .submit(id, &input.feedback, input.rating)
+        .as_caller(caller)
+        .submit_feedback(id, &input.feedback, input.rating)
         .await?;
     Ok(json(&DetailOut {
         detail: "Feedback received",

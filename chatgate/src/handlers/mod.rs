@@ -1,6 +1,7 @@
 //! One file per endpoint group; each handler parses, calls chatcore, and
 //! shapes the answer. Errors go back to the router as [`ApiError`]s.
 
+pub mod admin;
 pub mod chat;
 pub mod feedback;
 pub mod meta;

@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use chatcore::{
-    ChatReply, ChatRequest, CompletionStream, Message, Role, SessionId, StreamEvent, TurnEvent,
-    TurnStream, Usage,
+    Caller, ChatReply, ChatRequest, CompletionStream, Message, Role, SessionId, StreamEvent,
+    TurnEvent, TurnStream, Usage,
 };
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
@@ -32,17 +32,23 @@ use crate::handlers::{read_body, sse, HandlerResult};
 use crate::App;
 
 /// `POST /v1/chat/completions`.
-pub async fn completions(app: &Arc<App>, req: Request<Incoming>, rid: &str) -> HandlerResult {
+pub async fn completions(
+    app: &Arc<App>,
+    req: Request<Incoming>,
+    rid: &str,
+    caller: Caller,
+) -> HandlerResult {
     let (parts, body) = req.into_parts();
     let body = read_body(app, body, &parts.headers).await?;
-    let request = parse_completions(&body)?;
+    let mut request = parse_completions(&body)?;
+    request.options.max_tokens = app.cap_tokens(request.options.max_tokens);
     if !app.models.contains(&request.model) {
         return Err(model_not_found(&request.model));
     }
     match parts.headers.get("x-session-id") {
         Some(v) => {
             let id = SessionId::parse(v.to_str().unwrap_or(""))?;
-            session_turn(app, id, request, rid).await
+            session_turn(app, caller, id, request, rid).await
         }
         None => stateless(app, request, rid).await,
     }
@@ -51,6 +57,7 @@ pub async fn completions(app: &Arc<App>, req: Request<Incoming>, rid: &str) -> H
 /// One turn of a session.
 async fn session_turn(
     app: &Arc<App>,
+    caller: Caller,
     id: SessionId,
     mut request: Completions,
     rid: &str,
@@ -65,7 +72,11 @@ async fn session_turn(
             ))
         }
     };
-    let turn = app.core.prepare(id, content, request.options).await?;
+    let turn = app
+        .core
+        .as_caller(caller)
+        .prepare(id, content, request.options)
+        .await?;
     app.content_log.user(id, turn.content(), rid);
     let (limit, remaining) = (turn.limit(), turn.remaining());
     let chunks = Chunks::new(request.model, request.include_usage);
@@ -88,6 +99,12 @@ async fn session_turn(
 
 /// A stateless request: the messages as given, no session, nothing stored.
 async fn stateless(app: &Arc<App>, request: Completions, rid: &str) -> HandlerResult {
+    if !app.client_system_prompt && request.messages.iter().any(|(r, _)| *r == Role::System) {
+        return Err(invalid(
+            "messages",
+            "this gateway does not accept a client's system prompt",
+        ));
+    }
     let Some(((Role::User, user), earlier)) = request.messages.split_last() else {
         return Err(invalid("messages", "the last message must have role user"));
     };

@@ -1,52 +1,118 @@
-//! `POST /session/initialize_session`, `GET /session/{id}` and
-//! `GET /session/{id}/messages`.
+//! Sessions: `POST /session/initialize_session`, `GET` and `DELETE
+//! /session/{id}`, `GET /session/{id}/messages`, and `GET /sessions` (the
+//! caller's own, for a chat app's sidebar).
+//!
+//! Every call acts for its caller (`ChatCore::as_caller`): another
+//! principal's session answers 404, as an unknown one does.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
-use chatcore::{NewSession, SessionId};
+use chatcore::{Caller, Decision, NewSession, RateLimiter, SessionCursor, SessionId};
 use hyper::body::Incoming;
-use hyper::Request;
+use hyper::header::HeaderValue;
+use hyper::{Request, Response, StatusCode};
 
-use crate::api::{parse_initialize, parse_page_query, MessageOut, MessagesOut, SessionOut};
-use crate::body::json;
+use crate::api::{
+    bad_query, parse_initialize, parse_listing, parse_page_query, MessageOut, MessagesOut,
+    SessionOut, SessionsOut,
+};
+use crate::body::{json, Body};
+use crate::error::{ApiError, Invalid};
 use crate::handlers::{read_body, HandlerResult};
 use crate::App;
 
-/// Creates a session (optional `system_prompt` and `metadata`).
-pub async fn initialize(app: &Arc<App>, req: Request<Incoming>) -> HandlerResult {
+/// Most sessions one page of `GET /sessions` holds.
+const MAX_SESSIONS_PAGE: usize = 100;
+
+/// Creates a session (optional `system_prompt` and `metadata`) owned by
+/// the caller, within `rate_limit.sessions_per_hour` (per principal, or per
+/// client address for an anonymous caller). In `session_token` mode the
+/// answer carries the session's token.
+pub async fn initialize(
+    app: &Arc<App>,
+    req: Request<Incoming>,
+    caller: Caller,
+    peer: IpAddr,
+) -> HandlerResult {
     let (parts, body) = req.into_parts();
     let body = read_body(app, body, &parts.headers).await?;
     let input = parse_initialize(&body)?;
+    if input.system_prompt.is_some() && !app.client_system_prompt {
+        return Err(ApiError::validation(vec![Invalid::field(
+            "system_prompt",
+            "This gateway does not accept a client's system prompt",
+            "value_error",
+        )]));
+    }
+    if let Some(quota) = &app.session_quota {
+        let key = match caller.principal() {
+            Some(p) => chatcore::rate_limit::key_of(p.id.as_bytes()),
+            None => {
+                let forwarded = parts
+                    .headers
+                    .get("x-forwarded-for")
+                    .and_then(|v| v.to_str().ok());
+                let client = app.trusted_proxies.client(peer, forwarded);
+                chatcore::rate_limit::key_of(client.to_string().as_bytes())
+            }
+        };
+        if let Decision::Limited { retry_after } = quota.check(key) {
+            let mut e = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("Rate limit exceeded: {} sessions per hour", quota.limit()),
+            );
+            e.retry_after = Some(retry_after.as_secs().max(1));
+            return Err(e);
+        }
+    }
     let info = app
         .core
-        .sessions()
-        .initialize_with(NewSession {
+        .as_caller(caller)
+        .initialize(NewSession {
             system_prompt: input.system_prompt,
             metadata: input.metadata.map(serde_json::Value::Object),
         })
         .await?;
-    Ok(json(&SessionOut::from(&info)))
+    let mut out = SessionOut::from(&info);
+    out.session_token = app.auth.session_token(info.session.id);
+    Ok(json(&out))
 }
 
 /// Shows a session, with `is_active` as of now and the tokens its turns
 /// cost.
-pub async fn get(app: &Arc<App>, id: &str) -> HandlerResult {
+pub async fn get(app: &Arc<App>, caller: Caller, id: &str) -> HandlerResult {
     let id = SessionId::parse(id)?;
-    let info = app.core.sessions().get(id).await?;
-    let usage = app.core.sessions().usage(id).await?;
+    let scoped = app.core.as_caller(caller);
+    let info = scoped.get(id).await?;
+    let usage = scoped.usage(id).await?;
     let mut out = SessionOut::from(&info);
     out.usage = Some(usage.into());
     Ok(json(&out))
 }
 
+/// Deletes a session with its messages and feedback, at once: 204.
+pub async fn delete(app: &Arc<App>, caller: Caller, id: &str) -> HandlerResult {
+    let id = SessionId::parse(id)?;
+    app.core.as_caller(caller).delete(id).await?;
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    Ok(resp)
+}
+
 /// Lists a session's messages, oldest first, a page at a time
 /// (`?limit=` up to 1,000, `?after=` the previous page's `next_cursor`).
-pub async fn messages(app: &Arc<App>, id: &str, query: Option<&str>) -> HandlerResult {
+pub async fn messages(
+    app: &Arc<App>,
+    caller: Caller,
+    id: &str,
+    query: Option<&str>,
+) -> HandlerResult {
     let id = SessionId::parse(id)?;
     let q = parse_page_query(query)?;
     let page = app
         .core
-        .sessions()
+        .as_caller(caller)
         .messages_page(id, q.after, q.limit)
         .await?;
     Ok(json(&MessagesOut {
@@ -54,4 +120,40 @@ pub async fn messages(app: &Arc<App>, id: &str, query: Option<&str>) -> HandlerR
         messages: page.messages.iter().map(MessageOut::from).collect(),
         next_cursor: page.next.map(|c| c.to_string()),
     }))
+}
+
+/// The caller's sessions (every session for an admin), most recently
+/// active first (`?limit=` up to 100, `?after=`).
+pub async fn list(app: &Arc<App>, caller: Caller, query: Option<&str>) -> HandlerResult {
+    let (limit, after) = parse_listing(query, MAX_SESSIONS_PAGE, |_, _| Ok(()))?;
+    let after =
+        match after {
+            Some(text) => Some(SessionCursor::parse(text).ok_or_else(|| {
+                bad_query("after", "Input should be a cursor from an earlier page")
+            })?),
+            None => None,
+        };
+    // One more than asked for says whether there is a next page.
+    let mut sessions = app
+        .core
+        .as_caller(caller)
+        .sessions(after, limit + 1)
+        .await?;
+    let next_cursor = (sessions.len() > limit).then(|| {
+        sessions.truncate(limit);
+        sessions
+            .last()
+            .map(|s| SessionCursor::after(&s.session).to_string())
+            .unwrap_or_default()
+    });
+    let mut resp = json(&SessionsOut {
+        sessions: sessions.iter().map(SessionOut::from).collect(),
+        next_cursor,
+    });
+    // A listing is the caller's own: no shared cache may keep it.
+    resp.headers_mut().insert(
+        hyper::header::CACHE_CONTROL,
+        HeaderValue::from_static("private, no-store"),
+    );
+    Ok(resp)
 }

@@ -282,7 +282,7 @@ async fn unknown_paths_are_404_and_wrong_methods_405() {
         (Method::PUT, "/chat".into()),
         (Method::GET, "/feedback/".into()),
         (Method::GET, "/session/initialize_session".into()),
-        (Method::DELETE, format!("/session/{id}")),
+        (Method::PUT, format!("/session/{id}")),
         (Method::POST, format!("/session/{id}/messages")),
         (Method::POST, "/healthz".into()),
         (Method::POST, "/openapi.json".into()),
