@@ -33,6 +33,12 @@
 //!   atomically. [`ChatCore::chat`] does both steps.
 //! - [`tokens`]: the token estimate and history trimming to the context
 //!   budget.
+//! - [`caller`]: who a request acts for ([`Caller`]: anyone, a
+//!   [`Principal`], a session token's holder) and which sessions it may
+//!   use; [`ChatCore::as_caller`] gives the facade as one caller sees it
+//!   ([`Scoped`]): others' sessions do not exist, admins see all.
+//! - [`keys`]: API keys ([`KeyRing`]): made once, stored as a hash,
+//!   verified in constant time, revoked.
 //! - [`session`]: [`SessionManager`] creates, looks up and purges sessions;
 //!   expiry is derived from `last_active` and the idle timeout.
 //! - [`feedback`]: [`FeedbackDesk`] validates and stores feedback.
@@ -40,9 +46,10 @@
 //!   limiter ([`GovernorLimiter`]), exact under concurrency, bounded memory.
 //! - [`llm`]: the [`ChatModel`] trait (complete, and stream with a provided
 //!   default) and the OpenAI chat-completions adapter [`OpenAiChat`].
-//! - [`storage`]: three small async traits (sessions, messages, feedback)
-//!   and two backends: [`MemoryStore`] and [`SqliteStore`] (one writer
-//!   thread, group commit, WAL, migrations by `user_version`).
+//! - [`storage`]: four small async traits (sessions, messages, feedback,
+//!   keys; newer methods have provided bodies) and two backends:
+//!   [`MemoryStore`] and [`SqliteStore`] (one writer thread, group commit,
+//!   WAL, a reading connection, migrations by `user_version`).
 //! - [`error`]: one [`Error`] whose [`ErrorKind`] maps one-to-one onto the
 //!   gateway's error table, with whose fault it is ([`Fault`]).
 //! - [`types`]: ids and records ([`SessionId`], [`Session`], [`Message`],

@@ -25,20 +25,20 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug {
     /// Stores a new session.
     ///
     /// # Errors
-    /// [`ErrorKind::Storage`](crate::ErrorKind::Storage) when the backend fails.
+    /// [`ErrorKind::Storage`] when the backend fails.
     async fn insert_session(&self, session: &Session) -> Result<()>;
 
     /// Looks a session up; `None` when there is no such session.
     ///
     /// # Errors
-    /// [`ErrorKind::Storage`](crate::ErrorKind::Storage) when the backend fails.
+    /// [`ErrorKind::Storage`] when the backend fails.
     async fn get_session(&self, id: SessionId) -> Result<Option<Session>>;
 
     /// Deletes, in one transaction, every session whose `last_active` is
     /// before `cutoff`, with its messages and feedback.
     ///
     /// # Errors
-    /// [`ErrorKind::Storage`](crate::ErrorKind::Storage) when the backend fails;
+    /// [`ErrorKind::Storage`] when the backend fails;
     /// then nothing was deleted.
     async fn purge_inactive_before(&self, cutoff: DateTime<Utc>) -> Result<PurgeReport>;
 
@@ -46,7 +46,7 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug {
     /// `false` when there was no such session.
     ///
     /// # Errors
-    /// [`ErrorKind::Storage`](crate::ErrorKind::Storage) when the backend
+    /// [`ErrorKind::Storage`] when the backend
     /// fails (nothing is deleted), or does not support deletion.
     async fn delete_session(&self, id: SessionId) -> Result<bool> {
         let _ = id;
@@ -57,7 +57,7 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug {
     /// only those owned by `owner` when it is given.
     ///
     /// # Errors
-    /// [`ErrorKind::Storage`](crate::ErrorKind::Storage) when the backend
+    /// [`ErrorKind::Storage`] when the backend
     /// fails, or does not support listing.
     async fn list_sessions(
         &self,
@@ -72,7 +72,7 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug {
     /// Checks that the backend is reachable (for readiness probes).
     ///
     /// # Errors
-    /// [`ErrorKind::Storage`](crate::ErrorKind::Storage) when it is not.
+    /// [`ErrorKind::Storage`] when it is not.
     async fn ping(&self) -> Result<()> {
         Ok(())
     }
@@ -247,16 +247,16 @@ pub trait MessageStore: SessionStore {
     /// when `limit` is `usize::MAX`). An unknown session has none.
     ///
     /// # Errors
-    /// [`ErrorKind::Storage`](crate::ErrorKind::Storage) when the backend fails.
+    /// [`ErrorKind::Storage`] when the backend fails.
     async fn recent_messages(&self, id: SessionId, limit: usize) -> Result<Vec<Message>>;
 
     /// Appends a turn's user message and reply and sets the session's
     /// `last_active` to `turn.reply_at`, atomically: all of it or none.
     ///
     /// # Errors
-    /// [`ErrorKind::SessionNotFound`](crate::ErrorKind::SessionNotFound) when
+    /// [`ErrorKind::SessionNotFound`] when
     /// the session no longer exists (nothing is stored);
-    /// [`ErrorKind::Storage`](crate::ErrorKind::Storage) when the backend fails.
+    /// [`ErrorKind::Storage`] when the backend fails.
     async fn append_turn(&self, id: SessionId, turn: Turn<'_>) -> Result<()>;
 
     /// The tokens a session's stored turns cost, summed (turns whose usage
@@ -264,7 +264,7 @@ pub trait MessageStore: SessionStore {
     /// reports zero, which the provided version does.
     ///
     /// # Errors
-    /// [`ErrorKind::Storage`](crate::ErrorKind::Storage) when the backend fails.
+    /// [`ErrorKind::Storage`] when the backend fails.
     async fn session_usage(&self, id: SessionId) -> Result<Usage> {
         let _ = id;
         Ok(Usage::default())
@@ -277,7 +277,7 @@ pub trait MessageStore: SessionStore {
     /// to read one page.
     ///
     /// # Errors
-    /// [`ErrorKind::Storage`](crate::ErrorKind::Storage) when the backend fails.
+    /// [`ErrorKind::Storage`] when the backend fails.
     async fn messages_page(
         &self,
         id: SessionId,
@@ -294,7 +294,7 @@ pub trait MessageStore: SessionStore {
     /// provided version makes two calls; backends may do it in one.
     ///
     /// # Errors
-    /// [`ErrorKind::Storage`](crate::ErrorKind::Storage) when the backend fails.
+    /// [`ErrorKind::Storage`] when the backend fails.
     async fn load_turn_context(
         &self,
         id: SessionId,
@@ -314,22 +314,22 @@ pub trait FeedbackStore: Send + Sync + std::fmt::Debug {
     /// Stores a piece of feedback about an existing session.
     ///
     /// # Errors
-    /// [`ErrorKind::SessionNotFound`](crate::ErrorKind::SessionNotFound) when
+    /// [`ErrorKind::SessionNotFound`] when
     /// the session does not exist (nothing is stored);
-    /// [`ErrorKind::Storage`](crate::ErrorKind::Storage) when the backend fails.
+    /// [`ErrorKind::Storage`] when the backend fails.
     async fn insert_feedback(&self, feedback: &Feedback) -> Result<()>;
 
     /// All feedback about a session, oldest first.
     ///
     /// # Errors
-    /// [`ErrorKind::Storage`](crate::ErrorKind::Storage) when the backend fails.
+    /// [`ErrorKind::Storage`] when the backend fails.
     async fn list_feedback(&self, id: SessionId) -> Result<Vec<Feedback>>;
 
     /// Up to `limit` pieces of feedback passing `filter`, oldest first,
     /// after position `after`; each with its position (to continue from).
     ///
     /// # Errors
-    /// [`ErrorKind::Storage`](crate::ErrorKind::Storage) when the backend
+    /// [`ErrorKind::Storage`] when the backend
     /// fails, or does not support review.
     async fn review_feedback(
         &self,
@@ -350,7 +350,7 @@ pub trait KeyStore: Send + Sync + std::fmt::Debug {
     /// Stores a new key with the hash of its secret.
     ///
     /// # Errors
-    /// [`ErrorKind::Storage`](crate::ErrorKind::Storage) when the backend
+    /// [`ErrorKind::Storage`] when the backend
     /// fails, or does not keep keys.
     async fn insert_key(&self, key: &ApiKey, hash: &[u8; 32]) -> Result<()> {
         let _ = (key, hash);
