@@ -4,13 +4,13 @@
 //! never waits on a write.
 //!
 //! A record goes through three stages:
-//! - [`queue`], on the thread that logs: records no output wants stop
+//! - `queue`, on the thread that logs: records no output wants stop
 //!   here, before anything is copied; the rest go to the async queue
 //!   (when it is full they are dropped and counted, never waited for);
 //! - [`line`], on the logging thread: the record is formatted once, into
 //!   one plain-text line, and the same bytes go to each output that
 //!   wants it;
-//! - [`file`]: a buffered, size-rotated ([`rotate`]) file that survives
+//! - [`file`]: a buffered, size-rotated (`rotate`) file that survives
 //!   write errors.
 //!
 //! A lost record (queue full, a failed write) is counted in
