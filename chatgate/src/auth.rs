@@ -93,7 +93,10 @@ struct Claims {
     sid: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     iat: Option<i64>,
-    exp: i64,
+    // Optional here so that a token without it is refused for that reason
+    // (the validation requires it), not as unreadable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    exp: Option<i64>,
 }
 
 /// `scope`: space-separated (RFC 8693) or a list.
@@ -312,8 +315,9 @@ impl Auth {
             typ: Some("session".into()),
             sid: Some(id.to_string()),
             iat: Some(now),
-            exp: now
-                .saturating_add(i64::try_from(self.session_lifetime.as_secs()).unwrap_or(i64::MAX)),
+            exp: Some(now.saturating_add(
+                i64::try_from(self.session_lifetime.as_secs()).unwrap_or(i64::MAX),
+            )),
         };
         let key = self.encoding.as_ref()?;
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, key).ok()

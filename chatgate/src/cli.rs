@@ -22,7 +22,7 @@ commands:
   keys create --name NAME [--admin]
                  make an API key and print it (the only time it is shown)
   keys list      list API keys (ids, names, scopes; never the keys)
-  keys revoke ID revoke a key (every gateway refuses it within 5 s)
+  keys revoke ID revoke a key (every gateway refuses it within 2 s)
   feedback export [--since T] [--until T] [--session ID] [--rating N]
                   [--format jsonl|csv]
                  write stored feedback to stdout

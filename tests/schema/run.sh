@@ -28,5 +28,5 @@ for _ in $(seq 1 100); do
     sleep 0.1
 done
 cd "$here"
-"$venv/bin/schemathesis" run "http://127.0.0.1:$port/openapi.json" \
-    --checks all --seed 20261129 --max-examples "$examples" --workers 2 --no-color
+"$venv/bin/schemathesis" --config-file "$here/schemathesis.toml" run "http://127.0.0.1:$port/openapi.json" \
+    --checks all --seed 20261129 --max-examples "$examples" --workers 1 --no-color
