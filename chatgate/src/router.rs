@@ -374,9 +374,11 @@ async fn dispatch(
             Method::GET | Method::HEAD => Ok(handlers::meta::openapi()),
             _ => Err(ApiError::method_not_allowed("GET")),
         },
-        ["docs", "", "", ""] => match m {
-            Method::GET | Method::HEAD => Ok(handlers::meta::docs()),
-            _ => Err(ApiError::method_not_allowed("GET")),
+        // Swagger UI: the page at `/docs`, its files at `/docs/{file}`.
+        ["docs", file, "", ""] => match (m, handlers::docs::docs(file)) {
+            (Method::GET | Method::HEAD, found) => found,
+            (_, Ok(_)) => Err(ApiError::method_not_allowed("GET")),
+            (_, Err(not_found)) => Err(not_found),
         },
         _ => Err(ApiError::not_found()),
     }

@@ -15,6 +15,7 @@ mod log_files;
 mod log_stderr;
 mod logs;
 mod openai_api;
+mod pages;
 mod rate_limit;
 mod streaming;
 mod upstream;

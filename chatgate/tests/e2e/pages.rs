@@ -1,0 +1,93 @@
+//! SPEC §11: the pages a browser opens. `/docs` is Swagger UI served from
+//! the binary and driven by `/openapi.json`; it loads nothing from another
+//! host and carries a Content-Security-Policy.
+
+use hyper::Method;
+
+use crate::support::*;
+
+/// Panics if `text` names a host other than this machine.
+#[track_caller]
+fn assert_no_external_host(what: &str, text: &str) {
+    for scheme in ["http://", "https://"] {
+        for (i, _) in text.match_indices(scheme) {
+            let host: String = text[i + scheme.len()..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || ".-[]:".contains(*c))
+                .collect();
+            let host = host.split(':').next().unwrap_or("");
+            assert!(
+                ["localhost", "127.0.0.1", "[", ""].contains(&host),
+                "{what} references an external host: {scheme}{host}"
+            );
+        }
+    }
+    assert!(
+        !text.contains("src=\"//"),
+        "{what}: protocol-relative source"
+    );
+}
+
+#[track_caller]
+fn assert_type(r: &Resp, prefix: &str) {
+    let ct = r.header("content-type").unwrap_or("");
+    assert!(
+        ct.starts_with(prefix),
+        "content-type {ct:?}, wanted {prefix}"
+    );
+    assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docs_is_swagger_ui_from_the_binary_reading_openapi_json() {
+    let gw = Gateway::start().await;
+    for path in ["/docs", "/docs/", "/docs/index.html"] {
+        let r = get(gw.addr, path).await;
+        assert_eq!(r.status, 200, "{path}");
+        assert_type(&r, "text/html");
+        let html = r.text();
+        // Relative links resolve under /docs/ whether or not the address
+        // ends with a slash.
+        assert!(html.contains("<base href=\"/docs/\">"), "{html}");
+        assert!(html.contains("swagger-ui-bundle.js"), "{html}");
+        assert_no_external_host(path, &html);
+        let csp = r.header("content-security-policy").unwrap_or("");
+        assert!(csp.contains("default-src 'self'"), "{csp}");
+        assert!(csp.contains("connect-src 'self'"), "{csp}");
+        assert!(!csp.contains("script-src 'self' 'unsafe-inline'"), "{csp}");
+    }
+    let init = get(gw.addr, "/docs/swagger-initializer.js").await;
+    assert_eq!(init.status, 200);
+    assert_type(&init, "text/javascript");
+    let text = init.text();
+    assert!(text.contains("\"url\": \"/openapi.json\""), "{text}");
+    // No trip to the online validator.
+    assert!(text.contains("\"validatorUrl\": \"none\""), "{text}");
+    for (path, ty) in [
+        ("/docs/swagger-ui-bundle.js", "text/javascript"),
+        ("/docs/swagger-ui-standalone-preset.js", "text/javascript"),
+        ("/docs/swagger-ui.css", "text/css"),
+        ("/docs/index.css", "text/css"),
+        ("/docs/favicon-32x32.png", "image/png"),
+    ] {
+        let r = get(gw.addr, path).await;
+        assert_eq!(r.status, 200, "{path}");
+        assert_type(&r, ty);
+        assert!(r.body.len() > 100, "{path} is nearly empty");
+    }
+    get(gw.addr, "/docs/nope.js")
+        .await
+        .assert_error(404, "Not Found");
+    get(gw.addr, "/docs/a/b")
+        .await
+        .assert_error(404, "Not Found");
+    send(gw.addr, Method::POST, "/docs/swagger-ui.css", None)
+        .await
+        .assert_error(405, "Method Not Allowed");
+    send(gw.addr, Method::POST, "/docs/nope.js", None)
+        .await
+        .assert_error(404, "Not Found");
+    let head = send(gw.addr, Method::HEAD, "/docs", None).await;
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty(), "HEAD answered with a body");
+}
