@@ -18,6 +18,7 @@ use slog::{error, info, warn};
 use crate::auth::Need;
 use crate::body::Body;
 use crate::error::ApiError;
+use crate::handlers::playground::File;
 use crate::handlers::{self, HandlerResult};
 use crate::App;
 
@@ -379,6 +380,18 @@ async fn dispatch(
             (Method::GET | Method::HEAD, found) => found,
             (_, Ok(_)) => Err(ApiError::method_not_allowed("GET")),
             (_, Err(not_found)) => Err(not_found),
+        },
+        // The playground, unless `server.playground` is off (then 404).
+        ["", "", "", ""] if app.playground => match m {
+            Method::GET | Method::HEAD => Ok(handlers::playground::serve(File::Page)),
+            _ => Err(ApiError::method_not_allowed("GET")),
+        },
+        ["playground", name, "", ""] if app.playground => match File::named(name) {
+            Some(file) => match m {
+                Method::GET | Method::HEAD => Ok(handlers::playground::serve(file)),
+                _ => Err(ApiError::method_not_allowed("GET")),
+            },
+            None => Err(ApiError::not_found()),
         },
         _ => Err(ApiError::not_found()),
     }

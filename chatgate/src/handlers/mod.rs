@@ -7,6 +7,7 @@ pub mod docs;
 pub mod feedback;
 pub mod meta;
 pub mod openai;
+pub mod playground;
 pub mod session;
 mod sse;
 
@@ -82,7 +83,7 @@ pub(crate) fn accepts_event_stream(headers: &HeaderMap) -> bool {
         })
 }
 
-/// A file compiled into the binary (the docs page): its
+/// A file compiled into the binary (the docs page, the playground): its
 /// type, `nosniff`, no referrer, and the page's Content-Security-Policy.
 pub(crate) fn static_file(
     bytes: impl Into<Bytes>,

@@ -1,6 +1,8 @@
 //! SPEC §11: the pages a browser opens. `/docs` is Swagger UI served from
-//! the binary and driven by `/openapi.json`; it loads nothing from another
-//! host and carries a Content-Security-Policy.
+//! the binary and driven by `/openapi.json`; `/` is the chat playground,
+//! which `server.playground = false` turns off. Both load nothing from
+//! another host and carry a Content-Security-Policy. (tests/browser runs
+//! both in a real browser.)
 
 use hyper::Method;
 
@@ -90,4 +92,77 @@ async fn docs_is_swagger_ui_from_the_binary_reading_openapi_json() {
     let head = send(gw.addr, Method::HEAD, "/docs", None).await;
     assert_eq!(head.status, 200);
     assert!(head.body.is_empty(), "HEAD answered with a body");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_playground_is_three_embedded_files_under_a_strict_policy() {
+    let gw = Gateway::start().await;
+    let page = get(gw.addr, "/").await;
+    assert_eq!(page.status, 200);
+    assert_type(&page, "text/html");
+    let html = page.text();
+    assert!(
+        html.contains("<script src=\"/playground/playground.js\""),
+        "{html}"
+    );
+    assert!(
+        html.contains("href=\"/playground/playground.css\""),
+        "{html}"
+    );
+    assert!(html.contains("aria-live"), "the reply is not announced");
+    let csp = page.header("content-security-policy").unwrap_or("");
+    assert!(csp.starts_with("default-src 'self'"), "{csp}");
+    assert!(csp.contains("script-src 'self';"), "{csp}");
+    assert!(!csp.contains("unsafe-inline"), "{csp}");
+    assert!(!csp.contains("unsafe-eval"), "{csp}");
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert_no_external_host("/", &html);
+
+    for (path, ty, needle) in [
+        (
+            "/playground/playground.js",
+            "text/javascript",
+            "text/event-stream",
+        ),
+        ("/playground/playground.css", "text/css", ".transcript"),
+    ] {
+        let r = get(gw.addr, path).await;
+        assert_eq!(r.status, 200, "{path}");
+        assert_type(&r, ty);
+        assert!(r.text().contains(needle), "{path} lacks {needle:?}");
+        assert_no_external_host(path, &r.text());
+    }
+    // The script never keeps a credential in storage.
+    let script = get(gw.addr, "/playground/playground.js").await.text();
+    for storage in ["localStorage", "sessionStorage", "document.cookie"] {
+        assert!(!script.contains(storage), "the script uses {storage}");
+    }
+
+    let head = send(gw.addr, Method::HEAD, "/", None).await;
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty(), "HEAD answered with a body");
+    send(gw.addr, Method::POST, "/", Some("{}"))
+        .await
+        .assert_error(405, "Method Not Allowed");
+    for path in ["/playground", "/playground/nope.js", "/playground/a/b"] {
+        get(gw.addr, path).await.assert_error(404, "Not Found");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_playground_false_turns_every_playground_path_into_404() {
+    let gw = Gateway::start_with(|c| c.server.playground = false).await;
+    for path in [
+        "/",
+        "/playground/playground.js",
+        "/playground/playground.css",
+    ] {
+        get(gw.addr, path).await.assert_error(404, "Not Found");
+        post(gw.addr, path, "{}")
+            .await
+            .assert_error(404, "Not Found");
+    }
+    // The API and its docs are unaffected.
+    assert_eq!(get(gw.addr, "/docs").await.status, 200);
+    assert_eq!(get(gw.addr, "/healthz").await.status, 200);
 }
