@@ -131,9 +131,11 @@
     const title = document.createElement("strong");
     title.textContent = "Slow down: rate limit reached.";
     const why = document.createElement("p");
+    const rule = what === "new session"
+      ? "The gateway limits how many sessions one caller may start per hour"
+      : "The gateway limits how many messages a session (and, with credentials, a caller) may send per minute";
     why.textContent = "The gateway refused this " + what + " with HTTP 429: “" + detail + "”. " +
-      "Each session may send only that many messages per minute (the gateway's " +
-      "rate_limit settings); the quota refills steadily, so a short wait is enough.";
+      rule + " (its rate_limit settings). The quota refills steadily, so waiting is enough.";
     const when = document.createElement("p");
     when.className = "retry";
     notice.append(title, why, when);
