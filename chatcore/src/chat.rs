@@ -20,6 +20,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
@@ -50,7 +51,9 @@ pub(crate) async fn prepare<'c>(
             if let Decision::Limited { retry_after } =
                 limiter.check(crate::rate_limit::key_of(p.id.as_bytes()))
             {
-                return Err(rate_limited(limiter.limit(), retry_after));
+                // The field names the quota, so an operator can tell the
+                // principal's refusals from the session's.
+                return Err(rate_limited(limiter.limit(), retry_after).with_field("principal"));
             }
         }
         match inner.limiter.check(id) {
@@ -102,6 +105,7 @@ pub(crate) async fn prepare<'c>(
         user_at: inner.clock.now(),
         remaining,
         tight: false,
+        upstream: Duration::ZERO,
         lease,
         _slot: slot,
     })
@@ -122,6 +126,8 @@ pub struct PreparedTurn<'c> {
     /// Set after the upstream said the prompt overflowed its context: the
     /// history budget is cut to a quarter for the one retry.
     tight: bool,
+    /// Time spent waiting on the model so far.
+    upstream: Duration,
     // Field order is drop order: the window goes back to the cache before
     // the next turn of the session is let in.
     lease: Lease,
@@ -182,6 +188,7 @@ impl<'c> PreparedTurn<'c> {
     /// The upstream kinds from the model, [`ErrorKind::SessionNotFound`]
     /// (purged meanwhile) and [`ErrorKind::Storage`]; nothing is stored.
     pub async fn complete(mut self) -> Result<ChatReply> {
+        let started = Instant::now();
         let first = self.inner.model.complete(self.request()).await;
         let completion = match first {
             Err(e) if self.retry_tighter(&e) => {
@@ -190,6 +197,7 @@ impl<'c> PreparedTurn<'c> {
             }
             other => other.map_err(|e| self.overflow(e))?,
         };
+        self.upstream += started.elapsed();
         self.finish(completion).await
     }
 
@@ -233,6 +241,7 @@ impl<'c> PreparedTurn<'c> {
             other => other.map_err(|e| self.overflow(e))?,
         };
         Ok(TurnStream {
+            started: Instant::now(),
             turn: Some(self),
             upstream,
             text: String::new(),
@@ -266,7 +275,7 @@ impl<'c> PreparedTurn<'c> {
             .await?;
         self.lease
             .record(&self.content, self.user_at, &completion.content, reply_at);
-        let (session_id, remaining) = (self.id, self.remaining);
+        let (session_id, remaining, upstream) = (self.id, self.remaining, self.upstream);
         drop(self);
         Ok(ChatReply {
             session_id,
@@ -275,6 +284,7 @@ impl<'c> PreparedTurn<'c> {
             remaining,
             usage: completion.usage,
             finish_reason: completion.finish_reason,
+            upstream,
         })
     }
 }
@@ -285,6 +295,8 @@ impl<'c> PreparedTurn<'c> {
 /// cancels the upstream request and stores nothing.
 #[derive(Debug)]
 pub struct TurnStream<'c> {
+    /// When the upstream accepted the request.
+    started: Instant,
     turn: Option<PreparedTurn<'c>>,
     upstream: CompletionStream,
     text: String,
@@ -318,7 +330,8 @@ impl TurnStream<'_> {
                     return Some(Err(e));
                 }
                 None => {
-                    let turn = self.turn.take()?;
+                    let mut turn = self.turn.take()?;
+                    turn.upstream += self.started.elapsed();
                     let completion = Completion {
                         content: std::mem::take(&mut self.text),
                         usage: self.usage,
@@ -372,6 +385,9 @@ pub struct ChatReply {
     pub usage: Option<Usage>,
     /// Why the reply ended (`stop`, `length`, …), when the model said.
     pub finish_reason: Option<String>,
+    /// How long the turn waited on the model (for a stream, from its
+    /// start to its last piece); the rest of its time is the gateway's.
+    pub upstream: Duration,
 }
 
 /// Validates a user message.

@@ -153,7 +153,9 @@ impl Error {
         self
     }
 
-    /// Names the request field an [`ErrorKind::InvalidInput`] error is about.
+    /// Names the request field an [`ErrorKind::InvalidInput`] error is
+    /// about, or the quota ([`ErrorKind::RateLimited`]: `principal`; the
+    /// session's when unnamed).
     #[must_use]
     pub fn with_field(mut self, field: &'static str) -> Self {
         self.field = Some(field);

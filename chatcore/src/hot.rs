@@ -374,6 +374,14 @@ impl HotSessions {
         }
     }
 
+    /// How many sessions are cached.
+    pub(crate) fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len())
+            .sum()
+    }
+
     /// Forgets `id` (after it was deleted).
     pub(crate) fn forget(&self, id: SessionId) {
         let mut shard = self.shard(&id);

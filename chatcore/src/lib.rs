@@ -87,14 +87,15 @@ pub use feedback::FeedbackDesk;
 pub use keys::{KeyRing, NewKey};
 pub use llm::{
     ChatModel, ChatOptions, ChatRequest, Completion, CompletionStream, History, HistoryItem,
-    OpenAiChat, OpenAiConfig, StreamEvent, Usage,
+    OpenAiChat, OpenAiConfig, StreamEvent, UpstreamStats, Usage,
 };
 pub use rate_limit::{Decision, GovernorLimiter, RateLimiter};
 pub use scoped::Scoped;
 pub use session::{SessionInfo, SessionManager};
 pub use storage::{
     ApiKey, FeedbackFilter, FeedbackStore, KeyStore, MemoryStore, MessageCursor, MessagePage,
-    MessageStore, SessionCursor, SessionStore, SqliteOptions, SqliteStore, Store, Turn,
+    MessageStore, SessionCursor, SessionStore, SqliteOptions, SqliteStats, SqliteStore, Store,
+    Turn,
 };
 pub use tokens::{estimate_tokens, trim_history};
 pub use types::{
@@ -466,6 +467,11 @@ impl ChatCore {
                 report(core.sweep().await);
             }
         })
+    }
+
+    /// How many sessions the hot cache holds now.
+    pub fn cached_sessions(&self) -> usize {
+        self.inner.hot.len()
     }
 
     /// Checks that storage is reachable.

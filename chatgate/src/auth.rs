@@ -55,6 +55,8 @@ pub enum Need {
     Known,
     /// Admin endpoints: an admin; none is known in `none` mode.
     Admin,
+    /// The operator's metrics: open in `none` mode, else an admin's.
+    Metrics,
 }
 
 /// Turns credentials into callers.
@@ -165,6 +167,20 @@ impl Auth {
     ) -> Result<Caller, ApiError> {
         if need == Need::Open {
             return Ok(Caller::Anyone);
+        }
+        if need == Need::Metrics {
+            if self.mode == AuthMode::None {
+                return Ok(Caller::Anyone);
+            }
+            return match bearer(headers)? {
+                Some(token) => match self.verify(core, token).await? {
+                    c if c.is_admin() => Ok(c),
+                    _ => Err(forbidden()),
+                },
+                None => Err(unauthorized(
+                    "Missing credentials: send Authorization: Bearer <token>",
+                )),
+            };
         }
         if self.mode == AuthMode::None {
             return match need {

@@ -171,7 +171,7 @@ async fn run_cli(args: impl Iterator<Item = String>) -> ExitCode {
                 ExitCode::from(1)
             }
         },
-        _ => serve(&config, &logs.logger, mock.is_some()).await,
+        _ => serve(&config, &logs, mock.is_some()).await,
     };
     drop(mock);
     logs.flush();
@@ -202,9 +202,10 @@ async fn purge(config: &Config, log: &slog::Logger) -> ExitCode {
     }
 }
 
-async fn serve(config: &Config, log: &slog::Logger, mock: bool) -> ExitCode {
-    let core = match build_core(config, log) {
-        Ok(c) => c,
+async fn serve(config: &Config, logs: &logging::Logs, mock: bool) -> ExitCode {
+    let log = &logs.logger;
+    let parts = match crate::build(config, log) {
+        Ok(p) => p,
         Err(e) => {
             error!(log, "cannot start"; "error" => e.chain());
             eprintln!("chatgate: cannot start: {}", e.chain());
@@ -236,6 +237,7 @@ async fn serve(config: &Config, log: &slog::Logger, mock: bool) -> ExitCode {
         warn!(log, "auth.mode is none and the gateway listens beyond loopback: anyone who reaches the port may chat on your upstream key";
             "addr" => &addr);
     }
+    let core = parts.core;
     let sweep_log = log.clone();
     let sweeper = core.spawn_sweeper(config.session.sweep_interval, move |r| match r {
         Ok(report) => info!(sweep_log, "retention sweep";
@@ -243,7 +245,13 @@ async fn serve(config: &Config, log: &slog::Logger, mock: bool) -> ExitCode {
             "feedback" => report.feedback),
         Err(e) => error!(sweep_log, "retention sweep failed"; "error" => e.chain()),
     });
-    let app = Arc::new(App::new(core, config, log.clone()));
+    let app = App::new(core, config, log.clone());
+    app.metrics.watch_upstream(parts.upstream);
+    if let Some(store) = parts.sqlite {
+        app.metrics.watch_sqlite(store);
+    }
+    app.metrics.watch_log_drops(logs.dropped_counter());
+    let app = Arc::new(app);
     crate::run(listener, app, crate::shutdown_signal()).await;
     sweeper.abort();
     // Let go of the core (the sweeper's copy too): the last handle on the

@@ -45,6 +45,28 @@ pub enum Detail {
     Validation(Vec<Invalid>),
 }
 
+/// Which quota refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitScope {
+    /// The session's messages per minute.
+    Session,
+    /// The principal's messages per minute, across its sessions.
+    Principal,
+    /// Sessions created per hour.
+    SessionsPerHour,
+}
+
+impl LimitScope {
+    /// Its metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitScope::Session => "session",
+            LimitScope::Principal => "principal",
+            LimitScope::SessionsPerHour => "sessions_per_hour",
+        }
+    }
+}
+
 /// An error on its way to becoming a response.
 #[derive(Debug)]
 pub struct ApiError {
@@ -62,6 +84,8 @@ pub struct ApiError {
     pub close: bool,
     /// Ask for a bearer credential (`WWW-Authenticate: Bearer`, on 401).
     pub challenge: bool,
+    /// The quota that refused the request, for the metrics.
+    pub limit_scope: Option<LimitScope>,
     /// A machine-readable code for OpenAI-shaped bodies (`model_not_found`);
     /// without one, the code follows from the status.
     pub code: Option<&'static str>,
@@ -78,6 +102,7 @@ impl ApiError {
             allow: None,
             close: false,
             challenge: false,
+            limit_scope: None,
             code: None,
         }
     }
@@ -92,6 +117,7 @@ impl ApiError {
             allow: None,
             close: false,
             challenge: false,
+            limit_scope: None,
             code: None,
         }
     }
@@ -286,6 +312,13 @@ impl From<Error> for ApiError {
             }
         };
         let mut out = ApiError::new(status, e.message().to_owned());
+        if e.kind() == ErrorKind::RateLimited {
+            out.limit_scope = Some(if e.field() == Some("principal") {
+                LimitScope::Principal
+            } else {
+                LimitScope::Session
+            });
+        }
         out.retry_after = e.retry_after().map(whole_seconds);
         if e.fault() != chatcore::Fault::Client {
             out.cause = Some(e.chain());

@@ -27,6 +27,7 @@ pub mod config;
 pub mod error;
 pub mod handlers;
 pub mod logging;
+pub mod metrics;
 pub mod ops;
 pub mod router;
 pub mod server;
@@ -72,6 +73,10 @@ pub struct App {
     pub shutdown_grace: Duration,
     /// Credentials to callers (`[auth]`).
     pub auth: Auth,
+    /// `GET /metrics`.
+    pub metrics: metrics::Metrics,
+    /// `openai.model`, the model `/chat/` turns use (for the metrics).
+    pub model: String,
     /// `server.trusted_proxies`.
     pub trusted_proxies: TrustedProxies,
     /// `rate_limit.sessions_per_hour`, per principal or client address;
@@ -125,6 +130,8 @@ impl App {
             write_timeout: config.server.write_timeout,
             shutdown_grace: config.server.shutdown_grace,
             auth: Auth::new(config),
+            metrics: metrics::Metrics::new(),
+            model: config.openai.model.clone(),
             // Validated when the config was loaded.
             trusted_proxies: TrustedProxies::parse(&config.server.trusted_proxies)
                 .unwrap_or_default(),
@@ -154,6 +161,25 @@ fn process_prefix() -> u32 {
 /// # Errors
 /// When the database cannot be opened or a setting is refused.
 pub fn build_core(config: &Config, log: &Logger) -> chatcore::Result<ChatCore> {
+    build(config, log).map(|parts| parts.core)
+}
+
+/// The facade and the handles the metrics read (see [`build`]).
+#[derive(Debug)]
+pub struct Parts {
+    /// The chat backend.
+    pub core: ChatCore,
+    /// The OpenAI adapter's outcome counters.
+    pub upstream: std::sync::Arc<chatcore::UpstreamStats>,
+    /// The SQLite store, when that is the backend.
+    pub sqlite: Option<SqliteStore>,
+}
+
+/// As [`build_core`], also handing back what `/metrics` reads.
+///
+/// # Errors
+/// As [`build_core`].
+pub fn build(config: &Config, log: &Logger) -> chatcore::Result<Parts> {
     let o = &config.openai;
     let model = OpenAiChat::new(OpenAiConfig {
         base_url: o.base_url.clone(),
@@ -171,6 +197,7 @@ pub fn build_core(config: &Config, log: &Logger) -> chatcore::Result<ChatCore> {
         ..OpenAiConfig::default()
     })?
     .with_logger(log.new(o!("component" => "openai")));
+    let upstream = model.stats();
     let builder = ChatCore::builder()
         .model(model)
         .messages_per_minute(config.rate_limit.messages_per_minute.get())
@@ -187,16 +214,23 @@ pub fn build_core(config: &Config, log: &Logger) -> chatcore::Result<ChatCore> {
     } else {
         builder.principal_messages_per_minute(config.rate_limit.principal_messages_per_minute)
     };
-    let builder = match config.storage.backend {
-        Backend::Memory => builder.store(MemoryStore::new()),
-        Backend::Sqlite => builder.store(SqliteStore::open_with(
-            &config.storage.path,
-            SqliteOptions {
-                sql_logger: config.log.sql.then(|| log.new(o!("component" => "sql"))),
-                full_sync: config.storage.full_sync,
-                ..SqliteOptions::default()
-            },
-        )?),
+    let (builder, sqlite) = match config.storage.backend {
+        Backend::Memory => (builder.store(MemoryStore::new()), None),
+        Backend::Sqlite => {
+            let store = SqliteStore::open_with(
+                &config.storage.path,
+                SqliteOptions {
+                    sql_logger: config.log.sql.then(|| log.new(o!("component" => "sql"))),
+                    full_sync: config.storage.full_sync,
+                    ..SqliteOptions::default()
+                },
+            )?;
+            (builder.store(store.clone()), Some(store))
+        }
     };
-    builder.build()
+    Ok(Parts {
+        core: builder.build()?,
+        upstream,
+        sqlite,
+    })
 }

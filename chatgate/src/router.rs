@@ -39,9 +39,12 @@ pub async fn serve(
         .cloned();
     let rid: &str = request_id.to_str().unwrap_or("-");
     let openai_shape = is_openai_path(uri.path());
+    let route = route_template(uri.path()).unwrap_or("other");
+    let method_label = method_label(&method);
+    let mut limited = None;
 
     let result = if method == Method::OPTIONS {
-        if is_known_path(req.uri().path()) {
+        if route_template(req.uri().path()).is_some() {
             Ok(preflight(preflight_headers))
         } else {
             Err(ApiError::not_found())
@@ -64,6 +67,7 @@ pub async fn serve(
     let mut resp = match result {
         Ok(r) => r,
         Err(e) => {
+            limited = e.limit_scope.map(crate::error::LimitScope::as_str);
             if let Some(cause) = &e.cause {
                 if e.is_server_side() {
                     error!(app.log, "request failed";
@@ -88,7 +92,10 @@ pub async fn serve(
         let log = app.log.clone();
         let path = uri.path().to_owned();
         let rid = request_id.clone();
+        let app = Arc::clone(&app);
         resp.body_mut().on_end(move |how| {
+            app.metrics
+                .request(route, method_label, status, start.elapsed(), None, None);
             info!(log, "request";
                 "method" => method.as_str(),
                 "path" => path,
@@ -98,6 +105,15 @@ pub async fn serve(
                 "request_id" => rid.to_str().unwrap_or("-"));
         });
     } else {
+        let upstream = resp.extensions().get::<UpstreamTime>().map(|t| t.0);
+        app.metrics.request(
+            route,
+            method_label,
+            status,
+            start.elapsed(),
+            upstream,
+            limited,
+        );
         info!(app.log, "request";
             "method" => method.as_str(),
             "path" => uri.path(),
@@ -177,30 +193,62 @@ impl<F: std::future::Future + Unpin> std::future::Future for CatchUnwind<F> {
     }
 }
 
-/// Whether `path` names one of our endpoints (for CORS preflights).
-fn is_known_path(path: &str) -> bool {
+/// The time a response's model call took, attached by the handlers of
+/// whole chat turns (for the gateway-overhead histogram).
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamTime(pub std::time::Duration);
+
+/// The route template `path` matches (the metrics' `route` label, never
+/// an id), or `None` for a path that is none of our endpoints (CORS
+/// preflights answer 404 there).
+fn route_template(path: &str) -> Option<&'static str> {
+    if path.starts_with("/v1/models/") {
+        return Some("/v1/models/{model}");
+    }
     let trimmed = path
         .strip_suffix('/')
         .filter(|p| !p.is_empty())
         .unwrap_or(path);
-    let segs: Vec<&str> = trimmed.trim_start_matches('/').split('/').collect();
-    matches!(
-        segs.as_slice(),
-        ["chat"]
-            | ["feedback"]
-            | ["session", _]
-            | ["session", _, "messages"]
-            | ["sessions"]
-            | ["admin", "feedback"]
-            | ["admin", "feedback", "export"]
-            | ["healthz"]
-            | ["readyz"]
-            | ["openapi.json"]
-            | ["docs"]
-            | ["v1", "chat", "completions"]
-            | ["v1", "models"]
-    ) && !segs.iter().any(|s| s.is_empty())
-        || path.starts_with("/v1/models/")
+    let mut parts = trimmed.trim_start_matches('/').split('/');
+    let segs = [
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or(""),
+    ];
+    if parts.next().is_some() {
+        return None;
+    }
+    Some(match segs {
+        ["chat", "", "", ""] => "/chat/",
+        ["feedback", "", "", ""] => "/feedback/",
+        ["session", "initialize_session", "", ""] => "/session/initialize_session",
+        ["session", id, "", ""] if !id.is_empty() => "/session/{session_id}",
+        ["session", id, "messages", ""] if !id.is_empty() => "/session/{session_id}/messages",
+        ["sessions", "", "", ""] => "/sessions",
+        ["admin", "feedback", "", ""] => "/admin/feedback",
+        ["admin", "feedback", "export", ""] => "/admin/feedback/export",
+        ["healthz", "", "", ""] => "/healthz",
+        ["readyz", "", "", ""] => "/readyz",
+        ["metrics", "", "", ""] => "/metrics",
+        ["openapi.json", "", "", ""] => "/openapi.json",
+        ["docs", "", "", ""] => "/docs",
+        ["v1", "chat", "completions", ""] => "/v1/chat/completions",
+        ["v1", "models", "", ""] => "/v1/models",
+        _ => return None,
+    })
+}
+
+/// The method as a metrics label (anything unusual is `other`).
+fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
 }
 
 /// Whether errors on `path` take OpenAI's shape.
@@ -360,6 +408,15 @@ async fn dispatch(
                     .caller(&app.core, req.headers(), Need::Admin)
                     .await?;
                 handlers::admin::export(app, caller, query.as_deref())
+            }
+            _ => Err(ApiError::method_not_allowed("GET")),
+        },
+        ["metrics", "", "", ""] => match m {
+            Method::GET | Method::HEAD => {
+                app.auth
+                    .caller(&app.core, req.headers(), Need::Metrics)
+                    .await?;
+                Ok(handlers::meta::metrics(app))
             }
             _ => Err(ApiError::method_not_allowed("GET")),
         },

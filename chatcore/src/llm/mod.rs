@@ -18,7 +18,7 @@ use crate::types::{Message, Role};
 mod openai;
 
 pub(crate) use self::Packed as PackedEntry;
-pub use openai::{OpenAiChat, OpenAiConfig, MAX_REPLY_BYTES, OPENAI_BASE_URL};
+pub use openai::{OpenAiChat, OpenAiConfig, UpstreamStats, MAX_REPLY_BYTES, OPENAI_BASE_URL};
 
 /// One request to the model: optional system prompt, earlier messages
 /// (oldest first), the new user message, and per-request options.

@@ -10,6 +10,8 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -97,6 +99,38 @@ pub struct OpenAiChat {
     url: reqwest::Url,
     config: OpenAiConfig,
     log: Option<Logger>,
+    stats: Arc<UpstreamStats>,
+}
+
+/// How the adapter's calls have ended, counted since it was made (for an
+/// operator's metrics). A streamed call counts when its stream ends; one
+/// its reader abandoned counts nowhere.
+#[derive(Debug, Default)]
+pub struct UpstreamStats {
+    /// Calls answered.
+    pub ok: AtomicU64,
+    /// Calls the upstream kept rate-limiting (429) after every retry.
+    pub busy: AtomicU64,
+    /// Calls that failed: 5xx, connection errors, bad replies, refusals.
+    pub failed: AtomicU64,
+    /// Calls past their deadline, or streams stalled past their idle time.
+    pub timeout: AtomicU64,
+    /// Attempts retried after a connection error, 429 or 5xx.
+    pub retries: AtomicU64,
+}
+
+impl UpstreamStats {
+    fn record<T>(&self, outcome: &Result<T>) {
+        let counter = match outcome {
+            Ok(_) => &self.ok,
+            Err(e) => match e.kind() {
+                ErrorKind::UpstreamBusy => &self.busy,
+                ErrorKind::UpstreamTimeout => &self.timeout,
+                _ => &self.failed,
+            },
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 impl fmt::Debug for OpenAiChat {
@@ -150,6 +184,7 @@ impl OpenAiChat {
             url,
             config,
             log: None,
+            stats: Arc::default(),
         })
     }
 
@@ -190,6 +225,11 @@ impl OpenAiChat {
     /// The settings in use.
     pub fn config(&self) -> &OpenAiConfig {
         &self.config
+    }
+
+    /// How its calls have ended so far (shared: the counts keep moving).
+    pub fn stats(&self) -> Arc<UpstreamStats> {
+        Arc::clone(&self.stats)
     }
 
     /// Sends `body` until a non-retryable outcome, the retry budget or the
@@ -237,6 +277,7 @@ impl OpenAiChat {
                     "wait_ms" => wait.as_millis() as u64,
                     "error" => error.chain());
             }
+            self.stats.retries.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(wait).await;
             attempt += 1;
         }
@@ -446,6 +487,22 @@ async fn read_capped(mut resp: reqwest::Response, key: Option<&str>) -> Result<V
 #[async_trait]
 impl ChatModel for OpenAiChat {
     async fn complete(&self, request: ChatRequest<'_>) -> Result<Completion> {
+        let out = self.complete_once(request).await;
+        self.stats.record(&out);
+        out
+    }
+
+    async fn stream(&self, request: ChatRequest<'_>) -> Result<CompletionStream> {
+        let out = self.stream_start(request).await;
+        if out.is_err() {
+            self.stats.record(&out);
+        }
+        out
+    }
+}
+
+impl OpenAiChat {
+    async fn complete_once(&self, request: ChatRequest<'_>) -> Result<Completion> {
         let deadline = Instant::now() + self.config.timeout;
         let body = self.body(request, false)?;
         let resp = self.send(body, deadline).await?;
@@ -479,7 +536,7 @@ impl ChatModel for OpenAiChat {
         })
     }
 
-    async fn stream(&self, request: ChatRequest<'_>) -> Result<CompletionStream> {
+    async fn stream_start(&self, request: ChatRequest<'_>) -> Result<CompletionStream> {
         let deadline = Instant::now() + self.config.timeout;
         let body = self.body(request, true)?;
         let resp = self.send(body, deadline).await?;
@@ -491,6 +548,7 @@ impl ChatModel for OpenAiChat {
             idle: self.config.stream_idle_timeout,
             key: self.config.api_key.clone(),
             ended: false,
+            stats: Arc::clone(&self.stats),
         }))
     }
 }
@@ -509,6 +567,7 @@ pub(crate) struct SseSource {
     idle: Duration,
     key: Option<String>,
     ended: bool,
+    stats: Arc<UpstreamStats>,
 }
 
 impl fmt::Debug for SseSource {
@@ -530,10 +589,12 @@ impl SseSource {
                 Some(SseEvent::Event(e)) => return Some(Ok(e)),
                 Some(SseEvent::Done) => {
                     self.ended = true;
+                    self.stats.ok.fetch_add(1, Ordering::Relaxed);
                     return None;
                 }
                 Some(SseEvent::Bad(e)) => {
                     self.ended = true;
+                    self.stats.failed.fetch_add(1, Ordering::Relaxed);
                     return Some(Err(e));
                 }
                 None => {}
@@ -566,7 +627,9 @@ impl SseSource {
                 }
                 Err(e) => {
                     self.ended = true;
-                    return Some(Err(e));
+                    let e: Result<()> = Err(e);
+                    self.stats.record(&e);
+                    return e.err().map(Err);
                 }
             }
         }

@@ -17,7 +17,7 @@ mod memory;
 pub mod sqlite;
 
 pub use memory::MemoryStore;
-pub use sqlite::{SqliteOptions, SqliteStore};
+pub use sqlite::{SqliteOptions, SqliteStats, SqliteStore};
 
 /// Stores sessions.
 #[async_trait]

@@ -6,6 +6,7 @@
 //! only once the turn has passed validation and the session checks.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use chatcore::{Caller, ChatReply, PreparedTurn, SessionId, TurnEvent, TurnStream};
 use hyper::body::Incoming;
@@ -18,6 +19,7 @@ use crate::api::{parse_chat, ChatOut, UsageOut};
 use crate::body::{event_stream, json, Body};
 use crate::error::ApiError;
 use crate::handlers::{accepts_event_stream, read_body, sse, HandlerResult};
+use crate::router::UpstreamTime;
 use crate::App;
 
 /// Runs one turn and answers with the assistant's reply and the session's
@@ -49,6 +51,7 @@ pub async fn chat(
     log_user(app, &turn, rid);
     let reply = turn.complete().await?;
     log_reply(app, &reply, rid);
+    app.metrics.tokens(&app.model, reply.usage);
     // The canonical form of the id, whatever form the client sent.
     let mut buf = uuid::Uuid::encode_buffer();
     let mut resp = json(&ChatOut {
@@ -57,6 +60,7 @@ pub async fn chat(
         content: &reply.content,
     });
     rate_headers(&mut resp, reply.limit, reply.remaining);
+    resp.extensions_mut().insert(UpstreamTime(reply.upstream));
     Ok(resp)
 }
 
@@ -93,6 +97,8 @@ struct Live {
     app: Arc<App>,
     turn: TurnStream<'static>,
     rid: String,
+    /// When the turn started, until its first piece arrives.
+    waiting_since: Option<Instant>,
     over: bool,
 }
 
@@ -105,6 +111,7 @@ async fn stream_turn(app: &Arc<App>, turn: PreparedTurn<'static>, rid: &str) -> 
     let (limit, remaining) = (turn.limit(), turn.remaining());
     let live = Live {
         app: Arc::clone(app),
+        waiting_since: Some(Instant::now()),
         turn: turn.stream().await?,
         rid: rid.to_owned(),
         over: false,
@@ -114,10 +121,16 @@ async fn stream_turn(app: &Arc<App>, turn: PreparedTurn<'static>, rid: &str) -> 
             return None;
         }
         let frame = match live.turn.next().await? {
-            Ok(TurnEvent::Delta(piece)) => sse::event("delta", &DeltaOut { content: &piece }),
+            Ok(TurnEvent::Delta(piece)) => {
+                if let Some(since) = live.waiting_since.take() {
+                    live.app.metrics.first_token(since.elapsed());
+                }
+                sse::event("delta", &DeltaOut { content: &piece })
+            }
             Ok(TurnEvent::Done(reply)) => {
                 live.over = true;
                 log_reply(&live.app, &reply, &live.rid);
+                live.app.metrics.tokens(&live.app.model, reply.usage);
                 sse::event(
                     "done",
                     &DoneOut {

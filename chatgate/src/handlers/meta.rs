@@ -16,6 +16,16 @@ use crate::App;
 
 const OPENAPI: &str = include_str!("../../assets/openapi.json");
 
+/// `GET /metrics`: Prometheus text exposition.
+pub fn metrics(app: &App) -> Response<Body> {
+    let mut resp = Response::new(Body::full(app.metrics.render(&app.core)));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    resp
+}
+
 /// The process is up.
 pub fn healthz() -> Response<Body> {
     json(&serde_json::json!({"status": "ok"}))

@@ -10,6 +10,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use chatcore::{
@@ -29,6 +30,7 @@ use crate::body::{event_stream, json, Body};
 use crate::error::ApiError;
 use crate::handlers::chat::rate_headers;
 use crate::handlers::{read_body, sse, HandlerResult};
+use crate::router::UpstreamTime;
 use crate::App;
 
 /// `POST /v1/chat/completions`.
@@ -86,12 +88,15 @@ async fn session_turn(
     } else {
         let reply = turn.complete().await?;
         log_reply(app, Some(id), &reply.content, rid);
-        whole(
+        app.metrics.tokens(&chunks.model, reply.usage);
+        let mut resp = whole(
             &chunks,
             &reply.content,
             reply.finish_reason.as_deref(),
             reply.usage,
-        )
+        );
+        resp.extensions_mut().insert(UpstreamTime(reply.upstream));
+        resp
     };
     rate_headers(&mut resp, limit, remaining);
     Ok(resp)
@@ -129,14 +134,19 @@ async fn stateless(app: &Arc<App>, request: Completions, rid: &str) -> HandlerRe
         let stream = app.core.stream(chat).await?;
         return Ok(stream_response(app, Source::Raw(stream), chunks, rid));
     }
+    let started = Instant::now();
     let completion = app.core.complete(chat).await?;
+    let upstream = started.elapsed();
     log_reply(app, None, &completion.content, rid);
-    Ok(whole(
+    app.metrics.tokens(&chunks.model, completion.usage);
+    let mut resp = whole(
         &chunks,
         &completion.content,
         completion.finish_reason.as_deref(),
         completion.usage,
-    ))
+    );
+    resp.extensions_mut().insert(UpstreamTime(upstream));
+    Ok(resp)
 }
 
 /// `GET /v1/models`.
@@ -322,6 +332,8 @@ struct Live {
     text_len: usize,
     usage: Option<Usage>,
     finish: Option<String>,
+    /// When the request started, until its first piece arrives.
+    waiting_since: Option<Instant>,
     over: bool,
 }
 
@@ -329,6 +341,7 @@ impl Live {
     /// The frames that end a stream well, and its content log line.
     fn close(&mut self, session_id: Option<SessionId>) {
         self.over = true;
+        self.app.metrics.tokens(&self.chunks.model, self.usage);
         let log = &self.app.content_log;
         match session_id {
             Some(id) => log.reply_collected(id, &self.text, self.text_len, &self.rid),
@@ -375,6 +388,7 @@ fn stream_response(
         text_len: 0,
         usage: None,
         finish: None,
+        waiting_since: Some(Instant::now()),
         over: false,
     };
     let body = Body::unfold(live, |mut live| async move {
@@ -387,6 +401,9 @@ fn stream_response(
             }
             match live.source.next().await {
                 Some(Ok(Item::Delta(piece))) => {
+                    if let Some(since) = live.waiting_since.take() {
+                        live.app.metrics.first_token(since.elapsed());
+                    }
                     let frame = live.chunks.chunk(
                         Delta {
                             role: None,

@@ -63,6 +63,7 @@ pub async fn initialize(
                 format!("Rate limit exceeded: {} sessions per hour", quota.limit()),
             );
             e.retry_after = Some(retry_after.as_secs().max(1));
+            e.limit_scope = Some(crate::error::LimitScope::SessionsPerHour);
             return Err(e);
         }
     }
@@ -74,6 +75,7 @@ pub async fn initialize(
             metadata: input.metadata.map(serde_json::Value::Object),
         })
         .await?;
+    app.metrics.session_created();
     let mut out = SessionOut::from(&info);
     out.session_token = app.auth.session_token(info.session.id);
     Ok(json(&out))

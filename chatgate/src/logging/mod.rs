@@ -86,6 +86,12 @@ impl Logs {
         self.drops.load(Ordering::Relaxed)
     }
 
+    /// The dropped-record count itself, for whoever reports it later
+    /// (`/metrics`).
+    pub fn dropped_counter(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.drops)
+    }
+
     /// Writes out every queued record and stops the logging thread (what
     /// dropping does too; this names the intent at the call site).
     pub fn flush(self) {

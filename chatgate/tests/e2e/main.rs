@@ -14,6 +14,7 @@ mod lifecycle;
 mod log_files;
 mod log_stderr;
 mod logs;
+mod metrics;
 mod openai_api;
 mod pages;
 mod rate_limit;

@@ -61,6 +61,18 @@ impl Default for SqliteOptions {
     }
 }
 
+/// What the writer thread has done and has waiting.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SqliteStats {
+    /// Jobs submitted and not yet answered.
+    pub queue_depth: usize,
+    /// Transactions committed.
+    pub commits: u64,
+    /// Jobs those transactions held (group commit: `jobs / commits` per
+    /// commit on average).
+    pub jobs: u64,
+}
+
 /// A storage backend on a SQLite file.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
@@ -182,6 +194,16 @@ impl SqliteStore {
                 Ok(())
             })
             .await
+    }
+
+    /// The writer's state, for an operator's metrics.
+    pub fn stats(&self) -> SqliteStats {
+        let (commits, jobs) = self.worker.batches();
+        SqliteStats {
+            queue_depth: self.worker.queue_depth(),
+            commits,
+            jobs,
+        }
     }
 
     /// The database file's path.

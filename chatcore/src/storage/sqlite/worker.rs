@@ -134,7 +134,16 @@ pub(crate) struct Worker {
     tx: mpsc::Sender<Job>,
     /// Jobs submitted and not yet answered.
     pending: std::sync::Arc<AtomicUsize>,
+    /// Transactions committed, and the jobs they held.
+    batches: std::sync::Arc<Batches>,
     _joined: std::sync::Arc<Joined>,
+}
+
+/// What the writer has committed: transactions, and the jobs in them.
+#[derive(Debug, Default)]
+pub(crate) struct Batches {
+    pub(crate) commits: std::sync::atomic::AtomicU64,
+    pub(crate) jobs: std::sync::atomic::AtomicU64,
 }
 
 /// Joins the worker thread when the last handle goes, so that its last
@@ -162,6 +171,8 @@ impl Worker {
     /// Starts the thread that owns `conn`.
     pub(crate) fn spawn(conn: Connection, log: Option<Logger>) -> Result<Worker> {
         let (tx, rx) = mpsc::channel::<Job>(4096);
+        let batches = std::sync::Arc::new(Batches::default());
+        let counted = std::sync::Arc::clone(&batches);
         let handle = thread::Builder::new()
             .name("chatcore-sqlite".into())
             .spawn(move || {
@@ -175,12 +186,14 @@ impl Worker {
                         ran,
                     },
                     rx,
+                    &counted,
                 )
             })
             .map_err(Error::storage)?;
         Ok(Worker {
             tx,
             pending: std::sync::Arc::default(),
+            batches,
             _joined: std::sync::Arc::new(Joined(std::sync::Mutex::new(Some(handle)))),
         })
     }
@@ -287,7 +300,22 @@ async fn spin_then_await<F: Future + Unpin>(mut fut: F) -> F::Output {
     }
 }
 
-fn run(db: Db, mut rx: mpsc::Receiver<Job>) {
+impl Worker {
+    /// Jobs submitted and not yet answered.
+    pub(crate) fn queue_depth(&self) -> usize {
+        self.pending.load(Ordering::Relaxed)
+    }
+
+    /// Transactions committed, and the jobs they held.
+    pub(crate) fn batches(&self) -> (u64, u64) {
+        (
+            self.batches.commits.load(Ordering::Relaxed),
+            self.batches.jobs.load(Ordering::Relaxed),
+        )
+    }
+}
+
+fn run(db: Db, mut rx: mpsc::Receiver<Job>, batches: &Batches) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     let mut deliveries: Vec<Deliver> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
@@ -343,6 +371,11 @@ fn run(db: Db, mut rx: mpsc::Receiver<Job>) {
                 let err = db.exec("COMMIT").err();
                 if err.is_some() {
                     let _ = db.exec("ROLLBACK");
+                } else {
+                    batches.commits.fetch_add(1, Ordering::Relaxed);
+                    batches
+                        .jobs
+                        .fetch_add(deliveries.len() as u64, Ordering::Relaxed);
                 }
                 err
             }

@@ -1,0 +1,330 @@
+//! `GET /metrics`: Prometheus (OpenMetrics text) for operators, built with
+//! prometheus-client. Labels are route templates, methods, statuses,
+//! models and fixed words, never ids, so series stay few whatever traffic
+//! brings.
+//!
+//! Per-request metrics are recorded as requests end (for a stream, when
+//! its body ends). Figures that other parts keep (upstream outcomes and
+//! retries in the OpenAI adapter, the SQLite writer's queue and commits,
+//! dropped log records, cached sessions) are read when Prometheus scrapes,
+//! so the request path pays nothing for them.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chatcore::{ChatCore, SqliteStore, UpstreamStats, Usage};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: &'static str,
+    method: &'static str,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ScopeLabels {
+    scope: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenLabels {
+    model: String,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    // 100 µs to ~100 s: a gateway's overhead at the low end, a long
+    // model reply at the high end.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 21))
+}
+
+/// What is read at scrape time.
+#[derive(Default)]
+struct Sources {
+    upstream: Option<Arc<UpstreamStats>>,
+    sqlite: Option<SqliteStore>,
+    log_drops: Option<Arc<AtomicU64>>,
+}
+
+/// Every metric, and the registry that exposes them.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    overhead: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    first_token: Histogram,
+    upstream: Family<OutcomeLabels, Counter>,
+    retries: Counter,
+    rate_limited: Family<ScopeLabels, Counter>,
+    tokens: Family<TokenLabels, Counter>,
+    sessions_created: Counter,
+    sessions_cached: Gauge,
+    queue_depth: Gauge,
+    commits: Counter,
+    committed_jobs: Counter,
+    log_dropped: Counter,
+    sources: Mutex<Sources>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// Every metric at zero, registered under `chatgate_`.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("chatgate");
+        let m = Metrics {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(latency_histogram),
+            overhead: Family::new_with_constructor(latency_histogram),
+            first_token: latency_histogram(),
+            upstream: Family::default(),
+            retries: Counter::default(),
+            rate_limited: Family::default(),
+            tokens: Family::default(),
+            sessions_created: Counter::default(),
+            sessions_cached: Gauge::default(),
+            queue_depth: Gauge::default(),
+            commits: Counter::default(),
+            committed_jobs: Counter::default(),
+            log_dropped: Counter::default(),
+            sources: Mutex::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "requests",
+            "HTTP requests answered, by route template, method and status",
+            m.requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time from a request's arrival to the end of its response (a stream's last byte)",
+            m.duration.clone(),
+        );
+        registry.register(
+            "gateway_overhead_seconds",
+            "A chat request's time not spent waiting on the model (total minus upstream)",
+            m.overhead.clone(),
+        );
+        registry.register(
+            "time_to_first_token_seconds",
+            "Streamed turns: time from the turn's start to its first piece of reply",
+            m.first_token.clone(),
+        );
+        registry.register(
+            "upstream_calls",
+            "Model calls by outcome (ok, busy, failed, timeout)",
+            m.upstream.clone(),
+        );
+        registry.register(
+            "upstream_retries",
+            "Model call attempts retried (connection errors, 429, 5xx)",
+            m.retries.clone(),
+        );
+        registry.register(
+            "rate_limited",
+            "Requests refused by a quota, by scope (session, principal, sessions_per_hour)",
+            m.rate_limited.clone(),
+        );
+        registry.register(
+            "tokens",
+            "Tokens the model reported, by model and kind (prompt, completion)",
+            m.tokens.clone(),
+        );
+        registry.register(
+            "sessions_created",
+            "Sessions created",
+            m.sessions_created.clone(),
+        );
+        registry.register(
+            "sessions_cached",
+            "Sessions held in the hot-session cache",
+            m.sessions_cached.clone(),
+        );
+        registry.register(
+            "storage_queue_depth",
+            "SQLite writer jobs submitted and not yet answered",
+            m.queue_depth.clone(),
+        );
+        registry.register(
+            "storage_commits",
+            "SQLite transactions committed (group commit)",
+            m.commits.clone(),
+        );
+        registry.register(
+            "storage_committed_jobs",
+            "Jobs in the committed transactions (divide by storage_commits for the batch size)",
+            m.committed_jobs.clone(),
+        );
+        registry.register(
+            "log_records_dropped",
+            "Log records lost (queue full, write errors), per output",
+            m.log_dropped.clone(),
+        );
+        let build: Family<BuildLabels, Gauge> = Family::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        registry.register("build_info", "The running build", build);
+        Metrics { registry, ..m }
+    }
+
+    /// Reads the adapter's outcome counters at each scrape.
+    pub fn watch_upstream(&self, stats: Arc<UpstreamStats>) {
+        self.lock().upstream = Some(stats);
+    }
+
+    /// Reads the SQLite writer's state at each scrape.
+    pub fn watch_sqlite(&self, store: SqliteStore) {
+        self.lock().sqlite = Some(store);
+    }
+
+    /// Reads the logger's dropped-record count at each scrape.
+    pub fn watch_log_drops(&self, drops: Arc<AtomicU64>) {
+        self.lock().log_drops = Some(drops);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Sources> {
+        self.sources.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One answered request; `upstream` is the time its model call took,
+    /// when it made one (whole chat turns); `limited` the quota that
+    /// refused it, if one did.
+    pub fn request(
+        &self,
+        route: &'static str,
+        method: &'static str,
+        status: u16,
+        total: Duration,
+        upstream: Option<Duration>,
+        limited: Option<&'static str>,
+    ) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                route,
+                method,
+                status,
+            })
+            .inc();
+        let labels = RouteLabels { route };
+        self.duration
+            .get_or_create(&labels)
+            .observe(total.as_secs_f64());
+        if let Some(up) = upstream {
+            self.overhead
+                .get_or_create(&labels)
+                .observe(total.saturating_sub(up).as_secs_f64());
+        }
+        if let Some(scope) = limited {
+            self.rate_limited
+                .get_or_create(&ScopeLabels { scope })
+                .inc();
+        }
+    }
+
+    /// A streamed turn's first piece, `elapsed` after it started.
+    pub fn first_token(&self, elapsed: Duration) {
+        self.first_token.observe(elapsed.as_secs_f64());
+    }
+
+    /// Tokens a reply cost.
+    pub fn tokens(&self, model: &str, usage: Option<Usage>) {
+        let Some(u) = usage else { return };
+        for (kind, n) in [
+            ("prompt", u.prompt_tokens),
+            ("completion", u.completion_tokens),
+        ] {
+            self.tokens
+                .get_or_create(&TokenLabels {
+                    model: model.to_owned(),
+                    kind,
+                })
+                .inc_by(u64::from(n));
+        }
+    }
+
+    /// A session created.
+    pub fn session_created(&self) {
+        self.sessions_created.inc();
+    }
+
+    /// The text exposition, with the scrape-time figures read now.
+    pub fn render(&self, core: &ChatCore) -> String {
+        {
+            let sources = self.lock();
+            if let Some(up) = &sources.upstream {
+                for (outcome, n) in [
+                    ("ok", &up.ok),
+                    ("busy", &up.busy),
+                    ("failed", &up.failed),
+                    ("timeout", &up.timeout),
+                ] {
+                    catch_up(
+                        &self.upstream.get_or_create(&OutcomeLabels { outcome }),
+                        n.load(Ordering::Relaxed),
+                    );
+                }
+                catch_up(&self.retries, up.retries.load(Ordering::Relaxed));
+            }
+            if let Some(store) = &sources.sqlite {
+                let s = store.stats();
+                self.queue_depth
+                    .set(i64::try_from(s.queue_depth).unwrap_or(i64::MAX));
+                catch_up(&self.commits, s.commits);
+                catch_up(&self.committed_jobs, s.jobs);
+            }
+            if let Some(drops) = &sources.log_drops {
+                catch_up(&self.log_dropped, drops.load(Ordering::Relaxed));
+            }
+            self.sessions_cached
+                .set(i64::try_from(core.cached_sessions()).unwrap_or(i64::MAX));
+        }
+        let mut out = String::with_capacity(8 * 1024);
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Moves `counter` up to `total`, a count kept elsewhere (scrapes are
+/// serialized by the sources lock, so two never race).
+fn catch_up(counter: &Counter, total: u64) {
+    let seen = counter.get();
+    if total > seen {
+        counter.inc_by(total - seen);
+    }
+}
