@@ -26,15 +26,17 @@
 
   // ---- HTTP ---------------------------------------------------------------
 
-  function authorization() {
-    if (state.sessionToken) return "Bearer " + state.sessionToken;
+  // The session's token when there is one (unless `pastedOnly`), else the
+  // pasted credential, else none.
+  function authorization(pastedOnly = false) {
+    if (state.sessionToken && !pastedOnly) return "Bearer " + state.sessionToken;
     const pasted = $("credential").value.trim();
     return pasted ? "Bearer " + pasted : null;
   }
 
-  function call(method, path, body, { accept = "application/json", signal } = {}) {
+  function call(method, path, body, { accept = "application/json", signal, pastedOnly } = {}) {
     const headers = { Accept: accept };
-    const auth = authorization();
+    const auth = authorization(pastedOnly);
     if (auth) headers.Authorization = auth;
     const init = { method, headers, signal, cache: "no-store", credentials: "omit" };
     if (body !== undefined) {
@@ -67,13 +69,14 @@
     return typeof detail === "string" ? detail : "";
   }
 
-  // What went wrong, in words a person can act on.
-  function explain(res, data) {
+  // What went wrong, in words a person can act on (`viaToken`: whether the
+  // request carried the session's token rather than the pasted credential).
+  function explain(res, data, viaToken = Boolean(state.sessionToken)) {
     const detail = detailText(data);
     const said = detail ? " (the gateway said: “" + detail + "”)" : "";
     switch (res.status) {
       case 401:
-        return state.sessionToken
+        return viaToken
           ? "The session token was refused" + said + ". Start a new session."
           : "This gateway needs a credential" + said +
               ". Paste an API key or a JWT into the field above and try again.";
@@ -200,18 +203,17 @@
     const button = $("new-session");
     button.disabled = true;
     clearNotice();
-    // A new session starts from the pasted credential (or none), not from
-    // the previous session's token.
-    state.sessionToken = null;
     const body = {};
     const prompt = $("system-prompt").value.trim();
     if (prompt) body.system_prompt = prompt;
     try {
-      const res = await call("POST", "/session/initialize_session", body);
+      // A new session starts from the pasted credential (or none), not
+      // from the current session's token.
+      const res = await call("POST", "/session/initialize_session", body, { pastedOnly: true });
       const data = await readJson(res);
       if (!res.ok) {
         if (res.status === 429) explainLimit(res, data, "new session");
-        else showNotice(explain(res, data));
+        else showNotice(explain(res, data, false));
         setStatus("session-status", "No session: starting one failed.", "error");
         return;
       }
@@ -223,7 +225,7 @@
       setStatus("limits", "Message quota: shown after the first message.");
       const how = data.session_token
         ? " Its session token is kept in this page's memory and sent as the Bearer credential."
-        : authorization()
+        : authorization(true)
           ? " Calls carry the pasted credential."
           : "";
       setStatus("session-status", "Session " + data.session_id + " started " + data.created_at + "." + how, "active");
