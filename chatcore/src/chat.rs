@@ -47,15 +47,7 @@ pub(crate) async fn prepare<'c>(
     // The principal's quota first (across its sessions), then the
     // session's: a message refused for either is not forwarded.
     let take_token = || {
-        if let (Some(p), Some(limiter)) = (caller.principal(), &inner.principal_limiter) {
-            if let Decision::Limited { retry_after } =
-                limiter.check(crate::rate_limit::key_of(p.id.as_bytes()))
-            {
-                // The field names the quota, so an operator can tell the
-                // principal's refusals from the session's.
-                return Err(rate_limited(limiter.limit(), retry_after).with_field("principal"));
-            }
-        }
+        take_principal_token(inner, caller)?;
         match inner.limiter.check(id) {
             Decision::Allowed { remaining } => Ok(remaining),
             Decision::Limited { retry_after } => {
@@ -486,6 +478,21 @@ impl Drop for TurnSlot {
             }
         }
     }
+}
+
+/// Takes one message from the caller's principal quota, if it has one
+/// (stateless requests count against it too).
+pub(crate) fn take_principal_token(inner: &Inner, caller: &Caller) -> Result<()> {
+    if let (Some(p), Some(limiter)) = (caller.principal(), &inner.principal_limiter) {
+        if let Decision::Limited { retry_after } =
+            limiter.check(crate::rate_limit::key_of(p.id.as_bytes()))
+        {
+            // The field names the quota, so an operator can tell the
+            // principal's refusals from the session's.
+            return Err(rate_limited(limiter.limit(), retry_after).with_field("principal"));
+        }
+    }
+    Ok(())
 }
 
 /// Maps a rate-limit rejection to its error.

@@ -8,7 +8,7 @@ use std::borrow::Cow;
 
 use crate::caller::Caller;
 use crate::error::{Error, ErrorKind, Result};
-use crate::llm::{ChatOptions, Usage};
+use crate::llm::{ChatOptions, ChatRequest, Completion, CompletionStream, Usage};
 use crate::storage::{FeedbackFilter, MessageCursor, MessagePage, SessionCursor};
 use crate::types::{Feedback, NewSession, Session, SessionId};
 use crate::{chat, ChatCore, PreparedTurn, SessionInfo};
@@ -95,6 +95,25 @@ impl<'a> Scoped<'a> {
         options: ChatOptions,
     ) -> Result<PreparedTurn<'c>> {
         chat::prepare(self.core.inner(), &self.caller, id, content.into(), options).await
+    }
+
+    /// A request straight to the model, with no session (see
+    /// [`ChatCore::complete`]), within the caller's principal quota.
+    ///
+    /// # Errors
+    /// [`ErrorKind::RateLimited`] past the quota; the upstream kinds.
+    pub async fn complete(&self, request: ChatRequest<'_>) -> Result<Completion> {
+        chat::take_principal_token(self.core.inner(), &self.caller)?;
+        self.core.complete(request).await
+    }
+
+    /// As [`Scoped::complete`], streamed.
+    ///
+    /// # Errors
+    /// As [`Scoped::complete`], before the first piece.
+    pub async fn stream(&self, request: ChatRequest<'_>) -> Result<CompletionStream> {
+        chat::take_principal_token(self.core.inner(), &self.caller)?;
+        self.core.stream(request).await
     }
 
     /// Stores feedback about a session the caller may use.

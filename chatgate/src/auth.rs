@@ -198,7 +198,11 @@ impl Auth {
             {
                 Ok(Caller::Anyone)
             }
-            (Need::Models, None) if self.mode == AuthMode::SessionToken => Ok(Caller::Anyone),
+            (Need::Models, None | Some(Caller::Session(_)))
+                if self.mode == AuthMode::SessionToken =>
+            {
+                Ok(Caller::Anyone)
+            }
             (_, None) => Err(unauthorized(
                 "Missing credentials: send Authorization: Bearer <token>",
             )),

@@ -84,3 +84,64 @@ def session_id(gateway):
         import json
 
         return json.load(r)["session_id"]
+
+
+SECRET_KEY = "sdk-signing-secret-Vq3Lm8Xr2Kp7Tz9Wd4Hs6"
+
+
+@pytest.fixture(scope="session")
+def required_gateway(tmp_path_factory):
+    """A second chatgate, in `required` mode, and an API key made for it by
+    `chatgate keys create` (another process, same database)."""
+    binary = Path(os.environ.get("CHATGATE_BIN", ROOT / "target" / "debug" / "chatgate"))
+    if not binary.exists():
+        pytest.fail(f"{binary} not found: build it with `cargo build -p chatgate`")
+    work = tmp_path_factory.mktemp("required")
+    port = _free_port()
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "CHATGATE_SERVER__BIND": f"127.0.0.1:{port}",
+        "CHATGATE_STORAGE__PATH": str(work / "chat.db"),
+        "CHATGATE_LOG__FILE": str(work / "app.log"),
+        "CHATGATE_AUTH__MODE": "required",
+        "SECRET_KEY": SECRET_KEY,
+    }
+    proc = subprocess.Popen(
+        [str(binary), "--mock-upstream"],
+        cwd=work,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base}/healthz", timeout=1) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError(f"chatgate exited: {proc.stderr.read().decode(errors='replace')}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError("chatgate did not become healthy within 30 s")
+        time.sleep(0.05)
+    made = subprocess.run(
+        [str(binary), "keys", "create", "--name", "sdk"],
+        cwd=work,
+        env={**env, "CHATGATE_OPENAI__BASE_URL": "http://127.0.0.1:9/v1"},
+        capture_output=True,
+        timeout=30,
+        check=True,
+    )
+    key = made.stdout.decode().strip()
+    yield base, key
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log = (work / "app.log").read_text(errors="replace")
+    assert key.split("_")[-1] not in log, "an API key reached app.log"

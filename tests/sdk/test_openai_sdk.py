@@ -145,3 +145,23 @@ def test_bad_requests_are_bad_request_errors(client, session_id):
             messages=[{"role": "user", "content": "hi"}],
             temperature=5,
         )
+
+
+def test_api_key_from_the_cli_authenticates_the_sdk(required_gateway):
+    base, key = required_gateway
+    client = openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0)
+    r = client.chat.completions.create(
+        model="gpt-3.5-turbo", messages=[{"role": "user", "content": "Hello there"}]
+    )
+    assert r.choices[0].message.content == "Echo: Hello there"
+    assert [m.id for m in client.models.list()] == ["gpt-3.5-turbo"]
+    off = key[:-1] + ("1" if key.endswith("0") else "0")
+    for wrong in (off, "sk-not-a-chatgate-key"):
+        bad = openai.OpenAI(base_url=f"{base}/v1", api_key=wrong, max_retries=0)
+        with pytest.raises(openai.AuthenticationError) as err:
+            bad.chat.completions.create(
+                model="gpt-3.5-turbo", messages=[{"role": "user", "content": "hi"}]
+            )
+        assert err.value.status_code == 401
+        assert err.value.response.headers["www-authenticate"].startswith("Bearer")
+        assert wrong not in str(err.value)

@@ -52,7 +52,7 @@ pub async fn completions(
             let id = SessionId::parse(v.to_str().unwrap_or(""))?;
             session_turn(app, caller, id, request, rid).await
         }
-        None => stateless(app, request, rid).await,
+        None => stateless(app, caller, request, rid).await,
     }
 }
 
@@ -103,7 +103,12 @@ async fn session_turn(
 }
 
 /// A stateless request: the messages as given, no session, nothing stored.
-async fn stateless(app: &Arc<App>, request: Completions, rid: &str) -> HandlerResult {
+async fn stateless(
+    app: &Arc<App>,
+    caller: Caller,
+    request: Completions,
+    rid: &str,
+) -> HandlerResult {
     if !app.client_system_prompt && request.messages.iter().any(|(r, _)| *r == Role::System) {
         return Err(invalid(
             "messages",
@@ -131,11 +136,11 @@ async fn stateless(app: &Arc<App>, request: Completions, rid: &str) -> HandlerRe
     };
     let chunks = Chunks::new(request.model.clone(), request.include_usage);
     if request.stream {
-        let stream = app.core.stream(chat).await?;
+        let stream = app.core.as_caller(caller).stream(chat).await?;
         return Ok(stream_response(app, Source::Raw(stream), chunks, rid));
     }
     let started = Instant::now();
-    let completion = app.core.complete(chat).await?;
+    let completion = app.core.as_caller(caller).complete(chat).await?;
     let upstream = started.elapsed();
     log_reply(app, None, &completion.content, rid);
     app.metrics.tokens(&chunks.model, completion.usage);

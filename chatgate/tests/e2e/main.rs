@@ -3,9 +3,15 @@
 //! configuration, signals and crash durability. One test binary made of
 //! modules; nothing here touches the internet.
 
+mod credentials;
 mod process;
 mod support;
 
+mod auth;
+mod auth_admin;
+mod auth_cli;
+mod auth_quotas;
+mod auth_session_token;
 mod config;
 mod endpoints;
 mod errors;

@@ -12,8 +12,13 @@ use crate::support::*;
 /// The value of the sample `name{labels}` (labels as they appear, in the
 /// exposition's order), if present.
 fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -51,7 +56,8 @@ async fn a_scrape_counts_what_was_done() {
     assert_eq!(sample(&text, limited), Some(1.0));
     let missing = r#"chatgate_requests_total{route="/chat/",method="POST",status="404"}"#;
     assert_eq!(sample(&text, missing), Some(1.0));
-    let shown = r#"chatgate_requests_total{route="/session/{session_id}",method="GET",status="200"}"#;
+    let shown =
+        r#"chatgate_requests_total{route="/session/{session_id}",method="GET",status="200"}"#;
     assert_eq!(sample(&text, shown), Some(1.0));
     assert_eq!(
         sample(&text, r#"chatgate_rate_limited_total{scope="session"}"#),
@@ -69,14 +75,23 @@ async fn a_scrape_counts_what_was_done() {
     );
     // Two whole turns: their overhead is observed; the stream's is not.
     assert_eq!(
-        sample(&text, r#"chatgate_gateway_overhead_seconds_count{route="/chat/"}"#),
+        sample(
+            &text,
+            r#"chatgate_gateway_overhead_seconds_count{route="/chat/"}"#
+        ),
         Some(2.0)
     );
-    let prompt = sample(&text, r#"chatgate_tokens_total{model="gpt-3.5-turbo",kind="prompt"}"#);
+    let prompt = sample(
+        &text,
+        r#"chatgate_tokens_total{model="gpt-3.5-turbo",kind="prompt"}"#,
+    );
     assert!(prompt.is_some_and(|n| n > 0.0), "{text}");
     assert!(sample(&text, "chatgate_storage_commits_total").is_some_and(|n| n >= 3.0));
     assert!(sample(&text, "chatgate_sessions_cached").is_some_and(|n| n >= 1.0));
-    assert_eq!(sample(&text, "chatgate_log_records_dropped_total"), Some(0.0));
+    assert_eq!(
+        sample(&text, "chatgate_log_records_dropped_total"),
+        Some(0.0)
+    );
     assert!(text.contains("chatgate_build_info{version="), "{text}");
     // No id reaches a label.
     assert!(!text.contains(&id), "a session id in the metrics");
