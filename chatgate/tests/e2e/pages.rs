@@ -147,6 +147,14 @@ async fn the_playground_is_three_embedded_files_under_a_strict_policy() {
     for path in ["/playground", "/playground/nope.js", "/playground/a/b"] {
         get(gw.addr, path).await.assert_error(404, "Not Found");
     }
+    // The metrics name the pages by their templates.
+    get(gw.addr, "/docs/swagger-ui.css").await;
+    let scrape = get(gw.addr, "/metrics").await.text();
+    for route in ["/", "/playground/{file}", "/docs/{file}"] {
+        let series =
+            format!(r#"chatgate_requests_total{{route="{route}",method="GET",status="200"}}"#);
+        assert!(scrape.contains(&series), "{series} not in {scrape}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
