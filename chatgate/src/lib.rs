@@ -10,7 +10,8 @@
 //!   future resolves, then drains.
 //! - [`router`]: request id, `match (method, path)`, CORS, the access-log
 //!   line; [`handlers`]: one file per endpoint group (the seed's endpoints,
-//!   and the OpenAI-compatible `/v1`).
+//!   the OpenAI-compatible `/v1`, Swagger UI at `/docs` and the playground
+//!   at `/`).
 //! - [`body`]: the one response body type, whole or streamed (SSE).
 //! - [`api`]: the JSON shapes of the contract; [`error`]: the one map from
 //!   chatcore error kinds to statuses.
@@ -85,6 +86,8 @@ pub struct App {
     pub max_tokens: Option<u32>,
     /// `session.client_system_prompt`.
     pub client_system_prompt: bool,
+    /// `server.playground`: whether `GET /` serves the chat playground.
+    pub playground: bool,
     cors: Cors,
     requests: AtomicU64,
     id_prefix: u32,
@@ -136,6 +139,7 @@ impl App {
                 .then(|| GovernorLimiter::per_hour(config.rate_limit.sessions_per_hour)),
             max_tokens: (config.openai.max_tokens > 0).then_some(config.openai.max_tokens),
             client_system_prompt: config.session.client_system_prompt,
+            playground: config.server.playground,
             cors: Cors::new(&config.server.cors_origins),
             requests: AtomicU64::new(0),
             id_prefix: process_prefix(),

@@ -18,6 +18,7 @@ use slog::{error, info, warn};
 use crate::auth::Need;
 use crate::body::Body;
 use crate::error::ApiError;
+use crate::handlers::playground::File;
 use crate::handlers::{self, HandlerResult};
 use crate::App;
 
@@ -232,6 +233,9 @@ fn route_template(path: &str) -> Option<&'static str> {
         ["metrics", "", "", ""] => "/metrics",
         ["openapi.json", "", "", ""] => "/openapi.json",
         ["docs", "", "", ""] => "/docs",
+        ["docs", _, "", ""] => "/docs/{file}",
+        ["", "", "", ""] => "/",
+        ["playground", _, "", ""] => "/playground/{file}",
         ["v1", "chat", "completions", ""] => "/v1/chat/completions",
         ["v1", "models", "", ""] => "/v1/models",
         _ => return None,
@@ -431,9 +435,23 @@ async fn dispatch(
             Method::GET | Method::HEAD => Ok(handlers::meta::openapi()),
             _ => Err(ApiError::method_not_allowed("GET")),
         },
-        ["docs", "", "", ""] => match m {
-            Method::GET | Method::HEAD => Ok(handlers::meta::docs()),
+        // Swagger UI: the page at `/docs`, its files at `/docs/{file}`.
+        ["docs", file, "", ""] => match (m, handlers::docs::docs(file)) {
+            (Method::GET | Method::HEAD, found) => found,
+            (_, Ok(_)) => Err(ApiError::method_not_allowed("GET")),
+            (_, Err(not_found)) => Err(not_found),
+        },
+        // The playground, unless `server.playground` is off (then 404).
+        ["", "", "", ""] if app.playground => match m {
+            Method::GET | Method::HEAD => Ok(handlers::playground::serve(File::Page)),
             _ => Err(ApiError::method_not_allowed("GET")),
+        },
+        ["playground", name, "", ""] if app.playground => match File::named(name) {
+            Some(file) => match m {
+                Method::GET | Method::HEAD => Ok(handlers::playground::serve(file)),
+                _ => Err(ApiError::method_not_allowed("GET")),
+            },
+            None => Err(ApiError::not_found()),
         },
         _ => Err(ApiError::not_found()),
     }

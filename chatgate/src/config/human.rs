@@ -48,7 +48,7 @@ pub(super) mod duration {
         }
         let (size, unit) = UNITS
             .iter()
-            .find(|(size, _)| nanos % size == 0)
+            .find(|(size, _)| nanos.is_multiple_of(*size))
             .expect("every duration is a whole number of nanoseconds");
         format!("{}{unit}", nanos / size)
     }

@@ -72,6 +72,8 @@ pub struct ServerConfig {
     pub write_timeout: Duration,
     /// Proxies whose `X-Forwarded-For` is believed (addresses or CIDRs).
     pub trusted_proxies: Vec<String>,
+    /// Whether `GET /` serves the chat playground (off: 404).
+    pub playground: bool,
 }
 
 impl Default for ServerConfig {
@@ -86,6 +88,7 @@ impl Default for ServerConfig {
             body_timeout: Duration::from_secs(15),
             write_timeout: Duration::from_secs(30),
             trusted_proxies: Vec::new(),
+            playground: true,
         }
     }
 }

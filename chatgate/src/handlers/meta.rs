@@ -1,6 +1,7 @@
-//! `GET /healthz`, `GET /readyz`, `GET /openapi.json` and `GET /docs`.
-//! The OpenAPI document and the docs page are compiled into the binary, so
-//! the docs work offline (no CDN).
+//! `GET /healthz`, `GET /readyz` and `GET /openapi.json` (compiled into
+//! the binary; the Swagger UI at `/docs` that reads it is in [`docs`]).
+//!
+//! [`docs`]: crate::handlers::docs
 
 use std::sync::Arc;
 
@@ -14,7 +15,6 @@ use crate::handlers::HandlerResult;
 use crate::App;
 
 const OPENAPI: &str = include_str!("../../assets/openapi.json");
-const DOCS: &str = include_str!("../../assets/docs.html");
 
 /// `GET /metrics`: Prometheus text exposition.
 pub fn metrics(app: &App) -> Response<Body> {
@@ -46,11 +46,6 @@ pub async fn readyz(app: &Arc<App>) -> HandlerResult {
 /// The OpenAPI 3 description of every endpoint.
 pub fn openapi() -> Response<Body> {
     static_response(OPENAPI, "application/json")
-}
-
-/// The interactive API docs page.
-pub fn docs() -> Response<Body> {
-    static_response(DOCS, "text/html; charset=utf-8")
 }
 
 fn static_response(body: &'static str, content_type: &'static str) -> Response<Body> {

@@ -3,16 +3,18 @@
 
 pub mod admin;
 pub mod chat;
+pub mod docs;
 pub mod feedback;
 pub mod meta;
 pub mod openai;
+pub mod playground;
 pub mod session;
 mod sse;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper::header::{self, HeaderMap};
+use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Response, StatusCode};
 
 use crate::body::Body;
@@ -79,4 +81,33 @@ pub(crate) fn accepts_event_stream(headers: &HeaderMap) -> bool {
             v.split(',')
                 .any(|t| t.trim().starts_with("text/event-stream"))
         })
+}
+
+/// A file compiled into the binary (the docs page, the playground): its
+/// type, `nosniff`, no referrer, and the page's Content-Security-Policy.
+pub(crate) fn static_file(
+    bytes: impl Into<Bytes>,
+    content_type: &str,
+    csp: &'static str,
+) -> Response<Body> {
+    let mut resp = Response::new(Body::full(bytes));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(content_type)
+            .unwrap_or(HeaderValue::from_static("application/octet-stream")),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(csp),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    resp
 }
