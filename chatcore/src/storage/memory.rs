@@ -147,18 +147,9 @@ impl MessageStore for MemoryStore {
         limit: usize,
     ) -> Result<Option<MessagePage>> {
         let map = self.lock();
-        Ok(map.get(&id).map(|e| {
-            let start = after.map_or(0, |c| {
-                usize::try_from(c.position() + 1).unwrap_or(usize::MAX)
-            });
-            let start = start.min(e.messages.len());
-            let end = start.saturating_add(limit).min(e.messages.len());
-            MessagePage {
-                messages: e.messages[start..end].to_vec(),
-                next: (end < e.messages.len() && end > start)
-                    .then(|| MessageCursor::after((end - 1) as i64)),
-            }
-        }))
+        Ok(map
+            .get(&id)
+            .map(|e| MessagePage::slice(&e.messages, after, limit)))
     }
 
     async fn session_usage(&self, id: SessionId) -> Result<Usage> {

@@ -225,17 +225,15 @@ pub struct MessagePage {
 
 impl MessagePage {
     /// The page of `all` (a whole history, oldest first) after `after`, at
-    /// most `limit` messages, where a message's position is its index.
-    pub fn slice(mut all: Vec<Message>, after: Option<MessageCursor>, limit: usize) -> Self {
+    /// most `limit` messages, where a message's position is its index; only
+    /// the page is copied.
+    pub fn slice(all: &[Message], after: Option<MessageCursor>, limit: usize) -> Self {
         let start = after.map_or(0, |c| usize::try_from(c.0 + 1).unwrap_or(usize::MAX));
         let end = start.saturating_add(limit).min(all.len());
         let start = start.min(end);
-        let next = (end < all.len() && end > start).then(|| MessageCursor((end - 1) as i64));
-        all.truncate(end);
-        all.drain(..start);
         MessagePage {
-            messages: all,
-            next,
+            messages: all[start..end].to_vec(),
+            next: (end < all.len() && end > start).then(|| MessageCursor((end - 1) as i64)),
         }
     }
 }
@@ -287,7 +285,7 @@ pub trait MessageStore: SessionStore {
         Ok(self
             .load_turn_context(id, usize::MAX)
             .await?
-            .map(|(_, all)| MessagePage::slice(all, after, limit)))
+            .map(|(_, all)| MessagePage::slice(&all, after, limit)))
     }
 
     /// The session and its latest `limit` messages, in one call. The
