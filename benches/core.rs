@@ -46,7 +46,13 @@ fn rate_limit(c: &mut Criterion) {
     // A quota no bench can exhaust, so every check is the "allowed" path.
     let governor = GovernorLimiter::new(NonZeroU32::new(u32::MAX).unwrap());
     g.bench_function("governor_hot_key", |b| {
-        b.iter(|| black_box(governor.check(black_box(key))))
+        b.iter(|| black_box(governor.decide(black_box(key))))
+    });
+    // The same check through the trait, as a chat turn makes it (a
+    // `Check` that is ready at once, awaited without suspending).
+    let shared: Arc<dyn RateLimiter> = Arc::new(GovernorLimiter::new(NonZeroU32::MAX));
+    g.bench_function("governor_trait_hot_key", |b| {
+        b.iter(|| black_box(shared.check(black_box(key)).now()))
     });
     let naive = NaiveLimiter {
         per_minute: f64::from(u32::MAX),
@@ -61,7 +67,7 @@ fn rate_limit(c: &mut Criterion) {
     g.bench_function("governor_10k_keys", |b| {
         b.iter(|| {
             i = (i + 1) % keys.len();
-            black_box(governor.check(keys[i]))
+            black_box(governor.decide(keys[i]))
         })
     });
     let mut j = 0;

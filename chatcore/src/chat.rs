@@ -15,6 +15,13 @@
 //! the queue, so arrival order is kept), and a rejected message never waits
 //! behind others. A session not in memory queues first and is loaded under
 //! the queue, so a 404 or 410 still takes no token.
+//!
+//! On a store shared by several gateways ([`MessageStore::shared`]) the
+//! per-process queue is not enough: under it, a turn also claims the
+//! session in the store ([`ClaimGuard`]), which loads the history as stored
+//! by whichever gateway wrote last, and the append succeeds only while the
+//! claim is held. The claim is a row update, not a held connection or
+//! lock, so no database connection waits on the model.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -30,7 +37,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::hot::{Hot, Lease};
 use crate::llm::{ChatOptions, ChatRequest, Completion, CompletionStream, StreamEvent, Usage};
 use crate::rate_limit::Decision;
-use crate::storage::Turn;
+use crate::storage::{Claim, Store, Turn, TurnToken};
 use crate::tokens::estimate_tokens;
 use crate::types::SessionId;
 use crate::Inner;
@@ -44,17 +51,7 @@ pub(crate) async fn prepare<'c>(
     options: ChatOptions,
 ) -> Result<PreparedTurn<'c>> {
     validate_message(&content)?;
-    // The principal's quota first (across its sessions), then the
-    // session's: a message refused for either is not forwarded.
-    let take_token = || {
-        take_principal_token(inner, caller)?;
-        match inner.limiter.check(id) {
-            Decision::Allowed { remaining } => Ok(remaining),
-            Decision::Limited { retry_after } => {
-                Err(rate_limited(inner.limiter.limit(), retry_after))
-            }
-        }
-    };
+    let mut claim = None;
     let (slot, lease, remaining) = match inner.hot.get(id) {
         Some(hot) => {
             // Another caller's session does not exist, as far as it knows.
@@ -64,7 +61,9 @@ pub(crate) async fn prepare<'c>(
             if !inner.sessions.is_active_since(hot.last_active()) {
                 return Err(Error::session_expired());
             }
-            let remaining = take_token()?;
+            // An in-process limiter answers at once: this await does not
+            // suspend, and arrival order is kept.
+            let remaining = take_token(inner, caller, id).await?;
             let slot = inner.queues.enter(id).await;
             // Under the queue the session may have gone (purged) or expired
             // while earlier turns ran: rare, and the token stays spent.
@@ -76,15 +75,21 @@ pub(crate) async fn prepare<'c>(
         }
         None => {
             let slot = inner.queues.enter(id).await;
-            // An earlier turn may have loaded it while this one waited.
-            let lease = lease(inner, id, inner.hot.get(id)).await?;
+            let lease = if inner.store.shared() {
+                let (guard, lease) = claim_session(inner, id).await?;
+                claim = Some(guard);
+                lease
+            } else {
+                // An earlier turn may have loaded it while this one waited.
+                lease(inner, id, inner.hot.get(id)).await?
+            };
             if !caller.may_use(&lease.hot.session) {
                 return Err(Error::session_not_found());
             }
             if !inner.sessions.is_active_since(lease.hot.last_active()) {
                 return Err(Error::session_expired());
             }
-            let remaining = take_token()?;
+            let remaining = take_token(inner, caller, id).await?;
             (slot, lease, remaining)
         }
     };
@@ -99,8 +104,108 @@ pub(crate) async fn prepare<'c>(
         tight: false,
         upstream: Duration::ZERO,
         lease,
+        claim,
         _slot: slot,
     })
+}
+
+/// Takes one message from the caller's principal quota (across its
+/// sessions), then from the session's: a message refused for either is not
+/// forwarded.
+async fn take_token(inner: &Inner, caller: &Caller, id: SessionId) -> Result<u32> {
+    take_principal_token(inner, caller).await?;
+    match inner.limiter.check(id).await? {
+        Decision::Allowed { remaining } => Ok(remaining),
+        Decision::Limited { retry_after } => Err(rate_limited(inner.limiter.limit(), retry_after)),
+    }
+}
+
+/// Claims session `id` in a shared store, waiting while a turn elsewhere
+/// holds it, and leases its history as stored.
+async fn claim_session(inner: &Inner, id: SessionId) -> Result<(ClaimGuard, Lease)> {
+    let token = TurnToken::new();
+    let ttl = inner.claim_ttl;
+    // Turns of one session at once on several gateways are rare (a person
+    // waits for a reply), so waiting polls: a short first wait, doubling,
+    // with jitter so that two waiters do not retry in step.
+    let mut wait = Duration::from_millis(2);
+    let (session, history) = loop {
+        match inner
+            .store
+            .claim_turn(id, token, ttl, inner.history_limit)
+            .await?
+        {
+            Claim::Held(session, history) => break (session, history),
+            Claim::Missing => return Err(Error::session_not_found()),
+            Claim::Busy => {
+                let jitter = Duration::from_micros(fastrand::u64(0..=wait.as_micros() as u64 / 2));
+                tokio::time::sleep(wait + jitter).await;
+                wait = (wait * 2).min(Duration::from_millis(50));
+            }
+        }
+    };
+    let guard = ClaimGuard::new(Arc::clone(&inner.store), id, token, ttl);
+    let mut session = session;
+    session.metadata = None;
+    let hot = inner.hot.insert(session, history);
+    let lease = inner
+        .hot
+        .lease(hot)
+        .ok_or_else(|| Error::internal("a fresh session window was already leased"))?;
+    Ok((guard, lease))
+}
+
+/// A turn's claim on its session in a shared store. A background task
+/// renews it while the turn runs (a streamed reply may outlast any fixed
+/// lifetime); dropping the guard stops the renewal and releases the claim,
+/// unless the turn was stored, which released it already.
+#[derive(Debug)]
+pub(crate) struct ClaimGuard {
+    store: Arc<dyn Store>,
+    id: SessionId,
+    token: TurnToken,
+    renewer: tokio::task::JoinHandle<()>,
+    released: bool,
+}
+
+impl ClaimGuard {
+    fn new(store: Arc<dyn Store>, id: SessionId, token: TurnToken, ttl: Duration) -> Self {
+        let renewing = Arc::clone(&store);
+        let renewer = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(ttl / 3).await;
+                // A lost claim cannot come back; a failed renewal may be a
+                // blip, and the claim still has two thirds of its life.
+                if let Ok(false) = renewing.renew_claim(id, token, ttl).await {
+                    return;
+                }
+            }
+        });
+        ClaimGuard {
+            store,
+            id,
+            token,
+            renewer,
+            released: false,
+        }
+    }
+}
+
+impl Drop for ClaimGuard {
+    fn drop(&mut self) {
+        self.renewer.abort();
+        if self.released {
+            return;
+        }
+        // Dropped without storing: free the session now rather than when
+        // the claim lapses. Should this fail, the lapse frees it anyway.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (store, id, token) = (Arc::clone(&self.store), self.id, self.token);
+            runtime.spawn(async move {
+                let _ = store.release_claim(id, token).await;
+            });
+        }
+    }
 }
 
 /// A turn that has passed every check, taken its rate-limit token and
@@ -120,9 +225,11 @@ pub struct PreparedTurn<'c> {
     tight: bool,
     /// Time spent waiting on the model so far.
     upstream: Duration,
-    // Field order is drop order: the window goes back to the cache before
-    // the next turn of the session is let in.
+    // Field order is drop order: the window goes back to the cache, and a
+    // shared store's claim is released, before the next turn of the
+    // session is let in.
     lease: Lease,
+    claim: Option<ClaimGuard>,
     _slot: TurnSlot,
 }
 
@@ -252,19 +359,23 @@ impl<'c> PreparedTurn<'c> {
         let inner = Arc::clone(&self.inner);
         let reply_at = inner.clock.now();
         self.lease.writing();
-        inner
-            .store
-            .append_turn(
-                self.id,
-                Turn {
-                    user: &self.content,
-                    user_at: self.user_at,
-                    reply: &completion.content,
-                    reply_at,
-                    usage: completion.usage,
-                },
-            )
-            .await?;
+        let turn = Turn {
+            user: &self.content,
+            user_at: self.user_at,
+            reply: &completion.content,
+            reply_at,
+            usage: completion.usage,
+        };
+        match &mut self.claim {
+            None => inner.store.append_turn(self.id, turn).await?,
+            Some(claim) => {
+                inner
+                    .store
+                    .append_claimed_turn(self.id, claim.token, turn)
+                    .await?;
+                claim.released = true;
+            }
+        }
         self.lease
             .record(&self.content, self.user_at, &completion.content, reply_at);
         let (session_id, remaining, upstream) = (self.id, self.remaining, self.upstream);
@@ -482,10 +593,11 @@ impl Drop for TurnSlot {
 
 /// Takes one message from the caller's principal quota, if it has one
 /// (stateless requests count against it too).
-pub(crate) fn take_principal_token(inner: &Inner, caller: &Caller) -> Result<()> {
+pub(crate) async fn take_principal_token(inner: &Inner, caller: &Caller) -> Result<()> {
     if let (Some(p), Some(limiter)) = (caller.principal(), &inner.principal_limiter) {
-        if let Decision::Limited { retry_after } =
-            limiter.check(crate::rate_limit::key_of(p.id.as_bytes()))
+        if let Decision::Limited { retry_after } = limiter
+            .check(crate::rate_limit::key_of(p.id.as_bytes()))
+            .await?
         {
             // The field names the quota, so an operator can tell the
             // principal's refusals from the session's.

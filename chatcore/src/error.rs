@@ -41,6 +41,9 @@ pub enum ErrorKind {
     /// The storage backend cannot serve for now (disk full, I/O error, a
     /// lock held too long, a server out of reach); trying later may work.
     StorageUnavailable,
+    /// The rate limiter's shared store (Redis) cannot be reached, and the
+    /// limiter is set to refuse rather than let messages through unchecked.
+    LimiterUnavailable,
     /// Anything else: a bug or a broken invariant.
     Internal,
 }
@@ -68,9 +71,10 @@ impl ErrorKind {
             ErrorKind::UpstreamBusy | ErrorKind::UpstreamFailed | ErrorKind::UpstreamTimeout => {
                 Fault::Upstream
             }
-            ErrorKind::Storage | ErrorKind::StorageUnavailable | ErrorKind::Internal => {
-                Fault::Server
-            }
+            ErrorKind::Storage
+            | ErrorKind::StorageUnavailable
+            | ErrorKind::LimiterUnavailable
+            | ErrorKind::Internal => Fault::Server,
         }
     }
 }
@@ -139,6 +143,11 @@ impl Error {
     /// A [`ErrorKind::StorageUnavailable`] error caused by `source`.
     pub fn storage_unavailable(source: impl Into<BoxError>) -> Self {
         Error::new(ErrorKind::StorageUnavailable, "Storage unavailable").with_source(source)
+    }
+
+    /// A [`ErrorKind::LimiterUnavailable`] error caused by `source`.
+    pub fn limiter_unavailable(source: impl Into<BoxError>) -> Self {
+        Error::new(ErrorKind::LimiterUnavailable, "Rate limiter unavailable").with_source(source)
     }
 
     /// A [`ErrorKind::Internal`] error caused by `source`.
@@ -287,6 +296,7 @@ mod tests {
             (UpstreamTimeout, Fault::Upstream),
             (Storage, Fault::Server),
             (StorageUnavailable, Fault::Server),
+            (LimiterUnavailable, Fault::Server),
             (Internal, Fault::Server),
         ];
         for (kind, fault) in expected {

@@ -89,14 +89,18 @@ pub use llm::{
     ChatModel, ChatOptions, ChatRequest, Completion, CompletionStream, History, HistoryItem,
     OpenAiChat, OpenAiConfig, StreamEvent, UpstreamStats, Usage,
 };
-pub use rate_limit::{Decision, GovernorLimiter, RateLimiter};
+pub use rate_limit::{Check, Decision, GovernorLimiter, RateLimiter};
+#[cfg(feature = "redis")]
+pub use rate_limit::{OnUnavailable, RedisLimiter, RedisLimiterConfig};
 pub use scoped::Scoped;
 pub use session::{SessionInfo, SessionManager};
 pub use storage::{
-    ApiKey, FeedbackFilter, FeedbackStore, KeyStore, MemoryStore, MessageCursor, MessagePage,
-    MessageStore, SessionCursor, SessionStore, SqliteOptions, SqliteStats, SqliteStore, Store,
-    Turn,
+    ApiKey, Claim, FeedbackFilter, FeedbackStore, KeyStore, MemoryStore, MessageCursor,
+    MessagePage, MessageStore, SessionCursor, SessionStore, SqliteOptions, SqliteStats,
+    SqliteStore, Store, Turn, TurnToken,
 };
+#[cfg(feature = "postgres")]
+pub use storage::{PostgresOptions, PostgresStore};
 pub use tokens::{estimate_tokens, trim_history};
 pub use types::{
     format_time, Feedback, Message, NewSession, PurgeReport, Rating, Role, Session, SessionId,
@@ -128,6 +132,7 @@ pub(crate) struct Inner {
     pub(crate) system_prompt: Option<String>,
     pub(crate) context_tokens: usize,
     pub(crate) history_limit: usize,
+    pub(crate) claim_ttl: Duration,
 }
 
 /// Builds a [`ChatCore`]. Every setting has the product's default.
@@ -145,6 +150,7 @@ pub struct ChatCoreBuilder {
     context_tokens: usize,
     hot_sessions: usize,
     hot_cache_bytes: usize,
+    claim_ttl: Duration,
 }
 
 impl Default for ChatCoreBuilder {
@@ -162,6 +168,7 @@ impl Default for ChatCoreBuilder {
             context_tokens: 3000,
             hot_sessions: 10_000,
             hot_cache_bytes: 32 << 20,
+            claim_ttl: Duration::from_secs(15),
         }
     }
 }
@@ -209,6 +216,25 @@ impl ChatCoreBuilder {
         self
     }
 
+    /// A limiter of your own for the principal quota (see
+    /// [`ChatCoreBuilder::principal_messages_per_minute`]), such as a
+    /// [`RedisLimiter`](crate::rate_limit) shared by several gateways.
+    #[must_use]
+    pub fn principal_rate_limiter(mut self, limiter: Arc<dyn RateLimiter>) -> Self {
+        self.principal_limiter = Some(limiter);
+        self
+    }
+
+    /// How long a turn's claim on its session lasts in a store shared by
+    /// several gateways, unless renewed (default 15 s). A running turn
+    /// renews it every third of that; it bounds how long a session stays
+    /// held after the gateway running its turn dies.
+    #[must_use]
+    pub fn turn_claim_ttl(mut self, d: Duration) -> Self {
+        self.claim_ttl = d;
+        self
+    }
+
     /// Messages per minute per principal, across all its sessions (off by
     /// default). Applies to turns made through [`ChatCore::as_caller`]
     /// with a [`Caller::Principal`].
@@ -252,7 +278,8 @@ impl ChatCoreBuilder {
     /// 10,000; 0 turns it off). With it, a chat turn reads nothing from
     /// storage: the session and the history that can still fit the context
     /// budget are in memory. It assumes this facade is the only writer of
-    /// its store's messages.
+    /// its store's messages, so it is always off on a store shared by
+    /// several gateways ([`MessageStore::shared`]).
     #[must_use]
     pub fn hot_sessions(mut self, n: usize) -> Self {
         self.hot_sessions = n;
@@ -311,8 +338,21 @@ impl ChatCoreBuilder {
                 "context_tokens must be positive",
             ));
         }
+        if self.claim_ttl < Duration::from_millis(30) {
+            return Err(Error::invalid(
+                "turn_claim_ttl",
+                "turn_claim_ttl must be at least 30 ms",
+            ));
+        }
+        // Another gateway may move a shared store's sessions on at any
+        // time; a cache would serve it stale history.
+        let hot_sessions = if store.shared() {
+            0
+        } else {
+            self.hot_sessions
+        };
         let hot = Arc::new(HotSessions::new(
-            self.hot_sessions,
+            hot_sessions,
             self.hot_cache_bytes,
             self.context_tokens,
         ));
@@ -338,6 +378,7 @@ impl ChatCoreBuilder {
                 system_prompt: self.system_prompt,
                 history_limit: history_read_limit(self.context_tokens),
                 context_tokens: self.context_tokens,
+                claim_ttl: self.claim_ttl,
             }),
         })
     }
@@ -474,11 +515,53 @@ impl ChatCore {
         self.inner.hot.len()
     }
 
-    /// Checks that storage is reachable.
+    /// Checks that storage and the rate limiters' stores are reachable.
     ///
     /// # Errors
-    /// [`ErrorKind::Storage`] when it is not.
+    /// The first dependency's error.
     pub async fn ready(&self) -> Result<()> {
-        self.inner.store.ping().await
+        self.readiness()
+            .await
+            .into_iter()
+            .try_for_each(|d| d.status)
     }
+
+    /// Checks each dependency in turn: storage, then the rate limiter (the
+    /// principal limiter too, when it lives elsewhere).
+    pub async fn readiness(&self) -> Vec<Dependency> {
+        let inner = &self.inner;
+        let mut out = vec![
+            Dependency {
+                name: "storage",
+                backend: inner.store.backend(),
+                status: inner.store.ping().await,
+            },
+            Dependency {
+                name: "rate_limiter",
+                backend: inner.limiter.backend(),
+                status: inner.limiter.ping().await,
+            },
+        ];
+        if let Some(p) = &inner.principal_limiter {
+            if p.backend() != inner.limiter.backend() {
+                out.push(Dependency {
+                    name: "principal_rate_limiter",
+                    backend: p.backend(),
+                    status: p.ping().await,
+                });
+            }
+        }
+        out
+    }
+}
+
+/// One dependency's state, from [`ChatCore::readiness`].
+#[derive(Debug)]
+pub struct Dependency {
+    /// What it is for: `storage`, `rate_limiter`.
+    pub name: &'static str,
+    /// What serves it: `sqlite`, `postgres`, `memory`, `redis`.
+    pub backend: &'static str,
+    /// Whether it answered.
+    pub status: Result<()>,
 }

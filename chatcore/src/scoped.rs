@@ -103,7 +103,7 @@ impl<'a> Scoped<'a> {
     /// # Errors
     /// [`ErrorKind::RateLimited`] past the quota; the upstream kinds.
     pub async fn complete(&self, request: ChatRequest<'_>) -> Result<Completion> {
-        chat::take_principal_token(self.core.inner(), &self.caller)?;
+        chat::take_principal_token(self.core.inner(), &self.caller).await?;
         self.core.complete(request).await
     }
 
@@ -112,7 +112,7 @@ impl<'a> Scoped<'a> {
     /// # Errors
     /// As [`Scoped::complete`], before the first piece.
     pub async fn stream(&self, request: ChatRequest<'_>) -> Result<CompletionStream> {
-        chat::take_principal_token(self.core.inner(), &self.caller)?;
+        chat::take_principal_token(self.core.inner(), &self.caller).await?;
         self.core.stream(request).await
     }
 

@@ -237,10 +237,16 @@ pub struct PurgeReport {
     pub messages: u64,
     /// Feedback entries deleted with them.
     pub feedback: u64,
+    /// The sweep did not run: on a store shared by several gateways,
+    /// another one was sweeping (one runs at a time).
+    pub skipped: bool,
 }
 
 impl fmt::Display for PurgeReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.skipped {
+            return f.write_str("purge skipped: another gateway is purging");
+        }
         write!(
             f,
             "purged {} sessions, {} messages, {} feedback entries",

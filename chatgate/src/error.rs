@@ -307,6 +307,14 @@ impl From<Error> for ApiError {
                 out.cause = Some(e.chain());
                 return out;
             }
+            ErrorKind::LimiterUnavailable => {
+                let mut out =
+                    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Rate limiter unavailable")
+                        .with_code("rate_limiter_unavailable");
+                out.retry_after = Some(1);
+                out.cause = Some(e.chain());
+                return out;
+            }
             ErrorKind::Storage | ErrorKind::Internal => {
                 return ApiError::internal(e.chain());
             }

@@ -81,7 +81,7 @@ pub struct App {
     pub trusted_proxies: TrustedProxies,
     /// `rate_limit.sessions_per_hour`, per principal or client address;
     /// only with access control (without it, no caller is known).
-    pub session_quota: Option<GovernorLimiter>,
+    pub session_quota: Option<std::sync::Arc<dyn chatcore::RateLimiter>>,
     /// `openai.max_tokens` (0 in the file: none).
     pub max_tokens: Option<u32>,
     /// `session.client_system_prompt`.
@@ -135,8 +135,10 @@ impl App {
             // Validated when the config was loaded.
             trusted_proxies: TrustedProxies::parse(&config.server.trusted_proxies)
                 .unwrap_or_default(),
-            session_quota: (config.auth.mode != AuthMode::None)
-                .then(|| GovernorLimiter::per_hour(config.rate_limit.sessions_per_hour)),
+            session_quota: (config.auth.mode != AuthMode::None).then(|| {
+                std::sync::Arc::new(GovernorLimiter::per_hour(config.rate_limit.sessions_per_hour))
+                    as std::sync::Arc<dyn chatcore::RateLimiter>
+            }),
             max_tokens: (config.openai.max_tokens > 0).then_some(config.openai.max_tokens),
             client_system_prompt: config.session.client_system_prompt,
             playground: config.server.playground,

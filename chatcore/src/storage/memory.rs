@@ -53,6 +53,10 @@ impl MemoryStore {
 
 #[async_trait]
 impl SessionStore for MemoryStore {
+    fn backend(&self) -> &'static str {
+        "memory"
+    }
+
     async fn insert_session(&self, session: &Session) -> Result<()> {
         self.lock().insert(
             session.id,

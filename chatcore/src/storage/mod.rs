@@ -14,9 +14,13 @@ use crate::llm::Usage;
 use crate::types::{Feedback, Message, PurgeReport, Session, SessionId};
 
 mod memory;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod sqlite;
 
 pub use memory::MemoryStore;
+#[cfg(feature = "postgres")]
+pub use postgres::{PostgresOptions, PostgresStore};
 pub use sqlite::{SqliteOptions, SqliteStats, SqliteStore};
 
 /// Stores sessions.
@@ -67,6 +71,12 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug {
     ) -> Result<Vec<Session>> {
         let _ = (owner, after, limit);
         Err(unsupported("listing sessions"))
+    }
+
+    /// What kind of store this is, for readiness reports (`"memory"`,
+    /// `"sqlite"`, `"postgres"`).
+    fn backend(&self) -> &'static str {
+        "custom"
     }
 
     /// Checks that the backend is reachable (for readiness probes).
@@ -304,6 +314,110 @@ pub trait MessageStore: SessionStore {
         let history = self.recent_messages(id, limit).await?;
         Ok(Some((session, history)))
     }
+
+    /// Whether other processes write this store at the same time (a
+    /// database server shared by several gateways). A facade on a shared
+    /// store claims each session for the length of a turn
+    /// ([`MessageStore::claim_turn`]) and keeps no hot-session cache, since
+    /// another process may have moved the session on. The provided version
+    /// says no: an in-process or single-file store has one writer.
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// Claims session `id` for one turn, for `ttl` unless renewed, and
+    /// loads the session with its latest `limit` messages, all as one step:
+    /// [`Claim::Busy`] while another turn (in any process) holds an
+    /// unexpired claim on it. A claim whose holder died lapses after its
+    /// `ttl`, so a crashed gateway holds a session up for at most that long.
+    /// Only shared stores implement it.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Storage`] or [`ErrorKind::StorageUnavailable`] when the
+    /// backend fails.
+    async fn claim_turn(
+        &self,
+        id: SessionId,
+        token: TurnToken,
+        ttl: std::time::Duration,
+        limit: usize,
+    ) -> Result<Claim> {
+        let _ = (id, token, ttl, limit);
+        Err(unsupported("turn claims"))
+    }
+
+    /// Extends `token`'s claim on `id` to `ttl` from now; `false` when the
+    /// claim is no longer held (it lapsed and another turn took it).
+    ///
+    /// # Errors
+    /// As [`MessageStore::claim_turn`].
+    async fn renew_claim(
+        &self,
+        id: SessionId,
+        token: TurnToken,
+        ttl: std::time::Duration,
+    ) -> Result<bool> {
+        let _ = (id, token, ttl);
+        Err(unsupported("turn claims"))
+    }
+
+    /// Gives up `token`'s claim on `id` (a turn that failed or was
+    /// cancelled); nothing happens when it is not held.
+    ///
+    /// # Errors
+    /// As [`MessageStore::claim_turn`].
+    async fn release_claim(&self, id: SessionId, token: TurnToken) -> Result<()> {
+        let _ = (id, token);
+        Err(unsupported("turn claims"))
+    }
+
+    /// As [`MessageStore::append_turn`], only while `token` holds the claim
+    /// on `id`, releasing it in the same transaction. A claim that lapsed
+    /// stores nothing: another turn may have been stored since this one
+    /// read the history.
+    ///
+    /// # Errors
+    /// [`ErrorKind::StorageUnavailable`] when the claim is no longer held;
+    /// otherwise as [`MessageStore::append_turn`].
+    async fn append_claimed_turn(
+        &self,
+        id: SessionId,
+        token: TurnToken,
+        turn: Turn<'_>,
+    ) -> Result<()> {
+        let _ = (id, token, turn);
+        Err(unsupported("turn claims"))
+    }
+}
+
+/// Identifies one turn's claim on a session in a shared store (see
+/// [`MessageStore::claim_turn`]): random, so no two turns share one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TurnToken(pub uuid::Uuid);
+
+impl TurnToken {
+    /// A fresh random token.
+    pub fn new() -> Self {
+        TurnToken(uuid::Uuid::new_v4())
+    }
+}
+
+impl Default for TurnToken {
+    fn default() -> Self {
+        TurnToken::new()
+    }
+}
+
+/// The outcome of [`MessageStore::claim_turn`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Claim {
+    /// The claim is held: the session and its latest messages, oldest
+    /// first, as stored when it was taken.
+    Held(Session, Vec<Message>),
+    /// Another turn holds the session; try again shortly.
+    Busy,
+    /// There is no such session.
+    Missing,
 }
 
 /// Stores feedback.

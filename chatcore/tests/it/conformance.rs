@@ -281,7 +281,8 @@ async fn purge_deletes_only_old_sessions_with_their_data<S: Store + 'static>(sto
         PurgeReport {
             sessions: 1,
             messages: 4,
-            feedback: 1
+            feedback: 1,
+            skipped: false
         }
     );
     assert_eq!(store.get_session(old.id).await.unwrap(), None);
@@ -378,7 +379,8 @@ async fn purge_within_the_cutoffs_hour_goes_by_the_exact_time<S: Store + 'static
         PurgeReport {
             sessions: 3,
             messages: 6,
-            feedback: 1
+            feedback: 1,
+            skipped: false
         },
         "early, just_before and created_before go"
     );

@@ -300,7 +300,8 @@ async fn one_sweep_purges_more_sessions_than_a_batch<S: Store + 'static>(store: 
         PurgeReport {
             sessions: 600,
             messages: 1200,
-            feedback: 600
+            feedback: 600,
+            skipped: false
         }
     );
     assert_gone(&core, &old).await;
@@ -321,7 +322,8 @@ async fn one_sweep_purges_more_sessions_than_a_batch<S: Store + 'static>(store: 
         PurgeReport {
             sessions: 512,
             messages: 1024,
-            feedback: 512
+            feedback: 512,
+            skipped: false
         }
     );
     assert_gone(&core, &recent).await;

@@ -8,7 +8,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use chatcore::{Caller, Decision, NewSession, RateLimiter, SessionCursor, SessionId};
+use chatcore::{Caller, Decision, NewSession, SessionCursor, SessionId};
 use hyper::body::Incoming;
 use hyper::header::HeaderValue;
 use hyper::{Request, Response, StatusCode};
@@ -57,7 +57,7 @@ pub async fn initialize(
                 chatcore::rate_limit::key_of(client.to_string().as_bytes())
             }
         };
-        if let Decision::Limited { retry_after } = quota.check(key) {
+        if let Decision::Limited { retry_after } = quota.check(key).await? {
             let mut e = ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 format!("Rate limit exceeded: {} sessions per hour", quota.limit()),

@@ -428,6 +428,10 @@ fn is_foreign_key_violation(e: &rusqlite::Error) -> bool {
 
 #[async_trait]
 impl SessionStore for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
     async fn insert_session(&self, session: &Session) -> Result<()> {
         let key = id_key(session.id);
         let created = session.created_at.timestamp_millis();

@@ -203,7 +203,8 @@ async fn the_sweep_purges_only_sessions_past_retention<S: Store + 'static>(store
         PurgeReport {
             sessions: 1,
             messages: 2,
-            feedback: 1
+            feedback: 1,
+            skipped: false
         }
     );
     let gone = core.sessions().get(old).await.unwrap_err();

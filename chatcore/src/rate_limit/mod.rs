@@ -1,12 +1,22 @@
-//! Per-session message quotas: the [`RateLimiter`] trait and its default,
-//! a keyed GCRA limiter from `governor`.
+//! Per-session message quotas: the [`RateLimiter`] trait, its default, a
+//! keyed GCRA limiter from `governor` in process memory, and (feature
+//! `redis`) [`RedisLimiter`], the same algorithm in Redis for several
+//! gateways sharing one quota.
 //!
 //! GCRA keeps one timestamp per key and decides with one compare-and-swap,
 //! so a check takes no lock and is exact under concurrency: of 20 parallel
 //! messages to a fresh session with a quota of 5, exactly 5 pass.
+//!
+//! A check is asynchronous and fallible (a limiter across the network can
+//! fail), but [`Check`] lets an in-process limiter answer at once: no
+//! allocation, no suspension, so the default path costs what a plain call
+//! costs.
 
 use std::fmt;
+use std::future::Future;
 use std::num::NonZeroU32;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
@@ -14,7 +24,13 @@ use governor::middleware::StateInformationMiddleware;
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter as Gcra};
 
+use crate::error::Result;
 use crate::types::SessionId;
+
+#[cfg(feature = "redis")]
+mod redis;
+#[cfg(feature = "redis")]
+pub use self::redis::{OnUnavailable, RedisLimiter, RedisLimiterConfig};
 
 /// The outcome of one rate-limit check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,17 +47,91 @@ pub enum Decision {
     },
 }
 
-/// Decides whether a session may send one more message.
-pub trait RateLimiter: Send + Sync + fmt::Debug {
-    /// Takes one message from `session`'s quota, if there is one left.
-    fn check(&self, session: SessionId) -> Decision;
+/// The answer of [`RateLimiter::check`], to `.await`: ready at once (an
+/// in-process limiter) or a boxed future (a limiter across the network).
+#[must_use = "a check does nothing until awaited"]
+pub enum Check<'a> {
+    /// Decided already; `None` once taken.
+    Ready(Option<Result<Decision>>),
+    /// Deciding.
+    Pending(Pin<Box<dyn Future<Output = Result<Decision>> + Send + 'a>>),
+}
 
-    /// The quota: messages per minute.
+impl<'a> Check<'a> {
+    /// An answer known at once.
+    pub fn ready(decision: Result<Decision>) -> Self {
+        Check::Ready(Some(decision))
+    }
+
+    /// An answer still to come.
+    pub fn pending(future: impl Future<Output = Result<Decision>> + Send + 'a) -> Self {
+        Check::Pending(Box::pin(future))
+    }
+
+    /// The answer, if it is known without waiting.
+    pub fn now(self) -> Option<Result<Decision>> {
+        match self {
+            Check::Ready(decision) => decision,
+            Check::Pending(_) => None,
+        }
+    }
+}
+
+impl Future for Check<'_> {
+    type Output = Result<Decision>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Check::Ready(decision) => {
+                Poll::Ready(decision.take().expect("a Check polled after it was ready"))
+            }
+            Check::Pending(future) => future.as_mut().poll(cx),
+        }
+    }
+}
+
+impl fmt::Debug for Check<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Check::Ready(d) => f.debug_tuple("Ready").field(d).finish(),
+            Check::Pending(_) => f.write_str("Pending"),
+        }
+    }
+}
+
+/// A readiness probe's future (see [`RateLimiter::ping`]).
+pub type Ping<'a> = Pin<Box<dyn Future<Output = Result<()>> + Send + 'a>>;
+
+/// Decides whether a key (a session, a principal, a client address) may
+/// send one more message.
+pub trait RateLimiter: Send + Sync + fmt::Debug {
+    /// Takes one message from `key`'s quota, if there is one left.
+    ///
+    /// # Errors
+    /// [`ErrorKind::LimiterUnavailable`](crate::ErrorKind::LimiterUnavailable)
+    /// when the limiter's shared store cannot be reached and it is set to
+    /// refuse then. An in-process limiter never fails.
+    fn check(&self, key: SessionId) -> Check<'_>;
+
+    /// The quota: messages per period (a minute, unless the limiter was
+    /// made for another period).
     fn limit(&self) -> u32;
 
     /// Forgets keys whose state no longer matters (they are back at full
     /// quota), bounding memory. Called periodically by the sweep.
     fn forget_idle(&self) {}
+
+    /// Checks that the limiter's shared store is reachable (for readiness
+    /// probes); an in-process limiter always is.
+    fn ping(&self) -> Ping<'_> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    /// What kind of limiter this is, for readiness reports: `"memory"` or
+    /// `"redis"`.
+    fn backend(&self) -> &'static str {
+        "memory"
+    }
 }
 
 /// A limiter key for anything that is not a session (a principal's name,
@@ -108,12 +198,12 @@ impl GovernorLimiter {
     pub fn tracked_keys(&self) -> usize {
         self.inner.len()
     }
-}
 
-impl RateLimiter for GovernorLimiter {
+    /// Takes one message from `key`'s quota: [`RateLimiter::check`] without
+    /// the future around it.
     #[inline]
-    fn check(&self, session: SessionId) -> Decision {
-        match self.inner.check_key(&session) {
+    pub fn decide(&self, key: SessionId) -> Decision {
+        match self.inner.check_key(&key) {
             Ok(snapshot) => Decision::Allowed {
                 remaining: snapshot.remaining_burst_capacity(),
             },
@@ -121,6 +211,13 @@ impl RateLimiter for GovernorLimiter {
                 retry_after: not_until.wait_time_from(self.clock.now()),
             },
         }
+    }
+}
+
+impl RateLimiter for GovernorLimiter {
+    #[inline]
+    fn check(&self, key: SessionId) -> Check<'_> {
+        Check::ready(Ok(self.decide(key)))
     }
 
     fn limit(&self) -> u32 {
@@ -148,13 +245,13 @@ mod tests {
         let s = SessionId::new_v4();
         for expected in (0..5).rev() {
             assert_eq!(
-                l.check(s),
+                l.decide(s),
                 Decision::Allowed {
                     remaining: expected
                 }
             );
         }
-        match l.check(s) {
+        match l.decide(s) {
             Decision::Limited { retry_after } => {
                 assert!(retry_after > Duration::from_secs(10), "{retry_after:?}");
                 assert!(retry_after <= Duration::from_secs(12), "{retry_after:?}");
@@ -163,7 +260,7 @@ mod tests {
         }
         // Another session is unaffected.
         assert!(matches!(
-            l.check(SessionId::new_v4()),
+            l.decide(SessionId::new_v4()),
             Decision::Allowed { .. }
         ));
     }
@@ -175,7 +272,7 @@ mod tests {
         let handles: Vec<_> = (0..20)
             .map(|_| {
                 let l = Arc::clone(&l);
-                std::thread::spawn(move || matches!(l.check(s), Decision::Allowed { .. }))
+                std::thread::spawn(move || matches!(l.decide(s), Decision::Allowed { .. }))
             })
             .collect();
         let passed = handles
@@ -187,12 +284,26 @@ mod tests {
     }
 
     #[test]
+    fn the_trait_answers_at_once() {
+        let l = limiter(1);
+        let s = SessionId::new_v4();
+        assert_eq!(
+            RateLimiter::check(&l, s).now().map(|r| r.unwrap()),
+            Some(Decision::Allowed { remaining: 0 })
+        );
+        assert!(matches!(
+            RateLimiter::check(&l, s).now(),
+            Some(Ok(Decision::Limited { .. }))
+        ));
+    }
+
+    #[test]
     fn idle_keys_are_forgotten() {
         // 60,000 a minute: one token every millisecond, so a key is back at
         // full quota (and forgettable) almost at once.
         let l = limiter(60_000);
         for _ in 0..100 {
-            l.check(SessionId::new_v4());
+            l.decide(SessionId::new_v4());
         }
         assert_eq!(l.tracked_keys(), 100);
         std::thread::sleep(Duration::from_millis(20));
