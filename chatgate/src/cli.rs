@@ -157,14 +157,14 @@ async fn run_cli(args: impl Iterator<Item = String>) -> ExitCode {
     }
     let code = match cli.command {
         Command::Purge => purge(&config, &logs.logger).await,
-        Command::Keys(cmd) => match build_core(&config, &logs.logger) {
+        Command::Keys(cmd) => match build_core(&config, &logs.logger).await {
             Ok(core) => crate::ops::keys(&core, cmd).await,
             Err(e) => {
                 eprintln!("chatgate: {}", e.chain());
                 ExitCode::from(1)
             }
         },
-        Command::Export(cmd) => match build_core(&config, &logs.logger) {
+        Command::Export(cmd) => match build_core(&config, &logs.logger).await {
             Ok(core) => crate::ops::export(&core, cmd).await,
             Err(e) => {
                 eprintln!("chatgate: {}", e.chain());
@@ -179,7 +179,7 @@ async fn run_cli(args: impl Iterator<Item = String>) -> ExitCode {
 }
 
 async fn purge(config: &Config, log: &slog::Logger) -> ExitCode {
-    let core = match build_core(config, log) {
+    let core = match build_core(config, log).await {
         Ok(c) => c,
         Err(e) => {
             error!(log, "cannot start"; "error" => e.chain());
@@ -204,7 +204,7 @@ async fn purge(config: &Config, log: &slog::Logger) -> ExitCode {
 
 async fn serve(config: &Config, logs: &logging::Logs, mock: bool) -> ExitCode {
     let log = &logs.logger;
-    let parts = match crate::build(config, log) {
+    let parts = match crate::build(config, log).await {
         Ok(p) => p,
         Err(e) => {
             error!(log, "cannot start"; "error" => e.chain());
@@ -232,6 +232,7 @@ async fn serve(config: &Config, logs: &logging::Logs, mock: bool) -> ExitCode {
         "mock_upstream" => mock,
         "model" => &config.openai.model,
         "storage" => ?config.storage.backend,
+        "rate_limit" => ?config.rate_limit.backend,
         "version" => env!("CARGO_PKG_VERSION"));
     if config.auth.mode == crate::config::AuthMode::None && !config.server.bind.ip().is_loopback() {
         warn!(log, "auth.mode is none and the gateway listens beyond loopback: anyone who reaches the port may chat on your upstream key";
@@ -240,12 +241,23 @@ async fn serve(config: &Config, logs: &logging::Logs, mock: bool) -> ExitCode {
     let core = parts.core;
     let sweep_log = log.clone();
     let sweeper = core.spawn_sweeper(config.session.sweep_interval, move |r| match r {
+        Ok(report) if report.skipped => {
+            info!(
+                sweep_log,
+                "retention sweep skipped: another replica is sweeping"
+            )
+        }
         Ok(report) => info!(sweep_log, "retention sweep";
             "sessions" => report.sessions, "messages" => report.messages,
             "feedback" => report.feedback),
         Err(e) => error!(sweep_log, "retention sweep failed"; "error" => e.chain()),
     });
-    let app = App::new(core, config, log.clone());
+    let mut app = App::new(core, config, log.clone());
+    // One Redis connection for every quota, and one count of its outages.
+    app.session_quota = parts.limiters.sessions.clone();
+    if let Some(redis) = parts.limiters.redis {
+        app.metrics.watch_redis(redis);
+    }
     app.metrics.watch_upstream(parts.upstream);
     if let Some(store) = parts.sqlite {
         app.metrics.watch_sqlite(store);

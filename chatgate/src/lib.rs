@@ -21,6 +21,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod backends;
 pub mod body;
 pub mod cli;
 pub mod config;
@@ -35,13 +36,11 @@ pub mod server;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use chatcore::{
-    ChatCore, GovernorLimiter, MemoryStore, OpenAiChat, OpenAiConfig, SqliteOptions, SqliteStore,
-};
+use chatcore::{ChatCore, OpenAiChat, OpenAiConfig, SqliteStore};
 use slog::{o, Logger};
 
 use crate::auth::Auth;
-use crate::config::{AuthMode, Backend, Config, TrustedProxies};
+use crate::config::{Config, TrustedProxies};
 use crate::logging::ContentLog;
 use crate::router::Cors;
 
@@ -80,7 +79,8 @@ pub struct App {
     /// `server.trusted_proxies`.
     pub trusted_proxies: TrustedProxies,
     /// `rate_limit.sessions_per_hour`, per principal or client address;
-    /// only with access control (without it, no caller is known).
+    /// only with access control (without it, no caller is known). In
+    /// Redis when the rate limiters are.
     pub session_quota: Option<std::sync::Arc<dyn chatcore::RateLimiter>>,
     /// `openai.max_tokens` (0 in the file: none).
     pub max_tokens: Option<u32>,
@@ -112,7 +112,14 @@ impl App {
     }
 
     /// The gateway state for `core`, configured by `config`.
+    ///
+    /// # Panics
+    /// When `rate_limit.url` is not a Redis URL (validated when the config
+    /// was loaded, and by [`build`]).
     pub fn new(core: ChatCore, config: &Config, log: Logger) -> App {
+        let session_quota = backends::limiters(config, &log)
+            .expect("rate_limit.url was validated")
+            .sessions;
         let content_log = if config.log.content {
             ContentLog::new(log.clone(), config.log.max_content_bytes.get())
         } else {
@@ -135,10 +142,7 @@ impl App {
             // Validated when the config was loaded.
             trusted_proxies: TrustedProxies::parse(&config.server.trusted_proxies)
                 .unwrap_or_default(),
-            session_quota: (config.auth.mode != AuthMode::None).then(|| {
-                std::sync::Arc::new(GovernorLimiter::per_hour(config.rate_limit.sessions_per_hour))
-                    as std::sync::Arc<dyn chatcore::RateLimiter>
-            }),
+            session_quota,
             max_tokens: (config.openai.max_tokens > 0).then_some(config.openai.max_tokens),
             client_system_prompt: config.session.client_system_prompt,
             playground: config.server.playground,
@@ -162,8 +166,8 @@ fn process_prefix() -> u32 {
 ///
 /// # Errors
 /// When the database cannot be opened or a setting is refused.
-pub fn build_core(config: &Config, log: &Logger) -> chatcore::Result<ChatCore> {
-    build(config, log).map(|parts| parts.core)
+pub async fn build_core(config: &Config, log: &Logger) -> chatcore::Result<ChatCore> {
+    build(config, log).await.map(|parts| parts.core)
 }
 
 /// The facade and the handles the metrics read (see [`build`]).
@@ -175,13 +179,15 @@ pub struct Parts {
     pub upstream: std::sync::Arc<chatcore::UpstreamStats>,
     /// The SQLite store, when that is the backend.
     pub sqlite: Option<SqliteStore>,
+    /// The rate limiters.
+    pub limiters: backends::Limiters,
 }
 
 /// As [`build_core`], also handing back what `/metrics` reads.
 ///
 /// # Errors
 /// As [`build_core`].
-pub fn build(config: &Config, log: &Logger) -> chatcore::Result<Parts> {
+pub async fn build(config: &Config, log: &Logger) -> chatcore::Result<Parts> {
     let o = &config.openai;
     let model = OpenAiChat::new(OpenAiConfig {
         base_url: o.base_url.clone(),
@@ -200,39 +206,25 @@ pub fn build(config: &Config, log: &Logger) -> chatcore::Result<Parts> {
     })?
     .with_logger(log.new(o!("component" => "openai")));
     let upstream = model.stats();
-    let builder = ChatCore::builder()
+    let limiters = backends::limiters(config, log)?;
+    let (store, sqlite) = backends::store(config, log).await?;
+    let mut builder = ChatCore::builder()
         .model(model)
-        .messages_per_minute(config.rate_limit.messages_per_minute.get())
+        .shared_store(store)
+        .rate_limiter(std::sync::Arc::clone(&limiters.messages))
         .idle_timeout(config.session.idle_timeout)
         .retention(config.session.retention)
         .system_prompt(o.system_prompt.clone())
         .context_tokens(o.context_tokens.get())
         .hot_sessions(config.session.hot_sessions)
         .hot_cache_bytes(config.session.hot_cache_bytes);
-    // Without access control no principal is known, so there is nothing
-    // to count per principal.
-    let builder = if config.auth.mode == AuthMode::None {
-        builder
-    } else {
-        builder.principal_messages_per_minute(config.rate_limit.principal_messages_per_minute)
-    };
-    let (builder, sqlite) = match config.storage.backend {
-        Backend::Memory => (builder.store(MemoryStore::new()), None),
-        Backend::Sqlite => {
-            let store = SqliteStore::open_with(
-                &config.storage.path,
-                SqliteOptions {
-                    sql_logger: config.log.sql.then(|| log.new(o!("component" => "sql"))),
-                    full_sync: config.storage.full_sync,
-                    ..SqliteOptions::default()
-                },
-            )?;
-            (builder.store(store.clone()), Some(store))
-        }
-    };
+    if let Some(p) = &limiters.principal {
+        builder = builder.principal_rate_limiter(std::sync::Arc::clone(p));
+    }
     Ok(Parts {
         core: builder.build()?,
         upstream,
         sqlite,
+        limiters,
     })
 }

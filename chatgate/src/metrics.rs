@@ -66,6 +66,7 @@ struct Sources {
     upstream: Option<Arc<UpstreamStats>>,
     sqlite: Option<SqliteStore>,
     log_drops: Option<Arc<AtomicU64>>,
+    redis: Option<chatcore::RedisLimiter>,
 }
 
 /// Every metric, and the registry that exposes them.
@@ -85,6 +86,7 @@ pub struct Metrics {
     commits: Counter,
     committed_jobs: Counter,
     log_dropped: Counter,
+    limiter_unavailable: Counter,
     sources: Mutex<Sources>,
 }
 
@@ -118,6 +120,7 @@ impl Metrics {
             queue_depth: Gauge::default(),
             commits: Counter::default(),
             committed_jobs: Counter::default(),
+            limiter_unavailable: Counter::default(),
             log_dropped: Counter::default(),
             sources: Mutex::default(),
             registry: Registry::default(),
@@ -192,6 +195,11 @@ impl Metrics {
             "Log records lost (queue full, write errors), per output",
             m.log_dropped.clone(),
         );
+        registry.register(
+            "rate_limit_unavailable",
+            "Rate-limit checks that found Redis out of reach (refused or let through, as rate_limit.on_unavailable says)",
+            m.limiter_unavailable.clone(),
+        );
         let build: Family<BuildLabels, Gauge> = Family::default();
         build
             .get_or_create(&BuildLabels {
@@ -215,6 +223,12 @@ impl Metrics {
     /// Reads the logger's dropped-record count at each scrape.
     pub fn watch_log_drops(&self, drops: Arc<AtomicU64>) {
         self.lock().log_drops = Some(drops);
+    }
+
+    /// Reads the Redis limiter's count of checks that found it out of
+    /// reach at each scrape.
+    pub fn watch_redis(&self, limiter: chatcore::RedisLimiter) {
+        self.lock().redis = Some(limiter);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Sources> {
@@ -306,6 +320,9 @@ impl Metrics {
                     .set(i64::try_from(s.queue_depth).unwrap_or(i64::MAX));
                 catch_up(&self.commits, s.commits);
                 catch_up(&self.committed_jobs, s.jobs);
+            }
+            if let Some(redis) = &sources.redis {
+                catch_up(&self.limiter_unavailable, redis.unavailable_count());
             }
             if let Some(drops) = &sources.log_drops {
                 catch_up(&self.log_dropped, drops.load(Ordering::Relaxed));

@@ -44,8 +44,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 mod chat;
+mod proxy;
 mod stream;
 
+pub use proxy::TcpProxy;
 pub use stream::{StreamFault, StreamGate, StreamScript};
 
 use chat::{completion_json, split_words, ChatRequest};

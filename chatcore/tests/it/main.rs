@@ -18,5 +18,6 @@ mod chat;
 mod conformance;
 mod context;
 mod durability;
+mod limiter;
 mod storage_bounds;
 mod stream;

@@ -175,10 +175,10 @@ pub struct SignallingLimiter {
 }
 
 impl RateLimiter for SignallingLimiter {
-    fn check(&self, _session: SessionId) -> Decision {
+    fn check(&self, _session: SessionId) -> chatcore::Check<'_> {
         self.checks.fetch_add(1, Ordering::SeqCst);
         self.checked.notify_one();
-        Decision::Allowed { remaining: 1000 }
+        chatcore::Check::ready(Ok(Decision::Allowed { remaining: 1000 }))
     }
 
     fn limit(&self) -> u32 {

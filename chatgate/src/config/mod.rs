@@ -101,16 +101,49 @@ pub enum Backend {
     Sqlite,
     /// Process memory; nothing survives a restart.
     Memory,
+    /// A PostgreSQL server at `storage.url`, which several gateways may
+    /// share.
+    Postgres,
+}
+
+/// Where the rate limiters keep their state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LimiterBackend {
+    /// Process memory (governor): exact for one gateway.
+    Memory,
+    /// A Redis server at `rate_limit.url`: exact across every gateway
+    /// sharing it.
+    Redis,
+}
+
+/// What to do with a message when the rate limiter's Redis is out of
+/// reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnUnavailable {
+    /// Refuse it (503).
+    Deny,
+    /// Let it through unchecked.
+    Allow,
 }
 
 /// `[storage]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
-    /// `"sqlite"` or `"memory"`.
+    /// `"sqlite"`, `"memory"` or `"postgres"`.
     pub backend: Backend,
     /// The SQLite file.
     pub path: PathBuf,
+    /// The PostgreSQL server (`postgres://user:password@host:port/db`).
+    pub url: String,
+    /// Connections to PostgreSQL this gateway may open.
+    pub pool_size: NonZeroU32,
+    /// Longest a PostgreSQL statement may run; also how long a request
+    /// waits for a connection or for the server to answer a connect.
+    #[serde(with = "human::duration")]
+    pub statement_timeout: Duration,
     /// fsync every commit (`synchronous = FULL`): acknowledged turns also
     /// survive power loss, at the cost of a disk flush per commit. Off, they
     /// survive the process being killed (`kill -9`).
@@ -122,6 +155,9 @@ impl Default for StorageConfig {
         StorageConfig {
             backend: Backend::Sqlite,
             path: PathBuf::from("chatgate.db"),
+            url: String::new(),
+            pool_size: NonZeroU32::new(16).expect("nonzero"),
+            statement_timeout: Duration::from_secs(5),
             full_sync: false,
         }
     }
@@ -166,6 +202,17 @@ impl Default for SessionConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RateLimitConfig {
+    /// `"memory"` or `"redis"`.
+    pub backend: LimiterBackend,
+    /// The Redis server (`redis://host:port/db`), for the `redis` backend.
+    pub url: String,
+    /// With Redis out of reach: `"deny"` (refuse messages) or `"allow"`.
+    pub on_unavailable: OnUnavailable,
+    /// How long a check may wait on Redis before it counts as out of reach.
+    #[serde(with = "human::duration")]
+    pub timeout: Duration,
+    /// Prepended to every Redis key, so deployments can share a Redis.
+    pub key_prefix: String,
     /// Messages per minute per session (burst of the same size).
     pub messages_per_minute: NonZeroU32,
     /// Messages per minute per principal, across its sessions (with
@@ -179,6 +226,11 @@ pub struct RateLimitConfig {
 impl Default for RateLimitConfig {
     fn default() -> Self {
         RateLimitConfig {
+            backend: LimiterBackend::Memory,
+            url: String::new(),
+            on_unavailable: OnUnavailable::Deny,
+            timeout: Duration::from_millis(500),
+            key_prefix: "chatgate:".into(),
             messages_per_minute: NonZeroU32::new(5).expect("nonzero"),
             principal_messages_per_minute: NonZeroU32::new(60).expect("nonzero"),
             sessions_per_hour: NonZeroU32::new(60).expect("nonzero"),
@@ -475,6 +527,8 @@ impl Config {
     pub fn to_toml(&self) -> String {
         let mut shown = self.clone();
         shown.openai.base_url = redact_url(&self.openai.base_url);
+        shown.storage.url = redact_url(&self.storage.url);
+        shown.rate_limit.url = redact_url(&self.rate_limit.url);
         let mut out =
             toml::to_string_pretty(&shown).expect("the config serializes to TOML (plain tables)");
         let set = |s: &Option<Secret>| if s.is_some() { "(set)" } else { "(not set)" };
@@ -584,6 +638,42 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "storage.path",
                 expected: "a file path for the SQLite database".into(),
+            });
+        }
+        let st = &self.storage;
+        if st.backend == Backend::Postgres
+            && !(st.url.starts_with("postgres://") || st.url.starts_with("postgresql://"))
+        {
+            return Err(ConfigError::Invalid {
+                key: "storage.url",
+                expected: format!(
+                    "a postgres:// URL with storage.backend = \"postgres\", got {:?}",
+                    redact_url(&st.url)
+                ),
+            });
+        }
+        if st.statement_timeout.is_zero() {
+            return Err(ConfigError::Invalid {
+                key: "storage.statement_timeout",
+                expected: "a positive duration such as \"5s\"".into(),
+            });
+        }
+        let rl = &self.rate_limit;
+        if rl.backend == LimiterBackend::Redis
+            && !(rl.url.starts_with("redis://") || rl.url.starts_with("rediss://"))
+        {
+            return Err(ConfigError::Invalid {
+                key: "rate_limit.url",
+                expected: format!(
+                    "a redis:// URL with rate_limit.backend = \"redis\", got {:?}",
+                    redact_url(&rl.url)
+                ),
+            });
+        }
+        if rl.timeout.is_zero() {
+            return Err(ConfigError::Invalid {
+                key: "rate_limit.timeout",
+                expected: "a positive duration such as \"500ms\"".into(),
             });
         }
         if let Err(bad) = TrustedProxies::parse(&self.server.trusted_proxies) {

@@ -10,7 +10,6 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Response, StatusCode};
 
 use crate::body::{json, Body};
-use crate::error::ApiError;
 use crate::handlers::HandlerResult;
 use crate::App;
 
@@ -31,16 +30,44 @@ pub fn healthz() -> Response<Body> {
     json(&serde_json::json!({"status": "ok"}))
 }
 
-/// Storage is reachable.
+/// Every dependency answers: storage and the rate limiter, each named with
+/// its backend and state; 503 while one does not (the `detail` names it).
 pub async fn readyz(app: &Arc<App>) -> HandlerResult {
-    match app.core.ready().await {
-        Ok(()) => Ok(json(&serde_json::json!({"status": "ready"}))),
-        Err(e) => {
-            let mut err = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Storage unavailable");
-            err.cause = Some(e.chain());
-            Err(err)
-        }
+    let mut dependencies = serde_json::Map::new();
+    let mut down: Vec<&str> = Vec::new();
+    let mut causes = Vec::new();
+    for d in app.core.readiness().await {
+        let status = match &d.status {
+            Ok(()) => "ok",
+            Err(e) => {
+                down.push(d.name);
+                causes.push(format!("{}: {}", d.name, e.chain()));
+                "unavailable"
+            }
+        };
+        dependencies.insert(
+            d.name.to_owned(),
+            serde_json::json!({"backend": d.backend, "status": status}),
+        );
     }
+    if down.is_empty() {
+        return Ok(json(&serde_json::json!({
+            "status": "ready",
+            "dependencies": dependencies,
+        })));
+    }
+    // The error's usual shape, plus which dependency is down; the causes
+    // (which may name hosts) go only to the log.
+    slog::warn!(app.log, "not ready"; "causes" => causes.join("; "));
+    let mut resp = json(&serde_json::json!({
+        "detail": format!("Not ready: {} unavailable", down.join(", ")),
+        "status": "not_ready",
+        "dependencies": dependencies,
+    }));
+    *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    Ok(resp)
 }
 
 /// The OpenAPI 3 description of every endpoint.

@@ -68,7 +68,7 @@ async fn admins_review_and_export_feedback_exactly() {
     let s2 = session_as(gw.addr, Some(&user_jwt)).await;
 
     // Rows at chosen times, written as the gateway would store them.
-    let side = side_core(&gw);
+    let side = side_core(&gw).await;
     let rows = [
         feedback(&s1, "plain", Some(5), "2023-10-10T12:00:00Z"),
         feedback(&s1, "a, \"b\"\nc", None, "2023-10-10T12:00:01Z"),

@@ -107,15 +107,18 @@ pub async fn gateway(mode: AuthMode, edit: impl FnOnce(&mut Config)) -> Gateway 
 
 /// A second chatcore handle on the gateway's SQLite file, as an operator's
 /// `chatgate keys …` would open it.
-pub fn side_core(gw: &Gateway) -> ChatCore {
+pub async fn side_core(gw: &Gateway) -> ChatCore {
     let config = base_config(&gw.mock, gw.dir_path());
     let quiet = slog::Logger::root(slog::Discard, slog::o!());
-    chatgate::build_core(&config, &quiet).expect("open the gateway's database")
+    chatgate::build_core(&config, &quiet)
+        .await
+        .expect("open the gateway's database")
 }
 
 /// Makes an API key in the gateway's storage and returns it with its id.
 pub async fn create_key(gw: &Gateway, name: &str, admin: bool) -> (String, String) {
     let made = side_core(gw)
+        .await
         .keys()
         .create(name, admin)
         .await
@@ -126,7 +129,7 @@ pub async fn create_key(gw: &Gateway, name: &str, admin: bool) -> (String, Strin
 /// Revokes key `id` in the gateway's storage.
 pub async fn revoke_key(gw: &Gateway, id: &str) {
     assert!(
-        side_core(gw).keys().revoke(id).await.expect("revoke"),
+        side_core(gw).await.keys().revoke(id).await.expect("revoke"),
         "no live key {id}"
     );
 }

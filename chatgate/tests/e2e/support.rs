@@ -250,7 +250,9 @@ impl Gateway {
         let mut config = base_config(&mock, dir.path());
         edit(&mut config);
         let logs = chatgate::logging::build(&config).expect("open app.log");
-        let core = chatgate::build_core(&config, &logs.logger).expect("build chatcore");
+        let core = chatgate::build_core(&config, &logs.logger)
+            .await
+            .expect("build chatcore");
         let app = Arc::new(chatgate::App::new(core, &config, logs.logger.clone()));
         let listener = tokio::net::TcpListener::bind(config.server.bind)
             .await

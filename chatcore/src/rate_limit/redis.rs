@@ -1,0 +1,296 @@
+//! [`RedisLimiter`]: GCRA in Redis, so several gateways share one exact
+//! quota per key.
+//!
+//! The whole decision is one Lua script, so it is atomic on the server: no
+//! read-then-write race between gateways, which a GET followed by a SET
+//! would have. The script reads the time from Redis itself (`TIME`), so the
+//! gateways' clocks need not agree. Each key holds one number, the key's
+//! theoretical arrival time, and expires once the key is back at full
+//! quota, so idle keys cost nothing. The script is sent by hash (`EVALSHA`)
+//! and loaded again when the server has forgotten it (a restart, `SCRIPT
+//! FLUSH`).
+//!
+//! When Redis cannot be reached within the timeout, the limiter follows
+//! its policy ([`OnUnavailable`]): refuse the message (the default; a quota
+//! is a promise to whoever pays the upstream bill) or let it through
+//! unchecked. Either way the event is counted, and the change of state is
+//! logged once each way.
+
+use std::fmt;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use slog::Logger;
+
+use super::{Check, Decision, Ping, RateLimiter};
+use crate::error::{Error, Result};
+use crate::types::SessionId;
+
+/// GCRA over the key's theoretical arrival time (TAT), in microseconds of
+/// Redis's clock. `ARGV[1]` is the emission interval (the period divided by
+/// the limit), `ARGV[2]` the burst. Replies `{1, remaining}` or
+/// `{0, retry_after_us}`. Numbers are written with `%d`: Lua's default
+/// formatting would round a microsecond timestamp.
+const GCRA: &str = r"
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local tat = tonumber(redis.call('GET', KEYS[1])) or now
+if tat < now then tat = now end
+local new_tat = tat + interval
+local allow_at = new_tat - burst * interval
+if allow_at > now then
+  return {0, allow_at - now}
+end
+local ttl_ms = math.ceil((new_tat - now) / 1000)
+redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', string.format('%d', ttl_ms))
+return {1, math.floor((now - allow_at) / interval)}
+";
+
+/// What a [`RedisLimiter`] does when Redis cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnUnavailable {
+    /// Refuse the message with
+    /// [`ErrorKind::LimiterUnavailable`](crate::ErrorKind::LimiterUnavailable).
+    #[default]
+    Deny,
+    /// Let the message through, unchecked.
+    Allow,
+}
+
+/// One quota kept in Redis.
+#[derive(Debug, Clone)]
+pub struct RedisLimiterConfig {
+    /// Prepended to every key, so that quotas (and deployments) sharing a
+    /// Redis do not mix: e.g. `chatgate:msg:`.
+    pub prefix: String,
+    /// Messages per `period`, also the burst.
+    pub limit: NonZeroU32,
+    /// The quota's period: a minute for messages, an hour for sessions.
+    pub period: Duration,
+    /// How long one check may wait on Redis before it counts as
+    /// unreachable.
+    pub timeout: Duration,
+    /// What to do then.
+    pub on_unavailable: OnUnavailable,
+}
+
+/// Whether Redis answered last time, and how often it did not: shared by
+/// the limiters on one connection, so a state change is logged once.
+#[derive(Debug, Default)]
+struct Health {
+    down: AtomicBool,
+    failures: AtomicU64,
+}
+
+/// GCRA per key in Redis: exact across every gateway sharing the Redis
+/// (see the module docs).
+#[derive(Clone)]
+pub struct RedisLimiter {
+    conn: ConnectionManager,
+    script: Arc<redis::Script>,
+    health: Arc<Health>,
+    log: Option<Logger>,
+    prefix: String,
+    interval_us: u64,
+    limit: u32,
+    timeout: Duration,
+    policy: OnUnavailable,
+}
+
+impl fmt::Debug for RedisLimiter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisLimiter")
+            .field("prefix", &self.prefix)
+            .field("limit", &self.limit)
+            .field("interval_us", &self.interval_us)
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisLimiter {
+    /// A limiter on the Redis at `url` (`redis://host:port/db`). It
+    /// connects on first use and reconnects by itself, so a gateway starts
+    /// while Redis is down and recovers when it returns.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) when the
+    /// URL is not a Redis URL or the period is shorter than the limit can
+    /// divide into microseconds.
+    pub fn connect(url: &str, config: RedisLimiterConfig) -> Result<Self> {
+        let client = redis::Client::open(url)
+            .map_err(|e| Error::invalid("url", format!("not a Redis URL: {e}")))?;
+        let manager = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.timeout))
+            .set_response_timeout(Some(config.timeout))
+            // Reconnect quickly and give up soon: a check that waits is a
+            // chat turn that waits. The next check tries again.
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(200));
+        let conn = ConnectionManager::new_lazy_with_config(client, manager)
+            .map_err(|e| Error::invalid("url", format!("cannot use this Redis URL: {e}")))?;
+        Self::build(
+            conn,
+            Arc::new(redis::Script::new(GCRA)),
+            Arc::default(),
+            None,
+            config,
+        )
+    }
+
+    /// Another quota on the same connection (and the same health state).
+    ///
+    /// # Errors
+    /// As [`RedisLimiter::connect`], for the quota.
+    pub fn sibling(&self, config: RedisLimiterConfig) -> Result<Self> {
+        Self::build(
+            self.conn.clone(),
+            Arc::clone(&self.script),
+            Arc::clone(&self.health),
+            self.log.clone(),
+            config,
+        )
+    }
+
+    fn build(
+        conn: ConnectionManager,
+        script: Arc<redis::Script>,
+        health: Arc<Health>,
+        log: Option<Logger>,
+        config: RedisLimiterConfig,
+    ) -> Result<Self> {
+        let period_us = u64::try_from(config.period.as_micros()).unwrap_or(u64::MAX);
+        let interval_us = period_us / u64::from(config.limit.get());
+        if interval_us == 0 {
+            return Err(Error::invalid(
+                "limit",
+                "the limit is more than one a microsecond over its period",
+            ));
+        }
+        Ok(RedisLimiter {
+            conn,
+            script,
+            health,
+            log,
+            prefix: config.prefix,
+            interval_us,
+            limit: config.limit.get(),
+            timeout: config.timeout,
+            policy: config.on_unavailable,
+        })
+    }
+
+    /// Logs changes between reachable and unreachable to `log`.
+    #[must_use]
+    pub fn with_logger(mut self, log: Logger) -> Self {
+        self.log = Some(log);
+        self
+    }
+
+    /// How many checks found Redis unreachable (on any quota sharing this
+    /// connection).
+    pub fn unavailable_count(&self) -> u64 {
+        self.health.failures.load(Ordering::Relaxed)
+    }
+
+    /// The policy when Redis cannot be reached.
+    pub fn on_unavailable(&self) -> OnUnavailable {
+        self.policy
+    }
+
+    async fn run(&self, key: SessionId) -> Result<Decision> {
+        let mut conn = self.conn.clone();
+        let mut invocation = self.script.prepare_invoke();
+        invocation
+            .key(format!("{}{}", self.prefix, key))
+            .arg(self.interval_us)
+            .arg(self.limit);
+        let reply = tokio::time::timeout(
+            self.timeout,
+            invocation.invoke_async::<(i64, i64)>(&mut conn),
+        )
+        .await;
+        match reply {
+            Ok(Ok((allowed, n))) => {
+                self.reachable();
+                let n = u64::try_from(n).unwrap_or(0);
+                Ok(if allowed == 1 {
+                    Decision::Allowed {
+                        remaining: u32::try_from(n).unwrap_or(u32::MAX),
+                    }
+                } else {
+                    Decision::Limited {
+                        retry_after: Duration::from_micros(n),
+                    }
+                })
+            }
+            Ok(Err(e)) => self.unreachable(e.to_string()),
+            Err(_) => self.unreachable(format!("no answer within {:?}", self.timeout)),
+        }
+    }
+
+    fn reachable(&self) {
+        if self.health.down.swap(false, Ordering::Relaxed) {
+            if let Some(log) = &self.log {
+                slog::info!(log, "rate limiter store reachable again"; "backend" => "redis");
+            }
+        }
+    }
+
+    fn unreachable(&self, cause: String) -> Result<Decision> {
+        self.health.failures.fetch_add(1, Ordering::Relaxed);
+        if !self.health.down.swap(true, Ordering::Relaxed) {
+            if let Some(log) = &self.log {
+                let policy = match self.policy {
+                    OnUnavailable::Deny => "deny: messages are refused until it returns",
+                    OnUnavailable::Allow => "allow: messages pass unchecked until it returns",
+                };
+                slog::warn!(log, "rate limiter store unreachable";
+                    "backend" => "redis", "cause" => &cause, "on_unavailable" => policy);
+            }
+        }
+        match self.policy {
+            OnUnavailable::Deny => Err(Error::limiter_unavailable(cause)),
+            OnUnavailable::Allow => Ok(Decision::Allowed {
+                remaining: self.limit.saturating_sub(1),
+            }),
+        }
+    }
+}
+
+impl RateLimiter for RedisLimiter {
+    fn check(&self, key: SessionId) -> Check<'_> {
+        Check::pending(self.run(key))
+    }
+
+    fn limit(&self) -> u32 {
+        self.limit
+    }
+
+    fn ping(&self) -> Ping<'_> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let cmd = redis::cmd("PING");
+            match tokio::time::timeout(self.timeout, cmd.query_async::<String>(&mut conn)).await {
+                Ok(Ok(_)) => {
+                    self.reachable();
+                    Ok(())
+                }
+                Ok(Err(e)) => Err(Error::limiter_unavailable(e.to_string())),
+                Err(_) => Err(Error::limiter_unavailable(format!(
+                    "no answer within {:?}",
+                    self.timeout
+                ))),
+            }
+        })
+    }
+
+    fn backend(&self) -> &'static str {
+        "redis"
+    }
+}

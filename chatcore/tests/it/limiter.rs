@@ -1,0 +1,265 @@
+//! The rate limiters, through the trait a chat turn uses: the in-process
+//! governor limiter always, and `RedisLimiter` against a real Redis when
+//! `CHATGATE_TEST_REDIS_URL` is set (each test under its own key prefix).
+//! Outages are made with a relay the test cuts and restores
+//! (`chatmock::TcpProxy`), never by stopping the shared Redis.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chatcore::{Decision, GovernorLimiter, RateLimiter, SessionId};
+
+/// 20 parallel checks of one fresh key with a quota of 5, spread over
+/// `limiters` (one per gateway): exactly 5 pass.
+async fn exactly_five_of_twenty(limiters: Vec<Arc<dyn RateLimiter>>) {
+    let key = SessionId::new_v4();
+    let checks: Vec<_> = (0..20)
+        .map(|i| {
+            let l = Arc::clone(&limiters[i % limiters.len()]);
+            tokio::spawn(async move { l.check(key).await })
+        })
+        .collect();
+    let mut passed = 0;
+    for c in checks {
+        match c.await.expect("check task") {
+            Ok(Decision::Allowed { .. }) => passed += 1,
+            Ok(Decision::Limited { retry_after }) => {
+                assert!(retry_after > Duration::ZERO, "{retry_after:?}");
+            }
+            Err(e) => panic!("a check failed: {e}"),
+        }
+    }
+    assert_eq!(passed, 5);
+}
+
+/// A burst of 5, counting down, then a wait of about 12 s (a minute over
+/// 5), and another key untouched.
+async fn burst_then_limited(l: &dyn RateLimiter) {
+    let s = SessionId::new_v4();
+    for expected in (0..5).rev() {
+        assert_eq!(
+            l.check(s).await.expect("check"),
+            Decision::Allowed {
+                remaining: expected
+            }
+        );
+    }
+    match l.check(s).await.expect("check") {
+        Decision::Limited { retry_after } => {
+            assert!(retry_after > Duration::from_secs(10), "{retry_after:?}");
+            assert!(retry_after <= Duration::from_secs(12), "{retry_after:?}");
+        }
+        other => panic!("expected limited, got {other:?}"),
+    }
+    assert!(matches!(
+        l.check(SessionId::new_v4()).await,
+        Ok(Decision::Allowed { remaining: 4 })
+    ));
+}
+
+fn five() -> NonZeroU32 {
+    NonZeroU32::new(5).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn governor_is_exact_under_concurrency() {
+    exactly_five_of_twenty(vec![Arc::new(GovernorLimiter::new(five()))]).await;
+}
+
+#[tokio::test]
+async fn governor_bursts_then_limits() {
+    burst_then_limited(&GovernorLimiter::new(five())).await;
+}
+
+#[cfg(feature = "redis")]
+mod redis_backend {
+    use super::*;
+    use chatcore::{ErrorKind, OnUnavailable, RedisLimiter, RedisLimiterConfig};
+    use chatmock::TcpProxy;
+
+    /// The test Redis, or `None` (with a note) when the variable is unset.
+    fn redis_url() -> Option<String> {
+        match std::env::var("CHATGATE_TEST_REDIS_URL") {
+            Ok(url) if !url.is_empty() => Some(url),
+            _ => {
+                eprintln!("skipped: CHATGATE_TEST_REDIS_URL not set (Redis limiter tests)");
+                None
+            }
+        }
+    }
+
+    fn config(prefix: &str, limit: u32, policy: OnUnavailable) -> RedisLimiterConfig {
+        RedisLimiterConfig {
+            prefix: prefix.to_owned(),
+            limit: NonZeroU32::new(limit).unwrap(),
+            period: Duration::from_secs(60),
+            timeout: Duration::from_millis(500),
+            on_unavailable: policy,
+        }
+    }
+
+    /// A key prefix no other test (or run) uses.
+    fn prefix() -> String {
+        format!("chatgate-test:{}:", SessionId::new_v4())
+    }
+
+    async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(url)
+            .expect("redis url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("CHATGATE_TEST_REDIS_URL is set but Redis cannot be reached")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn redis_is_exact_under_concurrency_across_gateways() {
+        let Some(url) = redis_url() else { return };
+        let p = prefix();
+        // Three limiters with their own connections: three gateways.
+        let limiters: Vec<Arc<dyn RateLimiter>> = (0..3)
+            .map(|_| {
+                Arc::new(RedisLimiter::connect(&url, config(&p, 5, OnUnavailable::Deny)).unwrap())
+                    as Arc<dyn RateLimiter>
+            })
+            .collect();
+        exactly_five_of_twenty(limiters).await;
+    }
+
+    #[tokio::test]
+    async fn redis_bursts_then_limits() {
+        let Some(url) = redis_url() else { return };
+        let l = RedisLimiter::connect(&url, config(&prefix(), 5, OnUnavailable::Deny)).unwrap();
+        burst_then_limited(&l).await;
+        assert_eq!(l.unavailable_count(), 0);
+        l.ping().await.expect("ping");
+        assert_eq!(l.backend(), "redis");
+    }
+
+    #[tokio::test]
+    async fn keys_expire_once_back_at_full_quota() {
+        let Some(url) = redis_url() else { return };
+        let p = prefix();
+        let l = RedisLimiter::connect(&url, config(&p, 5, OnUnavailable::Deny)).unwrap();
+        let s = SessionId::new_v4();
+        l.check(s).await.unwrap();
+        l.check(s).await.unwrap();
+        let mut conn = raw(&url).await;
+        let key = format!("{p}{s}");
+        // Two messages of 12 s each: back at full quota in 24 s, when the
+        // key goes.
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!((23_000..=24_000).contains(&ttl), "{ttl}");
+        // 60,000 a minute: a key is back at full quota within a millisecond.
+        let fast = RedisLimiter::connect(&url, config(&p, 60_000, OnUnavailable::Deny)).unwrap();
+        let t = SessionId::new_v4();
+        fast.check(t).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let exists: i64 = redis::cmd("EXISTS")
+            .arg(format!("{p}{t}"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(exists, 0);
+    }
+
+    #[tokio::test]
+    async fn a_flushed_script_is_loaded_again() {
+        let Some(url) = redis_url() else { return };
+        let l = RedisLimiter::connect(&url, config(&prefix(), 5, OnUnavailable::Deny)).unwrap();
+        let s = SessionId::new_v4();
+        assert!(matches!(
+            l.check(s).await,
+            Ok(Decision::Allowed { remaining: 4 })
+        ));
+        let mut conn = raw(&url).await;
+        let _: () = redis::cmd("SCRIPT")
+            .arg("FLUSH")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(matches!(
+            l.check(s).await,
+            Ok(Decision::Allowed { remaining: 3 })
+        ));
+    }
+
+    /// A port nothing listens on: bound, then closed.
+    async fn dead_url() -> String {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        drop(l);
+        format!("redis://{addr}")
+    }
+
+    #[tokio::test]
+    async fn unreachable_redis_refuses_by_default_and_counts() {
+        let l =
+            RedisLimiter::connect(&dead_url().await, config("x:", 5, OnUnavailable::Deny)).unwrap();
+        let e = l.check(SessionId::new_v4()).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::LimiterUnavailable);
+        assert_eq!(e.to_string(), "Rate limiter unavailable");
+        assert_eq!(l.unavailable_count(), 1);
+        assert_eq!(
+            l.ping().await.unwrap_err().kind(),
+            ErrorKind::LimiterUnavailable
+        );
+    }
+
+    #[tokio::test]
+    async fn unreachable_redis_lets_through_when_told_to_and_counts() {
+        let l = RedisLimiter::connect(&dead_url().await, config("x:", 5, OnUnavailable::Allow))
+            .unwrap();
+        for _ in 0..3 {
+            assert!(matches!(
+                l.check(SessionId::new_v4()).await,
+                Ok(Decision::Allowed { .. })
+            ));
+        }
+        assert_eq!(l.unavailable_count(), 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn recovers_without_a_restart_when_redis_returns() {
+        let Some(url) = redis_url() else { return };
+        let target: std::net::SocketAddr = url
+            .trim_start_matches("redis://")
+            .split('/')
+            .next()
+            .unwrap()
+            .parse()
+            .expect("CHATGATE_TEST_REDIS_URL as redis://IP:PORT");
+        let proxy = TcpProxy::start(target).await;
+        let l = RedisLimiter::connect(
+            &format!("redis://{}", proxy.addr()),
+            config(&prefix(), 5, OnUnavailable::Deny),
+        )
+        .unwrap();
+        let s = SessionId::new_v4();
+        assert!(matches!(
+            l.check(s).await,
+            Ok(Decision::Allowed { remaining: 4 })
+        ));
+        proxy.cut();
+        let e = l.check(s).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::LimiterUnavailable);
+        proxy.restore();
+        // It reconnects on its own; the quota kept in Redis is intact.
+        let mut answer = l.check(s).await;
+        for _ in 0..50 {
+            if answer.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            answer = l.check(s).await;
+        }
+        assert!(
+            matches!(answer, Ok(Decision::Allowed { remaining: 3 })),
+            "{answer:?}"
+        );
+    }
+}

@@ -1,0 +1,125 @@
+//! The storage backend and the rate limiters a [`Config`] names: built
+//! here, so that a new backend lands as one more arm in this file.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chatcore::rate_limit::{RedisLimiter, RedisLimiterConfig};
+use chatcore::{GovernorLimiter, MemoryStore, RateLimiter, SqliteOptions, SqliteStore, Store};
+use slog::{o, Logger};
+
+use crate::config::{AuthMode, Backend, Config, LimiterBackend, OnUnavailable};
+
+/// The storage a config names, with the SQLite handle when it is SQLite
+/// (its queue and commits are exported as metrics).
+///
+/// # Errors
+/// When the database cannot be opened, or PostgreSQL cannot be reached or
+/// migrated.
+pub async fn store(
+    config: &Config,
+    log: &Logger,
+) -> chatcore::Result<(Arc<dyn Store>, Option<SqliteStore>)> {
+    let sql_logger = config.log.sql.then(|| log.new(o!("component" => "sql")));
+    let s = &config.storage;
+    Ok(match s.backend {
+        Backend::Memory => (Arc::new(MemoryStore::new()), None),
+        Backend::Sqlite => {
+            let store = SqliteStore::open_with(
+                &s.path,
+                SqliteOptions {
+                    sql_logger,
+                    full_sync: s.full_sync,
+                    ..SqliteOptions::default()
+                },
+            )?;
+            (Arc::new(store.clone()), Some(store))
+        }
+        Backend::Postgres => {
+            return Err(chatcore::Error::invalid(
+                "storage.backend",
+                "PENDING postgres",
+            ));
+        }
+    })
+}
+
+/// The three quotas: messages per session, messages per principal, and
+/// sessions created per principal or client address (the last two only
+/// with access control, since without it no caller is known).
+#[derive(Debug, Clone)]
+pub struct Limiters {
+    /// `rate_limit.messages_per_minute`, per session.
+    pub messages: Arc<dyn RateLimiter>,
+    /// `rate_limit.principal_messages_per_minute`.
+    pub principal: Option<Arc<dyn RateLimiter>>,
+    /// `rate_limit.sessions_per_hour`.
+    pub sessions: Option<Arc<dyn RateLimiter>>,
+    /// The Redis limiter, when that is the backend (for its metrics).
+    pub redis: Option<RedisLimiter>,
+}
+
+/// The limiters a config names. Redis is connected lazily: a gateway
+/// starts while it is down and follows `rate_limit.on_unavailable` until
+/// it returns.
+///
+/// # Errors
+/// When `rate_limit.url` is not a usable Redis URL.
+pub fn limiters(config: &Config, log: &Logger) -> chatcore::Result<Limiters> {
+    let rl = &config.rate_limit;
+    let access_control = config.auth.mode != AuthMode::None;
+    match rl.backend {
+        LimiterBackend::Memory => Ok(Limiters {
+            messages: Arc::new(GovernorLimiter::new(rl.messages_per_minute)),
+            principal: access_control
+                .then(|| shared(GovernorLimiter::new(rl.principal_messages_per_minute))),
+            sessions: access_control
+                .then(|| shared(GovernorLimiter::per_hour(rl.sessions_per_hour))),
+            redis: None,
+        }),
+        LimiterBackend::Redis => {
+            let quota = |name: &str, limit, period| RedisLimiterConfig {
+                prefix: format!("{}{name}:", rl.key_prefix),
+                limit,
+                period,
+                timeout: rl.timeout,
+                on_unavailable: match rl.on_unavailable {
+                    OnUnavailable::Deny => chatcore::OnUnavailable::Deny,
+                    OnUnavailable::Allow => chatcore::OnUnavailable::Allow,
+                },
+            };
+            const MINUTE: Duration = Duration::from_secs(60);
+            let messages =
+                RedisLimiter::connect(&rl.url, quota("session", rl.messages_per_minute, MINUTE))?
+                    .with_logger(log.new(o!("component" => "rate_limit")));
+            let principal = if access_control {
+                Some(shared(messages.sibling(quota(
+                    "principal",
+                    rl.principal_messages_per_minute,
+                    MINUTE,
+                ))?))
+            } else {
+                None
+            };
+            let sessions = if access_control {
+                Some(shared(messages.sibling(quota(
+                    "sessions",
+                    rl.sessions_per_hour,
+                    Duration::from_secs(3600),
+                ))?))
+            } else {
+                None
+            };
+            Ok(Limiters {
+                messages: shared(messages.clone()),
+                principal,
+                sessions,
+                redis: Some(messages),
+            })
+        }
+    }
+}
+
+fn shared(limiter: impl RateLimiter + 'static) -> Arc<dyn RateLimiter> {
+    Arc::new(limiter)
+}
