@@ -138,6 +138,9 @@ pub struct StorageConfig {
     pub path: PathBuf,
     /// The PostgreSQL server (`postgres://user:password@host:port/db`).
     pub url: String,
+    /// The PostgreSQL schema for chatgate's tables (made if missing);
+    /// empty: the server's default (`public`).
+    pub schema: String,
     /// Connections to PostgreSQL this gateway may open.
     pub pool_size: NonZeroU32,
     /// Longest a PostgreSQL statement may run; also how long a request
@@ -156,6 +159,7 @@ impl Default for StorageConfig {
             backend: Backend::Sqlite,
             path: PathBuf::from("chatgate.db"),
             url: String::new(),
+            schema: String::new(),
             pool_size: NonZeroU32::new(16).expect("nonzero"),
             statement_timeout: Duration::from_secs(5),
             full_sync: false,
@@ -650,6 +654,18 @@ impl Config {
                     "a postgres:// URL with storage.backend = \"postgres\", got {:?}",
                     redact_url(&st.url)
                 ),
+            });
+        }
+        if !st
+            .schema
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            || st.schema.starts_with(|c: char| c.is_ascii_digit())
+            || st.schema.len() > 63
+        {
+            return Err(ConfigError::Invalid {
+                key: "storage.schema",
+                expected: "a plain identifier (letters, digits, _; not starting with a digit; at most 63 bytes)".into(),
             });
         }
         if st.statement_timeout.is_zero() {

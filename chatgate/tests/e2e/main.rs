@@ -24,5 +24,6 @@ mod metrics;
 mod openai_api;
 mod pages;
 mod rate_limit;
+mod replicas;
 mod streaming;
 mod upstream;
