@@ -289,9 +289,9 @@ async fn kill_9_of_a_replica_under_load_loses_no_acknowledged_turn() {
                 let mut n = 0;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     n += 1;
-                    let body = serde_json::json!({"session_id": sid, "content": format!("m{n}")})
+                    let body = serde_json::json!({"session_id": sid, "role": "user", "content": format!("m{n}")})
                         .to_string();
-                    match try_send(addr, Method::POST, "/chat/", &[], Some(&body)).await {
+                    match try_send(addr, Method::POST, "/chat/", &[], Some(bytes::Bytes::from(body))).await {
                         Ok(r) if r.status == 200 => acked += 1,
                         Ok(_) => {}
                         // The killed replica: its clients stop.
