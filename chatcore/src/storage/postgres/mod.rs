@@ -44,7 +44,7 @@ pub struct PostgresOptions {
     pub pool_size: usize,
     /// The longest a statement may run (set on every connection); one that
     /// runs longer fails with
-    /// [`ErrorKind::StorageUnavailable`](crate::ErrorKind::StorageUnavailable).
+    /// [`ErrorKind::StorageUnavailable`].
     pub statement_timeout: Duration,
     /// The longest to wait for a new connection, and for a free one from a
     /// busy pool.
@@ -167,11 +167,11 @@ impl PostgresStore {
     /// date (waiting for another gateway that is migrating it).
     ///
     /// # Errors
-    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) when the
+    /// [`ErrorKind::InvalidInput`] when the
     /// URL or schema name is malformed;
-    /// [`ErrorKind::StorageUnavailable`](crate::ErrorKind::StorageUnavailable)
+    /// [`ErrorKind::StorageUnavailable`]
     /// when the server cannot be reached in time;
-    /// [`ErrorKind::Storage`](crate::ErrorKind::Storage) when the schema
+    /// [`ErrorKind::Storage`] when the schema
     /// cannot be migrated.
     pub async fn connect(options: PostgresOptions) -> Result<Self> {
         if let Some(schema) = &options.schema {
