@@ -39,6 +39,8 @@ on_postgres! {
     "current_thread" => a_claim_lapses_after_its_ttl_and_fences_its_old_holder,
     "current_thread" => a_lapsed_claim_nobody_took_still_stores,
     "current_thread" => claims_on_a_missing_session,
+    "current_thread" => a_statement_past_its_timeout_is_unavailable,
+    "current_thread" => every_statement_is_logged,
     "multi_thread" => the_sweep_runs_on_one_store_at_a_time,
     "multi_thread" => concurrent_migrations_migrate_once,
     "multi_thread" => two_facades_store_one_sessions_turns_one_after_another,
@@ -221,6 +223,69 @@ async fn claims_on_a_missing_session(schema: TestSchema) {
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::SessionNotFound);
+}
+
+async fn a_statement_past_its_timeout_is_unavailable(schema: TestSchema) {
+    let store = PostgresStore::connect(PostgresOptions {
+        statement_timeout: Duration::from_millis(200),
+        ..schema.options()
+    })
+    .await
+    .unwrap();
+    let s = session(t0());
+    store.insert_session(&s).await.unwrap();
+    // Another connection holds the session's row: the turn's statement
+    // waits on it until the statement timeout ends it.
+    let mut raw = schema.raw().await;
+    let blocker = raw.transaction().await.unwrap();
+    blocker
+        .execute(
+            "SELECT 1 FROM sessions WHERE id = $1 FOR UPDATE",
+            &[s.id.as_uuid()],
+        )
+        .await
+        .unwrap();
+    let err = store
+        .append_turn(s.id, turn("u", "a", 1))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::StorageUnavailable, "{}", err.chain());
+    blocker.rollback().await.unwrap();
+    assert!(store.recent_messages(s.id, 10).await.unwrap().is_empty());
+    store.append_turn(s.id, turn("u", "a", 1)).await.unwrap();
+}
+
+/// Counts the records logged with the message `sql`.
+#[derive(Debug, Default, Clone)]
+struct SqlLines(Arc<std::sync::atomic::AtomicUsize>);
+
+impl slog::Drain for SqlLines {
+    type Ok = ();
+    type Err = slog::Never;
+    fn log(&self, record: &slog::Record<'_>, _: &slog::OwnedKVList) -> Result<(), slog::Never> {
+        if record.msg().to_string() == "sql" {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        Ok(())
+    }
+}
+
+async fn every_statement_is_logged(schema: TestSchema) {
+    let lines = SqlLines::default();
+    let store = PostgresStore::connect(PostgresOptions {
+        sql_logger: Some(slog::Logger::root(lines.clone(), slog::o!())),
+        ..schema.options()
+    })
+    .await
+    .unwrap();
+    let count = || lines.0.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(count() > 0, "the migration's statements");
+    let before = count();
+    let s = session(t0());
+    store.insert_session(&s).await.unwrap();
+    store.append_turn(s.id, turn("u", "a", 1)).await.unwrap();
+    store.get_session(s.id).await.unwrap();
+    assert_eq!(count() - before, 3, "one line per statement");
 }
 
 async fn the_sweep_runs_on_one_store_at_a_time(schema: TestSchema) {
