@@ -130,15 +130,12 @@ pub(crate) async fn migrate(
             tx.batch_execute(sql).await?;
         }
         // One row: the version the schema is at.
-        for sql in [
-            "DELETE FROM chatgate_schema",
-            "INSERT INTO chatgate_schema (version) VALUES ($1)",
-        ] {
-            report(sql);
-            let params: &[&(dyn tokio_postgres::types::ToSql + Sync)] =
-                if sql.contains("$1") { &[&LATEST] } else { &[] };
-            tx.execute(sql, params).await?;
-        }
+        let clear = "DELETE FROM chatgate_schema";
+        report(clear);
+        tx.execute(clear, &[]).await?;
+        let set = "INSERT INTO chatgate_schema (version) VALUES ($1)";
+        report(set);
+        tx.execute(set, &[&LATEST]).await?;
     }
     report("COMMIT");
     tx.commit().await?;
