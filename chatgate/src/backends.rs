@@ -5,7 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chatcore::rate_limit::{RedisLimiter, RedisLimiterConfig};
-use chatcore::{GovernorLimiter, MemoryStore, RateLimiter, SqliteOptions, SqliteStore, Store};
+use chatcore::{
+    GovernorLimiter, MemoryStore, PostgresOptions, PostgresStore, RateLimiter, SqliteOptions,
+    SqliteStore, Store,
+};
 use slog::{o, Logger};
 
 use crate::config::{AuthMode, Backend, Config, LimiterBackend, OnUnavailable};
@@ -36,10 +39,16 @@ pub async fn store(
             (Arc::new(store.clone()), Some(store))
         }
         Backend::Postgres => {
-            return Err(chatcore::Error::invalid(
-                "storage.backend",
-                "PENDING postgres",
-            ));
+            let store = PostgresStore::connect(PostgresOptions {
+                url: s.url.clone(),
+                schema: (!s.schema.is_empty()).then(|| s.schema.clone()),
+                pool_size: s.pool_size.get() as usize,
+                statement_timeout: s.statement_timeout,
+                connect_timeout: s.statement_timeout,
+                sql_logger,
+            })
+            .await?;
+            (Arc::new(store), None)
         }
     })
 }

@@ -6,6 +6,8 @@
 //! - `chat`: the facade end to end, per backend, with a scripted model or
 //!   the mock server.
 //! - `durability`: what a SQLite file keeps across reopening.
+//! - `shared`: stores shared by several gateways (PostgreSQL): turn claims,
+//!   the sweep lease, migrations, two facades on one database.
 //!
 //! Nothing here touches the internet: the only upstream is `chatmock` on
 //! 127.0.0.1.
@@ -19,5 +21,7 @@ mod conformance;
 mod context;
 mod durability;
 mod limiter;
+#[cfg(feature = "postgres")]
+mod shared;
 mod storage_bounds;
 mod stream;

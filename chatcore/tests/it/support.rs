@@ -10,16 +10,17 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chatcore::{
-    ChatModel, ChatRequest, Completion, Decision, Error, ErrorKind, RateLimiter, Result, Role,
-    SessionId,
+    ChatModel, ChatRequest, Check, Completion, Decision, Error, ErrorKind, RateLimiter, Result,
+    Role, SessionId,
 };
 use chrono::{DateTime, TimeZone, Utc};
 use tokio::sync::{Barrier, Notify};
 
 /// Runs each listed `async fn name<S: Store + 'static>(store: S)` once per
-/// storage backend: `memory::name` with a `MemoryStore` and `sqlite::name`
-/// with a `SqliteStore` on a fresh temporary file. Each entry names the
-/// tokio flavor it runs on.
+/// storage backend: `memory::name` with a `MemoryStore`, `sqlite::name`
+/// with a `SqliteStore` on a fresh temporary file and, with the `postgres`
+/// feature, `postgres::name` with a `PostgresStore` on a fresh schema (see
+/// [`pg::TestSchema`]). Each entry names the tokio flavor it runs on.
 macro_rules! each_backend {
     ($($flavor:tt => $name:ident),* $(,)?) => {
         mod memory {
@@ -42,7 +43,111 @@ macro_rules! each_backend {
                 }
             )*
         }
+        #[cfg(feature = "postgres")]
+        mod postgres {
+            $(
+                #[tokio::test(flavor = $flavor)]
+                async fn $name() {
+                    let Some(schema) = crate::support::pg::TestSchema::new() else {
+                        return;
+                    };
+                    super::$name(schema.store().await).await;
+                }
+            )*
+        }
     };
+}
+
+/// PostgreSQL for tests: a schema of their own per test on the server
+/// named by `CHATGATE_TEST_POSTGRES_URL`, so tests run in parallel on one
+/// database. Without the variable the tests pass, saying they skipped;
+/// with it, a server out of reach fails them.
+#[cfg(feature = "postgres")]
+pub mod pg {
+    use chatcore::{PostgresOptions, PostgresStore};
+
+    /// The variable naming the test server.
+    pub const URL_VAR: &str = "CHATGATE_TEST_POSTGRES_URL";
+
+    /// A fresh schema name, dropped (with everything in it) when this goes.
+    #[derive(Debug)]
+    pub struct TestSchema {
+        pub url: String,
+        pub name: String,
+    }
+
+    impl TestSchema {
+        /// A new schema name, or `None` (with a line on stderr) when no
+        /// test server is configured. The schema itself is created by the
+        /// first store connected to it.
+        pub fn new() -> Option<TestSchema> {
+            let Ok(url) = std::env::var(URL_VAR) else {
+                eprintln!("skipped: {URL_VAR} not set");
+                return None;
+            };
+            Some(TestSchema {
+                url,
+                name: format!("t_{}", uuid::Uuid::new_v4().simple()),
+            })
+        }
+
+        /// The options of a store on this schema.
+        pub fn options(&self) -> PostgresOptions {
+            PostgresOptions {
+                url: self.url.clone(),
+                schema: Some(self.name.clone()),
+                pool_size: 4,
+                ..PostgresOptions::default()
+            }
+        }
+
+        /// A new store (a pool of its own) on this schema.
+        pub async fn store(&self) -> PostgresStore {
+            PostgresStore::connect(self.options())
+                .await
+                .unwrap_or_else(|e| panic!("connect to {URL_VAR}: {}", e.chain()))
+        }
+
+        /// A plain connection with this schema first on its search path,
+        /// for what tests do behind the store's back.
+        pub async fn raw(&self) -> tokio_postgres::Client {
+            let (client, connection) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
+                .await
+                .expect("connect to the test server");
+            tokio::spawn(connection);
+            client
+                .batch_execute(&format!("SET search_path TO {}", self.name))
+                .await
+                .expect("set search_path");
+            client
+        }
+    }
+
+    impl Drop for TestSchema {
+        fn drop(&mut self) {
+            // On a thread and runtime of its own: the test's runtime may be
+            // a current-thread one, blocked here, or already unwinding.
+            let (url, name) = (self.url.clone(), self.name.clone());
+            let dropped = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a runtime");
+                runtime.block_on(async move {
+                    let (client, connection) =
+                        tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+                    tokio::spawn(connection);
+                    client
+                        .batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
+                        .await
+                })
+            })
+            .join();
+            if let Ok(Err(e)) = dropped {
+                eprintln!("could not drop test schema {}: {e}", self.name);
+            }
+        }
+    }
 }
 
 /// A fixed start time, on a whole second (SQLite keeps milliseconds).
@@ -175,10 +280,10 @@ pub struct SignallingLimiter {
 }
 
 impl RateLimiter for SignallingLimiter {
-    fn check(&self, _session: SessionId) -> chatcore::Check<'_> {
+    fn check(&self, _session: SessionId) -> Check<'_> {
         self.checks.fetch_add(1, Ordering::SeqCst);
         self.checked.notify_one();
-        chatcore::Check::ready(Ok(Decision::Allowed { remaining: 1000 }))
+        Check::ready(Ok(Decision::Allowed { remaining: 1000 }))
     }
 
     fn limit(&self) -> u32 {

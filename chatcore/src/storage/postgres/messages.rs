@@ -1,0 +1,255 @@
+//! Messages and turn claims on PostgreSQL.
+//!
+//! A turn is appended by one statement: it moves the session's
+//! `last_active` and turn count and inserts both messages, so it is atomic
+//! without an explicit transaction, and the session row's lock orders
+//! concurrent turns. A claim is a token and a deadline in the session's
+//! row: taking, renewing, releasing and the claimed append are each one
+//! conditional `UPDATE`, so no connection is held while the model answers.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Row;
+
+use super::{millis, session_from, PostgresStore};
+use crate::error::{Error, Result};
+use crate::llm::Usage;
+use crate::storage::{Claim, MessageCursor, MessagePage, MessageStore, Turn, TurnToken};
+use crate::types::{Message, Role, SessionId};
+
+/// The latest `$2` messages, oldest first.
+const RECENT: &str = "SELECT role, content, created_at FROM (SELECT position, role, content, created_at FROM messages WHERE session_id = $1 ORDER BY position DESC LIMIT $2) m ORDER BY position";
+/// The session and its latest `$2` messages (newest first), in one round
+/// trip: one row per message, or one row with no message.
+const TURN_CONTEXT: &str = "SELECT s.created_at, s.last_active, s.system_prompt, s.metadata, s.owner, m.role, m.content, m.created_at FROM sessions s LEFT JOIN LATERAL (SELECT position, role, content, created_at FROM messages WHERE session_id = s.id ORDER BY position DESC LIMIT $2) m ON true WHERE s.id = $1 ORDER BY m.position DESC";
+/// Up to `$3` messages after position `$2`, oldest first; no row at all
+/// when the session does not exist.
+const PAGE: &str = "SELECT m.position, m.role, m.content, m.created_at FROM sessions s LEFT JOIN LATERAL (SELECT position, role, content, created_at FROM messages WHERE session_id = s.id AND position > $2 ORDER BY position LIMIT $3) m ON true WHERE s.id = $1 ORDER BY m.position";
+const USAGE: &str = "SELECT coalesce(sum(prompt_tokens), 0)::bigint, coalesce(sum(completion_tokens), 0)::bigint FROM messages WHERE session_id = $1";
+/// Appends a turn: the turn's number is the session's count of turns
+/// before it, read and moved under the row lock the update takes.
+const APPEND: &str = "WITH t AS (UPDATE sessions SET last_active = $5, turns = turns + 1 WHERE id = $1 RETURNING turns - 1 AS turn) INSERT INTO messages (session_id, position, role, content, created_at, prompt_tokens, completion_tokens) SELECT $1, 2 * t.turn, 'user', $2, $3, NULL::bigint, NULL::bigint FROM t UNION ALL SELECT $1, 2 * t.turn + 1, 'assistant', $4, $5, $6, $7 FROM t";
+/// As [`APPEND`], only while `$8` holds the claim, which it releases. A
+/// claim that lapsed but was not taken by another turn still carries this
+/// turn's token, and counts as held: nothing was stored since.
+const APPEND_CLAIMED: &str = "WITH t AS (UPDATE sessions SET last_active = $5, turns = turns + 1, claim = NULL, claim_until = NULL WHERE id = $1 AND claim = $8 RETURNING turns - 1 AS turn) INSERT INTO messages (session_id, position, role, content, created_at, prompt_tokens, completion_tokens) SELECT $1, 2 * t.turn, 'user', $2, $3, NULL::bigint, NULL::bigint FROM t UNION ALL SELECT $1, 2 * t.turn + 1, 'assistant', $4, $5, $6, $7 FROM t";
+/// Takes the claim when it is free, lapsed, or already this token's.
+/// Deadlines are on the database's clock (`clock_timestamp()`, which moves
+/// within a transaction, unlike `now()`).
+const CLAIM: &str = "UPDATE sessions SET claim = $2, claim_until = clock_timestamp() + make_interval(secs => $3) WHERE id = $1 AND (claim IS NULL OR claim = $2 OR claim_until < clock_timestamp()) RETURNING created_at, last_active, system_prompt, metadata, owner";
+const RENEW: &str = "UPDATE sessions SET claim_until = clock_timestamp() + make_interval(secs => $3) WHERE id = $1 AND claim = $2";
+const RELEASE: &str =
+    "UPDATE sessions SET claim = NULL, claim_until = NULL WHERE id = $1 AND claim = $2";
+const EXISTS: &str = "SELECT 1 FROM sessions WHERE id = $1";
+
+/// A message row: `role`, `content`, `created_at` from column `first` on.
+fn message_from(row: &Row, first: usize) -> Result<Message> {
+    let role: String = row.try_get(first)?;
+    Ok(Message {
+        role: Role::parse(&role)
+            .ok_or_else(|| Error::storage(format!("unknown stored role {role:?}")))?,
+        content: row.try_get(first + 1)?,
+        created_at: row.try_get(first + 2)?,
+    })
+}
+
+/// A message count as a SQL `LIMIT` (`usize::MAX` meaning all).
+fn sql_limit(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+impl PostgresStore {
+    /// Appends `turn` with [`APPEND`] or, given the claim's token,
+    /// [`APPEND_CLAIMED`]; whether the session (and the claim) was there.
+    async fn append(
+        &self,
+        id: SessionId,
+        turn: Turn<'_>,
+        token: Option<TurnToken>,
+    ) -> Result<bool> {
+        let prompt = turn.usage.map(|u| i64::from(u.prompt_tokens));
+        let completion = turn.usage.map(|u| i64::from(u.completion_tokens));
+        let (user_at, reply_at) = (millis(turn.user_at), millis(turn.reply_at));
+        let claim = token.map(|t| t.0);
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![
+            id.as_uuid(),
+            &turn.user,
+            &user_at,
+            &turn.reply,
+            &reply_at,
+            &prompt,
+            &completion,
+        ];
+        let sql = match &claim {
+            Some(claim) => {
+                params.push(claim);
+                APPEND_CLAIMED
+            }
+            None => APPEND,
+        };
+        Ok(self.execute(sql, &params).await? > 0)
+    }
+}
+
+#[async_trait]
+impl MessageStore for PostgresStore {
+    async fn recent_messages(&self, id: SessionId, limit: usize) -> Result<Vec<Message>> {
+        let rows = self
+            .query(RECENT, &[id.as_uuid(), &sql_limit(limit)])
+            .await?;
+        rows.iter().map(|row| message_from(row, 0)).collect()
+    }
+
+    async fn append_turn(&self, id: SessionId, turn: Turn<'_>) -> Result<()> {
+        if self.append(id, turn, None).await? {
+            Ok(())
+        } else {
+            Err(Error::session_not_found())
+        }
+    }
+
+    async fn session_usage(&self, id: SessionId) -> Result<Usage> {
+        let rows = self.query(USAGE, &[id.as_uuid()]).await?;
+        let clamp = |n: i64| u32::try_from(n.max(0)).unwrap_or(u32::MAX);
+        let (prompt, completion): (i64, i64) = match rows.first() {
+            Some(row) => (row.try_get(0)?, row.try_get(1)?),
+            None => (0, 0),
+        };
+        Ok(Usage {
+            prompt_tokens: clamp(prompt),
+            completion_tokens: clamp(completion),
+        })
+    }
+
+    async fn messages_page(
+        &self,
+        id: SessionId,
+        after: Option<MessageCursor>,
+        limit: usize,
+    ) -> Result<Option<MessagePage>> {
+        let after_position = after.map_or(-1, MessageCursor::position);
+        // One message more than asked for tells whether there is a next page.
+        let want = sql_limit(limit.saturating_add(1));
+        let rows = self
+            .query(PAGE, &[id.as_uuid(), &after_position, &want])
+            .await?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let mut page = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if let Some(position) = row.try_get::<_, Option<i64>>(0)? {
+                page.push((position, message_from(row, 1)?));
+            }
+        }
+        let next = if page.len() > limit {
+            page.truncate(limit);
+            page.last()
+                .map(|(position, _)| MessageCursor::after(*position))
+        } else {
+            None
+        };
+        Ok(Some(MessagePage {
+            messages: page.into_iter().map(|(_, m)| m).collect(),
+            next,
+        }))
+    }
+
+    async fn load_turn_context(
+        &self,
+        id: SessionId,
+        limit: usize,
+    ) -> Result<Option<(crate::types::Session, Vec<Message>)>> {
+        let rows = self
+            .query(TURN_CONTEXT, &[id.as_uuid(), &sql_limit(limit)])
+            .await?;
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let session = session_from(id, first, 0)?;
+        let mut history = Vec::with_capacity(rows.len());
+        for row in rows.iter().rev() {
+            if row.try_get::<_, Option<String>>(5)?.is_some() {
+                history.push(message_from(row, 5)?);
+            }
+        }
+        Ok(Some((session, history)))
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    async fn claim_turn(
+        &self,
+        id: SessionId,
+        token: TurnToken,
+        ttl: Duration,
+        limit: usize,
+    ) -> Result<Claim> {
+        let client = self.client().await?;
+        self.log_sql(CLAIM);
+        let statement = client.prepare_cached(CLAIM).await?;
+        let claimed = client
+            .query_opt(&statement, &[id.as_uuid(), &token.0, &ttl.as_secs_f64()])
+            .await?;
+        let Some(row) = claimed else {
+            self.log_sql(EXISTS);
+            let statement = client.prepare_cached(EXISTS).await?;
+            let exists = client.query_opt(&statement, &[id.as_uuid()]).await?;
+            return Ok(if exists.is_some() {
+                Claim::Busy
+            } else {
+                Claim::Missing
+            });
+        };
+        let session = session_from(id, &row, 0)?;
+        // The history is read by a statement of its own, after the claim:
+        // a statement reads the database as it was when the statement
+        // began, and the claim may have waited on the previous holder's
+        // append (its row lock), whose messages must be in this history.
+        self.log_sql(RECENT);
+        let statement = client.prepare_cached(RECENT).await?;
+        let rows = client
+            .query(&statement, &[id.as_uuid(), &sql_limit(limit)])
+            .await?;
+        let history = rows
+            .iter()
+            .map(|row| message_from(row, 0))
+            .collect::<Result<_>>()?;
+        Ok(Claim::Held(session, history))
+    }
+
+    async fn renew_claim(&self, id: SessionId, token: TurnToken, ttl: Duration) -> Result<bool> {
+        Ok(self
+            .execute(RENEW, &[id.as_uuid(), &token.0, &ttl.as_secs_f64()])
+            .await?
+            > 0)
+    }
+
+    async fn release_claim(&self, id: SessionId, token: TurnToken) -> Result<()> {
+        self.execute(RELEASE, &[id.as_uuid(), &token.0]).await?;
+        Ok(())
+    }
+
+    async fn append_claimed_turn(
+        &self,
+        id: SessionId,
+        token: TurnToken,
+        turn: Turn<'_>,
+    ) -> Result<()> {
+        if self.append(id, turn, Some(token)).await? {
+            return Ok(());
+        }
+        // Nothing was stored; say why.
+        if self.query_opt(EXISTS, &[id.as_uuid()]).await?.is_some() {
+            Err(Error::storage_unavailable(
+                "the turn's claim on its session lapsed and another turn took it; nothing was stored",
+            ))
+        } else {
+            Err(Error::session_not_found())
+        }
+    }
+}

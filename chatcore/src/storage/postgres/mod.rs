@@ -1,0 +1,645 @@
+//! `PostgresStore`: sessions, messages, feedback and API keys in one
+//! PostgreSQL database, shared by several gateways.
+//!
+//! A pool of connections (deadpool) serves every call; a connection is held
+//! only for its own statements or transaction, never across a model call.
+//! Turns of one session are serialised across gateways by claims on the
+//! session's row (`messages`), the retention sweep by a lease (`purge`),
+//! and the schema is migrated under an advisory lock (`schema`).
+//!
+//! Every connection runs with a `statement_timeout`; a statement that hits
+//! it, a server out of reach, a pool with no free connection in time and a
+//! dropped connection are [`ErrorKind::StorageUnavailable`] (try again
+//! later), anything else [`ErrorKind::Storage`].
+//!
+//! [`ErrorKind::StorageUnavailable`]: crate::ErrorKind::StorageUnavailable
+//! [`ErrorKind::Storage`]: crate::ErrorKind::Storage
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use slog::Logger;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{NoTls, Row};
+
+use super::{ApiKey, FeedbackFilter, FeedbackStore, KeyStore, SessionCursor, SessionStore};
+use crate::error::{Error, ErrorKind, Result};
+use crate::types::{from_millis, Feedback, PurgeReport, Rating, Session, SessionId};
+
+mod messages;
+mod purge;
+mod schema;
+
+/// How a [`PostgresStore`] connects.
+#[derive(Clone)]
+pub struct PostgresOptions {
+    /// The server, as a `postgres://user:password@host:port/database` URL
+    /// (or a libpq key-value string).
+    pub url: String,
+    /// Connections the pool keeps at most.
+    pub pool_size: usize,
+    /// The longest a statement may run (set on every connection); one that
+    /// runs longer fails with
+    /// [`ErrorKind::StorageUnavailable`].
+    pub statement_timeout: Duration,
+    /// The longest to wait for a new connection, and for a free one from a
+    /// busy pool.
+    pub connect_timeout: Duration,
+    /// A schema to keep the tables in, created if missing and put first on
+    /// every connection's `search_path`, so that several deployments (or
+    /// tests) can share one database. A plain lower-case identifier.
+    pub schema: Option<String>,
+    /// Where every SQL statement executed is reported (SPEC `log.sql`);
+    /// `None` reports nothing. Parameter values are never logged.
+    pub sql_logger: Option<Logger>,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> Self {
+        PostgresOptions {
+            url: "postgres://localhost/chatgate".into(),
+            pool_size: 16,
+            statement_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            schema: None,
+            sql_logger: None,
+        }
+    }
+}
+
+impl fmt::Debug for PostgresOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresOptions")
+            .field("url", &redact(&self.url))
+            .field("pool_size", &self.pool_size)
+            .field("statement_timeout", &self.statement_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("schema", &self.schema)
+            .field("sql_logger", &self.sql_logger.is_some())
+            .finish()
+    }
+}
+
+/// `url` with any password replaced by `***`, in both the URL form and
+/// the key-value form.
+fn redact(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(authority_end);
+        if let Some((userinfo, host)) = authority.rsplit_once('@') {
+            if let Some((user, _)) = userinfo.split_once(':') {
+                return format!("{scheme}://{user}:***@{host}{tail}");
+            }
+        }
+        // A password may also come as a query parameter.
+        return match tail.find("password=") {
+            Some(i) => {
+                let end = tail[i..].find('&').map_or(tail.len(), |j| i + j);
+                format!(
+                    "{scheme}://{authority}{}password=***{}",
+                    &tail[..i],
+                    &tail[end..]
+                )
+            }
+            None => url.to_owned(),
+        };
+    }
+    url.split_whitespace()
+        .map(|word| match word.split_once('=') {
+            Some((key, _)) if key.trim() == "password" => "password=***".to_owned(),
+            _ => word.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A storage backend on a PostgreSQL database, for several gateways at
+/// once. Cheap to clone: clones share the pool.
+#[derive(Clone)]
+pub struct PostgresStore {
+    db: Arc<Db>,
+}
+
+/// What the store's clones share.
+struct Db {
+    pool: Pool,
+    log: Option<Logger>,
+    /// Who this store is when it holds the sweep lease: random per store,
+    /// so two gateways never mistake each other's lease for their own.
+    holder: uuid::Uuid,
+    connect_timeout: Duration,
+}
+
+impl fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let status = self.db.pool.status();
+        f.debug_struct("PostgresStore")
+            .field("pool_size", &status.max_size)
+            .field("connections", &status.size)
+            .field("idle", &status.available)
+            .field("holder", &self.db.holder)
+            .finish()
+    }
+}
+
+/// The pool's state, for an operator's metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PostgresPoolStatus {
+    /// Connections the pool keeps at most.
+    pub max_size: usize,
+    /// Connections open now.
+    pub size: usize,
+    /// Open connections not in use.
+    pub idle: usize,
+    /// Calls waiting for a connection.
+    pub waiting: usize,
+}
+
+impl PostgresStore {
+    /// The schema version this build migrates databases to.
+    pub const SCHEMA_VERSION: i32 = schema::LATEST;
+
+    /// Connects to the server, builds the pool and brings the schema up to
+    /// date (waiting for another gateway that is migrating it).
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidInput`] when the
+    /// URL or schema name is malformed;
+    /// [`ErrorKind::StorageUnavailable`]
+    /// when the server cannot be reached in time;
+    /// [`ErrorKind::Storage`] when the schema
+    /// cannot be migrated.
+    pub async fn connect(options: PostgresOptions) -> Result<Self> {
+        if let Some(schema) = &options.schema {
+            if !is_plain_identifier(schema) {
+                return Err(Error::invalid(
+                    "schema",
+                    "the PostgreSQL schema must be a lower-case identifier (a-z, 0-9, _)",
+                ));
+            }
+        }
+        let mut config: tokio_postgres::Config = options
+            .url
+            .parse()
+            .map_err(|e| Error::invalid("url", "the PostgreSQL URL is malformed").with_source(e))?;
+        // Server settings go in the startup packet, so every connection has
+        // them from its first statement without a round trip of its own.
+        let mut startup = config.get_options().unwrap_or_default().to_owned();
+        startup.push_str(&format!(
+            " -c statement_timeout={}",
+            options.statement_timeout.as_millis().max(1)
+        ));
+        if let Some(schema) = &options.schema {
+            startup.push_str(&format!(" -c search_path={schema}"));
+        }
+        config.options(startup.trim());
+        config.connect_timeout(options.connect_timeout);
+        if config.get_application_name().is_none() {
+            config.application_name("chatgate");
+        }
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(options.pool_size.max(1))
+            .wait_timeout(Some(options.connect_timeout))
+            .create_timeout(Some(options.connect_timeout))
+            .recycle_timeout(Some(options.connect_timeout))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(Error::internal)?;
+        let store = PostgresStore {
+            db: Arc::new(Db {
+                pool,
+                log: options.sql_logger,
+                holder: uuid::Uuid::new_v4(),
+                connect_timeout: options.connect_timeout,
+            }),
+        };
+        let mut client = store.client().await?;
+        schema::migrate(
+            &mut client,
+            options.schema.as_deref(),
+            store.db.log.as_ref(),
+        )
+        .await?;
+        Ok(store)
+    }
+
+    /// The pool's state, for an operator's metrics.
+    pub fn pool_status(&self) -> PostgresPoolStatus {
+        let status = self.db.pool.status();
+        PostgresPoolStatus {
+            max_size: status.max_size,
+            size: status.size,
+            idle: status.available,
+            waiting: status.waiting,
+        }
+    }
+
+    /// A connection from the pool.
+    async fn client(&self) -> Result<Object> {
+        self.db.pool.get().await.map_err(pool_error)
+    }
+
+    /// Reports one SQL statement about to run (SPEC `log.sql`): its text
+    /// only, never parameter values.
+    fn log_sql(&self, sql: &str) {
+        if let Some(log) = &self.db.log {
+            slog::info!(log, "sql"; "statement" => sql);
+        }
+    }
+
+    /// Runs one statement on a pooled connection and returns its rows.
+    async fn query(&self, sql: &'static str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>> {
+        let client = self.client().await?;
+        self.log_sql(sql);
+        let statement = client.prepare_cached(sql).await?;
+        Ok(client.query(&statement, params).await?)
+    }
+
+    /// Runs one statement on a pooled connection; at most one row.
+    async fn query_opt(
+        &self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>> {
+        let client = self.client().await?;
+        self.log_sql(sql);
+        let statement = client.prepare_cached(sql).await?;
+        Ok(client.query_opt(&statement, params).await?)
+    }
+
+    /// Runs one statement on a pooled connection; the rows it changed.
+    async fn execute(&self, sql: &'static str, params: &[&(dyn ToSql + Sync)]) -> Result<u64> {
+        let client = self.client().await?;
+        self.log_sql(sql);
+        let statement = client.prepare_cached(sql).await?;
+        Ok(client.execute(&statement, params).await?)
+    }
+}
+
+/// Whether `s` can go into SQL unquoted and mean itself (PostgreSQL folds
+/// unquoted names to lower case).
+fn is_plain_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some('a'..='z' | '_'))
+        && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_'))
+        && s.len() <= 63
+}
+
+/// `t` cut to whole milliseconds, as stored (see `schema`).
+fn millis(t: DateTime<Utc>) -> DateTime<Utc> {
+    from_millis(t.timestamp_millis())
+}
+
+impl From<tokio_postgres::Error> for Error {
+    fn from(e: tokio_postgres::Error) -> Self {
+        let code = e.code().map(|c| c.code().to_owned());
+        match code.as_deref() {
+            // A character PostgreSQL's text cannot hold (NUL): the
+            // caller's text, not the database, is at fault.
+            Some("22021" | "22P05") => Error::new(
+                ErrorKind::InvalidInput,
+                "text must not contain NUL characters",
+            )
+            .with_source(e),
+            Some(code) if transient_state(code) => Error::storage_unavailable(e),
+            Some(_) => Error::storage(e),
+            None if e.is_closed() || io_caused(&e) => Error::storage_unavailable(e),
+            None => Error::storage(e),
+        }
+    }
+}
+
+/// Whether SQLSTATE `code` is a failure that passes: a statement timeout
+/// (`57014`), a lost or refused connection (class `08`), a server short of
+/// resources (class `53`), a server shutting down or starting (`57P0x`),
+/// or a transaction that lost a race (`40001`, `40P01`).
+fn transient_state(code: &str) -> bool {
+    code == "57014"
+        || code.starts_with("08")
+        || code.starts_with("53")
+        || code.starts_with("57P0")
+        || code == "40001"
+        || code == "40P01"
+}
+
+/// Whether `e` came from the network (a server out of reach, a reset).
+fn io_caused(e: &tokio_postgres::Error) -> bool {
+    std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
+}
+
+/// Maps a failure to get a pooled connection.
+fn pool_error(e: deadpool_postgres::PoolError) -> Error {
+    use deadpool_postgres::PoolError;
+    match e {
+        PoolError::Backend(e) => Error::from(e),
+        PoolError::Timeout(_) | PoolError::Closed => {
+            Error::storage_unavailable(format!("no PostgreSQL connection available in time: {e}"))
+        }
+        PoolError::NoRuntimeSpecified | PoolError::PostCreateHook(_) => Error::internal(e),
+    }
+}
+
+/// Reads the session in the row's first five columns: `created_at`,
+/// `last_active`, `system_prompt`, `metadata`, `owner`.
+fn session_from(id: SessionId, row: &Row, first: usize) -> Result<Session> {
+    Ok(Session {
+        id,
+        created_at: row.try_get(first)?,
+        last_active: row.try_get(first + 1)?,
+        system_prompt: row.try_get(first + 2)?,
+        metadata: row.try_get(first + 3)?,
+        owner: row.try_get(first + 4)?,
+    })
+}
+
+/// A rating as stored.
+fn rating_from(value: Option<i16>) -> Result<Option<Rating>> {
+    value.map(|r| Rating::new(i64::from(r))).transpose()
+}
+
+const INSERT_SESSION: &str = "INSERT INTO sessions (id, created_at, last_active, system_prompt, metadata, owner) VALUES ($1, $2, $3, $4, $5, $6)";
+const GET_SESSION: &str =
+    "SELECT created_at, last_active, system_prompt, metadata, owner FROM sessions WHERE id = $1";
+const DELETE_SESSION: &str = "DELETE FROM sessions WHERE id = $1";
+const LIST_SESSIONS: &str = "SELECT id, created_at, last_active, system_prompt, metadata, owner FROM sessions WHERE ($1::text IS NULL OR owner = $1) AND ($2::timestamptz IS NULL OR (last_active, id) < ($2, $3::uuid)) ORDER BY last_active DESC, id DESC LIMIT $4";
+const INSERT_FEEDBACK: &str = "INSERT INTO feedback (session_id, text, rating, created_at) SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM sessions WHERE id = $1)";
+const LIST_FEEDBACK: &str =
+    "SELECT text, rating, created_at FROM feedback WHERE session_id = $1 ORDER BY id";
+const REVIEW_FEEDBACK: &str = "SELECT id, session_id, text, rating, created_at FROM feedback WHERE id > $1 AND ($2::timestamptz IS NULL OR created_at >= $2) AND ($3::timestamptz IS NULL OR created_at < $3) AND ($4::uuid IS NULL OR session_id = $4) AND ($5::smallint IS NULL OR rating = $5) ORDER BY id LIMIT $6";
+const INSERT_KEY: &str =
+    "INSERT INTO api_keys (id, name, hash, admin, created_at) VALUES ($1, $2, $3, $4, $5)";
+const GET_KEY: &str =
+    "SELECT id, name, hash, admin, created_at, revoked_at FROM api_keys WHERE id = $1";
+const LIST_KEYS: &str =
+    "SELECT id, name, hash, admin, created_at, revoked_at FROM api_keys ORDER BY created_at, id";
+const REVOKE_KEY: &str = "UPDATE api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL";
+const PING: &str = "SELECT 1";
+
+/// The longest a readiness probe waits (less when the connect timeout is
+/// shorter): a probe that hangs is as bad as one that fails.
+const PING_BOUND: Duration = Duration::from_secs(2);
+
+#[async_trait]
+impl SessionStore for PostgresStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn insert_session(&self, session: &Session) -> Result<()> {
+        self.execute(
+            INSERT_SESSION,
+            &[
+                session.id.as_uuid(),
+                &millis(session.created_at),
+                &millis(session.last_active),
+                &session.system_prompt,
+                &session.metadata,
+                &session.owner,
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn get_session(&self, id: SessionId) -> Result<Option<Session>> {
+        self.query_opt(GET_SESSION, &[id.as_uuid()])
+            .await?
+            .map(|row| session_from(id, &row, 0))
+            .transpose()
+    }
+
+    async fn purge_inactive_before(&self, cutoff: DateTime<Utc>) -> Result<PurgeReport> {
+        self.purge(cutoff).await
+    }
+
+    async fn delete_session(&self, id: SessionId) -> Result<bool> {
+        // Messages and feedback go with it (ON DELETE CASCADE).
+        Ok(self.execute(DELETE_SESSION, &[id.as_uuid()]).await? > 0)
+    }
+
+    async fn list_sessions(
+        &self,
+        owner: Option<&str>,
+        after: Option<SessionCursor>,
+        limit: usize,
+    ) -> Result<Vec<Session>> {
+        let (at, after_id) = match after {
+            Some(c) => (Some(from_millis(c.last_active_ms)), Some(*c.id.as_uuid())),
+            None => (None, None),
+        };
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .query(LIST_SESSIONS, &[&owner, &at, &after_id, &limit])
+            .await?;
+        rows.iter()
+            .map(|row| session_from(SessionId::from(row.try_get::<_, uuid::Uuid>(0)?), row, 1))
+            .collect()
+    }
+
+    async fn ping(&self) -> Result<()> {
+        let bound = self.db.connect_timeout.min(PING_BOUND);
+        match tokio::time::timeout(bound, self.query(PING, &[])).await {
+            Ok(answer) => answer.map(|_| ()),
+            Err(_) => Err(Error::storage_unavailable(
+                "PostgreSQL did not answer the readiness probe in time",
+            )),
+        }
+    }
+}
+
+#[async_trait]
+impl FeedbackStore for PostgresStore {
+    async fn insert_feedback(&self, feedback: &Feedback) -> Result<()> {
+        let rating = feedback.rating.map(|r| i16::from(r.get()));
+        let inserted = self
+            .execute(
+                INSERT_FEEDBACK,
+                &[
+                    feedback.session_id.as_uuid(),
+                    &feedback.text,
+                    &rating,
+                    &millis(feedback.created_at),
+                ],
+            )
+            .await;
+        match inserted {
+            Ok(0) => Err(Error::session_not_found()),
+            Ok(_) => Ok(()),
+            // The session was deleted between the check and the insert.
+            Err(e) if is_foreign_key_violation(&e) => Err(Error::session_not_found()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn list_feedback(&self, id: SessionId) -> Result<Vec<Feedback>> {
+        let rows = self.query(LIST_FEEDBACK, &[id.as_uuid()]).await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Feedback {
+                    session_id: id,
+                    text: row.try_get(0)?,
+                    rating: rating_from(row.try_get(1)?)?,
+                    created_at: row.try_get(2)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn review_feedback(
+        &self,
+        filter: &FeedbackFilter,
+        after: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<(i64, Feedback)>> {
+        let session = filter.session_id.map(|id| *id.as_uuid());
+        let rating = filter.rating.map(i16::from);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .query(
+                REVIEW_FEEDBACK,
+                &[
+                    &after.unwrap_or(0),
+                    &filter.since,
+                    &filter.until,
+                    &session,
+                    &rating,
+                    &limit,
+                ],
+            )
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    row.try_get(0)?,
+                    Feedback {
+                        session_id: SessionId::from(row.try_get::<_, uuid::Uuid>(1)?),
+                        text: row.try_get(2)?,
+                        rating: rating_from(row.try_get(3)?)?,
+                        created_at: row.try_get(4)?,
+                    },
+                ))
+            })
+            .collect()
+    }
+}
+
+/// Whether `e` carries a foreign-key violation (SQLSTATE `23503`).
+fn is_foreign_key_violation(e: &Error) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<tokio_postgres::Error>())
+        .and_then(tokio_postgres::Error::code)
+        .is_some_and(|c| *c == tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION)
+}
+
+/// An API key row: the key and the hash of its secret.
+fn key_from(row: &Row) -> Result<(ApiKey, [u8; 32])> {
+    let hash: Vec<u8> = row.try_get(2)?;
+    let hash: [u8; 32] = hash
+        .try_into()
+        .map_err(|_| Error::storage("a key hash is not 32 bytes"))?;
+    Ok((
+        ApiKey {
+            id: row.try_get(0)?,
+            name: row.try_get(1)?,
+            admin: row.try_get(3)?,
+            created_at: row.try_get(4)?,
+            revoked_at: row.try_get(5)?,
+        },
+        hash,
+    ))
+}
+
+#[async_trait]
+impl KeyStore for PostgresStore {
+    async fn insert_key(&self, key: &ApiKey, hash: &[u8; 32]) -> Result<()> {
+        self.execute(
+            INSERT_KEY,
+            &[
+                &key.id,
+                &key.name,
+                &&hash[..],
+                &key.admin,
+                &millis(key.created_at),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn get_key(&self, id: &str) -> Result<Option<(ApiKey, [u8; 32])>> {
+        // Every lookup reads the shared table: a key revoked through any
+        // gateway is refused by all from the next lookup on.
+        self.query_opt(GET_KEY, &[&id])
+            .await?
+            .map(|row| key_from(&row))
+            .transpose()
+    }
+
+    async fn list_keys(&self) -> Result<Vec<ApiKey>> {
+        let rows = self.query(LIST_KEYS, &[]).await?;
+        rows.iter().map(|row| Ok(key_from(row)?.0)).collect()
+    }
+
+    async fn revoke_key(&self, id: &str, at: DateTime<Utc>) -> Result<bool> {
+        Ok(self.execute(REVOKE_KEY, &[&id, &millis(at)]).await? > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_hides_the_password() {
+        for (url, shown) in [
+            (
+                "postgres://chat:s3cret@db:5432/chat",
+                "postgres://chat:***@db:5432/chat",
+            ),
+            ("postgres://chat@db/chat", "postgres://chat@db/chat"),
+            (
+                "postgres://db/chat?user=chat&password=s3cret&sslmode=disable",
+                "postgres://db/chat?user=chat&password=***&sslmode=disable",
+            ),
+            (
+                "host=db user=chat password=s3cret",
+                "host=db user=chat password=***",
+            ),
+        ] {
+            assert_eq!(redact(url), shown);
+            let options = PostgresOptions {
+                url: url.into(),
+                ..PostgresOptions::default()
+            };
+            assert!(!format!("{options:?}").contains("s3cret"));
+        }
+    }
+
+    #[test]
+    fn only_plain_identifiers_name_a_schema() {
+        assert!(is_plain_identifier("t_0af3"));
+        assert!(is_plain_identifier("_tenant"));
+        for bad in [
+            "",
+            "1abc",
+            "Tenant",
+            "a;drop",
+            "a b",
+            "a\"b",
+            &"a".repeat(64),
+        ] {
+            assert!(!is_plain_identifier(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,436 @@
+//! Stores shared by several gateways (PostgreSQL, with the `postgres`
+//! feature and `CHATGATE_TEST_POSTGRES_URL`): turn claims, the sweep
+//! lease, concurrent migrations, and two facades on one database behaving
+//! as one. Each test gets a schema of its own.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chatcore::{
+    ChatCore, Claim, ErrorKind, MessageStore, PostgresOptions, PostgresStore, PurgeReport, Role,
+    Session, SessionId, SessionStore, Turn, TurnToken,
+};
+use chrono::{DateTime, Utc};
+
+use crate::support::pg::TestSchema;
+use crate::support::{assistant, at, pairs, t0, user, ScriptedModel};
+
+/// Runs each listed `async fn name(schema: TestSchema)` on a fresh schema,
+/// or skips it (passing) when no test server is configured.
+macro_rules! on_postgres {
+    ($($flavor:tt => $name:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                #[tokio::test(flavor = $flavor)]
+                async fn $name() {
+                    let Some(schema) = crate::support::pg::TestSchema::new() else {
+                        return;
+                    };
+                    super::$name(schema).await;
+                }
+            )*
+        }
+    };
+}
+
+on_postgres! {
+    "current_thread" => a_postgres_store_says_it_is_shared,
+    "current_thread" => a_claim_excludes_other_turns_until_released,
+    "current_thread" => a_claim_lapses_after_its_ttl_and_fences_its_old_holder,
+    "current_thread" => a_lapsed_claim_nobody_took_still_stores,
+    "current_thread" => claims_on_a_missing_session,
+    "current_thread" => a_statement_past_its_timeout_is_unavailable,
+    "current_thread" => every_statement_is_logged,
+    "multi_thread" => the_sweep_runs_on_one_store_at_a_time,
+    "multi_thread" => concurrent_migrations_migrate_once,
+    "multi_thread" => two_facades_store_one_sessions_turns_one_after_another,
+    "multi_thread" => a_turn_waits_out_a_dead_gateways_claim,
+}
+
+const TTL: Duration = Duration::from_secs(10);
+
+fn session(created: DateTime<Utc>) -> Session {
+    Session {
+        owner: None,
+        id: SessionId::new_v4(),
+        created_at: created,
+        last_active: created,
+        system_prompt: None,
+        metadata: None,
+    }
+}
+
+fn turn<'a>(u: &'a str, r: &'a str, secs: i64) -> Turn<'a> {
+    Turn {
+        user: u,
+        user_at: at(secs),
+        reply: r,
+        reply_at: at(secs + 1),
+        usage: None,
+    }
+}
+
+/// The claim's history, or a panic saying what came instead.
+fn held(claim: Claim) -> (Session, Vec<chatcore::Message>) {
+    match claim {
+        Claim::Held(session, history) => (session, history),
+        other => panic!("expected the claim to be held, got {other:?}"),
+    }
+}
+
+async fn a_postgres_store_says_it_is_shared(schema: TestSchema) {
+    let store = schema.store().await;
+    assert_eq!(store.backend(), "postgres");
+    assert!(store.shared());
+    store.ping().await.unwrap();
+
+    // A server out of reach is unavailable (503), not a storage bug.
+    let nowhere = PostgresStore::connect(PostgresOptions {
+        url: "postgres://postgres@127.0.0.1:1/none".into(),
+        connect_timeout: Duration::from_secs(1),
+        ..PostgresOptions::default()
+    })
+    .await
+    .unwrap_err();
+    assert_eq!(nowhere.kind(), ErrorKind::StorageUnavailable, "{nowhere:?}");
+    let bad_schema = PostgresStore::connect(PostgresOptions {
+        schema: Some("x; DROP TABLE sessions".into()),
+        ..schema.options()
+    })
+    .await
+    .unwrap_err();
+    assert_eq!(bad_schema.kind(), ErrorKind::InvalidInput);
+}
+
+async fn a_claim_excludes_other_turns_until_released(schema: TestSchema) {
+    let store = schema.store().await;
+    let s = session(t0());
+    store.insert_session(&s).await.unwrap();
+    store.append_turn(s.id, turn("u0", "a0", 0)).await.unwrap();
+    let (a, b) = (TurnToken::new(), TurnToken::new());
+
+    let (got, history) = held(store.claim_turn(s.id, a, TTL, 10).await.unwrap());
+    assert_eq!(got.id, s.id);
+    assert_eq!(got.last_active, at(1));
+    assert_eq!(pairs(&history), vec![user("u0"), assistant("a0")]);
+    assert_eq!(
+        store.claim_turn(s.id, b, TTL, 10).await.unwrap(),
+        Claim::Busy
+    );
+    // The holder may claim again (a retry of its own request).
+    held(store.claim_turn(s.id, a, TTL, 1).await.unwrap());
+
+    assert!(store.renew_claim(s.id, a, TTL).await.unwrap());
+    assert!(!store.renew_claim(s.id, b, TTL).await.unwrap());
+    // Releasing a claim one does not hold changes nothing.
+    store.release_claim(s.id, b).await.unwrap();
+    assert_eq!(
+        store.claim_turn(s.id, b, TTL, 10).await.unwrap(),
+        Claim::Busy
+    );
+
+    store.release_claim(s.id, a).await.unwrap();
+    held(store.claim_turn(s.id, b, TTL, 10).await.unwrap());
+    assert!(!store.renew_claim(s.id, a, TTL).await.unwrap());
+
+    // A claimed append stores the turn and frees the session at once.
+    store
+        .append_claimed_turn(s.id, b, turn("u1", "a1", 10))
+        .await
+        .unwrap();
+    let (got, history) = held(store.claim_turn(s.id, a, TTL, 3).await.unwrap());
+    assert_eq!(got.last_active, at(11));
+    assert_eq!(
+        pairs(&history),
+        vec![assistant("a0"), user("u1"), assistant("a1")]
+    );
+}
+
+async fn a_claim_lapses_after_its_ttl_and_fences_its_old_holder(schema: TestSchema) {
+    let store = schema.store().await;
+    let s = session(t0());
+    store.insert_session(&s).await.unwrap();
+    let (dead, next) = (TurnToken::new(), TurnToken::new());
+    held(
+        store
+            .claim_turn(s.id, dead, Duration::from_millis(200), 10)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        store.claim_turn(s.id, next, TTL, 10).await.unwrap(),
+        Claim::Busy
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    held(store.claim_turn(s.id, next, TTL, 10).await.unwrap());
+
+    // The old holder comes back: its claim is gone, and so is its turn.
+    assert!(!store.renew_claim(s.id, dead, TTL).await.unwrap());
+    let err = store
+        .append_claimed_turn(s.id, dead, turn("late", "stale", 5))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::StorageUnavailable, "{err:?}");
+    assert!(store
+        .recent_messages(s.id, usize::MAX)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        store.get_session(s.id).await.unwrap().unwrap().last_active,
+        t0()
+    );
+
+    store
+        .append_claimed_turn(s.id, next, turn("u", "a", 10))
+        .await
+        .unwrap();
+    assert_eq!(store.recent_messages(s.id, 10).await.unwrap().len(), 2);
+}
+
+async fn a_lapsed_claim_nobody_took_still_stores(schema: TestSchema) {
+    let store = schema.store().await;
+    let s = session(t0());
+    store.insert_session(&s).await.unwrap();
+    let slow = TurnToken::new();
+    held(
+        store
+            .claim_turn(s.id, slow, Duration::from_millis(100), 10)
+            .await
+            .unwrap(),
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Nothing was stored since it read the history: the turn is still good.
+    store
+        .append_claimed_turn(s.id, slow, turn("u", "a", 1))
+        .await
+        .unwrap();
+    assert_eq!(store.recent_messages(s.id, 10).await.unwrap().len(), 2);
+}
+
+async fn claims_on_a_missing_session(schema: TestSchema) {
+    let store = schema.store().await;
+    let missing = SessionId::new_v4();
+    let token = TurnToken::new();
+    assert_eq!(
+        store.claim_turn(missing, token, TTL, 10).await.unwrap(),
+        Claim::Missing
+    );
+    assert!(!store.renew_claim(missing, token, TTL).await.unwrap());
+    store.release_claim(missing, token).await.unwrap();
+    let err = store
+        .append_claimed_turn(missing, token, turn("u", "a", 1))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::SessionNotFound);
+}
+
+async fn a_statement_past_its_timeout_is_unavailable(schema: TestSchema) {
+    let store = PostgresStore::connect(PostgresOptions {
+        statement_timeout: Duration::from_millis(200),
+        ..schema.options()
+    })
+    .await
+    .unwrap();
+    let s = session(t0());
+    store.insert_session(&s).await.unwrap();
+    // Another connection holds the session's row: the turn's statement
+    // waits on it until the statement timeout ends it.
+    let mut raw = schema.raw().await;
+    let blocker = raw.transaction().await.unwrap();
+    blocker
+        .execute(
+            "SELECT 1 FROM sessions WHERE id = $1 FOR UPDATE",
+            &[s.id.as_uuid()],
+        )
+        .await
+        .unwrap();
+    let err = store
+        .append_turn(s.id, turn("u", "a", 1))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::StorageUnavailable, "{}", err.chain());
+    blocker.rollback().await.unwrap();
+    assert!(store.recent_messages(s.id, 10).await.unwrap().is_empty());
+    store.append_turn(s.id, turn("u", "a", 1)).await.unwrap();
+}
+
+/// Counts the records logged with the message `sql`.
+#[derive(Debug, Default, Clone)]
+struct SqlLines(Arc<std::sync::atomic::AtomicUsize>);
+
+impl slog::Drain for SqlLines {
+    type Ok = ();
+    type Err = slog::Never;
+    fn log(&self, record: &slog::Record<'_>, _: &slog::OwnedKVList) -> Result<(), slog::Never> {
+        if record.msg().to_string() == "sql" {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        Ok(())
+    }
+}
+
+async fn every_statement_is_logged(schema: TestSchema) {
+    let lines = SqlLines::default();
+    let store = PostgresStore::connect(PostgresOptions {
+        sql_logger: Some(slog::Logger::root(lines.clone(), slog::o!())),
+        ..schema.options()
+    })
+    .await
+    .unwrap();
+    let count = || lines.0.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(count() > 0, "the migration's statements");
+    let before = count();
+    let s = session(t0());
+    store.insert_session(&s).await.unwrap();
+    store.append_turn(s.id, turn("u", "a", 1)).await.unwrap();
+    store.get_session(s.id).await.unwrap();
+    assert_eq!(count() - before, 3, "one line per statement");
+}
+
+async fn the_sweep_runs_on_one_store_at_a_time(schema: TestSchema) {
+    let (a, b) = (schema.store().await, schema.store().await);
+    let old = session(t0());
+    a.insert_session(&old).await.unwrap();
+
+    // Another gateway is sweeping: this one skips, and deletes nothing.
+    let raw = schema.raw().await;
+    raw.execute(
+        "INSERT INTO chatgate_leases (name, holder, until) VALUES ('sweep', $1, clock_timestamp() + interval '1 minute')",
+        &[&uuid::Uuid::new_v4()],
+    )
+    .await
+    .unwrap();
+    let report = a.purge_inactive_before(at(60)).await.unwrap();
+    assert_eq!(
+        report,
+        PurgeReport {
+            skipped: true,
+            ..PurgeReport::default()
+        }
+    );
+    assert!(a.get_session(old.id).await.unwrap().is_some());
+
+    // Its lease lapses (that gateway died): the next sweep takes over.
+    raw.execute(
+        "UPDATE chatgate_leases SET until = clock_timestamp() - interval '1 second'",
+        &[],
+    )
+    .await
+    .unwrap();
+    let report = b.purge_inactive_before(at(60)).await.unwrap();
+    assert_eq!((report.sessions, report.skipped), (1, false));
+
+    // Two gateways sweeping at once: one does all the work, the other
+    // skips or (coming after) finds nothing left; the lease is released.
+    for _ in 0..300 {
+        a.insert_session(&session(t0())).await.unwrap();
+    }
+    let (ra, rb) = tokio::join!(
+        a.purge_inactive_before(at(60)),
+        b.purge_inactive_before(at(60))
+    );
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    assert_eq!(ra.sessions + rb.sessions, 300, "{ra:?} {rb:?}");
+    assert_eq!(ra.sessions.max(rb.sessions), 300, "{ra:?} {rb:?}");
+    let leases: i64 = raw
+        .query_one("SELECT count(*) FROM chatgate_leases", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(leases, 0, "a finished sweep releases its lease");
+}
+
+async fn concurrent_migrations_migrate_once(schema: TestSchema) {
+    let schema = Arc::new(schema);
+    let mut starting = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let schema = Arc::clone(&schema);
+        starting.spawn(async move { PostgresStore::connect(schema.options()).await });
+    }
+    let mut stores = Vec::new();
+    while let Some(started) = starting.join_next().await {
+        stores.push(started.unwrap().unwrap());
+    }
+    let raw = schema.raw().await;
+    let row = raw
+        .query_one("SELECT count(*), max(version) FROM chatgate_schema", &[])
+        .await
+        .unwrap();
+    let (rows, version): (i64, i32) = (row.get(0), row.get(1));
+    assert_eq!((rows, version), (1, PostgresStore::SCHEMA_VERSION));
+    // Each of them works on the one schema.
+    let s = session(t0());
+    stores[0].insert_session(&s).await.unwrap();
+    for store in &stores {
+        assert!(store.get_session(s.id).await.unwrap().is_some());
+    }
+}
+
+/// A facade on `store` sharing `model`, with limits out of the way.
+fn facade(store: PostgresStore, model: &Arc<ScriptedModel>) -> ChatCore {
+    ChatCore::builder()
+        .store(store)
+        .shared_model(Arc::clone(model) as Arc<dyn chatcore::ChatModel>)
+        .messages_per_minute(1_000)
+        .context_tokens(1_000_000)
+        .turn_claim_ttl(Duration::from_secs(5))
+        .build()
+        .expect("build the facade")
+}
+
+async fn two_facades_store_one_sessions_turns_one_after_another(schema: TestSchema) {
+    // A slow model, so that turns sent to both gateways at once overlap.
+    let model = ScriptedModel::new()
+        .with_delay(|_| Duration::from_millis(20))
+        .shared();
+    let a = facade(schema.store().await, &model);
+    let b = facade(schema.store().await, &model);
+    let id = a.sessions().initialize().await.unwrap().session.id;
+
+    let mut turns = tokio::task::JoinSet::new();
+    for i in 0..10 {
+        let core = if i % 2 == 0 { a.clone() } else { b.clone() };
+        turns.spawn(async move { core.chat(id, &format!("m{i}")).await });
+    }
+    while let Some(done) = turns.join_next().await {
+        done.unwrap().unwrap();
+    }
+
+    let stored = b.store().recent_messages(id, usize::MAX).await.unwrap();
+    assert_eq!(stored.len(), 20);
+    let seen = model.seen();
+    assert_eq!(seen.len(), 10);
+    for (k, pair) in stored.chunks(2).enumerate() {
+        assert_eq!(pair[0].role, Role::User, "{stored:?}");
+        assert_eq!(pair[1].role, Role::Assistant, "{stored:?}");
+        assert_eq!(pair[1].content, format!("reply to {}", pair[0].content));
+        // The k-th turn stored saw every turn stored before it.
+        let call = seen.iter().find(|s| s.user == pair[0].content).unwrap();
+        assert_eq!(call.history.len(), 2 * k, "turn {k}: {call:?}");
+        assert_eq!(call.history[..], pairs(&stored[..2 * k])[..]);
+    }
+}
+
+async fn a_turn_waits_out_a_dead_gateways_claim(schema: TestSchema) {
+    let dead = schema.store().await;
+    let model = ScriptedModel::new().shared();
+    let core = facade(schema.store().await, &model);
+    let id = core.sessions().initialize().await.unwrap().session.id;
+    // A gateway claimed the session and died: nobody renews its claim.
+    let ttl = Duration::from_millis(300);
+    held(
+        dead.claim_turn(id, TurnToken::new(), ttl, 10)
+            .await
+            .unwrap(),
+    );
+
+    let started = Instant::now();
+    let reply = core.chat(id, "anyone there?").await.unwrap();
+    assert!(started.elapsed() >= ttl - Duration::from_millis(50));
+    assert_eq!(reply.content, "reply to anyone there?");
+    assert_eq!(
+        pairs(&dead.recent_messages(id, usize::MAX).await.unwrap()),
+        vec![user("anyone there?"), assistant("reply to anyone there?")]
+    );
+}
