@@ -181,7 +181,7 @@ async fn a_session_made_on_one_replica_is_served_by_the_others() {
     let sid = new_session(c.addr(0)).await;
     let r = get(c.addr(1), &format!("/session/{sid}")).await;
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(r.json()["is_active"], true);
+    assert_eq!(r.json()["is_active"], 1);
     let r = chat(c.addr(2), &sid, "Hello from replica 2").await;
     assert_eq!(r.status, 200, "{}", r.text());
     let history = messages(c.addr(1), &sid).await;
