@@ -16,9 +16,9 @@
 //! behind others. A session not in memory queues first and is loaded under
 //! the queue, so a 404 or 410 still takes no token.
 //!
-//! On a store shared by several gateways ([`MessageStore::shared`]) the
+//! On a store shared by several gateways ([`MessageStore::shared`](crate::storage::MessageStore::shared)) the
 //! per-process queue is not enough: under it, a turn also claims the
-//! session in the store ([`ClaimGuard`]), which loads the history as stored
+//! session in the store (a `ClaimGuard`), which loads the history as stored
 //! by whichever gateway wrote last, and the append succeeds only while the
 //! claim is held. The claim is a row update, not a held connection or
 //! lock, so no database connection waits on the model.

@@ -102,12 +102,25 @@ pub async fn closed_loop_until(
     total: u64,
     make: Make,
 ) -> Phase {
+    closed_loop_over(&[addr], conns, duration, total, make).await
+}
+
+/// As [`closed_loop_until`], connection `i` going to `addrs[i % len]` (a
+/// load balancer spreading connections over replicas).
+pub async fn closed_loop_over(
+    addrs: &[SocketAddr],
+    conns: usize,
+    duration: Duration,
+    total: u64,
+    make: Make,
+) -> Phase {
     let counter = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let deadline = start + duration;
     let mut tasks = Vec::new();
-    for _ in 0..conns {
+    for i in 0..conns {
         let (make, counter) = (Arc::clone(&make), Arc::clone(&counter));
+        let addr = addrs[i % addrs.len()];
         tasks.push(tokio::spawn(async move {
             let mut phase = Phase::default();
             let Ok(mut tx) = connect(addr).await else {

@@ -4,7 +4,8 @@
 //! Run: `cargo run --release --example loadtest` (options: `--duration 10`
 //! seconds per throughput phase, `--latency-duration 10`, `--connections 64`,
 //! `--sessions 2000`, `--rate 50`, `--context-tokens 136`, `--backend sqlite`,
-//! `--phases all`, and `--gateway-env KEY=VALUE`, repeatable, to run the
+//! `--phases all|chat|latency|stream|replicas`, `--postgres-url`,
+//! `--redis-url`, and `--gateway-env KEY=VALUE`, repeatable, to run the
 //! gateway with other settings: `CHATGATE_LOG__SQL=false`,
 //! `TOKIO_WORKER_THREADS=1`, ...).
 //!
@@ -38,6 +39,7 @@ use http_body_util::Full;
 use hyper::Request;
 
 mod load;
+mod replicas;
 mod stream;
 
 use load::{
@@ -111,6 +113,10 @@ struct Options {
     context_tokens: u64,
     /// Extra `KEY=VALUE` environment for the gateway (`--gateway-env`).
     gateway_env: Vec<(String, String)>,
+    /// PostgreSQL for `--backend postgres` and `--phases replicas`.
+    postgres_url: String,
+    /// Redis for the replicas' shared limits (`--phases replicas`).
+    redis_url: String,
 }
 
 /// Gateway settings the bench itself sets, and relies on (the durability
@@ -124,6 +130,11 @@ const MANAGED_ENV: &[&str] = &[
     "CHATGATE_STORAGE__BACKEND",
     "CHATGATE_LOG__FILE",
     "CHATGATE_RATE_LIMIT__MESSAGES_PER_MINUTE",
+    "CHATGATE_STORAGE__URL",
+    "CHATGATE_STORAGE__SCHEMA",
+    "CHATGATE_RATE_LIMIT__BACKEND",
+    "CHATGATE_RATE_LIMIT__URL",
+    "CHATGATE_RATE_LIMIT__KEY_PREFIX",
 ];
 
 impl Options {
@@ -138,6 +149,10 @@ impl Options {
             phases: "all".into(),
             context_tokens: SAME_WORK_CONTEXT_TOKENS,
             gateway_env: Vec::new(),
+            postgres_url: std::env::var("CHATGATE_TEST_POSTGRES_URL")
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into()),
+            redis_url: std::env::var("CHATGATE_TEST_REDIS_URL")
+                .unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
         };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
@@ -158,16 +173,25 @@ impl Options {
                     o.backend = it
                         .next()
                         .cloned()
-                        .ok_or("--backend needs sqlite or memory")?
+                        .filter(|b| ["sqlite", "memory", "postgres"].contains(&b.as_str()))
+                        .ok_or("--backend needs sqlite, memory or postgres")?
                 }
                 "--phases" => {
                     o.phases = it
                         .next()
-                        .filter(|p| ["all", "chat", "latency", "stream"].contains(&p.as_str()))
+                        .filter(|p| {
+                            ["all", "chat", "latency", "stream", "replicas"].contains(&p.as_str())
+                        })
                         .cloned()
-                        .ok_or("--phases needs all, chat, latency or stream")?
+                        .ok_or("--phases needs all, chat, latency, stream or replicas")?
                 }
                 "--context-tokens" => o.context_tokens = value()?,
+                "--postgres-url" => {
+                    o.postgres_url = it.next().cloned().ok_or("--postgres-url needs a URL")?
+                }
+                "--redis-url" => {
+                    o.redis_url = it.next().cloned().ok_or("--redis-url needs a URL")?
+                }
                 "--gateway-env" => {
                     let (k, v) = it
                         .next()
@@ -186,6 +210,60 @@ impl Options {
             }
         }
         Ok(o)
+    }
+}
+
+/// chatgate as the bench runs it (see the module docs), on `gw_addr`,
+/// calling the mock at `mock_addr`, in `dir`.
+fn gateway_command(
+    exe: &std::path::Path,
+    dir: &std::path::Path,
+    gw_addr: SocketAddr,
+    mock_addr: SocketAddr,
+    o: &Options,
+) -> Command {
+    let mut cmd = Command::new(exe);
+    cmd.args(["__gateway", "serve"])
+        .current_dir(dir)
+        .env_remove("OPENAI_API_KEY")
+        .env("CHATGATE_SERVER__BIND", gw_addr.to_string())
+        .env(
+            "CHATGATE_OPENAI__BASE_URL",
+            format!("http://{mock_addr}/v1"),
+        )
+        .env("CHATGATE_STORAGE__PATH", dir.join("chatgate.db"))
+        .env("CHATGATE_STORAGE__BACKEND", &o.backend)
+        .env("CHATGATE_LOG__FILE", dir.join("app.log"))
+        .env("CHATGATE_LOG__STDERR", "false")
+        .env("CHATGATE_RATE_LIMIT__MESSAGES_PER_MINUTE", "1000000000")
+        .envs((o.context_tokens > 0).then(|| {
+            (
+                "CHATGATE_OPENAI__CONTEXT_TOKENS",
+                o.context_tokens.to_string(),
+            )
+        }))
+        .envs(o.gateway_env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// Waits (up to 20 s) until the gateway at `addr` answers `/readyz`.
+async fn wait_ready(addr: SocketAddr) -> bool {
+    let ready_by = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(mut c) = connect(addr).await {
+            let req = Request::get("/readyz")
+                .header("host", "x")
+                .body(Full::new(Bytes::new()))
+                .expect("request");
+            if matches!(c.send_request(req).await, Ok(r) if r.status().is_success()) {
+                return true;
+            }
+        }
+        if Instant::now() > ready_by {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -369,50 +447,19 @@ async fn drive(o: Options) -> ExitCode {
     let gw_port = free_port();
     let gw_addr: SocketAddr = format!("127.0.0.1:{gw_port}").parse().expect("addr");
     let db = dir.path().join("chatgate.db");
-    let gateway = Command::new(&exe)
-        .args(["__gateway", "serve"])
-        .current_dir(dir.path())
-        .env_remove("OPENAI_API_KEY")
-        .env("CHATGATE_SERVER__BIND", gw_addr.to_string())
-        .env(
-            "CHATGATE_OPENAI__BASE_URL",
-            format!("http://{mock_addr}/v1"),
-        )
-        .env("CHATGATE_STORAGE__PATH", &db)
-        .env("CHATGATE_STORAGE__BACKEND", &o.backend)
-        .env("CHATGATE_LOG__FILE", dir.path().join("app.log"))
-        .env("CHATGATE_LOG__STDERR", "false")
-        .env("CHATGATE_RATE_LIMIT__MESSAGES_PER_MINUTE", "1000000000")
-        .envs((o.context_tokens > 0).then(|| {
-            (
-                "CHATGATE_OPENAI__CONTEXT_TOKENS",
-                o.context_tokens.to_string(),
-            )
-        }))
-        .envs(o.gateway_env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
+    // The PostgreSQL backend gets a schema of its own, dropped at the end.
+    let pg = (o.backend == "postgres").then(|| replicas::Pg::new(&o.postgres_url));
+    let backend_env = pg.as_ref().map_or_else(Vec::new, replicas::Pg::env);
+    let gateway = gateway_command(&exe, dir.path(), gw_addr, mock_addr, &o)
+        .envs(backend_env)
         .spawn()
         .expect("start chatgate");
     let gw_pid = gateway.id();
     let mut gateway = Proc(gateway);
 
-    // Wait for readiness (bounded).
-    let ready_by = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(mut c) = connect(gw_addr).await {
-            let req = Request::get("/readyz")
-                .header("host", "x")
-                .body(Full::new(Bytes::new()))
-                .expect("request");
-            if matches!(c.send_request(req).await, Ok(r) if r.status().is_success()) {
-                break;
-            }
-        }
-        if Instant::now() > ready_by {
-            eprintln!("loadtest: chatgate did not become ready");
-            return ExitCode::from(1);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    if !wait_ready(gw_addr).await {
+        eprintln!("loadtest: chatgate did not become ready");
+        return ExitCode::from(1);
     }
 
     // Sessions, created through the gateway.
@@ -466,7 +513,7 @@ async fn drive(o: Options) -> ExitCode {
     }
     let mut acked_turns = 0u64;
 
-    let throughput = o.phases == "all" || o.phases == "chat";
+    let throughput = o.phases == "all" || o.phases == "chat" || o.phases == "replicas";
     let others = o.phases == "all";
     let latency = o.phases == "all" || o.phases == "latency";
     let streaming = o.phases == "all" || o.phases == "stream";
@@ -488,6 +535,11 @@ async fn drive(o: Options) -> ExitCode {
     )
     .await;
     acked_turns += chat_tp.ok;
+    let replica_runs = if o.phases == "replicas" {
+        replicas::run(&exe, mock_addr, &o).await
+    } else {
+        Vec::new()
+    };
     // Without the same-work budget, chatgate's upstream requests carry each
     // session's growing history (on average half the turns a session got in
     // the phase, two messages each): the same closed loop against the mock
@@ -745,16 +797,21 @@ async fn drive(o: Options) -> ExitCode {
         .status();
     let exit = gateway.0.wait();
     // Nothing on disk to check for the memory backend.
-    let stored: Option<i64> = (o.backend == "sqlite").then(|| {
-        rusqlite::Connection::open(&db)
-            .and_then(|c| c.query_row("SELECT 2 * COUNT(*) FROM turns", [], |r| r.get(0)))
-            .unwrap_or(-1)
-    });
+    let stored: Option<i64> = match (&pg, o.backend.as_str()) {
+        (Some(pg), _) => Some(pg.messages_then_drop().await),
+        (None, "sqlite") => Some(
+            rusqlite::Connection::open(&db)
+                .and_then(|c| c.query_row("SELECT 2 * COUNT(*) FROM turns", [], |r| r.get(0)))
+                .unwrap_or(-1),
+        ),
+        _ => None,
+    };
     let all_there = stored.is_none_or(|n| n == 2 * acked_turns as i64);
     drop(mock_ctl);
     drop(mock);
 
     println!();
+    replicas::report(&mut direct_tp, &mut chat_tp, &o, replica_runs);
     println!(
         "ratio chatgate/direct, /chat/ throughput: {:.3} ({:.0} vs {:.0} turns/s)",
         chat_tp.rate() / direct_tp.rate(),

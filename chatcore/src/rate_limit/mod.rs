@@ -1,6 +1,6 @@
 //! Per-session message quotas: the [`RateLimiter`] trait, its default, a
 //! keyed GCRA limiter from `governor` in process memory, and (feature
-//! `redis`) [`RedisLimiter`], the same algorithm in Redis for several
+//! `redis`) `RedisLimiter`, the same algorithm in Redis for several
 //! gateways sharing one quota.
 //!
 //! GCRA keeps one timestamp per key and decides with one compare-and-swap,

@@ -1,0 +1,163 @@
+//! `--phases replicas` and `--backend postgres`: `/chat/` throughput with
+//! one and with three gateways on one PostgreSQL (and one Redis for the
+//! shared limits), in the same run as the mock direct and the gateway on
+//! its configured backend (SQLite by default). Each PostgreSQL run has a
+//! schema of its own, dropped at the end once its messages are counted
+//! against the turns acknowledged.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::load::{closed_loop_over, Phase};
+use crate::{chat_maker, free_port, gateway_command, new_sessions, wait_ready, Options, Proc};
+
+/// A PostgreSQL schema for one gateway configuration.
+pub struct Pg {
+    url: String,
+    schema: String,
+}
+
+impl Pg {
+    pub fn new(url: &str) -> Pg {
+        let id = chatcore::SessionId::new_v4().to_string().replace('-', "");
+        Pg {
+            url: url.to_owned(),
+            schema: format!("loadtest_{}", &id[..16]),
+        }
+    }
+
+    /// The gateway's settings for this schema.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("CHATGATE_STORAGE__BACKEND".into(), "postgres".into()),
+            ("CHATGATE_STORAGE__URL".into(), self.url.clone()),
+            ("CHATGATE_STORAGE__SCHEMA".into(), self.schema.clone()),
+        ]
+    }
+
+    /// How many messages the schema holds (-1 when it cannot be read),
+    /// then drops it.
+    pub async fn messages_then_drop(&self) -> i64 {
+        let Ok((client, conn)) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls).await
+        else {
+            return -1;
+        };
+        tokio::spawn(conn);
+        let n = client
+            .query_one(
+                &format!("SELECT COUNT(*) FROM {}.messages", self.schema),
+                &[],
+            )
+            .await
+            .map_or(-1, |r| r.get::<_, i64>(0));
+        let _ = client
+            .batch_execute(&format!("DROP SCHEMA {} CASCADE", self.schema))
+            .await;
+        n
+    }
+}
+
+/// One PostgreSQL configuration's result.
+pub struct Run {
+    pub replicas: usize,
+    pub phase: Phase,
+    pub acked: u64,
+    pub stored: i64,
+}
+
+/// Runs `/chat/` for `o.duration` on one, then three, gateways sharing a
+/// fresh schema and Redis key prefix; connections spread evenly.
+pub async fn run(exe: &Path, mock_addr: SocketAddr, o: &Options) -> Vec<Run> {
+    let mut runs = Vec::new();
+    for n in [1usize, 3] {
+        let pg = Pg::new(&o.postgres_url);
+        let dirs: Vec<_> = (0..n)
+            .map(|_| tempfile::tempdir().expect("temp dir"))
+            .collect();
+        let mut procs = Vec::new();
+        let mut addrs = Vec::new();
+        for dir in &dirs {
+            let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+            let child = gateway_command(exe, dir.path(), addr, mock_addr, o)
+                .envs(pg.env())
+                .env("CHATGATE_RATE_LIMIT__BACKEND", "redis")
+                .env("CHATGATE_RATE_LIMIT__URL", &o.redis_url)
+                .env("CHATGATE_RATE_LIMIT__KEY_PREFIX", format!("{}:", pg.schema))
+                .spawn()
+                .expect("start a replica");
+            procs.push(Proc(child));
+            addrs.push(addr);
+        }
+        for addr in &addrs {
+            if !wait_ready(*addr).await {
+                eprintln!("loadtest: a replica did not become ready");
+                return runs;
+            }
+        }
+        let sessions = Arc::new(new_sessions(addrs[0], o.sessions).await);
+        let phase = closed_loop_over(
+            &addrs,
+            o.connections,
+            o.duration,
+            u64::MAX,
+            chat_maker(sessions),
+        )
+        .await;
+        drop(procs); // killed: what they acknowledged must be stored
+        let acked = phase.ok;
+        let stored = pg.messages_then_drop().await;
+        runs.push(Run {
+            replicas: n,
+            phase,
+            acked,
+            stored,
+        });
+    }
+    runs
+}
+
+/// Prints the replica runs against the direct and single-gateway phases.
+pub fn report(direct: &mut Phase, single: &mut Phase, o: &Options, runs: Vec<Run>) {
+    if runs.is_empty() {
+        return;
+    }
+    println!(
+        "replicas: /chat/ closed loop, {} connections spread over the replicas, {}s each; PostgreSQL storage, Redis limits; replicas killed with SIGKILL after each run",
+        o.connections,
+        o.duration.as_secs()
+    );
+    println!(
+        "  {:<34} {:>10} {:>9} {:>9}",
+        "path", "turns/s", "× direct", "p99 ms"
+    );
+    let direct_rate = direct.rate();
+    println!(
+        "  {:<34} {:>10.0} {:>9.3} {:>9.2}",
+        "mock direct",
+        direct_rate,
+        1.0,
+        direct.pct(0.99)
+    );
+    println!(
+        "  {:<34} {:>10.0} {:>9.3} {:>9.2}",
+        format!("chatgate, {}, 1 replica", o.backend),
+        single.rate(),
+        single.rate() / direct_rate,
+        single.pct(0.99)
+    );
+    for mut r in runs {
+        println!(
+            "  {:<34} {:>10.0} {:>9.3} {:>9.2}   non-2xx {} errors {}; {} turns acknowledged, {} messages stored ({})",
+            format!("chatgate, postgres, {} replica{}", r.replicas, if r.replicas > 1 { "s" } else { "" }),
+            r.phase.rate(),
+            r.phase.rate() / direct_rate,
+            r.phase.pct(0.99),
+            r.phase.non_2xx,
+            r.phase.errors,
+            r.acked,
+            r.stored,
+            if r.stored >= 2 * r.acked as i64 { "all there" } else { "MISSING" }
+        );
+    }
+}
