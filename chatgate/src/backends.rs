@@ -106,7 +106,7 @@ pub fn limiters(config: &Config, log: &Logger) -> chatcore::Result<Limiters> {
                     "principal",
                     rl.principal_messages_per_minute,
                     MINUTE,
-                ))?))
+                ))))
             } else {
                 None
             };
@@ -115,7 +115,7 @@ pub fn limiters(config: &Config, log: &Logger) -> chatcore::Result<Limiters> {
                     "sessions",
                     rl.sessions_per_hour,
                     Duration::from_secs(3600),
-                ))?))
+                ))))
             } else {
                 None
             };

@@ -120,8 +120,7 @@ impl RedisLimiter {
     ///
     /// # Errors
     /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) when the
-    /// URL is not a Redis URL or the period is shorter than the limit can
-    /// divide into microseconds.
+    /// URL is not a Redis URL.
     pub fn connect(url: &str, config: RedisLimiterConfig) -> Result<Self> {
         let client = redis::Client::open(url)
             .map_err(|e| Error::invalid("url", format!("not a Redis URL: {e}")))?;
@@ -134,20 +133,17 @@ impl RedisLimiter {
             .set_max_delay(Duration::from_millis(200));
         let conn = ConnectionManager::new_lazy_with_config(client, manager)
             .map_err(|e| Error::invalid("url", format!("cannot use this Redis URL: {e}")))?;
-        Self::build(
+        Ok(Self::build(
             conn,
             Arc::new(redis::Script::new(GCRA)),
             Arc::default(),
             None,
             config,
-        )
+        ))
     }
 
     /// Another quota on the same connection (and the same health state).
-    ///
-    /// # Errors
-    /// As [`RedisLimiter::connect`], for the quota.
-    pub fn sibling(&self, config: RedisLimiterConfig) -> Result<Self> {
+    pub fn sibling(&self, config: RedisLimiterConfig) -> Self {
         Self::build(
             self.conn.clone(),
             Arc::clone(&self.script),
@@ -163,16 +159,13 @@ impl RedisLimiter {
         health: Arc<Health>,
         log: Option<Logger>,
         config: RedisLimiterConfig,
-    ) -> Result<Self> {
+    ) -> Self {
         let period_us = u64::try_from(config.period.as_micros()).unwrap_or(u64::MAX);
-        let interval_us = period_us / u64::from(config.limit.get());
-        if interval_us == 0 {
-            return Err(Error::invalid(
-                "limit",
-                "the limit is more than one a microsecond over its period",
-            ));
-        }
-        Ok(RedisLimiter {
+        // Time is kept in microseconds: a quota finer than one a
+        // microsecond (60 million a minute) is in effect no quota, and is
+        // kept as one a microsecond.
+        let interval_us = (period_us / u64::from(config.limit.get())).max(1);
+        RedisLimiter {
             conn,
             script,
             health,
@@ -182,7 +175,7 @@ impl RedisLimiter {
             limit: config.limit.get(),
             timeout: config.timeout,
             policy: config.on_unavailable,
-        })
+        }
     }
 
     /// Logs changes between reachable and unreachable to `log`.
