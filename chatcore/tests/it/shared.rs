@@ -45,6 +45,7 @@ on_postgres! {
     "multi_thread" => concurrent_migrations_migrate_once,
     "multi_thread" => two_facades_store_one_sessions_turns_one_after_another,
     "multi_thread" => a_turn_waits_out_a_dead_gateways_claim,
+    "multi_thread" => a_claim_that_waited_on_an_append_sees_its_messages,
 }
 
 const TTL: Duration = Duration::from_secs(10);
@@ -432,5 +433,58 @@ async fn a_turn_waits_out_a_dead_gateways_claim(schema: TestSchema) {
     assert_eq!(
         pairs(&dead.recent_messages(id, usize::MAX).await.unwrap()),
         vec![user("anyone there?"), assistant("reply to anyone there?")]
+    );
+}
+
+/// The claim reads the session's row as updated but its messages as of
+/// the statement's start: when it waited on the previous turn's append,
+/// that turn's messages must still be in the history it returns.
+async fn a_claim_that_waited_on_an_append_sees_its_messages(schema: TestSchema) {
+    let store = schema.store().await;
+    let s = session(t0());
+    store.insert_session(&s).await.unwrap();
+    store
+        .append_turn(s.id, turn("first", "reply one", 1))
+        .await
+        .unwrap();
+    // The previous turn's append, in flight: the row updated and the
+    // messages inserted, not yet committed.
+    let mut raw = schema.raw().await;
+    let append = raw.transaction().await.unwrap();
+    append
+        .execute(
+            "UPDATE sessions SET turns = turns + 1, claim = NULL, claim_until = NULL WHERE id = $1",
+            &[s.id.as_uuid()],
+        )
+        .await
+        .unwrap();
+    append
+        .execute(
+            "INSERT INTO messages (session_id, position, role, content, created_at) VALUES \
+             ($1, 2, 'user', 'second', now()), ($1, 3, 'assistant', 'reply two', now())",
+            &[s.id.as_uuid()],
+        )
+        .await
+        .unwrap();
+    let claimer = {
+        let store = store.clone();
+        tokio::spawn(async move { store.claim_turn(s.id, TurnToken::new(), TTL, 10).await })
+    };
+    // Let the claim start (and wait on the row), then commit the append.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !claimer.is_finished(),
+        "the claim should wait on the row lock"
+    );
+    append.commit().await.unwrap();
+    let (_, history) = held(claimer.await.unwrap().unwrap());
+    assert_eq!(
+        pairs(&history),
+        vec![
+            user("first"),
+            assistant("reply one"),
+            user("second"),
+            assistant("reply two")
+        ]
     );
 }

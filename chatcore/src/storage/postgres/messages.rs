@@ -35,10 +35,14 @@ const APPEND: &str = "WITH t AS (UPDATE sessions SET last_active = $5, turns = t
 /// claim that lapsed but was not taken by another turn still carries this
 /// turn's token, and counts as held: nothing was stored since.
 const APPEND_CLAIMED: &str = "WITH t AS (UPDATE sessions SET last_active = $5, turns = turns + 1, claim = NULL, claim_until = NULL WHERE id = $1 AND claim = $8 RETURNING turns - 1 AS turn) INSERT INTO messages (session_id, position, role, content, created_at, prompt_tokens, completion_tokens) SELECT $1, 2 * t.turn, 'user', $2, $3, NULL::bigint, NULL::bigint FROM t UNION ALL SELECT $1, 2 * t.turn + 1, 'assistant', $4, $5, $6, $7 FROM t";
-/// Takes the claim when it is free, lapsed, or already this token's.
-/// Deadlines are on the database's clock (`clock_timestamp()`, which moves
-/// within a transaction, unlike `now()`).
-const CLAIM: &str = "UPDATE sessions SET claim = $2, claim_until = clock_timestamp() + make_interval(secs => $3) WHERE id = $1 AND (claim IS NULL OR claim = $2 OR claim_until < clock_timestamp()) RETURNING created_at, last_active, system_prompt, metadata, owner";
+/// Takes the claim when it is free, lapsed, or already this token's, and
+/// reads the latest `$4` messages (newest first) in the same round trip:
+/// one row per message, or one row with none; no row when the claim is
+/// not taken. Deadlines are on the database's clock (`clock_timestamp()`,
+/// which moves within a transaction, unlike `now()`). The session's turn
+/// count comes from the row as updated, the messages from the statement's
+/// snapshot, so the two can disagree (see `claim_turn`).
+const CLAIM: &str = "WITH c AS (UPDATE sessions SET claim = $2, claim_until = clock_timestamp() + make_interval(secs => $3) WHERE id = $1 AND (claim IS NULL OR claim = $2 OR claim_until < clock_timestamp()) RETURNING created_at, last_active, system_prompt, metadata, owner, turns) SELECT c.created_at, c.last_active, c.system_prompt, c.metadata, c.owner, c.turns, m.position, m.role, m.content, m.created_at FROM c LEFT JOIN LATERAL (SELECT position, role, content, created_at FROM messages WHERE session_id = $1 ORDER BY position DESC LIMIT $4) m ON true ORDER BY m.position DESC";
 const RENEW: &str = "UPDATE sessions SET claim_until = clock_timestamp() + make_interval(secs => $3) WHERE id = $1 AND claim = $2";
 const RELEASE: &str =
     "UPDATE sessions SET claim = NULL, claim_until = NULL WHERE id = $1 AND claim = $2";
@@ -192,10 +196,18 @@ impl MessageStore for PostgresStore {
         let client = self.client().await?;
         self.log_sql(CLAIM);
         let statement = client.prepare_cached(CLAIM).await?;
-        let claimed = client
-            .query_opt(&statement, &[id.as_uuid(), &token.0, &ttl.as_secs_f64()])
+        let rows = client
+            .query(
+                &statement,
+                &[
+                    id.as_uuid(),
+                    &token.0,
+                    &ttl.as_secs_f64(),
+                    &sql_limit(limit),
+                ],
+            )
             .await?;
-        let Some(row) = claimed else {
+        let Some(row) = rows.first() else {
             self.log_sql(EXISTS);
             let statement = client.prepare_cached(EXISTS).await?;
             let exists = client.query_opt(&statement, &[id.as_uuid()]).await?;
@@ -205,20 +217,32 @@ impl MessageStore for PostgresStore {
                 Claim::Missing
             });
         };
-        let session = session_from(id, &row, 0)?;
-        // The history is read by a statement of its own, after the claim:
-        // a statement reads the database as it was when the statement
-        // began, and the claim may have waited on the previous holder's
-        // append (its row lock), whose messages must be in this history.
-        self.log_sql(RECENT);
-        let statement = client.prepare_cached(RECENT).await?;
-        let rows = client
-            .query(&statement, &[id.as_uuid(), &sql_limit(limit)])
-            .await?;
-        let history = rows
-            .iter()
-            .map(|row| message_from(row, 0))
-            .collect::<Result<_>>()?;
+        let session = session_from(id, row, 0)?;
+        let turns: i64 = row.try_get(5)?;
+        let newest: Option<i64> = row.try_get(6)?;
+        // A statement reads the database as it was when it began. If the
+        // claim waited on the previous holder's append (its row lock), the
+        // row is read as updated but the messages are not: the newest one
+        // read is then not the last turn's reply. Rare; read them again.
+        let complete = limit == 0 || turns == 0 || newest == Some(2 * turns - 1);
+        if !complete {
+            self.log_sql(RECENT);
+            let statement = client.prepare_cached(RECENT).await?;
+            let rows = client
+                .query(&statement, &[id.as_uuid(), &sql_limit(limit)])
+                .await?;
+            let history = rows
+                .iter()
+                .map(|row| message_from(row, 0))
+                .collect::<Result<_>>()?;
+            return Ok(Claim::Held(session, history));
+        }
+        let mut history = Vec::with_capacity(rows.len());
+        for row in rows.iter().rev() {
+            if row.try_get::<_, Option<i64>>(6)?.is_some() {
+                history.push(message_from(row, 7)?);
+            }
+        }
         Ok(Claim::Held(session, history))
     }
 
