@@ -75,13 +75,13 @@ pub(crate) async fn prepare<'c>(
         }
         None => {
             let slot = inner.queues.enter(id).await;
-            let lease = if inner.store.shared() {
-                let (guard, lease) = claim_session(inner, id).await?;
+            let (lease, taken) = if inner.store.shared() {
+                let (guard, lease, taken) = claim_session(inner, caller, id).await?;
                 claim = Some(guard);
-                lease
+                (lease, taken)
             } else {
                 // An earlier turn may have loaded it while this one waited.
-                lease(inner, id, inner.hot.get(id)).await?
+                (lease(inner, id, inner.hot.get(id)).await?, None)
             };
             if !caller.may_use(&lease.hot.session) {
                 return Err(Error::session_not_found());
@@ -89,7 +89,10 @@ pub(crate) async fn prepare<'c>(
             if !inner.sessions.is_active_since(lease.hot.last_active()) {
                 return Err(Error::session_expired());
             }
-            let remaining = take_token(inner, caller, id).await?;
+            let remaining = match taken {
+                Some(remaining) => remaining,
+                None => take_token(inner, caller, id).await?,
+            };
             (slot, lease, remaining)
         }
     };
@@ -121,30 +124,55 @@ async fn take_token(inner: &Inner, caller: &Caller, id: SessionId) -> Result<u32
 }
 
 /// Claims session `id` in a shared store, waiting while a turn elsewhere
-/// holds it, and leases its history as stored.
-async fn claim_session(inner: &Inner, id: SessionId) -> Result<(ClaimGuard, Lease)> {
+/// holds it, and leases its history as stored. A message the caller may
+/// not send (another's session, an expired one, over quota) is refused
+/// before it waits: then its rate-limit token is taken here, and returned.
+async fn claim_session(
+    inner: &Inner,
+    caller: &Caller,
+    id: SessionId,
+) -> Result<(ClaimGuard, Lease, Option<u32>)> {
     let token = TurnToken::new();
     let ttl = inner.claim_ttl;
+    // Armed while a claim may land: a claim statement cannot be taken back
+    // once sent, so if this future is dropped mid-call (the client went
+    // away) the guard releases whatever landed.
+    let mut guard = ClaimGuard::new(Arc::clone(&inner.store), id, token);
+    let mut taken = None;
     // Turns of one session at once on several gateways are rare (a person
     // waits for a reply), so waiting polls: a short first wait, doubling,
     // with jitter so that two waiters do not retry in step.
     let mut wait = Duration::from_millis(2);
     let (session, history) = loop {
+        guard.released = false;
         match inner
             .store
             .claim_turn(id, token, ttl, inner.history_limit)
             .await?
         {
             Claim::Held(session, history) => break (session, history),
-            Claim::Missing => return Err(Error::session_not_found()),
-            Claim::Busy => {
+            Claim::Missing => {
+                guard.released = true;
+                return Err(Error::session_not_found());
+            }
+            Claim::Busy(session) => {
+                guard.released = true;
+                if taken.is_none() {
+                    if !caller.may_use(&session) {
+                        return Err(Error::session_not_found());
+                    }
+                    if !inner.sessions.is_active_since(session.last_active) {
+                        return Err(Error::session_expired());
+                    }
+                    taken = Some(take_token(inner, caller, id).await?);
+                }
                 let jitter = Duration::from_micros(fastrand::u64(0..=wait.as_micros() as u64 / 2));
                 tokio::time::sleep(wait + jitter).await;
                 wait = (wait * 2).min(Duration::from_millis(50));
             }
         }
     };
-    let guard = ClaimGuard::new(Arc::clone(&inner.store), id, token, ttl);
+    guard.renew_every(ttl);
     let mut session = session;
     session.metadata = None;
     let hot = inner.hot.insert(session, history);
@@ -152,48 +180,55 @@ async fn claim_session(inner: &Inner, id: SessionId) -> Result<(ClaimGuard, Leas
         .hot
         .lease(hot)
         .ok_or_else(|| Error::internal("a fresh session window was already leased"))?;
-    Ok((guard, lease))
+    Ok((guard, lease, taken))
 }
 
-/// A turn's claim on its session in a shared store. A background task
-/// renews it while the turn runs (a streamed reply may outlast any fixed
-/// lifetime); dropping the guard stops the renewal and releases the claim,
-/// unless the turn was stored, which released it already.
+/// A turn's claim on its session in a shared store. Once held, a
+/// background task renews it while the turn runs (a streamed reply may
+/// outlast any fixed lifetime); dropping the guard stops the renewal and
+/// releases the claim, unless the turn was stored, which released it
+/// already (or no claim can be held: `released`).
 #[derive(Debug)]
 pub(crate) struct ClaimGuard {
     store: Arc<dyn Store>,
     id: SessionId,
     token: TurnToken,
-    renewer: tokio::task::JoinHandle<()>,
+    renewer: Option<tokio::task::JoinHandle<()>>,
     released: bool,
 }
 
 impl ClaimGuard {
-    fn new(store: Arc<dyn Store>, id: SessionId, token: TurnToken, ttl: Duration) -> Self {
-        let renewing = Arc::clone(&store);
-        let renewer = tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(ttl / 3).await;
-                // A lost claim cannot come back; a failed renewal may be a
-                // blip, and the claim still has two thirds of its life.
-                if let Ok(false) = renewing.renew_claim(id, token, ttl).await {
-                    return;
-                }
-            }
-        });
+    fn new(store: Arc<dyn Store>, id: SessionId, token: TurnToken) -> Self {
         ClaimGuard {
             store,
             id,
             token,
-            renewer,
+            renewer: None,
             released: false,
         }
+    }
+
+    /// Renews the held claim every third of `ttl`.
+    fn renew_every(&mut self, ttl: Duration) {
+        let (store, id, token) = (Arc::clone(&self.store), self.id, self.token);
+        self.renewer = Some(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(ttl / 3).await;
+                // A lost claim cannot come back; a failed renewal may be a
+                // blip, and the claim still has two thirds of its life.
+                if let Ok(false) = store.renew_claim(id, token, ttl).await {
+                    return;
+                }
+            }
+        }));
     }
 }
 
 impl Drop for ClaimGuard {
     fn drop(&mut self) {
-        self.renewer.abort();
+        if let Some(renewer) = &self.renewer {
+            renewer.abort();
+        }
         if self.released {
             return;
         }

@@ -80,6 +80,19 @@ impl Phase {
         f64::from(self.latencies_us[i]) / 1000.0
     }
 
+    /// The slowest answer, in milliseconds.
+    pub fn max_ms(&self) -> f64 {
+        self.latencies_us
+            .iter()
+            .max()
+            .map_or(f64::NAN, |m| f64::from(*m) / 1000.0)
+    }
+
+    /// How many answers took longer than `ms` milliseconds.
+    pub fn over_ms(&self, ms: u32) -> usize {
+        self.latencies_us.iter().filter(|l| **l > ms * 1000).count()
+    }
+
     fn merge(&mut self, other: Phase) {
         self.ok += other.ok;
         self.non_2xx += other.non_2xx;

@@ -38,6 +38,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::Request;
 
+mod floor;
 mod load;
 mod replicas;
 mod stream;
@@ -605,7 +606,12 @@ async fn drive(o: Options) -> ExitCode {
     )
     .await;
     acked_turns += chat_open.ok;
-    let mut direct_c1 = phase(latency, None, closed_loop(mock_addr, 1, lat, make_direct)).await;
+    let mut direct_c1 = phase(
+        latency,
+        None,
+        closed_loop(mock_addr, 1, lat, Arc::clone(&make_direct)),
+    )
+    .await;
     let mut chat_c1 = phase(
         latency,
         Some(gw_pid),
@@ -613,6 +619,14 @@ async fn drive(o: Options) -> ExitCode {
     )
     .await;
     acked_turns += chat_c1.ok;
+    // The floor: the same gateway with nothing to store and nothing to
+    // log, measured in the same run, so that what storage and logging add
+    // can be told from what any gateway hop adds on this machine.
+    let mut floor = if latency {
+        floor::run(&exe, mock_addr, &o, lat).await
+    } else {
+        None
+    };
 
     // Streaming: time to first token on the warmed sessions (so chatgate
     // forwards as much history as the direct body carries), then every
@@ -662,8 +676,17 @@ async fn drive(o: Options) -> ExitCode {
 
     println!();
     println!(
-        "{:<44} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10}",
-        "closed loop", "ok/s", "non-2xx", "errors", "p50 ms", "p99 ms", "p99.9 ms", "CPU µs/ok"
+        "{:<44} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>10}",
+        "closed loop",
+        "ok/s",
+        "non-2xx",
+        "errors",
+        "p50 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "max ms",
+        ">50 ms",
+        "CPU µs/ok"
     );
     for (name, p) in [
         ("mock direct  POST /v1/chat/completions", &mut direct_tp),
@@ -677,7 +700,7 @@ async fn drive(o: Options) -> ExitCode {
     ] {
         let (p50, p99, p999) = (p.pct(0.5), p.pct(0.99), p.pct(0.999));
         println!(
-            "{:<44} {:>10.0} {:>8} {:>8} {:>8.3} {:>8.3} {:>8.3} {:>10.1}",
+            "{:<44} {:>10.0} {:>8} {:>8} {:>8.3} {:>8.3} {:>8.3} {:>8.1} {:>7} {:>10.1}",
             name,
             p.rate(),
             p.non_2xx,
@@ -685,6 +708,8 @@ async fn drive(o: Options) -> ExitCode {
             p50,
             p99,
             p999,
+            p.max_ms(),
+            p.over_ms(50),
             p.cpu_us_per_ok()
         );
     }
@@ -755,6 +780,15 @@ async fn drive(o: Options) -> ExitCode {
             gp999 - dp999
         );
         added.push((name, gp50 - dp50, gp99 - dp99));
+    }
+    if let Some(f) = &mut floor {
+        floor::report(
+            f,
+            &mut direct_open,
+            &mut chat_open,
+            &mut direct_c1,
+            &mut chat_c1,
+        );
     }
 
     if streaming {

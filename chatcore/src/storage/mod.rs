@@ -327,8 +327,8 @@ pub trait MessageStore: SessionStore {
 
     /// Claims session `id` for one turn, for `ttl` unless renewed, and
     /// loads the session with its latest `limit` messages, all as one step:
-    /// [`Claim::Busy`] while another turn (in any process) holds an
-    /// unexpired claim on it. A claim whose holder died lapses after its
+    /// [`Claim::Busy`] with the session while another turn (in any
+    /// process) holds an unexpired claim on it. A claim whose holder died lapses after its
     /// `ttl`, so a crashed gateway holds a session up for at most that long.
     /// Only shared stores implement it.
     ///
@@ -414,8 +414,8 @@ pub enum Claim {
     /// The claim is held: the session and its latest messages, oldest
     /// first, as stored when it was taken.
     Held(Session, Vec<Message>),
-    /// Another turn holds the session; try again shortly.
-    Busy,
+    /// Another turn holds the session (as stored now); try again shortly.
+    Busy(Session),
     /// There is no such session.
     Missing,
 }

@@ -46,6 +46,8 @@ on_postgres! {
     "multi_thread" => two_facades_store_one_sessions_turns_one_after_another,
     "multi_thread" => a_turn_waits_out_a_dead_gateways_claim,
     "multi_thread" => a_claim_that_waited_on_an_append_sees_its_messages,
+    "multi_thread" => a_turn_longer_than_the_claim_ttl_keeps_its_claim,
+    "multi_thread" => a_refused_message_does_not_wait_for_the_claim,
 }
 
 const TTL: Duration = Duration::from_secs(10);
@@ -114,10 +116,10 @@ async fn a_claim_excludes_other_turns_until_released(schema: TestSchema) {
     assert_eq!(got.id, s.id);
     assert_eq!(got.last_active, at(1));
     assert_eq!(pairs(&history), vec![user("u0"), assistant("a0")]);
-    assert_eq!(
+    assert!(matches!(
         store.claim_turn(s.id, b, TTL, 10).await.unwrap(),
-        Claim::Busy
-    );
+        Claim::Busy(_)
+    ));
     // The holder may claim again (a retry of its own request).
     held(store.claim_turn(s.id, a, TTL, 1).await.unwrap());
 
@@ -125,10 +127,10 @@ async fn a_claim_excludes_other_turns_until_released(schema: TestSchema) {
     assert!(!store.renew_claim(s.id, b, TTL).await.unwrap());
     // Releasing a claim one does not hold changes nothing.
     store.release_claim(s.id, b).await.unwrap();
-    assert_eq!(
+    assert!(matches!(
         store.claim_turn(s.id, b, TTL, 10).await.unwrap(),
-        Claim::Busy
-    );
+        Claim::Busy(_)
+    ));
 
     store.release_claim(s.id, a).await.unwrap();
     held(store.claim_turn(s.id, b, TTL, 10).await.unwrap());
@@ -158,10 +160,10 @@ async fn a_claim_lapses_after_its_ttl_and_fences_its_old_holder(schema: TestSche
             .await
             .unwrap(),
     );
-    assert_eq!(
+    assert!(matches!(
         store.claim_turn(s.id, next, TTL, 10).await.unwrap(),
-        Claim::Busy
-    );
+        Claim::Busy(_)
+    ));
     tokio::time::sleep(Duration::from_millis(300)).await;
     held(store.claim_turn(s.id, next, TTL, 10).await.unwrap());
 
@@ -486,5 +488,85 @@ async fn a_claim_that_waited_on_an_append_sees_its_messages(schema: TestSchema) 
             user("second"),
             assistant("reply two")
         ]
+    );
+}
+
+/// A facade whose claims last `ttl` unless renewed.
+fn facade_with_ttl(store: PostgresStore, model: &Arc<ScriptedModel>, ttl: Duration) -> ChatCore {
+    ChatCore::builder()
+        .store(store)
+        .shared_model(Arc::clone(model) as Arc<dyn chatcore::ChatModel>)
+        .messages_per_minute(1_000)
+        .context_tokens(1_000_000)
+        .turn_claim_ttl(ttl)
+        .build()
+        .expect("build the facade")
+}
+
+/// A turn whose model call outlasts several claim lifetimes keeps its
+/// claim (renewed while it runs): a turn on another gateway waits for it,
+/// and both are stored, the slow one first.
+async fn a_turn_longer_than_the_claim_ttl_keeps_its_claim(schema: TestSchema) {
+    let ttl = Duration::from_millis(300);
+    let slow = ScriptedModel::new()
+        .with_delay(|m| {
+            if m == "slow" {
+                Duration::from_millis(1_200)
+            } else {
+                Duration::ZERO
+            }
+        })
+        .shared();
+    let a = facade_with_ttl(schema.store().await, &slow, ttl);
+    let b = facade_with_ttl(schema.store().await, &slow, ttl);
+    let id = a.sessions().initialize().await.unwrap().session.id;
+    let first = tokio::spawn({
+        let a = a.clone();
+        async move { a.chat(id, "slow").await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    b.chat(id, "after").await.unwrap();
+    // Without renewal the claim would lapse at 300 ms, "after" would be
+    // stored first, and the slow turn's append would be refused.
+    first.await.unwrap().unwrap();
+    let store = schema.store().await;
+    assert_eq!(
+        pairs(&store.recent_messages(id, usize::MAX).await.unwrap()),
+        vec![
+            user("slow"),
+            assistant("reply to slow"),
+            user("after"),
+            assistant("reply to after")
+        ]
+    );
+}
+
+/// While another gateway's turn holds the session, a message over quota
+/// is refused at once rather than after that turn.
+async fn a_refused_message_does_not_wait_for_the_claim(schema: TestSchema) {
+    let model = ScriptedModel::new().shared();
+    let limited = ChatCore::builder()
+        .store(schema.store().await)
+        .shared_model(Arc::clone(&model) as Arc<dyn chatcore::ChatModel>)
+        .messages_per_minute(1)
+        .build()
+        .unwrap();
+    let id = limited.sessions().initialize().await.unwrap().session.id;
+    limited.chat(id, "one").await.unwrap();
+    // Another gateway's turn holds the session for 10 s.
+    let holder = schema.store().await;
+    held(
+        holder
+            .claim_turn(id, TurnToken::new(), Duration::from_secs(10), 10)
+            .await
+            .unwrap(),
+    );
+    let started = Instant::now();
+    let err = limited.chat(id, "two").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::RateLimited);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
     );
 }

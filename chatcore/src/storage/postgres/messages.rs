@@ -47,6 +47,8 @@ const RENEW: &str = "UPDATE sessions SET claim_until = clock_timestamp() + make_
 const RELEASE: &str =
     "UPDATE sessions SET claim = NULL, claim_until = NULL WHERE id = $1 AND claim = $2";
 const EXISTS: &str = "SELECT 1 FROM sessions WHERE id = $1";
+const SESSION: &str =
+    "SELECT created_at, last_active, system_prompt, metadata, owner FROM sessions WHERE id = $1";
 
 /// A message row: `role`, `content`, `created_at` from column `first` on.
 fn message_from(row: &Row, first: usize) -> Result<Message> {
@@ -94,6 +96,67 @@ impl PostgresStore {
             None => APPEND,
         };
         Ok(self.execute(sql, &params).await? > 0)
+    }
+}
+
+impl PostgresStore {
+    /// [`MessageStore::claim_turn`], unbounded.
+    async fn claim(
+        &self,
+        id: SessionId,
+        token: TurnToken,
+        ttl: Duration,
+        limit: usize,
+    ) -> Result<Claim> {
+        let client = self.client().await?;
+        self.log_sql(CLAIM);
+        let statement = client.prepare_cached(CLAIM).await?;
+        let rows = client
+            .query(
+                &statement,
+                &[
+                    id.as_uuid(),
+                    &token.0,
+                    &ttl.as_secs_f64(),
+                    &sql_limit(limit),
+                ],
+            )
+            .await?;
+        let Some(row) = rows.first() else {
+            self.log_sql(SESSION);
+            let statement = client.prepare_cached(SESSION).await?;
+            return Ok(match client.query_opt(&statement, &[id.as_uuid()]).await? {
+                Some(row) => Claim::Busy(session_from(id, &row, 0)?),
+                None => Claim::Missing,
+            });
+        };
+        let session = session_from(id, row, 0)?;
+        let turns: i64 = row.try_get(5)?;
+        let newest: Option<i64> = row.try_get(6)?;
+        // A statement reads the database as it was when it began. If the
+        // claim waited on the previous holder's append (its row lock), the
+        // row is read as updated but the messages are not: the newest one
+        // read is then not the last turn's reply. Rare; read them again.
+        let complete = limit == 0 || turns == 0 || newest == Some(2 * turns - 1);
+        if !complete {
+            self.log_sql(RECENT);
+            let statement = client.prepare_cached(RECENT).await?;
+            let rows = client
+                .query(&statement, &[id.as_uuid(), &sql_limit(limit)])
+                .await?;
+            let history = rows
+                .iter()
+                .map(|row| message_from(row, 0))
+                .collect::<Result<_>>()?;
+            return Ok(Claim::Held(session, history));
+        }
+        let mut history = Vec::with_capacity(rows.len());
+        for row in rows.iter().rev() {
+            if row.try_get::<_, Option<i64>>(6)?.is_some() {
+                history.push(message_from(row, 7)?);
+            }
+        }
+        Ok(Claim::Held(session, history))
     }
 }
 
@@ -193,57 +256,7 @@ impl MessageStore for PostgresStore {
         ttl: Duration,
         limit: usize,
     ) -> Result<Claim> {
-        let client = self.client().await?;
-        self.log_sql(CLAIM);
-        let statement = client.prepare_cached(CLAIM).await?;
-        let rows = client
-            .query(
-                &statement,
-                &[
-                    id.as_uuid(),
-                    &token.0,
-                    &ttl.as_secs_f64(),
-                    &sql_limit(limit),
-                ],
-            )
-            .await?;
-        let Some(row) = rows.first() else {
-            self.log_sql(EXISTS);
-            let statement = client.prepare_cached(EXISTS).await?;
-            let exists = client.query_opt(&statement, &[id.as_uuid()]).await?;
-            return Ok(if exists.is_some() {
-                Claim::Busy
-            } else {
-                Claim::Missing
-            });
-        };
-        let session = session_from(id, row, 0)?;
-        let turns: i64 = row.try_get(5)?;
-        let newest: Option<i64> = row.try_get(6)?;
-        // A statement reads the database as it was when it began. If the
-        // claim waited on the previous holder's append (its row lock), the
-        // row is read as updated but the messages are not: the newest one
-        // read is then not the last turn's reply. Rare; read them again.
-        let complete = limit == 0 || turns == 0 || newest == Some(2 * turns - 1);
-        if !complete {
-            self.log_sql(RECENT);
-            let statement = client.prepare_cached(RECENT).await?;
-            let rows = client
-                .query(&statement, &[id.as_uuid(), &sql_limit(limit)])
-                .await?;
-            let history = rows
-                .iter()
-                .map(|row| message_from(row, 0))
-                .collect::<Result<_>>()?;
-            return Ok(Claim::Held(session, history));
-        }
-        let mut history = Vec::with_capacity(rows.len());
-        for row in rows.iter().rev() {
-            if row.try_get::<_, Option<i64>>(6)?.is_some() {
-                history.push(message_from(row, 7)?);
-            }
-        }
-        Ok(Claim::Held(session, history))
+        self.bounded(self.claim(id, token, ttl, limit)).await
     }
 
     async fn renew_claim(&self, id: SessionId, token: TurnToken, ttl: Duration) -> Result<bool> {

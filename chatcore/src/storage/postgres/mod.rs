@@ -132,6 +132,10 @@ struct Db {
     /// so two gateways never mistake each other's lease for their own.
     holder: uuid::Uuid,
     connect_timeout: Duration,
+    /// The longest a call may wait for its connection and its statement
+    /// together: past it, the server counts as out of reach even when the
+    /// network drops packets silently and no error ever comes.
+    call_timeout: Duration,
 }
 
 impl fmt::Debug for PostgresStore {
@@ -189,8 +193,10 @@ impl PostgresStore {
         // Server settings go in the startup packet, so every connection has
         // them from its first statement without a round trip of its own.
         let mut startup = config.get_options().unwrap_or_default().to_owned();
+        // Read committed is what the claim's re-read relies on (see
+        // `messages`), whatever the database's default is.
         startup.push_str(&format!(
-            " -c statement_timeout={}",
+            " -c statement_timeout={} -c default_transaction_isolation=read\\ committed",
             options.statement_timeout.as_millis().max(1)
         ));
         if let Some(schema) = &options.schema {
@@ -198,6 +204,11 @@ impl PostgresStore {
         }
         config.options(startup.trim());
         config.connect_timeout(options.connect_timeout);
+        // A server that vanished without a reset is noticed by the kernel
+        // too, not only by the call timeout.
+        config.keepalives(true);
+        config.keepalives_idle(Duration::from_secs(10));
+        config.tcp_user_timeout(options.statement_timeout + options.connect_timeout);
         if config.get_application_name().is_none() {
             config.application_name("chatgate");
         }
@@ -222,6 +233,7 @@ impl PostgresStore {
                 log: options.sql_logger,
                 holder: uuid::Uuid::new_v4(),
                 connect_timeout: options.connect_timeout,
+                call_timeout: options.statement_timeout + options.connect_timeout,
             }),
         };
         let mut client = store.client().await?;
@@ -258,12 +270,26 @@ impl PostgresStore {
         }
     }
 
+    /// `call` within the call timeout; past it, `StorageUnavailable`.
+    async fn bounded<T>(&self, call: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        match tokio::time::timeout(self.db.call_timeout, call).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::storage_unavailable(format!(
+                "PostgreSQL did not answer within {:?}",
+                self.db.call_timeout
+            ))),
+        }
+    }
+
     /// Runs one statement on a pooled connection and returns its rows.
     async fn query(&self, sql: &'static str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>> {
-        let client = self.client().await?;
-        self.log_sql(sql);
-        let statement = client.prepare_cached(sql).await?;
-        Ok(client.query(&statement, params).await?)
+        self.bounded(async {
+            let client = self.client().await?;
+            self.log_sql(sql);
+            let statement = client.prepare_cached(sql).await?;
+            Ok(client.query(&statement, params).await?)
+        })
+        .await
     }
 
     /// Runs one statement on a pooled connection; at most one row.
@@ -272,18 +298,24 @@ impl PostgresStore {
         sql: &'static str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Option<Row>> {
-        let client = self.client().await?;
-        self.log_sql(sql);
-        let statement = client.prepare_cached(sql).await?;
-        Ok(client.query_opt(&statement, params).await?)
+        self.bounded(async {
+            let client = self.client().await?;
+            self.log_sql(sql);
+            let statement = client.prepare_cached(sql).await?;
+            Ok(client.query_opt(&statement, params).await?)
+        })
+        .await
     }
 
     /// Runs one statement on a pooled connection; the rows it changed.
     async fn execute(&self, sql: &'static str, params: &[&(dyn ToSql + Sync)]) -> Result<u64> {
-        let client = self.client().await?;
-        self.log_sql(sql);
-        let statement = client.prepare_cached(sql).await?;
-        Ok(client.execute(&statement, params).await?)
+        self.bounded(async {
+            let client = self.client().await?;
+            self.log_sql(sql);
+            let statement = client.prepare_cached(sql).await?;
+            Ok(client.execute(&statement, params).await?)
+        })
+        .await
     }
 }
 
@@ -323,9 +355,11 @@ impl From<tokio_postgres::Error> for Error {
 /// Whether SQLSTATE `code` is a failure that passes: a statement timeout
 /// (`57014`), a lost or refused connection (class `08`), a server short of
 /// resources (class `53`), a server shutting down or starting (`57P0x`),
-/// or a transaction that lost a race (`40001`, `40P01`).
+/// a transaction that lost a race (`40001`, `40P01`), or a server that
+/// takes no writes (`25006`: a standby, as during a failover).
 fn transient_state(code: &str) -> bool {
     code == "57014"
+        || code == "25006"
         || code.starts_with("08")
         || code.starts_with("53")
         || code.starts_with("57P0")

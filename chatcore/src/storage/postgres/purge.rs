@@ -17,6 +17,8 @@ use super::{millis, PostgresStore};
 use crate::error::Result;
 use crate::types::PurgeReport;
 
+/// The statement timeout of a sweep's batch.
+const SWEEP_TIMEOUT: &str = "SET LOCAL statement_timeout = '5min'";
 /// Sessions deleted per transaction.
 const PURGE_BATCH: i64 = 256;
 
@@ -80,6 +82,10 @@ impl PostgresStore {
         let mut client = self.client().await?;
         self.log_sql("BEGIN");
         let tx = client.transaction().await?;
+        // A batch of long sessions may take longer than a request's
+        // statement may; bounded still, so a stuck sweep gives up.
+        self.log_sql(SWEEP_TIMEOUT);
+        tx.batch_execute(SWEEP_TIMEOUT).await?;
         self.log_sql(CANDIDATES);
         let statement = tx.prepare_cached(CANDIDATES).await?;
         let ids: Vec<uuid::Uuid> = tx

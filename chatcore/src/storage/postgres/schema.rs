@@ -94,6 +94,11 @@ pub(crate) async fn migrate(
     };
     report("BEGIN");
     let tx = client.transaction().await?;
+    // Waiting for another gateway's migration, and the migration itself,
+    // may take longer than a request's statement may.
+    let unbounded = "SET LOCAL statement_timeout = 0";
+    report(unbounded);
+    tx.batch_execute(unbounded).await?;
     let lock = "SELECT pg_advisory_xact_lock($1)";
     report(lock);
     tx.execute(lock, &[&MIGRATION_LOCK]).await?;
