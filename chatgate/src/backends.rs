@@ -13,20 +13,32 @@ use slog::{o, Logger};
 
 use crate::config::{AuthMode, Backend, Config, LimiterBackend, OnUnavailable};
 
-/// The storage a config names, with the SQLite handle when it is SQLite
-/// (its queue and commits are exported as metrics).
+/// The storage a config names, with its concrete handle for the metrics
+/// (SQLite's queue and commits, PostgreSQL's pool).
+#[derive(Debug)]
+pub struct Storage {
+    /// The store, as chatcore uses it.
+    pub store: Arc<dyn Store>,
+    /// The SQLite store, when that is the backend.
+    pub sqlite: Option<SqliteStore>,
+    /// The PostgreSQL store, when that is the backend.
+    pub postgres: Option<PostgresStore>,
+}
+
+/// Opens the storage a config names.
 ///
 /// # Errors
 /// When the database cannot be opened, or PostgreSQL cannot be reached or
 /// migrated.
-pub async fn store(
-    config: &Config,
-    log: &Logger,
-) -> chatcore::Result<(Arc<dyn Store>, Option<SqliteStore>)> {
+pub async fn store(config: &Config, log: &Logger) -> chatcore::Result<Storage> {
     let sql_logger = config.log.sql.then(|| log.new(o!("component" => "sql")));
     let s = &config.storage;
     Ok(match s.backend {
-        Backend::Memory => (Arc::new(MemoryStore::new()), None),
+        Backend::Memory => Storage {
+            store: Arc::new(MemoryStore::new()),
+            sqlite: None,
+            postgres: None,
+        },
         Backend::Sqlite => {
             let store = SqliteStore::open_with(
                 &s.path,
@@ -36,7 +48,11 @@ pub async fn store(
                     ..SqliteOptions::default()
                 },
             )?;
-            (Arc::new(store.clone()), Some(store))
+            Storage {
+                store: Arc::new(store.clone()),
+                sqlite: Some(store),
+                postgres: None,
+            }
         }
         Backend::Postgres => {
             let store = PostgresStore::connect(PostgresOptions {
@@ -48,7 +64,11 @@ pub async fn store(
                 sql_logger,
             })
             .await?;
-            (Arc::new(store), None)
+            Storage {
+                store: Arc::new(store.clone()),
+                sqlite: None,
+                postgres: Some(store),
+            }
         }
     })
 }

@@ -238,6 +238,11 @@ async fn serve(config: &Config, logs: &logging::Logs, mock: bool) -> ExitCode {
         warn!(log, "auth.mode is none and the gateway listens beyond loopback: anyone who reaches the port may chat on your upstream key";
             "addr" => &addr);
     }
+    if config.storage.backend == crate::config::Backend::Postgres
+        && config.rate_limit.backend == crate::config::LimiterBackend::Memory
+    {
+        warn!(log, "storage is PostgreSQL but the rate limits are kept in this process: with several replicas each counts alone, so a quota is multiplied by their number; set rate_limit.backend = \"redis\"");
+    }
     let core = parts.core;
     let sweep_log = log.clone();
     let sweeper = core.spawn_sweeper(config.session.sweep_interval, move |r| match r {
@@ -259,6 +264,9 @@ async fn serve(config: &Config, logs: &logging::Logs, mock: bool) -> ExitCode {
         app.metrics.watch_redis(redis);
     }
     app.metrics.watch_upstream(parts.upstream);
+    if let Some(store) = parts.postgres {
+        app.metrics.watch_postgres(store);
+    }
     if let Some(store) = parts.sqlite {
         app.metrics.watch_sqlite(store);
     }

@@ -179,6 +179,8 @@ pub struct Parts {
     pub upstream: std::sync::Arc<chatcore::UpstreamStats>,
     /// The SQLite store, when that is the backend.
     pub sqlite: Option<SqliteStore>,
+    /// The PostgreSQL store, when that is the backend.
+    pub postgres: Option<chatcore::PostgresStore>,
     /// The rate limiters.
     pub limiters: backends::Limiters,
 }
@@ -207,7 +209,11 @@ pub async fn build(config: &Config, log: &Logger) -> chatcore::Result<Parts> {
     .with_logger(log.new(o!("component" => "openai")));
     let upstream = model.stats();
     let limiters = backends::limiters(config, log)?;
-    let (store, sqlite) = backends::store(config, log).await?;
+    let backends::Storage {
+        store,
+        sqlite,
+        postgres,
+    } = backends::store(config, log).await?;
     let mut builder = ChatCore::builder()
         .model(model)
         .shared_store(store)
@@ -225,6 +231,7 @@ pub async fn build(config: &Config, log: &Logger) -> chatcore::Result<Parts> {
         core: builder.build()?,
         upstream,
         sqlite,
+        postgres,
         limiters,
     })
 }

@@ -65,6 +65,7 @@ fn latency_histogram() -> Histogram {
 struct Sources {
     upstream: Option<Arc<UpstreamStats>>,
     sqlite: Option<SqliteStore>,
+    postgres: Option<chatcore::PostgresStore>,
     log_drops: Option<Arc<AtomicU64>>,
     redis: Option<chatcore::RedisLimiter>,
 }
@@ -177,7 +178,7 @@ impl Metrics {
         );
         registry.register(
             "storage_queue_depth",
-            "SQLite writer jobs submitted and not yet answered",
+            "Storage calls waiting: SQLite writer jobs not yet answered, or calls waiting for a PostgreSQL connection",
             m.queue_depth.clone(),
         );
         registry.register(
@@ -218,6 +219,12 @@ impl Metrics {
     /// Reads the SQLite writer's state at each scrape.
     pub fn watch_sqlite(&self, store: SqliteStore) {
         self.lock().sqlite = Some(store);
+    }
+
+    /// Reads the PostgreSQL pool's waiting calls (as the storage queue
+    /// depth) at each scrape.
+    pub fn watch_postgres(&self, store: chatcore::PostgresStore) {
+        self.lock().postgres = Some(store);
     }
 
     /// Reads the logger's dropped-record count at each scrape.
@@ -323,6 +330,11 @@ impl Metrics {
             }
             if let Some(redis) = &sources.redis {
                 catch_up(&self.limiter_unavailable, redis.unavailable_count());
+            }
+            if let Some(store) = &sources.postgres {
+                let waiting = store.pool_status().waiting;
+                self.queue_depth
+                    .set(i64::try_from(waiting).unwrap_or(i64::MAX));
             }
             if let Some(drops) = &sources.log_drops {
                 catch_up(&self.log_dropped, drops.load(Ordering::Relaxed));

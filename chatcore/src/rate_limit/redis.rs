@@ -122,8 +122,7 @@ impl RedisLimiter {
     /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) when the
     /// URL is not a Redis URL.
     pub fn connect(url: &str, config: RedisLimiterConfig) -> Result<Self> {
-        let client = redis::Client::open(url)
-            .map_err(|e| Error::invalid("url", format!("not a Redis URL: {e}")))?;
+        let client = redis::Client::open(url).map_err(|_| Error::invalid("url", "not a Redis URL"))?;
         let manager = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.timeout))
             .set_response_timeout(Some(config.timeout))
@@ -140,6 +139,18 @@ impl RedisLimiter {
             None,
             config,
         ))
+    }
+
+    /// Checks that `url` is a Redis URL this limiter can use, without
+    /// connecting (for configuration checks).
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) when it
+    /// is not; the error does not repeat it (it may hold a password).
+    pub fn check_url(url: &str) -> Result<()> {
+        redis::Client::open(url)
+            .map(drop)
+            .map_err(|_| Error::invalid("url", "not a Redis URL"))
     }
 
     /// Another quota on the same connection (and the same health state).

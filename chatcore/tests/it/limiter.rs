@@ -83,7 +83,9 @@ mod redis_backend {
         match std::env::var("CHATGATE_TEST_REDIS_URL") {
             Ok(url) if !url.is_empty() => Some(url),
             _ => {
-                eprintln!("skipped: CHATGATE_TEST_REDIS_URL not set (Redis limiter tests)");
+                crate::support::note_skip(
+                    "skipped: CHATGATE_TEST_REDIS_URL not set (Redis limiter tests)",
+                );
                 None
             }
         }

@@ -82,7 +82,9 @@ pub mod pg {
         /// first store connected to it.
         pub fn new() -> Option<TestSchema> {
             let Ok(url) = std::env::var(URL_VAR) else {
-                eprintln!("skipped: {URL_VAR} not set");
+                crate::support::note_skip(&format!(
+                    "skipped: {URL_VAR} not set (PostgreSQL storage tests)"
+                ));
                 return None;
             };
             Some(TestSchema {
@@ -306,4 +308,16 @@ pub fn user(text: &str) -> (Role, String) {
 
 pub fn assistant(text: &str) -> (Role, String) {
     (Role::Assistant, text.to_owned())
+}
+
+/// Says once per test binary, on the real stderr (libtest captures
+/// `eprintln!` of passing tests), that a group of tests did not run.
+pub fn note_skip(what: &str) {
+    use std::io::Write;
+    static SAID: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut said = SAID.lock().unwrap_or_else(|p| p.into_inner());
+    if !said.iter().any(|s| s == what) {
+        said.push(what.to_owned());
+        let _ = writeln!(std::io::stderr(), "{what}");
+    }
 }

@@ -128,8 +128,8 @@ pub enum OnUnavailable {
     Allow,
 }
 
-/// `[storage]`
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `[storage]`. `Debug` shows `url` through [`redact_url`].
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
     /// `"sqlite"`, `"memory"` or `"postgres"`.
@@ -202,8 +202,8 @@ impl Default for SessionConfig {
     }
 }
 
-/// `[rate_limit]`
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `[rate_limit]`. `Debug` shows `url` through [`redact_url`].
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RateLimitConfig {
     /// `"memory"` or `"redis"`.
@@ -644,28 +644,22 @@ impl Config {
                 expected: "a file path for the SQLite database".into(),
             });
         }
+        // The URLs are not echoed: one may hold a password in a form the
+        // redaction does not know.
         let st = &self.storage;
         if st.backend == Backend::Postgres
-            && !(st.url.starts_with("postgres://") || st.url.starts_with("postgresql://"))
+            && (!(st.url.starts_with("postgres://") || st.url.starts_with("postgresql://"))
+                || chatcore::PostgresOptions::check_url(&st.url).is_err())
         {
             return Err(ConfigError::Invalid {
                 key: "storage.url",
-                expected: format!(
-                    "a postgres:// URL with storage.backend = \"postgres\", got {:?}",
-                    redact_url(&st.url)
-                ),
+                expected: "a postgres://user:password@host:port/database URL, with storage.backend = \"postgres\"".into(),
             });
         }
-        if !st
-            .schema
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-            || st.schema.starts_with(|c: char| c.is_ascii_digit())
-            || st.schema.len() > 63
-        {
+        if !st.schema.is_empty() && !chatcore::PostgresOptions::is_schema_name(&st.schema) {
             return Err(ConfigError::Invalid {
                 key: "storage.schema",
-                expected: "a plain identifier (letters, digits, _; not starting with a digit; at most 63 bytes)".into(),
+                expected: "a lower-case identifier (a-z, 0-9, _; not starting with a digit; at most 63 bytes)".into(),
             });
         }
         if st.statement_timeout.is_zero() {
@@ -676,14 +670,12 @@ impl Config {
         }
         let rl = &self.rate_limit;
         if rl.backend == LimiterBackend::Redis
-            && !(rl.url.starts_with("redis://") || rl.url.starts_with("rediss://"))
+            && (!(rl.url.starts_with("redis://") || rl.url.starts_with("rediss://"))
+                || chatcore::RedisLimiter::check_url(&rl.url).is_err())
         {
             return Err(ConfigError::Invalid {
                 key: "rate_limit.url",
-                expected: format!(
-                    "a redis:// URL with rate_limit.backend = \"redis\", got {:?}",
-                    redact_url(&rl.url)
-                ),
+                expected: "a redis://host:port/db URL, with rate_limit.backend = \"redis\"".into(),
             });
         }
         if rl.timeout.is_zero() {
@@ -715,6 +707,38 @@ impl Config {
             }
         }
         self.log.validate()
+    }
+}
+
+impl fmt::Debug for StorageConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StorageConfig")
+            .field("backend", &self.backend)
+            .field("path", &self.path)
+            .field("url", &redact_url(&self.url))
+            .field("schema", &self.schema)
+            .field("pool_size", &self.pool_size)
+            .field("statement_timeout", &self.statement_timeout)
+            .field("full_sync", &self.full_sync)
+            .finish()
+    }
+}
+
+impl fmt::Debug for RateLimitConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimitConfig")
+            .field("backend", &self.backend)
+            .field("url", &redact_url(&self.url))
+            .field("on_unavailable", &self.on_unavailable)
+            .field("timeout", &self.timeout)
+            .field("key_prefix", &self.key_prefix)
+            .field("messages_per_minute", &self.messages_per_minute)
+            .field(
+                "principal_messages_per_minute",
+                &self.principal_messages_per_minute,
+            )
+            .field("sessions_per_hour", &self.sessions_per_hour)
+            .finish()
     }
 }
 
@@ -873,6 +897,38 @@ mod tests {
         assert!(shown[1].contains("DEBUG"), "{shown:?}");
         let (_d, s) = sources(None, &[]);
         assert!(Config::load(&s).unwrap().warnings.is_empty());
+    }
+
+    #[test]
+    fn storage_and_redis_passwords_are_shown_nowhere() {
+        let pg = "postgres://chat:pg-s3cret@db:5432/chat";
+        let redis = "redis://:redis-s3cret@cache:6379/0";
+        let (_d, s) = sources(
+            None,
+            &[
+                ("CHATGATE_STORAGE__BACKEND", "postgres"),
+                ("CHATGATE_STORAGE__URL", pg),
+                ("CHATGATE_RATE_LIMIT__BACKEND", "redis"),
+                ("CHATGATE_RATE_LIMIT__URL", redis),
+            ],
+        );
+        let c = Config::load(&s).unwrap().config;
+        assert_eq!((c.storage.url.as_str(), c.rate_limit.url.as_str()), (pg, redis));
+        for shown in [c.to_toml(), format!("{c:?}")] {
+            assert!(shown.contains("postgres://***@db:5432/chat"), "{shown}");
+            assert!(shown.contains("redis://***@cache:6379/0"), "{shown}");
+            assert!(!shown.contains("s3cret"), "{shown}");
+        }
+        // A refused URL is not repeated in the error either.
+        let (_d, s) = sources(
+            None,
+            &[
+                ("CHATGATE_STORAGE__BACKEND", "postgres"),
+                ("CHATGATE_STORAGE__URL", "host=db password=pg-s3cret"),
+            ],
+        );
+        let e = Config::load(&s).unwrap_err().to_string();
+        assert!(e.contains("storage.url") && !e.contains("s3cret"), "{e}");
     }
 
     #[test]

@@ -129,7 +129,19 @@ fn bad_values_are_refused_naming_the_key() {
         ),
         ("[openai]\ntemperature = 3.5\n", "openai.temperature"),
         ("[server]\nbind = \"not an address\"\n", "server.bind"),
-        ("[storage]\nbackend = \"postgres\"\n", "storage.backend"),
+        ("[storage]\nbackend = \"mysql\"\n", "storage.backend"),
+        ("[storage]\nbackend = \"postgres\"\n", "storage.url"),
+        (
+            "[storage]\nbackend = \"postgres\"\nurl = \"postgres://u:hunter2@db:notaport/chat\"\n",
+            "storage.url",
+        ),
+        (
+            "[storage]\nbackend = \"postgres\"\nurl = \"postgres://db/chat\"\nschema = \"Chat\"\n",
+            "storage.schema",
+        ),
+        ("[rate_limit]\nbackend = \"redis\"\n", "rate_limit.url"),
+        ("[rate_limit]\nbackend = \"memcached\"\n", "rate_limit.backend"),
+        ("[rate_limit]\non_unavailable = \"maybe\"\n", "rate_limit.on_unavailable"),
     ];
     for (toml, key) in cases {
         std::fs::write(&file, toml).unwrap();

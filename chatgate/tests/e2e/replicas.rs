@@ -21,9 +21,16 @@ fn services() -> Option<(String, String)> {
     let pg = std::env::var("CHATGATE_TEST_POSTGRES_URL").unwrap_or_default();
     let redis = std::env::var("CHATGATE_TEST_REDIS_URL").unwrap_or_default();
     if pg.is_empty() || redis.is_empty() {
-        eprintln!(
-            "skipped: CHATGATE_TEST_POSTGRES_URL and CHATGATE_TEST_REDIS_URL not both set (replica tests)"
-        );
+        // On the real stderr, once: libtest captures a passing test's
+        // `eprintln!`.
+        static SAID: std::sync::Once = std::sync::Once::new();
+        SAID.call_once(|| {
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "skipped: CHATGATE_TEST_POSTGRES_URL and CHATGATE_TEST_REDIS_URL not both set (replica tests)"
+            );
+        });
         return None;
     }
     Some((pg, redis))

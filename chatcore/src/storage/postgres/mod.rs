@@ -58,6 +58,27 @@ pub struct PostgresOptions {
     pub sql_logger: Option<Logger>,
 }
 
+impl PostgresOptions {
+    /// Checks that `url` is a PostgreSQL connection string this store can
+    /// use, without connecting (for configuration checks).
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidInput`] when it is malformed; the error does not
+    /// repeat it (it may hold a password).
+    pub fn check_url(url: &str) -> Result<()> {
+        url.parse::<tokio_postgres::Config>()
+            .map(drop)
+            .map_err(|e| Error::invalid("url", "the PostgreSQL URL is malformed").with_source(e))
+    }
+
+    /// Whether `name` is a schema name this store takes: a lower-case
+    /// identifier (`a`-`z`, `0`-`9`, `_`, not starting with a digit, at
+    /// most 63 bytes), which SQL can name unquoted.
+    pub fn is_schema_name(name: &str) -> bool {
+        is_plain_identifier(name)
+    }
+}
+
 impl Default for PostgresOptions {
     fn default() -> Self {
         PostgresOptions {
