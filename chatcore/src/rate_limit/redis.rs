@@ -122,7 +122,8 @@ impl RedisLimiter {
     /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) when the
     /// URL is not a Redis URL.
     pub fn connect(url: &str, config: RedisLimiterConfig) -> Result<Self> {
-        let client = redis::Client::open(url).map_err(|_| Error::invalid("url", "not a Redis URL"))?;
+        let client =
+            redis::Client::open(url).map_err(|_| Error::invalid("url", "not a Redis URL"))?;
         let manager = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.timeout))
             .set_response_timeout(Some(config.timeout))

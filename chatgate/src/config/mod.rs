@@ -913,7 +913,10 @@ mod tests {
             ],
         );
         let c = Config::load(&s).unwrap().config;
-        assert_eq!((c.storage.url.as_str(), c.rate_limit.url.as_str()), (pg, redis));
+        assert_eq!(
+            (c.storage.url.as_str(), c.rate_limit.url.as_str()),
+            (pg, redis)
+        );
         for shown in [c.to_toml(), format!("{c:?}")] {
             assert!(shown.contains("postgres://***@db:5432/chat"), "{shown}");
             assert!(shown.contains("redis://***@cache:6379/0"), "{shown}");

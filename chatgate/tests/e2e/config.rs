@@ -140,8 +140,14 @@ fn bad_values_are_refused_naming_the_key() {
             "storage.schema",
         ),
         ("[rate_limit]\nbackend = \"redis\"\n", "rate_limit.url"),
-        ("[rate_limit]\nbackend = \"memcached\"\n", "rate_limit.backend"),
-        ("[rate_limit]\non_unavailable = \"maybe\"\n", "rate_limit.on_unavailable"),
+        (
+            "[rate_limit]\nbackend = \"memcached\"\n",
+            "rate_limit.backend",
+        ),
+        (
+            "[rate_limit]\non_unavailable = \"maybe\"\n",
+            "rate_limit.on_unavailable",
+        ),
     ];
     for (toml, key) in cases {
         std::fs::write(&file, toml).unwrap();
