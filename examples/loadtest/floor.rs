@@ -62,7 +62,7 @@ pub fn report(
 ) {
     println!();
     println!(
-        "{:<44} {:>10} {:>10} {:>10} {:>10}",
+        "{:<50} {:>10} {:>10} {:>10} {:>10}",
         "floor (memory, logging off), ms", "p50", "p99", "p99.9", "non-2xx"
     );
     let rows: [(&str, &mut Phase, &mut Phase, &mut Phase); 2] = [
@@ -74,7 +74,7 @@ pub fn report(
         let (d50, d99) = (direct.pct(0.5), direct.pct(0.99));
         let (g50, g99) = (full.pct(0.5), full.pct(0.99));
         println!(
-            "{:<44} {:>10.3} {:>10.3} {:>10.3} {:>10}",
+            "{:<50} {:>10.3} {:>10.3} {:>10.3} {:>10}",
             format!("{name}: floor gateway"),
             f50,
             f99,
@@ -82,22 +82,31 @@ pub fn report(
             floor.non_2xx + floor.errors
         );
         println!(
-            "{:<44} {:>+10.3} {:>+10.3}",
+            "{:<50} {:>+10.3} {:>+10.3}",
             format!("{name}: added by the floor (floor − direct)"),
             f50 - d50,
             f99 - d99
         );
         println!(
-            "{:<44} {:>+10.3} {:>+10.3}",
+            "{:<50} {:>+10.3} {:>+10.3}",
             format!("{name}: full − floor"),
             g50 - f50,
             g99 - f99
         );
-        let ratio = (g99 - d99) / (f99 - d99);
-        println!(
-            "{:<44} {:>10.2}",
-            format!("{name}: added p99, full / floor"),
-            ratio
-        );
+        // A ratio only means something when the floor added anything:
+        // on a noisy machine its p99 can come out below the direct one's.
+        if f99 > d99 && g99 > d99 {
+            println!(
+                "{:<50} {:>10.2}",
+                format!("{name}: added p99, full / floor"),
+                (g99 - d99) / (f99 - d99)
+            );
+        } else {
+            println!(
+                "{:<50} {:>10}",
+                format!("{name}: added p99, full / floor"),
+                "n/a"
+            );
+        }
     }
 }
