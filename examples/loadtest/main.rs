@@ -16,6 +16,10 @@
 //! `log.content` and `log.sql` on, stderr logging off). The per-session
 //! rate limit is raised so the bench measures the gateway, not the quota.
 //!
+//! The latency phases also run on a "floor" gateway (memory backend,
+//! logging off) started for them, so what storage and logging add can be
+//! read apart from what any gateway hop adds (`floor.rs`).
+//!
 //! Phases, each bounded in time: closed-loop throughput with N keep-alive
 //! connections (mock direct, `/chat/`, `/session/initialize_session`,
 //! `/feedback/`); fixed-rate open-loop latency with coordinated-omission
