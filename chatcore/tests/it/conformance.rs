@@ -4,11 +4,10 @@
 
 use std::sync::Arc;
 
-use chatcore::{ErrorKind, Feedback, PurgeReport, Rating, Role, Session, SessionId, Store, Turn};
-use chrono::{DateTime, Utc};
+use chatcore::{ErrorKind, Feedback, PurgeReport, Rating, Role, SessionId, Store};
 use serde_json::json;
 
-use crate::support::{assistant, at, pairs, t0, user};
+use crate::support::{assistant, at, pairs, session, t0, turn, user};
 
 each_backend! {
     "current_thread" => session_round_trip,
@@ -23,27 +22,6 @@ each_backend! {
     "current_thread" => purge_deletes_only_old_sessions_with_their_data,
     "current_thread" => purge_within_the_cutoffs_hour_goes_by_the_exact_time,
     "current_thread" => ping_succeeds,
-}
-
-fn session(created: DateTime<Utc>) -> Session {
-    Session {
-        owner: None,
-        id: SessionId::new_v4(),
-        created_at: created,
-        last_active: created,
-        system_prompt: None,
-        metadata: None,
-    }
-}
-
-fn turn<'a>(u: &'a str, r: &'a str, secs: i64) -> Turn<'a> {
-    Turn {
-        user: u,
-        user_at: at(secs),
-        reply: r,
-        reply_at: at(secs + 1),
-        usage: None,
-    }
 }
 
 async fn session_round_trip<S: Store + 'static>(store: S) {

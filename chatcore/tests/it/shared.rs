@@ -8,12 +8,11 @@ use std::time::{Duration, Instant};
 
 use chatcore::{
     ChatCore, Claim, ErrorKind, MessageStore, PostgresOptions, PostgresStore, PurgeReport, Role,
-    Session, SessionId, SessionStore, Turn, TurnToken,
+    Session, SessionId, SessionStore, TurnToken,
 };
-use chrono::{DateTime, Utc};
 
 use crate::support::pg::TestSchema;
-use crate::support::{assistant, at, pairs, t0, user, ScriptedModel};
+use crate::support::{assistant, at, pairs, session, t0, turn, user, ScriptedModel};
 
 /// Runs each listed `async fn name(schema: TestSchema)` on a fresh schema,
 /// or skips it (passing) when no test server is configured.
@@ -51,27 +50,6 @@ on_postgres! {
 }
 
 const TTL: Duration = Duration::from_secs(10);
-
-fn session(created: DateTime<Utc>) -> Session {
-    Session {
-        owner: None,
-        id: SessionId::new_v4(),
-        created_at: created,
-        last_active: created,
-        system_prompt: None,
-        metadata: None,
-    }
-}
-
-fn turn<'a>(u: &'a str, r: &'a str, secs: i64) -> Turn<'a> {
-    Turn {
-        user: u,
-        user_at: at(secs),
-        reply: r,
-        reply_at: at(secs + 1),
-        usage: None,
-    }
-}
 
 /// The claim's history, or a panic saying what came instead.
 fn held(claim: Claim) -> (Session, Vec<chatcore::Message>) {

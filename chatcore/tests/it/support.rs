@@ -321,3 +321,26 @@ pub fn note_skip(what: &str) {
         let _ = writeln!(std::io::stderr(), "{what}");
     }
 }
+
+/// A fresh session created (and last active) at `created`.
+pub fn session(created: DateTime<Utc>) -> chatcore::Session {
+    chatcore::Session {
+        owner: None,
+        id: SessionId::new_v4(),
+        created_at: created,
+        last_active: created,
+        system_prompt: None,
+        metadata: None,
+    }
+}
+
+/// A turn: user message `u` at `secs`, reply `r` a second later.
+pub fn turn<'a>(u: &'a str, r: &'a str, secs: i64) -> chatcore::Turn<'a> {
+    chatcore::Turn {
+        user: u,
+        user_at: at(secs),
+        reply: r,
+        reply_at: at(secs + 1),
+        usage: None,
+    }
+}

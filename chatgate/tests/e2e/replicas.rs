@@ -316,6 +316,7 @@ async fn kill_9_of_a_replica_under_load_loses_no_acknowledged_turn() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut total = 0;
+    let mut sessions_left = Vec::new();
     for client in clients {
         let (sid, acked) = client.await.unwrap();
         total += acked;
@@ -328,8 +329,29 @@ async fn kill_9_of_a_replica_under_load_loses_no_acknowledged_turn() {
             "session {sid}: {acked} acknowledged, {} stored",
             stored.len() / 2
         );
+        sessions_left.push((sid, stored.len()));
     }
     assert!(total > 0, "no turn was acknowledged at all");
+    // Every session goes on through the survivors, the killed replica's
+    // too: a claim it held when it died lapses (within the claim's 15 s),
+    // and the next turn sees the whole history.
+    let goes_on: Vec<_> = sessions_left
+        .into_iter()
+        .enumerate()
+        .map(|(i, (sid, before))| {
+            let addr = addrs[i % 2];
+            tokio::spawn(async move {
+                let r = chat(addr, &sid, "still there?").await;
+                assert_eq!(r.status, 200, "session {sid}: {}", r.text());
+                let after = messages(addr, &sid).await;
+                assert_eq!(after.len(), before + 2, "session {sid}");
+                assert_eq!(after[before]["content"], "still there?");
+            })
+        })
+        .collect();
+    for g in goes_on {
+        g.await.unwrap();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -398,6 +420,30 @@ async fn losing_redis_or_postgres_answers_503_and_recovers_without_a_restart() {
     let r = chat(addr, &sid, "Back").await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(messages(addr, &sid).await.len(), 4);
+
+    // PostgreSQL goes while a turn waits on the model: the turn answers
+    // 503 and stores nothing. Once it returns the session goes on (after
+    // the failed turn's claim, which could not be released, lapses).
+    c.mock.set_latency(Duration::from_millis(800));
+    let pending = {
+        let sid = sid.clone();
+        tokio::spawn(async move { chat(addr, &sid, "mid-turn").await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    pg_relay.cut();
+    let r = pending.await.unwrap();
+    r.assert_error(503, "Storage unavailable");
+    c.mock.set_latency(Duration::ZERO);
+    pg_relay.restore();
+    wait_for(|| async { get(addr, "/readyz").await.status == 200 }).await;
+    let r = chat(addr, &sid, "After").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let stored = messages(addr, &sid).await;
+    assert_eq!(stored.len(), 6);
+    assert!(
+        stored.iter().all(|m| m["content"] != "mid-turn"),
+        "{stored:?}"
+    );
 }
 
 /// Polls `ok` for up to 20 s.
