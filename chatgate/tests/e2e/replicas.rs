@@ -9,12 +9,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use chatmock::{MockOpenAi, TcpProxy};
+use chatmock::{MockOpenAi, StreamGate, StreamScript, TcpProxy};
 use hyper::Method;
 use serde_json::Value;
 
 use crate::process::Server;
-use crate::support::{chat, get, messages, new_session, send, try_send};
+use crate::support::{chat, get, messages, new_session, open_stream, send, try_send};
 
 /// The two service URLs, or `None` (with a note) when either is unset.
 fn services() -> Option<(String, String)> {
@@ -263,6 +263,67 @@ async fn turns_of_one_session_on_different_replicas_never_interleave() {
             assert_eq!(m["content"], history[j]["content"], "turn {k}, message {j}");
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_streamed_turn_holds_its_session_on_every_replica_until_stored() {
+    let Some((pg, redis)) = services() else {
+        return;
+    };
+    let c = Cluster::start(2, &pg, &redis, &[]).await;
+    let sid = new_session(c.addr(0)).await;
+    // The first model call streams, and holds its chunks until the gate
+    // opens; the next is the usual echo.
+    let gate = StreamGate::new();
+    c.mock.push(
+        StreamScript::pieces(["Hel", "lo"])
+            .with_gate(gate.clone())
+            .into(),
+    );
+    c.mock.set_recording(true);
+    let body = serde_json::json!({"session_id": sid, "role": "user", "content": "streamed", "stream": true})
+        .to_string();
+    let mut stream = open_stream(c.addr(0), "/chat/", &[], &body).await;
+    // Wait until the streamed turn's model call is under way.
+    for _ in 0..200 {
+        if c.mock.request_count() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(c.mock.request_count(), 1);
+    let whole = {
+        let (addr, sid) = (c.addr(1), sid.clone());
+        tokio::spawn(async move { chat(addr, &sid, "whole").await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !whole.is_finished(),
+        "a turn on the other replica ran while the stream held the session"
+    );
+    assert_eq!(c.mock.request_count(), 1, "its model call waited too");
+    gate.open();
+    let (events, broke) = stream.rest().await;
+    assert!(broke.is_none(), "{broke:?}");
+    assert!(events.last().is_some_and(|e| e.is("done")), "{events:?}");
+    let r = whole.await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let stored = messages(c.addr(1), &sid).await;
+    let contents: Vec<&str> = stored
+        .iter()
+        .map(|m| m["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(contents, ["streamed", "Hello", "whole", "Echo: whole"]);
+    // The second call was sent the streamed turn as history.
+    let second = &c.mock.recorded()[1];
+    let sent: Vec<&str> = second.body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] != "system")
+        .map(|m| m["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(sent, ["streamed", "Hello", "whole"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
