@@ -62,7 +62,9 @@ pub(crate) async fn prepare<'c>(
                 return Err(Error::session_expired());
             }
             // An in-process limiter answers at once: this await does not
-            // suspend, and arrival order is kept.
+            // suspend, and arrival order is kept. (A limiter across the
+            // network may suspend here; a session's turns then enter its
+            // queue in the order their checks end, still one at a time.)
             let remaining = take_token(inner, caller, id).await?;
             let slot = inner.queues.enter(id).await;
             // Under the queue the session may have gone (purged) or expired
