@@ -45,6 +45,7 @@ pub async fn store(config: &Config, log: &Logger) -> chatcore::Result<Storage> {
                 SqliteOptions {
                     sql_logger,
                     full_sync: s.full_sync,
+                    logger: Some(log.new(o!("component" => "storage"))),
                     ..SqliteOptions::default()
                 },
             )?;

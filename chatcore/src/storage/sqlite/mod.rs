@@ -32,10 +32,12 @@ use crate::error::{Error, Result};
 use crate::llm::Usage;
 use crate::types::{from_millis, Feedback, Message, PurgeReport, Rating, Role, Session, SessionId};
 
+mod checkpoint;
 mod reader;
 mod schema;
 mod worker;
 
+use checkpoint::Checkpoints;
 use reader::{Reader, Sql};
 use worker::Worker;
 
@@ -49,6 +51,9 @@ pub struct SqliteOptions {
     pub full_sync: bool,
     /// How long a statement waits for another process's lock.
     pub busy_timeout: Duration,
+    /// Where the store reports trouble it works around by itself (a WAL
+    /// checkpoint that failed); `None` reports nothing.
+    pub logger: Option<Logger>,
 }
 
 impl Default for SqliteOptions {
@@ -57,6 +62,7 @@ impl Default for SqliteOptions {
             sql_logger: None,
             full_sync: false,
             busy_timeout: Duration::from_secs(5),
+            logger: None,
         }
     }
 }
@@ -71,6 +77,16 @@ pub struct SqliteStats {
     /// Jobs those transactions held (group commit: `jobs / commits` per
     /// commit on average).
     pub jobs: u64,
+    /// WAL checkpoint passes run by the background thread.
+    pub checkpoint_passes: u64,
+    /// Short checkpoints the writer ran itself, between two transactions,
+    /// to finish what the background passes left.
+    pub checkpoint_tails: u64,
+    /// WAL frames (pages) copied into the database by the background
+    /// passes, and by the writer's own short checkpoints.
+    pub checkpoint_frames: (u64, u64),
+    /// Checkpoints that failed.
+    pub checkpoint_failures: u64,
 }
 
 /// A storage backend on a SQLite file.
@@ -78,6 +94,7 @@ pub struct SqliteStats {
 pub struct SqliteStore {
     worker: Worker,
     reader: Reader,
+    checkpoints: Option<std::sync::Arc<checkpoint::CheckpointStats>>,
     path: PathBuf,
 }
 
@@ -130,14 +147,12 @@ impl SqliteStore {
                 path.display()
             )));
         }
-        run(
-            &conn,
-            if options.full_sync {
-                "PRAGMA synchronous = FULL"
-            } else {
-                "PRAGMA synchronous = NORMAL"
-            },
-        )?;
+        let sync = if options.full_sync {
+            "PRAGMA synchronous = FULL"
+        } else {
+            "PRAGMA synchronous = NORMAL"
+        };
+        run(&conn, sync)?;
         run(&conn, "PRAGMA foreign_keys = ON")?;
         // 8 MiB of page cache (negative = KiB). Turns read history from the
         // facade's hot cache, so the cache mostly holds the index leaves
@@ -149,7 +164,9 @@ impl SqliteStore {
         // under full load at this size.
         run(&conn, "PRAGMA cache_size = -8192")?;
         // Checkpoint every 16 MiB of WAL (the default is 1,000 pages), and
-        // cut the WAL file back to that size after it is reset.
+        // cut the WAL file back to that size after it is reset. The
+        // checkpoint thread below takes over from the autocheckpoint; it
+        // stays set for a store whose thread could not start.
         run(&conn, "PRAGMA wal_autocheckpoint = 16384")?;
         run(&conn, "PRAGMA journal_size_limit = 16777216")?;
         conn.set_prepared_statement_cache_capacity(32);
@@ -161,10 +178,28 @@ impl SqliteStore {
         read_conn.execute_batch("PRAGMA query_only = ON; PRAGMA cache_size = -2048")?;
         read_conn.set_prepared_statement_cache_capacity(16);
         let reader = Reader::new(read_conn, options.sql_logger.clone());
-        let worker = Worker::spawn(conn, options.sql_logger)?;
+        // An in-memory database has no WAL to copy.
+        let checkpoints = if mode.eq_ignore_ascii_case("wal") {
+            Some(Checkpoints::spawn(
+                &conn,
+                &path,
+                flags,
+                sync,
+                checkpoint::START,
+                options.sql_logger.clone(),
+                options.logger,
+            )?)
+        } else {
+            None
+        };
+        let checkpoint_stats = checkpoints
+            .as_ref()
+            .map(|c| std::sync::Arc::clone(&c.stats));
+        let worker = Worker::spawn(conn, options.sql_logger, checkpoints)?;
         Ok(SqliteStore {
             worker,
             reader,
+            checkpoints: checkpoint_stats,
             path,
         })
     }
@@ -198,12 +233,21 @@ impl SqliteStore {
 
     /// The writer's state, for an operator's metrics.
     pub fn stats(&self) -> SqliteStats {
+        use std::sync::atomic::Ordering::Relaxed;
         let (commits, jobs) = self.worker.batches();
-        SqliteStats {
+        let mut stats = SqliteStats {
             queue_depth: self.worker.queue_depth(),
             commits,
             jobs,
+            ..SqliteStats::default()
+        };
+        if let Some(c) = &self.checkpoints {
+            stats.checkpoint_passes = c.passes.load(Relaxed);
+            stats.checkpoint_tails = c.tails.load(Relaxed);
+            stats.checkpoint_frames = (c.copied.load(Relaxed), c.tail_copied.load(Relaxed));
+            stats.checkpoint_failures = c.failed.load(Relaxed);
         }
+        stats
     }
 
     /// The database file's path.

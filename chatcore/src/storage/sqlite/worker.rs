@@ -17,6 +17,7 @@ use rusqlite::Connection;
 use slog::Logger;
 use tokio::sync::{mpsc, oneshot};
 
+use super::checkpoint::Checkpoints;
 use crate::error::{Error, Result};
 
 /// How many queued jobs one transaction may take.
@@ -168,8 +169,13 @@ impl Drop for Joined {
 const SPIN: Duration = Duration::from_micros(200);
 
 impl Worker {
-    /// Starts the thread that owns `conn`.
-    pub(crate) fn spawn(conn: Connection, log: Option<Logger>) -> Result<Worker> {
+    /// Starts the thread that owns `conn`, and, with `checkpoints`, decides
+    /// when its WAL is copied back (see [`Checkpoints`]).
+    pub(crate) fn spawn(
+        conn: Connection,
+        log: Option<Logger>,
+        checkpoints: Option<Checkpoints>,
+    ) -> Result<Worker> {
         let (tx, rx) = mpsc::channel::<Job>(4096);
         let batches = std::sync::Arc::new(Batches::default());
         let counted = std::sync::Arc::clone(&batches);
@@ -187,6 +193,7 @@ impl Worker {
                     },
                     rx,
                     &counted,
+                    checkpoints,
                 )
             })
             .map_err(Error::storage)?;
@@ -315,7 +322,12 @@ impl Worker {
     }
 }
 
-fn run(db: Db, mut rx: mpsc::Receiver<Job>, batches: &Batches) {
+fn run(
+    db: Db,
+    mut rx: mpsc::Receiver<Job>,
+    batches: &Batches,
+    mut checkpoints: Option<Checkpoints>,
+) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     let mut deliveries: Vec<Deliver> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
@@ -383,6 +395,12 @@ fn run(db: Db, mut rx: mpsc::Receiver<Job>, batches: &Batches) {
         for deliver in deliveries.drain(..) {
             deliver(err.as_ref());
         }
+        if let Some(checkpoints) = &mut checkpoints {
+            checkpoints.after_commit(&db.conn, |sql| db.log_sql(sql));
+        }
         db.flush_sql_log();
     }
+    // The checkpoint thread's connection closes before the writer's, which
+    // (as the last one) checkpoints what is left.
+    drop(checkpoints);
 }
