@@ -39,6 +39,11 @@ struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CheckpointLabels {
+    by: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ScopeLabels {
     scope: &'static str,
 }
@@ -86,6 +91,8 @@ pub struct Metrics {
     queue_depth: Gauge,
     commits: Counter,
     committed_jobs: Counter,
+    checkpoints: Family<CheckpointLabels, Counter>,
+    checkpoint_failures: Counter,
     log_dropped: Counter,
     limiter_unavailable: Counter,
     sources: Mutex<Sources>,
@@ -121,6 +128,8 @@ impl Metrics {
             queue_depth: Gauge::default(),
             commits: Counter::default(),
             committed_jobs: Counter::default(),
+            checkpoints: Family::default(),
+            checkpoint_failures: Counter::default(),
             limiter_unavailable: Counter::default(),
             log_dropped: Counter::default(),
             sources: Mutex::default(),
@@ -190,6 +199,16 @@ impl Metrics {
             "storage_committed_jobs",
             "Jobs in the committed transactions (divide by storage_commits for the batch size)",
             m.committed_jobs.clone(),
+        );
+        registry.register(
+            "storage_checkpoints",
+            "SQLite WAL checkpoints: passes of the background thread (by=background), and the short ones the writer runs to finish them (by=writer)",
+            m.checkpoints.clone(),
+        );
+        registry.register(
+            "storage_checkpoint_failures",
+            "SQLite WAL checkpoints that failed (each is also logged as a warning)",
+            m.checkpoint_failures.clone(),
         );
         registry.register(
             "log_records_dropped",
@@ -327,6 +346,13 @@ impl Metrics {
                     .set(i64::try_from(s.queue_depth).unwrap_or(i64::MAX));
                 catch_up(&self.commits, s.commits);
                 catch_up(&self.committed_jobs, s.jobs);
+                for (by, n) in [
+                    ("background", s.checkpoint_passes),
+                    ("writer", s.checkpoint_tails),
+                ] {
+                    catch_up(&self.checkpoints.get_or_create(&CheckpointLabels { by }), n);
+                }
+                catch_up(&self.checkpoint_failures, s.checkpoint_failures);
             }
             if let Some(redis) = &sources.redis {
                 catch_up(&self.limiter_unavailable, redis.unavailable_count());

@@ -87,6 +87,22 @@ async fn a_scrape_counts_what_was_done() {
     );
     assert!(prompt.is_some_and(|n| n > 0.0), "{text}");
     assert!(sample(&text, "chatgate_storage_commits_total").is_some_and(|n| n >= 3.0));
+    // A few turns leave the WAL far below a checkpoint; both kinds are
+    // exported from the first scrape, at zero.
+    for by in ["background", "writer"] {
+        assert_eq!(
+            sample(
+                &text,
+                &format!(r#"chatgate_storage_checkpoints_total{{by="{by}"}}"#)
+            ),
+            Some(0.0),
+            "{text}"
+        );
+    }
+    assert_eq!(
+        sample(&text, "chatgate_storage_checkpoint_failures_total"),
+        Some(0.0)
+    );
     assert!(sample(&text, "chatgate_sessions_cached").is_some_and(|n| n >= 1.0));
     assert_eq!(
         sample(&text, "chatgate_log_records_dropped_total"),

@@ -5,7 +5,9 @@
 //! Writes, and the reads a turn makes, run on one dedicated thread
 //! (`worker`) with group commit, so the async runtime never blocks on
 //! SQLite and concurrent turns share one commit; reads for clients run on
-//! a second connection (`reader`) so they never hold up a commit.
+//! a second connection (`reader`) so they never hold up a commit. WAL
+//! checkpoints run on a thread and connection of their own
+//! (`checkpoint`), off the commit path.
 //!
 //! The database and its `-wal`/`-shm` files hold conversations: they are
 //! created readable by their owner only (SQLite gives the journal files
