@@ -172,6 +172,15 @@ impl Checkpoints {
             if self.caught_up.swap(false, Ordering::Acquire) {
                 self.running = false;
                 self.finish(conn, log_sql);
+            } else if self
+                .handle
+                .as_ref()
+                .is_some_and(thread::JoinHandle::is_finished)
+            {
+                // The thread died with a request in hand: never wait on it.
+                self.running = false;
+                self.thread_stopped();
+                self.finish(conn, log_sql);
             }
             return;
         }
@@ -185,19 +194,22 @@ impl Checkpoints {
                     self.running = true;
                     return;
                 }
-                Err(mpsc::TrySendError::Disconnected(())) => {
-                    if let Some(log) = &self.log {
-                        slog::warn!(
-                            log,
-                            "the WAL checkpoint thread has stopped; the writer checkpoints itself"
-                        );
-                    }
-                    self.request = None;
-                }
+                Err(mpsc::TrySendError::Disconnected(())) => self.thread_stopped(),
             }
         }
         // No thread: the writer checkpoints as SQLite would have.
         self.finish(conn, log_sql);
+    }
+
+    /// From now on the writer checkpoints by itself, as SQLite would have.
+    fn thread_stopped(&mut self) {
+        if let Some(log) = &self.log {
+            slog::warn!(
+                log,
+                "the WAL checkpoint thread has stopped; the writer checkpoints itself"
+            );
+        }
+        self.request = None;
     }
 
     /// Copies what the background passes left: only frames appended during
