@@ -165,11 +165,9 @@ impl SqliteStore {
         // commit that split a b-tree page, about 5% of the gateway's CPU
         // under full load at this size.
         run(&conn, "PRAGMA cache_size = -8192")?;
-        // Checkpoint every 16 MiB of WAL (the default is 1,000 pages), and
-        // cut the WAL file back to that size after it is reset. The
-        // checkpoint thread below takes over from the autocheckpoint; it
-        // stays set for a store whose thread could not start.
-        run(&conn, "PRAGMA wal_autocheckpoint = 16384")?;
+        // Cut the WAL file back to 16 MiB after it is reset. The WAL is
+        // checkpointed every 16 MiB by the checkpoint thread below, whose
+        // hook replaces SQLite's autocheckpoint (see `checkpoint`).
         run(&conn, "PRAGMA journal_size_limit = 16777216")?;
         conn.set_prepared_statement_cache_capacity(32);
         schema::migrate(&mut conn, log)?;
