@@ -156,15 +156,19 @@ impl SqliteStore {
         };
         run(&conn, sync)?;
         run(&conn, "PRAGMA foreign_keys = ON")?;
-        // 8 MiB of page cache (negative = KiB). Turns read history from the
-        // facade's hot cache, so the cache mostly holds the index leaves
-        // turns append to: one or two pages per active session. With 2 MiB
-        // a load over 2,000 sessions missed three pages per commit (a read
-        // from the OS page cache each, on the commit path). Bigger has a
-        // cost too: SQLite scans the whole cache's hash table at every
-        // commit that split a b-tree page, about 5% of the gateway's CPU
-        // under full load at this size.
-        run(&conn, "PRAGMA cache_size = -8192")?;
+        // 2 MiB of page cache (negative = KiB). Turns read history from the
+        // facade's hot cache, so this cache mostly holds the index leaves
+        // turns append to; a page it misses is read back from the OS page
+        // cache or the WAL, a cheap syscall on the writer's thread. A
+        // bigger cache costs more than those reads save: when a b-tree page
+        // splits, SQLite briefly renumbers a page past the end of the file,
+        // and the commit that follows walks every page this cache holds to
+        // drop it again (`pcache1TruncateUnsafe`). That walk, cold, is on
+        // the commit path of a lightly loaded turn, and grows with the
+        // cache. Smaller still would leave a full batch of turns (its dirty
+        // pages) too little room before SQLite spills pages mid-transaction.
+        // Measured in benches/README.
+        run(&conn, "PRAGMA cache_size = -2048")?;
         // Cut the WAL file back to 16 MiB after it is reset. The WAL is
         // checkpointed every 16 MiB by the checkpoint thread below, whose
         // hook replaces SQLite's autocheckpoint (see `checkpoint`).
