@@ -159,3 +159,80 @@ async fn a_database_from_a_newer_build_is_refused() {
     assert_eq!(err.kind(), ErrorKind::Storage);
     assert!(err.chain().contains("999"), "{}", err.chain());
 }
+
+/// On a multi-threaded runtime, a write with nothing else queued commits on
+/// the caller's own thread; writes arriving together still go through the
+/// writer thread, sharing transactions. Either way every acknowledged turn
+/// is in the file, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lone_and_concurrent_commits_both_land() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chat.db");
+    let store = SqliteStore::open(&path).unwrap();
+    let model = ScriptedModel::new().shared();
+    let clock = Arc::new(ManualClock::new(t0()));
+    let core = ChatCore::builder()
+        .store(store.clone())
+        .shared_model(Arc::clone(&model) as Arc<dyn chatcore::ChatModel>)
+        .clock(Arc::clone(&clock) as Arc<dyn chatcore::Clock>)
+        .messages_per_minute(1_000_000)
+        .build()
+        .unwrap();
+    let lone = core.sessions().initialize().await.unwrap().session.id;
+    for n in 0..20 {
+        core.chat(lone, &format!("lone {n}")).await.unwrap();
+    }
+    let stats = store.stats();
+    assert!(
+        stats.lone_commits >= 20,
+        "one at a time, writes commit on the caller's thread: {stats:?}"
+    );
+
+    let mut ids = Vec::new();
+    for _ in 0..32 {
+        ids.push(core.sessions().initialize().await.unwrap().session.id);
+    }
+    let before = store.stats();
+    let turns = ids.iter().flat_map(|&id| {
+        let core = core.clone();
+        (0..5).map(move |n| {
+            let core = core.clone();
+            tokio::spawn(async move { core.chat(id, &format!("together {n}")).await })
+        })
+    });
+    // All 160 are in flight at once.
+    let handles: Vec<_> = turns.collect();
+    for h in handles {
+        h.await.unwrap().unwrap();
+    }
+    let after = store.stats();
+    let commits = after.commits - before.commits;
+    let jobs = after.jobs - before.jobs;
+    assert!(
+        jobs > commits,
+        "concurrent writes shared transactions: {jobs} jobs in {commits} commits"
+    );
+    assert_eq!(after.queue_depth, 0);
+
+    let conn = Connection::open(&path).unwrap();
+    let stored: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM turns WHERE session_id = ?1",
+            [lone.as_bytes().as_slice()],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(stored, 20);
+    for id in &ids {
+        let mut contents: Vec<String> = conn
+            .prepare("SELECT user_content FROM turns WHERE session_id = ?1 ORDER BY seq")
+            .unwrap()
+            .query_map([id.as_bytes().as_slice()], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        contents.sort();
+        let expected: Vec<String> = (0..5).map(|n| format!("together {n}")).collect();
+        assert_eq!(contents, expected, "every turn of the session, once");
+    }
+}
