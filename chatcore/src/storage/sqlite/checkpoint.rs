@@ -56,10 +56,8 @@ const MAX_PASSES: u32 = 8;
 const BACKOFF: Duration = Duration::from_secs(1);
 
 thread_local! {
-    /// Frames in the WAL after the last commit made on this thread, until
-    /// read by [`Checkpoints::after_commit`]. A thread may commit for
-    /// several stores (a lone commit runs on the caller's runtime thread),
-    /// so the count is taken, not left for another store's next commit.
+    /// Frames in the WAL after the last commit made on this thread (the
+    /// writer's thread: one per store).
     static WAL_FRAMES: Cell<u32> = const { Cell::new(0) };
 }
 
@@ -69,14 +67,8 @@ fn note_frames(_: &Wal, frames: c_int) -> rusqlite::Result<()> {
 }
 
 /// Frames in the WAL after the last commit on this thread.
-#[cfg(test)]
 fn wal_frames() -> u32 {
     WAL_FRAMES.with(Cell::get)
-}
-
-/// [`wal_frames`], leaving 0 behind.
-fn take_wal_frames() -> u32 {
-    WAL_FRAMES.with(|f| f.replace(0))
 }
 
 /// What the checkpoints have done (read by tests and by
@@ -176,7 +168,6 @@ impl Checkpoints {
     /// Costs a thread-local read and an atomic load when there is nothing
     /// to do.
     pub(crate) fn after_commit(&mut self, conn: &Connection, log_sql: impl FnOnce(&'static str)) {
-        let frames = take_wal_frames();
         if self.running {
             if self.caught_up.swap(false, Ordering::Acquire) {
                 self.running = false;
@@ -193,7 +184,7 @@ impl Checkpoints {
             }
             return;
         }
-        if frames < self.start {
+        if wal_frames() < self.start {
             return;
         }
         if let Some(request) = &self.request {

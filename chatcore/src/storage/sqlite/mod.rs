@@ -4,11 +4,10 @@
 //! `PRAGMA user_version` (`schema`), statements cached per connection.
 //! Writes, and the reads a turn makes, run on one dedicated thread
 //! (`worker`) with group commit, so the async runtime never blocks on
-//! SQLite and concurrent turns share one commit; a lone write with nothing
-//! queued commits on the caller's thread inside `block_in_place` instead.
-//! Reads for clients run on a second connection (`reader`) so they never
-//! hold up a commit. WAL checkpoints run on a thread and connection of
-//! their own (`checkpoint`), off the commit path.
+//! SQLite and concurrent turns share one commit; reads for clients run on
+//! a second connection (`reader`) so they never hold up a commit. WAL
+//! checkpoints run on a thread and connection of their own
+//! (`checkpoint`), off the commit path.
 //!
 //! The database and its `-wal`/`-shm` files hold conversations: they are
 //! created readable by their owner only (SQLite gives the journal files
@@ -80,10 +79,6 @@ pub struct SqliteStats {
     /// Jobs those transactions held (group commit: `jobs / commits` per
     /// commit on average).
     pub jobs: u64,
-    /// Of the transactions, those committed on the caller's own runtime
-    /// thread (a lone job, with nothing queued, on a multi-threaded
-    /// runtime) rather than on the writer thread.
-    pub lone_commits: u64,
     /// WAL checkpoint passes run by the background thread.
     pub checkpoint_passes: u64,
     /// Short checkpoints the writer ran itself, between two transactions,
@@ -164,7 +159,7 @@ impl SqliteStore {
         // 2 MiB of page cache (negative = KiB). Turns read history from the
         // facade's hot cache, so this cache mostly holds the index leaves
         // turns append to; a page it misses is read back from the OS page
-        // cache or the WAL, a cheap syscall on the committing thread. A
+        // cache or the WAL, a cheap syscall on the writer's thread. A
         // bigger cache costs more than those reads save: when a b-tree page
         // splits, SQLite briefly renumbers a page past the end of the file,
         // and the commit that follows walks every page this cache holds to
@@ -243,12 +238,11 @@ impl SqliteStore {
     /// The writer's state, for an operator's metrics.
     pub fn stats(&self) -> SqliteStats {
         use std::sync::atomic::Ordering::Relaxed;
-        let (commits, jobs, lone_commits) = self.worker.batches();
+        let (commits, jobs) = self.worker.batches();
         let mut stats = SqliteStats {
             queue_depth: self.worker.queue_depth(),
             commits,
             jobs,
-            lone_commits,
             ..SqliteStats::default()
         };
         if let Some(c) = &self.checkpoints {

@@ -6,17 +6,9 @@
 //! job inside its own savepoint so a failing job rolls back alone, and
 //! answers every job only after the commit: an acknowledged write is on
 //! disk (in the WAL) before anyone hears of it.
-//!
-//! A job submitted while nothing else is queued or running may instead
-//! commit on the caller's own runtime thread, inside
-//! `tokio::task::block_in_place` (SPEC §5: "a lone small commit"): waking
-//! the idle writer thread and waiting for it was most of a lightly loaded
-//! turn's storage latency. The connection sits behind a mutex that the
-//! writer thread holds for each batch, so the two never commit at once.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, PoisonError};
 use std::task::Poll;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -141,8 +133,6 @@ pub(crate) struct Worker {
     // Field order matters: this handle's sender goes before the thread is
     // joined (the thread ends once every sender is gone).
     tx: mpsc::Sender<Job>,
-    /// The connection, for a lone commit on the caller's thread.
-    writer: std::sync::Arc<Mutex<Writer>>,
     /// Jobs submitted and not yet answered.
     pending: std::sync::Arc<AtomicUsize>,
     /// Transactions committed, and the jobs they held.
@@ -155,8 +145,6 @@ pub(crate) struct Worker {
 pub(crate) struct Batches {
     pub(crate) commits: std::sync::atomic::AtomicU64,
     pub(crate) jobs: std::sync::atomic::AtomicU64,
-    /// Of the commits, those made on a caller's thread.
-    pub(crate) here: std::sync::atomic::AtomicU64,
 }
 
 /// Joins the worker thread when the last handle goes, so that its last
@@ -176,19 +164,6 @@ impl Drop for Joined {
     }
 }
 
-/// The connection with what commits on it: the writer thread's, lent to a
-/// caller for a lone commit.
-struct Writer {
-    db: Db,
-    checkpoints: Option<Checkpoints>,
-}
-
-impl std::fmt::Debug for Writer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Writer").finish_non_exhaustive()
-    }
-}
-
 /// How long a caller whose job is the only one in flight polls for its
 /// answer before parking (see [`Worker::submit`]).
 const SPIN: Duration = Duration::from_micros(200);
@@ -204,23 +179,26 @@ impl Worker {
         let (tx, rx) = mpsc::channel::<Job>(4096);
         let batches = std::sync::Arc::new(Batches::default());
         let counted = std::sync::Arc::clone(&batches);
-        let writer = std::sync::Arc::new(Mutex::new(Writer {
-            db: Db {
-                conn,
-                log,
-                hours: std::cell::RefCell::new(vec![([0u8; 16], i64::MIN); HOUR_SLOTS]),
-                ran: std::cell::RefCell::new(Vec::with_capacity(64)),
-            },
-            checkpoints,
-        }));
-        let shared = std::sync::Arc::clone(&writer);
         let handle = thread::Builder::new()
             .name("chatcore-sqlite".into())
-            .spawn(move || run(&shared, rx, &counted))
+            .spawn(move || {
+                let hours = std::cell::RefCell::new(vec![([0u8; 16], i64::MIN); HOUR_SLOTS]);
+                let ran = std::cell::RefCell::new(Vec::with_capacity(64));
+                run(
+                    Db {
+                        conn,
+                        log,
+                        hours,
+                        ran,
+                    },
+                    rx,
+                    &counted,
+                    checkpoints,
+                )
+            })
             .map_err(Error::storage)?;
         Ok(Worker {
             tx,
-            writer,
             pending: std::sync::Arc::default(),
             batches,
             _joined: std::sync::Arc::new(Joined(std::sync::Mutex::new(Some(handle)))),
@@ -275,18 +253,7 @@ impl Worker {
                 let _ = reply.send(out);
             })
         });
-        let (_pending, alone) = Pending::enter(&self.pending);
-        let job = if alone && lone_commit_allowed() {
-            self.commit_here(job)
-        } else {
-            Some(job)
-        };
-        let Some(job) = job else {
-            // Answered before the commit returned.
-            return answer
-                .await
-                .map_err(|_| Error::storage("the SQLite worker dropped a job"))?;
-        };
+        let _pending = Pending::enter(&self.pending);
         self.tx
             .send(job)
             .await
@@ -304,19 +271,10 @@ impl Worker {
 struct Pending<'a>(&'a AtomicUsize);
 
 impl<'a> Pending<'a> {
-    /// Counts a job in; also answers whether it is the only one.
-    fn enter(count: &'a AtomicUsize) -> (Self, bool) {
-        let before = count.fetch_add(1, Ordering::Relaxed);
-        (Pending(count), before == 0)
+    fn enter(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Pending(count)
     }
-}
-
-/// Whether this thread may commit a lone job itself: only on a
-/// multi-threaded runtime, where `block_in_place` hands the thread's other
-/// tasks to another worker (on a current-thread runtime it would panic).
-fn lone_commit_allowed() -> bool {
-    tokio::runtime::Handle::try_current()
-        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
 }
 
 impl Drop for Pending<'_> {
@@ -350,34 +308,28 @@ async fn spin_then_await<F: Future + Unpin>(mut fut: F) -> F::Output {
 }
 
 impl Worker {
-    /// Commits `job` on this thread if the writer is free, or hands it back.
-    fn commit_here(&self, job: Job) -> Option<Job> {
-        let Ok(mut writer) = self.writer.try_lock() else {
-            return Some(job);
-        };
-        tokio::task::block_in_place(|| commit(&mut writer, std::iter::once(job), &self.batches));
-        self.batches.here.fetch_add(1, Ordering::Relaxed);
-        None
-    }
-
     /// Jobs submitted and not yet answered.
     pub(crate) fn queue_depth(&self) -> usize {
         self.pending.load(Ordering::Relaxed)
     }
 
-    /// Transactions committed, the jobs they held, and how many of the
-    /// transactions were committed on a caller's thread.
-    pub(crate) fn batches(&self) -> (u64, u64, u64) {
+    /// Transactions committed, and the jobs they held.
+    pub(crate) fn batches(&self) -> (u64, u64) {
         (
             self.batches.commits.load(Ordering::Relaxed),
             self.batches.jobs.load(Ordering::Relaxed),
-            self.batches.here.load(Ordering::Relaxed),
         )
     }
 }
 
-fn run(writer: &Mutex<Writer>, mut rx: mpsc::Receiver<Job>, batches: &Batches) {
+fn run(
+    db: Db,
+    mut rx: mpsc::Receiver<Job>,
+    batches: &Batches,
+    mut checkpoints: Option<Checkpoints>,
+) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    let mut deliveries: Vec<Deliver> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -386,84 +338,69 @@ fn run(writer: &Mutex<Writer>, mut rx: mpsc::Receiver<Job>, batches: &Batches) {
                 Err(_) => break,
             }
         }
-        let mut writer = writer.lock().unwrap_or_else(PoisonError::into_inner);
-        commit(&mut writer, batch.drain(..), batches);
+        if let Err(e) = db.exec("BEGIN IMMEDIATE") {
+            // No transaction, so no job may run: fail them all unrun.
+            for job in batch.drain(..) {
+                job(None)(Some(&e));
+            }
+            db.flush_sql_log();
+            continue;
+        }
+        // If a job's failure made SQLite roll the whole transaction back
+        // (disk full, I/O error), the jobs after it must not run outside a
+        // transaction: they fail unrun, and so does everything before.
+        let mut aborted: Option<rusqlite::Error> = None;
+        for job in batch.drain(..) {
+            if aborted.is_some() {
+                job(None)(aborted.as_ref());
+                continue;
+            }
+            // A job that panics must not take the writer (and every later
+            // write) down with it. What it wrote is unknown, so the whole
+            // transaction is rolled back and the batch fails; its own caller
+            // hears of it when its reply channel drops with the panic.
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(Some(&db)))) {
+                Ok(deliver) => deliveries.push(deliver),
+                Err(_) => {
+                    let _ = db.exec("ROLLBACK");
+                    aborted = Some(rusqlite::Error::SqliteFailure(
+                        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+                        Some("a job in the same transaction panicked".into()),
+                    ));
+                    continue;
+                }
+            }
+            if db.conn.is_autocommit() {
+                aborted = Some(rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+                    Some("the transaction was rolled back by an earlier failure".into()),
+                ));
+            }
+        }
+        let err = match aborted {
+            Some(e) => Some(e),
+            None => {
+                let err = db.exec("COMMIT").err();
+                if err.is_some() {
+                    let _ = db.exec("ROLLBACK");
+                } else {
+                    batches.commits.fetch_add(1, Ordering::Relaxed);
+                    batches
+                        .jobs
+                        .fetch_add(deliveries.len() as u64, Ordering::Relaxed);
+                }
+                err
+            }
+        };
+        for deliver in deliveries.drain(..) {
+            deliver(err.as_ref());
+        }
+        if let Some(checkpoints) = &mut checkpoints {
+            checkpoints.after_commit(&db.conn, |sql| db.log_sql(sql));
+        }
+        db.flush_sql_log();
     }
     // The checkpoint thread's connection closes before the writer's, which
     // (as the last one) checkpoints what is left.
-    let checkpoints = writer
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .checkpoints
-        .take();
     drop(checkpoints);
-}
-
-/// Runs `jobs` as one transaction and answers each after the commit.
-fn commit(writer: &mut Writer, jobs: impl Iterator<Item = Job>, batches: &Batches) {
-    let db = &writer.db;
-    if let Err(e) = db.exec("BEGIN IMMEDIATE") {
-        // No transaction, so no job may run: fail them all unrun.
-        for job in jobs {
-            job(None)(Some(&e));
-        }
-        db.flush_sql_log();
-        return;
-    }
-    let mut deliveries: Vec<Deliver> = Vec::with_capacity(jobs.size_hint().0);
-    // If a job's failure made SQLite roll the whole transaction back
-    // (disk full, I/O error), the jobs after it must not run outside a
-    // transaction: they fail unrun, and so does everything before.
-    let mut aborted: Option<rusqlite::Error> = None;
-    for job in jobs {
-        if aborted.is_some() {
-            job(None)(aborted.as_ref());
-            continue;
-        }
-        // A job that panics must not take the writer (and every later
-        // write) down with it. What it wrote is unknown, so the whole
-        // transaction is rolled back and the batch fails; its own caller
-        // hears of it when its reply channel drops with the panic.
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(Some(db)))) {
-            Ok(deliver) => deliveries.push(deliver),
-            Err(_) => {
-                let _ = db.exec("ROLLBACK");
-                aborted = Some(rusqlite::Error::SqliteFailure(
-                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
-                    Some("a job in the same transaction panicked".into()),
-                ));
-                continue;
-            }
-        }
-        if db.conn.is_autocommit() {
-            aborted = Some(rusqlite::Error::SqliteFailure(
-                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
-                Some("the transaction was rolled back by an earlier failure".into()),
-            ));
-        }
-    }
-    let err = match aborted {
-        Some(e) => Some(e),
-        None => {
-            let err = db.exec("COMMIT").err();
-            if err.is_some() {
-                let _ = db.exec("ROLLBACK");
-            } else {
-                batches.commits.fetch_add(1, Ordering::Relaxed);
-                batches
-                    .jobs
-                    .fetch_add(deliveries.len() as u64, Ordering::Relaxed);
-            }
-            err
-        }
-    };
-    for deliver in deliveries.drain(..) {
-        deliver(err.as_ref());
-    }
-    // On the thread that committed: the WAL hook noted its frame count
-    // there.
-    if let Some(checkpoints) = &mut writer.checkpoints {
-        checkpoints.after_commit(&db.conn, |sql| db.log_sql(sql));
-    }
-    db.flush_sql_log();
 }
