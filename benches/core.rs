@@ -89,8 +89,7 @@ impl ChatModel for Instant0 {
     async fn complete(&self, _request: ChatRequest<'_>) -> chatcore::Result<Completion> {
         Ok(Completion {
             content: "Hi there".to_owned(),
-            usage: None,
-            finish_reason: None,
+            ..Completion::default()
         })
     }
 }

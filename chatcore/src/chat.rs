@@ -32,25 +32,79 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
 
+use bytes::Bytes;
+
 use crate::caller::Caller;
 use crate::error::{Error, ErrorKind, Result};
 use crate::hot::{Hot, Lease};
-use crate::llm::{ChatOptions, ChatRequest, Completion, CompletionStream, StreamEvent, Usage};
+use crate::llm::{
+    ChatOptions, ChatRequest, Completion, CompletionStream, Input, RawChunk, ReplyBuilder,
+    StreamEvent, ToolCallDelta,
+};
+use crate::message::{Message, MessageRef, Role, WireMessage};
 use crate::rate_limit::Decision;
-use crate::storage::{Claim, Store, Turn, TurnToken};
-use crate::tokens::estimate_tokens;
-use crate::types::SessionId;
+use crate::storage::{Claim, Store, Turn, TurnToken, MAX_TURN_MESSAGES};
+use crate::tokens::{estimate_tokens, message_tokens};
+use crate::types::{SessionId, Usage};
 use crate::Inner;
+
+/// A turn's new messages, as a caller hands them in.
+#[derive(Debug, Clone)]
+pub enum TurnInput<'c> {
+    /// One user message of plain text (borrowed or owned).
+    Text(Cow<'c, str>),
+    /// Messages of any kind, oldest first: a user message (text or content
+    /// parts), or the tool results that answer the previous reply's tool
+    /// calls, perhaps followed by a user message.
+    Messages(Vec<Message>),
+}
+
+impl<'c> From<&'c str> for TurnInput<'c> {
+    fn from(text: &'c str) -> Self {
+        TurnInput::Text(Cow::Borrowed(text))
+    }
+}
+
+impl From<String> for TurnInput<'_> {
+    fn from(text: String) -> Self {
+        TurnInput::Text(Cow::Owned(text))
+    }
+}
+
+impl<'c> From<Cow<'c, str>> for TurnInput<'c> {
+    fn from(text: Cow<'c, str>) -> Self {
+        TurnInput::Text(text)
+    }
+}
+
+impl From<Vec<Message>> for TurnInput<'_> {
+    fn from(messages: Vec<Message>) -> Self {
+        TurnInput::Messages(messages)
+    }
+}
+
+impl TurnInput<'_> {
+    /// Whether the first new message is a tool's result: then the previous
+    /// reply's tool calls must go upstream with it.
+    fn answers_calls(&self) -> bool {
+        match self {
+            TurnInput::Text(_) => false,
+            TurnInput::Messages(m) => m
+                .first()
+                .is_some_and(|m| matches!(m.role, Role::Tool | Role::Function)),
+        }
+    }
+}
 
 /// Prepares one turn (see the module doc and [`ChatCore::prepare`](crate::ChatCore::prepare)).
 pub(crate) async fn prepare<'c>(
     inner: &Arc<Inner>,
     caller: &Caller,
     id: SessionId,
-    content: Cow<'c, str>,
+    input: TurnInput<'c>,
     options: ChatOptions,
 ) -> Result<PreparedTurn<'c>> {
-    validate_message(&content)?;
+    validate_input(&input)?;
     let mut claim = None;
     let (slot, lease, remaining) = match inner.hot.get(id) {
         Some(hot) => {
@@ -99,10 +153,11 @@ pub(crate) async fn prepare<'c>(
         }
     };
     // Earlier turns of this session are done: the history is complete.
+    check_calls_answered(&input, lease.last())?;
     Ok(PreparedTurn {
         inner: Arc::clone(inner),
         id,
-        content,
+        input,
         options,
         user_at: inner.clock.now(),
         remaining,
@@ -253,7 +308,7 @@ impl Drop for ClaimGuard {
 pub struct PreparedTurn<'c> {
     inner: Arc<Inner>,
     id: SessionId,
-    content: Cow<'c, str>,
+    input: TurnInput<'c>,
     options: ChatOptions,
     user_at: DateTime<Utc>,
     remaining: u32,
@@ -286,13 +341,28 @@ impl<'c> PreparedTurn<'c> {
         self.remaining
     }
 
-    /// The user's message.
-    pub fn content(&self) -> &str {
-        &self.content
+    /// The text of the turn's user message, as a person reads it (empty
+    /// for a turn of tool results alone).
+    pub fn content(&self) -> Cow<'_, str> {
+        match &self.input {
+            TurnInput::Text(t) => Cow::Borrowed(t),
+            TurnInput::Messages(m) => {
+                let texts: Vec<Cow<'_, str>> = m
+                    .iter()
+                    .map(Message::display_text)
+                    .filter(|t| !t.is_empty())
+                    .collect();
+                match texts.len() {
+                    0 => Cow::Borrowed(""),
+                    1 => texts.into_iter().next().unwrap_or_default(),
+                    _ => Cow::Owned(texts.join("\n")),
+                }
+            }
+        }
     }
 
     /// What the model is asked: the session's system prompt, the history
-    /// that fits the context budget, and the new message.
+    /// that fits the context budget, and the new messages.
     pub fn request(&self) -> ChatRequest<'_> {
         let inner = &*self.inner;
         let system = self
@@ -303,17 +373,27 @@ impl<'c> PreparedTurn<'c> {
             .as_deref()
             .or(inner.system_prompt.as_deref())
             .filter(|s| !s.is_empty());
-        // The history budget: what the system prompt and new message leave.
+        let (input, new_cost) = match &self.input {
+            TurnInput::Text(t) => (Input::Text(t), estimate_tokens(t)),
+            TurnInput::Messages(m) => (
+                Input::Messages(m),
+                m.iter().map(|m| message_tokens(m.view())).sum(),
+            ),
+        };
+        // The history budget: what the system prompt and new messages
+        // leave. Tool results go with the call they answer, whatever it
+        // costs.
         let mut budget = inner
             .context_tokens
-            .saturating_sub(system.map_or(0, estimate_tokens) + estimate_tokens(&self.content));
+            .saturating_sub(system.map_or(0, estimate_tokens) + new_cost);
         if self.tight {
             budget /= 4;
         }
+        let pinned = usize::from(self.input.answers_calls());
         ChatRequest {
             system,
-            history: self.lease.history_within(budget),
-            user: &self.content,
+            history: self.lease.history_within(budget, pinned),
+            input,
             options: &self.options,
         }
     }
@@ -342,7 +422,8 @@ impl<'c> PreparedTurn<'c> {
     /// A session must not break for good because its history grew past
     /// what the model takes.
     fn retry_tighter(&mut self, e: &Error) -> bool {
-        if !e.is_context_overflow() || self.tight || self.request().history.is_empty() {
+        let pinned = usize::from(self.input.answers_calls());
+        if !e.is_context_overflow() || self.tight || self.request().history.len() <= pinned {
             return false;
         }
         self.tight = true;
@@ -352,7 +433,8 @@ impl<'c> PreparedTurn<'c> {
     /// An overflow with no history left to drop is the message's own
     /// fault: it (with the system prompt) does not fit the model.
     fn overflow(&self, e: Error) -> Error {
-        if e.is_context_overflow() && self.request().history.is_empty() {
+        let pinned = usize::from(self.input.answers_calls());
+        if e.is_context_overflow() && self.request().history.len() <= pinned {
             return Error::invalid(
                 "content",
                 "The message does not fit the model's context window",
@@ -377,30 +459,50 @@ impl<'c> PreparedTurn<'c> {
             other => other.map_err(|e| self.overflow(e))?,
         };
         Ok(TurnStream {
+            id: self.id,
             started: Instant::now(),
             turn: Some(self),
             upstream,
-            text: String::new(),
-            usage: None,
-            finish_reason: None,
+            reply: ReplyBuilder::default(),
         })
     }
 
-    /// Stores the user message and `completion` atomically, moves the
-    /// session's `last_active`, and releases the session.
+    /// Stores the turn's new messages and `completion`'s message
+    /// atomically, moves the session's `last_active`, and releases the
+    /// session.
     ///
     /// # Errors
-    /// [`ErrorKind::SessionNotFound`] (purged meanwhile) and
-    /// [`ErrorKind::Storage`]; nothing is stored then.
+    /// [`ErrorKind::UpstreamFailed`] when the reply says nothing (no text,
+    /// tool calls or refusal), [`ErrorKind::SessionNotFound`] (purged
+    /// meanwhile) and [`ErrorKind::Storage`]; nothing is stored then.
     pub async fn finish(mut self, completion: Completion) -> Result<ChatReply> {
+        if !completion.has_substance() {
+            return Err(Error::new(
+                ErrorKind::UpstreamFailed,
+                "Upstream sent an empty reply (no content, tool calls or refusal)",
+            ));
+        }
         let inner = Arc::clone(&self.inner);
         let reply_at = inner.clock.now();
+        let reply = completion.message(reply_at);
         self.lease.writing();
+        let user_at = self.user_at;
+        let text_input;
+        let new: &[Message] = match &self.input {
+            TurnInput::Text(t) => {
+                text_input = [Message::text(Role::User, t.as_ref(), user_at)];
+                &text_input
+            }
+            TurnInput::Messages(m) => m,
+        };
+        let mut messages: Vec<MessageRef<'_>> = Vec::with_capacity(new.len() + 1);
+        messages.extend(new.iter().map(|m| MessageRef {
+            created_at: user_at,
+            ..m.view()
+        }));
+        messages.push(reply.view());
         let turn = Turn {
-            user: &self.content,
-            user_at: self.user_at,
-            reply: &completion.content,
-            reply_at,
+            messages: &messages,
             usage: completion.usage,
         };
         match &mut self.claim {
@@ -413,58 +515,73 @@ impl<'c> PreparedTurn<'c> {
                 claim.released = true;
             }
         }
-        self.lease
-            .record(&self.content, self.user_at, &completion.content, reply_at);
+        self.lease.record(&messages);
+        drop(messages);
         let (session_id, remaining, upstream) = (self.id, self.remaining, self.upstream);
         drop(self);
         Ok(ChatReply {
             session_id,
             content: completion.content,
+            wire: completion.wire,
             limit: inner.limiter.limit(),
             remaining,
             usage: completion.usage,
             finish_reason: completion.finish_reason,
+            raw: completion.raw,
             upstream,
         })
     }
 }
 
 /// A turn whose reply is streaming in. Read it with [`TurnStream::next`]:
-/// deltas as they arrive, then [`TurnEvent::Done`] once the turn is stored
-/// (always the last item), or an error (nothing stored). Dropping it
-/// cancels the upstream request and stores nothing.
+/// the reply's pieces as they arrive, then [`TurnEvent::Done`] once the
+/// turn is stored (always the last item), or an error (nothing stored).
+/// Dropping it cancels the upstream request and stores nothing.
 #[derive(Debug)]
 pub struct TurnStream<'c> {
+    id: SessionId,
     /// When the upstream accepted the request.
     started: Instant,
     turn: Option<PreparedTurn<'c>>,
     upstream: CompletionStream,
-    text: String,
-    usage: Option<Usage>,
-    finish_reason: Option<String>,
+    reply: ReplyBuilder,
 }
 
 /// One item of a [`TurnStream`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum TurnEvent {
-    /// The next piece of the reply.
+    /// The next piece of the reply's text.
     Delta(String),
+    /// A piece of a tool call.
+    ToolCall(ToolCallDelta),
+    /// The next piece of a refusal.
+    Refusal(String),
+    /// The upstream chunk the pieces just before it came from, as it was
+    /// sent (only when the turn's options ask for it).
+    Raw(RawChunk),
     /// The turn is stored; the whole reply.
     Done(ChatReply),
 }
 
 impl TurnStream<'_> {
+    /// The session the turn belongs to.
+    pub fn session_id(&self) -> SessionId {
+        self.id
+    }
+
+    /// Whether the stream hands back the upstream's own chunks
+    /// ([`TurnEvent::Raw`]).
+    pub fn relays_raw(&self) -> bool {
+        self.upstream.relays_raw()
+    }
+
     /// The next item; `None` after `Done` or an error.
     pub async fn next(&mut self) -> Option<Result<TurnEvent>> {
         self.turn.as_ref()?;
         loop {
-            match self.upstream.next().await {
-                Some(Ok(StreamEvent::Delta(piece))) => {
-                    self.text.push_str(&piece);
-                    return Some(Ok(TurnEvent::Delta(piece)));
-                }
-                Some(Ok(StreamEvent::Usage(usage))) => self.usage = Some(usage),
-                Some(Ok(StreamEvent::Finish(reason))) => self.finish_reason = Some(reason),
+            let event = match self.upstream.next().await {
+                Some(Ok(event)) => event,
                 Some(Err(e)) => {
                     self.turn = None;
                     return Some(Err(e));
@@ -472,14 +589,22 @@ impl TurnStream<'_> {
                 None => {
                     let mut turn = self.turn.take()?;
                     turn.upstream += self.started.elapsed();
-                    let completion = Completion {
-                        content: std::mem::take(&mut self.text),
-                        usage: self.usage,
-                        finish_reason: self.finish_reason.take(),
-                    };
+                    let completion = std::mem::take(&mut self.reply).finish();
                     return Some(turn.finish(completion).await.map(TurnEvent::Done));
                 }
+            };
+            if let Err(e) = self.reply.push(&event) {
+                self.turn = None;
+                return Some(Err(e));
             }
+            let out = match event {
+                StreamEvent::Delta(piece) => TurnEvent::Delta(piece),
+                StreamEvent::ToolCall(d) => TurnEvent::ToolCall(d),
+                StreamEvent::Refusal(piece) => TurnEvent::Refusal(piece),
+                StreamEvent::Raw(chunk) => TurnEvent::Raw(chunk),
+                StreamEvent::Usage(_) | StreamEvent::Finish(_) => continue,
+            };
+            return Some(Ok(out));
         }
     }
 }
@@ -515,8 +640,15 @@ pub const MAX_MESSAGE_CHARS: usize = 32_000;
 pub struct ChatReply {
     /// The session the turn belongs to.
     pub session_id: SessionId,
-    /// The assistant's reply.
+    /// The assistant's reply as a person reads it: its text, or its
+    /// refusal.
     pub content: String,
+    /// The whole assistant message as stored, when it is more than text
+    /// (tool calls, a refusal, content parts).
+    pub wire: Option<WireMessage>,
+    /// The upstream's whole reply body as it was sent, when the model has
+    /// one and the reply was not streamed.
+    pub raw: Option<Bytes>,
     /// The session's quota per minute.
     pub limit: u32,
     /// Messages the session may still send right now.
@@ -528,6 +660,94 @@ pub struct ChatReply {
     /// How long the turn waited on the model (for a stream, from its
     /// start to its last piece); the rest of its time is the gateway's.
     pub upstream: Duration,
+}
+
+/// Validates a turn's new messages: a user message of text, or messages
+/// in one of the shapes a turn takes (tool results, then at most one user
+/// message), each of bounded text.
+fn validate_input(input: &TurnInput<'_>) -> Result<()> {
+    let messages = match input {
+        TurnInput::Text(t) => return validate_message(t),
+        TurnInput::Messages(m) => m,
+    };
+    if messages.is_empty() {
+        return Err(Error::invalid(
+            "messages",
+            "a turn needs at least one message",
+        ));
+    }
+    if messages.len() >= MAX_TURN_MESSAGES {
+        return Err(Error::invalid(
+            "messages",
+            format!("a turn takes at most {} messages", MAX_TURN_MESSAGES - 1),
+        ));
+    }
+    let (last, results) = messages.split_last().expect("not empty");
+    let results_ok = results
+        .iter()
+        .all(|m| matches!(m.role, Role::Tool | Role::Function));
+    let last_ok = matches!(last.role, Role::User | Role::Tool | Role::Function);
+    if !results_ok || !last_ok {
+        return Err(Error::invalid(
+            "messages",
+            "a session's turn sends a user message, or the tool results that answer the \
+             previous reply's tool calls (optionally followed by a user message); the session \
+             supplies the system prompt and the history",
+        ));
+    }
+    for m in messages {
+        let text = m.display_text();
+        if text.len() > MAX_MESSAGE_CHARS && text.chars().count() > MAX_MESSAGE_CHARS {
+            return Err(Error::invalid(
+                "messages",
+                format!("a message's text must be at most {MAX_MESSAGE_CHARS} characters"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks the turn against the session's newest message: when that reply
+/// called tools, the turn must first answer each call, once; tool results
+/// must answer calls of that reply. (The session's window always holds
+/// its newest message, whatever it costs.)
+fn check_calls_answered(input: &TurnInput<'_>, last: Option<MessageRef<'_>>) -> Result<()> {
+    let calls = last
+        .filter(|m| m.role == Role::Assistant)
+        .map(|m| m.tool_call_ids())
+        .unwrap_or_default();
+    let results: Vec<Option<String>> = match input {
+        TurnInput::Text(_) => Vec::new(),
+        TurnInput::Messages(m) => m
+            .iter()
+            .filter(|m| matches!(m.role, Role::Tool | Role::Function))
+            .map(|m| m.view().tool_call_id())
+            .collect(),
+    };
+    if calls.is_empty() && results.is_empty() {
+        return Ok(());
+    }
+    if calls.is_empty() {
+        return Err(Error::invalid(
+            "messages",
+            "tool results answer tool calls, and the session's last reply called no tool",
+        ));
+    }
+    let mut answered: Vec<&str> = results.iter().filter_map(|r| r.as_deref()).collect();
+    answered.sort_unstable();
+    let mut expected: Vec<&str> = calls.iter().map(String::as_str).collect();
+    expected.sort_unstable();
+    if answered != expected || results.iter().any(Option::is_none) {
+        return Err(Error::invalid(
+            "messages",
+            format!(
+                "the session's last reply called tools {}: send one tool message for each \
+                 (tool_call_id), before any user message",
+                expected.join(", ")
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Validates a user message.

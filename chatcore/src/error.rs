@@ -29,6 +29,11 @@ pub enum ErrorKind {
     RateLimited,
     /// The caller is known but may not do this (an admin-only operation).
     Forbidden,
+    /// The upstream refused the request as the request's own fault (400,
+    /// 404, 413, 422: a parameter it does not support, a prompt too long):
+    /// not retried; its status and body are kept
+    /// ([`Error::upstream_reply`]) so a client can be told what it said.
+    UpstreamRejected,
     /// The upstream model kept rate-limiting us after every retry.
     UpstreamBusy,
     /// The upstream model failed: 5xx, connection error, undecodable reply,
@@ -67,7 +72,8 @@ impl ErrorKind {
             | ErrorKind::SessionNotFound
             | ErrorKind::SessionExpired
             | ErrorKind::RateLimited
-            | ErrorKind::Forbidden => Fault::Client,
+            | ErrorKind::Forbidden
+            | ErrorKind::UpstreamRejected => Fault::Client,
             ErrorKind::UpstreamBusy | ErrorKind::UpstreamFailed | ErrorKind::UpstreamTimeout => {
                 Fault::Upstream
             }
@@ -90,6 +96,7 @@ pub struct Error {
     field: Option<&'static str>,
     retry_after: Option<Duration>,
     context_overflow: bool,
+    upstream_reply: Option<Box<(u16, bytes::Bytes)>>,
     source: Option<BoxError>,
 }
 
@@ -102,8 +109,23 @@ impl Error {
             field: None,
             retry_after: None,
             context_overflow: false,
+            upstream_reply: None,
             source: None,
         }
+    }
+
+    /// Keeps the upstream's own answer to a request it refused: its status
+    /// and body (OpenAI's `{"error": …}`), as [`ErrorKind::UpstreamRejected`]
+    /// carries them.
+    #[must_use]
+    pub fn with_upstream_reply(mut self, status: u16, body: bytes::Bytes) -> Self {
+        self.upstream_reply = Some(Box::new((status, body)));
+        self
+    }
+
+    /// The upstream's status and body, for an error it answered itself.
+    pub fn upstream_reply(&self) -> Option<(u16, &bytes::Bytes)> {
+        self.upstream_reply.as_deref().map(|(s, b)| (*s, b))
     }
 
     /// Marks an upstream refusal as "the prompt does not fit the model's
@@ -291,6 +313,7 @@ mod tests {
             (SessionExpired, Fault::Client),
             (RateLimited, Fault::Client),
             (Forbidden, Fault::Client),
+            (UpstreamRejected, Fault::Client),
             (UpstreamBusy, Fault::Upstream),
             (UpstreamFailed, Fault::Upstream),
             (UpstreamTimeout, Fault::Upstream),

@@ -29,8 +29,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use chrono::{DateTime, Utc};
 
 use crate::llm::{History, PackedEntry};
-use crate::tokens::estimate_tokens;
-use crate::types::{from_millis, Message, Role, Session, SessionId};
+use crate::message::{Message, MessageRef};
+use crate::tokens::{message_tokens, orphaned_results};
+use crate::types::{from_millis, Session, SessionId};
 
 const SHARDS: usize = 16;
 
@@ -49,10 +50,10 @@ pub(crate) struct Hot {
 }
 
 /// The newest messages of a session that fit the context budget, packed:
-/// all their text in one buffer and a small fixed-size entry per message
-/// (position, estimated tokens, role, time). About half the memory of a
-/// `Vec<Message>` (no allocation per message), and the token costs are
-/// computed once, not on every turn.
+/// all their text (or, for a message kept whole, its JSON) in one buffer
+/// and a small fixed-size entry per message (position, estimated tokens,
+/// role, time). About half the memory of a `Vec<Message>` (no allocation
+/// per message), and the token costs are computed once, not on every turn.
 #[derive(Debug, Default)]
 pub(crate) struct Window {
     text: String,
@@ -63,13 +64,16 @@ pub(crate) struct Window {
 }
 
 impl Window {
-    /// Keeps the newest of `history` that fit `budget` tokens.
+    /// Keeps the newest of `history` that fit `budget` tokens (and the
+    /// newest message in any case).
     pub(crate) fn new(history: Vec<Message>, budget: usize) -> Window {
         let mut tokens = 0;
         let mut keep = 0;
         for m in history.iter().rev() {
-            let cost = estimate_tokens(&m.content);
-            if tokens + cost > budget {
+            let cost = message_tokens(m.view());
+            // The newest message stays whatever it costs: a turn that
+            // answers its tool calls must send it.
+            if tokens + cost > budget && keep > 0 {
                 break;
             }
             tokens += cost;
@@ -77,53 +81,65 @@ impl Window {
         }
         let mut w = Window::default();
         for m in &history[history.len() - keep..] {
-            w.append(m.role, &m.content, m.created_at.timestamp_millis());
+            w.append(m.view());
         }
         w
     }
 
     /// The newest messages whose estimated tokens fit `budget`, oldest
-    /// first: what [`trim_history`](crate::trim_history) would keep.
-    pub(crate) fn fit(&self, budget: usize) -> History<'_> {
+    /// first: what [`trim_history`](crate::trim_history) would keep. The
+    /// newest `pinned` (0 or 1) are kept whatever they cost: a tool call
+    /// the turn's new messages answer must go with them.
+    pub(crate) fn fit(&self, budget: usize, pinned: usize) -> History<'_> {
         let live = &self.entries[self.start..];
         let mut left = budget;
         let mut keep = 0;
         for e in live.iter().rev() {
             let cost = e.cost as usize;
-            if cost > left {
+            if cost > left && keep >= pinned {
                 break;
             }
-            left -= cost;
+            left = left.saturating_sub(cost);
             keep += 1;
         }
-        History::packed(&self.text, &live[live.len() - keep..])
+        let kept = &live[live.len() - keep..];
+        let orphans = orphaned_results(kept.iter().map(|e| e.role));
+        History::packed(&self.text, &kept[orphans..])
+    }
+
+    /// The newest message, if the window holds any.
+    pub(crate) fn last(&self) -> Option<MessageRef<'_>> {
+        History::packed(&self.text, &self.entries[self.start..]).last()
     }
 
     /// The messages, oldest first.
     #[cfg(test)]
-    pub(crate) fn messages(&self) -> Vec<(Role, String)> {
+    pub(crate) fn messages(&self) -> Vec<(crate::message::Role, String)> {
         History::packed(&self.text, &self.entries[self.start..])
             .iter()
-            .map(|m| (m.role, m.content.to_owned()))
+            .map(|m| (m.role, m.wire.unwrap_or(m.content).to_owned()))
             .collect()
     }
 
-    fn append(&mut self, role: Role, content: &str, at_ms: i64) {
-        let cost = estimate_tokens(content);
+    fn append(&mut self, m: MessageRef<'_>) {
+        let cost = message_tokens(m);
+        let body = m.wire.unwrap_or(m.content);
         self.tokens += cost;
         self.entries.push(PackedEntry {
             start: self.text.len() as u32,
-            len: content.len() as u32,
+            len: body.len() as u32,
             cost: cost.min(u32::MAX as usize) as u32,
-            role,
-            at_ms,
+            role: m.role,
+            wire: m.wire.is_some(),
+            at_ms: m.created_at.timestamp_millis(),
         });
-        self.text.push_str(content);
+        self.text.push_str(body);
     }
 
-    fn push(&mut self, role: Role, content: &str, at: DateTime<Utc>, budget: usize) {
-        self.append(role, content, at.timestamp_millis());
-        while self.tokens > budget && self.start < self.entries.len() {
+    fn push(&mut self, m: MessageRef<'_>, budget: usize) {
+        self.append(m);
+        // The newest message stays whatever it costs (see `Window::new`).
+        while self.tokens > budget && self.start + 1 < self.entries.len() {
             self.tokens -= self.entries[self.start].cost as usize;
             self.start += 1;
         }
@@ -431,15 +447,21 @@ pub(crate) struct Lease {
 
 impl Lease {
     #[cfg(test)]
-    pub(crate) fn history(&self) -> Vec<(Role, String)> {
+    pub(crate) fn history(&self) -> Vec<(crate::message::Role, String)> {
         self.window.as_ref().map_or(Vec::new(), Window::messages)
     }
 
-    /// The newest messages that fit `budget` tokens, oldest first.
-    pub(crate) fn history_within(&self, budget: usize) -> History<'_> {
+    /// The newest messages that fit `budget` tokens, oldest first, the
+    /// newest `pinned` kept whatever they cost (see [`Window::fit`]).
+    pub(crate) fn history_within(&self, budget: usize, pinned: usize) -> History<'_> {
         self.window
             .as_ref()
-            .map_or(History::empty(), |w| w.fit(budget))
+            .map_or(History::empty(), |w| w.fit(budget, pinned))
+    }
+
+    /// The session's newest message, as far as the window holds it.
+    pub(crate) fn last(&self) -> Option<MessageRef<'_>> {
+        self.window.as_ref().and_then(Window::last)
     }
 
     /// Marks the store as being written: until [`Lease::record`], the
@@ -448,22 +470,20 @@ impl Lease {
         self.in_doubt = true;
     }
 
-    /// Records a stored turn in the cache.
-    pub(crate) fn record(
-        &mut self,
-        user: &str,
-        user_at: DateTime<Utc>,
-        reply: &str,
-        reply_at: DateTime<Utc>,
-    ) {
+    /// Records a stored turn's messages in the cache; the last one's time
+    /// is the session's new `last_active`.
+    pub(crate) fn record(&mut self, messages: &[MessageRef<'_>]) {
         let budget = self.cache.budget;
         if let Some(w) = self.window.as_mut() {
-            w.push(Role::User, user, user_at, budget);
-            w.push(Role::Assistant, reply, reply_at, budget);
+            for m in messages {
+                w.push(*m, budget);
+            }
         }
-        self.hot
-            .last_active_ms
-            .store(reply_at.timestamp_millis(), Ordering::Release);
+        if let Some(last) = messages.last() {
+            self.hot
+                .last_active_ms
+                .store(last.created_at.timestamp_millis(), Ordering::Release);
+        }
         self.in_doubt = false;
     }
 }
@@ -482,11 +502,17 @@ impl Drop for Lease {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::message::Role;
 
     fn msg(content: &str) -> Message {
-        Message {
+        Message::text(Role::User, content, Utc::now())
+    }
+
+    fn user(content: &str) -> MessageRef<'_> {
+        MessageRef {
             role: Role::User,
-            content: content.to_owned(),
+            content,
+            wire: None,
             created_at: Utc::now(),
         }
     }
@@ -510,7 +536,7 @@ mod tests {
         assert_eq!(w.messages().len(), 2);
         let mut w = Window::new(Vec::new(), 12);
         for _ in 0..100 {
-            w.push(Role::User, "abcd", Utc::now(), 12);
+            w.push(user("abcd"), 12);
         }
         assert_eq!(w.messages().len(), 2);
         assert!(w.entries.len() < 70, "compaction keeps the buffer bounded");
@@ -523,8 +549,13 @@ mod tests {
         let history: Vec<Message> = (0..40).map(|i| msg(&"x".repeat(i * 3))).collect();
         let w = Window::new(history.clone(), 10_000);
         for budget in [0, 5, 17, 100, 333, 10_000] {
-            let expected = crate::trim_history(&history, None, "", budget + estimate_tokens(""));
-            let got: Vec<String> = w.fit(budget).iter().map(|m| m.content.to_owned()).collect();
+            let expected =
+                crate::trim_history(&history, None, "", budget + crate::estimate_tokens(""));
+            let got: Vec<String> = w
+                .fit(budget, 0)
+                .iter()
+                .map(|m| m.content.to_owned())
+                .collect();
             let want: Vec<String> = expected.iter().map(|m| m.content.clone()).collect();
             assert_eq!(got, want, "budget {budget}");
         }
@@ -635,7 +666,8 @@ mod tests {
             for hot in &hots {
                 if let Some(mut lease) = cache.lease(Arc::clone(hot)) {
                     let text = "y".repeat(1000);
-                    lease.record(&text, Utc::now(), &format!("{round}"), Utc::now());
+                    let reply = format!("{round}");
+                    lease.record(&[user(&text), user(&reply)]);
                 }
             }
         }

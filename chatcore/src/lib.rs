@@ -44,16 +44,21 @@
 //! - [`feedback`]: [`FeedbackDesk`] validates and stores feedback.
 //! - [`rate_limit`]: the [`RateLimiter`] trait and the default keyed GCRA
 //!   limiter ([`GovernorLimiter`]), exact under concurrency, bounded memory.
+//! - [`message`]: messages as the protocol has them ([`Message`]: a role
+//!   and text, or the whole message object when it holds more: content
+//!   parts, tool calls, tool results).
 //! - [`llm`]: the [`ChatModel`] trait (complete, and stream with a provided
-//!   default) and the OpenAI chat-completions adapter [`OpenAiChat`].
+//!   default) and the OpenAI chat-completions adapter [`OpenAiChat`]; a
+//!   client's other fields travel untouched ([`Fields`]) and the reply can
+//!   come back as sent, for a gateway that relays it.
 //! - [`storage`]: four small async traits (sessions, messages, feedback,
 //!   keys; newer methods have provided bodies) and two backends:
 //!   [`MemoryStore`] and [`SqliteStore`] (one writer thread, group commit,
 //!   WAL, a reading connection, migrations by `user_version`).
 //! - [`error`]: one [`Error`] whose [`ErrorKind`] maps one-to-one onto the
 //!   gateway's error table, with whose fault it is ([`Fault`]).
-//! - [`types`]: ids and records ([`SessionId`], [`Session`], [`Message`],
-//!   [`Role`], [`Feedback`], [`Rating`]). [`clock`]: where time comes from.
+//! - [`types`]: ids and records ([`SessionId`], [`Session`], [`Usage`],
+//!   [`Feedback`], [`Rating`]). [`clock`]: where time comes from.
 //!
 //! chatcore has no HTTP server types and logs only what it swallows (model
 //! retries) and, when asked, the SQL it runs.
@@ -66,8 +71,10 @@ pub mod clock;
 pub mod error;
 pub mod feedback;
 mod hot;
+mod json;
 pub mod keys;
 pub mod llm;
+pub mod message;
 pub mod rate_limit;
 mod scoped;
 pub mod session;
@@ -80,15 +87,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use caller::{Caller, Principal};
-pub use chat::{ChatReply, PreparedTurn, TurnEvent, TurnStream};
+pub use chat::{ChatReply, PreparedTurn, TurnEvent, TurnInput, TurnStream};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{BoxError, Error, ErrorKind, Fault, Result};
 pub use feedback::FeedbackDesk;
 pub use keys::{KeyRing, NewKey};
 pub use llm::{
-    ChatModel, ChatOptions, ChatRequest, Completion, CompletionStream, History, HistoryItem,
-    OpenAiChat, OpenAiConfig, StreamEvent, UpstreamStats, Usage,
+    ChatModel, ChatOptions, ChatRequest, Completion, CompletionStream, Fields, History, Input,
+    OpenAiChat, OpenAiConfig, RawChunk, ReplyBuilder, StreamEvent, ToolCallDelta, UpstreamStats,
 };
+pub use message::{Message, MessageRef, Role, WireMessage};
 pub use rate_limit::{Check, Decision, GovernorLimiter, RateLimiter};
 #[cfg(feature = "redis")]
 pub use rate_limit::{OnUnavailable, RedisLimiter, RedisLimiterConfig};
@@ -101,13 +109,14 @@ pub use storage::{
 };
 #[cfg(feature = "postgres")]
 pub use storage::{PostgresOptions, PostgresStore};
-pub use tokens::{estimate_tokens, trim_history};
+pub use tokens::{estimate_tokens, message_tokens, trim_history};
 pub use types::{
-    format_time, Feedback, Message, NewSession, PurgeReport, Rating, Role, Session, SessionId,
+    format_time, Feedback, NewSession, PurgeReport, Rating, Session, SessionId, Usage,
 };
 
 use chat::TurnQueues;
 use hot::HotSessions;
+pub use storage::MAX_TURN_MESSAGES;
 use tokens::history_read_limit;
 
 /// The facade: sessions, chat turns, feedback, purge. Clone it freely; all
@@ -426,9 +435,10 @@ impl ChatCore {
     /// Runs the checks of a turn and waits for the session's earlier turns:
     /// the first half of [`ChatCore::chat`]. Finish it with
     /// [`PreparedTurn::complete`] or [`PreparedTurn::stream`]; the turn holds
-    /// the session until then (dropping it stores nothing). `content` may be
-    /// borrowed or owned; an owned one makes a `'static` turn that can live
-    /// inside a streamed response.
+    /// the session until then (dropping it stores nothing). `input` is the
+    /// user's text (borrowed or owned; an owned one makes a `'static` turn
+    /// that can live inside a streamed response) or messages of any kind
+    /// ([`TurnInput::Messages`]: content parts, tool results).
     ///
     /// # Errors
     /// [`ErrorKind::InvalidInput`], [`ErrorKind::SessionNotFound`],
@@ -437,10 +447,10 @@ impl ChatCore {
     pub async fn prepare<'c>(
         &self,
         id: SessionId,
-        content: impl Into<std::borrow::Cow<'c, str>>,
+        input: impl Into<TurnInput<'c>>,
         options: ChatOptions,
     ) -> Result<PreparedTurn<'c>> {
-        chat::prepare(&self.inner, &Caller::Anyone, id, content.into(), options).await
+        chat::prepare(&self.inner, &Caller::Anyone, id, input.into(), options).await
     }
 
     /// The facade as `caller` sees it: sessions it may not use do not

@@ -4,14 +4,12 @@
 //! cannot even be confirmed to exist. Sessions made here belong to the
 //! caller; reviewing feedback needs an admin.
 
-use std::borrow::Cow;
-
 use crate::caller::Caller;
 use crate::error::{Error, ErrorKind, Result};
-use crate::llm::{ChatOptions, ChatRequest, Completion, CompletionStream, Usage};
+use crate::llm::{ChatOptions, ChatRequest, Completion, CompletionStream};
 use crate::storage::{FeedbackFilter, MessageCursor, MessagePage, SessionCursor};
-use crate::types::{Feedback, NewSession, Session, SessionId};
-use crate::{chat, ChatCore, PreparedTurn, SessionInfo};
+use crate::types::{Feedback, NewSession, Session, SessionId, Usage};
+use crate::{chat, ChatCore, PreparedTurn, SessionInfo, TurnInput};
 
 /// [`ChatCore`] acting for one [`Caller`].
 #[derive(Debug, Clone)]
@@ -91,10 +89,10 @@ impl<'a> Scoped<'a> {
     pub async fn prepare<'c>(
         &self,
         id: SessionId,
-        content: impl Into<Cow<'c, str>>,
+        input: impl Into<TurnInput<'c>>,
         options: ChatOptions,
     ) -> Result<PreparedTurn<'c>> {
-        chat::prepare(self.core.inner(), &self.caller, id, content.into(), options).await
+        chat::prepare(self.core.inner(), &self.caller, id, input.into(), options).await
     }
 
     /// A request straight to the model, with no session (see

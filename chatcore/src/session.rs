@@ -11,8 +11,9 @@ use std::time::Duration;
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::hot::HotSessions;
+use crate::message::Message;
 use crate::storage::Store;
-use crate::types::{Message, NewSession, PurgeReport, Session, SessionId};
+use crate::types::{NewSession, PurgeReport, Session, SessionId};
 
 /// Longest per-session system prompt accepted, in characters.
 pub const MAX_SYSTEM_PROMPT_CHARS: usize = 32_000;

@@ -138,54 +138,28 @@ pub struct NewSession {
     pub metadata: Option<serde_json::Value>,
 }
 
-/// Who wrote a message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Instructions for the model.
-    System,
-    /// The person chatting.
-    User,
-    /// The model.
-    Assistant,
+/// Token counts reported by the model for one turn, or summed over a
+/// session.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Tokens in the prompt.
+    pub prompt_tokens: u32,
+    /// Tokens in the reply.
+    pub completion_tokens: u32,
+    /// Of the prompt's tokens, those the provider read from its prompt
+    /// cache (`prompt_tokens_details.cached_tokens`).
+    pub cached_tokens: u32,
 }
 
-impl Role {
-    /// The role's wire name: `system`, `user` or `assistant`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::System => "system",
-            Role::User => "user",
-            Role::Assistant => "assistant",
-        }
+impl Usage {
+    /// Adds `other` to these counts (saturating).
+    pub fn add(&mut self, other: Usage) {
+        self.prompt_tokens = self.prompt_tokens.saturating_add(other.prompt_tokens);
+        self.completion_tokens = self
+            .completion_tokens
+            .saturating_add(other.completion_tokens);
+        self.cached_tokens = self.cached_tokens.saturating_add(other.cached_tokens);
     }
-
-    /// Parses a stored or wire role name.
-    pub fn parse(s: &str) -> Option<Role> {
-        match s {
-            "system" => Some(Role::System),
-            "user" => Some(Role::User),
-            "assistant" => Some(Role::Assistant),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(self.as_str())
-    }
-}
-
-/// One stored message of a session's history.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Message {
-    /// Who wrote it.
-    pub role: Role,
-    /// What it says.
-    pub content: String,
-    /// When it was stored.
-    pub created_at: DateTime<Utc>,
 }
 
 /// A feedback rating: an integer from 1 to 5.

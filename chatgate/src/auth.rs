@@ -48,6 +48,9 @@ pub enum Need {
     Session,
     /// Calls on no session (stateless `/v1`): a principal beyond `none`.
     Principal,
+    /// [`Need::Session`] when the request names a session
+    /// (`X-Session-Id`), else [`Need::Principal`].
+    SessionIfNamed,
     /// The model list: open unless every call needs a credential.
     Models,
     /// A caller's own sessions: any known caller; none is known in `none`
@@ -168,6 +171,11 @@ impl Auth {
         headers: &HeaderMap,
         need: Need,
     ) -> Result<Caller, ApiError> {
+        let need = match need {
+            Need::SessionIfNamed if headers.contains_key("x-session-id") => Need::Session,
+            Need::SessionIfNamed => Need::Principal,
+            other => other,
+        };
         if need == Need::Open {
             return Ok(Caller::Anyone);
         }

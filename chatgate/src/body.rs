@@ -25,6 +25,11 @@ use hyper::header::{self, HeaderValue};
 use hyper::Response;
 use serde::Serialize;
 
+/// The time a response's model call took, attached by the turn it
+/// answers (for the gateway-overhead histogram).
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamTime(pub std::time::Duration);
+
 /// How a streamed body ended, for its end hook.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StreamEnd {

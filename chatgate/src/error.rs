@@ -89,6 +89,9 @@ pub struct ApiError {
     /// A machine-readable code for OpenAI-shaped bodies (`model_not_found`);
     /// without one, the code follows from the status.
     pub code: Option<&'static str>,
+    /// The upstream's own error body, for an upstream refusal of the
+    /// request itself: OpenAI-shaped answers relay it as it came.
+    pub upstream_body: Option<Box<bytes::Bytes>>,
 }
 
 impl ApiError {
@@ -104,6 +107,7 @@ impl ApiError {
             challenge: false,
             limit_scope: None,
             code: None,
+            upstream_body: None,
         }
     }
 
@@ -119,6 +123,7 @@ impl ApiError {
             challenge: false,
             limit_scope: None,
             code: None,
+            upstream_body: None,
         }
     }
 
@@ -223,8 +228,13 @@ impl ApiError {
         (status, body)
     }
 
-    /// The response in OpenAI's error shape (for `/v1`).
-    pub fn into_openai_response(self) -> Response<Body> {
+    /// The response in OpenAI's error shape (for `/v1`): the upstream's
+    /// own body when it refused the request itself, as it came.
+    pub fn into_openai_response(mut self) -> Response<Body> {
+        if let Some(body) = self.upstream_body.take() {
+            let status = self.status;
+            return self.respond(status, body.to_vec());
+        }
         let (status, body) = self.openai_body();
         self.respond(status, json_bytes(&body))
     }
@@ -297,6 +307,22 @@ impl From<Error> for ApiError {
             ErrorKind::SessionExpired => StatusCode::GONE,
             ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+            ErrorKind::UpstreamRejected => {
+                // The request's own fault, as the upstream judged it: its
+                // status, and on `/v1` its body.
+                let (status, body) = match e.upstream_reply() {
+                    Some((status, body)) => (
+                        StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+                        Some(body.clone()),
+                    ),
+                    None => (StatusCode::BAD_REQUEST, None),
+                };
+                let mut out = ApiError::new(status, e.message().to_owned());
+                out.upstream_body = body
+                    .filter(|b| serde_json::from_slice::<serde::de::IgnoredAny>(b).is_ok())
+                    .map(Box::new);
+                return out;
+            }
             ErrorKind::UpstreamBusy => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::UpstreamFailed => StatusCode::BAD_GATEWAY,
             ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -349,6 +375,11 @@ mod tests {
             (Error::new(ErrorKind::Forbidden, "x"), 403),
             (Error::new(ErrorKind::UpstreamBusy, "x"), 503),
             (Error::new(ErrorKind::UpstreamFailed, "x"), 502),
+            (
+                Error::new(ErrorKind::UpstreamRejected, "x")
+                    .with_upstream_reply(422, bytes::Bytes::from_static(b"{}")),
+                422,
+            ),
             (Error::new(ErrorKind::UpstreamTimeout, "x"), 504),
             (Error::storage("disk"), 500),
             (Error::storage_unavailable("disk full"), 503),
@@ -389,6 +420,24 @@ mod tests {
         .openai_body();
         assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+    }
+
+    #[test]
+    fn an_upstream_refusal_is_relayed_in_the_openai_shape() {
+        let body = bytes::Bytes::from_static(
+            br#"{"error":{"message":"Unsupported parameter: 'max_tokens'","type":"invalid_request_error","param":"max_tokens","code":"unsupported_parameter"}}"#,
+        );
+        let e = ApiError::from(
+            Error::new(
+                ErrorKind::UpstreamRejected,
+                "Upstream rejected the request: status 400",
+            )
+            .with_upstream_reply(400, body.clone()),
+        );
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert!(e.cause.is_none(), "the client's fault: no error line");
+        let resp = e.into_openai_response();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     }
 
     #[test]

@@ -8,230 +8,42 @@
 //! - [`logging`]: `app.log` (plain text) and stderr, via slog-async.
 //! - [`server`]: [`server::run`] serves a bound listener until a shutdown
 //!   future resolves, then drains.
-//! - [`router`]: request id, `match (method, path)`, CORS, the access-log
-//!   line; [`handlers`]: one file per endpoint group (the seed's endpoints,
-//!   the OpenAI-compatible `/v1`, Swagger UI at `/docs` and the playground
-//!   at `/`).
+//! - [`router`]: request id, CORS ([`cors`]), the access-log line, errors
+//!   logged once; [`routes`]: the table of routes (template, credential
+//!   need, handler) and the dispatch that only calls handlers.
+//! - [`handlers`]: one file per endpoint group (the seed's endpoints, the
+//!   OpenAI-compatible `/v1`, Swagger UI at `/docs` and the playground at
+//!   `/`); each reads its request and picks a framing.
+//! - [`turn`]: the one place a chat turn is served (content lines, the
+//!   model call whole or streamed, metrics, `X-RateLimit-*`);
+//!   [`framing`]: how each API shows the reply (the seed's events,
+//!   OpenAI's chunks).
 //! - [`body`]: the one response body type, whole or streamed (SSE).
 //! - [`api`]: the JSON shapes of the contract; [`error`]: the one map from
 //!   chatcore error kinds to statuses.
 //!
-//! [`App`] is what every request sees; [`build_core`] makes the chatcore
-//! facade a [`config::Config`] describes.
+//! [`App`] ([`app`]) is what every request sees; [`build_core`] makes the
+//! chatcore facade a [`config::Config`] describes.
 
 pub mod api;
+pub mod app;
 pub mod auth;
 pub mod backends;
 pub mod body;
 pub mod cli;
 pub mod config;
+pub mod cors;
 pub mod error;
+pub mod framing;
 pub mod handlers;
 pub mod logging;
 pub mod metrics;
 pub mod ops;
 pub mod router;
+pub mod routes;
 pub mod server;
+pub mod turn;
 
-use std::sync::atomic::AtomicU64;
-use std::time::Duration;
-
-use chatcore::{ChatCore, OpenAiChat, OpenAiConfig, SqliteStore};
-use slog::{o, Logger};
-
-use crate::auth::Auth;
-use crate::config::{Config, TrustedProxies};
-use crate::logging::ContentLog;
-use crate::router::Cors;
+pub use app::{build, build_core, App, Parts};
 
 pub use server::{run, shutdown_signal};
-
-/// Shared state of the gateway: the chatcore facade and the HTTP settings.
-#[derive(Debug)]
-pub struct App {
-    /// The chat backend.
-    pub core: ChatCore,
-    /// The root logger.
-    pub log: Logger,
-    /// The content lines (`log.content`, `log.max_content_bytes`).
-    pub content_log: ContentLog,
-    /// The models clients may name on `/v1` (`openai.models`, or the
-    /// configured model).
-    pub models: Vec<String>,
-    /// `server.max_body_bytes`.
-    pub max_body_bytes: usize,
-    /// `server.max_connections`.
-    pub max_connections: usize,
-    /// `server.header_timeout`.
-    pub header_timeout: Duration,
-    /// `server.body_timeout`.
-    pub body_timeout: Duration,
-    /// `server.write_timeout`.
-    pub write_timeout: Duration,
-    /// `server.shutdown_grace`.
-    pub shutdown_grace: Duration,
-    /// Credentials to callers (`[auth]`).
-    pub auth: Auth,
-    /// `GET /metrics`.
-    pub metrics: metrics::Metrics,
-    /// `openai.model`, the model `/chat/` turns use (for the metrics).
-    pub model: String,
-    /// `server.trusted_proxies`.
-    pub trusted_proxies: TrustedProxies,
-    /// `rate_limit.sessions_per_hour`, per principal or client address;
-    /// only with access control (without it, no caller is known). In
-    /// Redis when the rate limiters are.
-    pub session_quota: Option<std::sync::Arc<dyn chatcore::RateLimiter>>,
-    /// `openai.max_tokens` (0 in the file: none).
-    pub max_tokens: Option<u32>,
-    /// `session.client_system_prompt`.
-    pub client_system_prompt: bool,
-    /// `server.playground`: whether `GET /` serves the chat playground.
-    pub playground: bool,
-    cors: Cors,
-    requests: AtomicU64,
-    id_prefix: u32,
-}
-
-impl App {
-    /// The options every turn starts from: the reply cap of
-    /// `openai.max_tokens`, nothing else chosen.
-    pub fn turn_options(&self) -> chatcore::ChatOptions {
-        chatcore::ChatOptions {
-            max_tokens: self.max_tokens,
-            ..chatcore::ChatOptions::default()
-        }
-    }
-
-    /// Caps a client's `max_tokens` at `openai.max_tokens`.
-    pub fn cap_tokens(&self, asked: Option<u32>) -> Option<u32> {
-        match (asked, self.max_tokens) {
-            (Some(a), Some(cap)) => Some(a.min(cap)),
-            (a, cap) => a.or(cap),
-        }
-    }
-
-    /// The gateway state for `core`, configured by `config`.
-    ///
-    /// # Panics
-    /// When `rate_limit.url` is not a Redis URL (validated when the config
-    /// was loaded, and by [`build`]).
-    pub fn new(core: ChatCore, config: &Config, log: Logger) -> App {
-        let session_quota = backends::limiters(config, &log)
-            .expect("rate_limit.url was validated")
-            .sessions;
-        let content_log = if config.log.content {
-            ContentLog::new(log.clone(), config.log.max_content_bytes.get())
-        } else {
-            ContentLog::off()
-        };
-        App {
-            core,
-            log,
-            content_log,
-            models: config.openai.allowed_models(),
-            max_body_bytes: config.server.max_body_bytes.get(),
-            max_connections: config.server.max_connections.get(),
-            header_timeout: config.server.header_timeout,
-            body_timeout: config.server.body_timeout,
-            write_timeout: config.server.write_timeout,
-            shutdown_grace: config.server.shutdown_grace,
-            auth: Auth::new(config),
-            metrics: metrics::Metrics::new(),
-            model: config.openai.model.clone(),
-            // Validated when the config was loaded.
-            trusted_proxies: TrustedProxies::parse(&config.server.trusted_proxies)
-                .unwrap_or_default(),
-            session_quota,
-            max_tokens: (config.openai.max_tokens > 0).then_some(config.openai.max_tokens),
-            client_system_prompt: config.session.client_system_prompt,
-            playground: config.server.playground,
-            cors: Cors::new(&config.server.cors_origins),
-            requests: AtomicU64::new(0),
-            id_prefix: process_prefix(),
-        }
-    }
-}
-
-/// A random per-process prefix, so request ids differ across restarts.
-fn process_prefix() -> u32 {
-    let u = uuid::Uuid::new_v4();
-    let b = u.as_bytes();
-    u32::from_le_bytes([b[0], b[1], b[2], b[3]])
-}
-
-/// Builds the chatcore facade described by `config`: storage backend,
-/// OpenAI adapter, limits. SQL statements are logged to `log` when
-/// `log.sql` is on.
-///
-/// # Errors
-/// When the database cannot be opened or a setting is refused.
-pub async fn build_core(config: &Config, log: &Logger) -> chatcore::Result<ChatCore> {
-    build(config, log).await.map(|parts| parts.core)
-}
-
-/// The facade and the handles the metrics read (see [`build`]).
-#[derive(Debug)]
-pub struct Parts {
-    /// The chat backend.
-    pub core: ChatCore,
-    /// The OpenAI adapter's outcome counters.
-    pub upstream: std::sync::Arc<chatcore::UpstreamStats>,
-    /// The SQLite store, when that is the backend.
-    pub sqlite: Option<SqliteStore>,
-    /// The PostgreSQL store, when that is the backend.
-    pub postgres: Option<chatcore::PostgresStore>,
-    /// The rate limiters.
-    pub limiters: backends::Limiters,
-}
-
-/// As [`build_core`], also handing back what `/metrics` reads.
-///
-/// # Errors
-/// As [`build_core`].
-pub async fn build(config: &Config, log: &Logger) -> chatcore::Result<Parts> {
-    let o = &config.openai;
-    let model = OpenAiChat::new(OpenAiConfig {
-        base_url: o.base_url.clone(),
-        model: o.model.clone(),
-        temperature: o.temperature,
-        api_key: config
-            .secrets
-            .openai_api_key
-            .as_ref()
-            .map(|k| k.expose().to_owned()),
-        timeout: o.timeout,
-        stream_idle_timeout: o.stream_idle_timeout,
-        connect_timeout: o.timeout.min(Duration::from_secs(5)),
-        max_retries: o.max_retries,
-        ..OpenAiConfig::default()
-    })?
-    .with_logger(log.new(o!("component" => "openai")));
-    let upstream = model.stats();
-    let limiters = backends::limiters(config, log)?;
-    let backends::Storage {
-        store,
-        sqlite,
-        postgres,
-    } = backends::store(config, log).await?;
-    let mut builder = ChatCore::builder()
-        .model(model)
-        .shared_store(store)
-        .rate_limiter(std::sync::Arc::clone(&limiters.messages))
-        .idle_timeout(config.session.idle_timeout)
-        .retention(config.session.retention)
-        .system_prompt(o.system_prompt.clone())
-        .context_tokens(o.context_tokens.get())
-        .hot_sessions(config.session.hot_sessions)
-        .hot_cache_bytes(config.session.hot_cache_bytes);
-    if let Some(p) = &limiters.principal {
-        builder = builder.principal_rate_limiter(std::sync::Arc::clone(p));
-    }
-    Ok(Parts {
-        core: builder.build()?,
-        upstream,
-        sqlite,
-        postgres,
-        limiters,
-    })
-}

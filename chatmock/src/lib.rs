@@ -5,11 +5,20 @@
 //! events. Tests, examples and benches point an OpenAI client at
 //! [`MockOpenAi::base_url`].
 //!
-//! By default it echoes the last user message (`"Echo: …"`). Replies can be
-//! scripted, one per request in order ([`MockOpenAi::push`]): a text, a
-//! status (with `Retry-After`), a delay, malformed JSON, a dropped
-//! connection, or a scripted stream. It records requests it received (the
-//! most recent [`RECORD_LIMIT`]) so tests can check what was sent.
+//! By default it answers as a model would: the echo of the last user
+//! message (`"Echo: …"`); a call to one of the request's `tools` when it
+//! offers some and ends with a user message (every tool, in parallel, for
+//! `tool_choice: "required"`), with arguments that fit the tool's schema;
+//! `Tool results: …` when it ends with tool results; a JSON object that
+//! fits a `response_format` schema. It honours `n` (that many choices) and
+//! `logprobs`, and reports usage with its details (`cached_tokens`,
+//! `reasoning_tokens`) and a `system_fingerprint`. Replies can be
+//! scripted, one per request in order ([`MockOpenAi::push`]): a text, an
+//! assistant message of any kind (tool calls, a refusal, reasoning,
+//! `content: null`), a status (with `Retry-After`), a delay, malformed
+//! JSON, a dropped connection, or a scripted stream. It records every
+//! request body it receives (the most recent [`RECORD_LIMIT`]) so tests
+//! can check what was sent.
 //!
 //! **Streams** (`"stream": true`) are streamed as upstream streams them: a
 //! role chunk, one chunk per word piece, a finish chunk, a usage chunk when
@@ -50,7 +59,7 @@ mod stream;
 pub use proxy::TcpProxy;
 pub use stream::{StreamFault, StreamGate, StreamScript};
 
-use chat::{completion_json, split_words, ChatRequest};
+use chat::{completion_json, split_words, ChatRequest, Scripted};
 use stream::{Plan, SseBody, Tally};
 
 /// How many requests the mock remembers.
@@ -82,6 +91,13 @@ pub enum Reply {
     /// 400 `context_length_exceeded`, as OpenAI answers a prompt longer
     /// than the model's context window.
     ContextOverflow,
+    /// 200 with this assistant message (its `content`, a string or null;
+    /// `refusal`; `reasoning_content`; `tool_calls` with `id` and
+    /// `function.name`/`arguments`), in each of the request's `n` choices.
+    /// Streamed, each is sent in pieces as OpenAI sends them: reasoning,
+    /// content and refusal a word at a time, tool-call arguments a few
+    /// characters at a time after a first piece with the call's id and name.
+    Message(serde_json::Value),
 }
 
 impl Reply {
@@ -266,7 +282,7 @@ async fn handle(
     state: Arc<State>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, std::io::Error> {
-    state.requests.fetch_add(1, Ordering::Relaxed);
+    let request_no = state.requests.fetch_add(1, Ordering::Relaxed) + 1;
     let path = req.uri().path().to_owned();
     let authorization = req
         .headers()
@@ -331,22 +347,32 @@ async fn handle(
                     pieces: split_words(&text),
                     ..StreamScript::default()
                 };
-                return Ok(complete(&state, &body, script, latency).await);
+                return Ok(complete(&state, &body, script, None, latency, request_no).await);
             }
-            Reply::Stream(script) => return Ok(complete(&state, &body, script, latency).await),
+            Reply::Stream(script) => {
+                return Ok(complete(&state, &body, script, None, latency, request_no).await)
+            }
+            Reply::Message(message) => {
+                let script = StreamScript::default();
+                return Ok(
+                    complete(&state, &body, script, Some(message), latency, request_no).await,
+                );
+            }
             Reply::ContextOverflow => return Ok(context_overflow(4096, 5000)),
         }
     }
 }
 
-/// Answers a chat request with `script`'s pieces (the echo of the last user
-/// message when there are none): as SSE when the request asked to stream,
-/// else as one JSON completion.
+/// Answers a chat request with `script`'s pieces, or the scripted
+/// `message` (what the request calls for when there is neither): as SSE
+/// when the request asked to stream, else as one JSON completion.
 async fn complete(
     state: &State,
     body: &[u8],
     script: StreamScript,
+    message: Option<serde_json::Value>,
     latency: Duration,
+    request_no: u64,
 ) -> Response<Body> {
     let Some(request) = ChatRequest::parse(body) else {
         return error(
@@ -360,7 +386,8 @@ async fn complete(
         return context_overflow(limit, request.prompt_tokens);
     }
     if request.stream {
-        let body = Plan::new(&request, script, latency).spawn(Arc::clone(&state.streams));
+        let body = Plan::new(&request, script, message, latency, request_no)
+            .spawn(Arc::clone(&state.streams));
         let mut resp = Response::new(Either::Right(body));
         resp.headers_mut()
             .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
@@ -371,7 +398,11 @@ async fn complete(
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
-    let answer = request.answer(script.pieces);
+    let scripted = match message {
+        Some(m) => Scripted::Message(m),
+        None => Scripted::Pieces(script.pieces),
+    };
+    let answer = request.answer(scripted, request_no);
     json(StatusCode::OK, completion_json(&request, &answer))
 }
 

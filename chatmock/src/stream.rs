@@ -19,7 +19,7 @@ use bytes::Bytes;
 use hyper::body::Frame;
 use tokio::sync::{mpsc, Semaphore};
 
-use crate::chat::{event, Answer, ChatRequest, Chunks};
+use crate::chat::{event, Answer, ChatRequest, Chunks, Scripted};
 
 /// How long a stream stays open after its malformed event before it ends,
 /// so a client sees the bad event on a live connection, not at its close.
@@ -185,17 +185,65 @@ pub(crate) struct Plan {
     gate: Option<StreamGate>,
 }
 
+/// One event of a stream, in order.
+enum Step {
+    /// A choice's role chunk.
+    Role(Bytes),
+    /// A piece of a reply (text, reasoning, refusal, tool-call arguments):
+    /// what delays, gates and faults count.
+    Piece(Bytes),
+    /// A choice's finish chunk.
+    Finish(Bytes),
+}
+
 impl Plan {
-    /// The plan for `script` answering `request`, after `latency`.
-    pub(crate) fn new(request: &ChatRequest, script: StreamScript, latency: Duration) -> Plan {
+    /// The plan for `script` (or, with `message`, that scripted assistant
+    /// message) answering `request`, after `latency`.
+    pub(crate) fn new(
+        request: &ChatRequest,
+        script: StreamScript,
+        message: Option<serde_json::Value>,
+        latency: Duration,
+        request_no: u64,
+    ) -> Plan {
+        let scripted = match message {
+            Some(m) => Scripted::Message(m),
+            None => Scripted::Pieces(script.pieces),
+        };
         Plan {
             chunks: Chunks::new(request),
-            answer: request.answer(script.pieces),
+            answer: request.answer(scripted, request_no),
             latency,
             delay: script.delay,
             fault: script.fault,
             gate: script.gate,
         }
+    }
+
+    /// Every event of the answer, in the order OpenAI sends them: per
+    /// choice its role chunk, reasoning, content, refusal and tool-call
+    /// pieces, then its finish chunk.
+    fn steps(&self) -> Vec<Step> {
+        let c = &self.chunks;
+        let mut out = Vec::new();
+        for (i, choice) in self.answer.choices.iter().enumerate() {
+            out.push(Step::Role(c.role(i, choice)));
+            out.extend(
+                choice
+                    .reasoning
+                    .iter()
+                    .map(|p| Step::Piece(c.reasoning(i, p))),
+            );
+            out.extend(choice.content.iter().map(|p| Step::Piece(c.content(i, p))));
+            out.extend(choice.refusal.iter().map(|p| Step::Piece(c.refusal(i, p))));
+            for (position, call) in choice.tool_calls.iter().enumerate() {
+                for piece in 0..call.arguments.len().max(1) {
+                    out.push(Step::Piece(c.tool_call(i, position, call, piece)));
+                }
+            }
+            out.push(Step::Finish(c.finish(i, choice.finish_reason)));
+        }
+        out
     }
 
     /// Starts producing on its own task; the returned body yields the events.
@@ -215,6 +263,7 @@ impl Plan {
 
 /// Sends the events of `plan`; returns early when the client goes away.
 async fn produce(plan: Plan, tx: mpsc::Sender<Item>) -> Option<()> {
+    let steps = plan.steps();
     let Plan {
         chunks,
         answer,
@@ -226,16 +275,28 @@ async fn produce(plan: Plan, tx: mpsc::Sender<Item>) -> Option<()> {
     if !latency.is_zero() {
         unless_closed(&tx, tokio::time::sleep(latency)).await?;
     }
-    send(&tx, Item::Event(chunks.role())).await?;
-    let sent = fault.map_or(answer.pieces.len(), StreamFault::after);
-    for piece in answer.pieces.iter().take(sent) {
-        if let Some(gate) = &gate {
-            unless_closed(&tx, gate.pass()).await?;
-        }
-        if !delay.is_zero() {
-            unless_closed(&tx, tokio::time::sleep(delay)).await?;
-        }
-        send(&tx, Item::Event(chunks.content(piece))).await?;
+    let mut pieces = 0;
+    for step in steps {
+        let bytes = match step {
+            Step::Role(bytes) => bytes,
+            Step::Piece(bytes) => {
+                if fault.is_some_and(|f| pieces == f.after()) {
+                    break;
+                }
+                pieces += 1;
+                if let Some(gate) = &gate {
+                    unless_closed(&tx, gate.pass()).await?;
+                }
+                if !delay.is_zero() {
+                    unless_closed(&tx, tokio::time::sleep(delay)).await?;
+                }
+                bytes
+            }
+            // A fault strikes before the first finish chunk.
+            Step::Finish(_) if fault.is_some() => break,
+            Step::Finish(bytes) => bytes,
+        };
+        send(&tx, Item::Event(bytes)).await?;
     }
     match fault {
         Some(StreamFault::DropAfter(_)) => send(&tx, Item::Abort).await,
@@ -251,7 +312,6 @@ async fn produce(plan: Plan, tx: mpsc::Sender<Item>) -> Option<()> {
             None
         }
         None => {
-            send(&tx, Item::Event(chunks.finish(answer.finish_reason))).await?;
             if let Some(usage) = chunks.usage(answer.usage) {
                 send(&tx, Item::Event(usage)).await?;
             }

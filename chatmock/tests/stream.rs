@@ -282,7 +282,9 @@ async fn usage_chunk_comes_only_when_asked_and_matches_the_json_answer() {
     assert_eq!(usage["model"], "gpt-test");
     assert_eq!(usage["object"], "chat.completion.chunk");
     // 8 + 15 prompt bytes and 21 reply bytes, a token per four.
-    let expected = json!({"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10});
+    let expected = json!({"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10,
+        "prompt_tokens_details": {"cached_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": 0}});
     assert_eq!(usage["usage"], expected);
     assert_eq!(events[7], "[DONE]");
 
@@ -555,4 +557,169 @@ async fn stream_requests_are_recorded_whole() {
     assert_eq!(recorded[0].body["stream_options"]["include_usage"], true);
     assert_eq!(recorded[0].body["temperature"], 0.5);
     assert_eq!(mock.request_count(), 1);
+}
+
+/// A request offering one tool, ending with a user message.
+fn with_tool(stream: bool) -> Value {
+    let mut body = request(stream);
+    body["tools"] = json!([{"type": "function", "function": {"name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"},
+        "unit": {"enum": ["celsius", "fahrenheit"]}}, "required": ["city"]}}}]);
+    body
+}
+
+/// Joins streamed chunks back into each choice's message, as an SDK does:
+/// content, reasoning and refusal by concatenation, tool calls by index.
+fn reassemble(events: &[String]) -> Vec<Value> {
+    let mut choices: Vec<Value> = Vec::new();
+    for event in events.iter().filter(|e| *e != "[DONE]") {
+        let chunk = parse(event);
+        for c in chunk["choices"].as_array().unwrap() {
+            let i = c["index"].as_u64().unwrap() as usize;
+            while choices.len() <= i {
+                choices.push(json!({"content": null, "tool_calls": []}));
+            }
+            let m = &mut choices[i];
+            for key in ["content", "reasoning_content", "refusal"] {
+                if let Some(piece) = c["delta"][key].as_str() {
+                    let so_far = m[key].as_str().unwrap_or("").to_owned();
+                    m[key] = json!(so_far + piece);
+                }
+            }
+            for call in c["delta"]["tool_calls"].as_array().into_iter().flatten() {
+                let at = call["index"].as_u64().unwrap() as usize;
+                let calls = m["tool_calls"].as_array_mut().unwrap();
+                while calls.len() <= at {
+                    calls.push(json!({"function": {"arguments": ""}}));
+                }
+                let slot = &mut calls[at];
+                for key in ["id", "type"] {
+                    if let Some(v) = call.get(key) {
+                        slot[key] = v.clone();
+                    }
+                }
+                if let Some(name) = call["function"].get("name") {
+                    slot["function"]["name"] = name.clone();
+                }
+                let so_far = slot["function"]["arguments"].as_str().unwrap().to_owned();
+                slot["function"]["arguments"] =
+                    json!(so_far + call["function"]["arguments"].as_str().unwrap_or(""));
+            }
+            if let Some(reason) = c["finish_reason"].as_str() {
+                m["finish_reason"] = json!(reason);
+            }
+        }
+    }
+    choices
+}
+
+#[tokio::test]
+async fn offered_tools_it_calls_one_whole_and_in_pieces() {
+    let mock = MockOpenAi::start().await;
+    let whole = post(&mock, &with_tool(false)).await.json().await;
+    let message = &whole["choices"][0]["message"];
+    assert_eq!(message["content"], Value::Null);
+    assert_eq!(whole["choices"][0]["finish_reason"], "tool_calls");
+    let call = &message["tool_calls"][0];
+    assert_eq!(call["type"], "function");
+    assert_eq!(call["function"]["name"], "get_weather");
+    let args: Value =
+        serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+    assert_eq!(args, json!({"city": "hello big world", "unit": "celsius"}));
+
+    let (mut events, _conn) = post(&mock, &with_tool(true)).await.events();
+    let events = events.rest().await;
+    let pieces = events
+        .iter()
+        .filter(|e| e.contains("\"arguments\""))
+        .count();
+    assert!(pieces > 3, "arguments arrive in pieces: {events:#?}");
+    let streamed = reassemble(&events);
+    assert_eq!(streamed[0]["tool_calls"][0]["function"], call["function"]);
+    assert_eq!(streamed[0]["finish_reason"], "tool_calls");
+    assert!(streamed[0]["tool_calls"][0]["id"]
+        .as_str()
+        .unwrap()
+        .starts_with("call_"));
+
+    // Told not to, it answers; given the results, it uses them.
+    let mut none = with_tool(false);
+    none["tool_choice"] = json!("none");
+    let answer = post(&mock, &none).await.json().await;
+    assert_eq!(
+        answer["choices"][0]["message"]["content"],
+        "Echo: hello big world"
+    );
+    let mut results = with_tool(false);
+    results["messages"] = json!([
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": null, "tool_calls": [message["tool_calls"][0].clone()]},
+        {"role": "tool", "tool_call_id": call["id"], "content": "sunny"}
+    ]);
+    let answer = post(&mock, &results).await.json().await;
+    assert_eq!(
+        answer["choices"][0]["message"]["content"],
+        "Tool results: sunny"
+    );
+}
+
+#[tokio::test]
+async fn scripted_messages_stream_as_openai_sends_them() {
+    let mock = MockOpenAi::start().await;
+    let message = json!({"content": null, "reasoning_content": "thinking it over",
+    "tool_calls": [
+        {"id": "call_a", "type": "function", "function": {"name": "first", "arguments": "{\"x\": \"a long enough argument\"}"}},
+        {"id": "call_b", "type": "function", "function": {"name": "second", "arguments": "{}"}}
+    ]});
+    mock.push(Reply::Message(message.clone()));
+    let (mut events, _conn) = post(&mock, &request(true)).await.events();
+    let streamed = reassemble(&events.rest().await);
+    assert_eq!(streamed[0]["reasoning_content"], "thinking it over");
+    assert_eq!(streamed[0]["content"], Value::Null);
+    assert_eq!(streamed[0]["tool_calls"][0]["id"], "call_a");
+    assert_eq!(
+        streamed[0]["tool_calls"][0]["function"]["arguments"],
+        "{\"x\": \"a long enough argument\"}"
+    );
+    assert_eq!(streamed[0]["tool_calls"][1]["function"]["name"], "second");
+
+    mock.push(Reply::Message(
+        json!({"content": null, "refusal": "I can't help with that."}),
+    ));
+    let answer = post(&mock, &request(false)).await.json().await;
+    assert_eq!(
+        answer["choices"][0]["message"]["refusal"],
+        "I can't help with that."
+    );
+    assert_eq!(answer["choices"][0]["message"]["content"], Value::Null);
+    assert_eq!(answer["system_fingerprint"], "fp_mock");
+}
+
+#[tokio::test]
+async fn n_choices_logprobs_and_json_schemas() {
+    let mock = MockOpenAi::start().await;
+    let mut body = request(false);
+    body["n"] = json!(2);
+    body["logprobs"] = json!(true);
+    let answer = post(&mock, &body).await.json().await;
+    let choices = answer["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 2);
+    assert_eq!(choices[1]["index"], 1);
+    assert_eq!(choices[1]["message"]["content"], "Echo: hello big world");
+    assert_eq!(choices[0]["logprobs"]["content"][0]["token"], "Echo: ");
+    body["stream"] = json!(true);
+    let (mut events, _conn) = post(&mock, &body).await.events();
+    let events = events.rest().await;
+    let streamed = reassemble(&events);
+    assert_eq!(streamed.len(), 2);
+    assert_eq!(streamed[1]["content"], "Echo: hello big world");
+    assert!(events.iter().any(|e| e.contains("\"logprobs\"")));
+
+    let mut structured = request(false);
+    structured["response_format"] = json!({"type": "json_schema", "json_schema": {"name": "person",
+        "schema": {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}}}}});
+    let answer = post(&mock, &structured).await.json().await;
+    let content: Value =
+        serde_json::from_str(answer["choices"][0]["message"]["content"].as_str().unwrap()).unwrap();
+    assert_eq!(content, json!({"name": "hello big world", "age": 1}));
 }

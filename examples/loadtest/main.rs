@@ -370,16 +370,8 @@ fn forwarded_history(context_tokens: usize) -> usize {
         .flat_map(|i| {
             let q = format!("Hello, how are you? #{}", 10_000 + i);
             [
-                chatcore::Message {
-                    role: chatcore::Role::User,
-                    content: q.clone(),
-                    created_at: at,
-                },
-                chatcore::Message {
-                    role: chatcore::Role::Assistant,
-                    content: format!("Echo: {q}"),
-                    created_at: at,
-                },
+                chatcore::Message::text(chatcore::Role::User, q.clone(), at),
+                chatcore::Message::text(chatcore::Role::Assistant, format!("Echo: {q}"), at),
             ]
         })
         .collect();

@@ -1,56 +1,111 @@
 //! The model behind a chat: the [`ChatModel`] trait, what it is asked
-//! ([`ChatRequest`]) and what it answers ([`Completion`]), plus the OpenAI
-//! chat-completions adapter ([`OpenAiChat`]).
+//! ([`ChatRequest`]) and what it answers ([`Completion`], or a
+//! [`CompletionStream`]), plus the OpenAI chat-completions adapter
+//! ([`OpenAiChat`]).
 //!
 //! A request borrows the session's history instead of copying it; the
-//! adapter serializes straight from the borrowed messages.
+//! adapter serializes straight from the borrowed messages. Whatever a
+//! client sent beyond what chatcore acts on travels as [`Fields`] and is
+//! written into the upstream request untouched; the upstream's reply can
+//! come back as it was sent ([`ChatOptions::raw_reply`]), so a gateway can
+//! relay it without rebuilding it from the fields chatcore knows.
 
 use std::fmt;
 
 use async_trait::async_trait;
-use tokio::sync::mpsc;
-
-use chrono::{DateTime, Utc};
+use bytes::Bytes;
+use serde_json::value::RawValue;
 
 use crate::error::Result;
-use crate::types::{Message, Role};
+use crate::message::{Message, MessageRef, Role, WireMessage};
+use crate::types::Usage;
 
+mod history;
 mod openai;
+mod stream;
 
-pub(crate) use self::Packed as PackedEntry;
+pub use crate::json::Fields;
+pub use history::History;
+pub(crate) use history::Packed as PackedEntry;
 pub use openai::{OpenAiChat, OpenAiConfig, UpstreamStats, MAX_REPLY_BYTES, OPENAI_BASE_URL};
+pub use stream::{CompletionStream, RawChunk, ReplyBuilder, StreamEvent, ToolCallDelta};
 
 /// One request to the model: optional system prompt, earlier messages
-/// (oldest first), the new user message, and per-request options.
+/// (oldest first), this turn's new messages, and per-request options.
 #[derive(Debug, Clone, Copy)]
 pub struct ChatRequest<'a> {
     /// The system prompt, if any.
     pub system: Option<&'a str>,
-    /// Earlier messages of the session, oldest first, already trimmed to fit.
-    /// For a stateless request, every message before the last one (system
-    /// messages included).
+    /// Earlier messages of the session, oldest first, already trimmed to
+    /// fit.
     pub history: History<'a>,
-    /// The new user message.
-    pub user: &'a str,
-    /// Sampling and model choices for this request; every unset field
-    /// falls back to the model's configured default.
+    /// This turn's new messages.
+    pub input: Input<'a>,
+    /// Model, sampling and other choices for this request; every unset
+    /// field falls back to the model's configured default.
     pub options: &'a ChatOptions,
 }
 
+/// A turn's new messages.
+#[derive(Debug, Clone, Copy)]
+pub enum Input<'a> {
+    /// One user message of plain text (a `/chat/` turn).
+    Text(&'a str),
+    /// Messages of any kind, oldest first: tool results, a user message
+    /// with content parts.
+    Messages(&'a [Message]),
+    /// A whole `messages` array, as a client sent it (a stateless request,
+    /// which has no history of its own).
+    Json(&'a RawValue),
+}
+
 impl<'a> ChatRequest<'a> {
-    /// A request with default options.
+    /// A request for one user message of text, with default options.
     pub fn new(system: Option<&'a str>, history: History<'a>, user: &'a str) -> Self {
         ChatRequest {
             system,
             history,
-            user,
+            input: Input::Text(user),
             options: ChatOptions::none(),
         }
     }
+
+    /// The text of the last user message among the new ones (empty when
+    /// there is none, or it holds no text).
+    pub fn user_text(&self) -> std::borrow::Cow<'a, str> {
+        match self.input {
+            Input::Text(t) => std::borrow::Cow::Borrowed(t),
+            Input::Messages(m) => m
+                .iter()
+                .rev()
+                .find(|m| m.role == Role::User)
+                .map(|m| std::borrow::Cow::Owned(m.display_text().into_owned()))
+                .unwrap_or_default(),
+            Input::Json(_) => std::borrow::Cow::Borrowed(""),
+        }
+    }
+
+    /// The new messages, oldest first (none for [`Input::Json`], which is
+    /// written whole).
+    pub fn new_messages(&self) -> impl Iterator<Item = MessageRef<'a>> + 'a {
+        let (text, list): (Option<&'a str>, &'a [Message]) = match self.input {
+            Input::Text(t) => (Some(t), &[]),
+            Input::Messages(m) => (None, m),
+            Input::Json(_) => (None, &[]),
+        };
+        text.map(|t| MessageRef {
+            role: Role::User,
+            content: t,
+            wire: None,
+            created_at: chrono::DateTime::<chrono::Utc>::UNIX_EPOCH,
+        })
+        .into_iter()
+        .chain(list.iter().map(Message::view))
+    }
 }
 
-/// Per-request choices a client may make (OpenAI's names). `None` (or an
-/// empty `stop`) leaves the model's configured default.
+/// Per-request choices (OpenAI's names). `None` (or an empty `stop`)
+/// leaves the model's configured default.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ChatOptions {
     /// The model to ask, instead of the configured one.
@@ -71,6 +126,16 @@ pub struct ChatOptions {
     pub seed: Option<i64>,
     /// An end-user identifier passed to the upstream for abuse monitoring.
     pub user: Option<String>,
+    /// Everything else the request holds, sent upstream as given (tools,
+    /// `response_format`, vendor fields, …). A member named like one the
+    /// adapter sets itself (`model`, `messages`, `stream`) or like a field
+    /// above that is set is not written twice: the adapter's wins, except
+    /// that `stream_options` members are kept beside the usage it asks for.
+    pub fields: Fields,
+    /// Hand back the upstream's reply as it was sent, beside the decoded
+    /// one: [`Completion::raw`] and [`StreamEvent::Raw`], for a gateway
+    /// that relays it.
+    pub raw_reply: bool,
 }
 
 static NO_OPTIONS: ChatOptions = ChatOptions {
@@ -83,6 +148,8 @@ static NO_OPTIONS: ChatOptions = ChatOptions {
     frequency_penalty: None,
     seed: None,
     user: None,
+    fields: Fields::new(),
+    raw_reply: false,
 };
 
 impl ChatOptions {
@@ -92,252 +159,50 @@ impl ChatOptions {
     }
 }
 
-/// A borrowed view of a session's earlier messages, oldest first.
-///
-/// Either a slice of [`Message`]s (`(&messages[..]).into()`) or chatcore's
-/// compact in-memory window (one text buffer plus small entries, which
-/// keeps cached history at about half the memory of a `Vec<Message>`).
-/// Iterate it with [`History::iter`].
-#[derive(Debug, Clone, Copy)]
-pub struct History<'a>(Repr<'a>);
-
-#[derive(Debug, Clone, Copy)]
-enum Repr<'a> {
-    Slice(&'a [Message]),
-    Packed {
-        text: &'a str,
-        entries: &'a [Packed],
-    },
-}
-
-/// One message of a packed window: where its text is, and what it is.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Packed {
-    pub(crate) start: u32,
-    pub(crate) len: u32,
-    pub(crate) cost: u32,
-    pub(crate) role: Role,
-    pub(crate) at_ms: i64,
-}
-
-/// One earlier message, borrowed from a [`History`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HistoryItem<'a> {
-    /// Who wrote it.
-    pub role: Role,
-    /// What it says.
-    pub content: &'a str,
-    /// When it was stored.
-    pub created_at: DateTime<Utc>,
-}
-
-impl<'a> History<'a> {
-    /// No earlier messages.
-    pub fn empty() -> History<'static> {
-        History(Repr::Slice(&[]))
-    }
-
-    pub(crate) fn packed(text: &'a str, entries: &'a [Packed]) -> History<'a> {
-        History(Repr::Packed { text, entries })
-    }
-
-    /// How many messages.
-    pub fn len(&self) -> usize {
-        match self.0 {
-            Repr::Slice(s) => s.len(),
-            Repr::Packed { entries, .. } => entries.len(),
-        }
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The messages, oldest first.
-    pub fn iter(&self) -> impl ExactSizeIterator<Item = HistoryItem<'a>> + 'a {
-        let (slice, text, entries): (&'a [Message], &'a str, &'a [Packed]) = match self.0 {
-            Repr::Slice(s) => (s, "", &[]),
-            Repr::Packed { text, entries } => (&[], text, entries),
-        };
-        let from_slice = slice.iter().map(|m| HistoryItem {
-            role: m.role,
-            content: &m.content,
-            created_at: m.created_at,
-        });
-        let from_packed = entries.iter().map(move |e| HistoryItem {
-            role: e.role,
-            content: &text[e.start as usize..(e.start + e.len) as usize],
-            created_at: crate::types::from_millis(e.at_ms),
-        });
-        Either(from_slice, from_packed, slice.len() + entries.len())
-    }
-}
-
-impl<'a> From<&'a [Message]> for History<'a> {
-    fn from(messages: &'a [Message]) -> Self {
-        History(Repr::Slice(messages))
-    }
-}
-
-impl<'a, const N: usize> From<&'a [Message; N]> for History<'a> {
-    fn from(messages: &'a [Message; N]) -> Self {
-        History(Repr::Slice(messages))
-    }
-}
-
-impl<'a> From<&'a Vec<Message>> for History<'a> {
-    fn from(messages: &'a Vec<Message>) -> Self {
-        History(Repr::Slice(messages))
-    }
-}
-
-/// Chains the two representations' iterators (only one is ever non-empty)
-/// while keeping an exact length.
-struct Either<A, B>(A, B, usize);
-
-impl<'a, A, B> Iterator for Either<A, B>
-where
-    A: Iterator<Item = HistoryItem<'a>>,
-    B: Iterator<Item = HistoryItem<'a>>,
-{
-    type Item = HistoryItem<'a>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        let item = self.0.next().or_else(|| self.1.next());
-        if item.is_some() {
-            self.2 -= 1;
-        }
-        item
-    }
-
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        (self.2, Some(self.2))
-    }
-}
-
-impl<'a, A, B> ExactSizeIterator for Either<A, B>
-where
-    A: Iterator<Item = HistoryItem<'a>>,
-    B: Iterator<Item = HistoryItem<'a>>,
-{
-}
-
-/// Token counts reported by the model.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Usage {
-    /// Tokens in the prompt.
-    pub prompt_tokens: u32,
-    /// Tokens in the reply.
-    pub completion_tokens: u32,
-}
-
-impl Usage {
-    /// Adds `other` to these counts (saturating).
-    pub fn add(&mut self, other: Usage) {
-        self.prompt_tokens = self.prompt_tokens.saturating_add(other.prompt_tokens);
-        self.completion_tokens = self
-            .completion_tokens
-            .saturating_add(other.completion_tokens);
-    }
-}
-
 /// The model's reply.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Completion {
-    /// The reply text.
+    /// The reply as a person reads it: its text, or its refusal (see
+    /// [`Message::display_text`]).
     pub content: String,
+    /// The whole assistant message, when it is more than text: tool calls,
+    /// a refusal, content parts, vendor fields. `None` for plain text.
+    pub wire: Option<WireMessage>,
     /// Token usage, when the model reported it.
     pub usage: Option<Usage>,
     /// Why the reply ended (`stop`, `length`, …), when the model said.
     pub finish_reason: Option<String>,
+    /// The upstream's whole reply body as it was sent (every choice,
+    /// `logprobs`, `system_fingerprint`, …), when the model has one.
+    pub raw: Option<Bytes>,
 }
 
-/// One item of a streamed reply.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum StreamEvent {
-    /// The next piece of the reply's text (never empty).
-    Delta(String),
-    /// Token counts for the whole exchange (usually near the end).
-    Usage(Usage),
-    /// Why the reply ended (`stop`, `length`, …).
-    Finish(String),
-}
-
-/// A reply arriving piece by piece (server-sent events, for OpenAI).
-///
-/// Call [`CompletionStream::next`] until it returns `None`; an `Err` item
-/// ends the stream. Dropping the stream cancels the upstream request.
-#[derive(Debug)]
-pub struct CompletionStream {
-    source: Source,
-}
-
-#[derive(Debug)]
-enum Source {
-    Channel(mpsc::Receiver<Result<StreamEvent>>),
-    Sse(Box<openai::SseSource>),
-}
-
-impl CompletionStream {
-    /// A stream and the sender that feeds it (for implementors). Dropping
-    /// the sender ends the stream.
-    pub fn channel(buffer: usize) -> (mpsc::Sender<Result<StreamEvent>>, CompletionStream) {
-        let (tx, rx) = mpsc::channel(buffer.max(1));
-        (
-            tx,
-            CompletionStream {
-                source: Source::Channel(rx),
+impl Completion {
+    /// The reply as a message to store, made at `at`.
+    pub fn message(&self, at: chrono::DateTime<chrono::Utc>) -> Message {
+        match &self.wire {
+            Some(wire) => Message {
+                role: Role::Assistant,
+                content: String::new(),
+                created_at: at,
+                wire: Some(wire.clone()),
             },
-        )
-    }
-
-    /// A stream holding every event of `completion` (what a model that
-    /// cannot stream answers).
-    pub fn from_completion(completion: Completion) -> CompletionStream {
-        let (tx, stream) = CompletionStream::channel(3);
-        // The buffer has room for all three, so these cannot fail.
-        if !completion.content.is_empty() {
-            let _ = tx.try_send(Ok(StreamEvent::Delta(completion.content)));
-        }
-        if let Some(usage) = completion.usage {
-            let _ = tx.try_send(Ok(StreamEvent::Usage(usage)));
-        }
-        if let Some(reason) = completion.finish_reason {
-            let _ = tx.try_send(Ok(StreamEvent::Finish(reason)));
-        }
-        stream
-    }
-
-    pub(crate) fn sse(source: openai::SseSource) -> CompletionStream {
-        CompletionStream {
-            source: Source::Sse(Box::new(source)),
+            None => Message::text(Role::Assistant, self.content.clone(), at),
         }
     }
 
-    /// The next event, `None` at the end.
-    pub async fn next(&mut self) -> Option<Result<StreamEvent>> {
-        match &mut self.source {
-            Source::Channel(rx) => rx.recv().await,
-            Source::Sse(sse) => sse.next().await,
-        }
-    }
-
-    /// Reads the whole stream into one completion.
-    ///
-    /// # Errors
-    /// The first error the stream yields.
-    pub async fn collect(mut self) -> Result<Completion> {
-        let mut out = Completion::default();
-        while let Some(event) = self.next().await {
-            match event? {
-                StreamEvent::Delta(piece) => out.content.push_str(&piece),
-                StreamEvent::Usage(usage) => out.usage = Some(usage),
-                StreamEvent::Finish(reason) => out.finish_reason = Some(reason),
+    /// Whether the reply says anything: text, a refusal, tool calls.
+    pub fn has_substance(&self) -> bool {
+        match &self.wire {
+            Some(w) => MessageRef {
+                role: Role::Assistant,
+                content: "",
+                wire: Some(w.as_str()),
+                created_at: chrono::DateTime::<chrono::Utc>::UNIX_EPOCH,
             }
+            .has_substance(),
+            None => !self.content.is_empty(),
         }
-        Ok(out)
     }
 }
 

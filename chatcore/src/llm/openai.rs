@@ -20,8 +20,9 @@ use reqwest::StatusCode;
 use slog::Logger;
 use tokio::time::Instant;
 
-use super::{ChatModel, ChatRequest, Completion, CompletionStream, StreamEvent, Usage};
+use super::{ChatModel, ChatRequest, Completion, CompletionStream, StreamEvent};
 use crate::error::{Error, ErrorKind, Result};
+use crate::message::Message;
 
 mod sse;
 mod wire;
@@ -42,8 +43,9 @@ pub struct OpenAiConfig {
     pub base_url: String,
     /// Model name, e.g. `gpt-3.5-turbo`.
     pub model: String,
-    /// Sampling temperature.
-    pub temperature: f32,
+    /// The sampling temperature sent when a request sets none; `None`
+    /// sends none, leaving the upstream model's own default.
+    pub temperature: Option<f32>,
     /// The API key, sent as `Authorization: Bearer`; `None` sends none.
     pub api_key: Option<String>,
     /// Total deadline for one call, retries included; for a stream, the
@@ -81,7 +83,7 @@ impl Default for OpenAiConfig {
         OpenAiConfig {
             base_url: OPENAI_BASE_URL.to_owned(),
             model: "gpt-3.5-turbo".to_owned(),
-            temperature: 0.7,
+            temperature: None,
             api_key: None,
             timeout: Duration::from_secs(60),
             stream_idle_timeout: Duration::from_secs(30),
@@ -283,41 +285,17 @@ impl OpenAiChat {
         }
     }
 
-    fn body(&self, request: ChatRequest<'_>, stream: bool) -> Result<Vec<u8>> {
-        let o = request.options;
-        let model = o.model.as_deref().unwrap_or(&self.config.model);
+    fn body(&self, request: ChatRequest<'_>, stream: bool) -> Vec<u8> {
+        let model = request
+            .options
+            .model
+            .as_deref()
+            .unwrap_or(&self.config.model);
         // Sized up front: growing the buffer by doubling showed in profiles.
-        let estimate = 128
-            + model.len()
-            + request.system.map_or(0, |s| s.len() + 40)
-            + request.user.len()
-            + request
-                .history
-                .iter()
-                .map(|m| m.content.len() + 40)
-                .sum::<usize>();
+        let estimate = wire::size_hint(model, &request);
         let mut out = Vec::with_capacity(estimate + estimate / 8);
-        serde_json::to_writer(
-            &mut out,
-            &wire::RequestBody {
-                model,
-                messages: wire::Messages(request),
-                temperature: o.temperature.unwrap_or(self.config.temperature),
-                top_p: o.top_p,
-                max_tokens: o.max_tokens,
-                stop: &o.stop,
-                presence_penalty: o.presence_penalty,
-                frequency_penalty: o.frequency_penalty,
-                seed: o.seed,
-                user: o.user.as_deref(),
-                stream,
-                stream_options: stream.then_some(wire::StreamOptions {
-                    include_usage: true,
-                }),
-            },
-        )
-        .map_err(Error::internal)?;
-        Ok(out)
+        wire::write_request(&mut out, model, &request, self.config.temperature, stream);
+        out
     }
 }
 
@@ -361,36 +339,68 @@ async fn classify(resp: reqwest::Response) -> Attempt {
         return Attempt::Fail(Error::new(
             ErrorKind::UpstreamFailed,
             format!(
-                "Upstream refused our credentials: status {}",
+                "The upstream refused the gateway's own credentials (status {}): \
+                 check the gateway's API key",
                 status.as_u16()
             ),
         ));
     }
-    let rejected = Error::new(
+    // The request's own fault (a parameter the model does not take, a
+    // prompt too long): the upstream's answer is kept for the client, and
+    // trying again, here or elsewhere, would get the same answer.
+    if matches!(status.as_u16(), 400 | 404 | 413 | 422) {
+        let body = read_error_body(resp).await;
+        let mut message = format!("Upstream rejected the request: status {}", status.as_u16());
+        if let Some(said) = error_message(&body) {
+            message.push_str(": ");
+            message.push_str(&said);
+        }
+        let mut e = Error::new(ErrorKind::UpstreamRejected, message);
+        if says_context_overflow(&body) {
+            e = e.with_context_overflow();
+        }
+        return Attempt::Fail(e.with_upstream_reply(status.as_u16(), body));
+    }
+    Attempt::Fail(Error::new(
         ErrorKind::UpstreamFailed,
         format!("Upstream rejected the request: status {}", status.as_u16()),
-    );
-    // A 400 may say the prompt is too long for the model: read a little of
-    // it to tell (the body is the upstream's, quoting our request at most).
-    if status == StatusCode::BAD_REQUEST && says_context_overflow(resp).await {
-        return Attempt::Fail(rejected.with_context_overflow());
+    ))
+}
+
+/// Up to 64 KiB of an error body (the upstream's explanation; it quotes
+/// our request at most).
+async fn read_error_body(mut resp: reqwest::Response) -> bytes::Bytes {
+    const MAX: usize = 64 * 1024;
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = resp.chunk().await {
+        let room = MAX - body.len();
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() >= MAX {
+            break;
+        }
     }
-    Attempt::Fail(rejected)
+    bytes::Bytes::from(body)
+}
+
+/// What an error body says, in OpenAI's shape (`{"error": {"message"}}`)
+/// or the other common ones (`{"error": "…"}`, `{"message"}`,
+/// `{"detail"}`), cut to 500 characters.
+fn error_message(body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let said = v
+        .pointer("/error/message")
+        .or_else(|| v.get("error"))
+        .or_else(|| v.get("message"))
+        .or_else(|| v.get("detail"))?
+        .as_str()?;
+    Some(said.chars().take(500).collect())
 }
 
 /// Whether an error body says the prompt exceeds the context window, in
 /// the words of OpenAI (`context_length_exceeded`), vLLM ("maximum context
 /// length") or llama.cpp ("exceeds the available context size").
-async fn says_context_overflow(mut resp: reqwest::Response) -> bool {
-    const MAX: usize = 64 * 1024;
-    let mut body = Vec::new();
-    while let Ok(Some(chunk)) = resp.chunk().await {
-        body.extend_from_slice(&chunk);
-        if body.len() >= MAX {
-            break;
-        }
-    }
-    let text = String::from_utf8_lossy(&body).to_ascii_lowercase();
+fn says_context_overflow(body: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(body).to_ascii_lowercase();
     [
         "context_length_exceeded",
         "maximum context length",
@@ -504,45 +514,24 @@ impl ChatModel for OpenAiChat {
 impl OpenAiChat {
     async fn complete_once(&self, request: ChatRequest<'_>) -> Result<Completion> {
         let deadline = Instant::now() + self.config.timeout;
-        let body = self.body(request, false)?;
+        let body = self.body(request, false);
         let resp = self.send(body, deadline).await?;
         let key = self.config.api_key.as_deref();
         let bytes = match tokio::time::timeout_at(deadline, read_capped(resp, key)).await {
             Err(_) => return Err(timed_out()),
             Ok(result) => result?,
         };
-        let parsed: wire::ResponseBody = serde_json::from_slice(&bytes).map_err(|e| {
-            Error::new(
-                ErrorKind::UpstreamFailed,
-                "Upstream sent an invalid response (bad JSON)",
-            )
-            .with_source(e)
-        })?;
-        let choice = parsed.choices.into_iter().next();
-        let finish_reason = choice.as_ref().and_then(|c| c.finish_reason.clone());
-        let content = choice.and_then(|c| c.message.content).ok_or_else(|| {
-            Error::new(
-                ErrorKind::UpstreamFailed,
-                "Upstream sent an invalid response (no message content)",
-            )
-        })?;
-        Ok(Completion {
-            content,
-            usage: parsed.usage.map(|u| Usage {
-                prompt_tokens: u.prompt_tokens,
-                completion_tokens: u.completion_tokens,
-            }),
-            finish_reason,
-        })
+        completion_of(bytes::Bytes::from(bytes))
     }
 
     async fn stream_start(&self, request: ChatRequest<'_>) -> Result<CompletionStream> {
         let deadline = Instant::now() + self.config.timeout;
-        let body = self.body(request, true)?;
+        let raw = request.options.raw_reply;
+        let body = self.body(request, true);
         let resp = self.send(body, deadline).await?;
         Ok(CompletionStream::sse(SseSource {
             resp,
-            parser: SseParser::default(),
+            parser: SseParser::new(raw),
             events: VecDeque::new(),
             first_by: Some(deadline),
             idle: self.config.stream_idle_timeout,
@@ -551,6 +540,42 @@ impl OpenAiChat {
             stats: Arc::clone(&self.stats),
         }))
     }
+}
+
+/// Reads a whole reply: the first choice's message (plain text, or kept
+/// whole), its finish reason and the usage; the body itself is kept as it
+/// came. A reply with no message at all is an empty one (the turn decides
+/// what that means), not a broken one.
+fn completion_of(body: bytes::Bytes) -> Result<Completion> {
+    let parsed: wire::ResponseBody<'_> = serde_json::from_slice(&body).map_err(|e| {
+        Error::new(
+            ErrorKind::UpstreamFailed,
+            "Upstream sent an invalid response (bad JSON)",
+        )
+        .with_source(e)
+    })?;
+    let usage = parsed.usage.as_ref().map(wire::WireUsage::usage);
+    let mut out = Completion {
+        usage,
+        ..Completion::default()
+    };
+    if let Some(choice) = parsed.choices.into_iter().next() {
+        out.finish_reason = choice.finish_reason;
+        if let Some(message) = choice.message {
+            let epoch = chrono::DateTime::<chrono::Utc>::UNIX_EPOCH;
+            let m = Message::from_json(message.get(), epoch).map_err(|e| {
+                Error::new(
+                    ErrorKind::UpstreamFailed,
+                    "Upstream sent an invalid response (a message that is not one)",
+                )
+                .with_source(e)
+            })?;
+            out.content = m.display_text().into_owned();
+            out.wire = m.wire;
+        }
+    }
+    out.raw = Some(body);
+    Ok(out)
 }
 
 /// A streamed reply being read: polled by whoever reads the
@@ -580,6 +605,11 @@ impl fmt::Debug for SseSource {
 }
 
 impl SseSource {
+    /// Whether it hands back the upstream's own chunks.
+    pub(crate) fn relays_raw(&self) -> bool {
+        self.parser.raw()
+    }
+
     pub(crate) async fn next(&mut self) -> Option<Result<StreamEvent>> {
         loop {
             if self.ended {

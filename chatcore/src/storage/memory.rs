@@ -17,8 +17,8 @@ use super::{
     SessionCursor, SessionStore, Turn,
 };
 use crate::error::{Error, Result};
-use crate::llm::Usage;
-use crate::types::{Feedback, Message, PurgeReport, Role, Session, SessionId};
+use crate::message::{Message, MessageRef};
+use crate::types::{Feedback, PurgeReport, Session, SessionId, Usage};
 
 #[derive(Debug)]
 struct Entry {
@@ -126,18 +126,9 @@ impl MessageStore for MemoryStore {
     async fn append_turn(&self, id: SessionId, turn: Turn<'_>) -> Result<()> {
         let mut map = self.lock();
         let e = map.get_mut(&id).ok_or_else(Error::session_not_found)?;
-        e.messages.reserve(2);
-        e.messages.push(Message {
-            role: Role::User,
-            content: turn.user.to_owned(),
-            created_at: turn.user_at,
-        });
-        e.messages.push(Message {
-            role: Role::Assistant,
-            content: turn.reply.to_owned(),
-            created_at: turn.reply_at,
-        });
-        e.session.last_active = turn.reply_at;
+        e.messages
+            .extend(turn.messages.iter().map(MessageRef::to_message));
+        e.session.last_active = turn.reply_at();
         if let Some(usage) = turn.usage {
             e.usage.add(usage);
         }

@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::llm::Usage;
-use crate::types::{Feedback, Message, PurgeReport, Session, SessionId};
+use crate::message::{Message, MessageRef, Role};
+use crate::types::{Feedback, PurgeReport, Session, SessionId, Usage};
 
 mod memory;
 #[cfg(feature = "postgres")]
@@ -177,27 +177,56 @@ pub struct ApiKey {
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
-/// The two messages of one successful chat turn.
+/// The messages one successful turn stores, in order: its new messages
+/// (a user message, or tool results and perhaps a user message) and the
+/// assistant's reply last.
 #[derive(Debug, Clone, Copy)]
 pub struct Turn<'a> {
-    /// The user's message.
-    pub user: &'a str,
-    /// When the user's message arrived.
-    pub user_at: DateTime<Utc>,
-    /// The assistant's reply.
-    pub reply: &'a str,
-    /// When the reply arrived; also the session's new `last_active`.
-    pub reply_at: DateTime<Utc>,
+    /// The messages, oldest first; the last one's time is the session's
+    /// new `last_active`. Never empty, and fewer than
+    /// [`MAX_TURN_MESSAGES`].
+    pub messages: &'a [MessageRef<'a>],
     /// The tokens the turn cost, when the model reported them.
     pub usage: Option<Usage>,
+}
+
+/// The most messages one turn stores (its new messages and the reply):
+/// each backend's message positions leave room for this many per turn.
+pub const MAX_TURN_MESSAGES: usize = 257;
+
+impl<'a> Turn<'a> {
+    /// When the turn's last message (the reply) was made: the session's
+    /// new `last_active`.
+    pub fn reply_at(&self) -> DateTime<Utc> {
+        self.messages
+            .last()
+            .map_or(DateTime::<Utc>::UNIX_EPOCH, |m| m.created_at)
+    }
+
+    /// The common case that backends may store compactly: one user text
+    /// and one assistant text.
+    pub fn text_pair(&self) -> Option<(MessageRef<'a>, MessageRef<'a>)> {
+        match self.messages {
+            [u, r]
+                if u.role == Role::User
+                    && r.role == Role::Assistant
+                    && u.wire.is_none()
+                    && r.wire.is_none() =>
+            {
+                Some((*u, *r))
+            }
+            _ => None,
+        }
+    }
 }
 
 /// Where a page of a session's messages ends, to ask for the next one.
 ///
 /// Opaque to clients: its text form (`Display`/[`MessageCursor::parse`])
 /// is what an API hands out. Inside, it is the position of the last
-/// message returned: `2 × turn + 1` after a reply, `2 × turn` after a user
-/// message, where `turn` orders a session's turns (a backend's own key).
+/// message returned, in an order each backend keeps its own way (a count
+/// of the session's messages, or a turn's key and the message's place in
+/// the turn).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct MessageCursor(i64);
 
@@ -258,8 +287,8 @@ pub trait MessageStore: SessionStore {
     /// [`ErrorKind::Storage`] when the backend fails.
     async fn recent_messages(&self, id: SessionId, limit: usize) -> Result<Vec<Message>>;
 
-    /// Appends a turn's user message and reply and sets the session's
-    /// `last_active` to `turn.reply_at`, atomically: all of it or none.
+    /// Appends a turn's messages and sets the session's `last_active` to
+    /// its reply's time, atomically: all of it or none.
     ///
     /// # Errors
     /// [`ErrorKind::SessionNotFound`] when

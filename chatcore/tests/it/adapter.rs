@@ -20,7 +20,7 @@ fn config(base_url: String) -> OpenAiConfig {
     OpenAiConfig {
         base_url,
         model: "test-model".into(),
-        temperature: 0.25,
+        temperature: Some(0.25),
         api_key: None,
         timeout: Duration::from_secs(5),
         stream_idle_timeout: Duration::from_secs(5),
@@ -68,7 +68,8 @@ async fn default_reply_echoes_with_usage() {
         reply.usage,
         Some(Usage {
             prompt_tokens: 2,
-            completion_tokens: 4
+            completion_tokens: 4,
+            cached_tokens: 0,
         })
     );
     assert_eq!(mock.request_count(), 1);
@@ -78,16 +79,8 @@ async fn default_reply_echoes_with_usage() {
 async fn request_has_model_temperature_messages_in_order_and_bearer_key() {
     let mock = MockOpenAi::start().await;
     let history = [
-        Message {
-            role: Role::User,
-            content: "first question".into(),
-            created_at: t0(),
-        },
-        Message {
-            role: Role::Assistant,
-            content: "first answer".into(),
-            created_at: t0(),
-        },
+        Message::text(Role::User, "first question", t0()),
+        Message::text(Role::Assistant, "first answer", t0()),
     ];
     let request = ChatRequest::new(Some("You are terse."), (&history).into(), "second question");
     keyed_adapter(&mock).complete(request).await.unwrap();
@@ -215,8 +208,13 @@ async fn a_400_is_not_retried() {
     let mock = MockOpenAi::start().await;
     mock.push(Reply::status(400));
     let err = complete(&adapter(&mock), "x").await.unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::UpstreamFailed);
+    assert_eq!(err.kind(), ErrorKind::UpstreamRejected);
     assert!(err.to_string().contains("400"), "{err}");
+    assert!(err.to_string().contains("scripted failure"), "{err}");
+    let (status, body) = err.upstream_reply().expect("the upstream's answer is kept");
+    assert_eq!(status, 400);
+    let body: serde_json::Value = serde_json::from_slice(body).unwrap();
+    assert_eq!(body["error"]["message"], "scripted failure");
     assert_eq!(mock.request_count(), 1);
 }
 

@@ -4,10 +4,12 @@
 
 use std::sync::Arc;
 
-use chatcore::{ErrorKind, Feedback, PurgeReport, Rating, Role, SessionId, Store};
+use chatcore::{
+    ErrorKind, Feedback, Message, PurgeReport, Rating, Role, SessionId, Store, Turn, Usage,
+};
 use serde_json::json;
 
-use crate::support::{assistant, at, pairs, session, t0, turn, user};
+use crate::support::{assistant, at, pairs, session, t0, user};
 
 each_backend! {
     "current_thread" => session_round_trip,
@@ -22,6 +24,149 @@ each_backend! {
     "current_thread" => purge_deletes_only_old_sessions_with_their_data,
     "current_thread" => purge_within_the_cutoffs_hour_goes_by_the_exact_time,
     "current_thread" => ping_succeeds,
+    "current_thread" => a_tool_loop_is_stored_whole_and_in_order,
+    "current_thread" => pages_step_through_turns_of_every_size,
+    "current_thread" => usage_sums_cached_tokens,
+}
+
+const CALL: &str = r#"{"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Paris\"}"}}]}"#;
+const RESULT: &str = r#"{"role":"tool","tool_call_id":"call_1","content":"sunny, 21 C"}"#;
+const PARTS: &str = r#"{"role":"user","content":[{"type":"text","text":"What is this?"},{"type":"image_url","image_url":{"url":"data:image/png;base64,iVBORw0KGgo="}}]}"#;
+
+fn wire(json: &str, secs: i64) -> Message {
+    Message::from_json(json, at(secs)).unwrap()
+}
+
+/// Stores `messages` as one turn.
+async fn store_turn(store: &dyn Store, id: SessionId, messages: &[Message], usage: Option<Usage>) {
+    let refs: Vec<_> = messages.iter().map(Message::view).collect();
+    store
+        .append_turn(
+            id,
+            Turn {
+                messages: &refs,
+                usage,
+            },
+        )
+        .await
+        .unwrap();
+}
+
+/// A user message with an image, a reply that calls a tool, its result
+/// with a final answer: each message comes back exactly as stored, in
+/// order, whatever its kind, and text messages stay text.
+async fn a_tool_loop_is_stored_whole_and_in_order<S: Store + 'static>(store: S) {
+    let s = session(t0());
+    store.insert_session(&s).await.unwrap();
+    let first = [wire(PARTS, 1), wire(CALL, 2)];
+    let second = [
+        wire(RESULT, 3),
+        Message::text(Role::Assistant, "It is sunny in Paris.", at(4)),
+    ];
+    store_turn(&store, s.id, &first, None).await;
+    store_turn(&store, s.id, &second, None).await;
+    store
+        .append_turn(s.id, turn!("thanks", "you're welcome", 5))
+        .await
+        .unwrap();
+
+    let all = store.recent_messages(s.id, usize::MAX).await.unwrap();
+    let expected: Vec<Message> = first
+        .iter()
+        .chain(&second)
+        .cloned()
+        .chain([
+            Message::text(Role::User, "thanks", at(5)),
+            Message::text(Role::Assistant, "you're welcome", at(6)),
+        ])
+        .collect();
+    assert_eq!(all, expected);
+    assert_eq!(all[0].wire.as_ref().unwrap().as_str(), PARTS);
+    assert_eq!(all[1].view().tool_call_ids(), ["call_1"]);
+    assert_eq!(all[2].role, Role::Tool);
+    assert!(all[3].wire.is_none(), "a text reply stays text");
+    // The latest few, and the turn context, cut through a turn correctly.
+    let recent = store.recent_messages(s.id, 3).await.unwrap();
+    assert_eq!(recent, expected[3..]);
+    let (_, history) = store.load_turn_context(s.id, 5).await.unwrap().unwrap();
+    assert_eq!(history, expected[1..]);
+    assert_eq!(
+        store.get_session(s.id).await.unwrap().unwrap().last_active,
+        at(6)
+    );
+}
+
+/// Paging walks every message once, in order, page sizes from 1 up,
+/// over turns of two, three and one-plus-reply messages.
+async fn pages_step_through_turns_of_every_size<S: Store + 'static>(store: S) {
+    let s = session(t0());
+    store.insert_session(&s).await.unwrap();
+    store.append_turn(s.id, turn!("a", "b", 1)).await.unwrap();
+    store_turn(&store, s.id, &[wire(PARTS, 3), wire(CALL, 4)], None).await;
+    store_turn(
+        &store,
+        s.id,
+        &[
+            wire(RESULT, 5),
+            Message::text(Role::User, "and tomorrow?", at(5)),
+            Message::text(Role::Assistant, "also sunny", at(6)),
+        ],
+        None,
+    )
+    .await;
+    store.append_turn(s.id, turn!("c", "d", 7)).await.unwrap();
+    let all = store.recent_messages(s.id, usize::MAX).await.unwrap();
+    assert_eq!(all.len(), 9);
+    for size in 1..=10 {
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let page = store
+                .messages_page(s.id, after, size)
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(page.messages.len() <= size);
+            seen.extend(page.messages);
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(seen, all, "page size {size}");
+    }
+}
+
+async fn usage_sums_cached_tokens<S: Store + 'static>(store: S) {
+    let s = session(t0());
+    store.insert_session(&s).await.unwrap();
+    let usage = |p, c, cached| {
+        Some(Usage {
+            prompt_tokens: p,
+            completion_tokens: c,
+            cached_tokens: cached,
+        })
+    };
+    let text = [
+        Message::text(Role::User, "q", at(1)),
+        Message::text(Role::Assistant, "a", at(2)),
+    ];
+    store_turn(&store, s.id, &text, usage(100, 10, 0)).await;
+    store_turn(
+        &store,
+        s.id,
+        &[wire(RESULT, 3), wire(CALL, 4)],
+        usage(120, 5, 96),
+    )
+    .await;
+    assert_eq!(
+        store.session_usage(s.id).await.unwrap(),
+        Usage {
+            prompt_tokens: 220,
+            completion_tokens: 15,
+            cached_tokens: 96
+        }
+    );
 }
 
 async fn session_round_trip<S: Store + 'static>(store: S) {
@@ -59,7 +204,7 @@ async fn recent_messages_are_oldest_first_and_keep_the_latest<S: Store + 'static
     for i in 0..3 {
         let (u, r) = (format!("u{i}"), format!("a{i}"));
         store
-            .append_turn(s.id, turn(&u, &r, 10 * i64::from(i)))
+            .append_turn(s.id, turn!(&u, &r, 10 * i64::from(i)))
             .await
             .unwrap();
     }
@@ -92,7 +237,7 @@ async fn append_turn_sets_last_active<S: Store + 'static>(store: S) {
     let s = session(t0());
     store.insert_session(&s).await.unwrap();
     store
-        .append_turn(s.id, turn("hello", "hi there", 90))
+        .append_turn(s.id, turn!("hello", "hi there", 90))
         .await
         .unwrap();
     let after = store.get_session(s.id).await.unwrap().unwrap();
@@ -107,7 +252,7 @@ async fn append_turn_to_missing_session_stores_nothing<S: Store + 'static>(store
     store.insert_session(&other).await.unwrap();
     let missing = SessionId::new_v4();
     let err = store
-        .append_turn(missing, turn("lost", "never", 1))
+        .append_turn(missing, turn!("lost", "never", 1))
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::SessionNotFound);
@@ -134,7 +279,7 @@ async fn concurrent_append_turns_are_atomic<S: Store + 'static>(store: S) {
         let store = Arc::clone(&store);
         tasks.spawn(async move {
             let (u, r) = (format!("u{i}"), format!("a{i}"));
-            store.append_turn(s.id, turn(&u, &r, i)).await
+            store.append_turn(s.id, turn!(&u, &r, i)).await
         });
     }
     while let Some(done) = tasks.join_next().await {
@@ -158,8 +303,14 @@ async fn load_turn_context_returns_session_and_latest_messages<S: Store + 'stati
     assert_eq!(got, s);
     assert!(history.is_empty());
 
-    store.append_turn(s.id, turn("one", "1", 10)).await.unwrap();
-    store.append_turn(s.id, turn("two", "2", 20)).await.unwrap();
+    store
+        .append_turn(s.id, turn!("one", "1", 10))
+        .await
+        .unwrap();
+    store
+        .append_turn(s.id, turn!("two", "2", 20))
+        .await
+        .unwrap();
     let (got, history) = store.load_turn_context(s.id, 3).await.unwrap().unwrap();
     assert_eq!(got.last_active, at(21));
     assert_eq!(got.system_prompt.as_deref(), Some("sys"));
@@ -229,11 +380,11 @@ async fn purge_deletes_only_old_sessions_with_their_data<S: Store + 'static>(sto
         store.insert_session(s).await.unwrap();
     }
     store
-        .append_turn(old.id, turn("o1", "r1", 0))
+        .append_turn(old.id, turn!("o1", "r1", 0))
         .await
         .unwrap();
     store
-        .append_turn(old.id, turn("o2", "r2", day))
+        .append_turn(old.id, turn!("o2", "r2", day))
         .await
         .unwrap();
     store
@@ -241,11 +392,11 @@ async fn purge_deletes_only_old_sessions_with_their_data<S: Store + 'static>(sto
         .await
         .unwrap();
     store
-        .append_turn(edge.id, turn("e1", "r1", 5 * day - 1))
+        .append_turn(edge.id, turn!("e1", "r1", 5 * day - 1))
         .await
         .unwrap();
     store
-        .append_turn(fresh.id, turn("f1", "r1", 9 * day))
+        .append_turn(fresh.id, turn!("f1", "r1", 9 * day))
         .await
         .unwrap();
     store
@@ -315,7 +466,7 @@ async fn purge_within_the_cutoffs_hour_goes_by_the_exact_time<S: Store + 'static
         let store = &store;
         async move {
             store
-                .append_turn(id, turn(text, "ok", user_secs))
+                .append_turn(id, turn!(text, "ok", user_secs))
                 .await
                 .unwrap();
         }

@@ -89,7 +89,8 @@ async fn a_second_overflow_fails_the_turn_and_stores_nothing() {
     mock.push(Reply::ContextOverflow);
     mock.push(Reply::ContextOverflow);
     let err = core.chat(id, "second").await.unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::UpstreamFailed);
+    assert_eq!(err.kind(), ErrorKind::UpstreamRejected);
+    assert!(err.is_context_overflow());
     assert_eq!(mock.request_count(), 3, "one retry, no more");
     assert_eq!(core.sessions().messages(id).await.unwrap().len(), 2);
 }

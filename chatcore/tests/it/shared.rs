@@ -12,7 +12,7 @@ use chatcore::{
 };
 
 use crate::support::pg::TestSchema;
-use crate::support::{assistant, at, pairs, session, t0, turn, user, ScriptedModel};
+use crate::support::{assistant, at, pairs, session, t0, user, ScriptedModel};
 
 /// Runs each listed `async fn name(schema: TestSchema)` on a fresh schema,
 /// or skips it (passing) when no test server is configured.
@@ -87,7 +87,7 @@ async fn a_claim_excludes_other_turns_until_released(schema: TestSchema) {
     let store = schema.store().await;
     let s = session(t0());
     store.insert_session(&s).await.unwrap();
-    store.append_turn(s.id, turn("u0", "a0", 0)).await.unwrap();
+    store.append_turn(s.id, turn!("u0", "a0", 0)).await.unwrap();
     let (a, b) = (TurnToken::new(), TurnToken::new());
 
     let (got, history) = held(store.claim_turn(s.id, a, TTL, 10).await.unwrap());
@@ -116,7 +116,7 @@ async fn a_claim_excludes_other_turns_until_released(schema: TestSchema) {
 
     // A claimed append stores the turn and frees the session at once.
     store
-        .append_claimed_turn(s.id, b, turn("u1", "a1", 10))
+        .append_claimed_turn(s.id, b, turn!("u1", "a1", 10))
         .await
         .unwrap();
     let (got, history) = held(store.claim_turn(s.id, a, TTL, 3).await.unwrap());
@@ -148,7 +148,7 @@ async fn a_claim_lapses_after_its_ttl_and_fences_its_old_holder(schema: TestSche
     // The old holder comes back: its claim is gone, and so is its turn.
     assert!(!store.renew_claim(s.id, dead, TTL).await.unwrap());
     let err = store
-        .append_claimed_turn(s.id, dead, turn("late", "stale", 5))
+        .append_claimed_turn(s.id, dead, turn!("late", "stale", 5))
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::StorageUnavailable, "{err:?}");
@@ -163,7 +163,7 @@ async fn a_claim_lapses_after_its_ttl_and_fences_its_old_holder(schema: TestSche
     );
 
     store
-        .append_claimed_turn(s.id, next, turn("u", "a", 10))
+        .append_claimed_turn(s.id, next, turn!("u", "a", 10))
         .await
         .unwrap();
     assert_eq!(store.recent_messages(s.id, 10).await.unwrap().len(), 2);
@@ -183,7 +183,7 @@ async fn a_lapsed_claim_nobody_took_still_stores(schema: TestSchema) {
     tokio::time::sleep(Duration::from_millis(200)).await;
     // Nothing was stored since it read the history: the turn is still good.
     store
-        .append_claimed_turn(s.id, slow, turn("u", "a", 1))
+        .append_claimed_turn(s.id, slow, turn!("u", "a", 1))
         .await
         .unwrap();
     assert_eq!(store.recent_messages(s.id, 10).await.unwrap().len(), 2);
@@ -200,7 +200,7 @@ async fn claims_on_a_missing_session(schema: TestSchema) {
     assert!(!store.renew_claim(missing, token, TTL).await.unwrap());
     store.release_claim(missing, token).await.unwrap();
     let err = store
-        .append_claimed_turn(missing, token, turn("u", "a", 1))
+        .append_claimed_turn(missing, token, turn!("u", "a", 1))
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::SessionNotFound);
@@ -227,13 +227,13 @@ async fn a_statement_past_its_timeout_is_unavailable(schema: TestSchema) {
         .await
         .unwrap();
     let err = store
-        .append_turn(s.id, turn("u", "a", 1))
+        .append_turn(s.id, turn!("u", "a", 1))
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::StorageUnavailable, "{}", err.chain());
     blocker.rollback().await.unwrap();
     assert!(store.recent_messages(s.id, 10).await.unwrap().is_empty());
-    store.append_turn(s.id, turn("u", "a", 1)).await.unwrap();
+    store.append_turn(s.id, turn!("u", "a", 1)).await.unwrap();
 }
 
 /// Counts the records logged with the message `sql`.
@@ -264,7 +264,7 @@ async fn every_statement_is_logged(schema: TestSchema) {
     let before = count();
     let s = session(t0());
     store.insert_session(&s).await.unwrap();
-    store.append_turn(s.id, turn("u", "a", 1)).await.unwrap();
+    store.append_turn(s.id, turn!("u", "a", 1)).await.unwrap();
     store.get_session(s.id).await.unwrap();
     assert_eq!(count() - before, 3, "one line per statement");
 }
@@ -424,7 +424,7 @@ async fn a_claim_that_waited_on_an_append_sees_its_messages(schema: TestSchema) 
     let s = session(t0());
     store.insert_session(&s).await.unwrap();
     store
-        .append_turn(s.id, turn("first", "reply one", 1))
+        .append_turn(s.id, turn!("first", "reply one", 1))
         .await
         .unwrap();
     // The previous turn's append, in flight: the row updated and the
@@ -433,7 +433,7 @@ async fn a_claim_that_waited_on_an_append_sees_its_messages(schema: TestSchema) 
     let append = raw.transaction().await.unwrap();
     append
         .execute(
-            "UPDATE sessions SET turns = turns + 1, claim = NULL, claim_until = NULL WHERE id = $1",
+            "UPDATE sessions SET turns = turns + 1, messages = messages + 2, claim = NULL, claim_until = NULL WHERE id = $1",
             &[s.id.as_uuid()],
         )
         .await

@@ -8,11 +8,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use chatcore::{
-    ChatCore, Clock, ErrorKind, ManualClock, Message, MessageCursor, PurgeReport, Role, SessionId,
-    SqliteStore, Store, Turn,
+    ChatCore, Clock, ErrorKind, ManualClock, Message, MessageCursor, MessageRef, PurgeReport, Role,
+    SessionId, SqliteStore, Store, Turn,
 };
 
-use crate::support::{assistant, at, pairs, t0, user, ScriptedModel, DAY, MINUTE};
+use crate::support::{assistant, at, pair, pairs, t0, user, ScriptedModel, DAY, MINUTE};
 
 each_backend! {
     "current_thread" => pages_cover_every_message_once_in_order,
@@ -92,10 +92,20 @@ async fn seven_interleaved_turns(store: &dyn Store, a: SessionId, b: SessionId) 
             .append_turn(
                 a,
                 Turn {
-                    user: &u,
-                    user_at: at(10 * i),
-                    reply: &r,
-                    reply_at: at(10 * i + 1),
+                    messages: &[
+                        MessageRef {
+                            role: Role::User,
+                            content: &u,
+                            wire: None,
+                            created_at: at(10 * i),
+                        },
+                        MessageRef {
+                            role: Role::Assistant,
+                            content: &r,
+                            wire: None,
+                            created_at: at(10 * i + 1),
+                        },
+                    ],
                     usage: None,
                 },
             )
@@ -106,10 +116,20 @@ async fn seven_interleaved_turns(store: &dyn Store, a: SessionId, b: SessionId) 
             .append_turn(
                 b,
                 Turn {
-                    user: &other,
-                    user_at: at(10 * i + 2),
-                    reply: &other,
-                    reply_at: at(10 * i + 3),
+                    messages: &[
+                        MessageRef {
+                            role: Role::User,
+                            content: &other,
+                            wire: None,
+                            created_at: at(10 * i + 2),
+                        },
+                        MessageRef {
+                            role: Role::Assistant,
+                            content: &other,
+                            wire: None,
+                            created_at: at(10 * i + 3),
+                        },
+                    ],
                     usage: None,
                 },
             )
@@ -223,10 +243,7 @@ async fn pages_of_unknown_and_empty_sessions<S: Store + 'static>(store: S) {
         .append_turn(
             s,
             Turn {
-                user: "only",
-                user_at: at(1),
-                reply: "turn",
-                reply_at: at(2),
+                messages: &pair("only", "turn", 1),
                 usage: None,
             },
         )

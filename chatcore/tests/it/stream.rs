@@ -101,6 +101,7 @@ async fn stream_yields_the_pieces_in_order_then_finish_and_usage() {
             StreamEvent::Usage(Usage {
                 prompt_tokens: tokens("hi there"),
                 completion_tokens: tokens("Hello, world"),
+                cached_tokens: 0,
             }),
         ]
     );
@@ -377,6 +378,7 @@ async fn a_streamed_turn_is_stored_only_when_the_stream_completes() {
     let usage = Usage {
         prompt_tokens: tokens("How are you?"),
         completion_tokens: tokens("Fine, thanks."),
+        cached_tokens: 0,
     };
     match done.unwrap().unwrap() {
         TurnEvent::Done(reply) => {

@@ -247,9 +247,9 @@ impl ChatModel for ScriptedModel {
                 .iter()
                 .map(|m| (m.role, m.content.to_owned()))
                 .collect(),
-            user: request.user.to_owned(),
+            user: request.user_text().into_owned(),
         });
-        let user = request.user.to_owned();
+        let user = request.user_text().into_owned();
         if let Some(delay) = &self.delay {
             tokio::time::sleep(delay(&user)).await;
         }
@@ -266,8 +266,7 @@ impl ChatModel for ScriptedModel {
         };
         Ok(Completion {
             content,
-            usage: None,
-            finish_reason: None,
+            ..Completion::default()
         })
     }
 }
@@ -334,13 +333,27 @@ pub fn session(created: DateTime<Utc>) -> chatcore::Session {
     }
 }
 
-/// A turn: user message `u` at `secs`, reply `r` a second later.
-pub fn turn<'a>(u: &'a str, r: &'a str, secs: i64) -> chatcore::Turn<'a> {
-    chatcore::Turn {
-        user: u,
-        user_at: at(secs),
-        reply: r,
-        reply_at: at(secs + 1),
-        usage: None,
-    }
+/// A text turn's two messages: user message `u` at `secs`, reply `r` a
+/// second later.
+pub fn pair<'a>(u: &'a str, r: &'a str, secs: i64) -> [chatcore::MessageRef<'a>; 2] {
+    let m = |role, content, at| chatcore::MessageRef {
+        role,
+        content,
+        wire: None,
+        created_at: at,
+    };
+    [
+        m(Role::User, u, at(secs)),
+        m(Role::Assistant, r, at(secs + 1)),
+    ]
+}
+
+/// A text turn (see [`pair`]), for the statement it is written in.
+macro_rules! turn {
+    ($u:expr, $r:expr, $secs:expr) => {
+        chatcore::Turn {
+            messages: &$crate::support::pair($u, $r, $secs),
+            usage: None,
+        }
+    };
 }

@@ -129,24 +129,47 @@ impl From<&SessionInfo> for SessionOut {
     }
 }
 
-/// One message of `GET /session/{id}/messages`.
-#[derive(Debug, Serialize)]
+/// One message of `GET /session/{id}/messages`: `{"role", "content",
+/// "created_at"}` for a text message (the seed's shape, exactly); for a
+/// message kept whole, its members as stored (content parts, `tool_calls`,
+/// `tool_call_id`, `name`, `refusal`, …) and `created_at`.
+#[derive(Debug)]
 pub struct MessageOut<'a> {
-    /// `user` or `assistant` (or `system`).
-    pub role: &'static str,
-    /// The text.
-    pub content: &'a str,
-    /// When it was stored.
-    pub created_at: String,
+    message: &'a Message,
+    created_at: String,
 }
 
 impl<'a> From<&'a Message> for MessageOut<'a> {
     fn from(m: &'a Message) -> Self {
         MessageOut {
-            role: m.role.as_str(),
-            content: &m.content,
+            message: m,
             created_at: format_time(&m.created_at),
         }
+    }
+}
+
+impl Serialize for MessageOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let fields = self
+            .message
+            .wire
+            .as_ref()
+            .and_then(|w| chatcore::Fields::parse(w.as_str().as_bytes()).ok());
+        let mut map = s.serialize_map(None)?;
+        match &fields {
+            Some(fields) => {
+                for (k, v) in fields.iter().filter(|(k, _)| *k != "created_at") {
+                    map.serialize_entry(k, v)?;
+                }
+            }
+            None => {
+                map.serialize_entry("role", self.message.role.as_str())?;
+                map.serialize_entry("content", &self.message.content)?;
+            }
+        }
+        map.serialize_entry("created_at", &self.created_at)?;
+        map.end()
     }
 }
 

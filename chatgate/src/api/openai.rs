@@ -1,381 +1,255 @@
-//! OpenAI's chat-completions wire format, as `/v1` speaks it: the request
-//! (parsed strictly: an unknown field is refused, as OpenAI itself does,
-//! rather than silently dropped), the whole response, and stream chunks.
+//! OpenAI's chat-completions request, as `/v1` reads it: faithfully. The
+//! gateway checks only what it acts on (a JSON object, a `model` it
+//! serves, `messages` a non-empty array of objects with a string `role`,
+//! `stream` and `stream_options` of the right types) and keeps every
+//! other member exactly as sent, to forward it. Its changes are the
+//! operator's: `openai.max_tokens` caps the reply under the name the
+//! client used, `openai.drop_params` are removed, `openai.deny_params`
+//! refused. The reply shapes live with their framing
+//! ([`crate::framing::chat_completions`]).
 
-use chatcore::{ChatOptions, Role, Usage};
-use serde::{Deserialize, Serialize};
+use chatcore::Fields;
+use serde_json::value::RawValue;
 
 use crate::error::{ApiError, Invalid};
 
-/// `POST /v1/chat/completions` body.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CompletionsIn {
-    /// One of `openai.models`.
-    pub model: String,
-    /// The conversation (stateless) or the one new user message
-    /// (session-bound).
-    pub messages: Vec<MessageIn>,
-    /// Answer as `chat.completion.chunk` server-sent events.
-    #[serde(default)]
-    pub stream: Option<bool>,
-    /// Stream settings.
-    #[serde(default)]
-    pub stream_options: Option<StreamOptionsIn>,
-    /// Sampling temperature, 0 to 2.
-    #[serde(default)]
-    pub temperature: Option<f64>,
-    /// Nucleus sampling, 0 to 1.
-    #[serde(default)]
-    pub top_p: Option<f64>,
-    /// Reply length cap (older name).
-    #[serde(default)]
+/// What the operator changes in every `/v1` request.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    /// `openai.max_tokens`: the most tokens a reply may have.
     pub max_tokens: Option<u32>,
-    /// Reply length cap (newer name; wins over `max_tokens`).
-    #[serde(default)]
-    pub max_completion_tokens: Option<u32>,
-    /// Up to 4 stop sequences.
-    #[serde(default)]
-    pub stop: Option<StopIn>,
-    /// -2 to 2.
-    #[serde(default)]
-    pub presence_penalty: Option<f64>,
-    /// -2 to 2.
-    #[serde(default)]
-    pub frequency_penalty: Option<f64>,
-    /// Best-effort determinism.
-    #[serde(default)]
-    pub seed: Option<i64>,
-    /// The end user, for the upstream's abuse monitoring.
-    #[serde(default)]
-    pub user: Option<String>,
-    /// Number of choices: only 1 is served.
-    #[serde(default)]
-    pub n: Option<u32>,
+    /// `openai.drop_params`: removed before the request goes upstream.
+    pub drop_params: Vec<String>,
+    /// `openai.deny_params`: a request holding one is refused.
+    pub deny_params: Vec<String>,
 }
 
-/// `stream_options`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StreamOptionsIn {
-    /// Send a last chunk with the usage of the whole request.
-    #[serde(default)]
-    pub include_usage: Option<bool>,
-}
-
-/// `stop`: one string or a list.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub enum StopIn {
-    /// One sequence.
-    One(String),
-    /// Several.
-    Many(Vec<String>),
-}
-
-/// One message of the request.
-#[derive(Debug, Deserialize)]
-pub struct MessageIn {
-    /// `system`, `developer` (read as system), `user` or `assistant`.
-    pub role: String,
-    /// Text, or a list of text parts.
-    pub content: ContentIn,
-    /// A participant name (accepted, not forwarded).
-    #[serde(default)]
-    pub name: Option<String>,
-}
-
-/// A message's content: a string or a list of `{"type": "text", "text": …}`.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub enum ContentIn {
-    /// Plain text.
-    Text(String),
-    /// Content parts.
-    Parts(Vec<PartIn>),
-}
-
-/// One content part.
-#[derive(Debug, Deserialize)]
-pub struct PartIn {
-    /// Only `text` is served.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// The text of a `text` part.
-    #[serde(default)]
-    pub text: Option<String>,
-}
-
-/// A validated request: what the handler needs, owned.
+/// A `POST /v1/chat/completions` body, read as far as the gateway acts on
+/// it.
 #[derive(Debug)]
 pub struct Completions {
     /// The model named.
     pub model: String,
-    /// Role and text of each message, in order.
-    pub messages: Vec<(Role, String)>,
+    /// The `messages` array, as sent.
+    pub messages: Box<RawValue>,
     /// Whether to stream.
     pub stream: bool,
-    /// Whether the stream ends with a usage chunk.
+    /// Whether the client asked for the usage chunk.
     pub include_usage: bool,
-    /// What is forwarded upstream.
-    pub options: ChatOptions,
+    /// Every other member, as sent (after the operator's changes).
+    pub fields: Fields,
 }
 
-fn bad(param: &str, msg: impl Into<String>) -> ApiError {
+/// A 400 `invalid_request_error` about `param`.
+pub fn bad(param: &str, msg: impl Into<String>) -> ApiError {
     ApiError::validation(vec![Invalid::field(param, msg.into(), "value_error")])
 }
 
-/// Checked as sent (f64), before narrowing to what is forwarded (f32), so
-/// a value just past a bound is not rounded into range.
-fn in_range(param: &str, v: Option<f64>, lo: f64, hi: f64) -> Result<(), ApiError> {
-    match v {
-        Some(x) if !(lo..=hi).contains(&x) => Err(bad(
-            param,
-            format!("must be between {lo} and {hi}, got {x}"),
-        )),
-        _ => Ok(()),
-    }
-}
-
-/// Parses and validates a `POST /v1/chat/completions` body.
+/// Parses a `POST /v1/chat/completions` body under the operator's
+/// `policy`.
 ///
 /// # Errors
-/// A validation error (answered 400 `invalid_request_error` on `/v1`).
-pub fn parse_completions(body: &[u8]) -> Result<Completions, ApiError> {
-    let input: CompletionsIn = serde_json::from_slice(body).map_err(|e| {
+/// A validation error (answered 400 `invalid_request_error` on `/v1`)
+/// naming the member at fault.
+pub fn parse_completions(body: &[u8], policy: &Policy) -> Result<Completions, ApiError> {
+    let mut fields = Fields::parse(body).map_err(|e| {
         let mut err = ApiError::validation(vec![Invalid {
             loc: vec!["body".into()],
-            msg: format!("Invalid request body: {e}").into(),
+            msg: format!("The body must be a JSON object: {e}").into(),
             kind: "value_error",
         }]);
         err.code = Some("invalid_request");
         err
     })?;
-    if input.model.trim().is_empty() {
-        return Err(bad("model", "must name a model"));
+    for denied in &policy.deny_params {
+        if fields.get(denied).is_some() {
+            return Err(bad(
+                denied,
+                format!("{denied} is not accepted by this gateway"),
+            ));
+        }
     }
-    if input.messages.is_empty() {
-        return Err(bad("messages", "must hold at least one message"));
-    }
-    if input.n.is_some_and(|n| n != 1) {
-        return Err(bad("n", "only n = 1 is supported"));
-    }
-    in_range("temperature", input.temperature, 0.0, 2.0)?;
-    in_range("top_p", input.top_p, 0.0, 1.0)?;
-    in_range("presence_penalty", input.presence_penalty, -2.0, 2.0)?;
-    in_range("frequency_penalty", input.frequency_penalty, -2.0, 2.0)?;
-    let max_tokens = input.max_completion_tokens.or(input.max_tokens);
-    if max_tokens == Some(0) {
-        return Err(bad("max_tokens", "must be at least 1"));
-    }
-    let stop = match input.stop {
-        None => Vec::new(),
-        Some(StopIn::One(s)) => vec![s],
-        Some(StopIn::Many(v)) => v,
-    };
-    if stop.len() > 4 {
-        return Err(bad("stop", "at most 4 stop sequences"));
-    }
-    let mut messages = Vec::with_capacity(input.messages.len());
-    for (i, m) in input.messages.into_iter().enumerate() {
-        let role = match m.role.as_str() {
-            "system" | "developer" => Role::System,
-            "user" => Role::User,
-            "assistant" => Role::Assistant,
-            other => {
-                return Err(bad(
-                    "messages",
-                    format!("messages[{i}].role {other:?} is not supported (system, developer, user, assistant)"),
-                ))
-            }
-        };
-        let text = match m.content {
-            ContentIn::Text(t) => t,
-            ContentIn::Parts(parts) => {
-                let mut text = String::new();
-                for p in parts {
-                    match (p.kind.as_str(), p.text) {
-                        ("text", Some(t)) => text.push_str(&t),
-                        (kind, _) => {
-                            return Err(bad(
-                                "messages",
-                                format!("messages[{i}]: content part type {kind:?} is not supported (text only)"),
-                            ))
-                        }
-                    }
-                }
-                text
-            }
-        };
-        messages.push((role, text));
-    }
-    let stream = input.stream.unwrap_or(false);
-    if input.stream_options.is_some() && !stream {
-        // As OpenAI answers: the option means nothing without a stream.
-        return Err(bad(
-            "stream_options",
-            "stream_options is only allowed when stream is true",
-        ));
-    }
-    let include_usage = input
-        .stream_options
-        .and_then(|o| o.include_usage)
-        .unwrap_or(false);
-    Ok(Completions {
-        options: ChatOptions {
-            model: Some(input.model.clone()),
-            temperature: input.temperature.map(|v| v as f32),
-            top_p: input.top_p.map(|v| v as f32),
-            max_tokens,
-            stop,
-            presence_penalty: input.presence_penalty.map(|v| v as f32),
-            frequency_penalty: input.frequency_penalty.map(|v| v as f32),
-            seed: input.seed,
-            user: input.user,
+    let model = match fields.remove("model") {
+        Some(raw) => match serde_json::from_str::<String>(raw.get()) {
+            Ok(m) if !m.trim().is_empty() => m,
+            _ => return Err(bad("model", "model must be a non-empty string")),
         },
-        model: input.model,
+        None => return Err(bad("model", "Field required")),
+    };
+    let messages = fields
+        .remove("messages")
+        .ok_or_else(|| bad("messages", "Field required"))?;
+    check_messages(&messages)?;
+    let stream = match fields.get("stream").map(RawValue::get) {
+        None | Some("null") => false,
+        Some(raw) => serde_json::from_str::<bool>(raw)
+            .map_err(|_| bad("stream", "stream must be a boolean"))?,
+    };
+    let include_usage = match fields.get("stream_options").map(RawValue::get) {
+        None | Some("null") => false,
+        Some(raw) => {
+            let wrong = || {
+                bad(
+                    "stream_options",
+                    "stream_options must be an object; include_usage a boolean",
+                )
+            };
+            let options: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(raw).map_err(|_| wrong())?;
+            match options.get("include_usage") {
+                None | Some(serde_json::Value::Null) => false,
+                Some(serde_json::Value::Bool(b)) => *b,
+                Some(_) => return Err(wrong()),
+            }
+        }
+    };
+    for dropped in &policy.drop_params {
+        fields.remove(dropped);
+    }
+    if let Some(cap) = policy.max_tokens {
+        cap_tokens(&mut fields, cap);
+    }
+    Ok(Completions {
+        model,
         messages,
         stream,
         include_usage,
+        fields,
     })
 }
 
-/// `usage` in OpenAI's shape.
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct UsageOut {
-    /// Prompt tokens.
-    pub prompt_tokens: u32,
-    /// Reply tokens.
-    pub completion_tokens: u32,
-    /// Their sum.
-    pub total_tokens: u32,
-}
-
-impl From<Usage> for UsageOut {
-    fn from(u: Usage) -> Self {
-        UsageOut {
-            prompt_tokens: u.prompt_tokens,
-            completion_tokens: u.completion_tokens,
-            total_tokens: u.prompt_tokens.saturating_add(u.completion_tokens),
+/// Caps the reply length at `cap` under the name the client used
+/// (`max_completion_tokens`, the current one, or `max_tokens`), lowering
+/// a larger number; a request with neither gets `max_completion_tokens`,
+/// the name every current OpenAI model takes.
+fn cap_tokens(fields: &mut Fields, cap: u32) {
+    let mut named = false;
+    for name in ["max_completion_tokens", "max_tokens"] {
+        let Some(raw) = fields.get(name) else {
+            continue;
+        };
+        named = true;
+        // A value that is not a whole number is the upstream's to refuse.
+        if serde_json::from_str::<u64>(raw.get()).is_ok_and(|n| n > u64::from(cap)) {
+            fields.set(name, raw_number(cap));
         }
+    }
+    if !named {
+        fields.set("max_completion_tokens", raw_number(cap));
     }
 }
 
-/// The whole `chat.completion` response.
-#[derive(Debug, Serialize)]
-pub struct CompletionOut<'a> {
-    /// `chatcmpl-…`.
-    pub id: &'a str,
-    /// `chat.completion`.
-    pub object: &'static str,
-    /// Unix seconds.
-    pub created: i64,
-    /// The model named in the request.
-    pub model: &'a str,
-    /// The one choice.
-    pub choices: [ChoiceOut<'a>; 1],
-    /// Tokens, when the upstream reported them.
-    pub usage: Option<UsageOut>,
+fn raw_number(n: u32) -> Box<RawValue> {
+    RawValue::from_string(n.to_string()).expect("a number is JSON")
 }
 
-/// One choice of a whole response.
-#[derive(Debug, Serialize)]
-pub struct ChoiceOut<'a> {
-    /// Always 0.
-    pub index: u32,
-    /// The reply.
-    pub message: ReplyMessage<'a>,
-    /// `stop`, `length`, …
-    pub finish_reason: &'a str,
-}
-
-/// The assistant's message.
-#[derive(Debug, Serialize)]
-pub struct ReplyMessage<'a> {
-    /// `assistant`.
-    pub role: &'static str,
-    /// The text.
-    pub content: &'a str,
-}
-
-/// One `chat.completion.chunk`.
-#[derive(Debug, Serialize)]
-pub struct ChunkOut<'a> {
-    /// The same id for every chunk of a stream.
-    pub id: &'a str,
-    /// `chat.completion.chunk`.
-    pub object: &'static str,
-    /// Unix seconds.
-    pub created: i64,
-    /// The model named in the request.
-    pub model: &'a str,
-    /// One choice, or none in the usage chunk.
-    pub choices: &'a [ChunkChoice<'a>],
-    /// Only in the last chunk, when asked for.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub usage: Option<UsageOut>,
-}
-
-/// One choice of a chunk.
-#[derive(Debug, Serialize)]
-pub struct ChunkChoice<'a> {
-    /// Always 0.
-    pub index: u32,
-    /// What this chunk adds.
-    pub delta: Delta<'a>,
-    /// Set on the last content chunk.
-    pub finish_reason: Option<&'a str>,
-}
-
-/// A chunk's addition.
-#[derive(Debug, Default, Serialize)]
-pub struct Delta<'a> {
-    /// `assistant`, in the first chunk only.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub role: Option<&'static str>,
-    /// The next piece of text.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub content: Option<&'a str>,
+/// `messages` must be a non-empty array of objects with a string `role`;
+/// what else a message holds is the upstream's to judge.
+fn check_messages(messages: &RawValue) -> Result<(), ApiError> {
+    /// Read only to check that `role` is a string.
+    #[derive(serde::Deserialize)]
+    struct Shape<'a> {
+        #[serde(borrow, rename = "role")]
+        _role: std::borrow::Cow<'a, str>,
+    }
+    let items: Vec<&RawValue> = serde_json::from_str(messages.get())
+        .map_err(|_| bad("messages", "messages must be an array of message objects"))?;
+    if items.is_empty() {
+        return Err(bad("messages", "messages must hold at least one message"));
+    }
+    for (i, item) in items.iter().enumerate() {
+        if serde_json::from_str::<Shape<'_>>(item.get()).is_err() {
+            return Err(bad(
+                "messages",
+                format!("messages[{i}] must be an object with a string role"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_typical_sdk_request_parses() {
-        let c = parse_completions(
-            br#"{"model":"m","messages":[{"role":"system","content":"Be brief"},
-                {"role":"user","content":[{"type":"text","text":"Hi"}]}],
-                "stream":true,"stream_options":{"include_usage":true},
-                "temperature":0.2,"max_tokens":50,"stop":"END"}"#,
-        )
-        .unwrap();
-        assert_eq!(
-            c.messages,
-            [(Role::System, "Be brief".into()), (Role::User, "Hi".into())]
-        );
-        assert!(c.stream && c.include_usage);
-        assert_eq!(c.options.max_tokens, Some(50));
-        assert_eq!(c.options.stop, ["END"]);
-        assert_eq!(c.options.model.as_deref(), Some("m"));
+    fn parse(body: &str) -> Result<Completions, ApiError> {
+        parse_completions(body.as_bytes(), &Policy::default())
     }
 
     #[test]
-    fn unknown_fields_and_bad_values_are_refused() {
+    fn everything_but_model_and_messages_is_kept_as_sent() {
+        let body = r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"Hi"}]}],
+            "tools":[{"type":"function","function":{"name":"f","parameters":{}}}],"top_k":5,
+            "stream":true,"stream_options":{"include_usage":true},"n":2,"max_tokens":0}"#;
+        let c = parse(body).unwrap();
+        assert_eq!(c.model, "m");
+        assert!(c.stream && c.include_usage);
+        let keys: Vec<&str> = c.fields.iter().map(|(k, _)| k).collect();
+        assert_eq!(
+            keys,
+            [
+                "tools",
+                "top_k",
+                "stream",
+                "stream_options",
+                "n",
+                "max_tokens"
+            ]
+        );
+        assert_eq!(c.fields.get("max_tokens").unwrap().get(), "0");
+        assert!(c.messages.get().contains("\"type\":\"text\""));
+    }
+
+    #[test]
+    fn only_what_the_gateway_acts_on_is_checked() {
         for body in [
-            &br#"{"model":"m","messages":[{"role":"user","content":"x"}],"tools":[]}"#[..],
-            br#"{"model":"m","messages":[]}"#,
-            br#"{"model":"m","messages":[{"role":"tool","content":"x"}]}"#,
-            br#"{"model":"m","messages":[{"role":"user","content":"x"}],"temperature":3}"#,
-            br#"{"model":"m","messages":[{"role":"user","content":"x"}],"n":2}"#,
-            br#"{"model":"m","messages":[{"role":"user","content":"x"}],"temperature":2.0000001}"#,
-            br#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":0}"#,
-            br#"{"model":"m","messages":[{"role":"user","content":[{"type":"image_url"}]}]}"#,
-            br#"[1]"#,
+            r#"{"messages":[{"role":"user","content":"x"}]}"#,
+            r#"{"model":"","messages":[{"role":"user","content":"x"}]}"#,
+            r#"{"model":"m","messages":[]}"#,
+            r#"{"model":"m","messages":{}}"#,
+            r#"{"model":"m","messages":[{"content":"x"}]}"#,
+            r#"{"model":"m","messages":["x"]}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream":"yes"}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream_options":1}"#,
+            r#"[1]"#,
         ] {
-            let e = parse_completions(body).unwrap_err();
-            assert_eq!(e.openai_body().0, hyper::StatusCode::BAD_REQUEST);
+            let e = parse(body).unwrap_err();
+            assert_eq!(e.openai_body().0, hyper::StatusCode::BAD_REQUEST, "{body}");
         }
+        // Roles, content shapes and values are the upstream's to judge.
+        parse(r#"{"model":"m","messages":[{"role":"robot","content":null}],"temperature":9}"#)
+            .unwrap();
+    }
+
+    #[test]
+    fn the_operator_caps_drops_and_denies() {
+        let policy = Policy {
+            max_tokens: Some(100),
+            drop_params: vec!["logit_bias".into()],
+            deny_params: vec!["seed".into()],
+        };
+        let c = parse_completions(
+            br#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_completion_tokens":500,"max_tokens":50,"logit_bias":{"1":2}}"#,
+            &policy,
+        )
+        .unwrap();
+        assert_eq!(c.fields.get("max_completion_tokens").unwrap().get(), "100");
+        assert_eq!(c.fields.get("max_tokens").unwrap().get(), "50");
+        assert!(c.fields.get("logit_bias").is_none());
+        let none = parse_completions(
+            br#"{"model":"m","messages":[{"role":"user","content":"x"}]}"#,
+            &policy,
+        )
+        .unwrap();
+        assert_eq!(
+            none.fields.get("max_completion_tokens").unwrap().get(),
+            "100"
+        );
+        let e = parse_completions(
+            br#"{"model":"m","messages":[{"role":"user","content":"x"}],"seed":1}"#,
+            &policy,
+        )
+        .unwrap_err();
+        assert_eq!(e.openai_body().1["error"]["param"], "seed");
     }
 }

@@ -53,6 +53,9 @@ pub struct ServerConfig {
     pub bind: SocketAddr,
     /// Largest request body accepted (413 beyond).
     pub max_body_bytes: NonZeroUsize,
+    /// Largest `/v1` request body accepted (413 beyond): room for images
+    /// sent as data URLs.
+    pub max_v1_body_bytes: NonZeroUsize,
     /// How long in-flight requests may run after a shutdown signal.
     #[serde(with = "human::duration")]
     pub shutdown_grace: Duration,
@@ -81,6 +84,7 @@ impl Default for ServerConfig {
         ServerConfig {
             bind: "0.0.0.0:8000".parse().expect("valid default address"),
             max_body_bytes: NonZeroUsize::new(65_536).expect("nonzero"),
+            max_v1_body_bytes: NonZeroUsize::new(16 << 20).expect("nonzero"),
             shutdown_grace: Duration::from_secs(10),
             cors_origins: vec!["*".to_owned()],
             max_connections: NonZeroUsize::new(10_000).expect("nonzero"),
@@ -261,6 +265,11 @@ pub struct OpenAiSection {
     pub models: Vec<String>,
     /// The most tokens any reply may have (0: no cap of ours).
     pub max_tokens: u32,
+    /// `/v1` request fields removed before the request goes upstream
+    /// (for an upstream that refuses a field clients send).
+    pub drop_params: Vec<String>,
+    /// `/v1` request fields refused (400 naming the field).
+    pub deny_params: Vec<String>,
     /// Retries after the first attempt.
     pub max_retries: u32,
     /// Sampling temperature, 0 to 2.
@@ -291,6 +300,9 @@ impl fmt::Debug for OpenAiSection {
             .field("timeout", &self.timeout)
             .field("stream_idle_timeout", &self.stream_idle_timeout)
             .field("models", &self.models)
+            .field("max_tokens", &self.max_tokens)
+            .field("drop_params", &self.drop_params)
+            .field("deny_params", &self.deny_params)
             .field("max_retries", &self.max_retries)
             .field("temperature", &self.temperature)
             .field("system_prompt", &self.system_prompt)
@@ -308,6 +320,8 @@ impl Default for OpenAiSection {
             stream_idle_timeout: Duration::from_secs(30),
             models: Vec::new(),
             max_tokens: 0,
+            drop_params: Vec::new(),
+            deny_params: Vec::new(),
             max_retries: 2,
             temperature: 0.7,
             system_prompt: String::new(),
@@ -600,6 +614,23 @@ impl Config {
                 key: "openai.models",
                 expected: "a list of model names, none empty".into(),
             });
+        }
+        for (key, params) in [
+            ("openai.drop_params", &o.drop_params),
+            ("openai.deny_params", &o.deny_params),
+        ] {
+            // The gateway's own members cannot be dropped or refused.
+            if let Some(p) = params
+                .iter()
+                .find(|p| p.trim().is_empty() || ["model", "messages"].contains(&p.as_str()))
+            {
+                return Err(ConfigError::Invalid {
+                    key,
+                    expected: format!(
+                        "a list of request field names other than model and messages, got {p:?}"
+                    ),
+                });
+            }
         }
         let s = &self.session;
         // A century bounds every duration: larger ones overflow time

@@ -43,6 +43,13 @@ fn config() -> Arc<Config<'static>> {
     }))
 }
 
+/// Whether the docs have `file` (empty: the page itself).
+pub fn exists(file: &str) -> bool {
+    file.is_empty()
+        || file == "index.html"
+        || matches!(utoipa_swagger_ui::serve(file, config()), Ok(Some(_)))
+}
+
 /// The docs page, or one of its files (`file` is the path after `/docs/`,
 /// empty for the page itself).
 ///

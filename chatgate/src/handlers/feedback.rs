@@ -15,7 +15,7 @@ use crate::App;
 /// Only a caller that may use the session may leave feedback on it.
 pub async fn submit(app: &Arc<App>, req: Request<Incoming>, caller: Caller) -> HandlerResult {
     let (parts, body) = req.into_parts();
-    let body = read_body(app, body, &parts.headers).await?;
+    let body = read_body(app, body, &parts.headers, app.max_body_bytes).await?;
     let input = parse_feedback(&body)?;
     let id = SessionId::parse(&input.session_id)?;
     app.core

@@ -9,7 +9,6 @@ pub mod meta;
 pub mod openai;
 pub mod playground;
 pub mod session;
-mod sse;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
@@ -31,8 +30,12 @@ pub type HandlerResult = Result<Response<Body>, ApiError>;
 /// # Errors
 /// 413 when the body is too large; 408 when it is too slow; 400 when it
 /// cannot be read.
-pub async fn read_body(app: &App, body: Incoming, headers: &HeaderMap) -> Result<Bytes, ApiError> {
-    let limit = app.max_body_bytes;
+pub async fn read_body(
+    app: &App,
+    body: Incoming,
+    headers: &HeaderMap,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,

@@ -1,36 +1,31 @@
-//! The OpenAI-compatible API: `POST /v1/chat/completions` (whole or
-//! streamed as `chat.completion.chunk` events ending in `data: [DONE]`)
-//! and `GET /v1/models`.
+//! The OpenAI-compatible API: `POST /v1/chat/completions` (whole, or
+//! streamed as `chat.completion.chunk`s ending in `data: [DONE]`) and
+//! `GET /v1/models`.
 //!
-//! Without `X-Session-Id` a request is stateless: its messages go upstream
-//! as given. With it, the request is one turn of that session, exactly as
-//! on `/chat/`: one new user message, the session's system prompt and
-//! trimmed history prepended, its expiry and rate limit applied, the turn
-//! stored. Errors take OpenAI's shape (the router sees the `/v1` path).
+//! Without `X-Session-Id` a request is stateless: it goes upstream as the
+//! client sent it. With it, the request is one turn of that session, on
+//! the same turn path as `/chat/`: its new messages (a user message, or
+//! the tool results answering the previous reply's calls) after the
+//! session's system prompt and trimmed history, its per-request fields
+//! (`tools`, `response_format`, …) passed through and not stored, the turn
+//! stored with the reply as returned. Errors take OpenAI's shape (the
+//! router sees the `/v1` path).
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
-use chatcore::{
-    Caller, ChatReply, ChatRequest, CompletionStream, Message, Role, SessionId, StreamEvent,
-    TurnEvent, TurnStream, Usage,
-};
+use chatcore::{Caller, ChatOptions, ChatRequest, History, Input, Message, SessionId};
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 use serde::Serialize;
-use slog::error;
+use serde_json::value::RawValue;
 
-use crate::api::openai::{
-    parse_completions, ChoiceOut, ChunkChoice, ChunkOut, CompletionOut, Completions, Delta,
-    ReplyMessage, UsageOut,
-};
-use crate::body::{event_stream, json, Body};
+use crate::api::openai::{bad, parse_completions, Completions};
+use crate::body::{json, Body};
 use crate::error::ApiError;
-use crate::handlers::chat::rate_headers;
-use crate::handlers::{read_body, sse, HandlerResult};
-use crate::router::UpstreamTime;
+use crate::framing::chat_completions::ChatCompletions;
+use crate::handlers::{read_body, HandlerResult};
+use crate::turn::{self, Served};
 use crate::App;
 
 /// `POST /v1/chat/completions`.
@@ -41,9 +36,9 @@ pub async fn completions(
     caller: Caller,
 ) -> HandlerResult {
     let (parts, body) = req.into_parts();
-    let body = read_body(app, body, &parts.headers).await?;
-    let mut request = parse_completions(&body)?;
-    request.options.max_tokens = app.cap_tokens(request.options.max_tokens);
+    let body = read_body(app, body, &parts.headers, app.max_v1_body_bytes).await?;
+    let request = parse_completions(&body, &app.v1_policy)?;
+    drop(body);
     if !app.models.contains(&request.model) {
         return Err(model_not_found(&request.model));
     }
@@ -56,6 +51,25 @@ pub async fn completions(
     }
 }
 
+/// The options a `/v1` request goes upstream with: its model and every
+/// field it sent, and the upstream's reply handed back as sent.
+fn options(request: &mut Completions) -> ChatOptions {
+    ChatOptions {
+        model: Some(request.model.clone()),
+        fields: std::mem::take(&mut request.fields),
+        raw_reply: true,
+        ..ChatOptions::default()
+    }
+}
+
+fn framing(request: &Completions) -> ChatCompletions {
+    ChatCompletions::new(
+        request.model.clone(),
+        request.model.clone(),
+        request.include_usage,
+    )
+}
+
 /// One turn of a session.
 async fn session_turn(
     app: &Arc<App>,
@@ -64,94 +78,100 @@ async fn session_turn(
     mut request: Completions,
     rid: &str,
 ) -> HandlerResult {
-    let content = match request.messages.as_mut_slice() {
-        [(Role::User, text)] => std::mem::take(text),
-        _ => {
-            return Err(invalid(
-                "messages",
-                "with X-Session-Id, messages must be exactly one user message: \
-                 the session supplies the system prompt and the history",
-            ))
-        }
-    };
+    let now = chrono::Utc::now();
+    let items: Vec<&RawValue> = serde_json::from_str(request.messages.get())
+        .map_err(|_| bad("messages", "messages must be an array of message objects"))?;
+    let messages = items
+        .iter()
+        .map(|m| Message::from_json(m.get(), now))
+        .collect::<chatcore::Result<Vec<Message>>>()?;
     let turn = app
         .core
         .as_caller(caller)
-        .prepare(id, content, request.options)
+        .prepare(id, messages, options(&mut request))
         .await?;
-    app.content_log.user(id, turn.content(), rid);
-    let (limit, remaining) = (turn.limit(), turn.remaining());
-    let chunks = Chunks::new(request.model, request.include_usage);
-    let mut resp = if request.stream {
-        let stream = turn.stream().await?;
-        stream_response(app, Source::Turn(Box::new(stream)), chunks, rid)
-    } else {
-        let reply = turn.complete().await?;
-        log_reply(app, Some(id), &reply.content, rid);
-        app.metrics.tokens(&chunks.model, reply.usage);
-        let mut resp = whole(
-            &chunks,
-            &reply.content,
-            reply.finish_reason.as_deref(),
-            reply.usage,
-        );
-        resp.extensions_mut().insert(UpstreamTime(reply.upstream));
-        resp
+    let at = Served {
+        app,
+        rid,
+        model: &request.model,
     };
-    rate_headers(&mut resp, limit, remaining);
-    Ok(resp)
+    if request.stream {
+        turn::streamed(at, turn, framing(&request)).await
+    } else {
+        turn::whole(at, turn, framing(&request)).await
+    }
 }
 
 /// A stateless request: the messages as given, no session, nothing stored.
 async fn stateless(
     app: &Arc<App>,
     caller: Caller,
-    request: Completions,
+    mut request: Completions,
     rid: &str,
 ) -> HandlerResult {
-    if !app.client_system_prompt && request.messages.iter().any(|(r, _)| *r == Role::System) {
-        return Err(invalid(
+    if !app.client_system_prompt && names_a_system_prompt(&request.messages) {
+        return Err(bad(
             "messages",
             "this gateway does not accept a client's system prompt",
         ));
     }
-    let Some(((Role::User, user), earlier)) = request.messages.split_last() else {
-        return Err(invalid("messages", "the last message must have role user"));
-    };
-    let now = chrono::Utc::now();
-    let history: Vec<Message> = earlier
-        .iter()
-        .map(|(role, text)| Message {
-            role: *role,
-            content: text.clone(),
-            created_at: now,
-        })
-        .collect();
-    app.content_log.user("-", user, rid);
+    let options = options(&mut request);
     let chat = ChatRequest {
         system: None,
-        history: (&history).into(),
-        user,
-        options: &request.options,
+        history: History::empty(),
+        input: Input::Json(&request.messages),
+        options: &options,
     };
-    let chunks = Chunks::new(request.model.clone(), request.include_usage);
+    let user = if app.content_log.enabled() {
+        last_user_text(&request.messages)
+    } else {
+        String::new()
+    };
+    let at = Served {
+        app,
+        rid,
+        model: &request.model,
+    };
+    let scoped = app.core.as_caller(caller);
     if request.stream {
-        let stream = app.core.as_caller(caller).stream(chat).await?;
-        return Ok(stream_response(app, Source::Raw(stream), chunks, rid));
+        let stream = scoped.stream(chat).await?;
+        return Ok(turn::stateless_stream(at, &user, stream, framing(&request)));
     }
     let started = Instant::now();
-    let completion = app.core.as_caller(caller).complete(chat).await?;
-    let upstream = started.elapsed();
-    log_reply(app, None, &completion.content, rid);
-    app.metrics.tokens(&chunks.model, completion.usage);
-    let mut resp = whole(
-        &chunks,
-        &completion.content,
-        completion.finish_reason.as_deref(),
-        completion.usage,
-    );
-    resp.extensions_mut().insert(UpstreamTime(upstream));
-    Ok(resp)
+    let completion = scoped.complete(chat).await?;
+    Ok(turn::stateless_whole(
+        at,
+        &user,
+        &completion,
+        started.elapsed(),
+        framing(&request),
+    ))
+}
+
+/// Whether any message has the `system` or `developer` role.
+fn names_a_system_prompt(messages: &RawValue) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Role<'a> {
+        #[serde(borrow)]
+        role: std::borrow::Cow<'a, str>,
+    }
+    serde_json::from_str::<Vec<Role<'_>>>(messages.get()).is_ok_and(|all| {
+        all.iter()
+            .any(|m| m.role == "system" || m.role == "developer")
+    })
+}
+
+/// The text of the last user message, for the content line.
+fn last_user_text(messages: &RawValue) -> String {
+    let epoch = chrono::DateTime::<chrono::Utc>::UNIX_EPOCH;
+    serde_json::from_str::<Vec<&RawValue>>(messages.get())
+        .unwrap_or_default()
+        .iter()
+        .rev()
+        .filter_map(|m| Message::from_json(m.get(), epoch).ok())
+        .find(|m| m.role == chatcore::Role::User)
+        .map(|m| m.display_text().into_owned())
+        .unwrap_or_default()
 }
 
 /// `GET /v1/models`.
@@ -201,254 +221,4 @@ fn model_not_found(model: &str) -> ApiError {
         format!("The model `{model}` does not exist or you do not have access to it."),
     )
     .with_code("model_not_found")
-}
-
-fn invalid(param: &str, msg: &'static str) -> ApiError {
-    ApiError::validation(vec![crate::error::Invalid::field(
-        param,
-        msg,
-        "value_error",
-    )])
-}
-
-fn log_reply(app: &App, id: Option<SessionId>, content: &str, rid: &str) {
-    match id {
-        Some(id) => app.content_log.reply(id, content, rid),
-        None => app.content_log.reply("-", content, rid),
-    }
-}
-
-/// What one response's chunks share: id, time, model.
-struct Chunks {
-    id: String,
-    created: i64,
-    model: String,
-    include_usage: bool,
-}
-
-impl Chunks {
-    fn new(model: String, include_usage: bool) -> Self {
-        Chunks {
-            id: format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
-            created: chrono::Utc::now().timestamp(),
-            model,
-            include_usage,
-        }
-    }
-
-    fn chunk(&self, delta: Delta<'_>, finish_reason: Option<&str>) -> Bytes {
-        sse::data(&ChunkOut {
-            id: &self.id,
-            object: "chat.completion.chunk",
-            created: self.created,
-            model: &self.model,
-            choices: &[ChunkChoice {
-                index: 0,
-                delta,
-                finish_reason,
-            }],
-            usage: None,
-        })
-    }
-
-    fn usage(&self, usage: Usage) -> Bytes {
-        sse::data(&ChunkOut {
-            id: &self.id,
-            object: "chat.completion.chunk",
-            created: self.created,
-            model: &self.model,
-            choices: &[],
-            usage: Some(usage.into()),
-        })
-    }
-}
-
-fn whole(
-    chunks: &Chunks,
-    content: &str,
-    finish_reason: Option<&str>,
-    usage: Option<Usage>,
-) -> hyper::Response<Body> {
-    json(&CompletionOut {
-        id: &chunks.id,
-        object: "chat.completion",
-        created: chunks.created,
-        model: &chunks.model,
-        choices: [ChoiceOut {
-            index: 0,
-            message: ReplyMessage {
-                role: "assistant",
-                content,
-            },
-            finish_reason: finish_reason.unwrap_or("stop"),
-        }],
-        usage: usage.map(UsageOut::from),
-    })
-}
-
-/// Where a stream's pieces come from: a session's turn (stored at its
-/// end) or the model directly.
-enum Source {
-    Turn(Box<TurnStream<'static>>),
-    Raw(CompletionStream),
-}
-
-enum Item {
-    Delta(String),
-    Usage(Usage),
-    Finish(String),
-    Stored(ChatReply),
-}
-
-impl Source {
-    async fn next(&mut self) -> Option<chatcore::Result<Item>> {
-        match self {
-            Source::Turn(t) => t.next().await.map(|r| {
-                r.map(|e| match e {
-                    TurnEvent::Delta(piece) => Item::Delta(piece),
-                    TurnEvent::Done(reply) => Item::Stored(reply),
-                })
-            }),
-            Source::Raw(s) => loop {
-                return match s.next().await? {
-                    Ok(StreamEvent::Delta(piece)) => Some(Ok(Item::Delta(piece))),
-                    Ok(StreamEvent::Usage(u)) => Some(Ok(Item::Usage(u))),
-                    Ok(StreamEvent::Finish(r)) => Some(Ok(Item::Finish(r))),
-                    Ok(_) => continue,
-                    Err(e) => Some(Err(e)),
-                };
-            },
-        }
-    }
-}
-
-/// A streamed completion while hyper writes it.
-struct Live {
-    app: Arc<App>,
-    source: Source,
-    chunks: Chunks,
-    rid: String,
-    /// Frames to send before reading the source again (the role chunk
-    /// first; the finish, usage and `[DONE]` frames last).
-    queued: VecDeque<Bytes>,
-    /// The start of the reply so far, as much as the content log shows.
-    text: String,
-    /// The reply's length so far, in bytes.
-    text_len: usize,
-    usage: Option<Usage>,
-    finish: Option<String>,
-    /// When the request started, until its first piece arrives.
-    waiting_since: Option<Instant>,
-    over: bool,
-}
-
-impl Live {
-    /// The frames that end a stream well, and its content log line.
-    fn close(&mut self, session_id: Option<SessionId>) {
-        self.over = true;
-        self.app.metrics.tokens(&self.chunks.model, self.usage);
-        let log = &self.app.content_log;
-        match session_id {
-            Some(id) => log.reply_collected(id, &self.text, self.text_len, &self.rid),
-            None => log.reply_collected("-", &self.text, self.text_len, &self.rid),
-        }
-        let reason = self.finish.as_deref().unwrap_or("stop");
-        self.queued
-            .push_back(self.chunks.chunk(Delta::default(), Some(reason)));
-        if self.chunks.include_usage {
-            if let Some(u) = self.usage {
-                self.queued.push_back(self.chunks.usage(u));
-            }
-        }
-        self.queued.push_back(sse::done());
-    }
-}
-
-/// Answers 200 with a body that hyper drives: a role chunk, a chunk per
-/// piece as it arrives, a finish chunk, the usage chunk when asked for,
-/// then `[DONE]`. A failure mid-stream sends an `{"error": …}` event and
-/// no `[DONE]`, so clients never mistake a cut answer for a whole one.
-/// When the client goes away hyper drops the body, and with it the
-/// upstream request.
-fn stream_response(
-    app: &Arc<App>,
-    source: Source,
-    chunks: Chunks,
-    rid: &str,
-) -> hyper::Response<Body> {
-    let first = chunks.chunk(
-        Delta {
-            role: Some("assistant"),
-            content: Some(""),
-        },
-        None,
-    );
-    let live = Live {
-        app: Arc::clone(app),
-        source,
-        chunks,
-        rid: rid.to_owned(),
-        queued: VecDeque::from([first]),
-        text: String::new(),
-        text_len: 0,
-        usage: None,
-        finish: None,
-        waiting_since: Some(Instant::now()),
-        over: false,
-    };
-    let body = Body::unfold(live, |mut live| async move {
-        loop {
-            if let Some(frame) = live.queued.pop_front() {
-                return Some((frame, live));
-            }
-            if live.over {
-                return None;
-            }
-            match live.source.next().await {
-                Some(Ok(Item::Delta(piece))) => {
-                    if let Some(since) = live.waiting_since.take() {
-                        live.app.metrics.first_token(since.elapsed());
-                    }
-                    let frame = live.chunks.chunk(
-                        Delta {
-                            role: None,
-                            content: Some(&piece),
-                        },
-                        None,
-                    );
-                    // Collected for the content line, no further than
-                    // it shows: a long reply costs no memory here.
-                    let log = &live.app.content_log;
-                    if log.enabled() {
-                        live.text_len += piece.len();
-                        if live.text.len() < log.max_bytes() {
-                            live.text.push_str(&piece);
-                        }
-                    }
-                    return Some((frame, live));
-                }
-                Some(Ok(Item::Usage(u))) => live.usage = Some(u),
-                Some(Ok(Item::Finish(r))) => live.finish = Some(r),
-                Some(Ok(Item::Stored(reply))) => {
-                    live.usage = reply.usage;
-                    live.finish = reply.finish_reason;
-                    live.text_len = reply.content.len();
-                    live.text = reply.content;
-                    live.close(Some(reply.session_id));
-                }
-                Some(Err(e)) => {
-                    live.over = true;
-                    let e = ApiError::from(e);
-                    error!(live.app.log, "stream failed";
-                        "request_id" => &live.rid,
-                        "status" => e.status.as_u16(),
-                        "error" => e.cause.as_deref().unwrap_or("-"));
-                    let (_, body) = e.openai_body();
-                    return Some((sse::data(&body), live));
-                }
-                None => live.close(None),
-            }
-        }
-    });
-    event_stream(body)
 }

@@ -36,7 +36,7 @@ pub async fn initialize(
     peer: IpAddr,
 ) -> HandlerResult {
     let (parts, body) = req.into_parts();
-    let body = read_body(app, body, &parts.headers).await?;
+    let body = read_body(app, body, &parts.headers, app.max_body_bytes).await?;
     let input = parse_initialize(&body)?;
     if input.system_prompt.is_some() && !app.client_system_prompt {
         return Err(ApiError::validation(vec![Invalid::field(

@@ -183,16 +183,21 @@ async fn anonymous_sessions_are_counted_per_client_address() {
     assert_eq!(r.status, 200, "{}", r.text());
 }
 
-/// The `max_tokens` the mock received in its latest request.
+/// The `max_tokens` the mock received in its latest request (and no
+/// `max_completion_tokens`: the seed API's turns use the older name).
 fn sent_max_tokens(gw: &Gateway) -> Value {
+    let (max_tokens, newer) = sent_caps(gw);
+    assert_eq!(newer, Value::Null);
+    max_tokens
+}
+
+/// `max_tokens` and `max_completion_tokens` as the mock received them in
+/// its latest request.
+fn sent_caps(gw: &Gateway) -> (Value, Value) {
     let rec = gw.mock.recorded();
     let last = rec.last().expect("a request reached the mock");
-    assert!(
-        last.body.get("max_completion_tokens").is_none(),
-        "{}",
-        last.body
-    );
-    last.body.get("max_tokens").cloned().unwrap_or(Value::Null)
+    let get = |k: &str| last.body.get(k).cloned().unwrap_or(Value::Null);
+    (get("max_tokens"), get("max_completion_tokens"))
 }
 
 fn v1_body(extra: Value) -> Value {
@@ -218,18 +223,30 @@ async fn max_tokens_caps_every_reply() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(sent_max_tokens(&gw), 50);
 
+    // On /v1 each cap keeps the name the client used; a request with
+    // neither gets the current name.
+    let none = Value::Null;
     for (extra, want) in [
-        (json!({}), 50),
-        (json!({"max_tokens": 500}), 50),
-        (json!({"max_tokens": 20}), 20),
-        (json!({"max_completion_tokens": 1000}), 50),
-        (json!({"max_completion_tokens": 7, "max_tokens": 900}), 7),
-        (json!({"max_tokens": 4000, "stream": true}), 50),
+        (json!({}), (none.clone(), json!(50))),
+        (json!({"max_tokens": 500}), (json!(50), none.clone())),
+        (json!({"max_tokens": 20}), (json!(20), none.clone())),
+        (
+            json!({"max_completion_tokens": 1000}),
+            (none.clone(), json!(50)),
+        ),
+        (
+            json!({"max_completion_tokens": 7, "max_tokens": 900}),
+            (json!(50), json!(7)),
+        ),
+        (
+            json!({"max_tokens": 4000, "stream": true}),
+            (json!(50), none.clone()),
+        ),
     ] {
         let body = v1_body(extra.clone());
         let r = post(gw.addr, "/v1/chat/completions", &body.to_string()).await;
         assert_eq!(r.status, 200, "{extra}: {}", r.text());
-        assert_eq!(sent_max_tokens(&gw), want, "stateless {extra}");
+        assert_eq!(sent_caps(&gw), want, "stateless {extra}");
         let r = post_with(
             gw.addr,
             "/v1/chat/completions",
@@ -238,7 +255,7 @@ async fn max_tokens_caps_every_reply() {
         )
         .await;
         assert_eq!(r.status, 200, "{extra}: {}", r.text());
-        assert_eq!(sent_max_tokens(&gw), want, "session-bound {extra}");
+        assert_eq!(sent_caps(&gw), want, "session-bound {extra}");
     }
     drop(gw);
 
@@ -251,6 +268,10 @@ async fn max_tokens_caps_every_reply() {
     let r = post(gw.addr, "/v1/chat/completions", &body.to_string()).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(sent_max_tokens(&gw), 4000);
+    let body = v1_body(json!({}));
+    let r = post(gw.addr, "/v1/chat/completions", &body.to_string()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(sent_caps(&gw), (Value::Null, Value::Null), "nothing added");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,6 +22,7 @@ mod log_stderr;
 mod logs;
 mod metrics;
 mod openai_api;
+mod openai_fidelity;
 mod pages;
 mod rate_limit;
 mod replicas;

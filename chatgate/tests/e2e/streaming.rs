@@ -484,12 +484,15 @@ async fn session_usage_sums_streamed_and_whole_turns() {
     let second = r.json()["usage"].clone();
     let prompt2 = tokens(&["hello there", "Echo: hello there", "and again"].concat());
     let completion2 = tokens("Echo: and again");
+    // The upstream's usage, relayed as it came.
     assert_eq!(
         second,
         json!({
             "prompt_tokens": prompt2,
             "completion_tokens": completion2,
             "total_tokens": prompt2 + completion2,
+            "prompt_tokens_details": {"cached_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": 0},
         })
     );
 

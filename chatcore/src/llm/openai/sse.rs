@@ -1,12 +1,16 @@
 //! Server-sent events of a streamed chat completion: `data:` lines split
 //! across network chunks, reassembled, and decoded into stream events
-//! (text pieces, finish reason, usage), ending at `[DONE]`.
+//! (text pieces, tool-call pieces, refusals, finish reason, usage), ending
+//! at `[DONE]`. Asked to, it also hands back each chunk as it came
+//! ([`StreamEvent::Raw`]), after the events decoded from it.
 
 use std::collections::VecDeque;
 
+use bytes::Bytes;
+
 use super::wire;
 use crate::error::{Error, ErrorKind};
-use crate::llm::{StreamEvent, Usage};
+use crate::llm::{RawChunk, StreamEvent, ToolCallDelta};
 
 /// One decoded server-sent event of a chat-completions stream.
 #[derive(Debug)]
@@ -22,9 +26,24 @@ pub(super) struct SseParser {
     pending: Vec<u8>,
     /// How much of `pending` is known to hold no newline.
     scanned: usize,
+    /// Whether each chunk is also handed back as it came.
+    raw: bool,
 }
 
 impl SseParser {
+    /// A parser; with `raw`, each chunk also comes back as it was sent.
+    pub(super) fn new(raw: bool) -> SseParser {
+        SseParser {
+            raw,
+            ..SseParser::default()
+        }
+    }
+
+    /// Whether chunks come back as they were sent.
+    pub(super) fn raw(&self) -> bool {
+        self.raw
+    }
+
     /// Appends what `bytes` completes to `events`; a line cut by the end
     /// of `bytes` waits for the next call.
     pub(super) fn feed(&mut self, bytes: &[u8], events: &mut VecDeque<SseEvent>) {
@@ -70,18 +89,19 @@ impl SseParser {
                     break;
                 }
                 Ok(chunk) => {
-                    if let Some(choice) = chunk.choices.into_iter().next() {
-                        if let Some(text) = choice.delta.content.filter(|t| !t.is_empty()) {
-                            events.push_back(SseEvent::Event(StreamEvent::Delta(text)));
-                        }
-                        if let Some(reason) = choice.finish_reason {
-                            events.push_back(SseEvent::Event(StreamEvent::Finish(reason)));
-                        }
+                    let usage_only = chunk.choices.is_empty() && chunk.usage.is_some();
+                    // A turn keeps the first choice; a relay sends them all
+                    // in the raw chunk.
+                    if let Some(choice) = chunk.choices.into_iter().find(|c| c.index == 0) {
+                        decode(choice, events);
                     }
                     if let Some(u) = chunk.usage {
-                        events.push_back(SseEvent::Event(StreamEvent::Usage(Usage {
-                            prompt_tokens: u.prompt_tokens,
-                            completion_tokens: u.completion_tokens,
+                        events.push_back(SseEvent::Event(StreamEvent::Usage(u.usage())));
+                    }
+                    if self.raw {
+                        events.push_back(SseEvent::Event(StreamEvent::Raw(RawChunk {
+                            data: Bytes::copy_from_slice(data),
+                            usage_only,
                         })));
                     }
                 }
@@ -97,6 +117,32 @@ impl SseParser {
                 }
             }
         }
+    }
+}
+
+/// The events of one choice's delta.
+fn decode(choice: wire::StreamChoice, events: &mut VecDeque<SseEvent>) {
+    let delta = choice.delta;
+    if let Some(text) = delta.content.filter(|t| !t.is_empty()) {
+        events.push_back(SseEvent::Event(StreamEvent::Delta(text)));
+    }
+    if let Some(text) = delta.refusal.filter(|t| !t.is_empty()) {
+        events.push_back(SseEvent::Event(StreamEvent::Refusal(text)));
+    }
+    for call in delta.tool_calls.unwrap_or_default() {
+        let (name, arguments) = call
+            .function
+            .map_or((None, None), |f| (f.name, f.arguments));
+        events.push_back(SseEvent::Event(StreamEvent::ToolCall(ToolCallDelta {
+            index: call.index,
+            id: call.id,
+            kind: call.kind,
+            name,
+            arguments: arguments.unwrap_or_default(),
+        })));
+    }
+    if let Some(reason) = choice.finish_reason {
+        events.push_back(SseEvent::Event(StreamEvent::Finish(reason)));
     }
 }
 
@@ -131,11 +177,38 @@ mod tests {
         assert!(matches!(&events[0], SseEvent::Event(StreamEvent::Finish(r)) if r == "length"));
         assert!(matches!(
             &events[1],
-            SseEvent::Event(StreamEvent::Usage(Usage {
+            SseEvent::Event(StreamEvent::Usage(crate::types::Usage {
                 prompt_tokens: 7,
-                completion_tokens: 3
+                completion_tokens: 3,
+                cached_tokens: 0,
             }))
         ));
+    }
+
+    #[test]
+    fn tool_call_pieces_refusals_and_raw_chunks() {
+        let mut p = SseParser::new(true);
+        let line = "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"c\",\"type\":\"function\",\"function\":{\"name\":\"f\",\"arguments\":\"{\\\"a\"}}]},\"logprobs\":null}]}\n\n";
+        let events = feed(&mut p, line.as_bytes());
+        match &events[..] {
+            [SseEvent::Event(StreamEvent::ToolCall(d)), SseEvent::Event(StreamEvent::Raw(raw))] => {
+                assert_eq!(d.id.as_deref(), Some("c"));
+                assert_eq!(d.name.as_deref(), Some("f"));
+                assert_eq!(d.arguments, "{\"a");
+                assert_eq!(&raw.data[..], &line.as_bytes()[6..line.len() - 2]);
+                assert!(!raw.usage_only);
+            }
+            other => panic!("{other:?}"),
+        }
+        let events = feed(
+            &mut p,
+            b"data: {\"choices\":[{\"delta\":{\"refusal\":\"No\"}}]}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1,\"prompt_tokens_details\":{\"cached_tokens\":1}}}\n\n",
+        );
+        assert!(matches!(&events[0], SseEvent::Event(StreamEvent::Refusal(r)) if r == "No"));
+        assert!(
+            matches!(&events[2], SseEvent::Event(StreamEvent::Usage(u)) if u.cached_tokens == 1)
+        );
+        assert!(matches!(&events[3], SseEvent::Event(StreamEvent::Raw(r)) if r.usage_only));
     }
 
     #[test]

@@ -1,95 +1,228 @@
-//! The OpenAI chat-completions wire format: private serde types. Requests
-//! serialize straight from borrowed history; responses keep only the fields
-//! we read, ignoring the rest (servers add fields freely).
+//! The OpenAI chat-completions wire format. Requests are written by hand,
+//! member by member, straight from the borrowed history and the client's
+//! raw fields, so nothing is rebuilt or reordered beyond what the adapter
+//! sets. Replies are read through private serde types that keep only what
+//! chatcore acts on, borrowing the rest as raw JSON; the whole body is
+//! handed back as it came.
 
-use serde::ser::{SerializeSeq, Serializer};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
+use serde_json::value::RawValue;
 
-use crate::llm::ChatRequest;
+use crate::json::Members;
+use crate::llm::{ChatRequest, Input};
+use crate::message::MessageRef;
 
-#[derive(Serialize)]
-pub(super) struct RequestBody<'a> {
-    pub model: &'a str,
-    pub messages: Messages<'a>,
-    pub temperature: f32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub top_p: Option<f32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_tokens: Option<u32>,
-    #[serde(skip_serializing_if = "<[String]>::is_empty")]
-    pub stop: &'a [String],
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub presence_penalty: Option<f32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub frequency_penalty: Option<f32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub seed: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub user: Option<&'a str>,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub stream: bool,
-    /// Asked for on every stream, so usage is known for streamed turns too.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub stream_options: Option<StreamOptions>,
+/// Writes `s` as a JSON string.
+fn string(out: &mut Vec<u8>, s: &str) {
+    // Writing a `&str` into a `Vec` cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
 }
 
-#[derive(Serialize)]
-pub(super) struct StreamOptions {
-    pub include_usage: bool,
+/// An object being written: `{` already out, members separated by commas.
+struct Object<'o> {
+    out: &'o mut Vec<u8>,
+    first: bool,
 }
 
-/// The request's messages: system prompt, history, new user message.
-pub(super) struct Messages<'a>(pub ChatRequest<'a>);
+impl<'o> Object<'o> {
+    fn open(out: &'o mut Vec<u8>) -> Self {
+        out.push(b'{');
+        Object { out, first: true }
+    }
 
-#[derive(Serialize)]
-struct WireMessage<'a> {
-    role: &'a str,
-    content: &'a str,
-}
-
-impl Serialize for Messages<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let r = &self.0;
-        let len = r.history.len() + 1 + usize::from(r.system.is_some());
-        let mut seq = s.serialize_seq(Some(len))?;
-        if let Some(system) = r.system {
-            seq.serialize_element(&WireMessage {
-                role: "system",
-                content: system,
-            })?;
+    fn key(&mut self, key: &str) -> &mut Vec<u8> {
+        if !self.first {
+            self.out.push(b',');
         }
-        for m in r.history.iter() {
-            seq.serialize_element(&WireMessage {
-                role: m.role.as_str(),
-                content: m.content,
-            })?;
+        self.first = false;
+        string(self.out, key);
+        self.out.push(b':');
+        self.out
+    }
+
+    fn raw(&mut self, key: &str, json: &str) {
+        self.key(key).extend_from_slice(json.as_bytes());
+    }
+
+    fn value<T: serde::Serialize + ?Sized>(&mut self, key: &str, v: &T) {
+        let out = self.key(key);
+        if serde_json::to_writer(&mut *out, v).is_err() {
+            out.extend_from_slice(b"null");
         }
-        seq.serialize_element(&WireMessage {
-            role: "user",
-            content: r.user,
-        })?;
-        seq.end()
+    }
+
+    fn close(self) {
+        self.out.push(b'}');
     }
 }
 
+/// The members the adapter writes itself: a client field of the same name
+/// is not written again.
+const OWN: [&str; 4] = ["model", "messages", "stream", "stream_options"];
+
+/// Writes the request body: `model`, `messages` (system prompt, history,
+/// new messages), the typed options that are set, every other field the
+/// client sent as it sent it, and for a stream `stream` with
+/// `stream_options.include_usage` (the client's other stream options
+/// kept). `temperature` is the adapter's default when the request sets none.
+pub(super) fn write_request(
+    out: &mut Vec<u8>,
+    model: &str,
+    request: &ChatRequest<'_>,
+    temperature: Option<f32>,
+    stream: bool,
+) {
+    let o = request.options;
+    let mut obj = Object::open(out);
+    obj.value("model", model);
+    write_messages(obj.key("messages"), request);
+    let mut written: [&str; 8] = [""; 8];
+    let mut n = 0;
+    macro_rules! typed {
+        ($key:literal, $value:expr) => {
+            if let Some(v) = $value {
+                obj.value($key, &v);
+                written[n] = $key;
+                n += 1;
+            }
+        };
+    }
+    // The adapter's default only where the request has no temperature of
+    // its own, typed or among its fields.
+    let default = temperature.filter(|_| o.fields.get("temperature").is_none());
+    typed!("temperature", o.temperature.or(default));
+    typed!("top_p", o.top_p);
+    typed!("max_tokens", o.max_tokens);
+    typed!("stop", (!o.stop.is_empty()).then_some(&o.stop));
+    typed!("presence_penalty", o.presence_penalty);
+    typed!("frequency_penalty", o.frequency_penalty);
+    typed!("seed", o.seed);
+    typed!("user", o.user.as_deref());
+    let written = &written[..n];
+    let mut client_stream = false;
+    for (key, value) in o.fields.iter() {
+        if key == "stream" {
+            client_stream = true;
+            continue;
+        }
+        if (stream && key == "stream_options") || OWN[..2].contains(&key) || written.contains(&key)
+        {
+            continue;
+        }
+        obj.raw(key, value.get());
+    }
+    if stream {
+        obj.raw("stream", "true");
+        let options = obj.key("stream_options");
+        let mut inner = Object::open(options);
+        inner.raw("include_usage", "true");
+        if let Some(theirs) = o.fields.get("stream_options") {
+            if let Ok(members) = Members::parse(theirs.get().as_bytes()) {
+                for (k, v) in members.0.iter().filter(|(k, _)| k != "include_usage") {
+                    inner.raw(k, v.get());
+                }
+            }
+        }
+        inner.close();
+    } else if client_stream {
+        obj.raw("stream", "false");
+    }
+    obj.close();
+}
+
+/// The messages: system prompt, history, this turn's new messages.
+fn write_messages(out: &mut Vec<u8>, r: &ChatRequest<'_>) {
+    if let Input::Json(all) = r.input {
+        if r.system.is_none() && r.history.is_empty() {
+            out.extend_from_slice(all.get().as_bytes());
+            return;
+        }
+    }
+    out.push(b'[');
+    let mut first = true;
+    let mut next = |out: &mut Vec<u8>| {
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+    };
+    if let Some(system) = r.system {
+        next(out);
+        let mut m = Object::open(out);
+        m.raw("role", "\"system\"");
+        m.value("content", system);
+        m.close();
+    }
+    for m in r.history.iter().chain(r.new_messages()) {
+        next(out);
+        message(out, &m);
+    }
+    if let Input::Json(all) = r.input {
+        // Checked to be an array when the request was read; should it not
+        // be, it is written whole and the upstream says what is wrong.
+        match serde_json::from_str::<Vec<&RawValue>>(all.get()) {
+            Ok(items) => {
+                for item in items {
+                    next(out);
+                    out.extend_from_slice(item.get().as_bytes());
+                }
+            }
+            Err(_) => {
+                next(out);
+                out.extend_from_slice(all.get().as_bytes());
+            }
+        }
+    }
+    out.push(b']');
+}
+
+fn message(out: &mut Vec<u8>, m: &MessageRef<'_>) {
+    match m.wire {
+        Some(json) => out.extend_from_slice(json.as_bytes()),
+        None => {
+            let mut obj = Object::open(out);
+            obj.value("role", m.role.as_str());
+            obj.value("content", m.content);
+            obj.close();
+        }
+    }
+}
+
+/// The size a request body is likely to need, to allocate it once.
+pub(super) fn size_hint(model: &str, r: &ChatRequest<'_>) -> usize {
+    let history: usize = r
+        .history
+        .iter()
+        .chain(r.new_messages())
+        .map(|m| m.wire.map_or(m.content.len(), str::len) + 40)
+        .sum();
+    let input = match r.input {
+        Input::Json(all) => all.get().len(),
+        Input::Text(_) | Input::Messages(_) => 0,
+    };
+    let fields: usize = r
+        .options
+        .fields
+        .iter()
+        .map(|(k, v)| k.len() + v.get().len() + 4)
+        .sum();
+    160 + model.len() + r.system.map_or(0, |s| s.len() + 40) + history + input + fields
+}
+
 #[derive(Deserialize)]
-pub(super) struct ResponseBody {
-    pub choices: Vec<Choice>,
+pub(super) struct ResponseBody<'a> {
+    #[serde(borrow, default)]
+    pub choices: Vec<Choice<'a>>,
     #[serde(default)]
     pub usage: Option<WireUsage>,
 }
 
 #[derive(Deserialize)]
-pub(super) struct Choice {
-    pub message: ChoiceMessage,
+pub(super) struct Choice<'a> {
+    #[serde(borrow, default)]
+    pub message: Option<&'a RawValue>,
     #[serde(default)]
     pub finish_reason: Option<String>,
-}
-
-#[derive(Deserialize)]
-pub(super) struct ChoiceMessage {
-    #[serde(default)]
-    pub content: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -98,6 +231,28 @@ pub(super) struct WireUsage {
     pub prompt_tokens: u32,
     #[serde(default)]
     pub completion_tokens: u32,
+    #[serde(default)]
+    pub prompt_tokens_details: Option<PromptDetails>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct PromptDetails {
+    #[serde(default)]
+    pub cached_tokens: Option<u32>,
+}
+
+impl WireUsage {
+    pub(super) fn usage(&self) -> crate::types::Usage {
+        crate::types::Usage {
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens: self.completion_tokens,
+            cached_tokens: self
+                .prompt_tokens_details
+                .as_ref()
+                .and_then(|d| d.cached_tokens)
+                .unwrap_or(0),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -114,6 +269,8 @@ pub(super) struct StreamChunk {
 #[derive(Deserialize)]
 pub(super) struct StreamChoice {
     #[serde(default)]
+    pub index: u32,
+    #[serde(default)]
     pub delta: Delta,
     #[serde(default)]
     pub finish_reason: Option<String>,
@@ -123,4 +280,114 @@ pub(super) struct StreamChoice {
 pub(super) struct Delta {
     #[serde(default)]
     pub content: Option<String>,
+    #[serde(default)]
+    pub refusal: Option<String>,
+    #[serde(default)]
+    pub tool_calls: Option<Vec<ToolCallPiece>>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct ToolCallPiece {
+    #[serde(default)]
+    pub index: u32,
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub function: Option<FunctionPiece>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct FunctionPiece {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub arguments: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::llm::{ChatOptions, Fields, History};
+    use crate::message::{Message, Role};
+
+    fn written(
+        request: &ChatRequest<'_>,
+        temperature: Option<f32>,
+        stream: bool,
+    ) -> serde_json::Value {
+        let mut out = Vec::new();
+        write_request(&mut out, "m", request, temperature, stream);
+        serde_json::from_slice(&out).expect("valid JSON")
+    }
+
+    #[test]
+    fn fields_pass_through_and_own_members_are_not_duplicated() {
+        let options = ChatOptions {
+            fields: Fields::parse(
+                br#"{"model":"client","tools":[{"type":"function"}],"top_k":5,"stream":true,"stream_options":{"include_usage":false,"x":1},"temperature":0.1}"#,
+            )
+            .unwrap(),
+            ..ChatOptions::default()
+        };
+        let r = ChatRequest {
+            system: None,
+            history: History::empty(),
+            input: Input::Text("hi"),
+            options: &options,
+        };
+        let v = written(&r, None, true);
+        assert_eq!(
+            v,
+            serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                "tools": [{"type": "function"}], "top_k": 5, "temperature": 0.1,
+                "stream": true, "stream_options": {"include_usage": true, "x": 1}})
+        );
+        // No default temperature unless the adapter has one; a whole
+        // request keeps the client's own `stream: false`.
+        let v = written(&r, Some(0.7), false);
+        assert_eq!(v["temperature"], 0.1, "the client's value wins");
+        assert_eq!(v["stream"], false);
+        let bare = ChatRequest::new(None, History::empty(), "hi");
+        assert!(written(&bare, None, false).get("temperature").is_none());
+        assert_eq!(written(&bare, Some(0.5), false)["temperature"], 0.5);
+    }
+
+    #[test]
+    fn wire_messages_are_written_verbatim_after_the_history() {
+        let at = chrono::Utc::now();
+        let history = vec![
+            Message::text(Role::User, "q", at),
+            Message::from_json(
+                r#"{"role":"assistant","content":null,"tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":"{}"}}]}"#,
+                at,
+            )
+            .unwrap(),
+        ];
+        let new =
+            vec![
+                Message::from_json(r#"{"role":"tool","tool_call_id":"c","content":"42"}"#, at)
+                    .unwrap(),
+            ];
+        let r = ChatRequest {
+            system: Some("be brief"),
+            history: (&history).into(),
+            input: Input::Messages(&new),
+            options: ChatOptions::none(),
+        };
+        let mut out = Vec::new();
+        write_request(&mut out, "m", &r, None, false);
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains(r#"{"role":"tool","tool_call_id":"c","content":"42"}"#),
+            "{text}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["messages"].as_array().unwrap().len(), 4);
+        assert_eq!(
+            v["messages"][0],
+            serde_json::json!({"role": "system", "content": "be brief"})
+        );
+    }
 }

@@ -1,9 +1,10 @@
 //! Messages and turn claims on PostgreSQL.
 //!
 //! A turn is appended by one statement: it moves the session's
-//! `last_active` and turn count and inserts both messages, so it is atomic
-//! without an explicit transaction, and the session row's lock orders
-//! concurrent turns. A claim is a token and a deadline in the session's
+//! `last_active`, turn count and message count, and inserts the turn's
+//! messages at the positions the count gives, so it is atomic without an
+//! explicit transaction, and the session row's lock orders concurrent
+//! turns. A claim is a token and a deadline in the session's
 //! row: taking, renewing, releasing and the claimed append are each one
 //! conditional `UPDATE`, so no connection is held while the model answers.
 
@@ -15,34 +16,36 @@ use tokio_postgres::Row;
 
 use super::{millis, session_from, PostgresStore};
 use crate::error::{Error, Result};
-use crate::llm::Usage;
+use crate::message::{Message, Role};
 use crate::storage::{Claim, MessageCursor, MessagePage, MessageStore, Turn, TurnToken};
-use crate::types::{Message, Role, SessionId};
+use crate::types::{SessionId, Usage};
 
 /// The latest `$2` messages, oldest first.
-const RECENT: &str = "SELECT role, content, created_at FROM (SELECT position, role, content, created_at FROM messages WHERE session_id = $1 ORDER BY position DESC LIMIT $2) m ORDER BY position";
+const RECENT: &str = "SELECT role, content, created_at, body FROM (SELECT position, role, content, created_at, body FROM messages WHERE session_id = $1 ORDER BY position DESC LIMIT $2) m ORDER BY position";
 /// The session and its latest `$2` messages (newest first), in one round
 /// trip: one row per message, or one row with no message.
-const TURN_CONTEXT: &str = "SELECT s.created_at, s.last_active, s.system_prompt, s.metadata, s.owner, m.role, m.content, m.created_at FROM sessions s LEFT JOIN LATERAL (SELECT position, role, content, created_at FROM messages WHERE session_id = s.id ORDER BY position DESC LIMIT $2) m ON true WHERE s.id = $1 ORDER BY m.position DESC";
+const TURN_CONTEXT: &str = "SELECT s.created_at, s.last_active, s.system_prompt, s.metadata, s.owner, m.role, m.content, m.created_at, m.body FROM sessions s LEFT JOIN LATERAL (SELECT position, role, content, created_at, body FROM messages WHERE session_id = s.id ORDER BY position DESC LIMIT $2) m ON true WHERE s.id = $1 ORDER BY m.position DESC";
 /// Up to `$3` messages after position `$2`, oldest first; no row at all
 /// when the session does not exist.
-const PAGE: &str = "SELECT m.position, m.role, m.content, m.created_at FROM sessions s LEFT JOIN LATERAL (SELECT position, role, content, created_at FROM messages WHERE session_id = s.id AND position > $2 ORDER BY position LIMIT $3) m ON true WHERE s.id = $1 ORDER BY m.position";
-const USAGE: &str = "SELECT coalesce(sum(prompt_tokens), 0)::bigint, coalesce(sum(completion_tokens), 0)::bigint FROM messages WHERE session_id = $1";
-/// Appends a turn: the turn's number is the session's count of turns
-/// before it, read and moved under the row lock the update takes.
-const APPEND: &str = "WITH t AS (UPDATE sessions SET last_active = $5, turns = turns + 1 WHERE id = $1 RETURNING turns - 1 AS turn) INSERT INTO messages (session_id, position, role, content, created_at, prompt_tokens, completion_tokens) SELECT $1, 2 * t.turn, 'user', $2, $3, NULL::bigint, NULL::bigint FROM t UNION ALL SELECT $1, 2 * t.turn + 1, 'assistant', $4, $5, $6, $7 FROM t";
-/// As [`APPEND`], only while `$8` holds the claim, which it releases. A
+const PAGE: &str = "SELECT m.position, m.role, m.content, m.created_at, m.body FROM sessions s LEFT JOIN LATERAL (SELECT position, role, content, created_at, body FROM messages WHERE session_id = s.id AND position > $2 ORDER BY position LIMIT $3) m ON true WHERE s.id = $1 ORDER BY m.position";
+const USAGE: &str = "SELECT coalesce(sum(prompt_tokens), 0)::bigint, coalesce(sum(completion_tokens), 0)::bigint, coalesce(sum(cached_tokens), 0)::bigint FROM messages WHERE session_id = $1";
+/// Appends a turn: its messages (roles `$3`, texts `$4`, bodies `$5`,
+/// times `$6`) take the positions after the session's count of messages,
+/// read and moved under the row lock the update takes; the reply (the
+/// last) carries the tokens.
+const APPEND: &str = "WITH t AS (UPDATE sessions SET last_active = $2, turns = turns + 1, messages = messages + cardinality($3::text[]) WHERE id = $1 RETURNING messages - cardinality($3::text[]) AS first) INSERT INTO messages (session_id, position, role, content, body, created_at, prompt_tokens, completion_tokens, cached_tokens) SELECT $1, t.first + m.i - 1, m.role, m.content, m.body, m.at, CASE WHEN m.i = cardinality($3::text[]) THEN $7::bigint END, CASE WHEN m.i = cardinality($3::text[]) THEN $8::bigint END, CASE WHEN m.i = cardinality($3::text[]) THEN $9::bigint END FROM t, unnest($3::text[], $4::text[], $5::text[], $6::timestamptz[]) WITH ORDINALITY AS m(role, content, body, at, i)";
+/// As [`APPEND`], only while `$10` holds the claim, which it releases. A
 /// claim that lapsed but was not taken by another turn still carries this
 /// turn's token, and counts as held: nothing was stored since.
-const APPEND_CLAIMED: &str = "WITH t AS (UPDATE sessions SET last_active = $5, turns = turns + 1, claim = NULL, claim_until = NULL WHERE id = $1 AND claim = $8 RETURNING turns - 1 AS turn) INSERT INTO messages (session_id, position, role, content, created_at, prompt_tokens, completion_tokens) SELECT $1, 2 * t.turn, 'user', $2, $3, NULL::bigint, NULL::bigint FROM t UNION ALL SELECT $1, 2 * t.turn + 1, 'assistant', $4, $5, $6, $7 FROM t";
+const APPEND_CLAIMED: &str = "WITH t AS (UPDATE sessions SET last_active = $2, turns = turns + 1, messages = messages + cardinality($3::text[]), claim = NULL, claim_until = NULL WHERE id = $1 AND claim = $10 RETURNING messages - cardinality($3::text[]) AS first) INSERT INTO messages (session_id, position, role, content, body, created_at, prompt_tokens, completion_tokens, cached_tokens) SELECT $1, t.first + m.i - 1, m.role, m.content, m.body, m.at, CASE WHEN m.i = cardinality($3::text[]) THEN $7::bigint END, CASE WHEN m.i = cardinality($3::text[]) THEN $8::bigint END, CASE WHEN m.i = cardinality($3::text[]) THEN $9::bigint END FROM t, unnest($3::text[], $4::text[], $5::text[], $6::timestamptz[]) WITH ORDINALITY AS m(role, content, body, at, i)";
 /// Takes the claim when it is free, lapsed, or already this token's, and
 /// reads the latest `$4` messages (newest first) in the same round trip:
 /// one row per message, or one row with none; no row when the claim is
 /// not taken. Deadlines are on the database's clock (`clock_timestamp()`,
 /// which moves within a transaction, unlike `now()`). The session's turn
-/// count comes from the row as updated, the messages from the statement's
+/// count of messages comes from the row as updated, the messages from the statement's
 /// snapshot, so the two can disagree (see `claim_turn`).
-const CLAIM: &str = "WITH c AS (UPDATE sessions SET claim = $2, claim_until = clock_timestamp() + make_interval(secs => $3) WHERE id = $1 AND (claim IS NULL OR claim = $2 OR claim_until < clock_timestamp()) RETURNING created_at, last_active, system_prompt, metadata, owner, turns) SELECT c.created_at, c.last_active, c.system_prompt, c.metadata, c.owner, c.turns, m.position, m.role, m.content, m.created_at FROM c LEFT JOIN LATERAL (SELECT position, role, content, created_at FROM messages WHERE session_id = $1 ORDER BY position DESC LIMIT $4) m ON true ORDER BY m.position DESC";
+const CLAIM: &str = "WITH c AS (UPDATE sessions SET claim = $2, claim_until = clock_timestamp() + make_interval(secs => $3) WHERE id = $1 AND (claim IS NULL OR claim = $2 OR claim_until < clock_timestamp()) RETURNING created_at, last_active, system_prompt, metadata, owner, messages) SELECT c.created_at, c.last_active, c.system_prompt, c.metadata, c.owner, c.messages, m.position, m.role, m.content, m.created_at, m.body FROM c LEFT JOIN LATERAL (SELECT position, role, content, created_at, body FROM messages WHERE session_id = $1 ORDER BY position DESC LIMIT $4) m ON true ORDER BY m.position DESC";
 const RENEW: &str = "UPDATE sessions SET claim_until = clock_timestamp() + make_interval(secs => $3) WHERE id = $1 AND claim = $2";
 const RELEASE: &str =
     "UPDATE sessions SET claim = NULL, claim_until = NULL WHERE id = $1 AND claim = $2";
@@ -50,15 +53,20 @@ const EXISTS: &str = "SELECT 1 FROM sessions WHERE id = $1";
 const SESSION: &str =
     "SELECT created_at, last_active, system_prompt, metadata, owner FROM sessions WHERE id = $1";
 
-/// A message row: `role`, `content`, `created_at` from column `first` on.
+/// A message row: `role`, `content`, `created_at`, `body` from column
+/// `first` on.
 fn message_from(row: &Row, first: usize) -> Result<Message> {
     let role: String = row.try_get(first)?;
-    Ok(Message {
-        role: Role::parse(&role)
+    let created_at = row.try_get(first + 2)?;
+    if let Some(body) = row.try_get::<_, Option<String>>(first + 3)? {
+        return Message::from_json(&body, created_at).map_err(Error::storage);
+    }
+    Ok(Message::text(
+        Role::parse(&role)
             .ok_or_else(|| Error::storage(format!("unknown stored role {role:?}")))?,
-        content: row.try_get(first + 1)?,
-        created_at: row.try_get(first + 2)?,
-    })
+        row.try_get::<_, String>(first + 1)?,
+        created_at,
+    ))
 }
 
 /// A message count as a SQL `LIMIT` (`usize::MAX` meaning all).
@@ -77,16 +85,23 @@ impl PostgresStore {
     ) -> Result<bool> {
         let prompt = turn.usage.map(|u| i64::from(u.prompt_tokens));
         let completion = turn.usage.map(|u| i64::from(u.completion_tokens));
-        let (user_at, reply_at) = (millis(turn.user_at), millis(turn.reply_at));
+        let cached = turn.usage.map(|u| i64::from(u.cached_tokens));
+        let reply_at = millis(turn.reply_at());
+        let roles: Vec<&str> = turn.messages.iter().map(|m| m.role.as_str()).collect();
+        let texts: Vec<&str> = turn.messages.iter().map(|m| m.content).collect();
+        let bodies: Vec<Option<&str>> = turn.messages.iter().map(|m| m.wire).collect();
+        let times: Vec<_> = turn.messages.iter().map(|m| millis(m.created_at)).collect();
         let claim = token.map(|t| t.0);
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![
             id.as_uuid(),
-            &turn.user,
-            &user_at,
-            &turn.reply,
             &reply_at,
+            &roles,
+            &texts,
+            &bodies,
+            &times,
             &prompt,
             &completion,
+            &cached,
         ];
         let sql = match &claim {
             Some(claim) => {
@@ -131,13 +146,13 @@ impl PostgresStore {
             });
         };
         let session = session_from(id, row, 0)?;
-        let turns: i64 = row.try_get(5)?;
+        let count: i64 = row.try_get(5)?;
         let newest: Option<i64> = row.try_get(6)?;
         // A statement reads the database as it was when it began. If the
         // claim waited on the previous holder's append (its row lock), the
         // row is read as updated but the messages are not: the newest one
         // read is then not the last turn's reply. Rare; read them again.
-        let complete = limit == 0 || turns == 0 || newest == Some(2 * turns - 1);
+        let complete = limit == 0 || count == 0 || newest == Some(count - 1);
         if !complete {
             self.log_sql(RECENT);
             let statement = client.prepare_cached(RECENT).await?;
@@ -180,13 +195,14 @@ impl MessageStore for PostgresStore {
     async fn session_usage(&self, id: SessionId) -> Result<Usage> {
         let rows = self.query(USAGE, &[id.as_uuid()]).await?;
         let clamp = |n: i64| u32::try_from(n.max(0)).unwrap_or(u32::MAX);
-        let (prompt, completion): (i64, i64) = match rows.first() {
-            Some(row) => (row.try_get(0)?, row.try_get(1)?),
-            None => (0, 0),
+        let (prompt, completion, cached): (i64, i64, i64) = match rows.first() {
+            Some(row) => (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?),
+            None => (0, 0, 0),
         };
         Ok(Usage {
             prompt_tokens: clamp(prompt),
             completion_tokens: clamp(completion),
+            cached_tokens: clamp(cached),
         })
     }
 

@@ -71,6 +71,20 @@ const MIGRATIONS: &[&str] = &[
          holder uuid NOT NULL,
          until  timestamptz NOT NULL
      );",
+    // v2: messages as the protocol has them. Every role, not just user
+    // and assistant; `body` holds a message that is more than its text
+    // (tool calls, a tool result, content parts) as its JSON object, with
+    // `content` empty; the prompt tokens a provider served from its cache.
+    // A turn may now store more than two messages, so a session counts its
+    // messages (`messages`, the next position) beside its turns; existing
+    // sessions have two per turn.
+    "ALTER TABLE messages DROP CONSTRAINT IF EXISTS messages_role_check;
+     ALTER TABLE messages ADD CONSTRAINT messages_role_check
+         CHECK (role IN ('system', 'developer', 'user', 'assistant', 'tool', 'function'));
+     ALTER TABLE messages ADD COLUMN body text;
+     ALTER TABLE messages ADD COLUMN cached_tokens bigint;
+     ALTER TABLE sessions ADD COLUMN messages bigint NOT NULL DEFAULT 0;
+     UPDATE sessions SET messages = 2 * turns WHERE turns > 0;",
 ];
 
 /// The schema version this code writes.

@@ -31,8 +31,8 @@ use super::{
     SessionCursor, SessionStore, Turn,
 };
 use crate::error::{Error, Result};
-use crate::llm::Usage;
-use crate::types::{from_millis, Feedback, Message, PurgeReport, Rating, Role, Session, SessionId};
+use crate::message::{Message, Role};
+use crate::types::{from_millis, Feedback, PurgeReport, Rating, Session, SessionId, Usage};
 
 mod checkpoint;
 mod reader;
@@ -271,9 +271,9 @@ const GET_KEY: &str =
 const LIST_KEYS: &str =
     "SELECT id, name, hash, admin, created_at, revoked_at FROM api_keys ORDER BY created_at, id";
 const REVOKE_KEY: &str = "UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL";
-const RECENT_TURNS: &str = "SELECT user_content, user_at, reply_content, reply_at FROM (SELECT seq, user_content, user_at, reply_content, reply_at FROM turns WHERE session_id = ?1 ORDER BY seq DESC LIMIT ?2) ORDER BY seq ASC";
-const INSERT_TURN: &str = "INSERT INTO turns (session_id, user_content, user_at, reply_content, reply_at, prompt_tokens, completion_tokens) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
-const SESSION_USAGE: &str = "SELECT coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0) FROM turns WHERE session_id = ?1";
+const RECENT_TURNS: &str = "SELECT seq, user_content, user_at, reply_content, reply_at, body FROM (SELECT seq, user_content, user_at, reply_content, reply_at, body FROM turns WHERE session_id = ?1 ORDER BY seq DESC LIMIT ?2) ORDER BY seq ASC";
+const INSERT_TURN: &str = "INSERT INTO turns (session_id, user_content, user_at, reply_content, reply_at, prompt_tokens, completion_tokens, cached_tokens, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+const SESSION_USAGE: &str = "SELECT coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0), coalesce(sum(cached_tokens), 0) FROM turns WHERE session_id = ?1";
 const TOUCH_SESSION: &str =
     "UPDATE sessions SET active_hour = ?2 WHERE id = ?1 AND active_hour < ?2";
 const INSERT_FEEDBACK: &str = "INSERT INTO feedback (session_id, text, rating, created_at) SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM sessions WHERE id = ?1)";
@@ -281,12 +281,18 @@ const LIST_FEEDBACK: &str =
     "SELECT text, rating, created_at FROM feedback WHERE session_id = ?1 ORDER BY seq";
 const PURGE_CANDIDATES: &str = "SELECT s.id FROM sessions s WHERE s.active_hour <= ?1 AND max(s.created_at, coalesce((SELECT t.reply_at FROM turns t WHERE t.session_id = s.id ORDER BY t.seq DESC LIMIT 1), 0)) < ?2 LIMIT ?3";
 const SESSION_EXISTS: &str = "SELECT 1 FROM sessions WHERE id = ?1";
-const PAGE_TURNS: &str = "SELECT seq, user_content, user_at, reply_content, reply_at FROM turns WHERE session_id = ?1 AND seq >= ?2 ORDER BY seq LIMIT ?3";
+const PAGE_TURNS: &str = "SELECT seq, user_content, user_at, reply_content, reply_at, body FROM turns WHERE session_id = ?1 AND seq >= ?2 ORDER BY seq LIMIT ?3";
+const COUNT_MESSAGES: &str = "SELECT coalesce(sum(CASE WHEN body IS NULL THEN 2 ELSE json_array_length(body) END), 0) FROM turns WHERE session_id = ?1";
 const PURGE_TURNS: &str = "DELETE FROM turns WHERE session_id = ?1";
 const PURGE_FEEDBACK: &str = "DELETE FROM feedback WHERE session_id = ?1";
 const PURGE_SESSION: &str = "DELETE FROM sessions WHERE id = ?1";
 
 const HOUR_MS: i64 = 3_600_000;
+
+/// A message's position (its [`MessageCursor`]) is its turn's `seq` times
+/// this, plus its place in the turn: room for every message a turn may
+/// hold ([`MAX_TURN_MESSAGES`](super::MAX_TURN_MESSAGES)).
+const TURN_STRIDE: i64 = 1024;
 
 /// Sessions deleted per transaction by the retention sweep: each batch is
 /// one writer job, so turns keep committing between batches however much
@@ -365,44 +371,94 @@ fn read_session(db: &impl Sql, id: SessionId, key: &[u8; 16]) -> Result<Option<S
     }))
 }
 
+/// One stored turn's columns: `seq`, the two texts with their times, and
+/// the body that replaces them for a turn that is more than text.
+type TurnRow = (i64, String, i64, String, i64, Option<String>);
+
+fn turn_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TurnRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+    ))
+}
+
+/// A stored turn's messages, oldest first, each with its position.
+fn unfold(row: TurnRow, out: &mut Vec<(i64, Message)>) -> Result<()> {
+    let (seq, user, user_at, reply, reply_at, body) = row;
+    let base = seq.saturating_mul(TURN_STRIDE);
+    let Some(body) = body else {
+        out.push((base, Message::text(Role::User, user, from_millis(user_at))));
+        out.push((
+            base + 1,
+            Message::text(Role::Assistant, reply, from_millis(reply_at)),
+        ));
+        return Ok(());
+    };
+    let items: Vec<(i64, &serde_json::value::RawValue)> =
+        serde_json::from_str(&body).map_err(Error::storage)?;
+    for (i, (at, json)) in items.into_iter().enumerate() {
+        let m = Message::from_json(json.get(), from_millis(at)).map_err(Error::storage)?;
+        out.push((base + i as i64, m));
+    }
+    Ok(())
+}
+
+/// A turn's messages as stored in `body`: `[[unix_ms, message], …]`.
+fn turn_body(turn: &Turn<'_>) -> String {
+    let mut out = Vec::with_capacity(
+        turn.messages
+            .iter()
+            .map(|m| m.wire.map_or(m.content.len(), str::len) + 48)
+            .sum(),
+    );
+    out.push(b'[');
+    for (i, m) in turn.messages.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.push(b'[');
+        out.extend_from_slice(m.created_at.timestamp_millis().to_string().as_bytes());
+        out.push(b',');
+        match m.wire {
+            Some(json) => out.extend_from_slice(json.as_bytes()),
+            None => {
+                let text = serde_json::json!({"role": m.role.as_str(), "content": m.content});
+                out.extend_from_slice(text.to_string().as_bytes());
+            }
+        }
+        out.push(b']');
+    }
+    out.push(b']');
+    // Built from JSON pieces and ASCII: valid UTF-8.
+    String::from_utf8(out).unwrap_or_default()
+}
+
 /// The newest `limit` messages, oldest first: the newest `limit / 2`
-/// turns (rounded up), unfolded, then cut to `limit`.
+/// turns (rounded up; every turn holds at least two messages), unfolded,
+/// then cut to `limit`.
 fn read_recent(db: &impl Sql, key: &[u8; 16], limit: usize) -> Result<Vec<Message>> {
     db.log_sql(RECENT_TURNS);
     let turns = i64::try_from(limit.div_ceil(2)).unwrap_or(-1);
     let mut stmt = db.conn().prepare_cached(RECENT_TURNS)?;
-    let rows = stmt.query_map(params![key, turns], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, i64>(1)?,
-            r.get::<_, String>(2)?,
-            r.get::<_, i64>(3)?,
-        ))
-    })?;
+    let rows = stmt.query_map(params![key, turns], turn_row)?;
     let mut out = Vec::new();
     for row in rows {
-        let (user, user_at, reply, reply_at) = row?;
-        out.push(Message {
-            role: Role::User,
-            content: user,
-            created_at: from_millis(user_at),
-        });
-        out.push(Message {
-            role: Role::Assistant,
-            content: reply,
-            created_at: from_millis(reply_at),
-        });
+        unfold(row?, &mut out)?;
     }
     if out.len() > limit {
         out.drain(..out.len() - limit);
     }
-    Ok(out)
+    Ok(out.into_iter().map(|(_, m)| m).collect())
 }
 
 /// Up to `limit` messages after `after`, oldest first, reading only the
 /// turns the page needs; `None` when the session does not exist. A
-/// message's position is `2 × seq` for a turn's user message and
-/// `2 × seq + 1` for its reply.
+/// message's position is its turn's `seq` × [`TURN_STRIDE`] plus its
+/// place in the turn.
 fn read_page(
     db: &impl Sql,
     key: &[u8; 16],
@@ -420,36 +476,21 @@ fn read_page(
     }
     // The first position to return, and the turn it is in.
     let first = after.map_or(0, |c| c.position().saturating_add(1));
-    // One message more than asked for tells whether there is a next page.
+    // One message more than asked for tells whether there is a next page;
+    // every turn holds at least two messages.
     let want = limit.saturating_add(1);
     let turns = i64::try_from(want.div_ceil(2) + 1).unwrap_or(i64::MAX);
     db.log_sql(PAGE_TURNS);
     let mut stmt = db.conn().prepare_cached(PAGE_TURNS)?;
-    let rows = stmt.query_map(params![key, first / 2, turns], |r| {
-        Ok((
-            r.get::<_, i64>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, i64>(2)?,
-            r.get::<_, String>(3)?,
-            r.get::<_, i64>(4)?,
-        ))
-    })?;
+    let rows = stmt.query_map(params![key, first / TURN_STRIDE, turns], turn_row)?;
     let mut page: Vec<(i64, Message)> = Vec::with_capacity(want.min(1024));
+    let mut unfolded = Vec::new();
     for row in rows {
-        let (seq, user, user_at, reply, reply_at) = row?;
-        for (pos, role, content, at) in [
-            (2 * seq, Role::User, user, user_at),
-            (2 * seq + 1, Role::Assistant, reply, reply_at),
-        ] {
+        unfolded.clear();
+        unfold(row?, &mut unfolded)?;
+        for (pos, m) in unfolded.drain(..) {
             if pos >= first && page.len() < want {
-                page.push((
-                    pos,
-                    Message {
-                        role,
-                        content,
-                        created_at: from_millis(at),
-                    },
-                ));
+                page.push((pos, m));
             }
         }
         if page.len() >= want {
@@ -535,7 +576,13 @@ impl SessionStore for SqliteStore {
                             db.log_sql(sql);
                             Ok(db.conn.prepare_cached(sql)?.execute([id])? as u64)
                         };
-                        report.messages += 2 * run(PURGE_TURNS)?;
+                        db.log_sql(COUNT_MESSAGES);
+                        let messages: i64 = db
+                            .conn
+                            .prepare_cached(COUNT_MESSAGES)?
+                            .query_row([id], |r| r.get(0))?;
+                        report.messages += u64::try_from(messages).unwrap_or(0);
+                        run(PURGE_TURNS)?;
                         report.feedback += run(PURGE_FEEDBACK)?;
                         report.sessions += run(PURGE_SESSION)?;
                     }
@@ -638,12 +685,28 @@ impl MessageStore for SqliteStore {
 
     async fn append_turn(&self, id: SessionId, turn: Turn<'_>) -> Result<()> {
         let key = id_key(id);
-        let user = turn.user.to_owned();
-        let reply = turn.reply.to_owned();
-        let user_at = turn.user_at.timestamp_millis();
-        let reply_at = turn.reply_at.timestamp_millis();
+        // A user's text and a text reply (nearly every turn) go in the two
+        // text columns; anything else in `body`.
+        let (user, user_at, reply, body) = match turn.text_pair() {
+            Some((u, r)) => (
+                u.content.to_owned(),
+                u.created_at.timestamp_millis(),
+                r.content.to_owned(),
+                None,
+            ),
+            None => (
+                String::new(),
+                turn.messages
+                    .first()
+                    .map_or(0, |m| m.created_at.timestamp_millis()),
+                String::new(),
+                Some(turn_body(&turn)),
+            ),
+        };
+        let reply_at = turn.reply_at().timestamp_millis();
         let prompt_tokens = turn.usage.map(|u| u.prompt_tokens);
         let completion_tokens = turn.usage.map(|u| u.completion_tokens);
+        let cached_tokens = turn.usage.map(|u| u.cached_tokens);
         self.worker
             .call_single(move |db| {
                 // No savepoint (`call_single`): the only write that can come
@@ -668,7 +731,9 @@ impl MessageStore for SqliteStore {
                     reply,
                     reply_at,
                     prompt_tokens,
-                    completion_tokens
+                    completion_tokens,
+                    cached_tokens,
+                    body
                 ]);
                 match inserted {
                     Err(e) if is_foreign_key_violation(&e) => {
@@ -696,14 +761,17 @@ impl MessageStore for SqliteStore {
         self.reader
             .read(move |db| {
                 db.log_sql(SESSION_USAGE);
-                let (prompt, completion): (i64, i64) = db
+                let (prompt, completion, cached): (i64, i64, i64) = db
                     .conn()
                     .prepare_cached(SESSION_USAGE)?
-                    .query_row(params![id_key(id)], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                    .query_row(params![id_key(id)], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })?;
                 let clamp = |n: i64| u32::try_from(n.max(0)).unwrap_or(u32::MAX);
                 Ok(Usage {
                     prompt_tokens: clamp(prompt),
                     completion_tokens: clamp(completion),
+                    cached_tokens: clamp(cached),
                 })
             })
             .await

@@ -73,6 +73,13 @@ const MIGRATIONS: &[&str] = &[
          created_at INTEGER NOT NULL,
          revoked_at INTEGER
      );",
+    // v4: turns that are more than a user's text and a text reply (tool
+    // calls, tool results, content parts): `body` holds the turn's
+    // messages as a JSON array of `[unix_ms, message object]`, and the
+    // two text columns are empty. A text turn keeps its compact row with
+    // no body. Also the prompt tokens the provider served from its cache.
+    "ALTER TABLE turns ADD COLUMN body TEXT;
+     ALTER TABLE turns ADD COLUMN cached_tokens INTEGER;",
 ];
 
 /// The schema version this code writes.

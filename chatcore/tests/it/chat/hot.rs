@@ -174,7 +174,7 @@ impl MessageStore for GatedStore {
     }
 
     async fn append_turn(&self, id: SessionId, turn: Turn<'_>) -> Result<()> {
-        if turn.user != self.gated {
+        if turn.messages[0].content != self.gated {
             return self.inner.append_turn(id, turn).await;
         }
         self.hold(Gate::BeforeStoring).await;

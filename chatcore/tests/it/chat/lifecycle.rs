@@ -32,9 +32,8 @@ impl ChatModel for SlowThinker {
     async fn complete(&self, request: ChatRequest<'_>) -> chatcore::Result<Completion> {
         self.clock.advance(self.think);
         Ok(Completion {
-            content: format!("thought about {}", request.user),
-            usage: None,
-            finish_reason: None,
+            content: format!("thought about {}", request.user_text()),
+            ..Completion::default()
         })
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use chatcore::{
     estimate_tokens, trim_history, ChatCore, ChatCoreBuilder, ErrorKind, ManualClock, MemoryStore,
-    NewSession, OpenAiChat, OpenAiConfig, Store,
+    MessageStore, NewSession, OpenAiChat, OpenAiConfig, Store,
 };
 use chatmock::MockOpenAi;
 use serde_json::json;
@@ -200,21 +200,42 @@ async fn history_is_trimmed_from_the_oldest_end_to_fit<S: Store + 'static>(store
     assert!(cost(one_more) + estimate_tokens(&last.user) > budget);
 }
 
+/// A reply that says nothing (no text, tool calls or refusal) is the
+/// upstream's failure: the turn stores nothing and the history is intact.
+#[tokio::test]
+async fn an_empty_reply_fails_the_turn_and_stores_nothing() {
+    let model = ScriptedModel::new().with_reply(|_| String::new()).shared();
+    let core = builder(MemoryStore::new(), &model).build().unwrap();
+    let id = core.sessions().initialize().await.unwrap().session.id;
+    let err = core.chat(id, "hello?").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::UpstreamFailed);
+    assert!(err.to_string().contains("empty reply"), "{err}");
+    assert!(core.sessions().messages(id).await.unwrap().is_empty());
+    assert_eq!(model.calls(), 1);
+}
+
 /// `history_read_limit` (chat.rs) assumes every message costs at least
 /// five tokens, but an empty message costs four, so when replies are empty
-/// fewer messages are read than would fit the budget.
+/// fewer messages are read than would fit the budget. (A turn no longer
+/// stores an empty reply, but a store may hold them from before.)
 #[tokio::test]
 async fn empty_replies_do_not_shrink_the_history_that_fits() {
-    let model = ScriptedModel::new().with_reply(|_| String::new()).shared();
+    let model = ScriptedModel::new().shared();
     let budget = 300;
-    let core = builder(MemoryStore::new(), &model)
+    let store = Arc::new(MemoryStore::new());
+    let core = ChatCore::builder()
+        .shared_store(Arc::clone(&store) as Arc<dyn Store>)
+        .shared_model(Arc::clone(&model) as Arc<dyn chatcore::ChatModel>)
         .context_tokens(budget)
         .messages_per_minute(1000)
+        // The turns below are written behind the facade's back, at t0.
+        .hot_sessions(0)
+        .clock(Arc::new(ManualClock::new(t0())))
         .build()
         .unwrap();
     let id = core.sessions().initialize().await.unwrap().session.id;
-    for _ in 0..33 {
-        core.chat(id, "a").await.unwrap();
+    for i in 0..33 {
+        store.append_turn(id, turn!("a", "", i)).await.unwrap();
     }
     let before = core.sessions().messages(id).await.unwrap();
     assert_eq!(before.len(), 66);
@@ -222,5 +243,5 @@ async fn empty_replies_do_not_shrink_the_history_that_fits() {
 
     let fits = trim_history(&before, None, "a", budget).len();
     assert_eq!(fits, 65, "32 pairs and one reply fit 295 tokens");
-    assert_eq!(model.seen()[33].history.len(), fits);
+    assert_eq!(model.seen()[0].history.len(), fits);
 }

@@ -36,6 +36,16 @@ pub(crate) fn data<T: Serialize>(data: &T) -> Bytes {
     Bytes::from(out)
 }
 
+/// A bare `data:` event with bytes that are already JSON (an upstream's
+/// chunk, relayed).
+pub(crate) fn data_raw(json: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(8 + json.len());
+    out.extend_from_slice(b"data: ");
+    out.extend_from_slice(json);
+    out.extend_from_slice(b"\n\n");
+    Bytes::from(out)
+}
+
 /// OpenAI's end-of-stream marker.
 pub(crate) fn done() -> Bytes {
     Bytes::from_static(b"data: [DONE]\n\n")
