@@ -316,6 +316,36 @@ impl ChatRequest {
     }
 }
 
+/// The first parameter outside the range OpenAI accepts, and what OpenAI
+/// says of it: the mock refuses what the real service refuses, so a
+/// gateway that relays the refusal can be tested.
+pub(crate) fn out_of_range(body: &[u8]) -> Option<(&'static str, String)> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    for (param, lo, hi) in [
+        ("temperature", 0.0, 2.0),
+        ("top_p", 0.0, 1.0),
+        ("presence_penalty", -2.0, 2.0),
+        ("frequency_penalty", -2.0, 2.0),
+        ("n", 1.0, 128.0),
+    ] {
+        if let Some(x) = v.get(param).and_then(Value::as_f64) {
+            if !(lo..=hi).contains(&x) {
+                return Some((
+                    param,
+                    format!("Invalid '{param}': {x} is outside [{lo}, {hi}]."),
+                ));
+            }
+        }
+    }
+    if v.get("messages")
+        .and_then(Value::as_array)
+        .is_some_and(Vec::is_empty)
+    {
+        return Some(("messages", "Invalid 'messages': empty array.".to_owned()));
+    }
+    None
+}
+
 /// What a test scripted for one request.
 #[derive(Debug, Clone)]
 pub(crate) enum Scripted {

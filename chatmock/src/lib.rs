@@ -381,6 +381,9 @@ async fn complete(
             None,
         );
     };
+    if let Some((param, message)) = chat::out_of_range(body) {
+        return invalid(param, &message);
+    }
     let limit = state.context_limit.load(Ordering::Relaxed);
     if limit > 0 && request.prompt_tokens > limit {
         return context_overflow(limit, request.prompt_tokens);
@@ -421,6 +424,17 @@ fn context_overflow(limit: u64, tokens: u64) -> Response<Body> {
     json(StatusCode::BAD_REQUEST, Bytes::from(body.to_string()))
 }
 
+/// OpenAI's answer to a parameter out of its range.
+fn invalid(param: &str, message: &str) -> Response<Body> {
+    let body = serde_json::json!({"error": {
+        "message": message,
+        "type": "invalid_request_error",
+        "param": param,
+        "code": "invalid_value"
+    }});
+    json(StatusCode::BAD_REQUEST, Bytes::from(body.to_string()))
+}
+
 fn json(status: StatusCode, body: Bytes) -> Response<Body> {
     let mut resp = Response::new(Either::Left(Full::new(body)));
     *resp.status_mut() = status;
@@ -430,7 +444,9 @@ fn json(status: StatusCode, body: Bytes) -> Response<Body> {
 }
 
 fn error(status: StatusCode, message: &str, retry_after: Option<u64>) -> Response<Body> {
-    let body = serde_json::json!({"error": {"message": message, "type": "mock_error", "code": status.as_u16()}});
+    // OpenAI's shape; the status as the code, so a test can tell which
+    // scripted failure it got.
+    let body = serde_json::json!({"error": {"message": message, "type": "mock_error", "param": null, "code": status.as_str()}});
     let mut resp = json(status, Bytes::from(body.to_string()));
     if let Some(secs) = retry_after {
         resp.headers_mut()

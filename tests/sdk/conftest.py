@@ -36,7 +36,7 @@ def gateway(tmp_path_factory):
         "CHATGATE_STORAGE__PATH": str(work / "chat.db"),
         "CHATGATE_LOG__FILE": str(work / "app.log"),
         "CHATGATE_RATE_LIMIT__MESSAGES_PER_MINUTE": str(MESSAGES_PER_MINUTE),
-        "CHATGATE_OPENAI__MODELS": '["gpt-3.5-turbo", "mock-large"]',
+        "CHATGATE_OPENAI__MODELS": '["gpt-3.5-turbo", "mock-large", "gpt-4o-mini"]',
     }
     proc = subprocess.Popen(
         [str(binary), "--mock-upstream"],

@@ -23,7 +23,7 @@ def session(gateway, session_id):
 
 def test_models_list(client):
     ids = sorted(m.id for m in client.models.list())
-    assert ids == ["gpt-3.5-turbo", "mock-large"]
+    assert ids == ["gpt-3.5-turbo", "gpt-4o-mini", "mock-large"]
     assert client.models.retrieve("mock-large").id == "mock-large"
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("gpt-nope")

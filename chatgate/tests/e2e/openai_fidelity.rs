@@ -395,7 +395,8 @@ async fn upstream_refusals_of_the_request_keep_their_status_and_body() {
             assert_eq!(r.status, status, "{}", r.text());
             assert_eq!(
                 r.json(),
-                json!({"error": {"message": "scripted failure", "type": "mock_error", "code": status}}),
+                json!({"error": {"message": "scripted failure", "type": "mock_error", "param": null,
+                    "code": status.to_string()}}),
                 "the upstream's body, as it came"
             );
             assert_eq!(gw.mock.request_count(), before + 1, "not retried");
