@@ -484,25 +484,49 @@ impl<'c> PreparedTurn<'c> {
         }
         let inner = Arc::clone(&self.inner);
         let reply_at = inner.clock.now();
-        let reply = completion.message(reply_at);
         self.lease.writing();
         let user_at = self.user_at;
-        let text_input;
-        let new: &[Message] = match &self.input {
-            TurnInput::Text(t) => {
-                text_input = [Message::text(Role::User, t.as_ref(), user_at)];
-                &text_input
-            }
-            TurnInput::Messages(m) => m,
+        let reply = MessageRef {
+            role: Role::Assistant,
+            content: if completion.wire.is_some() {
+                ""
+            } else {
+                &completion.content
+            },
+            wire: completion.wire.as_ref().map(WireMessage::as_str),
+            created_at: reply_at,
         };
-        let mut messages: Vec<MessageRef<'_>> = Vec::with_capacity(new.len() + 1);
-        messages.extend(new.iter().map(|m| MessageRef {
-            created_at: user_at,
-            ..m.view()
-        }));
-        messages.push(reply.view());
+        // Borrowed, not copied: a text turn (nearly every one) stores its
+        // two messages from a stack array.
+        let pair;
+        let list: Vec<MessageRef<'_>>;
+        let messages: &[MessageRef<'_>] = match &self.input {
+            TurnInput::Text(t) => {
+                pair = [
+                    MessageRef {
+                        role: Role::User,
+                        content: t,
+                        wire: None,
+                        created_at: user_at,
+                    },
+                    reply,
+                ];
+                &pair
+            }
+            TurnInput::Messages(m) => {
+                list = m
+                    .iter()
+                    .map(|m| MessageRef {
+                        created_at: user_at,
+                        ..m.view()
+                    })
+                    .chain([reply])
+                    .collect();
+                &list
+            }
+        };
         let turn = Turn {
-            messages: &messages,
+            messages,
             usage: completion.usage,
         };
         match &mut self.claim {
@@ -515,8 +539,7 @@ impl<'c> PreparedTurn<'c> {
                 claim.released = true;
             }
         }
-        self.lease.record(&messages);
-        drop(messages);
+        self.lease.record(messages);
         let (session_id, remaining, upstream) = (self.id, self.remaining, self.upstream);
         drop(self);
         Ok(ChatReply {

@@ -43,7 +43,7 @@ impl<'de> Deserialize<'de> for Members<'de> {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members<'de>, A::Error> {
                 let mut out = Vec::with_capacity(map.size_hint().unwrap_or(8));
-                while let Some((Key(k), v)) = map.next_entry::<Key<'de>, &'de RawValue>()? {
+                while let Some((Str(k), v)) = map.next_entry::<Str<'de>, &'de RawValue>()? {
                     out.push((k, v));
                 }
                 Ok(Members(out))
@@ -53,28 +53,90 @@ impl<'de> Deserialize<'de> for Members<'de> {
     }
 }
 
-/// A key, borrowed unless it held an escape.
-struct Key<'a>(Cow<'a, str>);
+/// A string, borrowed unless it held an escape.
+pub(crate) struct Str<'a>(pub(crate) Cow<'a, str>);
 
-impl<'de> Deserialize<'de> for Key<'de> {
+impl<'de> Deserialize<'de> for Str<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
-            type Value = Key<'de>;
+            type Value = Str<'de>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a string")
             }
-            fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Borrowed(s)))
+            fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Str<'de>, E> {
+                Ok(Str(Cow::Borrowed(s)))
             }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Owned(s.to_owned())))
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Str<'de>, E> {
+                Ok(Str(Cow::Owned(s.to_owned())))
             }
-            fn visit_string<E: de::Error>(self, s: String) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Owned(s)))
+            fn visit_string<E: de::Error>(self, s: String) -> Result<Str<'de>, E> {
+                Ok(Str(Cow::Owned(s)))
             }
         }
         d.deserialize_str(V)
+    }
+}
+
+/// Any JSON value, read in one pass and kept only if it is a string
+/// (borrowed unless it held an escape); anything else is skipped.
+pub(crate) struct Probe<'a>(Option<Cow<'a, str>>);
+
+impl<'a> Probe<'a> {
+    /// The string, if the value was one.
+    pub(crate) fn into_str(self) -> Option<Cow<'a, str>> {
+        self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Probe<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Probe<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Probe<'de>, E> {
+                Ok(Probe(Some(Cow::Borrowed(s))))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Probe<'de>, E> {
+                Ok(Probe(Some(Cow::Owned(s.to_owned()))))
+            }
+            fn visit_string<E: de::Error>(self, s: String) -> Result<Probe<'de>, E> {
+                Ok(Probe(Some(Cow::Owned(s))))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Probe<'de>, E> {
+                Ok(Probe(None))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Probe<'de>, E> {
+                Ok(Probe(None))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Probe<'de>, E> {
+                Ok(Probe(None))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Probe<'de>, E> {
+                Ok(Probe(None))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Probe<'de>, E> {
+                Ok(Probe(None))
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Probe<'de>, E> {
+                Ok(Probe(None))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Probe<'de>, A::Error> {
+                while seq.next_element::<de::IgnoredAny>()?.is_some() {}
+                Ok(Probe(None))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Probe<'de>, A::Error> {
+                while map
+                    .next_entry::<de::IgnoredAny, de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(Probe(None))
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 

@@ -96,9 +96,7 @@ impl WireMessage {
     /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) when it
     /// is not.
     pub fn parse(json: &str) -> Result<WireMessage> {
-        let members = Members::parse(json.as_bytes())
-            .map_err(|_| Error::invalid("messages", "a message must be a JSON object"))?;
-        let role = role_of(&members)?;
+        let role = Shape::read(json)?.role()?;
         let json = RawValue::from_string(json.to_owned())
             .map_err(|_| Error::invalid("messages", "a message must be JSON"))?;
         Ok(WireMessage { json, role })
@@ -144,19 +142,83 @@ impl Serialize for WireMessage {
     }
 }
 
-fn role_of(members: &Members<'_>) -> Result<Role> {
-    let role = members
-        .get("role")
-        .and_then(json::as_str)
-        .ok_or_else(|| Error::invalid("messages", "a message needs a string role"))?;
-    Role::parse(&role).ok_or_else(|| {
-        Error::invalid(
-            "messages",
-            format!(
-                "role {role:?} is not one of system, developer, user, assistant, tool, function"
-            ),
-        )
-    })
+/// What a message object is, read in one pass: its role, its content if
+/// that is a string, and whether anything else in it says something.
+pub(crate) struct Shape<'a> {
+    role: Option<Cow<'a, str>>,
+    /// The content, when it is a string.
+    text: Option<Cow<'a, str>>,
+    /// Whether every member but `role` and a string `content` says nothing
+    /// (`null`, `[]`, `{}`).
+    plain: bool,
+}
+
+impl<'a> Shape<'a> {
+    fn read(json: &'a str) -> Result<Shape<'a>> {
+        serde_json::from_str(json)
+            .map_err(|_| Error::invalid("messages", "a message must be a JSON object"))
+    }
+
+    /// The text message this is, when it is plain text.
+    pub(crate) fn into_text(self) -> Option<(Role, Cow<'a, str>)> {
+        let role = self.role.as_deref().and_then(Role::parse)?;
+        match (self.plain, role.may_be_text(), self.text) {
+            (true, true, Some(text)) => Some((role, text)),
+            _ => None,
+        }
+    }
+
+    fn role(&self) -> Result<Role> {
+        let role = self
+            .role
+            .as_deref()
+            .ok_or_else(|| Error::invalid("messages", "a message needs a string role"))?;
+        Role::parse(role).ok_or_else(|| {
+            Error::invalid(
+                "messages",
+                format!(
+                    "role {role:?} is not one of system, developer, user, assistant, tool, function"
+                ),
+            )
+        })
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Shape<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Shape<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a message object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Shape<'de>, A::Error> {
+                let mut shape = Shape {
+                    role: None,
+                    text: None,
+                    plain: true,
+                };
+                while let Some(key) = map.next_key::<json::Str<'de>>()? {
+                    match key.0.as_ref() {
+                        "role" => shape.role = map.next_value::<json::Probe<'de>>()?.into_str(),
+                        "content" => match map.next_value::<json::Probe<'de>>()?.into_str() {
+                            Some(text) => shape.text = Some(text),
+                            None => shape.plain = false,
+                        },
+                        _ => {
+                            let value: &'de RawValue = map.next_value()?;
+                            shape.plain &= json::is_nothing(value);
+                        }
+                    }
+                }
+                Ok(shape)
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
 /// One message of a session's history: a role and text, or the whole
@@ -194,10 +256,9 @@ impl Message {
     /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) when
     /// `json` is not a message object.
     pub fn from_json(json: &str, created_at: DateTime<Utc>) -> Result<Message> {
-        let members = Members::parse(json.as_bytes())
-            .map_err(|_| Error::invalid("messages", "a message must be a JSON object"))?;
-        let role = role_of(&members)?;
-        if let Some(text) = plain_text(role, &members) {
+        let shape = Shape::read(json)?;
+        let role = shape.role()?;
+        if let (true, true, Some(text)) = (shape.plain, role.may_be_text(), shape.text) {
             return Ok(Message::text(role, text, created_at));
         }
         let json = RawValue::from_string(json.to_owned())
@@ -226,23 +287,6 @@ impl Message {
     pub fn display_text(&self) -> Cow<'_, str> {
         self.view().display_text()
     }
-}
-
-/// The text of a plain-text message object, or `None` when it is more.
-fn plain_text<'a>(role: Role, members: &Members<'a>) -> Option<Cow<'a, str>> {
-    if !role.may_be_text() {
-        return None;
-    }
-    let mut text = None;
-    for (key, value) in &members.0 {
-        match key.as_ref() {
-            "role" => {}
-            "content" => text = Some(json::as_str(value)?),
-            _ if json::is_nothing(value) => {}
-            _ => return None,
-        }
-    }
-    text
 }
 
 /// A borrowed message: what history iteration yields and what a turn

@@ -157,7 +157,7 @@ impl Metrics {
         );
         registry.register(
             "upstream_calls",
-            "Model calls by outcome (ok, busy, failed, timeout)",
+            "Model calls by outcome (ok, busy, failed, timeout, rejected: the upstream refused the request itself)",
             m.upstream.clone(),
         );
         registry.register(
@@ -330,6 +330,7 @@ impl Metrics {
                 for (outcome, n) in [
                     ("ok", &up.ok),
                     ("busy", &up.busy),
+                    ("rejected", &up.rejected),
                     ("failed", &up.failed),
                     ("timeout", &up.timeout),
                 ] {

@@ -10,8 +10,10 @@
 //! and asked something, a JSON object matching a requested schema, or the
 //! echo of the last user message.
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 /// The id every completion and chunk carries; tests match on it.
@@ -62,13 +64,13 @@ struct Tool {
 }
 
 #[derive(Deserialize)]
-struct WireRequest {
-    #[serde(default)]
-    messages: Vec<WireMessage>,
+struct WireRequest<'a> {
+    #[serde(borrow, default)]
+    messages: Vec<WireMessage<'a>>,
     #[serde(default)]
     stream: Option<bool>,
-    #[serde(default)]
-    model: Option<String>,
+    #[serde(borrow, default)]
+    model: Option<Cow<'a, str>>,
     #[serde(default)]
     stream_options: Option<WireStreamOptions>,
     #[serde(default)]
@@ -87,36 +89,47 @@ struct WireRequest {
     n: Option<u32>,
     #[serde(default)]
     logprobs: Option<bool>,
+    // Checked against the ranges OpenAI accepts (see `out_of_range`).
+    #[serde(default)]
+    temperature: Option<Value>,
+    #[serde(default)]
+    top_p: Option<Value>,
+    #[serde(default)]
+    presence_penalty: Option<Value>,
+    #[serde(default)]
+    frequency_penalty: Option<Value>,
 }
 
 #[derive(Deserialize)]
-struct WireMessage {
-    role: String,
-    #[serde(default)]
-    content: Option<Content>,
+struct WireMessage<'a> {
+    #[serde(borrow)]
+    role: Cow<'a, str>,
+    /// Read raw, then as a string or parts (an untagged enum would buffer
+    /// every message, which showed in the bench's profile).
+    #[serde(borrow, default)]
+    content: Option<&'a serde_json::value::RawValue>,
     #[serde(default)]
     tool_calls: Option<Vec<Value>>,
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Content {
-    Text(String),
-    Parts(Vec<Map<String, Value>>),
-}
-
-impl Content {
-    /// The text a model reads: the string, or the text parts joined.
-    fn text(&self) -> String {
-        match self {
-            Content::Text(t) => t.clone(),
-            Content::Parts(parts) => parts
-                .iter()
-                .filter_map(|p| p.get("text").and_then(Value::as_str))
-                .collect::<Vec<_>>()
-                .join("\n"),
-        }
+/// The text a model reads of a message's content: the string, or the
+/// text parts joined.
+fn content_text(content: &serde_json::value::RawValue) -> Cow<'_, str> {
+    let raw = content.get();
+    if let Ok(text) = serde_json::from_str::<&str>(raw) {
+        return Cow::Borrowed(text);
     }
+    if let Ok(text) = serde_json::from_str::<String>(raw) {
+        return Cow::Owned(text);
+    }
+    let parts: Vec<Map<String, Value>> = serde_json::from_str(raw).unwrap_or_default();
+    Cow::Owned(
+        parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    )
 }
 
 #[derive(Deserialize)]
@@ -139,20 +152,22 @@ struct WireFunction {
 }
 
 impl ChatRequest {
-    /// Reads a request body; `None` when it is not a chat request.
-    pub(crate) fn parse(body: &[u8]) -> Option<ChatRequest> {
-        let wire: WireRequest = serde_json::from_slice(body).ok()?;
-        let texts: Vec<String> = wire
+    /// Reads a request body: `Err` with what OpenAI would say of a
+    /// parameter out of its range, `Ok(None)` when it is not a chat
+    /// request.
+    pub(crate) fn parse(body: &[u8]) -> Result<Option<ChatRequest>, (&'static str, String)> {
+        let Ok(wire) = serde_json::from_slice::<WireRequest<'_>>(body) else {
+            return Ok(None);
+        };
+        out_of_range(&wire)?;
+        let texts: Vec<Cow<'_, str>> = wire
             .messages
             .iter()
             .map(|m| {
-                let mut text = m.content.as_ref().map(Content::text).unwrap_or_default();
+                let mut text = m.content.map_or(Cow::Borrowed(""), content_text);
                 for call in m.tool_calls.iter().flatten() {
-                    text.push_str(
-                        call.pointer("/function/arguments")
-                            .and_then(Value::as_str)
-                            .unwrap_or(""),
-                    );
+                    let args = call.pointer("/function/arguments").and_then(Value::as_str);
+                    text.to_mut().push_str(args.unwrap_or(""));
                 }
                 text
             })
@@ -163,7 +178,7 @@ impl ChatRequest {
             .zip(&texts)
             .rev()
             .find(|(m, _)| m.role == "user")
-            .map(|(_, t)| t.clone())
+            .map(|(_, t)| t.clone().into_owned())
             .unwrap_or_default();
         let tool_results: Vec<String> = wire
             .messages
@@ -171,7 +186,7 @@ impl ChatRequest {
             .zip(&texts)
             .rev()
             .take_while(|(m, _)| m.role == "tool" || m.role == "function")
-            .map(|(_, t)| t.clone())
+            .map(|(_, t)| t.clone().into_owned())
             .collect::<Vec<_>>()
             .into_iter()
             .rev()
@@ -179,15 +194,17 @@ impl ChatRequest {
         // The newer name wins, as it does upstream, where `max_tokens` is
         // the deprecated spelling of the same limit.
         let limit = wire.max_completion_tokens.or(wire.max_tokens);
-        Some(ChatRequest {
-            model: wire.model.unwrap_or_else(|| "mock".to_owned()),
+        Ok(Some(ChatRequest {
+            model: wire
+                .model
+                .map_or_else(|| "mock".to_owned(), Cow::into_owned),
             stream: wire.stream.unwrap_or(false),
             include_usage: wire
                 .stream_options
                 .and_then(|o| o.include_usage)
                 .unwrap_or(false),
             max_pieces: limit.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
-            prompt_chars: texts.iter().map(String::len).sum(),
+            prompt_chars: texts.iter().map(|t| t.len()).sum(),
             prompt_tokens: texts
                 .iter()
                 .map(|t| {
@@ -199,7 +216,7 @@ impl ChatRequest {
             last_role: wire
                 .messages
                 .last()
-                .map(|m| m.role.clone())
+                .map(|m| m.role.clone().into_owned())
                 .unwrap_or_default(),
             last_user,
             tool_results,
@@ -218,7 +235,7 @@ impl ChatRequest {
             response_format: wire.response_format,
             n: wire.n.map_or(1, |n| n.clamp(1, 16) as usize),
             logprobs: wire.logprobs.unwrap_or(false),
-        })
+        }))
     }
 
     /// The answer: `scripted` when the test gave one, else what the
@@ -319,31 +336,33 @@ impl ChatRequest {
 /// The first parameter outside the range OpenAI accepts, and what OpenAI
 /// says of it: the mock refuses what the real service refuses, so a
 /// gateway that relays the refusal can be tested.
-pub(crate) fn out_of_range(body: &[u8]) -> Option<(&'static str, String)> {
-    let v: Value = serde_json::from_slice(body).ok()?;
-    for (param, lo, hi) in [
-        ("temperature", 0.0, 2.0),
-        ("top_p", 0.0, 1.0),
-        ("presence_penalty", -2.0, 2.0),
-        ("frequency_penalty", -2.0, 2.0),
-        ("n", 1.0, 128.0),
+fn out_of_range(wire: &WireRequest<'_>) -> Result<(), (&'static str, String)> {
+    for (param, value, lo, hi) in [
+        ("temperature", &wire.temperature, 0.0, 2.0),
+        ("top_p", &wire.top_p, 0.0, 1.0),
+        ("presence_penalty", &wire.presence_penalty, -2.0, 2.0),
+        ("frequency_penalty", &wire.frequency_penalty, -2.0, 2.0),
     ] {
-        if let Some(x) = v.get(param).and_then(Value::as_f64) {
-            if !(lo..=hi).contains(&x) {
-                return Some((
+        let Some(value) = value.as_ref().filter(|v| !v.is_null()) else {
+            continue;
+        };
+        match value.as_f64() {
+            Some(x) if (lo..=hi).contains(&x) => {}
+            _ => {
+                return Err((
                     param,
-                    format!("Invalid '{param}': {x} is outside [{lo}, {hi}]."),
-                ));
+                    format!("Invalid '{param}': {value} is not a number in [{lo}, {hi}]."),
+                ))
             }
         }
     }
-    if v.get("messages")
-        .and_then(Value::as_array)
-        .is_some_and(Vec::is_empty)
-    {
-        return Some(("messages", "Invalid 'messages': empty array.".to_owned()));
+    if wire.n == Some(0) || wire.n.is_some_and(|n| n > 128) {
+        return Err(("n", "Invalid 'n': must be from 1 to 128.".to_owned()));
     }
-    None
+    if wire.messages.is_empty() {
+        return Err(("messages", "Invalid 'messages': empty array.".to_owned()));
+    }
+    Ok(())
 }
 
 /// What a test scripted for one request.
@@ -499,24 +518,94 @@ impl Choice {
     }
 
     /// The whole message, as a non-streamed completion carries it.
-    fn message(&self) -> Value {
-        let mut m = json!({
-            "role": "assistant",
-            "content": if self.content_text { Value::from(self.content.concat()) } else { Value::Null },
-            "refusal": if self.refusal.is_empty() { Value::Null } else { Value::from(self.refusal.concat()) },
-        });
-        if !self.reasoning.is_empty() {
-            m["reasoning_content"] = Value::from(self.reasoning.concat());
-        }
-        if !self.tool_calls.is_empty() {
-            m["tool_calls"] = self
+    fn message(&self) -> MessageOut<'_> {
+        MessageOut {
+            content: self.content_text.then(|| self.content.concat()),
+            refusal: (!self.refusal.is_empty()).then(|| self.refusal.concat()),
+            reasoning_content: (!self.reasoning.is_empty()).then(|| self.reasoning.concat()),
+            role: "assistant",
+            tool_calls: self
                 .tool_calls
                 .iter()
-                .map(|c| json!({"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments.concat()}}))
-                .collect();
+                .map(|c| CallOut {
+                    function: FunctionOut {
+                        arguments: c.arguments.concat(),
+                        name: &c.name,
+                    },
+                    id: &c.id,
+                    kind: "function",
+                })
+                .collect(),
         }
-        m
     }
+}
+
+// The JSON a completion is written from: typed (building `Value` maps for
+// every reply made the mock, which shares the bench's cores, costlier than
+// the gateway it measures), members in alphabetical order as a `Value`
+// would write them.
+
+#[derive(Serialize)]
+struct CompletionOut<'a> {
+    choices: Vec<ChoiceOut<'a>>,
+    created: u64,
+    id: &'static str,
+    model: &'a str,
+    object: &'static str,
+    system_fingerprint: &'static str,
+    usage: UsageOut,
+}
+
+#[derive(Serialize)]
+struct ChoiceOut<'a> {
+    finish_reason: &'a str,
+    index: usize,
+    logprobs: Option<Value>,
+    message: MessageOut<'a>,
+}
+
+#[derive(Serialize)]
+struct MessageOut<'a> {
+    content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning_content: Option<String>,
+    refusal: Option<String>,
+    role: &'static str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tool_calls: Vec<CallOut<'a>>,
+}
+
+#[derive(Serialize)]
+struct CallOut<'a> {
+    function: FunctionOut<'a>,
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
+#[derive(Serialize)]
+struct FunctionOut<'a> {
+    arguments: String,
+    name: &'a str,
+}
+
+#[derive(Serialize)]
+struct UsageOut {
+    completion_tokens: usize,
+    completion_tokens_details: ReasoningOut,
+    prompt_tokens: usize,
+    prompt_tokens_details: CachedOut,
+    total_tokens: usize,
+}
+
+#[derive(Serialize)]
+struct ReasoningOut {
+    reasoning_tokens: usize,
+}
+
+#[derive(Serialize)]
+struct CachedOut {
+    cached_tokens: usize,
 }
 
 /// Token counts, estimated as one token per four bytes of text.
@@ -528,14 +617,20 @@ pub(crate) struct Usage {
 }
 
 impl Usage {
+    fn out(self) -> UsageOut {
+        UsageOut {
+            completion_tokens: self.completion_tokens,
+            completion_tokens_details: ReasoningOut {
+                reasoning_tokens: self.reasoning_tokens,
+            },
+            prompt_tokens: self.prompt_tokens,
+            prompt_tokens_details: CachedOut { cached_tokens: 0 },
+            total_tokens: self.prompt_tokens + self.completion_tokens,
+        }
+    }
+
     fn to_json(self) -> Value {
-        json!({
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.prompt_tokens + self.completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": 0},
-            "completion_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
-        })
+        serde_json::to_value(self.out()).unwrap_or(Value::Null)
     }
 }
 
@@ -562,29 +657,26 @@ fn logprobs_of(pieces: &[String]) -> Value {
 
 /// The body of a non-streaming completion.
 pub(crate) fn completion_json(request: &ChatRequest, answer: &Answer) -> Bytes {
-    let choices: Vec<Value> = answer
-        .choices
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
-            json!({
-                "index": i,
-                "message": c.message(),
-                "logprobs": if answer.logprobs { logprobs_of(&c.content) } else { Value::Null },
-                "finish_reason": c.finish_reason,
+    let out = CompletionOut {
+        choices: answer
+            .choices
+            .iter()
+            .enumerate()
+            .map(|(i, c)| ChoiceOut {
+                finish_reason: c.finish_reason,
+                index: i,
+                logprobs: answer.logprobs.then(|| logprobs_of(&c.content)),
+                message: c.message(),
             })
-        })
-        .collect();
-    let out = json!({
-        "id": COMPLETION_ID,
-        "object": "chat.completion",
-        "created": 0,
-        "model": request.model,
-        "choices": choices,
-        "usage": answer.usage.to_json(),
-        "system_fingerprint": FINGERPRINT,
-    });
-    Bytes::from(out.to_string())
+            .collect(),
+        created: 0,
+        id: COMPLETION_ID,
+        model: &request.model,
+        object: "chat.completion",
+        system_fingerprint: FINGERPRINT,
+        usage: answer.usage.out(),
+    };
+    Bytes::from(serde_json::to_vec(&out).unwrap_or_default())
 }
 
 /// Builds the SSE events of one streamed completion, each a whole

@@ -374,16 +374,17 @@ async fn complete(
     latency: Duration,
     request_no: u64,
 ) -> Response<Body> {
-    let Some(request) = ChatRequest::parse(body) else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "request body is not a chat request",
-            None,
-        );
+    let request = match ChatRequest::parse(body) {
+        Ok(Some(request)) => request,
+        Ok(None) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "request body is not a chat request",
+                None,
+            )
+        }
+        Err((param, message)) => return invalid(param, &message),
     };
-    if let Some((param, message)) = chat::out_of_range(body) {
-        return invalid(param, &message);
-    }
     let limit = state.context_limit.load(Ordering::Relaxed);
     if limit > 0 && request.prompt_tokens > limit {
         return context_overflow(limit, request.prompt_tokens);

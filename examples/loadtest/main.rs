@@ -5,9 +5,11 @@
 //! seconds per throughput phase, `--latency-duration 10`, `--connections 64`,
 //! `--sessions 2000`, `--rate 50`, `--context-tokens 136`, `--backend sqlite`,
 //! `--phases all|chat|latency|stream|replicas`, `--postgres-url`,
-//! `--redis-url`, and `--gateway-env KEY=VALUE`, repeatable, to run the
+//! `--redis-url`, `--gateway-env KEY=VALUE`, repeatable, to run the
 //! gateway with other settings: `CHATGATE_LOG__SQL=false`,
-//! `TOKIO_WORKER_THREADS=1`, ...).
+//! `TOKIO_WORKER_THREADS=1`, ..., and `--mock-exe PATH`, another build of
+//! this bench to run the mock from, so that two builds of the gateway are
+//! compared against the same mock).
 //!
 //! Three processes share the machine, as in production: this driver (a
 //! hyper client), the mock upstream and chatgate (both re-executions of
@@ -122,6 +124,10 @@ struct Options {
     postgres_url: String,
     /// Redis for the replicas' shared limits (`--phases replicas`).
     redis_url: String,
+    /// Another build of this bench to run the mock upstream from
+    /// (`--mock-exe`): two gateway builds are compared fairly only against
+    /// the same mock, which shares the machine's cores with them.
+    mock_exe: Option<std::path::PathBuf>,
 }
 
 /// Gateway settings the bench itself sets, and relies on (the durability
@@ -158,6 +164,7 @@ impl Options {
                 .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into()),
             redis_url: std::env::var("CHATGATE_TEST_REDIS_URL")
                 .unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
+            mock_exe: None,
         };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
@@ -196,6 +203,9 @@ impl Options {
                 }
                 "--redis-url" => {
                     o.redis_url = it.next().cloned().ok_or("--redis-url needs a URL")?
+                }
+                "--mock-exe" => {
+                    o.mock_exe = Some(it.next().ok_or("--mock-exe needs a path")?.into());
                 }
                 "--gateway-env" => {
                     let (k, v) = it
@@ -422,7 +432,7 @@ async fn drive(o: Options) -> ExitCode {
     let exe = std::env::current_exe().expect("own path");
     let dir = tempfile::tempdir().expect("temp dir");
 
-    let mut mock = Command::new(&exe)
+    let mut mock = Command::new(o.mock_exe.as_ref().unwrap_or(&exe))
         .arg("__mock")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -62,7 +62,7 @@ impl<'a> History<'a> {
 
     /// The newest message, if any.
     pub fn last(&self) -> Option<MessageRef<'a>> {
-        self.iter().last()
+        self.iter().next_back()
     }
 
     /// The messages, oldest first.

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 
 use super::{ChatModel, ChatRequest, Completion, CompletionStream, StreamEvent};
 use crate::error::{Error, ErrorKind, Result};
-use crate::message::Message;
+use crate::message::{Message, Shape};
 
 mod sse;
 mod wire;
@@ -113,8 +113,12 @@ pub struct UpstreamStats {
     pub ok: AtomicU64,
     /// Calls the upstream kept rate-limiting (429) after every retry.
     pub busy: AtomicU64,
-    /// Calls that failed: 5xx, connection errors, bad replies, refusals.
+    /// Calls that failed: 5xx, connection errors, bad replies, our key
+    /// refused.
     pub failed: AtomicU64,
+    /// Calls the upstream refused as the request's own fault (400, 404,
+    /// 413, 422).
+    pub rejected: AtomicU64,
     /// Calls past their deadline, or streams stalled past their idle time.
     pub timeout: AtomicU64,
     /// Attempts retried after a connection error, 429 or 5xx.
@@ -128,6 +132,7 @@ impl UpstreamStats {
             Err(e) => match e.kind() {
                 ErrorKind::UpstreamBusy => &self.busy,
                 ErrorKind::UpstreamTimeout => &self.timeout,
+                ErrorKind::UpstreamRejected => &self.rejected,
                 _ => &self.failed,
             },
         };
@@ -561,17 +566,32 @@ fn completion_of(body: bytes::Bytes) -> Result<Completion> {
     };
     if let Some(choice) = parsed.choices.into_iter().next() {
         out.finish_reason = choice.finish_reason;
-        if let Some(message) = choice.message {
-            let epoch = chrono::DateTime::<chrono::Utc>::UNIX_EPOCH;
-            let m = Message::from_json(message.get(), epoch).map_err(|e| {
-                Error::new(
-                    ErrorKind::UpstreamFailed,
-                    "Upstream sent an invalid response (a message that is not one)",
-                )
-                .with_source(e)
-            })?;
-            out.content = m.display_text().into_owned();
-            out.wire = m.wire;
+        match choice.message.map(Shape::into_text) {
+            None => {}
+            Some(Some((_, text))) => out.content = text.into_owned(),
+            // More than text: the message is kept whole, read again raw.
+            Some(None) => {
+                let raw: wire::RawResponse<'_> = serde_json::from_slice(&body).map_err(|e| {
+                    Error::new(
+                        ErrorKind::UpstreamFailed,
+                        "Upstream sent an invalid response (bad JSON)",
+                    )
+                    .with_source(e)
+                })?;
+                let message = raw.choices.into_iter().next().and_then(|c| c.message);
+                if let Some(message) = message {
+                    let epoch = chrono::DateTime::<chrono::Utc>::UNIX_EPOCH;
+                    let m = Message::from_json(message.get(), epoch).map_err(|e| {
+                        Error::new(
+                            ErrorKind::UpstreamFailed,
+                            "Upstream sent an invalid response (a message that is not one)",
+                        )
+                        .with_source(e)
+                    })?;
+                    out.content = m.display_text().into_owned();
+                    out.wire = m.wire;
+                }
+            }
         }
     }
     out.raw = Some(body);

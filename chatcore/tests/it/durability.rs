@@ -159,3 +159,83 @@ async fn a_database_from_a_newer_build_is_refused() {
     assert_eq!(err.kind(), ErrorKind::Storage);
     assert!(err.chain().contains("999"), "{}", err.chain());
 }
+
+/// The schema as the release before messages of every kind wrote it
+/// (version 3): a file from then opens, its turns read as text messages,
+/// and turns of any kind follow them in order.
+#[tokio::test]
+async fn a_version_3_file_migrates_and_its_turns_read_as_text() {
+    use chatcore::{Message, MessageStore, Role, SessionStore, Turn};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chat.db");
+    let id = chatcore::SessionId::new_v4();
+    let t = t0().timestamp_millis();
+    {
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE sessions (id BLOB NOT NULL UNIQUE CHECK (length(id) = 16),
+                 created_at INTEGER NOT NULL, active_hour INTEGER NOT NULL,
+                 system_prompt TEXT, metadata TEXT, owner TEXT);
+             CREATE INDEX sessions_by_active_hour ON sessions (active_hour);
+             CREATE TABLE turns (seq INTEGER PRIMARY KEY,
+                 session_id BLOB NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+                 user_content TEXT NOT NULL, user_at INTEGER NOT NULL,
+                 reply_content TEXT NOT NULL, reply_at INTEGER NOT NULL,
+                 prompt_tokens INTEGER, completion_tokens INTEGER);
+             CREATE INDEX turns_by_session ON turns (session_id, seq);
+             CREATE TABLE feedback (seq INTEGER PRIMARY KEY,
+                 session_id BLOB NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+                 text TEXT NOT NULL, rating INTEGER CHECK (rating BETWEEN 1 AND 5),
+                 created_at INTEGER NOT NULL);
+             CREATE INDEX feedback_by_session ON feedback (session_id, seq);
+             CREATE INDEX sessions_by_owner ON sessions (owner) WHERE owner IS NOT NULL;
+             CREATE TABLE api_keys (id TEXT PRIMARY KEY, name TEXT NOT NULL,
+                 hash BLOB NOT NULL CHECK (length(hash) = 32), admin INTEGER NOT NULL,
+                 created_at INTEGER NOT NULL, revoked_at INTEGER);
+             PRAGMA user_version = 3;",
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO sessions (id, created_at, active_hour) VALUES (?1, ?2, 0)",
+            rusqlite::params![&id.as_bytes()[..], t],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO turns (session_id, user_content, user_at, reply_content, reply_at, prompt_tokens, completion_tokens) VALUES (?1, 'old question', ?2, 'old answer', ?3, 10, 2)",
+            rusqlite::params![&id.as_bytes()[..], t, t + 1000],
+        )
+        .unwrap();
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    assert!(user_version(&path) >= 4);
+    assert_eq!(
+        pairs(&store.recent_messages(id, usize::MAX).await.unwrap()),
+        vec![user("old question"), assistant("old answer")]
+    );
+    let at = t0() + chrono::Duration::seconds(5);
+    let call = Message::from_json(
+        r#"{"role":"assistant","content":null,"tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":"{}"}}]}"#,
+        at,
+    )
+    .unwrap();
+    let turn = [Message::text(Role::User, "new question", at), call.clone()];
+    let refs: Vec<_> = turn.iter().map(Message::view).collect();
+    store
+        .append_turn(
+            id,
+            Turn {
+                messages: &refs,
+                usage: None,
+            },
+        )
+        .await
+        .unwrap();
+    let all = store.recent_messages(id, usize::MAX).await.unwrap();
+    assert_eq!(all.len(), 4);
+    assert_eq!(all[3], call);
+    assert_eq!(store.session_usage(id).await.unwrap().prompt_tokens, 10);
+    assert_eq!(
+        store.get_session(id).await.unwrap().unwrap().last_active,
+        at
+    );
+}

@@ -33,6 +33,7 @@ macro_rules! on_postgres {
 }
 
 on_postgres! {
+    "current_thread" => a_version_1_schema_migrates_and_its_messages_read_as_text,
     "current_thread" => a_postgres_store_says_it_is_shared,
     "current_thread" => a_claim_excludes_other_turns_until_released,
     "current_thread" => a_claim_lapses_after_its_ttl_and_fences_its_old_holder,
@@ -547,4 +548,97 @@ async fn a_refused_message_does_not_wait_for_the_claim(schema: TestSchema) {
         "{:?}",
         started.elapsed()
     );
+}
+
+/// The schema as the release before messages of every kind wrote it
+/// (version 1): its messages read as text, and a turn of any kind takes
+/// the positions after them.
+async fn a_version_1_schema_migrates_and_its_messages_read_as_text(schema: TestSchema) {
+    use chatcore::{Message, Turn};
+    let raw = schema.raw().await;
+    raw.batch_execute(&format!(
+        "CREATE SCHEMA {name}; SET search_path TO {name};
+         CREATE TABLE sessions (id uuid PRIMARY KEY, created_at timestamptz NOT NULL,
+             last_active timestamptz NOT NULL, system_prompt text, metadata jsonb, owner text,
+             turns bigint NOT NULL DEFAULT 0, claim uuid, claim_until timestamptz);
+         CREATE INDEX sessions_by_last_active ON sessions (last_active, id);
+         CREATE INDEX sessions_by_owner ON sessions (owner, last_active, id) WHERE owner IS NOT NULL;
+         CREATE TABLE messages (session_id uuid NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+             position bigint NOT NULL, role text NOT NULL CHECK (role IN ('user', 'assistant')),
+             content text NOT NULL, created_at timestamptz NOT NULL,
+             prompt_tokens bigint, completion_tokens bigint, PRIMARY KEY (session_id, position));
+         CREATE TABLE feedback (id bigserial PRIMARY KEY,
+             session_id uuid NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+             text text NOT NULL, rating smallint CHECK (rating BETWEEN 1 AND 5),
+             created_at timestamptz NOT NULL);
+         CREATE INDEX feedback_by_session ON feedback (session_id, id);
+         CREATE TABLE api_keys (id text PRIMARY KEY, name text NOT NULL,
+             hash bytea NOT NULL CHECK (octet_length(hash) = 32), admin boolean NOT NULL,
+             created_at timestamptz NOT NULL, revoked_at timestamptz);
+         CREATE TABLE chatgate_leases (name text PRIMARY KEY, holder uuid NOT NULL,
+             until timestamptz NOT NULL);
+         CREATE TABLE chatgate_schema (version integer NOT NULL);
+         INSERT INTO chatgate_schema (version) VALUES (1);",
+        name = schema.name
+    ))
+    .await
+    .unwrap();
+    let s = session(t0());
+    raw.execute(
+        "INSERT INTO sessions (id, created_at, last_active, turns) VALUES ($1, $2, $3, 1)",
+        &[s.id.as_uuid(), &t0(), &at(1)],
+    )
+    .await
+    .unwrap();
+    raw.execute(
+        "INSERT INTO messages (session_id, position, role, content, created_at, prompt_tokens, completion_tokens) \
+         VALUES ($1, 0, 'user', 'old question', $2, NULL, NULL), ($1, 1, 'assistant', 'old answer', $3, 10, 2)",
+        &[s.id.as_uuid(), &t0(), &at(1)],
+    )
+    .await
+    .unwrap();
+    let store = schema.store().await;
+    assert_eq!(
+        pairs(&store.recent_messages(s.id, usize::MAX).await.unwrap()),
+        vec![user("old question"), assistant("old answer")]
+    );
+    let result = Message::from_json(
+        r#"{"role":"tool","tool_call_id":"c","content":"42"}"#,
+        at(5),
+    )
+    .unwrap();
+    let turn = [
+        result.clone(),
+        Message::text(Role::User, "and?", at(5)),
+        Message::text(Role::Assistant, "done", at(6)),
+    ];
+    let refs: Vec<_> = turn.iter().map(Message::view).collect();
+    store
+        .append_turn(
+            s.id,
+            Turn {
+                messages: &refs,
+                usage: None,
+            },
+        )
+        .await
+        .unwrap();
+    let all = store.recent_messages(s.id, usize::MAX).await.unwrap();
+    assert_eq!(all.len(), 5);
+    assert_eq!(all[2], result);
+    let positions: Vec<i64> = raw
+        .query("SELECT position FROM messages ORDER BY position", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(positions, [0, 1, 2, 3, 4]);
+    let page = store.messages_page(s.id, None, 3).await.unwrap().unwrap();
+    let rest = store
+        .messages_page(s.id, page.next, 10)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!([page.messages, rest.messages].concat(), all);
 }

@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 
 use crate::json::Members;
 use crate::llm::{ChatRequest, Input};
-use crate::message::MessageRef;
+use crate::message::{MessageRef, Shape};
 
 /// Writes `s` as a JSON string.
 fn string(out: &mut Vec<u8>, s: &str) {
@@ -35,7 +35,15 @@ impl<'o> Object<'o> {
             self.out.push(b',');
         }
         self.first = false;
-        string(self.out, key);
+        // Keys are nearly always plain words (ours are): written as they
+        // are, without the escaping pass.
+        if key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            self.out.push(b'"');
+            self.out.extend_from_slice(key.as_bytes());
+            self.out.push(b'"');
+        } else {
+            string(self.out, key);
+        }
         self.out.push(b':');
         self.out
     }
@@ -180,10 +188,12 @@ fn message(out: &mut Vec<u8>, m: &MessageRef<'_>) {
     match m.wire {
         Some(json) => out.extend_from_slice(json.as_bytes()),
         None => {
-            let mut obj = Object::open(out);
-            obj.value("role", m.role.as_str());
-            obj.value("content", m.content);
-            obj.close();
+            // A role's name is a plain word.
+            out.extend_from_slice(b"{\"role\":\"");
+            out.extend_from_slice(m.role.as_str().as_bytes());
+            out.extend_from_slice(b"\",\"content\":");
+            string(out, m.content);
+            out.push(b'}');
         }
     }
 }
@@ -209,6 +219,8 @@ pub(super) fn size_hint(model: &str, r: &ChatRequest<'_>) -> usize {
     160 + model.len() + r.system.map_or(0, |s| s.len() + 40) + history + input + fields
 }
 
+/// A whole reply, read in one pass: each choice's message as far as telling
+/// plain text from more ([`Shape`]), finish reason, usage.
 #[derive(Deserialize)]
 pub(super) struct ResponseBody<'a> {
     #[serde(borrow, default)]
@@ -220,9 +232,23 @@ pub(super) struct ResponseBody<'a> {
 #[derive(Deserialize)]
 pub(super) struct Choice<'a> {
     #[serde(borrow, default)]
-    pub message: Option<&'a RawValue>,
+    pub message: Option<Shape<'a>>,
     #[serde(default)]
     pub finish_reason: Option<String>,
+}
+
+/// The same reply read again for the first choice's message as raw JSON,
+/// when it is more than text (a second pass only then).
+#[derive(Deserialize)]
+pub(super) struct RawResponse<'a> {
+    #[serde(borrow, default)]
+    pub choices: Vec<RawChoice<'a>>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct RawChoice<'a> {
+    #[serde(borrow, default)]
+    pub message: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
