@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Instructions per /chat/ turn, counted by valgrind's callgrind: repeatable
+# for the same binary and inputs, whatever else the machine is doing, so two
+# builds can be compared on a noisy host. Runs the gateway of a load-bench
+# build (`GATEWAY_EXE __gateway`) under callgrind on one runtime thread, in
+# front of the mock of `MOCK_EXE` (default: the same build), on the bench's
+# defaults (SQLite, file logging with content and SQL on), drives 200 then
+# 1,200 sequential turns of one session over one keep-alive connection, and
+# prints the difference divided by 1,000: the start-up cost cancels out.
+#
+# Usage: benches/callgrind.sh GATEWAY_EXE [MOCK_EXE]
+#   e.g. benches/callgrind.sh target/release/examples/loadtest
+set -euo pipefail
+gateway="$(realpath "$1")"
+mock="$(realpath "${2:-$1}")"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+
+cat > "$work/drive.py" <<'PY'
+import http.client, json, sys
+port, n = int(sys.argv[1]), int(sys.argv[2])
+c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+c.request("POST", "/session/initialize_session", body=b"")
+sid = json.loads(c.getresponse().read())["session_id"]
+for i in range(n):
+    body = json.dumps({"session_id": sid, "role": "user", "content": f"Hello, how are you? #{10000 + i}"})
+    c.request("POST", "/chat/", body=body, headers={"Content-Type": "application/json"})
+    r = c.getresponse()
+    r.read()
+    assert r.status == 200, r.status
+PY
+
+# Instructions the gateway ran for $1 turns (start-up included).
+count() {
+    local n=$1 dir="$work/run$1" port mport gw
+    mkdir -p "$dir"
+    coproc MOCK { exec "$mock" __mock; }
+    read -r -u "${MOCK[0]}" mport
+    port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+    # In a directory of its own: no config.toml or .env of the caller's.
+    (cd "$dir" && CHATGATE_SERVER__BIND="127.0.0.1:$port" \
+    CHATGATE_OPENAI__BASE_URL="http://127.0.0.1:$mport/v1" \
+    CHATGATE_STORAGE__PATH="$dir/chat.db" CHATGATE_LOG__FILE="$dir/app.log" \
+    CHATGATE_LOG__STDERR=off CHATGATE_RATE_LIMIT__MESSAGES_PER_MINUTE=1000000 \
+    CHATGATE_OPENAI__CONTEXT_TOKENS=136 TOKIO_WORKER_THREADS=1 \
+        exec valgrind --tool=callgrind --callgrind-out-file="$dir/cg.out" "$gateway" __gateway \
+        >"$dir/gateway.log" 2>&1) &
+    gw=$!
+    for _ in $(seq 1 300); do
+        curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break
+        sleep 0.2
+    done
+    python3 "$work/drive.py" "$port" "$n"
+    kill -TERM "$gw"
+    wait "$gw" || true
+    kill "$MOCK_PID" 2>/dev/null || true
+    wait "$MOCK_PID" 2>/dev/null || true
+    grep -E '^summary:' "$dir/cg.out" | awk '{print $2}'
+}
+
+small="$(count 200)"
+large="$(count 1200)"
+echo "instructions per /chat/ turn: $(( (large - small) / 1000 ))"
