@@ -339,6 +339,57 @@ mod tests {
         assert_eq!(asked.relayed_chunk(&with_null), with_null);
     }
 
+    fn data(frame: &Bytes) -> serde_json::Value {
+        let text = std::str::from_utf8(frame).unwrap();
+        serde_json::from_str(text.strip_prefix("data: ").unwrap().trim_end()).unwrap()
+    }
+
+    /// A model with no raw reply of its own (one embedded in chatcore)
+    /// gets OpenAI's chunks built from its pieces, tool calls included.
+    #[test]
+    fn chunks_are_built_when_there_is_nothing_to_relay() {
+        let mut f = ChatCompletions::new("m".into(), "m".into(), true);
+        let role = f.opening(false).expect("a role chunk");
+        assert_eq!(
+            data(&role)["choices"][0]["delta"],
+            serde_json::json!({"role": "assistant", "content": ""})
+        );
+        let call = ToolCallDelta {
+            index: 0,
+            id: Some("c1".into()),
+            kind: Some("function".into()),
+            name: Some("f".into()),
+            arguments: "{}".into(),
+        };
+        let chunk = data(&f.piece(Piece::ToolCall(&call)).unwrap());
+        assert_eq!(
+            chunk["choices"][0]["delta"]["tool_calls"],
+            serde_json::json!([{"index": 0, "id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}])
+        );
+        let text = data(&f.piece(Piece::Text("Hi")).unwrap());
+        assert_eq!(text["choices"][0]["delta"]["content"], "Hi");
+        let reply = Reply {
+            session_id: None,
+            content: "Hi",
+            wire: None,
+            usage: Some(Usage {
+                prompt_tokens: 3,
+                completion_tokens: 1,
+                cached_tokens: 0,
+            }),
+            finish_reason: Some("tool_calls"),
+            raw: None,
+        };
+        let closing = f.closing(&reply);
+        assert_eq!(closing.len(), 3, "finish, usage, [DONE]");
+        assert_eq!(
+            data(&closing[0])["choices"][0]["finish_reason"],
+            "tool_calls"
+        );
+        assert_eq!(data(&closing[1])["usage"]["total_tokens"], 4);
+        assert_eq!(&closing[2][..], b"data: [DONE]\n\n");
+    }
+
     #[test]
     fn the_usage_chunk_is_passed_on_only_when_asked() {
         let chunk = chatcore::RawChunk {
