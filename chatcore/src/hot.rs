@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use chrono::{DateTime, Utc};
 
-use crate::llm::{History, PackedEntry};
+use crate::history::{History, Packed as PackedEntry};
 use crate::message::{Message, MessageRef};
 use crate::tokens::{message_tokens, orphaned_results};
 use crate::types::{from_millis, Session, SessionId};
@@ -177,6 +177,12 @@ impl Hot {
     /// When the session's last successful turn finished.
     pub(crate) fn last_active(&self) -> DateTime<Utc> {
         from_millis(self.last_active_ms.load(Ordering::Acquire))
+    }
+
+    /// Runs `f` on the session's newest message as cached, unless a turn
+    /// holds the window right now (`None` then).
+    pub(crate) fn peek_last<R>(&self, f: impl FnOnce(Option<MessageRef<'_>>) -> R) -> Option<R> {
+        self.lock().as_ref().map(|w| f(w.last()))
     }
 
     fn lock(&self) -> MutexGuard<'_, Option<Window>> {

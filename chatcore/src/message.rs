@@ -331,41 +331,61 @@ impl<'a> MessageRef<'a> {
         }
     }
 
-    /// The ids of the tool calls an assistant message makes (`tool_calls`
-    /// members' `id`s), in order.
-    pub fn tool_call_ids(&self) -> Vec<String> {
+    /// The calls an assistant message makes, each named as its answer
+    /// names it ([`MessageRef::answers`]): a tool call by its `id`, the
+    /// older single `function_call` as `function:` and its name.
+    pub fn calls(&self) -> Vec<String> {
         #[derive(Deserialize)]
         struct Calls {
             #[serde(default)]
             tool_calls: Option<Vec<Call>>,
+            #[serde(default)]
+            function_call: Option<Function>,
         }
         #[derive(Deserialize)]
         struct Call {
             #[serde(default)]
             id: Option<String>,
         }
+        #[derive(Deserialize)]
+        struct Function {
+            #[serde(default)]
+            name: Option<String>,
+        }
         let Some(json) = self.wire else {
             return Vec::new();
         };
-        serde_json::from_str::<Calls>(json)
-            .ok()
-            .and_then(|c| c.tool_calls)
+        let Ok(calls) = serde_json::from_str::<Calls>(json) else {
+            return Vec::new();
+        };
+        let mut out: Vec<String> = calls
+            .tool_calls
             .unwrap_or_default()
             .into_iter()
             .filter_map(|c| c.id)
-            .collect()
+            .collect();
+        if let Some(name) = calls.function_call.and_then(|f| f.name) {
+            out.push(format!("function:{name}"));
+        }
+        out
     }
 
-    /// The call a tool result answers (`tool_call_id`).
-    pub fn tool_call_id(&self) -> Option<String> {
+    /// The call a tool's or function's result answers: its
+    /// `tool_call_id`, or for the older `function` role `function:` and its
+    /// `name`.
+    pub fn answers(&self) -> Option<String> {
         #[derive(Deserialize)]
-        struct Result {
+        struct Answer {
             #[serde(default)]
             tool_call_id: Option<String>,
+            #[serde(default)]
+            name: Option<String>,
         }
-        serde_json::from_str::<Result>(self.wire?)
-            .ok()?
-            .tool_call_id
+        let answer = serde_json::from_str::<Answer>(self.wire?).ok()?;
+        match self.role {
+            Role::Function => answer.name.map(|n| format!("function:{n}")),
+            _ => answer.tool_call_id,
+        }
     }
 
     /// Whether an assistant message says anything: text, content parts,
@@ -465,11 +485,20 @@ mod tests {
         let parts = Message::from_json(cases[0], at()).unwrap();
         assert_eq!(parts.display_text(), "a");
         let call = Message::from_json(cases[1], at()).unwrap();
-        assert_eq!(call.view().tool_call_ids(), ["c1"]);
+        assert_eq!(call.view().calls(), ["c1"]);
         assert!(call.view().has_substance());
         let result = Message::from_json(cases[2], at()).unwrap();
         assert_eq!(result.role, Role::Tool);
-        assert_eq!(result.view().tool_call_id().as_deref(), Some("c1"));
+        assert_eq!(result.view().answers().as_deref(), Some("c1"));
+        let legacy = Message::from_json(
+            r#"{"role":"assistant","content":null,"function_call":{"name":"f","arguments":"{}"}}"#,
+            at(),
+        )
+        .unwrap();
+        assert_eq!(legacy.view().calls(), ["function:f"]);
+        let answer =
+            Message::from_json(r#"{"role":"function","name":"f","content":"1"}"#, at()).unwrap();
+        assert_eq!(answer.view().answers().as_deref(), Some("function:f"));
     }
 
     #[test]

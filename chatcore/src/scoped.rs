@@ -6,10 +6,14 @@
 
 use crate::caller::Caller;
 use crate::error::{Error, ErrorKind, Result};
+use crate::facade::ChatCore;
+use crate::input::TurnInput;
 use crate::llm::{ChatOptions, ChatRequest, Completion, CompletionStream};
+use crate::quota::take_principal_token;
+use crate::session::SessionInfo;
 use crate::storage::{FeedbackFilter, MessageCursor, MessagePage, SessionCursor};
+use crate::turn::{self, PreparedTurn};
 use crate::types::{Feedback, NewSession, Session, SessionId, Usage};
-use crate::{chat, ChatCore, PreparedTurn, SessionInfo, TurnInput};
 
 /// [`ChatCore`] acting for one [`Caller`].
 #[derive(Debug, Clone)]
@@ -92,7 +96,7 @@ impl<'a> Scoped<'a> {
         input: impl Into<TurnInput<'c>>,
         options: ChatOptions,
     ) -> Result<PreparedTurn<'c>> {
-        chat::prepare(self.core.inner(), &self.caller, id, input.into(), options).await
+        turn::prepare(self.core.inner(), &self.caller, id, input.into(), options).await
     }
 
     /// A request straight to the model, with no session (see
@@ -101,7 +105,7 @@ impl<'a> Scoped<'a> {
     /// # Errors
     /// [`ErrorKind::RateLimited`] past the quota; the upstream kinds.
     pub async fn complete(&self, request: ChatRequest<'_>) -> Result<Completion> {
-        chat::take_principal_token(self.core.inner(), &self.caller).await?;
+        take_principal_token(self.core.inner(), &self.caller).await?;
         self.core.complete(request).await
     }
 
@@ -110,7 +114,7 @@ impl<'a> Scoped<'a> {
     /// # Errors
     /// As [`Scoped::complete`], before the first piece.
     pub async fn stream(&self, request: ChatRequest<'_>) -> Result<CompletionStream> {
-        chat::take_principal_token(self.core.inner(), &self.caller).await?;
+        take_principal_token(self.core.inner(), &self.caller).await?;
         self.core.stream(request).await
     }
 

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use chatcore::keys::KEY_PREFIX;
+use chatcore::KEY_PREFIX;
 use chatcore::{Caller, ChatCore, Principal, SessionId};
 use hyper::header::{HeaderMap, AUTHORIZATION};
 use hyper::StatusCode;

@@ -4,11 +4,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chatcore::rate_limit::{RedisLimiter, RedisLimiterConfig};
 use chatcore::{
     GovernorLimiter, MemoryStore, PostgresOptions, PostgresStore, RateLimiter, SqliteOptions,
     SqliteStore, Store,
 };
+use chatcore::{RedisLimiter, RedisLimiterConfig};
 use slog::{o, Logger};
 
 use crate::config::{AuthMode, Backend, Config, LimiterBackend, OnUnavailable};

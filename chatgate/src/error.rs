@@ -92,6 +92,9 @@ pub struct ApiError {
     /// The upstream's own error body, for an upstream refusal of the
     /// request itself: OpenAI-shaped answers relay it as it came.
     pub upstream_body: Option<Box<bytes::Bytes>>,
+    /// The status is the upstream's own answer to the request (an upstream
+    /// 4xx), which only the OpenAI shape relays.
+    pub relayed: bool,
 }
 
 impl ApiError {
@@ -108,6 +111,7 @@ impl ApiError {
             limit_scope: None,
             code: None,
             upstream_body: None,
+            relayed: false,
         }
     }
 
@@ -124,6 +128,7 @@ impl ApiError {
             limit_scope: None,
             code: None,
             upstream_body: None,
+            relayed: false,
         }
     }
 
@@ -239,6 +244,23 @@ impl ApiError {
         self.respond(status, json_bytes(&body))
     }
 
+    /// The error as the seed API answers it. An upstream's refusal of the
+    /// request is relayed only where the client wrote that request (`/v1`);
+    /// on `/chat/` the gateway wrote it, so the refusal is the gateway's
+    /// problem: 502, the upstream's explanation in the detail and the log.
+    #[must_use]
+    pub fn in_seed_shape(mut self) -> Self {
+        if self.relayed {
+            self.status = StatusCode::BAD_GATEWAY;
+            self.upstream_body = None;
+            self.relayed = false;
+            if let Detail::Message(m) = &self.detail {
+                self.cause = Some(m.to_string());
+            }
+        }
+        self
+    }
+
     /// Whether this error is worth an error-level log line (our fault or
     /// the upstream's, not the client's).
     pub fn is_server_side(&self) -> bool {
@@ -318,6 +340,7 @@ impl From<Error> for ApiError {
                     None => (StatusCode::BAD_REQUEST, None),
                 };
                 let mut out = ApiError::new(status, e.message().to_owned());
+                out.relayed = true;
                 out.upstream_body = body
                     .filter(|b| serde_json::from_slice::<serde::de::IgnoredAny>(b).is_ok())
                     .map(Box::new);
@@ -438,6 +461,25 @@ mod tests {
         assert!(e.cause.is_none(), "the client's fault: no error line");
         let resp = e.into_openai_response();
         assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn an_upstream_refusal_is_the_gateways_problem_on_the_seed_api() {
+        let e = ApiError::from(
+            Error::new(
+                ErrorKind::UpstreamRejected,
+                "Upstream rejected the request: status 404: no such model",
+            )
+            .with_upstream_reply(404, bytes::Bytes::from_static(b"{}")),
+        )
+        .in_seed_shape();
+        assert_eq!(e.status, StatusCode::BAD_GATEWAY);
+        assert!(e.is_server_side());
+        assert!(e.cause.as_deref().unwrap().contains("no such model"));
+        assert!(e.upstream_body.is_none());
+        // Anything else is as it was.
+        let e = ApiError::from(Error::session_expired()).in_seed_shape();
+        assert_eq!(e.status, StatusCode::GONE);
     }
 
     #[test]

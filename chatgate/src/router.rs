@@ -66,6 +66,7 @@ pub async fn serve(
     let mut resp = match result {
         Ok(r) => r,
         Err(e) => {
+            let e = if openai_shape { e } else { e.in_seed_shape() };
             limited = e.limit_scope.map(crate::error::LimitScope::as_str);
             if let Some(cause) = &e.cause {
                 if e.is_server_side() {

@@ -248,7 +248,9 @@ fn find(path: &str) -> Option<Matched<'_>> {
         for seg in route.path {
             let head = match seg {
                 Rest => {
-                    let rest = body.get(taken..).unwrap_or("");
+                    // A trailing slash is no part of the id, as it is no
+                    // part of any other route's path.
+                    let rest = trimmed.get(taken..).unwrap_or("");
                     if rest.is_empty() {
                         continue 'routes;
                     }
@@ -405,6 +407,8 @@ mod tests {
     fn the_model_id_is_the_whole_rest_of_the_path() {
         let m = find("/v1/models/meta-llama/Llama-3-8B-Instruct").unwrap();
         assert_eq!(m.param, "meta-llama/Llama-3-8B-Instruct");
+        let m = find("/v1/models/gpt-4o/").unwrap();
+        assert_eq!(m.param, "gpt-4o");
         let m = find("/session/abc/messages").unwrap();
         assert_eq!(m.param, "abc");
     }

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chatcore::{
-    ChatReply, Completion, CompletionStream, PreparedTurn, RawChunk, SessionId, StreamEvent,
-    ToolCallDelta, TurnEvent, TurnStream, Usage,
+    ChatReply, Completion, CompletionStream, FunctionCallDelta, PreparedTurn, RawChunk, SessionId,
+    StreamEvent, ToolCallDelta, TurnEvent, TurnStream, Usage,
 };
 use hyper::header::HeaderValue;
 use hyper::Response;
@@ -136,6 +136,7 @@ enum Source {
 enum Item {
     Text(String),
     ToolCall(ToolCallDelta),
+    FunctionCall(FunctionCallDelta),
     Refusal(String),
     Raw(RawChunk),
     Usage(Usage),
@@ -158,6 +159,7 @@ impl Source {
                     Err(e) => return Some(Err(e)),
                     Ok(TurnEvent::Delta(t)) => Item::Text(t),
                     Ok(TurnEvent::ToolCall(d)) => Item::ToolCall(d),
+                    Ok(TurnEvent::FunctionCall(d)) => Item::FunctionCall(d),
                     Ok(TurnEvent::Refusal(r)) => Item::Refusal(r),
                     Ok(TurnEvent::Raw(c)) => Item::Raw(c),
                     Ok(TurnEvent::Done(reply)) => Item::Stored(reply),
@@ -168,6 +170,7 @@ impl Source {
                     Err(e) => return Some(Err(e)),
                     Ok(StreamEvent::Delta(t)) => Item::Text(t),
                     Ok(StreamEvent::ToolCall(d)) => Item::ToolCall(d),
+                    Ok(StreamEvent::FunctionCall(d)) => Item::FunctionCall(d),
                     Ok(StreamEvent::Refusal(r)) => Item::Refusal(r),
                     Ok(StreamEvent::Raw(c)) => Item::Raw(c),
                     Ok(StreamEvent::Usage(u)) => Item::Usage(u),
@@ -289,6 +292,10 @@ fn stream_response<F: Framing>(at: Served<'_>, source: Source, mut framing: F) -
                 Some(Ok(Item::ToolCall(call))) => {
                     live.first_piece();
                     live.framing.piece(Piece::ToolCall(&call))
+                }
+                Some(Ok(Item::FunctionCall(call))) => {
+                    live.first_piece();
+                    live.framing.piece(Piece::FunctionCall(&call))
                 }
                 Some(Ok(Item::Raw(chunk))) => live.framing.piece(Piece::Raw(&chunk)),
                 Some(Ok(Item::Usage(u))) => {

@@ -457,8 +457,10 @@ pub(crate) struct Choice {
     /// Refusal pieces.
     pub(crate) refusal: Vec<String>,
     pub(crate) tool_calls: Vec<ToolCall>,
-    /// `"stop"`, `"length"` when the token limit cut the reply, or
-    /// `"tool_calls"`.
+    /// The older `functions` API's one call (its id unused).
+    pub(crate) function_call: Option<ToolCall>,
+    /// `"stop"`, `"length"` when the token limit cut the reply,
+    /// `"tool_calls"` or `"function_call"`.
     pub(crate) finish_reason: &'static str,
 }
 
@@ -473,7 +475,8 @@ impl Choice {
     }
 
     /// A choice from a scripted assistant message: its `content` (a
-    /// string or null), `refusal`, `reasoning_content` and `tool_calls`.
+    /// string or null), `refusal`, `reasoning_content`, `tool_calls` and
+    /// `function_call`.
     fn from_message(m: &Value) -> Choice {
         let text = |key: &str| m.get(key).and_then(Value::as_str).map(split_words);
         let tool_calls: Vec<ToolCall> = m
@@ -502,18 +505,30 @@ impl Choice {
                     .collect()
             })
             .unwrap_or_default();
+        let function_call = m.get("function_call").map(|f| ToolCall {
+            id: String::new(),
+            name: f
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned(),
+            arguments: split_arguments(f.get("arguments").and_then(Value::as_str).unwrap_or("{}")),
+        });
         let content = text("content");
         Choice {
             reasoning: text("reasoning_content").unwrap_or_default(),
             content_text: content.is_some(),
             content: content.unwrap_or_default(),
             refusal: text("refusal").unwrap_or_default(),
-            finish_reason: if tool_calls.is_empty() {
-                "stop"
-            } else {
+            finish_reason: if !tool_calls.is_empty() {
                 "tool_calls"
+            } else if function_call.is_some() {
+                "function_call"
+            } else {
+                "stop"
             },
             tool_calls,
+            function_call,
         }
     }
 
@@ -536,6 +551,10 @@ impl Choice {
                     kind: "function",
                 })
                 .collect(),
+            function_call: self.function_call.as_ref().map(|c| FunctionOut {
+                arguments: c.arguments.concat(),
+                name: &c.name,
+            }),
         }
     }
 }
@@ -567,6 +586,8 @@ struct ChoiceOut<'a> {
 #[derive(Serialize)]
 struct MessageOut<'a> {
     content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    function_call: Option<FunctionOut<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reasoning_content: Option<String>,
     refusal: Option<String>,
@@ -700,7 +721,8 @@ impl Chunks {
     /// A choice's first chunk: the role, with empty content, as upstream
     /// sends it (content null for a reply that will call tools).
     pub(crate) fn role(&self, index: usize, choice: &Choice) -> Bytes {
-        let content = if choice.content_text || choice.tool_calls.is_empty() {
+        let calls = !choice.tool_calls.is_empty() || choice.function_call.is_some();
+        let content = if choice.content_text || !calls {
             Value::from("")
         } else {
             Value::Null
@@ -745,6 +767,16 @@ impl Chunks {
             delta["function"]["name"] = Value::from(call.name.as_str());
         }
         self.choice(index, json!({"tool_calls": [delta]}), None, None)
+    }
+
+    /// A piece of the older API's function call: the first carries its
+    /// name.
+    pub(crate) fn function_call(&self, index: usize, call: &ToolCall, piece: usize) -> Bytes {
+        let mut delta = json!({"arguments": call.arguments.get(piece).map_or("", String::as_str)});
+        if piece == 0 {
+            delta["name"] = Value::from(call.name.as_str());
+        }
+        self.choice(index, json!({"function_call": delta}), None, None)
     }
 
     /// The chunk with an empty delta and the finish reason.

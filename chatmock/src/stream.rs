@@ -241,6 +241,11 @@ impl Plan {
                     out.push(Step::Piece(c.tool_call(i, position, call, piece)));
                 }
             }
+            if let Some(call) = &choice.function_call {
+                for piece in 0..call.arguments.len().max(1) {
+                    out.push(Step::Piece(c.function_call(i, call, piece)));
+                }
+            }
             out.push(Step::Finish(c.finish(i, choice.finish_reason)));
         }
         out

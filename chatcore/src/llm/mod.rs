@@ -20,15 +20,15 @@ use crate::error::Result;
 use crate::message::{Message, MessageRef, Role, WireMessage};
 use crate::types::Usage;
 
-mod history;
 mod openai;
 mod stream;
 
+pub use crate::history::History;
 pub use crate::json::Fields;
-pub use history::History;
-pub(crate) use history::Packed as PackedEntry;
 pub use openai::{OpenAiChat, OpenAiConfig, UpstreamStats, MAX_REPLY_BYTES, OPENAI_BASE_URL};
-pub use stream::{CompletionStream, RawChunk, ReplyBuilder, StreamEvent, ToolCallDelta};
+pub use stream::{
+    CompletionStream, FunctionCallDelta, RawChunk, ReplyBuilder, StreamEvent, ToolCallDelta,
+};
 
 /// One request to the model: optional system prompt, earlier messages
 /// (oldest first), this turn's new messages, and per-request options.

@@ -8,26 +8,28 @@
 //! classified into chatcore kinds and never carry the API key. A reply
 //! body larger than [`MAX_REPLY_BYTES`] is refused rather than buffered.
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
-use reqwest::StatusCode;
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use slog::Logger;
 use tokio::time::Instant;
 
-use super::{ChatModel, ChatRequest, Completion, CompletionStream, StreamEvent};
+use super::{ChatModel, ChatRequest, Completion, CompletionStream};
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::{Message, Shape};
 
+mod reader;
+mod send;
 mod sse;
 mod wire;
 
-use sse::{SseEvent, SseParser};
+use reader::SseSource;
+use send::{read_capped, timed_out};
+use sse::SseParser;
 
 /// The largest reply the adapter reads (16 MiB): a whole non-streamed
 /// body, or one line of a streamed one.
@@ -239,57 +241,6 @@ impl OpenAiChat {
         Arc::clone(&self.stats)
     }
 
-    /// Sends `body` until a non-retryable outcome, the retry budget or the
-    /// deadline ends it; returns the successful response.
-    async fn send(&self, body: Vec<u8>, deadline: Instant) -> Result<reqwest::Response> {
-        // `Bytes` clones are reference-counted: a retry does not copy the body.
-        let body = bytes::Bytes::from(body);
-        let mut attempt: u32 = 0;
-        loop {
-            let outcome = match tokio::time::timeout_at(
-                deadline,
-                self.client.post(self.url.clone()).body(body.clone()).send(),
-            )
-            .await
-            {
-                Err(_) => return Err(timed_out()),
-                Ok(Ok(resp)) => classify(resp).await,
-                Ok(Err(e)) if e.is_timeout() => Attempt::Retry(
-                    Error::new(ErrorKind::UpstreamFailed, "Upstream connection timed out")
-                        .with_source(scrub(e, self.config.api_key.as_deref())),
-                    None,
-                ),
-                Ok(Err(e)) => Attempt::Retry(
-                    Error::new(ErrorKind::UpstreamFailed, "Upstream connection error")
-                        .with_source(scrub(e, self.config.api_key.as_deref())),
-                    None,
-                ),
-            };
-            let (error, hint) = match outcome {
-                Attempt::Done(resp) => return Ok(resp),
-                Attempt::Fail(error) => return Err(error),
-                Attempt::Retry(error, hint) => (error, hint),
-            };
-            if attempt >= self.config.max_retries {
-                return Err(error);
-            }
-            let wait = backoff(self.config.backoff, attempt, hint);
-            if Instant::now() + wait >= deadline {
-                // Waiting would overrun the deadline: report what we know.
-                return Err(error);
-            }
-            if let Some(log) = &self.log {
-                slog::warn!(log, "retrying upstream";
-                    "attempt" => attempt + 1,
-                    "wait_ms" => wait.as_millis() as u64,
-                    "error" => error.chain());
-            }
-            self.stats.retries.fetch_add(1, Ordering::Relaxed);
-            tokio::time::sleep(wait).await;
-            attempt += 1;
-        }
-    }
-
     fn body(&self, request: ChatRequest<'_>, stream: bool) -> Vec<u8> {
         let model = request
             .options
@@ -301,201 +252,6 @@ impl OpenAiChat {
         let mut out = Vec::with_capacity(estimate + estimate / 8);
         wire::write_request(&mut out, model, &request, self.config.temperature, stream);
         out
-    }
-}
-
-fn timed_out() -> Error {
-    Error::new(ErrorKind::UpstreamTimeout, "Upstream timed out")
-}
-
-/// What one attempt came to.
-enum Attempt {
-    Done(reqwest::Response),
-    /// Worth another try, with the upstream's `Retry-After` if it gave one.
-    Retry(Error, Option<Duration>),
-    Fail(Error),
-}
-
-async fn classify(resp: reqwest::Response) -> Attempt {
-    let status = resp.status();
-    if status.is_success() {
-        return Attempt::Done(resp);
-    }
-    let hint = retry_after(resp.headers());
-    if status == StatusCode::TOO_MANY_REQUESTS {
-        let mut e = Error::new(
-            ErrorKind::UpstreamBusy,
-            "Upstream is rate limiting requests (429)",
-        );
-        if let Some(wait) = hint {
-            e = e.with_retry_after(wait);
-        }
-        return Attempt::Retry(e, hint);
-    }
-    if status.is_server_error() {
-        let e = Error::new(
-            ErrorKind::UpstreamFailed,
-            format!("Upstream error: status {}", status.as_u16()),
-        );
-        return Attempt::Retry(e, hint);
-    }
-    if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-        // The body may quote part of the key: it is not read, not logged.
-        return Attempt::Fail(Error::new(
-            ErrorKind::UpstreamFailed,
-            format!(
-                "The upstream refused the gateway's own credentials (status {}): \
-                 check the gateway's API key",
-                status.as_u16()
-            ),
-        ));
-    }
-    // The request's own fault (a parameter the model does not take, a
-    // prompt too long): the upstream's answer is kept for the client, and
-    // trying again, here or elsewhere, would get the same answer.
-    if matches!(status.as_u16(), 400 | 404 | 413 | 422) {
-        let body = read_error_body(resp).await;
-        let mut message = format!("Upstream rejected the request: status {}", status.as_u16());
-        if let Some(said) = error_message(&body) {
-            message.push_str(": ");
-            message.push_str(&said);
-        }
-        let mut e = Error::new(ErrorKind::UpstreamRejected, message);
-        if says_context_overflow(&body) {
-            e = e.with_context_overflow();
-        }
-        return Attempt::Fail(e.with_upstream_reply(status.as_u16(), body));
-    }
-    Attempt::Fail(Error::new(
-        ErrorKind::UpstreamFailed,
-        format!("Upstream rejected the request: status {}", status.as_u16()),
-    ))
-}
-
-/// Up to 64 KiB of an error body (the upstream's explanation; it quotes
-/// our request at most).
-async fn read_error_body(mut resp: reqwest::Response) -> bytes::Bytes {
-    const MAX: usize = 64 * 1024;
-    let mut body = Vec::new();
-    while let Ok(Some(chunk)) = resp.chunk().await {
-        let room = MAX - body.len();
-        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if body.len() >= MAX {
-            break;
-        }
-    }
-    bytes::Bytes::from(body)
-}
-
-/// What an error body says, in OpenAI's shape (`{"error": {"message"}}`)
-/// or the other common ones (`{"error": "…"}`, `{"message"}`,
-/// `{"detail"}`), cut to 500 characters.
-fn error_message(body: &[u8]) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let said = v
-        .pointer("/error/message")
-        .or_else(|| v.get("error"))
-        .or_else(|| v.get("message"))
-        .or_else(|| v.get("detail"))?
-        .as_str()?;
-    Some(said.chars().take(500).collect())
-}
-
-/// Whether an error body says the prompt exceeds the context window, in
-/// the words of OpenAI (`context_length_exceeded`), vLLM ("maximum context
-/// length") or llama.cpp ("exceeds the available context size").
-fn says_context_overflow(body: &[u8]) -> bool {
-    let text = String::from_utf8_lossy(body).to_ascii_lowercase();
-    [
-        "context_length_exceeded",
-        "maximum context length",
-        "context size",
-        "context window",
-    ]
-    .iter()
-    .any(|needle| text.contains(needle))
-}
-
-/// `Retry-After` in seconds, or OpenAI's `retry-after-ms`.
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    if let Some(ms) = headers
-        .get("retry-after-ms")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<f64>().ok())
-    {
-        if ms.is_finite() && ms >= 0.0 {
-            return Some(Duration::from_secs_f64((ms / 1000.0).min(3600.0)));
-        }
-    }
-    let secs = headers
-        .get(RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse::<f64>()
-        .ok()?;
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(3600.0)))
-}
-
-/// Exponential backoff with jitter (a random 50–100% of the step, so
-/// retries from many requests spread out), never shorter than the upstream's
-/// `Retry-After`.
-fn backoff(base: Duration, attempt: u32, hint: Option<Duration>) -> Duration {
-    let ceiling = base.saturating_mul(1u32 << attempt.min(16));
-    let jittered = ceiling.mul_f64(0.5 + fastrand::f64() * 0.5);
-    match hint {
-        Some(h) => h.max(jittered),
-        None => jittered,
-    }
-}
-
-/// Removes the key from an error's text, should a transport error quote it.
-fn scrub(e: reqwest::Error, key: Option<&str>) -> Error {
-    let e = e.without_url();
-    let mut chain = e.to_string();
-    let mut next = std::error::Error::source(&e);
-    while let Some(cause) = next {
-        chain.push_str(": ");
-        chain.push_str(&cause.to_string());
-        next = cause.source();
-    }
-    if let Some(key) = key.filter(|k| !k.is_empty()) {
-        chain = chain.replace(key, "<redacted>");
-    }
-    Error::new(ErrorKind::UpstreamFailed, chain)
-}
-
-fn too_large() -> Error {
-    Error::new(
-        ErrorKind::UpstreamFailed,
-        format!("Upstream reply is larger than {MAX_REPLY_BYTES} bytes"),
-    )
-}
-
-/// The whole body of `resp`, refused past [`MAX_REPLY_BYTES`] (at once
-/// when its `Content-Length` says so).
-async fn read_capped(mut resp: reqwest::Response, key: Option<&str>) -> Result<Vec<u8>> {
-    let declared = resp.content_length().unwrap_or(0);
-    if declared > MAX_REPLY_BYTES as u64 {
-        return Err(too_large());
-    }
-    let mut out = Vec::with_capacity(declared as usize);
-    loop {
-        match resp.chunk().await {
-            Ok(Some(chunk)) => {
-                if out.len() + chunk.len() > MAX_REPLY_BYTES {
-                    return Err(too_large());
-                }
-                out.extend_from_slice(&chunk);
-            }
-            Ok(None) => return Ok(out),
-            Err(e) => {
-                return Err(
-                    Error::new(ErrorKind::UpstreamFailed, "Upstream connection error")
-                        .with_source(scrub(e, key)),
-                )
-            }
-        }
     }
 }
 
@@ -534,16 +290,14 @@ impl OpenAiChat {
         let raw = request.options.raw_reply;
         let body = self.body(request, true);
         let resp = self.send(body, deadline).await?;
-        Ok(CompletionStream::sse(SseSource {
+        Ok(CompletionStream::from_source(SseSource::new(
             resp,
-            parser: SseParser::new(raw),
-            events: VecDeque::new(),
-            first_by: Some(deadline),
-            idle: self.config.stream_idle_timeout,
-            key: self.config.api_key.clone(),
-            ended: false,
-            stats: Arc::clone(&self.stats),
-        }))
+            SseParser::new(raw),
+            deadline,
+            self.config.stream_idle_timeout,
+            self.config.api_key.clone(),
+            Arc::clone(&self.stats),
+        )))
     }
 }
 
@@ -580,8 +334,9 @@ fn completion_of(body: bytes::Bytes) -> Result<Completion> {
                 })?;
                 let message = raw.choices.into_iter().next().and_then(|c| c.message);
                 if let Some(message) = message {
+                    let stored = without_reasoning(message.get());
                     let epoch = chrono::DateTime::<chrono::Utc>::UNIX_EPOCH;
-                    let m = Message::from_json(message.get(), epoch).map_err(|e| {
+                    let m = Message::from_json(&stored, epoch).map_err(|e| {
                         Error::new(
                             ErrorKind::UpstreamFailed,
                             "Upstream sent an invalid response (a message that is not one)",
@@ -598,92 +353,26 @@ fn completion_of(body: bytes::Bytes) -> Result<Completion> {
     Ok(out)
 }
 
-/// A streamed reply being read: polled by whoever reads the
-/// [`CompletionStream`], so each chunk is read only when the previous one
-/// has been taken, and dropping the stream drops the connection (the
-/// upstream sees the request cancelled).
-pub(crate) struct SseSource {
-    resp: reqwest::Response,
-    parser: SseParser,
-    events: VecDeque<SseEvent>,
-    /// Until the first chunk: the call's deadline. Then each gap is
-    /// bounded by `idle` instead.
-    first_by: Option<Instant>,
-    idle: Duration,
-    key: Option<String>,
-    ended: bool,
-    stats: Arc<UpstreamStats>,
-}
+/// Members of a reply's message that are the model's thinking, not its
+/// answer. They reach the client with the reply, but the message kept for
+/// the history goes without them, as a streamed reply's does: reasoning
+/// models neither need them back nor, some of them, accept them.
+const REASONING: [&str; 2] = ["reasoning_content", "reasoning"];
 
-impl fmt::Debug for SseSource {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SseSource")
-            .field("idle", &self.idle)
-            .field("ended", &self.ended)
-            .finish_non_exhaustive()
+/// `message` without its [`REASONING`] members; borrowed when it has none.
+fn without_reasoning(message: &str) -> std::borrow::Cow<'_, str> {
+    use std::borrow::Cow;
+    let Ok(mut fields) = crate::json::Fields::parse(message.as_bytes()) else {
+        return Cow::Borrowed(message);
+    };
+    let mut removed = false;
+    for key in REASONING {
+        removed |= fields.remove(key).is_some();
     }
-}
-
-impl SseSource {
-    /// Whether it hands back the upstream's own chunks.
-    pub(crate) fn relays_raw(&self) -> bool {
-        self.parser.raw()
+    if !removed {
+        return Cow::Borrowed(message);
     }
-
-    pub(crate) async fn next(&mut self) -> Option<Result<StreamEvent>> {
-        loop {
-            if self.ended {
-                return None;
-            }
-            match self.events.pop_front() {
-                Some(SseEvent::Event(e)) => return Some(Ok(e)),
-                Some(SseEvent::Done) => {
-                    self.ended = true;
-                    self.stats.ok.fetch_add(1, Ordering::Relaxed);
-                    return None;
-                }
-                Some(SseEvent::Bad(e)) => {
-                    self.ended = true;
-                    self.stats.failed.fetch_add(1, Ordering::Relaxed);
-                    return Some(Err(e));
-                }
-                None => {}
-            }
-            let wait = match self.first_by {
-                Some(deadline) => tokio::time::timeout_at(deadline, self.resp.chunk()).await,
-                None => tokio::time::timeout(self.idle, self.resp.chunk()).await,
-            };
-            let bytes = match wait {
-                Err(_) => Err(if self.first_by.is_some() {
-                    timed_out()
-                } else {
-                    Error::new(ErrorKind::UpstreamTimeout, "Upstream stream stalled")
-                }),
-                Ok(Err(e)) => Err(Error::new(
-                    ErrorKind::UpstreamFailed,
-                    "Upstream connection error",
-                )
-                .with_source(scrub(e, self.key.as_deref()))),
-                Ok(Ok(None)) => Err(Error::new(
-                    ErrorKind::UpstreamFailed,
-                    "Upstream closed the stream before [DONE]",
-                )),
-                Ok(Ok(Some(bytes))) => Ok(bytes),
-            };
-            match bytes {
-                Ok(bytes) => {
-                    self.first_by = None;
-                    self.parser.feed(&bytes, &mut self.events);
-                }
-                Err(e) => {
-                    self.ended = true;
-                    let e: Result<()> = Err(e);
-                    self.stats.record(&e);
-                    return e.err().map(Err);
-                }
-            }
-        }
-    }
+    serde_json::to_string(&fields).map_or(Cow::Borrowed(message), Cow::Owned)
 }
 
 #[cfg(test)]
@@ -691,28 +380,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_grows_and_honours_retry_after() {
-        let base = Duration::from_millis(100);
-        for attempt in 0..4 {
-            let b = backoff(base, attempt, None);
-            let ceiling = base * (1 << attempt);
-            assert!(b >= ceiling / 2 && b <= ceiling, "{b:?} vs {ceiling:?}");
-        }
-        assert!(backoff(base, 0, Some(Duration::from_secs(2))) >= Duration::from_secs(2));
-    }
-
-    #[test]
-    fn retry_after_reads_seconds_and_ms() {
-        let mut h = HeaderMap::new();
-        h.insert(RETRY_AFTER, HeaderValue::from_static("3"));
-        assert_eq!(retry_after(&h), Some(Duration::from_secs(3)));
-        h.insert("retry-after-ms", HeaderValue::from_static("250"));
-        assert_eq!(retry_after(&h), Some(Duration::from_millis(250)));
-        h.insert("retry-after-ms", HeaderValue::from_static("1e300"));
-        assert_eq!(retry_after(&h), Some(Duration::from_secs(3600)));
-        let mut bad = HeaderMap::new();
-        bad.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
-        assert_eq!(retry_after(&bad), None);
+    fn reasoning_is_not_kept_in_the_stored_message() {
+        use crate::message::WireMessage;
+        let body = bytes::Bytes::from_static(
+            br#"{"choices":[{"message":{"role":"assistant","content":"4","reasoning_content":"2+2 is 4","vendor":1},"finish_reason":"stop"}]}"#,
+        );
+        let c = completion_of(body.clone()).unwrap();
+        assert_eq!(c.content, "4");
+        assert_eq!(
+            c.wire.as_ref().map(WireMessage::as_str),
+            Some(r#"{"role":"assistant","content":"4","vendor":1}"#)
+        );
+        // The client still gets the reply as it came.
+        assert_eq!(c.raw.as_deref(), Some(&body[..]));
+        let plain = r#"{"role":"assistant","content":null,"refusal":"No."}"#;
+        assert!(matches!(
+            without_reasoning(plain),
+            std::borrow::Cow::Borrowed(_)
+        ));
     }
 
     #[test]

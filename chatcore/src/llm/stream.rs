@@ -3,11 +3,14 @@
 //! into a whole reply ([`ReplyBuilder`]): text, a refusal, tool calls
 //! whose names and arguments arrive split across chunks.
 
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+
 use bytes::Bytes;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use super::openai;
 use super::{Completion, Usage, MAX_REPLY_BYTES};
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::{Message, Role, WireMessage};
@@ -29,6 +32,17 @@ pub struct ToolCallDelta {
     pub arguments: String,
 }
 
+/// A piece of the one function call of a reply in OpenAI's older
+/// `functions` API (`function_call`, no id): the first piece carries the
+/// name, later ones add to the arguments.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FunctionCallDelta {
+    /// The function's name (first piece).
+    pub name: Option<String>,
+    /// The next piece of the arguments (JSON text, in pieces).
+    pub arguments: String,
+}
+
 /// One upstream chunk as it was sent, for a gateway that relays it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawChunk {
@@ -47,6 +61,8 @@ pub enum StreamEvent {
     Delta(String),
     /// A piece of a tool call.
     ToolCall(ToolCallDelta),
+    /// A piece of a function call (the older `functions` API).
+    FunctionCall(FunctionCallDelta),
     /// The next piece of a refusal.
     Refusal(String),
     /// Token counts for the whole exchange (usually near the end).
@@ -65,13 +81,32 @@ pub enum StreamEvent {
 /// ends the stream. Dropping the stream cancels the upstream request.
 #[derive(Debug)]
 pub struct CompletionStream {
-    source: Source,
+    source: Box<dyn EventSource>,
 }
 
+/// What a stream reads its events from: a model's own reader (the OpenAI
+/// adapter's server-sent events), or a channel an implementor feeds.
+pub(crate) trait EventSource: Send + fmt::Debug {
+    /// The next event, `None` at the end.
+    fn next(&mut self) -> Pin<Box<dyn Future<Output = Option<Result<StreamEvent>>> + Send + '_>>;
+
+    /// Whether it hands back the upstream's own chunks
+    /// ([`StreamEvent::Raw`]) beside the decoded events.
+    fn relays_raw(&self) -> bool;
+}
+
+/// The events an implementor sends ([`CompletionStream::channel`]).
 #[derive(Debug)]
-enum Source {
-    Channel(mpsc::Receiver<Result<StreamEvent>>),
-    Sse(Box<openai::SseSource>),
+struct Channel(mpsc::Receiver<Result<StreamEvent>>);
+
+impl EventSource for Channel {
+    fn next(&mut self) -> Pin<Box<dyn Future<Output = Option<Result<StreamEvent>>> + Send + '_>> {
+        Box::pin(self.0.recv())
+    }
+
+    fn relays_raw(&self) -> bool {
+        false
+    }
 }
 
 impl CompletionStream {
@@ -79,12 +114,7 @@ impl CompletionStream {
     /// the sender ends the stream.
     pub fn channel(buffer: usize) -> (mpsc::Sender<Result<StreamEvent>>, CompletionStream) {
         let (tx, rx) = mpsc::channel(buffer.max(1));
-        (
-            tx,
-            CompletionStream {
-                source: Source::Channel(rx),
-            },
-        )
+        (tx, CompletionStream::from_source(Channel(rx)))
     }
 
     /// A stream holding every event of `completion` (what a model that
@@ -111,27 +141,22 @@ impl CompletionStream {
         stream
     }
 
-    pub(crate) fn sse(source: openai::SseSource) -> CompletionStream {
+    /// A stream reading `source`.
+    pub(crate) fn from_source(source: impl EventSource + 'static) -> CompletionStream {
         CompletionStream {
-            source: Source::Sse(Box::new(source)),
+            source: Box::new(source),
         }
     }
 
     /// The next event, `None` at the end.
     pub async fn next(&mut self) -> Option<Result<StreamEvent>> {
-        match &mut self.source {
-            Source::Channel(rx) => rx.recv().await,
-            Source::Sse(sse) => sse.next().await,
-        }
+        self.source.next().await
     }
 
     /// Whether this stream hands back the upstream's own chunks
     /// ([`StreamEvent::Raw`]) beside the decoded events.
     pub fn relays_raw(&self) -> bool {
-        match &self.source {
-            Source::Channel(_) => false,
-            Source::Sse(sse) => sse.relays_raw(),
-        }
+        self.source.relays_raw()
     }
 
     /// Reads the whole stream into one completion.
@@ -159,6 +184,8 @@ fn pieces_of(wire: &WireMessage) -> Vec<StreamEvent> {
         refusal: Option<String>,
         #[serde(default)]
         tool_calls: Option<Vec<Call>>,
+        #[serde(default)]
+        function_call: Option<Function>,
     }
     #[derive(serde::Deserialize)]
     struct Call {
@@ -207,6 +234,12 @@ fn pieces_of(wire: &WireMessage) -> Vec<StreamEvent> {
             arguments,
         }));
     }
+    if let Some(f) = shape.function_call {
+        out.push(StreamEvent::FunctionCall(FunctionCallDelta {
+            name: f.name,
+            arguments: f.arguments.unwrap_or_default(),
+        }));
+    }
     out
 }
 
@@ -218,6 +251,8 @@ pub struct ReplyBuilder {
     text: String,
     refusal: String,
     calls: Vec<CallParts>,
+    /// The older API's one function call: its name and arguments.
+    function: Option<(String, String)>,
     usage: Option<Usage>,
     finish_reason: Option<String>,
     bytes: usize,
@@ -274,6 +309,14 @@ impl ReplyBuilder {
                 }
                 call.arguments.push_str(&d.arguments);
             }
+            StreamEvent::FunctionCall(d) => {
+                self.grow(d.arguments.len() + d.name.as_ref().map_or(0, String::len))?;
+                let (name, arguments) = self.function.get_or_insert_with(Default::default);
+                if let Some(n) = &d.name {
+                    name.push_str(n);
+                }
+                arguments.push_str(&d.arguments);
+            }
             StreamEvent::Usage(u) => self.usage = Some(*u),
             StreamEvent::Finish(r) => self.finish_reason = Some(r.clone()),
             StreamEvent::Raw(_) => {}
@@ -297,10 +340,10 @@ impl ReplyBuilder {
         &self.text
     }
 
-    /// The whole reply: plain text, or, with a refusal or tool calls, the
+    /// The whole reply: plain text, or, with a refusal or calls, the
     /// assistant message object OpenAI would have sent whole.
     pub fn finish(mut self) -> Completion {
-        if self.calls.is_empty() && self.refusal.is_empty() {
+        if self.calls.is_empty() && self.refusal.is_empty() && self.function.is_none() {
             return Completion {
                 content: self.text,
                 usage: self.usage,
@@ -316,6 +359,8 @@ impl ReplyBuilder {
             refusal: Option<&'a str>,
             #[serde(skip_serializing_if = "<[_]>::is_empty")]
             tool_calls: &'a [CallOut<'a>],
+            #[serde(skip_serializing_if = "Option::is_none")]
+            function_call: Option<FunctionOut<'a>>,
         }
         #[derive(Serialize)]
         struct CallOut<'a> {
@@ -347,6 +392,10 @@ impl ReplyBuilder {
             content: (!self.text.is_empty()).then_some(self.text.as_str()),
             refusal: (!self.refusal.is_empty()).then_some(self.refusal.as_str()),
             tool_calls: &calls,
+            function_call: self
+                .function
+                .as_ref()
+                .map(|(name, arguments)| FunctionOut { name, arguments }),
         };
         let wire = serde_json::to_string(&out)
             .ok()
@@ -369,6 +418,37 @@ impl ReplyBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_split_function_call_is_joined_and_replays_as_one_piece() {
+        let mut b = ReplyBuilder::default();
+        for event in [
+            StreamEvent::FunctionCall(FunctionCallDelta {
+                name: Some("add".into()),
+                arguments: "{\"a\"".into(),
+            }),
+            StreamEvent::FunctionCall(FunctionCallDelta {
+                name: None,
+                arguments: ":1}".into(),
+            }),
+        ] {
+            b.push(&event).unwrap();
+        }
+        let c = b.finish();
+        let wire = c.wire.clone().expect("more than text");
+        assert_eq!(
+            wire.as_str(),
+            r#"{"role":"assistant","content":null,"function_call":{"name":"add","arguments":"{\"a\":1}"}}"#
+        );
+        let replayed: Vec<StreamEvent> = pieces_of(&wire);
+        assert_eq!(
+            replayed,
+            [StreamEvent::FunctionCall(FunctionCallDelta {
+                name: Some("add".into()),
+                arguments: "{\"a\":1}".into(),
+            })]
+        );
+    }
 
     #[test]
     fn split_tool_calls_are_joined_by_index() {

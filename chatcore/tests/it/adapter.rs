@@ -291,7 +291,7 @@ async fn an_https_base_url_speaks_tls() {
 #[tokio::test]
 async fn a_reply_over_the_size_cap_is_refused_not_buffered() {
     let mock = MockOpenAi::start().await;
-    mock.push(Reply::Text("a".repeat(chatcore::llm::MAX_REPLY_BYTES)));
+    mock.push(Reply::Text("a".repeat(chatcore::MAX_REPLY_BYTES)));
     let model = adapter(&mock);
     let err = complete(&model, "flood me").await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::UpstreamFailed);

@@ -82,7 +82,7 @@ async fn a_tool_loop_is_stored_whole_and_in_order<S: Store + 'static>(store: S) 
         .collect();
     assert_eq!(all, expected);
     assert_eq!(all[0].wire.as_ref().unwrap().as_str(), PARTS);
-    assert_eq!(all[1].view().tool_call_ids(), ["call_1"]);
+    assert_eq!(all[1].view().calls(), ["call_1"]);
     assert_eq!(all[2].role, Role::Tool);
     assert!(all[3].wire.is_none(), "a text reply stays text");
     // The latest few, and the turn context, cut through a turn correctly.

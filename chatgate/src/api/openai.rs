@@ -129,8 +129,12 @@ fn cap_tokens(fields: &mut Fields, cap: u32) {
             continue;
         };
         named = true;
-        // A value that is not a whole number is the upstream's to refuse.
-        if serde_json::from_str::<u64>(raw.get()).is_ok_and(|n| n > u64::from(cap)) {
+        // Only a whole number within the cap stands (a negative one is the
+        // upstream's to refuse). Anything else could slip past it: `null`
+        // means no limit, and some servers read `1e9` or `"900000"` as a
+        // number.
+        let within = serde_json::from_str::<i64>(raw.get()).is_ok_and(|n| n <= i64::from(cap));
+        if !within {
             fields.set(name, raw_number(cap));
         }
     }
@@ -251,5 +255,13 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.openai_body().1["error"]["param"], "seed");
+        // What is not a whole number within the cap becomes the cap.
+        for value in ["null", "1e9", "\"900000\"", "100.5"] {
+            let body = format!(
+                r#"{{"model":"m","messages":[{{"role":"user","content":"x"}}],"max_tokens":{value}}}"#
+            );
+            let c = parse_completions(body.as_bytes(), &policy).unwrap();
+            assert_eq!(c.fields.get("max_tokens").unwrap().get(), "100", "{value}");
+        }
     }
 }

@@ -314,7 +314,7 @@ impl fmt::Debug for OpenAiSection {
 impl Default for OpenAiSection {
     fn default() -> Self {
         OpenAiSection {
-            base_url: chatcore::llm::OPENAI_BASE_URL.to_owned(),
+            base_url: chatcore::OPENAI_BASE_URL.to_owned(),
             model: "gpt-3.5-turbo".to_owned(),
             timeout: Duration::from_secs(60),
             stream_idle_timeout: Duration::from_secs(30),
@@ -582,7 +582,7 @@ impl Config {
                 })
             }
         }
-        if base == chatcore::llm::OPENAI_BASE_URL && self.secrets.openai_api_key.is_none() {
+        if base == chatcore::OPENAI_BASE_URL && self.secrets.openai_api_key.is_none() {
             return Err(ConfigError::Invalid {
                 key: "openai.base_url",
                 expected:

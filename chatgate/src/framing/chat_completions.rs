@@ -175,6 +175,16 @@ impl Framing for ChatCompletions {
                 },
                 None,
             )),
+            Piece::FunctionCall(call) => Some(self.chunk(
+                DeltaOut {
+                    function_call: Some(FunctionOut {
+                        name: call.name.as_deref(),
+                        arguments: &call.arguments,
+                    }),
+                    ..DeltaOut::default()
+                },
+                None,
+            )),
         }
     }
 
@@ -281,6 +291,8 @@ struct DeltaOut<'a> {
     refusal: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tool_calls: Option<[ToolCallOut<'a>; 1]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    function_call: Option<FunctionOut<'a>>,
 }
 
 #[derive(Serialize)]

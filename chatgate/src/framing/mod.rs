@@ -9,7 +9,10 @@ pub mod seed;
 pub(crate) mod sse;
 
 use bytes::Bytes;
-use chatcore::{ChatReply, Completion, RawChunk, SessionId, ToolCallDelta, Usage, WireMessage};
+use chatcore::{
+    ChatReply, Completion, FunctionCallDelta, RawChunk, SessionId, ToolCallDelta, Usage,
+    WireMessage,
+};
 use hyper::Response;
 
 use crate::body::Body;
@@ -66,6 +69,8 @@ pub enum Piece<'a> {
     Text(&'a str),
     /// A piece of a tool call.
     ToolCall(&'a ToolCallDelta),
+    /// A piece of a function call (the older `functions` API).
+    FunctionCall(&'a FunctionCallDelta),
     /// The next piece of a refusal.
     Refusal(&'a str),
     /// The upstream's own chunk.

@@ -56,7 +56,7 @@ impl Framing for Seed {
             Piece::Text(text) => Some(sse::event("delta", &DeltaOut { content: text })),
             // The seed's events carry text; a tool call or refusal shows in
             // `done`'s content (a refusal's text) and in the stored history.
-            Piece::ToolCall(_) | Piece::Refusal(_) | Piece::Raw(_) => None,
+            Piece::ToolCall(_) | Piece::FunctionCall(_) | Piece::Refusal(_) | Piece::Raw(_) => None,
         }
     }
 

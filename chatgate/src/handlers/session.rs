@@ -47,14 +47,14 @@ pub async fn initialize(
     }
     if let Some(quota) = &app.session_quota {
         let key = match caller.principal() {
-            Some(p) => chatcore::rate_limit::key_of(p.id.as_bytes()),
+            Some(p) => chatcore::key_of(p.id.as_bytes()),
             None => {
                 let forwarded = parts
                     .headers
                     .get("x-forwarded-for")
                     .and_then(|v| v.to_str().ok());
                 let client = app.trusted_proxies.client(peer, forwarded);
-                chatcore::rate_limit::key_of(client.to_string().as_bytes())
+                chatcore::key_of(client.to_string().as_bytes())
             }
         };
         if let Decision::Limited { retry_after } = quota.check(key).await? {

@@ -5,8 +5,8 @@
 
 use std::path::Path;
 
-use chatcore::storage::{FeedbackStore, SessionStore};
 use chatcore::{Feedback, Rating, Session, SessionId};
+use chatcore::{FeedbackStore, SessionStore};
 use chatgate::config::AuthMode;
 use chrono::{DateTime, Utc};
 use hyper::Method;

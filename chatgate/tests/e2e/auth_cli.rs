@@ -50,7 +50,7 @@ fn create(dir: &Path, name: &str, admin: bool) -> (String, String) {
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 1, "stdout is the key alone: {out:?}");
     let key = lines[0].to_owned();
-    let id = chatcore::keys::key_id(&key)
+    let id = chatcore::key_id(&key)
         .unwrap_or_else(|| panic!("{key:?} is not cgk_<12 hex>_<64 hex>"))
         .to_owned();
     let tail = &key[4 + 12 + 1..];

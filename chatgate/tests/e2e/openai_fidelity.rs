@@ -420,6 +420,113 @@ async fn upstream_refusals_of_the_request_keep_their_status_and_body() {
     assert_eq!(r.status, 502, "{}", r.text());
     let message = r.json()["error"]["message"].as_str().unwrap().to_owned();
     assert!(message.contains("credentials"), "{message}");
+    // On /chat/ the gateway wrote the request, so a refusal of it is the
+    // gateway's problem: 502, naming what the upstream said.
+    gw.mock.push(Reply::status(404));
+    let r = chat(gw.addr, &id, "hello").await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    let detail = r.detail().as_str().unwrap().to_owned();
+    assert!(detail.contains("status 404"), "{detail}");
+    assert!(messages(gw.addr, &id).await.is_empty(), "nothing stored");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_turn_spends_no_token_and_legacy_functions_loop_too() {
+    let gw = Gateway::start().await;
+    let id = new_session(gw.addr).await;
+    // The older `functions` API: the reply calls a function ...
+    let functions = json!([{"name": "add", "parameters": {"type": "object"}}]);
+    gw.mock.push(Reply::Message(json!({"content": null,
+        "function_call": {"name": "add", "arguments": "{\"a\":1}"}})));
+    // (streamed, so its pieces are put back together to be stored) ...
+    let ask = json!({"model": MODEL, "functions": functions, "stream": true,
+        "messages": [{"role": "user", "content": "1+1?"}]});
+    let mut s = open_stream(
+        gw.addr,
+        COMPLETIONS,
+        &[("x-session-id", &id)],
+        &ask.to_string(),
+    )
+    .await;
+    assert_eq!(s.status, 200);
+    let left: u32 = s.header("x-ratelimit-remaining").unwrap().parse().unwrap();
+    let (events, broke) = s.rest().await;
+    assert!(broke.is_none(), "{broke:?}");
+    assert_eq!(events.last().unwrap().data, "[DONE]");
+    let name = events.iter().filter(|e| e.data != "[DONE]").find_map(|e| {
+        e.json()["choices"][0]["delta"]["function_call"]["name"]
+            .as_str()
+            .map(str::to_owned)
+    });
+    assert_eq!(name.as_deref(), Some("add"), "{events:?}");
+    // ... which only its result may follow; refusing anything else spends
+    // no token and forwards nothing.
+    for wrong in [
+        json!([{"role": "user", "content": "never mind"}]),
+        json!([{"role": "function", "name": "other", "content": "2"}]),
+    ] {
+        let body = json!({"model": MODEL, "messages": wrong});
+        let r = completions(&gw, Some(&id), &body).await;
+        assert_eq!(r.status, 400, "{wrong}: {}", r.text());
+    }
+    assert_eq!(gw.mock.request_count(), 1);
+    let answer = json!({"role": "function", "name": "add", "content": "2"});
+    let body = json!({"model": MODEL, "functions": functions, "messages": [answer]});
+    let r = completions(&gw, Some(&id), &body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let now: u32 = r.header("x-ratelimit-remaining").unwrap().parse().unwrap();
+    assert_eq!(now, left - 1, "only the turns that ran took a token");
+    let sent = &gw.mock.recorded()[1].body["messages"];
+    assert_eq!(sent.as_array().unwrap().len(), 3, "{sent}");
+    assert_eq!(
+        sent[1],
+        json!({"role": "assistant", "content": null,
+            "function_call": {"name": "add", "arguments": "{\"a\":1}"}})
+    );
+    assert_eq!(sent[2], answer);
+    assert_eq!(messages(gw.addr, &id).await.len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reasoning_reaches_the_client_but_not_the_history() {
+    let gw = Gateway::start().await;
+    let id = new_session(gw.addr).await;
+    let ask = json!({"model": MODEL, "messages": [{"role": "user", "content": "2+2?"}]});
+    for stream in [false, true] {
+        gw.mock.push(Reply::Message(json!({"content": "4",
+            "reasoning_content": "two and two make four"})));
+        let mut body = ask.clone();
+        body["stream"] = json!(stream);
+        let said = if stream {
+            reassemble(&chunks(&gw, Some(&id), &body).await)
+        } else {
+            let r = completions(&gw, Some(&id), &body).await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            r.json()["choices"][0]["message"].clone()
+        };
+        assert_eq!(said["reasoning_content"], "two and two make four", "{said}");
+    }
+    let stored = messages(gw.addr, &id).await;
+    assert_eq!(stored.len(), 4);
+    for reply in [&stored[1], &stored[3]] {
+        assert_eq!(reply["content"], "4");
+        assert!(reply.get("reasoning_content").is_none(), "{reply}");
+    }
+    // With `n` > 1, every choice comes back and one reply is stored.
+    let mut body = ask.clone();
+    body["n"] = json!(2);
+    let r = completions(&gw, Some(&id), &body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["choices"].as_array().unwrap().len(), 2);
+    assert_eq!(messages(gw.addr, &id).await.len(), 6);
+    let sent = &gw.mock.recorded()[2].body["messages"];
+    assert!(
+        sent.as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m.get("reasoning_content").is_none()),
+        "{sent}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,7 +10,7 @@ use bytes::Bytes;
 
 use super::wire;
 use crate::error::{Error, ErrorKind};
-use crate::llm::{RawChunk, StreamEvent, ToolCallDelta};
+use crate::llm::{FunctionCallDelta, RawChunk, StreamEvent, ToolCallDelta};
 
 /// One decoded server-sent event of a chat-completions stream.
 #[derive(Debug)]
@@ -140,6 +140,14 @@ fn decode(choice: wire::StreamChoice, events: &mut VecDeque<SseEvent>) {
             name,
             arguments: arguments.unwrap_or_default(),
         })));
+    }
+    if let Some(f) = delta.function_call {
+        events.push_back(SseEvent::Event(StreamEvent::FunctionCall(
+            FunctionCallDelta {
+                name: f.name,
+                arguments: f.arguments.unwrap_or_default(),
+            },
+        )));
     }
     if let Some(reason) = choice.finish_reason {
         events.push_back(SseEvent::Event(StreamEvent::Finish(reason)));

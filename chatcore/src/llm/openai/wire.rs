@@ -310,6 +310,8 @@ pub(super) struct Delta {
     pub refusal: Option<String>,
     #[serde(default)]
     pub tool_calls: Option<Vec<ToolCallPiece>>,
+    #[serde(default)]
+    pub function_call: Option<FunctionPiece>,
 }
 
 #[derive(Deserialize)]

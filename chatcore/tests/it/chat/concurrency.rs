@@ -74,7 +74,7 @@ async fn the_token_is_taken_only_after_validation<S: Store + 'static>(store: S) 
     clock.advance(31 * MINUTE);
     let id = core.sessions().initialize().await.unwrap().session.id;
 
-    let too_long = "a".repeat(chatcore::chat::MAX_MESSAGE_CHARS + 1);
+    let too_long = "a".repeat(chatcore::MAX_MESSAGE_CHARS + 1);
     for _ in 0..5 {
         let kind = |r: chatcore::Result<_>| r.unwrap_err().kind();
         assert_eq!(kind(core.chat(id, "").await), ErrorKind::InvalidInput);

@@ -150,7 +150,7 @@ async fn feedback_is_validated_and_kept_in_order<S: Store + 'static>(store: S) {
         assert_eq!(err.kind(), ErrorKind::InvalidInput, "rating {bad}");
         assert_eq!(err.field(), Some("rating"));
     }
-    let too_long = "x".repeat(chatcore::feedback::MAX_FEEDBACK_CHARS + 1);
+    let too_long = "x".repeat(chatcore::MAX_FEEDBACK_CHARS + 1);
     for bad in ["", "   \n", too_long.as_str()] {
         let err = desk.submit(id, bad, Some(3)).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidInput);

@@ -1,6 +1,7 @@
 //! A borrowed view of a session's earlier messages ([`History`]): a slice
 //! of [`Message`]s, or the hot cache's packed window (one text buffer plus
-//! small fixed-size entries), iterated alike as [`MessageRef`]s.
+//! small fixed-size entries, laid out here so both the cache and the model
+//! request read it), iterated alike as [`MessageRef`]s.
 
 use chrono::{DateTime, Utc};
 

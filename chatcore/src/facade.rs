@@ -1,0 +1,478 @@
+//! [`ChatCore`], the facade every caller holds: built once with
+//! [`ChatCore::builder`], cheap to clone, shared by every request. It owns
+//! what all clones share ([`Inner`]) and hands out the parts: sessions,
+//! feedback, turns, keys, the caller-scoped view.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::caller::Caller;
+use crate::clock::{Clock, SystemClock};
+use crate::error::{Error, Result};
+use crate::feedback::FeedbackDesk;
+use crate::hot::HotSessions;
+use crate::input::TurnInput;
+use crate::keys::KeyRing;
+use crate::llm::{ChatModel, ChatOptions, ChatRequest, Completion, CompletionStream};
+use crate::queue::TurnQueues;
+use crate::rate_limit::{GovernorLimiter, RateLimiter};
+use crate::scoped::Scoped;
+use crate::session::SessionManager;
+use crate::storage::Store;
+use crate::tokens::history_read_limit;
+use crate::turn::{self, ChatReply, PreparedTurn};
+use crate::types::{PurgeReport, SessionId};
+
+/// The facade: sessions, chat turns, feedback, purge. Clone it freely; all
+/// clones share the same state.
+#[derive(Debug, Clone)]
+pub struct ChatCore {
+    inner: Arc<Inner>,
+}
+
+/// What every clone of a [`ChatCore`] shares.
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) model: Arc<dyn ChatModel>,
+    pub(crate) limiter: Arc<dyn RateLimiter>,
+    pub(crate) principal_limiter: Option<Arc<dyn RateLimiter>>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) sessions: SessionManager,
+    pub(crate) feedback: FeedbackDesk,
+    pub(crate) queues: Arc<TurnQueues>,
+    pub(crate) hot: Arc<HotSessions>,
+    pub(crate) system_prompt: Option<String>,
+    pub(crate) context_tokens: usize,
+    pub(crate) history_limit: usize,
+    pub(crate) claim_ttl: Duration,
+}
+
+/// Builds a [`ChatCore`]. Every setting has the product's default.
+#[derive(Debug)]
+pub struct ChatCoreBuilder {
+    store: Option<Arc<dyn Store>>,
+    model: Option<Arc<dyn ChatModel>>,
+    limiter: Option<Arc<dyn RateLimiter>>,
+    principal_limiter: Option<Arc<dyn RateLimiter>>,
+    clock: Arc<dyn Clock>,
+    messages_per_minute: u32,
+    idle_timeout: Duration,
+    retention: Duration,
+    system_prompt: Option<String>,
+    context_tokens: usize,
+    hot_sessions: usize,
+    hot_cache_bytes: usize,
+    claim_ttl: Duration,
+}
+
+impl Default for ChatCoreBuilder {
+    fn default() -> Self {
+        ChatCoreBuilder {
+            store: None,
+            model: None,
+            limiter: None,
+            principal_limiter: None,
+            clock: Arc::new(SystemClock),
+            messages_per_minute: 5,
+            idle_timeout: Duration::from_secs(30 * 60),
+            retention: Duration::from_secs(183 * 24 * 3600),
+            system_prompt: None,
+            context_tokens: 3000,
+            hot_sessions: 10_000,
+            hot_cache_bytes: 32 << 20,
+            claim_ttl: Duration::from_secs(15),
+        }
+    }
+}
+
+impl ChatCoreBuilder {
+    /// The storage backend (required).
+    #[must_use]
+    pub fn store(self, store: impl Store + 'static) -> Self {
+        self.shared_store(Arc::new(store))
+    }
+
+    /// The storage backend, already shared (required unless
+    /// [`ChatCoreBuilder::store`] is used).
+    #[must_use]
+    pub fn shared_store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// The model (required).
+    #[must_use]
+    pub fn model(self, model: impl ChatModel + 'static) -> Self {
+        self.shared_model(Arc::new(model))
+    }
+
+    /// The model, already shared.
+    #[must_use]
+    pub fn shared_model(mut self, model: Arc<dyn ChatModel>) -> Self {
+        self.model = Some(model);
+        self
+    }
+
+    /// Messages per minute per session, with a burst of the same size
+    /// (default 5). Ignored when [`ChatCoreBuilder::rate_limiter`] is set.
+    #[must_use]
+    pub fn messages_per_minute(mut self, n: u32) -> Self {
+        self.messages_per_minute = n;
+        self
+    }
+
+    /// A rate limiter of your own instead of the default GCRA limiter.
+    #[must_use]
+    pub fn rate_limiter(mut self, limiter: Arc<dyn RateLimiter>) -> Self {
+        self.limiter = Some(limiter);
+        self
+    }
+
+    /// A limiter of your own for the principal quota (see
+    /// [`ChatCoreBuilder::principal_messages_per_minute`]), such as a
+    /// `RedisLimiter` shared by several gateways.
+    #[must_use]
+    pub fn principal_rate_limiter(mut self, limiter: Arc<dyn RateLimiter>) -> Self {
+        self.principal_limiter = Some(limiter);
+        self
+    }
+
+    /// How long a turn's claim on its session lasts in a store shared by
+    /// several gateways, unless renewed (default 15 s). A running turn
+    /// renews it every third of that; it bounds how long a session stays
+    /// held after the gateway running its turn dies.
+    #[must_use]
+    pub fn turn_claim_ttl(mut self, d: Duration) -> Self {
+        self.claim_ttl = d;
+        self
+    }
+
+    /// Messages per minute per principal, across all its sessions (off by
+    /// default). Applies to turns made through [`ChatCore::as_caller`]
+    /// with a [`Caller::Principal`].
+    #[must_use]
+    pub fn principal_messages_per_minute(mut self, n: NonZeroU32) -> Self {
+        self.principal_limiter = Some(Arc::new(GovernorLimiter::new(n)));
+        self
+    }
+
+    /// How long a session may stay idle before it expires (default 30 min).
+    #[must_use]
+    pub fn idle_timeout(mut self, d: Duration) -> Self {
+        self.idle_timeout = d;
+        self
+    }
+
+    /// How long an idle session's data is kept (default 183 days).
+    #[must_use]
+    pub fn retention(mut self, d: Duration) -> Self {
+        self.retention = d;
+        self
+    }
+
+    /// The default system prompt; empty means none (the default).
+    #[must_use]
+    pub fn system_prompt(mut self, prompt: impl Into<String>) -> Self {
+        let prompt = prompt.into();
+        self.system_prompt = (!prompt.is_empty()).then_some(prompt);
+        self
+    }
+
+    /// The token budget for system prompt, history and new message
+    /// (default 3000); history is trimmed from the oldest end to fit.
+    #[must_use]
+    pub fn context_tokens(mut self, n: usize) -> Self {
+        self.context_tokens = n;
+        self
+    }
+
+    /// How many sessions the hot-session cache keeps in memory (default
+    /// 10,000; 0 turns it off). With it, a chat turn reads nothing from
+    /// storage: the session and the history that can still fit the context
+    /// budget are in memory. It assumes this facade is the only writer of
+    /// its store's messages, so it is always off on a store shared by
+    /// several gateways ([`MessageStore::shared`](crate::MessageStore::shared)).
+    #[must_use]
+    pub fn hot_sessions(mut self, n: usize) -> Self {
+        self.hot_sessions = n;
+        self
+    }
+
+    /// About how much memory the hot-session cache may hold, in bytes
+    /// (default 32 MiB): system prompts, history text and index, by their
+    /// allocations. Sessions are evicted to stay under it.
+    #[must_use]
+    pub fn hot_cache_bytes(mut self, n: usize) -> Self {
+        self.hot_cache_bytes = n;
+        self
+    }
+
+    /// Where time comes from (default: the system clock).
+    #[must_use]
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Builds the facade.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) when the store or model is missing, or
+    /// `messages_per_minute`, `idle_timeout` or `context_tokens` is zero.
+    pub fn build(self) -> Result<ChatCore> {
+        let store = self
+            .store
+            .ok_or_else(|| Error::invalid("store", "a storage backend is required"))?;
+        let model = self
+            .model
+            .ok_or_else(|| Error::invalid("model", "a model is required"))?;
+        let limiter = match self.limiter {
+            Some(l) => l,
+            None => {
+                let n = NonZeroU32::new(self.messages_per_minute).ok_or_else(|| {
+                    Error::invalid(
+                        "messages_per_minute",
+                        "messages_per_minute must be at least 1",
+                    )
+                })?;
+                Arc::new(GovernorLimiter::new(n))
+            }
+        };
+        if self.idle_timeout.is_zero() {
+            return Err(Error::invalid(
+                "idle_timeout",
+                "idle_timeout must be positive",
+            ));
+        }
+        if self.context_tokens == 0 {
+            return Err(Error::invalid(
+                "context_tokens",
+                "context_tokens must be positive",
+            ));
+        }
+        if self.claim_ttl < Duration::from_millis(30) {
+            return Err(Error::invalid(
+                "turn_claim_ttl",
+                "turn_claim_ttl must be at least 30 ms",
+            ));
+        }
+        // Another gateway may move a shared store's sessions on at any
+        // time; a cache would serve it stale history.
+        let hot_sessions = if store.shared() { 0 } else { self.hot_sessions };
+        let hot = Arc::new(HotSessions::new(
+            hot_sessions,
+            self.hot_cache_bytes,
+            self.context_tokens,
+        ));
+        let sessions = SessionManager::new(
+            Arc::clone(&store),
+            Arc::clone(&self.clock),
+            Arc::clone(&hot),
+            self.idle_timeout,
+            self.retention,
+        );
+        let feedback = FeedbackDesk::new(Arc::clone(&store), Arc::clone(&self.clock));
+        Ok(ChatCore {
+            inner: Arc::new(Inner {
+                store,
+                model,
+                limiter,
+                principal_limiter: self.principal_limiter,
+                clock: self.clock,
+                sessions,
+                feedback,
+                queues: Arc::default(),
+                hot,
+                system_prompt: self.system_prompt,
+                history_limit: history_read_limit(self.context_tokens),
+                context_tokens: self.context_tokens,
+                claim_ttl: self.claim_ttl,
+            }),
+        })
+    }
+}
+
+impl ChatCore {
+    /// A builder with the product's defaults.
+    pub fn builder() -> ChatCoreBuilder {
+        ChatCoreBuilder::default()
+    }
+
+    /// Session management.
+    pub fn sessions(&self) -> &SessionManager {
+        &self.inner.sessions
+    }
+
+    /// Feedback.
+    pub fn feedback(&self) -> &FeedbackDesk {
+        &self.inner.feedback
+    }
+
+    /// The rate limiter in use.
+    pub fn rate_limiter(&self) -> &dyn RateLimiter {
+        &*self.inner.limiter
+    }
+
+    /// The storage backend in use.
+    pub fn store(&self) -> &dyn Store {
+        &*self.inner.store
+    }
+
+    /// Runs one chat turn: `content` from the user to session `id`.
+    ///
+    /// On success the user message and the reply are stored atomically and
+    /// the session's `last_active` moves; on any failure nothing is stored.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) (empty or oversized content),
+    /// [`ErrorKind::SessionNotFound`](crate::ErrorKind::SessionNotFound), [`ErrorKind::SessionExpired`](crate::ErrorKind::SessionExpired),
+    /// [`ErrorKind::RateLimited`](crate::ErrorKind::RateLimited) (with a retry-after), the upstream kinds
+    /// from the model, and [`ErrorKind::Storage`](crate::ErrorKind::Storage).
+    pub async fn chat(&self, id: SessionId, content: &str) -> Result<ChatReply> {
+        self.prepare(id, content, ChatOptions::default())
+            .await?
+            .complete()
+            .await
+    }
+
+    /// Runs the checks of a turn and waits for the session's earlier turns:
+    /// the first half of [`ChatCore::chat`]. Finish it with
+    /// [`PreparedTurn::complete`] or [`PreparedTurn::stream`]; the turn holds
+    /// the session until then (dropping it stores nothing). `input` is the
+    /// user's text (borrowed or owned; an owned one makes a `'static` turn
+    /// that can live inside a streamed response) or messages of any kind
+    /// ([`TurnInput::Messages`]: content parts, tool results).
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput), [`ErrorKind::SessionNotFound`](crate::ErrorKind::SessionNotFound),
+    /// [`ErrorKind::SessionExpired`](crate::ErrorKind::SessionExpired), [`ErrorKind::RateLimited`](crate::ErrorKind::RateLimited) and
+    /// [`ErrorKind::Storage`](crate::ErrorKind::Storage).
+    pub async fn prepare<'c>(
+        &self,
+        id: SessionId,
+        input: impl Into<TurnInput<'c>>,
+        options: ChatOptions,
+    ) -> Result<PreparedTurn<'c>> {
+        turn::prepare(&self.inner, &Caller::Anyone, id, input.into(), options).await
+    }
+
+    /// The facade as `caller` sees it: sessions it may not use do not
+    /// exist, sessions it creates are its own, and admin operations need
+    /// an admin. [`ChatCore`]'s own methods act for [`Caller::Anyone`].
+    pub fn as_caller(&self, caller: Caller) -> Scoped<'_> {
+        Scoped::new(self, caller)
+    }
+
+    /// API keys: create, verify, list, revoke.
+    pub fn keys(&self) -> KeyRing<'_> {
+        KeyRing::new(&*self.inner.store, &*self.inner.clock)
+    }
+
+    pub(crate) fn inner(&self) -> &Arc<Inner> {
+        &self.inner
+    }
+
+    /// Sends a request straight to the model, with no session: nothing is
+    /// checked against a session, limited or stored.
+    ///
+    /// # Errors
+    /// The upstream kinds from the model.
+    pub async fn complete(&self, request: ChatRequest<'_>) -> Result<Completion> {
+        self.inner.model.complete(request).await
+    }
+
+    /// Streams a request straight from the model, with no session (see
+    /// [`ChatCore::complete`]).
+    ///
+    /// # Errors
+    /// The upstream kinds from the model, before the first piece.
+    pub async fn stream(&self, request: ChatRequest<'_>) -> Result<CompletionStream> {
+        self.inner.model.stream(request).await
+    }
+
+    /// Runs one retention sweep: purges sessions idle past retention and
+    /// lets the rate limiter forget idle keys.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Storage`](crate::ErrorKind::Storage); nothing is deleted then.
+    pub async fn sweep(&self) -> Result<PurgeReport> {
+        self.inner.limiter.forget_idle();
+        self.inner.sessions.purge().await
+    }
+
+    /// Spawns a task that calls [`ChatCore::sweep`] every `interval` (the
+    /// first after one interval) and hands each outcome to `report`. Abort
+    /// the returned handle to stop it.
+    pub fn spawn_sweeper<F>(&self, interval: Duration, report: F) -> tokio::task::JoinHandle<()>
+    where
+        F: Fn(Result<PurgeReport>) + Send + Sync + 'static,
+    {
+        let core = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval.max(Duration::from_millis(10)));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await; // the first tick is immediate
+            loop {
+                tick.tick().await;
+                report(core.sweep().await);
+            }
+        })
+    }
+
+    /// How many sessions the hot cache holds now.
+    pub fn cached_sessions(&self) -> usize {
+        self.inner.hot.len()
+    }
+
+    /// Checks that storage and the rate limiters' stores are reachable.
+    ///
+    /// # Errors
+    /// The first dependency's error.
+    pub async fn ready(&self) -> Result<()> {
+        self.readiness()
+            .await
+            .into_iter()
+            .try_for_each(|d| d.status)
+    }
+
+    /// Checks each dependency in turn: storage, then the rate limiter (the
+    /// principal limiter too, when it lives elsewhere).
+    pub async fn readiness(&self) -> Vec<Dependency> {
+        let inner = &self.inner;
+        let mut out = vec![
+            Dependency {
+                name: "storage",
+                backend: inner.store.backend(),
+                status: inner.store.ping().await,
+            },
+            Dependency {
+                name: "rate_limiter",
+                backend: inner.limiter.backend(),
+                status: inner.limiter.ping().await,
+            },
+        ];
+        if let Some(p) = &inner.principal_limiter {
+            if p.backend() != inner.limiter.backend() {
+                out.push(Dependency {
+                    name: "principal_rate_limiter",
+                    backend: p.backend(),
+                    status: p.ping().await,
+                });
+            }
+        }
+        out
+    }
+}
+
+/// One dependency's state, from [`ChatCore::readiness`].
+#[derive(Debug)]
+pub struct Dependency {
+    /// What it is for: `storage`, `rate_limiter`.
+    pub name: &'static str,
+    /// What serves it: `sqlite`, `postgres`, `memory`, `redis`.
+    pub backend: &'static str,
+    /// Whether it answered.
+    pub status: Result<()>,
+}
