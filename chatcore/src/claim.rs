@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::facade::Inner;
 use crate::hot::Lease;
 use crate::quota::take_token;
-use crate::storage::{Claim, Store, TurnToken};
+use crate::storage::{Claim, Store, TurnClaims, TurnToken};
 use crate::types::SessionId;
 
 /// Claims session `id` in a shared store, waiting while a turn elsewhere
@@ -38,8 +38,7 @@ pub(crate) async fn claim_session(
     let mut wait = Duration::from_millis(2);
     let (session, history) = loop {
         guard.released = false;
-        match inner
-            .store
+        match claims(&*inner.store)?
             .claim_turn(id, token, ttl, inner.history_limit)
             .await?
         {
@@ -76,6 +75,14 @@ pub(crate) async fn claim_session(
     Ok((guard, lease, taken))
 }
 
+/// The store's claim protocol. A claim is only ever taken on a store that
+/// has one (the facade asks before it claims), so its absence is a bug.
+pub(crate) fn claims(store: &dyn Store) -> Result<&dyn TurnClaims> {
+    store
+        .claims()
+        .ok_or_else(|| Error::internal("a turn claim on a store without claims"))
+}
+
 /// A turn's claim on its session in a shared store. Once held, a
 /// background task renews it while the turn runs (a streamed reply may
 /// outlast any fixed lifetime); dropping the guard stops the renewal and
@@ -109,7 +116,8 @@ impl ClaimGuard {
                 tokio::time::sleep(ttl / 3).await;
                 // A lost claim cannot come back; a failed renewal may be a
                 // blip, and the claim still has two thirds of its life.
-                if let Ok(false) = store.renew_claim(id, token, ttl).await {
+                let Ok(claims) = claims(&*store) else { return };
+                if let Ok(false) = claims.renew_claim(id, token, ttl).await {
                     return;
                 }
             }
@@ -130,7 +138,9 @@ impl Drop for ClaimGuard {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let (store, id, token) = (Arc::clone(&self.store), self.id, self.token);
             runtime.spawn(async move {
-                let _ = store.release_claim(id, token).await;
+                if let Ok(claims) = claims(&*store) {
+                    let _ = claims.release_claim(id, token).await;
+                }
             });
         }
     }

@@ -260,7 +260,11 @@ impl ChatCoreBuilder {
         }
         // Another gateway may move a shared store's sessions on at any
         // time; a cache would serve it stale history.
-        let hot_sessions = if store.shared() { 0 } else { self.hot_sessions };
+        let hot_sessions = if store.claims().is_some() {
+            0
+        } else {
+            self.hot_sessions
+        };
         let hot = Arc::new(HotSessions::new(
             hot_sessions,
             self.hot_cache_bytes,

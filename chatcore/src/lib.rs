@@ -116,7 +116,7 @@ pub use session::{SessionInfo, SessionManager};
 pub use storage::{
     ApiKey, Claim, FeedbackFilter, FeedbackStore, KeyStore, MemoryStore, MessageCursor,
     MessagePage, MessageStore, SessionCursor, SessionStore, SqliteOptions, SqliteStats,
-    SqliteStore, Store, Turn, TurnToken, MAX_TURN_MESSAGES,
+    SqliteStore, Store, Turn, TurnClaims, TurnToken, MAX_TURN_MESSAGES,
 };
 #[cfg(feature = "postgres")]
 pub use storage::{PostgresOptions, PostgresStore};

@@ -178,10 +178,12 @@ impl SessionManager {
     }
 
     /// Deletes every session idle for longer than the retention period,
-    /// with its messages and feedback, in one transaction.
+    /// with its messages and feedback (see
+    /// [`SessionStore::purge_inactive_before`](crate::SessionStore::purge_inactive_before)).
     ///
     /// # Errors
-    /// [`ErrorKind::Storage`](crate::ErrorKind::Storage); nothing is deleted then.
+    /// [`ErrorKind::Storage`](crate::ErrorKind::Storage); what was deleted
+    /// before the failure stays deleted, and the next sweep finishes.
     pub async fn purge(&self) -> Result<PurgeReport> {
         let retention = chrono::Duration::from_std(self.retention).unwrap_or(chrono::Duration::MAX);
         let cutoff = self

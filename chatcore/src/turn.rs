@@ -82,7 +82,7 @@ pub(crate) async fn prepare<'c>(
         }
         None => {
             let slot = inner.queues.enter(id).await;
-            let (lease, taken) = if inner.store.shared() {
+            let (lease, taken) = if inner.store.claims().is_some() {
                 let (guard, lease, taken) = claim_session(inner, caller, id).await?;
                 claim = Some(guard);
                 (lease, taken)
@@ -360,8 +360,7 @@ impl<'c> PreparedTurn<'c> {
         match &mut self.claim {
             None => inner.store.append_turn(self.id, turn).await?,
             Some(claim) => {
-                inner
-                    .store
+                crate::claim::claims(&*inner.store)?
                     .append_claimed_turn(self.id, claim.token, turn)
                     .await?;
                 claim.released = true;

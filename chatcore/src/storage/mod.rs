@@ -1,15 +1,44 @@
-//! Storage backends: three small traits (sessions, messages, feedback) that
-//! a backend implements, and the two backends chatcore ships.
+//! Storage backends: four small traits (sessions, messages, feedback,
+//! keys) that a backend implements, the claim protocol a store shared by
+//! several gateways adds ([`TurnClaims`]), and the three backends chatcore
+//! ships (memory, SQLite, PostgreSQL).
 //!
-//! A backend implements only what only it can provide; conveniences such as
-//! [`MessageStore::load_turn_context`] are provided methods a backend may
-//! override when it can do better (one round trip instead of two). Lookups
-//! return `Option`; a turn's two messages are appended in one atomic call.
+//! Every operation the gateway needs is a required method, so a backend
+//! that lacks one does not compile:
+//!
+//! ```compile_fail
+//! use async_trait::async_trait;
+//! use chatcore::{PurgeReport, Result, Session, SessionId, SessionStore};
+//! use chrono::{DateTime, Utc};
+//!
+//! #[derive(Debug)]
+//! struct Forgetful;
+//!
+//! // No `delete_session` nor `list_sessions`: refused at compile time,
+//! // never a 500 at run time.
+//! #[async_trait]
+//! impl SessionStore for Forgetful {
+//!     async fn insert_session(&self, _: &Session) -> Result<()> { Ok(()) }
+//!     async fn get_session(&self, _: SessionId) -> Result<Option<Session>> { Ok(None) }
+//!     async fn purge_inactive_before(&self, _: DateTime<Utc>) -> Result<PurgeReport> {
+//!         Ok(PurgeReport::default())
+//!     }
+//! }
+//! ```
+//!
+//! Provided methods are built from the required ones
+//! ([`MessageStore::load_turn_context`] from a session lookup and a history
+//! read, [`MessageStore::messages_page`] from the history); a backend
+//! overrides them when it can do better (one round trip instead of two).
+//! Lookups return `Option`; a turn's messages are appended in one atomic
+//! call.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::error::{Error, ErrorKind, Result};
+#[cfg(doc)]
+use crate::error::ErrorKind;
+use crate::error::Result;
 use crate::message::{Message, MessageRef, Role};
 use crate::types::{Feedback, PurgeReport, Session, SessionId, Usage};
 
@@ -38,40 +67,34 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug {
     /// [`ErrorKind::Storage`] when the backend fails.
     async fn get_session(&self, id: SessionId) -> Result<Option<Session>>;
 
-    /// Deletes, in one transaction, every session whose `last_active` is
-    /// before `cutoff`, with its messages and feedback.
+    /// Deletes every session whose `last_active` is before `cutoff`, with
+    /// its messages and feedback. Each session goes with all of its rows at
+    /// once; a backend may delete sessions in batches, each its own
+    /// transaction, so that turns keep committing during a large purge.
     ///
     /// # Errors
-    /// [`ErrorKind::Storage`] when the backend fails;
-    /// then nothing was deleted.
+    /// [`ErrorKind::Storage`] when the backend fails; the batches before
+    /// the failure stay deleted, and the next sweep finishes the job.
     async fn purge_inactive_before(&self, cutoff: DateTime<Utc>) -> Result<PurgeReport>;
 
     /// Deletes a session with its messages and feedback, all at once;
     /// `false` when there was no such session.
     ///
     /// # Errors
-    /// [`ErrorKind::Storage`] when the backend
-    /// fails (nothing is deleted), or does not support deletion.
-    async fn delete_session(&self, id: SessionId) -> Result<bool> {
-        let _ = id;
-        Err(unsupported("deleting sessions"))
-    }
+    /// [`ErrorKind::Storage`] when the backend fails (nothing is deleted).
+    async fn delete_session(&self, id: SessionId) -> Result<bool>;
 
     /// Up to `limit` sessions, most recently active first, after `after`;
     /// only those owned by `owner` when it is given.
     ///
     /// # Errors
-    /// [`ErrorKind::Storage`] when the backend
-    /// fails, or does not support listing.
+    /// [`ErrorKind::Storage`] when the backend fails.
     async fn list_sessions(
         &self,
         owner: Option<&str>,
         after: Option<SessionCursor>,
         limit: usize,
-    ) -> Result<Vec<Session>> {
-        let _ = (owner, after, limit);
-        Err(unsupported("listing sessions"))
-    }
+    ) -> Result<Vec<Session>>;
 
     /// What kind of store this is, for readiness reports (`"memory"`,
     /// `"sqlite"`, `"postgres"`).
@@ -86,14 +109,6 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug {
     async fn ping(&self) -> Result<()> {
         Ok(())
     }
-}
-
-/// The error of a provided method a backend does not override.
-pub(crate) fn unsupported(what: &str) -> Error {
-    Error::new(
-        ErrorKind::Internal,
-        format!("this storage backend does not support {what}"),
-    )
 }
 
 /// Where a listing of sessions (most recently active first) stopped.
@@ -297,15 +312,11 @@ pub trait MessageStore: SessionStore {
     async fn append_turn(&self, id: SessionId, turn: Turn<'_>) -> Result<()>;
 
     /// The tokens a session's stored turns cost, summed (turns whose usage
-    /// was not reported count zero). A backend that does not keep usage
-    /// reports zero, which the provided version does.
+    /// was not reported count zero).
     ///
     /// # Errors
     /// [`ErrorKind::Storage`] when the backend fails.
-    async fn session_usage(&self, id: SessionId) -> Result<Usage> {
-        let _ = id;
-        Ok(Usage::default())
-    }
+    async fn session_usage(&self, id: SessionId) -> Result<Usage>;
 
     /// Up to `limit` of a session's messages after `after` (from the
     /// oldest when `None`), oldest first; `None` when there is no such
@@ -344,22 +355,29 @@ pub trait MessageStore: SessionStore {
         Ok(Some((session, history)))
     }
 
-    /// Whether other processes write this store at the same time (a
-    /// database server shared by several gateways). A facade on a shared
-    /// store claims each session for the length of a turn
-    /// ([`MessageStore::claim_turn`]) and keeps no hot-session cache, since
-    /// another process may have moved the session on. The provided version
-    /// says no: an in-process or single-file store has one writer.
-    fn shared(&self) -> bool {
-        false
+    /// The claim protocol, for a store that other processes write at the
+    /// same time (a database server shared by several gateways). A facade
+    /// on such a store claims each session for the length of a turn and
+    /// keeps no hot-session cache, since another process may have moved
+    /// the session on. An in-process or single-file store has one writer
+    /// and no claims: the provided version.
+    fn claims(&self) -> Option<&dyn TurnClaims> {
+        None
     }
+}
 
+/// How turns on several gateways sharing one store take turns on a
+/// session: a turn claims the session (a row update with a lifetime, not a
+/// held lock), renews the claim while it runs, and stores its messages only
+/// while it still holds it. Reached through [`MessageStore::claims`].
+#[async_trait]
+pub trait TurnClaims: Send + Sync {
     /// Claims session `id` for one turn, for `ttl` unless renewed, and
     /// loads the session with its latest `limit` messages, all as one step:
     /// [`Claim::Busy`] with the session while another turn (in any
-    /// process) holds an unexpired claim on it. A claim whose holder died lapses after its
-    /// `ttl`, so a crashed gateway holds a session up for at most that long.
-    /// Only shared stores implement it.
+    /// process) holds an unexpired claim on it. A claim whose holder died
+    /// lapses after its `ttl`, so a crashed gateway holds a session up for
+    /// at most that long.
     ///
     /// # Errors
     /// [`ErrorKind::Storage`] or [`ErrorKind::StorageUnavailable`] when the
@@ -370,35 +388,26 @@ pub trait MessageStore: SessionStore {
         token: TurnToken,
         ttl: std::time::Duration,
         limit: usize,
-    ) -> Result<Claim> {
-        let _ = (id, token, ttl, limit);
-        Err(unsupported("turn claims"))
-    }
+    ) -> Result<Claim>;
 
     /// Extends `token`'s claim on `id` to `ttl` from now; `false` when the
     /// claim is no longer held (it lapsed and another turn took it).
     ///
     /// # Errors
-    /// As [`MessageStore::claim_turn`].
+    /// As [`TurnClaims::claim_turn`].
     async fn renew_claim(
         &self,
         id: SessionId,
         token: TurnToken,
         ttl: std::time::Duration,
-    ) -> Result<bool> {
-        let _ = (id, token, ttl);
-        Err(unsupported("turn claims"))
-    }
+    ) -> Result<bool>;
 
     /// Gives up `token`'s claim on `id` (a turn that failed or was
     /// cancelled); nothing happens when it is not held.
     ///
     /// # Errors
-    /// As [`MessageStore::claim_turn`].
-    async fn release_claim(&self, id: SessionId, token: TurnToken) -> Result<()> {
-        let _ = (id, token);
-        Err(unsupported("turn claims"))
-    }
+    /// As [`TurnClaims::claim_turn`].
+    async fn release_claim(&self, id: SessionId, token: TurnToken) -> Result<()>;
 
     /// As [`MessageStore::append_turn`], only while `token` holds the claim
     /// on `id`, releasing it in the same transaction. A claim that lapsed
@@ -413,14 +422,11 @@ pub trait MessageStore: SessionStore {
         id: SessionId,
         token: TurnToken,
         turn: Turn<'_>,
-    ) -> Result<()> {
-        let _ = (id, token, turn);
-        Err(unsupported("turn claims"))
-    }
+    ) -> Result<()>;
 }
 
 /// Identifies one turn's claim on a session in a shared store (see
-/// [`MessageStore::claim_turn`]): random, so no two turns share one.
+/// [`TurnClaims::claim_turn`]): random, so no two turns share one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TurnToken(pub uuid::Uuid);
 
@@ -437,7 +443,7 @@ impl Default for TurnToken {
     }
 }
 
-/// The outcome of [`MessageStore::claim_turn`].
+/// The outcome of [`TurnClaims::claim_turn`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum Claim {
     /// The claim is held: the session and its latest messages, oldest
@@ -470,17 +476,13 @@ pub trait FeedbackStore: Send + Sync + std::fmt::Debug {
     /// after position `after`; each with its position (to continue from).
     ///
     /// # Errors
-    /// [`ErrorKind::Storage`] when the backend
-    /// fails, or does not support review.
+    /// [`ErrorKind::Storage`] when the backend fails.
     async fn review_feedback(
         &self,
         filter: &FeedbackFilter,
         after: Option<i64>,
         limit: usize,
-    ) -> Result<Vec<(i64, Feedback)>> {
-        let _ = (filter, after, limit);
-        Err(unsupported("feedback review"))
-    }
+    ) -> Result<Vec<(i64, Feedback)>>;
 }
 
 /// Stores API keys: only a SHA-256 hash of each secret is kept. Backends
@@ -491,44 +493,31 @@ pub trait KeyStore: Send + Sync + std::fmt::Debug {
     /// Stores a new key with the hash of its secret.
     ///
     /// # Errors
-    /// [`ErrorKind::Storage`] when the backend
-    /// fails, or does not keep keys.
-    async fn insert_key(&self, key: &ApiKey, hash: &[u8; 32]) -> Result<()> {
-        let _ = (key, hash);
-        Err(unsupported("API keys"))
-    }
+    /// [`ErrorKind::Storage`] when the backend fails.
+    async fn insert_key(&self, key: &ApiKey, hash: &[u8; 32]) -> Result<()>;
 
     /// A key and the hash of its secret, by id.
     ///
     /// # Errors
     /// As [`KeyStore::insert_key`].
-    async fn get_key(&self, id: &str) -> Result<Option<(ApiKey, [u8; 32])>> {
-        let _ = id;
-        Err(unsupported("API keys"))
-    }
+    async fn get_key(&self, id: &str) -> Result<Option<(ApiKey, [u8; 32])>>;
 
     /// Every key, oldest first.
     ///
     /// # Errors
     /// As [`KeyStore::insert_key`].
-    async fn list_keys(&self) -> Result<Vec<ApiKey>> {
-        Err(unsupported("API keys"))
-    }
+    async fn list_keys(&self) -> Result<Vec<ApiKey>>;
 
     /// Marks a key revoked at `at`; `false` when there is no such key (or
     /// it was already revoked).
     ///
     /// # Errors
     /// As [`KeyStore::insert_key`].
-    async fn revoke_key(&self, id: &str, at: DateTime<Utc>) -> Result<bool> {
-        let _ = (id, at);
-        Err(unsupported("API keys"))
-    }
+    async fn revoke_key(&self, id: &str, at: DateTime<Utc>) -> Result<bool>;
 }
 
 /// A complete storage backend: sessions, messages, feedback and API keys.
-/// Implemented automatically for any type that implements the four traits
-/// (whose newer methods have provided bodies).
+/// Implemented automatically for any type that implements the four traits.
 pub trait Store: SessionStore + MessageStore + FeedbackStore + KeyStore {}
 
 impl<T: SessionStore + MessageStore + FeedbackStore + KeyStore> Store for T {}

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use chatcore::{
     ChatCore, Claim, ErrorKind, MessageStore, PostgresOptions, PostgresStore, PurgeReport, Role,
-    Session, SessionId, SessionStore, TurnToken,
+    Session, SessionId, SessionStore, TurnClaims, TurnToken,
 };
 
 use crate::support::pg::TestSchema;
@@ -63,7 +63,7 @@ fn held(claim: Claim) -> (Session, Vec<chatcore::Message>) {
 async fn a_postgres_store_says_it_is_shared(schema: TestSchema) {
     let store = schema.store().await;
     assert_eq!(store.backend(), "postgres");
-    assert!(store.shared());
+    assert!(store.claims().is_some());
     store.ping().await.unwrap();
 
     // A server out of reach is unavailable (503), not a storage bug.

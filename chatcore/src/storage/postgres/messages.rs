@@ -17,7 +17,9 @@ use tokio_postgres::Row;
 use super::{millis, session_from, PostgresStore};
 use crate::error::{Error, Result};
 use crate::message::{Message, Role};
-use crate::storage::{Claim, MessageCursor, MessagePage, MessageStore, Turn, TurnToken};
+use crate::storage::{
+    Claim, MessageCursor, MessagePage, MessageStore, Turn, TurnClaims, TurnToken,
+};
 use crate::types::{SessionId, Usage};
 
 /// The latest `$2` messages, oldest first.
@@ -115,7 +117,7 @@ impl PostgresStore {
 }
 
 impl PostgresStore {
-    /// [`MessageStore::claim_turn`], unbounded.
+    /// [`TurnClaims::claim_turn`], unbounded.
     async fn claim(
         &self,
         id: SessionId,
@@ -261,10 +263,13 @@ impl MessageStore for PostgresStore {
         Ok(Some((session, history)))
     }
 
-    fn shared(&self) -> bool {
-        true
+    fn claims(&self) -> Option<&dyn TurnClaims> {
+        Some(self)
     }
+}
 
+#[async_trait]
+impl TurnClaims for PostgresStore {
     async fn claim_turn(
         &self,
         id: SessionId,

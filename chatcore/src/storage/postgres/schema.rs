@@ -24,7 +24,7 @@ const MIGRATIONS: &[&str] = &[
     // page is one index range scan.
     //
     // `claim`/`claim_until` are a turn's claim on its session (see
-    // `MessageStore::claim_turn`); `claim_until` is on the database's
+    // `TurnClaims::claim_turn`); `claim_until` is on the database's
     // clock, never a gateway's, so clock skew between gateways is moot.
     "CREATE TABLE sessions (
          id            uuid PRIMARY KEY,

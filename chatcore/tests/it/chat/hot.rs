@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chatcore::{
-    ChatCore, Feedback, FeedbackStore, Message, MessageStore, PurgeReport, Result, Session,
-    SessionId, SessionStore, SqliteStore, Store, Turn,
+    ApiKey, ChatCore, Feedback, FeedbackFilter, FeedbackStore, KeyStore, Message, MessageStore,
+    PurgeReport, Result, Session, SessionCursor, SessionId, SessionStore, SqliteStore, Store, Turn,
+    Usage,
 };
 use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
@@ -162,6 +163,19 @@ impl SessionStore for GatedStore {
         self.inner.purge_inactive_before(cutoff).await
     }
 
+    async fn delete_session(&self, id: SessionId) -> Result<bool> {
+        self.inner.delete_session(id).await
+    }
+
+    async fn list_sessions(
+        &self,
+        owner: Option<&str>,
+        after: Option<SessionCursor>,
+        limit: usize,
+    ) -> Result<Vec<Session>> {
+        self.inner.list_sessions(owner, after, limit).await
+    }
+
     async fn ping(&self) -> Result<()> {
         self.inner.ping().await
     }
@@ -184,6 +198,10 @@ impl MessageStore for GatedStore {
         Ok(())
     }
 
+    async fn session_usage(&self, id: SessionId) -> Result<Usage> {
+        self.inner.session_usage(id).await
+    }
+
     async fn load_turn_context(
         &self,
         id: SessionId,
@@ -202,11 +220,35 @@ impl FeedbackStore for GatedStore {
     async fn list_feedback(&self, id: SessionId) -> Result<Vec<Feedback>> {
         self.inner.list_feedback(id).await
     }
+
+    async fn review_feedback(
+        &self,
+        filter: &FeedbackFilter,
+        after: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<(i64, Feedback)>> {
+        self.inner.review_feedback(filter, after, limit).await
+    }
 }
 
-// Keys are not what this store is about: the provided bodies (which
-// refuse) are enough.
-impl chatcore::KeyStore for GatedStore {}
+#[async_trait]
+impl KeyStore for GatedStore {
+    async fn insert_key(&self, key: &ApiKey, hash: &[u8; 32]) -> Result<()> {
+        self.inner.insert_key(key, hash).await
+    }
+
+    async fn get_key(&self, id: &str) -> Result<Option<(ApiKey, [u8; 32])>> {
+        self.inner.get_key(id).await
+    }
+
+    async fn list_keys(&self) -> Result<Vec<ApiKey>> {
+        self.inner.list_keys().await
+    }
+
+    async fn revoke_key(&self, id: &str, at: DateTime<Utc>) -> Result<bool> {
+        self.inner.revoke_key(id, at).await
+    }
+}
 
 /// Runs "first", then "cancel me" (dropped while its `append_turn` is held
 /// at `gate`), then "third". Returns what is stored at the end and the
