@@ -7,15 +7,23 @@
 
 use std::sync::{Arc, Mutex};
 
-use rusqlite::Connection;
+use rusqlite::{CachedStatement, Connection};
 use slog::Logger;
 
 use crate::error::{Error, Result};
 
-/// What a read runs against: a connection, and where its SQL is logged.
+/// What a statement runs against: a connection, and where its SQL is
+/// logged. Every statement of the store is prepared through
+/// [`Sql::prepare`], so none runs unlogged.
 pub(crate) trait Sql {
     fn conn(&self) -> &Connection;
     fn log_sql(&self, sql: &'static str);
+
+    /// `sql`, logged and prepared (from the connection's statement cache).
+    fn prepare(&self, sql: &'static str) -> rusqlite::Result<CachedStatement<'_>> {
+        self.log_sql(sql);
+        self.conn().prepare_cached(sql)
+    }
 }
 
 impl Sql for super::worker::Db {

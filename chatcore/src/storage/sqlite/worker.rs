@@ -18,6 +18,7 @@ use slog::Logger;
 use tokio::sync::{mpsc, oneshot};
 
 use super::checkpoint::Checkpoints;
+use super::reader::Sql;
 use crate::error::{Error, Result};
 
 /// How many queued jobs one transaction may take.
@@ -121,8 +122,7 @@ impl Db {
     /// Runs (and reports) a parameterless statement through the
     /// statement cache.
     fn exec(&self, sql: &'static str) -> rusqlite::Result<()> {
-        self.log_sql(sql);
-        self.conn.prepare_cached(sql)?.execute([])?;
+        Sql::prepare(self, sql)?.execute([])?;
         Ok(())
     }
 }
