@@ -4,8 +4,10 @@
 //! A pool of connections (deadpool) serves every call; a connection is held
 //! only for its own statements or transaction, never across a model call.
 //! Turns of one session are serialised across gateways by claims on the
-//! session's row (`messages`), the retention sweep by a lease (`purge`),
-//! and the schema is migrated under an advisory lock (`schema`).
+//! session's row (`messages.rs`), the retention sweep by a lease
+//! (`purge.rs`), and the schema is migrated under an advisory lock
+//! (`schema.rs`); `sessions.rs`, `feedback.rs` and `keys.rs` hold the
+//! other operations. This file connects and maps errors.
 //!
 //! Every connection runs with a `statement_timeout`; a statement that hits
 //! it, a server out of reach, a pool with no free connection in time and a
@@ -19,20 +21,21 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use slog::Logger;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
-use super::{ApiKey, FeedbackFilter, FeedbackStore, KeyStore, SessionCursor, SessionStore};
 use crate::error::{Error, ErrorKind, Result};
-use crate::types::{from_millis, Feedback, PurgeReport, Rating, Session, SessionId};
+use crate::types::{from_millis, Rating, Session, SessionId};
 
+mod feedback;
+mod keys;
 mod messages;
 mod purge;
 mod schema;
+mod sessions;
 
 /// How a [`PostgresStore`] connects.
 #[derive(Clone)]
@@ -421,234 +424,6 @@ fn session_from(id: SessionId, row: &Row, first: usize) -> Result<Session> {
 /// A rating as stored.
 fn rating_from(value: Option<i16>) -> Result<Option<Rating>> {
     value.map(|r| Rating::new(i64::from(r))).transpose()
-}
-
-const INSERT_SESSION: &str = "INSERT INTO sessions (id, created_at, last_active, system_prompt, metadata, owner) VALUES ($1, $2, $3, $4, $5, $6)";
-const GET_SESSION: &str =
-    "SELECT created_at, last_active, system_prompt, metadata, owner FROM sessions WHERE id = $1";
-const DELETE_SESSION: &str = "DELETE FROM sessions WHERE id = $1";
-const LIST_SESSIONS: &str = "SELECT id, created_at, last_active, system_prompt, metadata, owner FROM sessions WHERE ($1::text IS NULL OR owner = $1) AND ($2::timestamptz IS NULL OR (last_active, id) < ($2, $3::uuid)) ORDER BY last_active DESC, id DESC LIMIT $4";
-const INSERT_FEEDBACK: &str = "INSERT INTO feedback (session_id, text, rating, created_at) SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM sessions WHERE id = $1)";
-const LIST_FEEDBACK: &str =
-    "SELECT text, rating, created_at FROM feedback WHERE session_id = $1 ORDER BY id";
-const REVIEW_FEEDBACK: &str = "SELECT id, session_id, text, rating, created_at FROM feedback WHERE id > $1 AND ($2::timestamptz IS NULL OR created_at >= $2) AND ($3::timestamptz IS NULL OR created_at < $3) AND ($4::uuid IS NULL OR session_id = $4) AND ($5::smallint IS NULL OR rating = $5) ORDER BY id LIMIT $6";
-const INSERT_KEY: &str =
-    "INSERT INTO api_keys (id, name, hash, admin, created_at) VALUES ($1, $2, $3, $4, $5)";
-const GET_KEY: &str =
-    "SELECT id, name, hash, admin, created_at, revoked_at FROM api_keys WHERE id = $1";
-const LIST_KEYS: &str =
-    "SELECT id, name, hash, admin, created_at, revoked_at FROM api_keys ORDER BY created_at, id";
-const REVOKE_KEY: &str = "UPDATE api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL";
-const PING: &str = "SELECT 1";
-
-/// The longest a readiness probe waits (less when the connect timeout is
-/// shorter): a probe that hangs is as bad as one that fails.
-const PING_BOUND: Duration = Duration::from_secs(2);
-
-#[async_trait]
-impl SessionStore for PostgresStore {
-    fn backend(&self) -> &'static str {
-        "postgres"
-    }
-
-    async fn insert_session(&self, session: &Session) -> Result<()> {
-        self.execute(
-            INSERT_SESSION,
-            &[
-                session.id.as_uuid(),
-                &millis(session.created_at),
-                &millis(session.last_active),
-                &session.system_prompt,
-                &session.metadata,
-                &session.owner,
-            ],
-        )
-        .await?;
-        Ok(())
-    }
-
-    async fn get_session(&self, id: SessionId) -> Result<Option<Session>> {
-        self.query_opt(GET_SESSION, &[id.as_uuid()])
-            .await?
-            .map(|row| session_from(id, &row, 0))
-            .transpose()
-    }
-
-    async fn purge_inactive_before(&self, cutoff: DateTime<Utc>) -> Result<PurgeReport> {
-        self.purge(cutoff).await
-    }
-
-    async fn delete_session(&self, id: SessionId) -> Result<bool> {
-        // Messages and feedback go with it (ON DELETE CASCADE).
-        Ok(self.execute(DELETE_SESSION, &[id.as_uuid()]).await? > 0)
-    }
-
-    async fn list_sessions(
-        &self,
-        owner: Option<&str>,
-        after: Option<SessionCursor>,
-        limit: usize,
-    ) -> Result<Vec<Session>> {
-        let (at, after_id) = match after {
-            Some(c) => (Some(from_millis(c.last_active_ms)), Some(*c.id.as_uuid())),
-            None => (None, None),
-        };
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = self
-            .query(LIST_SESSIONS, &[&owner, &at, &after_id, &limit])
-            .await?;
-        rows.iter()
-            .map(|row| session_from(SessionId::from(row.try_get::<_, uuid::Uuid>(0)?), row, 1))
-            .collect()
-    }
-
-    async fn ping(&self) -> Result<()> {
-        let bound = self.db.connect_timeout.min(PING_BOUND);
-        match tokio::time::timeout(bound, self.query(PING, &[])).await {
-            Ok(answer) => answer.map(|_| ()),
-            Err(_) => Err(Error::storage_unavailable(
-                "PostgreSQL did not answer the readiness probe in time",
-            )),
-        }
-    }
-}
-
-#[async_trait]
-impl FeedbackStore for PostgresStore {
-    async fn insert_feedback(&self, feedback: &Feedback) -> Result<()> {
-        let rating = feedback.rating.map(|r| i16::from(r.get()));
-        let inserted = self
-            .execute(
-                INSERT_FEEDBACK,
-                &[
-                    feedback.session_id.as_uuid(),
-                    &feedback.text,
-                    &rating,
-                    &millis(feedback.created_at),
-                ],
-            )
-            .await;
-        match inserted {
-            Ok(0) => Err(Error::session_not_found()),
-            Ok(_) => Ok(()),
-            // The session was deleted between the check and the insert.
-            Err(e) if is_foreign_key_violation(&e) => Err(Error::session_not_found()),
-            Err(e) => Err(e),
-        }
-    }
-
-    async fn list_feedback(&self, id: SessionId) -> Result<Vec<Feedback>> {
-        let rows = self.query(LIST_FEEDBACK, &[id.as_uuid()]).await?;
-        rows.iter()
-            .map(|row| {
-                Ok(Feedback {
-                    session_id: id,
-                    text: row.try_get(0)?,
-                    rating: rating_from(row.try_get(1)?)?,
-                    created_at: row.try_get(2)?,
-                })
-            })
-            .collect()
-    }
-
-    async fn review_feedback(
-        &self,
-        filter: &FeedbackFilter,
-        after: Option<i64>,
-        limit: usize,
-    ) -> Result<Vec<(i64, Feedback)>> {
-        let session = filter.session_id.map(|id| *id.as_uuid());
-        let rating = filter.rating.map(i16::from);
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = self
-            .query(
-                REVIEW_FEEDBACK,
-                &[
-                    &after.unwrap_or(0),
-                    &filter.since,
-                    &filter.until,
-                    &session,
-                    &rating,
-                    &limit,
-                ],
-            )
-            .await?;
-        rows.iter()
-            .map(|row| {
-                Ok((
-                    row.try_get(0)?,
-                    Feedback {
-                        session_id: SessionId::from(row.try_get::<_, uuid::Uuid>(1)?),
-                        text: row.try_get(2)?,
-                        rating: rating_from(row.try_get(3)?)?,
-                        created_at: row.try_get(4)?,
-                    },
-                ))
-            })
-            .collect()
-    }
-}
-
-/// Whether `e` carries a foreign-key violation (SQLSTATE `23503`).
-fn is_foreign_key_violation(e: &Error) -> bool {
-    std::error::Error::source(e)
-        .and_then(|s| s.downcast_ref::<tokio_postgres::Error>())
-        .and_then(tokio_postgres::Error::code)
-        .is_some_and(|c| *c == tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION)
-}
-
-/// An API key row: the key and the hash of its secret.
-fn key_from(row: &Row) -> Result<(ApiKey, [u8; 32])> {
-    let hash: Vec<u8> = row.try_get(2)?;
-    let hash: [u8; 32] = hash
-        .try_into()
-        .map_err(|_| Error::storage("a key hash is not 32 bytes"))?;
-    Ok((
-        ApiKey {
-            id: row.try_get(0)?,
-            name: row.try_get(1)?,
-            admin: row.try_get(3)?,
-            created_at: row.try_get(4)?,
-            revoked_at: row.try_get(5)?,
-        },
-        hash,
-    ))
-}
-
-#[async_trait]
-impl KeyStore for PostgresStore {
-    async fn insert_key(&self, key: &ApiKey, hash: &[u8; 32]) -> Result<()> {
-        self.execute(
-            INSERT_KEY,
-            &[
-                &key.id,
-                &key.name,
-                &&hash[..],
-                &key.admin,
-                &millis(key.created_at),
-            ],
-        )
-        .await?;
-        Ok(())
-    }
-
-    async fn get_key(&self, id: &str) -> Result<Option<(ApiKey, [u8; 32])>> {
-        // Every lookup reads the shared table: a key revoked through any
-        // gateway is refused by all from the next lookup on.
-        self.query_opt(GET_KEY, &[&id])
-            .await?
-            .map(|row| key_from(&row))
-            .transpose()
-    }
-
-    async fn list_keys(&self) -> Result<Vec<ApiKey>> {
-        let rows = self.query(LIST_KEYS, &[]).await?;
-        rows.iter().map(|row| Ok(key_from(row)?.0)).collect()
-    }
-
-    async fn revoke_key(&self, id: &str, at: DateTime<Utc>) -> Result<bool> {
-        Ok(self.execute(REVOKE_KEY, &[&id, &millis(at)]).await? > 0)
-    }
 }
 
 #[cfg(test)]
