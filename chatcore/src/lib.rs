@@ -42,16 +42,18 @@
 //!   parts, tool calls, tool results). `json.rs`: JSON objects read member
 //!   by member ([`Fields`]). `tokens.rs`: the token estimate and trimming.
 //! - `llm/`: the [`ChatModel`] trait (complete, and stream with a provided
-//!   default), [`ChatRequest`], [`History`], [`CompletionStream`], and the
-//!   OpenAI chat-completions adapter [`OpenAiChat`]; a client's other
-//!   fields travel untouched and the reply can come back as sent, for a
-//!   gateway that relays it.
+//!   default), [`ChatRequest`], [`CompletionStream`], and the OpenAI
+//!   chat-completions adapter [`OpenAiChat`] (`llm/openai/`); a client's
+//!   other fields travel untouched and the reply can come back as sent,
+//!   for a gateway that relays it. `history.rs`: the [`History`] a model
+//!   is sent, borrowed from the cache.
 //! - `storage/`: the storage traits ([`SessionStore`], [`MessageStore`],
-//!   [`FeedbackStore`], [`KeyStore`], together [`Store`]) and three
-//!   backends: [`MemoryStore`], [`SqliteStore`] (one writer thread, group
-//!   commit, WAL, checkpoints off the commit path, a reading connection)
-//!   and, with the `postgres` feature, [`PostgresStore`] (several gateways
-//!   on one database).
+//!   [`FeedbackStore`], [`KeyStore`], together [`Store`]; [`TurnClaims`]
+//!   for a store several gateways share) and three backends: `memory.rs`
+//!   ([`MemoryStore`]), `sqlite/` ([`SqliteStore`]: one writer thread,
+//!   group commit, WAL, checkpoints off the commit path, a reading
+//!   connection) and, with the `postgres` feature, `postgres/`
+//!   ([`PostgresStore`]: several gateways on one database).
 //! - `rate_limit/`: the [`RateLimiter`] trait and two limiters:
 //!   [`GovernorLimiter`] (GCRA in process, exact under concurrency) and,
 //!   with the `redis` feature, [`RedisLimiter`] (GCRA in Redis, shared by
@@ -61,7 +63,8 @@
 //!   ([`KeyRing`]): made once, stored as a hash, verified in constant time.
 //! - `session.rs`: [`SessionManager`] creates, looks up and purges
 //!   sessions; expiry is derived from `last_active` and the idle timeout.
-//!   `feedback.rs`: [`FeedbackDesk`]. `hot.rs`: the hot-session cache.
+//!   `feedback.rs`: [`FeedbackDesk`]. `hot/`: the hot-session cache
+//!   (`window.rs`: one session's packed recent messages).
 //! - `error.rs`: one [`Error`] whose [`ErrorKind`] maps one-to-one onto the
 //!   gateway's error table, with whose fault it is ([`Fault`]).
 //!   `types.rs`: ids and records ([`SessionId`], [`Session`], [`Usage`],

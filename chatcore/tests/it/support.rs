@@ -311,6 +311,7 @@ pub fn assistant(text: &str) -> (Role, String) {
 
 /// Says once per test binary, on the real stderr (libtest captures
 /// `eprintln!` of passing tests), that a group of tests did not run.
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
 pub fn note_skip(what: &str) {
     use std::io::Write;
     static SAID: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
