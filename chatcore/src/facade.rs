@@ -193,7 +193,7 @@ impl ChatCoreBuilder {
     /// storage: the session and the history that can still fit the context
     /// budget are in memory. It assumes this facade is the only writer of
     /// its store's messages, so it is always off on a store shared by
-    /// several gateways ([`MessageStore::shared`](crate::MessageStore::shared)).
+    /// several gateways ([`MessageStore::claims`](crate::MessageStore::claims)).
     #[must_use]
     pub fn hot_sessions(mut self, n: usize) -> Self {
         self.hot_sessions = n;
