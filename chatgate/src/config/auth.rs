@@ -5,6 +5,8 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
+use super::{ConfigError, Secrets};
+
 /// How callers are identified.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -25,6 +27,30 @@ pub enum AuthMode {
 pub struct AuthConfig {
     /// `none`, `session_token` or `required`.
     pub mode: AuthMode,
+}
+
+impl AuthConfig {
+    /// What the types cannot say: any mode but `none` signs and verifies
+    /// with `SECRET_KEY` (HS256), which needs a key at least as long as
+    /// its 256-bit hash (RFC 7518 §3.2).
+    pub(super) fn validate(&self, secrets: &Secrets) -> Result<(), ConfigError> {
+        if self.mode != AuthMode::None {
+            let long_enough = secrets
+                .secret_key
+                .as_ref()
+                .is_some_and(|k| k.expose().len() >= 32);
+            if !long_enough {
+                return Err(ConfigError::Invalid {
+                    key: "auth.mode",
+                    expected:
+                        "SECRET_KEY (environment or .env) of at least 32 bytes: it signs and \
+                               verifies session tokens and JWTs"
+                            .into(),
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Parsed `server.trusted_proxies`: addresses and networks (`10.0.0.0/8`).
@@ -82,6 +108,7 @@ impl TrustedProxies {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Secret;
 
     #[test]
     fn forwarded_for_is_believed_only_from_trusted_proxies() {
@@ -99,5 +126,23 @@ mod tests {
         );
         assert_eq!(t.client(ip("192.0.2.1"), None), ip("192.0.2.1"));
         assert!(TrustedProxies::parse(&["not-an-ip".into()]).is_err());
+    }
+
+    #[test]
+    fn access_control_needs_a_long_secret_key() {
+        let none = AuthConfig::default();
+        assert!(none.validate(&Secrets::default()).is_ok());
+        let required = AuthConfig {
+            mode: AuthMode::Required,
+        };
+        let with_key = |k: &str| Secrets {
+            secret_key: Some(Secret::new(k)),
+            ..Secrets::default()
+        };
+        for secrets in [Secrets::default(), with_key(&"k".repeat(31))] {
+            let e = required.validate(&secrets).unwrap_err().to_string();
+            assert!(e.contains("auth.mode") && e.contains("SECRET_KEY"), "{e}");
+        }
+        assert!(required.validate(&with_key(&"k".repeat(32))).is_ok());
     }
 }

@@ -278,6 +278,8 @@ impl<'de> Deserialize<'de> for ByteSize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::load::tests::sources;
+    use crate::config::Config;
 
     #[test]
     fn sizes_read_with_units_and_write_back_as_read() {
@@ -359,5 +361,36 @@ mod tests {
             ..LogConfig::default()
         };
         assert!(c.validate().unwrap_err().to_string().contains("log.keep"));
+    }
+
+    #[test]
+    fn log_keys_read_from_env_and_name_themselves_when_bad() {
+        let (_d, s) = sources(
+            None,
+            &[
+                ("CHATGATE_LOG__STDERR", "false"),
+                ("CHATGATE_LOG__MAX_SIZE", "10MB"),
+                ("CHATGATE_LOG__KEEP", "2"),
+            ],
+        );
+        let c = Config::load(&s).unwrap().config;
+        assert_eq!(c.log.stderr, StderrLevel::Off);
+        assert_eq!(c.log.max_size, ByteSize(10_000_000));
+        assert_eq!(c.log.keep, 2);
+        for (key, value, named) in [
+            ("CHATGATE_LOG__STDERR", "loud", "log.stderr"),
+            ("CHATGATE_LOG__MAX_SIZE", "lots", "log.max_size"),
+            ("CHATGATE_LOG__MAX_SIZE", "1KiB", "log.max_size"),
+            (
+                "CHATGATE_LOG__MAX_CONTENT_BYTES",
+                "0",
+                "log.max_content_bytes",
+            ),
+            ("CHATGATE_LOG__KEEP", "-1", "log.keep"),
+        ] {
+            let (_d, s) = sources(None, &[(key, value)]);
+            let e = Config::load(&s).unwrap_err().to_string();
+            assert!(e.contains(named), "{key}={value}: {e}");
+        }
     }
 }
