@@ -85,6 +85,29 @@ impl ErrorKind {
     }
 }
 
+/// The quota an [`ErrorKind::RateLimited`] error is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Quota {
+    /// The session's messages per minute.
+    Session,
+    /// The principal's messages per minute, across its sessions.
+    Principal,
+    /// Sessions a caller may create per hour.
+    Sessions,
+}
+
+impl Quota {
+    /// Its name in metrics and logs: `session`, `principal`,
+    /// `sessions_per_hour`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Quota::Session => "session",
+            Quota::Principal => "principal",
+            Quota::Sessions => "sessions_per_hour",
+        }
+    }
+}
+
 /// An error from chatcore.
 ///
 /// `Display` prints this level only: a message that is safe to show a
@@ -94,6 +117,7 @@ pub struct Error {
     kind: ErrorKind,
     message: Cow<'static, str>,
     field: Option<&'static str>,
+    quota: Option<Quota>,
     retry_after: Option<Duration>,
     context_overflow: bool,
     upstream_reply: Option<Box<(u16, bytes::Bytes)>>,
@@ -107,6 +131,7 @@ impl Error {
             kind,
             message: message.into(),
             field: None,
+            quota: None,
             retry_after: None,
             context_overflow: false,
             upstream_reply: None,
@@ -185,8 +210,7 @@ impl Error {
     }
 
     /// Names the request field an [`ErrorKind::InvalidInput`] error is
-    /// about, or the quota ([`ErrorKind::RateLimited`]: `principal`; the
-    /// session's when unnamed).
+    /// about.
     #[must_use]
     pub fn with_field(mut self, field: &'static str) -> Self {
         self.field = Some(field);
@@ -218,6 +242,29 @@ impl Error {
     /// For [`ErrorKind::InvalidInput`]: the request field at fault, if known.
     pub fn field(&self) -> Option<&'static str> {
         self.field
+    }
+
+    /// For [`ErrorKind::RateLimited`]: the quota that refused.
+    pub fn quota(&self) -> Option<Quota> {
+        self.quota
+    }
+
+    /// The [`ErrorKind::RateLimited`] error of `quota`, whose limit is
+    /// `limit`, for a caller who may try again after `retry_after` (said
+    /// in whole seconds, at least one: a client told "0" would retry at
+    /// once).
+    pub fn rate_limited(quota: Quota, limit: u32, retry_after: Duration) -> Self {
+        let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+        let message = match quota {
+            Quota::Session | Quota::Principal => {
+                format!("Rate limit exceeded: {limit} messages per minute")
+            }
+            Quota::Sessions => format!("Rate limit exceeded: {limit} sessions per hour"),
+        };
+        let mut e = Error::new(ErrorKind::RateLimited, message)
+            .with_retry_after(Duration::from_secs(secs.max(1)));
+        e.quota = Some(quota);
+        e
     }
 
     /// For [`ErrorKind::RateLimited`] and [`ErrorKind::UpstreamBusy`]: how

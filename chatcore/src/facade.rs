@@ -38,6 +38,8 @@ pub(crate) struct Inner {
     pub(crate) model: Arc<dyn ChatModel>,
     pub(crate) limiter: Arc<dyn RateLimiter>,
     pub(crate) principal_limiter: Option<Arc<dyn RateLimiter>>,
+    /// Sessions a caller may create per hour, when limited.
+    pub(crate) session_limiter: Option<Arc<dyn RateLimiter>>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) sessions: SessionManager,
     pub(crate) feedback: FeedbackDesk,
@@ -56,6 +58,7 @@ pub struct ChatCoreBuilder {
     model: Option<Arc<dyn ChatModel>>,
     limiter: Option<Arc<dyn RateLimiter>>,
     principal_limiter: Option<Arc<dyn RateLimiter>>,
+    session_limiter: Option<Arc<dyn RateLimiter>>,
     clock: Arc<dyn Clock>,
     messages_per_minute: u32,
     idle_timeout: Duration,
@@ -74,6 +77,7 @@ impl Default for ChatCoreBuilder {
             model: None,
             limiter: None,
             principal_limiter: None,
+            session_limiter: None,
             clock: Arc::new(SystemClock),
             messages_per_minute: 5,
             idle_timeout: Duration::from_secs(30 * 60),
@@ -136,6 +140,24 @@ impl ChatCoreBuilder {
     #[must_use]
     pub fn principal_rate_limiter(mut self, limiter: Arc<dyn RateLimiter>) -> Self {
         self.principal_limiter = Some(limiter);
+        self
+    }
+
+    /// Sessions a caller may create per hour (off by default), keyed by
+    /// its principal, or by the client [`Scoped::with_client`] names for an
+    /// anonymous caller. Applies to sessions made through
+    /// [`ChatCore::as_caller`].
+    #[must_use]
+    pub fn sessions_per_hour(mut self, n: NonZeroU32) -> Self {
+        self.session_limiter = Some(Arc::new(GovernorLimiter::per_hour(n)));
+        self
+    }
+
+    /// A limiter of your own for the sessions-per-hour quota (see
+    /// [`ChatCoreBuilder::sessions_per_hour`]).
+    #[must_use]
+    pub fn session_rate_limiter(mut self, limiter: Arc<dyn RateLimiter>) -> Self {
+        self.session_limiter = Some(limiter);
         self
     }
 
@@ -284,6 +306,7 @@ impl ChatCoreBuilder {
                 model,
                 limiter,
                 principal_limiter: self.principal_limiter,
+                session_limiter: self.session_limiter,
                 clock: self.clock,
                 sessions,
                 feedback,

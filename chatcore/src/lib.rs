@@ -100,7 +100,7 @@ mod types;
 
 pub use caller::{Caller, Principal};
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use error::{BoxError, Error, ErrorKind, Fault, Result};
+pub use error::{BoxError, Error, ErrorKind, Fault, Quota, Result};
 pub use facade::{ChatCore, ChatCoreBuilder, Dependency};
 pub use feedback::{FeedbackDesk, MAX_FEEDBACK_CHARS};
 pub use input::{TurnInput, MAX_MESSAGE_CHARS};

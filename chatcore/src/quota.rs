@@ -1,8 +1,9 @@
-//! The quotas a turn draws on: the caller's principal's (across its
-//! sessions), then the session's; and the error a refusal becomes.
+//! The quotas: a turn draws on the caller's principal's (across its
+//! sessions), then the session's; a new session on the caller's sessions
+//! per hour. A refusal is [`Error::rate_limited`] naming its [`Quota`].
 
 use crate::caller::Caller;
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Quota, Result};
 use crate::facade::Inner;
 use crate::rate_limit::Decision;
 use crate::types::SessionId;
@@ -14,7 +15,11 @@ pub(crate) async fn take_token(inner: &Inner, caller: &Caller, id: SessionId) ->
     take_principal_token(inner, caller).await?;
     match inner.limiter.check(id).await? {
         Decision::Allowed { remaining } => Ok(remaining),
-        Decision::Limited { retry_after } => Err(rate_limited(inner.limiter.limit(), retry_after)),
+        Decision::Limited { retry_after } => Err(Error::rate_limited(
+            Quota::Session,
+            inner.limiter.limit(),
+            retry_after,
+        )),
     }
 }
 
@@ -26,35 +31,59 @@ pub(crate) async fn take_principal_token(inner: &Inner, caller: &Caller) -> Resu
             .check(crate::rate_limit::key_of(p.id.as_bytes()))
             .await?
         {
-            // The field names the quota, so an operator can tell the
-            // principal's refusals from the session's.
-            return Err(rate_limited(limiter.limit(), retry_after).with_field("principal"));
+            return Err(Error::rate_limited(
+                Quota::Principal,
+                limiter.limit(),
+                retry_after,
+            ));
         }
     }
     Ok(())
 }
 
-/// Maps a rate-limit rejection to its error.
-pub(crate) fn rate_limited(limit: u32, retry_after: std::time::Duration) -> Error {
-    // Whole seconds, at least one: a client told "0" would retry at once.
-    let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-    Error::new(
-        ErrorKind::RateLimited,
-        format!("Rate limit exceeded: {limit} messages per minute"),
-    )
-    .with_retry_after(std::time::Duration::from_secs(secs.max(1)))
+/// Takes one session from the caller's sessions-per-hour quota, if the
+/// facade has one: keyed by the principal, else by `client` (the address
+/// an anonymous caller comes from), else shared by every anonymous caller.
+pub(crate) async fn take_session_token(
+    inner: &Inner,
+    caller: &Caller,
+    client: Option<&str>,
+) -> Result<()> {
+    let Some(limiter) = &inner.session_limiter else {
+        return Ok(());
+    };
+    let who = match (caller.principal(), client) {
+        (Some(p), _) => p.id.as_str(),
+        (None, Some(client)) => client,
+        (None, None) => "",
+    };
+    if let Decision::Limited { retry_after } = limiter
+        .check(crate::rate_limit::key_of(who.as_bytes()))
+        .await?
+    {
+        return Err(Error::rate_limited(
+            Quota::Sessions,
+            limiter.limit(),
+            retry_after,
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn retry_after_rounds_up_to_whole_seconds() {
-        let e = rate_limited(5, std::time::Duration::from_millis(10));
-        assert_eq!(e.retry_after(), Some(std::time::Duration::from_secs(1)));
-        let e = rate_limited(5, std::time::Duration::from_millis(11_500));
-        assert_eq!(e.retry_after(), Some(std::time::Duration::from_secs(12)));
+        let e = Error::rate_limited(Quota::Session, 5, Duration::from_millis(10));
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(1)));
+        let e = Error::rate_limited(Quota::Principal, 5, Duration::from_millis(11_500));
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(12)));
         assert_eq!(e.to_string(), "Rate limit exceeded: 5 messages per minute");
+        assert_eq!(e.quota(), Some(Quota::Principal));
+        let e = Error::rate_limited(Quota::Sessions, 60, Duration::from_secs(59));
+        assert_eq!(e.to_string(), "Rate limit exceeded: 60 sessions per hour");
     }
 }

@@ -9,7 +9,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::facade::ChatCore;
 use crate::input::TurnInput;
 use crate::llm::{ChatOptions, ChatRequest, Completion, CompletionStream};
-use crate::quota::take_principal_token;
+use crate::quota::{take_principal_token, take_session_token};
 use crate::session::SessionInfo;
 use crate::storage::{FeedbackFilter, MessageCursor, MessagePage, SessionCursor};
 use crate::turn::{self, PreparedTurn};
@@ -20,11 +20,25 @@ use crate::types::{Feedback, NewSession, Session, SessionId, Usage};
 pub struct Scoped<'a> {
     core: &'a ChatCore,
     caller: Caller,
+    client: Option<String>,
 }
 
 impl<'a> Scoped<'a> {
     pub(crate) fn new(core: &'a ChatCore, caller: Caller) -> Self {
-        Scoped { core, caller }
+        Scoped {
+            core,
+            caller,
+            client: None,
+        }
+    }
+
+    /// The same view, for a caller coming from `client` (a network
+    /// address, say): an anonymous caller's sessions-per-hour quota is
+    /// counted per client.
+    #[must_use]
+    pub fn with_client(mut self, client: impl Into<String>) -> Self {
+        self.client = Some(client.into());
+        self
     }
 
     /// Who this acts for.
@@ -41,11 +55,15 @@ impl<'a> Scoped<'a> {
     }
 
     /// Creates a session owned by the caller (see
-    /// [`SessionManager::initialize_with`](crate::SessionManager::initialize_with)).
+    /// [`SessionManager::initialize_with`](crate::SessionManager::initialize_with)),
+    /// within the sessions-per-hour quota, if there is one
+    /// ([`ChatCoreBuilder::sessions_per_hour`](crate::ChatCoreBuilder::sessions_per_hour)).
     ///
     /// # Errors
-    /// As `initialize_with`.
+    /// [`ErrorKind::RateLimited`] over the quota; otherwise as
+    /// `initialize_with`.
     pub async fn initialize(&self, options: NewSession) -> Result<SessionInfo> {
+        take_session_token(self.core.inner(), &self.caller, self.client.as_deref()).await?;
         self.core
             .sessions()
             .initialize_owned(options, self.caller.owner().map(str::to_owned))

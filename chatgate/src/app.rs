@@ -52,10 +52,6 @@ pub struct App {
     pub model: String,
     /// `server.trusted_proxies`.
     pub trusted_proxies: TrustedProxies,
-    /// `rate_limit.sessions_per_hour`, per principal or client address;
-    /// only with access control (without it, no caller is known). In
-    /// Redis when the rate limiters are.
-    pub session_quota: Option<std::sync::Arc<dyn chatcore::RateLimiter>>,
     /// `openai.max_tokens` (0 in the file: none).
     pub max_tokens: Option<u32>,
     /// `openai.temperature`, for the seed API's turns (`/v1` adds none).
@@ -80,15 +76,31 @@ impl App {
         }
     }
 
-    /// The gateway state for `core`, configured by `config`.
-    ///
-    /// # Panics
-    /// When `rate_limit.url` is not a Redis URL (validated when the config
-    /// was loaded, and by [`build`]).
-    pub fn new(core: ChatCore, config: &Config, log: Logger) -> App {
-        let session_quota = backends::limiters(config, &log)
-            .expect("rate_limit.url was validated")
-            .sessions;
+    /// The gateway state `config` describes, around the facade and the
+    /// handles [`build`] made from the same config (their counters feed
+    /// `/metrics`). The one way a gateway is put together, by `serve` and
+    /// by the tests alike.
+    pub fn from_parts(parts: Parts, config: &Config, log: Logger) -> App {
+        let Parts {
+            core,
+            upstream,
+            sqlite,
+            postgres,
+            limiters,
+        } = parts;
+        let metrics = metrics::Metrics::new();
+        // One Redis connection serves every quota, and one count of its
+        // outages.
+        if let Some(redis) = limiters.redis {
+            metrics.watch_redis(redis);
+        }
+        metrics.watch_upstream(upstream);
+        if let Some(store) = postgres {
+            metrics.watch_postgres(store);
+        }
+        if let Some(store) = sqlite {
+            metrics.watch_sqlite(store);
+        }
         let content_log = if config.log.content {
             ContentLog::new(log.clone(), config.log.max_content_bytes.get())
         } else {
@@ -112,12 +124,11 @@ impl App {
             write_timeout: config.server.write_timeout,
             shutdown_grace: config.server.shutdown_grace,
             auth: Auth::new(config),
-            metrics: metrics::Metrics::new(),
+            metrics,
             model: config.openai.model.clone(),
             // Validated when the config was loaded.
             trusted_proxies: TrustedProxies::parse(&config.server.trusted_proxies)
                 .unwrap_or_default(),
-            session_quota,
             max_tokens: (config.openai.max_tokens > 0).then_some(config.openai.max_tokens),
             temperature: config.openai.temperature,
             client_system_prompt: config.session.client_system_prompt,
@@ -204,6 +215,9 @@ pub async fn build(config: &Config, log: &Logger) -> chatcore::Result<Parts> {
         .hot_cache_bytes(config.session.hot_cache_bytes);
     if let Some(p) = &limiters.principal {
         builder = builder.principal_rate_limiter(std::sync::Arc::clone(p));
+    }
+    if let Some(s) = &limiters.sessions {
+        builder = builder.session_rate_limiter(std::sync::Arc::clone(s));
     }
     Ok(Parts {
         core: builder.build()?,

@@ -243,34 +243,23 @@ async fn serve(config: &Config, logs: &logging::Logs, mock: bool) -> ExitCode {
     {
         warn!(log, "storage is PostgreSQL but the rate limits are kept in this process: with several replicas each counts alone, so a quota is multiplied by their number; set rate_limit.backend = \"redis\"");
     }
-    let core = parts.core;
+    let app = App::from_parts(parts, config, log.clone());
+    app.metrics.watch_log_drops(logs.dropped_counter());
     let sweep_log = log.clone();
-    let sweeper = core.spawn_sweeper(config.session.sweep_interval, move |r| match r {
-        Ok(report) if report.skipped => {
-            info!(
-                sweep_log,
-                "retention sweep skipped: another replica is sweeping"
-            )
-        }
-        Ok(report) => info!(sweep_log, "retention sweep";
+    let sweeper = app
+        .core
+        .spawn_sweeper(config.session.sweep_interval, move |r| match r {
+            Ok(report) if report.skipped => {
+                info!(
+                    sweep_log,
+                    "retention sweep skipped: another replica is sweeping"
+                )
+            }
+            Ok(report) => info!(sweep_log, "retention sweep";
             "sessions" => report.sessions, "messages" => report.messages,
             "feedback" => report.feedback),
-        Err(e) => error!(sweep_log, "retention sweep failed"; "error" => e.chain()),
-    });
-    let mut app = App::new(core, config, log.clone());
-    // One Redis connection for every quota, and one count of its outages.
-    app.session_quota = parts.limiters.sessions.clone();
-    if let Some(redis) = parts.limiters.redis {
-        app.metrics.watch_redis(redis);
-    }
-    app.metrics.watch_upstream(parts.upstream);
-    if let Some(store) = parts.postgres {
-        app.metrics.watch_postgres(store);
-    }
-    if let Some(store) = parts.sqlite {
-        app.metrics.watch_sqlite(store);
-    }
-    app.metrics.watch_log_drops(logs.dropped_counter());
+            Err(e) => error!(sweep_log, "retention sweep failed"; "error" => e.chain()),
+        });
     let app = Arc::new(app);
     crate::run(listener, app, crate::shutdown_signal()).await;
     sweeper.abort();

@@ -45,28 +45,6 @@ pub enum Detail {
     Validation(Vec<Invalid>),
 }
 
-/// Which quota refused a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LimitScope {
-    /// The session's messages per minute.
-    Session,
-    /// The principal's messages per minute, across its sessions.
-    Principal,
-    /// Sessions created per hour.
-    SessionsPerHour,
-}
-
-impl LimitScope {
-    /// Its metrics label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LimitScope::Session => "session",
-            LimitScope::Principal => "principal",
-            LimitScope::SessionsPerHour => "sessions_per_hour",
-        }
-    }
-}
-
 /// An error on its way to becoming a response.
 #[derive(Debug)]
 pub struct ApiError {
@@ -85,7 +63,7 @@ pub struct ApiError {
     /// Ask for a bearer credential (`WWW-Authenticate: Bearer`, on 401).
     pub challenge: bool,
     /// The quota that refused the request, for the metrics.
-    pub limit_scope: Option<LimitScope>,
+    pub limit_scope: Option<chatcore::Quota>,
     /// A machine-readable code for OpenAI-shaped bodies (`model_not_found`);
     /// without one, the code follows from the status.
     pub code: Option<&'static str>,
@@ -369,13 +347,7 @@ impl From<Error> for ApiError {
             }
         };
         let mut out = ApiError::new(status, e.message().to_owned());
-        if e.kind() == ErrorKind::RateLimited {
-            out.limit_scope = Some(if e.field() == Some("principal") {
-                LimitScope::Principal
-            } else {
-                LimitScope::Session
-            });
-        }
+        out.limit_scope = e.quota();
         out.retry_after = e.retry_after().map(whole_seconds);
         if e.fault() != chatcore::Fault::Client {
             out.cause = Some(e.chain());

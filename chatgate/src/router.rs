@@ -67,7 +67,7 @@ pub async fn serve(
         Ok(r) => r,
         Err(e) => {
             let e = if openai_shape { e } else { e.in_seed_shape() };
-            limited = e.limit_scope.map(crate::error::LimitScope::as_str);
+            limited = e.limit_scope.map(chatcore::Quota::as_str);
             if let Some(cause) = &e.cause {
                 if e.is_server_side() {
                     error!(app.log, "request failed";

@@ -8,7 +8,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use chatcore::{Caller, Decision, NewSession, SessionCursor, SessionId};
+use chatcore::{Caller, NewSession, SessionCursor, SessionId};
 use hyper::body::Incoming;
 use hyper::header::HeaderValue;
 use hyper::{Request, Response, StatusCode};
@@ -45,31 +45,16 @@ pub async fn initialize(
             "value_error",
         )]));
     }
-    if let Some(quota) = &app.session_quota {
-        let key = match caller.principal() {
-            Some(p) => chatcore::key_of(p.id.as_bytes()),
-            None => {
-                let forwarded = parts
-                    .headers
-                    .get("x-forwarded-for")
-                    .and_then(|v| v.to_str().ok());
-                let client = app.trusted_proxies.client(peer, forwarded);
-                chatcore::key_of(client.to_string().as_bytes())
-            }
-        };
-        if let Decision::Limited { retry_after } = quota.check(key).await? {
-            let mut e = ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                format!("Rate limit exceeded: {} sessions per hour", quota.limit()),
-            );
-            e.retry_after = Some(retry_after.as_secs().max(1));
-            e.limit_scope = Some(crate::error::LimitScope::SessionsPerHour);
-            return Err(e);
-        }
-    }
+    // An anonymous caller's sessions per hour are counted per client.
+    let forwarded = parts
+        .headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok());
+    let client = app.trusted_proxies.client(peer, forwarded);
     let info = app
         .core
         .as_caller(caller)
+        .with_client(client.to_string())
         .initialize(NewSession {
             system_prompt: input.system_prompt,
             metadata: input.metadata.map(serde_json::Value::Object),

@@ -250,10 +250,12 @@ impl Gateway {
         let mut config = base_config(&mock, dir.path());
         edit(&mut config);
         let logs = chatgate::logging::build(&config).expect("open app.log");
-        let core = chatgate::build_core(&config, &logs.logger)
+        let parts = chatgate::build(&config, &logs.logger)
             .await
             .expect("build chatcore");
-        let app = Arc::new(chatgate::App::new(core, &config, logs.logger.clone()));
+        let app = chatgate::App::from_parts(parts, &config, logs.logger.clone());
+        app.metrics.watch_log_drops(logs.dropped_counter());
+        let app = Arc::new(app);
         let listener = tokio::net::TcpListener::bind(config.server.bind)
             .await
             .expect("bind loopback");
