@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use crate::caller::Caller;
 use crate::error::{Error, Result};
-use crate::facade::Inner;
 use crate::hot::Lease;
+use crate::inner::Inner;
 use crate::quota::take_token;
 use crate::storage::{Claim, Store, TurnClaims, TurnToken};
 use crate::types::SessionId;

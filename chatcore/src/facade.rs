@@ -1,7 +1,7 @@
 //! [`ChatCore`], the facade every caller holds: built once with
 //! [`ChatCore::builder`], cheap to clone, shared by every request. It owns
-//! what all clones share ([`Inner`]) and hands out the parts: sessions,
-//! feedback, turns, keys, the caller-scoped view.
+//! what all clones share (`Inner`, `inner.rs`) and hands out the parts:
+//! sessions, feedback, turns, keys, the caller-scoped view.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -12,10 +12,10 @@ use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::feedback::FeedbackDesk;
 use crate::hot::HotSessions;
+use crate::inner::Inner;
 use crate::input::TurnInput;
 use crate::keys::KeyRing;
 use crate::llm::{ChatModel, ChatOptions, ChatRequest, Completion, CompletionStream};
-use crate::queue::TurnQueues;
 use crate::rate_limit::{GovernorLimiter, RateLimiter};
 use crate::scoped::Scoped;
 use crate::session::SessionManager;
@@ -29,26 +29,6 @@ use crate::types::{PurgeReport, SessionId};
 #[derive(Debug, Clone)]
 pub struct ChatCore {
     inner: Arc<Inner>,
-}
-
-/// What every clone of a [`ChatCore`] shares.
-#[derive(Debug)]
-pub(crate) struct Inner {
-    pub(crate) store: Arc<dyn Store>,
-    pub(crate) model: Arc<dyn ChatModel>,
-    pub(crate) limiter: Arc<dyn RateLimiter>,
-    pub(crate) principal_limiter: Option<Arc<dyn RateLimiter>>,
-    /// Sessions a caller may create per hour, when limited.
-    pub(crate) session_limiter: Option<Arc<dyn RateLimiter>>,
-    pub(crate) clock: Arc<dyn Clock>,
-    pub(crate) sessions: SessionManager,
-    pub(crate) feedback: FeedbackDesk,
-    pub(crate) queues: Arc<TurnQueues>,
-    pub(crate) hot: Arc<HotSessions>,
-    pub(crate) system_prompt: Option<String>,
-    pub(crate) context_tokens: usize,
-    pub(crate) history_limit: usize,
-    pub(crate) claim_ttl: Duration,
 }
 
 /// Builds a [`ChatCore`]. Every setting has the product's default.
@@ -389,16 +369,12 @@ impl ChatCore {
     /// exist, sessions it creates are its own, and admin operations need
     /// an admin. [`ChatCore`]'s own methods act for [`Caller::Anyone`].
     pub fn as_caller(&self, caller: Caller) -> Scoped<'_> {
-        Scoped::new(self, caller)
+        Scoped::new(&self.inner, caller)
     }
 
     /// API keys: create, verify, list, revoke.
     pub fn keys(&self) -> KeyRing<'_> {
         KeyRing::new(&*self.inner.store, &*self.inner.clock)
-    }
-
-    pub(crate) fn inner(&self) -> &Arc<Inner> {
-        &self.inner
     }
 
     /// Sends a request straight to the model, with no session: nothing is

@@ -26,7 +26,8 @@
 //! owns one concern.
 //!
 //! - `facade.rs`: [`ChatCore`], the facade, built once with
-//!   [`ChatCore::builder`], cheap to clone, shared by every request.
+//!   [`ChatCore::builder`], cheap to clone, shared by every request; what
+//!   its clones share is `inner.rs`, which the code below reads.
 //!   [`ChatCore::chat`] runs one turn; [`ChatCore::as_caller`] gives the
 //!   facade as one caller sees it ([`Scoped`], `scoped.rs`): others'
 //!   sessions do not exist, admins see all.
@@ -83,6 +84,7 @@ mod facade;
 mod feedback;
 mod history;
 mod hot;
+mod inner;
 mod input;
 mod json;
 mod keys;

@@ -4,7 +4,7 @@
 
 use crate::caller::Caller;
 use crate::error::{Error, Quota, Result};
-use crate::facade::Inner;
+use crate::inner::Inner;
 use crate::rate_limit::Decision;
 use crate::types::SessionId;
 

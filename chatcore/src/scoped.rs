@@ -1,12 +1,14 @@
-//! The facade as one caller sees it ([`ChatCore::as_caller`]): every
+//! The facade as one caller sees it ([`ChatCore::as_caller`](crate::ChatCore::as_caller)): every
 //! operation on a session first checks that the caller may use it, and
 //! answers "not found" when it may not, so another principal's sessions
 //! cannot even be confirmed to exist. Sessions made here belong to the
 //! caller; reviewing feedback needs an admin.
 
+use std::sync::Arc;
+
 use crate::caller::Caller;
 use crate::error::{Error, ErrorKind, Result};
-use crate::facade::ChatCore;
+use crate::inner::Inner;
 use crate::input::TurnInput;
 use crate::llm::{ChatOptions, ChatRequest, Completion, CompletionStream};
 use crate::quota::{take_principal_token, take_session_token};
@@ -15,18 +17,18 @@ use crate::storage::{FeedbackFilter, MessageCursor, MessagePage, SessionCursor};
 use crate::turn::{self, PreparedTurn};
 use crate::types::{Feedback, NewSession, Session, SessionId, Usage};
 
-/// [`ChatCore`] acting for one [`Caller`].
+/// [`ChatCore`](crate::ChatCore) acting for one [`Caller`].
 #[derive(Debug, Clone)]
 pub struct Scoped<'a> {
-    core: &'a ChatCore,
+    inner: &'a Arc<Inner>,
     caller: Caller,
     client: Option<String>,
 }
 
 impl<'a> Scoped<'a> {
-    pub(crate) fn new(core: &'a ChatCore, caller: Caller) -> Self {
+    pub(crate) fn new(inner: &'a Arc<Inner>, caller: Caller) -> Self {
         Scoped {
-            core,
+            inner,
             caller,
             client: None,
         }
@@ -48,7 +50,7 @@ impl<'a> Scoped<'a> {
 
     /// The session, if it exists and the caller may use it.
     async fn visible(&self, id: SessionId) -> Result<Session> {
-        match self.core.store().get_session(id).await? {
+        match self.inner.store.get_session(id).await? {
             Some(s) if self.caller.may_use(&s) => Ok(s),
             _ => Err(Error::session_not_found()),
         }
@@ -63,9 +65,9 @@ impl<'a> Scoped<'a> {
     /// [`ErrorKind::RateLimited`] over the quota; otherwise as
     /// `initialize_with`.
     pub async fn initialize(&self, options: NewSession) -> Result<SessionInfo> {
-        take_session_token(self.core.inner(), &self.caller, self.client.as_deref()).await?;
-        self.core
-            .sessions()
+        take_session_token(self.inner, &self.caller, self.client.as_deref()).await?;
+        self.inner
+            .sessions
             .initialize_owned(options, self.caller.owner().map(str::to_owned))
             .await
     }
@@ -77,7 +79,7 @@ impl<'a> Scoped<'a> {
     /// caller's; [`ErrorKind::Storage`].
     pub async fn get(&self, id: SessionId) -> Result<SessionInfo> {
         let session = self.visible(id).await?;
-        Ok(self.core.sessions().info(session))
+        Ok(self.inner.sessions.info(session))
     }
 
     /// The tokens a session's turns cost.
@@ -86,7 +88,7 @@ impl<'a> Scoped<'a> {
     /// As [`Scoped::get`].
     pub async fn usage(&self, id: SessionId) -> Result<Usage> {
         self.visible(id).await?;
-        self.core.sessions().usage(id).await
+        self.inner.sessions.usage(id).await
     }
 
     /// A page of a session's messages.
@@ -100,31 +102,31 @@ impl<'a> Scoped<'a> {
         limit: usize,
     ) -> Result<MessagePage> {
         self.visible(id).await?;
-        self.core.sessions().messages_page(id, after, limit).await
+        self.inner.sessions.messages_page(id, after, limit).await
     }
 
-    /// The first half of a turn (see [`ChatCore::prepare`]), for this
+    /// The first half of a turn (see [`ChatCore::prepare`](crate::ChatCore::prepare)), for this
     /// caller: its principal's quota applies too.
     ///
     /// # Errors
-    /// As [`ChatCore::prepare`]; another caller's session is not found.
+    /// As [`ChatCore::prepare`](crate::ChatCore::prepare); another caller's session is not found.
     pub async fn prepare<'c>(
         &self,
         id: SessionId,
         input: impl Into<TurnInput<'c>>,
         options: ChatOptions,
     ) -> Result<PreparedTurn<'c>> {
-        turn::prepare(self.core.inner(), &self.caller, id, input.into(), options).await
+        turn::prepare(self.inner, &self.caller, id, input.into(), options).await
     }
 
     /// A request straight to the model, with no session (see
-    /// [`ChatCore::complete`]), within the caller's principal quota.
+    /// [`ChatCore::complete`](crate::ChatCore::complete)), within the caller's principal quota.
     ///
     /// # Errors
     /// [`ErrorKind::RateLimited`] past the quota; the upstream kinds.
     pub async fn complete(&self, request: ChatRequest<'_>) -> Result<Completion> {
-        take_principal_token(self.core.inner(), &self.caller).await?;
-        self.core.complete(request).await
+        take_principal_token(self.inner, &self.caller).await?;
+        self.inner.model.complete(request).await
     }
 
     /// As [`Scoped::complete`], streamed.
@@ -132,8 +134,8 @@ impl<'a> Scoped<'a> {
     /// # Errors
     /// As [`Scoped::complete`], before the first piece.
     pub async fn stream(&self, request: ChatRequest<'_>) -> Result<CompletionStream> {
-        take_principal_token(self.core.inner(), &self.caller).await?;
-        self.core.stream(request).await
+        take_principal_token(self.inner, &self.caller).await?;
+        self.inner.model.stream(request).await
     }
 
     /// Stores feedback about a session the caller may use.
@@ -150,7 +152,7 @@ impl<'a> Scoped<'a> {
         if !matches!(self.caller, Caller::Anyone) {
             self.visible(id).await?;
         }
-        self.core.feedback().submit(id, text, rating).await
+        self.inner.feedback.submit(id, text, rating).await
     }
 
     /// Deletes a session with its messages and feedback, at once.
@@ -159,10 +161,10 @@ impl<'a> Scoped<'a> {
     /// As [`Scoped::get`].
     pub async fn delete(&self, id: SessionId) -> Result<()> {
         self.visible(id).await?;
-        if !self.core.store().delete_session(id).await? {
+        if !self.inner.store.delete_session(id).await? {
             return Err(Error::session_not_found());
         }
-        self.core.inner().hot.forget(id);
+        self.inner.hot.forget(id);
         Ok(())
     }
 
@@ -184,15 +186,15 @@ impl<'a> Scoped<'a> {
                 return Ok(if after_mine || limit == 0 {
                     Vec::new()
                 } else {
-                    vec![self.core.sessions().info(mine)]
+                    vec![self.inner.sessions.info(mine)]
                 });
             }
             _ => None,
         };
-        let list = self.core.store().list_sessions(owner, after, limit).await?;
+        let list = self.inner.store.list_sessions(owner, after, limit).await?;
         Ok(list
             .into_iter()
-            .map(|s| self.core.sessions().info(s))
+            .map(|s| self.inner.sessions.info(s))
             .collect())
     }
 
@@ -212,9 +214,6 @@ impl<'a> Scoped<'a> {
                 "Reviewing feedback needs the admin scope",
             ));
         }
-        self.core
-            .store()
-            .review_feedback(filter, after, limit)
-            .await
+        self.inner.store.review_feedback(filter, after, limit).await
     }
 }

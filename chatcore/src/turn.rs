@@ -27,8 +27,8 @@ use chrono::{DateTime, Utc};
 use crate::caller::Caller;
 use crate::claim::{claim_session, ClaimGuard};
 use crate::error::{Error, ErrorKind, Result};
-use crate::facade::Inner;
 use crate::hot::{Hot, Lease};
+use crate::inner::Inner;
 use crate::input::{check_calls_answered, validate_input, TurnInput};
 use crate::llm::{
     ChatOptions, ChatRequest, Completion, CompletionStream, FunctionCallDelta, Input, RawChunk,

@@ -23,9 +23,14 @@ use crate::types::Usage;
 mod openai;
 mod stream;
 
+/// The largest reply a model's reply is read to (16 MiB): a whole
+/// non-streamed body, one line of a streamed one, or a streamed reply put
+/// back together; past it the reply is refused rather than buffered.
+pub const MAX_REPLY_BYTES: usize = 16 << 20;
+
 pub use crate::history::History;
 pub use crate::json::Fields;
-pub use openai::{OpenAiChat, OpenAiConfig, UpstreamStats, MAX_REPLY_BYTES, OPENAI_BASE_URL};
+pub use openai::{OpenAiChat, OpenAiConfig, UpstreamStats, OPENAI_BASE_URL};
 pub use stream::{
     CompletionStream, FunctionCallDelta, RawChunk, ReplyBuilder, StreamEvent, ToolCallDelta,
 };

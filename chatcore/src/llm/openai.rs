@@ -18,7 +18,7 @@ use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use slog::Logger;
 use tokio::time::Instant;
 
-use super::{ChatModel, ChatRequest, Completion, CompletionStream};
+use super::{ChatModel, ChatRequest, Completion, CompletionStream, MAX_REPLY_BYTES};
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::{Message, Shape};
 
@@ -30,10 +30,6 @@ mod wire;
 use reader::SseSource;
 use send::{read_capped, timed_out};
 use sse::SseParser;
-
-/// The largest reply the adapter reads (16 MiB): a whole non-streamed
-/// body, or one line of a streamed one.
-pub const MAX_REPLY_BYTES: usize = 16 << 20;
 
 /// OpenAI's public endpoint, the default base URL.
 pub const OPENAI_BASE_URL: &str = "https://api.openai.com/v1";

@@ -235,7 +235,7 @@ impl State {
                 self.size = fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
                 self.failed_at = None;
                 if let Some((error, lost)) = self.failure.take() {
-                    let _ = super::line::rfc3339(&mut self.buf);
+                    let _ = super::time::rfc3339(&mut self.buf);
                     let _ = writeln!(
                         self.buf,
                         " WARN log file reopened, dropped: {lost}, error: {error}"

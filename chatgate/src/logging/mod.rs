@@ -23,6 +23,7 @@ mod file;
 mod line;
 mod queue;
 mod rotate;
+mod time;
 
 pub use content::ContentLog;
 

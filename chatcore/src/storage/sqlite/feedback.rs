@@ -3,9 +3,8 @@
 use async_trait::async_trait;
 use rusqlite::params;
 
-use super::reader::Sql;
 use super::sql::*;
-use super::{id_key, SqliteStore};
+use super::{id_key, Sql, SqliteStore};
 use crate::error::{Error, Result};
 use crate::storage::{FeedbackFilter, FeedbackStore};
 use crate::types::{from_millis, Feedback, Rating, SessionId};

@@ -4,9 +4,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{params, OptionalExtension};
 
-use super::reader::Sql;
 use super::sql::*;
-use super::SqliteStore;
+use super::{Sql, SqliteStore};
 use crate::error::{Error, Result};
 use crate::storage::{ApiKey, KeyStore};
 use crate::types::from_millis;

@@ -4,10 +4,9 @@
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension};
 
-use super::reader::Sql;
 use super::sessions::read_session;
 use super::sql::*;
-use super::{id_key, is_foreign_key_violation, SqliteStore, HOUR_MS};
+use super::{id_key, is_foreign_key_violation, Sql, SqliteStore, HOUR_MS};
 use crate::error::{Error, Result};
 use crate::message::{Message, Role};
 use crate::storage::{MessageCursor, MessagePage, MessageStore, Turn};

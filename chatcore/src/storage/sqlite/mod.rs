@@ -28,7 +28,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{CachedStatement, Connection, OpenFlags};
 use slog::Logger;
 
 use crate::error::{Error, Result};
@@ -312,4 +312,18 @@ fn owner_only(path: &Path) -> Result<()> {
 fn is_foreign_key_violation(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _)
         if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY)
+}
+
+/// What a statement runs against: a connection, and where its SQL is
+/// logged. Every statement of the store is prepared through
+/// [`Sql::prepare`], so none runs unlogged.
+pub(crate) trait Sql {
+    fn conn(&self) -> &Connection;
+    fn log_sql(&self, sql: &'static str);
+
+    /// `sql`, logged and prepared (from the connection's statement cache).
+    fn prepare(&self, sql: &'static str) -> rusqlite::Result<CachedStatement<'_>> {
+        self.log_sql(sql);
+        self.conn().prepare_cached(sql)
+    }
 }

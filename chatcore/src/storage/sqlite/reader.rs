@@ -7,34 +7,10 @@
 
 use std::sync::{Arc, Mutex};
 
-use rusqlite::{CachedStatement, Connection};
+use rusqlite::Connection;
 use slog::Logger;
 
 use crate::error::{Error, Result};
-
-/// What a statement runs against: a connection, and where its SQL is
-/// logged. Every statement of the store is prepared through
-/// [`Sql::prepare`], so none runs unlogged.
-pub(crate) trait Sql {
-    fn conn(&self) -> &Connection;
-    fn log_sql(&self, sql: &'static str);
-
-    /// `sql`, logged and prepared (from the connection's statement cache).
-    fn prepare(&self, sql: &'static str) -> rusqlite::Result<CachedStatement<'_>> {
-        self.log_sql(sql);
-        self.conn().prepare_cached(sql)
-    }
-}
-
-impl Sql for super::worker::Db {
-    fn conn(&self) -> &Connection {
-        &self.conn
-    }
-
-    fn log_sql(&self, sql: &'static str) {
-        super::worker::Db::log_sql(self, sql);
-    }
-}
 
 /// The reading connection, shared by the store's clones.
 #[derive(Debug, Clone)]
@@ -54,7 +30,7 @@ pub(crate) struct ReadDb<'a> {
     log: Option<&'a Logger>,
 }
 
-impl Sql for ReadDb<'_> {
+impl super::Sql for ReadDb<'_> {
     fn conn(&self) -> &Connection {
         self.conn
     }

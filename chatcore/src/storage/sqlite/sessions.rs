@@ -4,9 +4,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{params, OptionalExtension};
 
-use super::reader::Sql;
 use super::sql::*;
-use super::{id_key, SqliteStore, HOUR_MS};
+use super::{id_key, Sql, SqliteStore, HOUR_MS};
 use crate::error::{Error, Result};
 use crate::storage::{SessionCursor, SessionStore};
 use crate::types::{from_millis, PurgeReport, Session, SessionId};

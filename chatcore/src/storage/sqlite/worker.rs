@@ -18,7 +18,7 @@ use slog::Logger;
 use tokio::sync::{mpsc, oneshot};
 
 use super::checkpoint::Checkpoints;
-use super::reader::Sql;
+use super::Sql;
 use crate::error::{Error, Result};
 
 /// How many queued jobs one transaction may take.
@@ -403,4 +403,14 @@ fn run(
     // The checkpoint thread's connection closes before the writer's, which
     // (as the last one) checkpoints what is left.
     drop(checkpoints);
+}
+
+impl Sql for Db {
+    fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    fn log_sql(&self, sql: &'static str) {
+        Db::log_sql(self, sql);
+    }
 }
