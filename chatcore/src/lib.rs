@@ -93,6 +93,7 @@ mod message;
 mod queue;
 mod quota;
 mod rate_limit;
+mod redact;
 mod scoped;
 mod session;
 mod storage;
@@ -116,6 +117,7 @@ pub use message::{Message, MessageRef, Role, WireMessage};
 pub use rate_limit::{key_of, Check, Decision, GovernorLimiter, RateLimiter};
 #[cfg(feature = "redis")]
 pub use rate_limit::{OnUnavailable, RedisLimiter, RedisLimiterConfig};
+pub use redact::redact_url;
 pub use scoped::Scoped;
 pub use session::{SessionInfo, SessionManager};
 pub use storage::{

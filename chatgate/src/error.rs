@@ -5,7 +5,7 @@
 
 use std::borrow::Cow;
 
-use chatcore::{Error, ErrorKind};
+use chatcore::{Error, ErrorKind, Fault};
 use hyper::header::{HeaderValue, RETRY_AFTER};
 use hyper::{Response, StatusCode};
 use serde::Serialize;
@@ -73,6 +73,10 @@ pub struct ApiError {
     /// The status is the upstream's own answer to the request (an upstream
     /// 4xx), which only the OpenAI shape relays.
     pub relayed: bool,
+    /// Whose fault it is: the log line is an error for anything but the
+    /// client's. Follows the status unless the error came from chatcore,
+    /// which knows.
+    pub fault: Fault,
 }
 
 impl ApiError {
@@ -90,6 +94,11 @@ impl ApiError {
             code: None,
             upstream_body: None,
             relayed: false,
+            fault: if status.is_server_error() {
+                Fault::Server
+            } else {
+                Fault::Client
+            },
         }
     }
 
@@ -107,7 +116,31 @@ impl ApiError {
             code: None,
             upstream_body: None,
             relayed: false,
+            fault: Fault::Client,
         }
+    }
+
+    /// 422 about one request field: `loc` is `["body", field]`, or
+    /// `["body"]` for the body as a whole (`field` empty).
+    pub fn invalid_field(field: &str, msg: impl Into<Cow<'static, str>>) -> Self {
+        let mut loc: Vec<serde_json::Value> = vec!["body".into()];
+        if !field.is_empty() {
+            loc.push(field.into());
+        }
+        ApiError::validation(vec![Invalid {
+            loc,
+            msg: msg.into(),
+            kind: "value_error",
+        }])
+    }
+
+    /// 422 about query parameter `name`: `loc` is `["query", name]`.
+    pub fn invalid_query(name: &str, msg: impl Into<Cow<'static, str>>) -> Self {
+        ApiError::validation(vec![Invalid {
+            loc: vec!["query".into(), name.into()],
+            msg: msg.into(),
+            kind: "value_error",
+        }])
     }
 
     /// `{"detail": "Not Found"}`
@@ -230,6 +263,7 @@ impl ApiError {
     pub fn in_seed_shape(mut self) -> Self {
         if self.relayed {
             self.status = StatusCode::BAD_GATEWAY;
+            self.fault = Fault::Upstream;
             self.upstream_body = None;
             self.relayed = false;
             if let Detail::Message(m) = &self.detail {
@@ -242,7 +276,7 @@ impl ApiError {
     /// Whether this error is worth an error-level log line (our fault or
     /// the upstream's, not the client's).
     pub fn is_server_side(&self) -> bool {
-        self.status.is_server_error()
+        self.fault != Fault::Client
     }
 
     /// The response.
@@ -291,69 +325,74 @@ fn whole_seconds(d: std::time::Duration) -> u64 {
 
 impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
-        let status = match e.kind() {
-            ErrorKind::InvalidInput => {
-                let field = e.field().unwrap_or("body");
-                return ApiError::validation(vec![Invalid::field(
-                    field,
-                    e.message().to_owned(),
-                    "value_error",
-                )]);
-            }
-            ErrorKind::SessionNotFound => {
-                return ApiError::new(StatusCode::NOT_FOUND, e.message().to_owned())
-                    .with_code("session_not_found")
-            }
-            ErrorKind::SessionExpired => StatusCode::GONE,
-            ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            ErrorKind::Forbidden => StatusCode::FORBIDDEN,
-            ErrorKind::UpstreamRejected => {
-                // The request's own fault, as the upstream judged it: its
-                // status, and on `/v1` its body.
-                let (status, body) = match e.upstream_reply() {
-                    Some((status, body)) => (
-                        StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
-                        Some(body.clone()),
-                    ),
-                    None => (StatusCode::BAD_REQUEST, None),
-                };
-                let mut out = ApiError::new(status, e.message().to_owned());
-                out.relayed = true;
-                out.upstream_body = body
-                    .filter(|b| serde_json::from_slice::<serde::de::IgnoredAny>(b).is_ok())
-                    .map(Box::new);
-                return out;
-            }
-            ErrorKind::UpstreamBusy => StatusCode::SERVICE_UNAVAILABLE,
-            ErrorKind::UpstreamFailed => StatusCode::BAD_GATEWAY,
-            ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            ErrorKind::StorageUnavailable => {
-                let mut out = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Storage unavailable")
-                    .with_code("storage_unavailable");
-                out.retry_after = Some(1);
-                out.cause = Some(e.chain());
-                return out;
-            }
-            ErrorKind::LimiterUnavailable => {
-                let mut out =
-                    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Rate limiter unavailable")
-                        .with_code("rate_limiter_unavailable");
-                out.retry_after = Some(1);
-                out.cause = Some(e.chain());
-                return out;
-            }
-            ErrorKind::Storage | ErrorKind::Internal => {
-                return ApiError::internal(e.chain());
-            }
-        };
-        let mut out = ApiError::new(status, e.message().to_owned());
-        out.limit_scope = e.quota();
-        out.retry_after = e.retry_after().map(whole_seconds);
-        if e.fault() != chatcore::Fault::Client {
-            out.cause = Some(e.chain());
-        }
+        let fault = e.fault();
+        let mut out = api_error_of(e);
+        out.fault = fault;
         out
     }
+}
+
+/// The response an error of chatcore's becomes (its fault set by the
+/// caller).
+fn api_error_of(e: Error) -> ApiError {
+    let status = match e.kind() {
+        ErrorKind::InvalidInput => {
+            let field = e.field().unwrap_or("body");
+            return ApiError::invalid_field(field, e.message().to_owned());
+        }
+        ErrorKind::SessionNotFound => {
+            return ApiError::new(StatusCode::NOT_FOUND, e.message().to_owned())
+                .with_code("session_not_found")
+        }
+        ErrorKind::SessionExpired => StatusCode::GONE,
+        ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+        ErrorKind::UpstreamRejected => {
+            // The request's own fault, as the upstream judged it: its
+            // status, and on `/v1` its body.
+            let (status, body) = match e.upstream_reply() {
+                Some((status, body)) => (
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+                    Some(body.clone()),
+                ),
+                None => (StatusCode::BAD_REQUEST, None),
+            };
+            let mut out = ApiError::new(status, e.message().to_owned());
+            out.relayed = true;
+            out.upstream_body = body
+                .filter(|b| serde_json::from_slice::<serde::de::IgnoredAny>(b).is_ok())
+                .map(Box::new);
+            return out;
+        }
+        ErrorKind::UpstreamBusy => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::UpstreamFailed => StatusCode::BAD_GATEWAY,
+        ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+        ErrorKind::StorageUnavailable => {
+            let mut out = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Storage unavailable")
+                .with_code("storage_unavailable");
+            out.retry_after = Some(1);
+            out.cause = Some(e.chain());
+            return out;
+        }
+        ErrorKind::LimiterUnavailable => {
+            let mut out =
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Rate limiter unavailable")
+                    .with_code("rate_limiter_unavailable");
+            out.retry_after = Some(1);
+            out.cause = Some(e.chain());
+            return out;
+        }
+        ErrorKind::Storage | ErrorKind::Internal => {
+            return ApiError::internal(e.chain());
+        }
+    };
+    let mut out = ApiError::new(status, e.message().to_owned());
+    out.limit_scope = e.quota();
+    out.retry_after = e.retry_after().map(whole_seconds);
+    if e.fault() != chatcore::Fault::Client {
+        out.cause = Some(e.chain());
+    }
+    out
 }
 
 #[cfg(test)]

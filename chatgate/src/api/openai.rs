@@ -11,7 +11,7 @@
 use chatcore::Fields;
 use serde_json::value::RawValue;
 
-use crate::error::{ApiError, Invalid};
+use crate::error::ApiError;
 
 /// What the operator changes in every `/v1` request.
 #[derive(Debug, Clone, Default)]
@@ -42,7 +42,7 @@ pub struct Completions {
 
 /// A 400 `invalid_request_error` about `param`.
 pub fn bad(param: &str, msg: impl Into<String>) -> ApiError {
-    ApiError::validation(vec![Invalid::field(param, msg.into(), "value_error")])
+    ApiError::invalid_field(param, msg.into())
 }
 
 /// Parses a `POST /v1/chat/completions` body under the operator's
@@ -53,11 +53,7 @@ pub fn bad(param: &str, msg: impl Into<String>) -> ApiError {
 /// naming the member at fault.
 pub fn parse_completions(body: &[u8], policy: &Policy) -> Result<Completions, ApiError> {
     let mut fields = Fields::parse(body).map_err(|e| {
-        let mut err = ApiError::validation(vec![Invalid {
-            loc: vec!["body".into()],
-            msg: format!("The body must be a JSON object: {e}").into(),
-            kind: "value_error",
-        }]);
+        let mut err = ApiError::invalid_field("", format!("The body must be a JSON object: {e}"));
         err.code = Some("invalid_request");
         err
     })?;

@@ -2,7 +2,7 @@
 
 use std::borrow::Cow;
 
-use crate::error::{ApiError, Invalid};
+use crate::error::ApiError;
 
 /// The most messages one page of `GET /session/{id}/messages` holds (and
 /// its default size).
@@ -20,11 +20,7 @@ pub struct PageQuery {
 
 /// A 422 about query parameter `name`.
 pub fn bad_query(name: &str, msg: impl Into<Cow<'static, str>>) -> ApiError {
-    ApiError::validation(vec![Invalid {
-        loc: vec!["query".into(), name.into()],
-        msg: msg.into(),
-        kind: "value_error",
-    }])
+    ApiError::invalid_query(name, msg)
 }
 
 /// The `limit` (1 to `max`, default `max`) and raw `after` of a listing's
@@ -70,13 +66,7 @@ pub fn parse_page_query(query: Option<&str>) -> Result<PageQuery, ApiError> {
         limit: MAX_PAGE,
         after: None,
     };
-    let bad = |name: &str, msg: String| {
-        ApiError::validation(vec![Invalid {
-            loc: vec!["query".into(), name.into()],
-            msg: msg.into(),
-            kind: "value_error",
-        }])
-    };
+    let bad = |name: &str, msg: String| ApiError::invalid_query(name, msg);
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         match key {

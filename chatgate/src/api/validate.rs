@@ -186,11 +186,7 @@ fn rejected(body: &[u8], fields: &[Field]) -> ApiError {
     if items.is_empty() {
         // The typed decode failed for a reason the lister does not model
         // (e.g. a string too long for a Cow borrow cannot fail; kept safe).
-        return ApiError::validation(vec![Invalid {
-            loc: vec!["body".into()],
-            msg: "Invalid request body".into(),
-            kind: "value_error",
-        }]);
+        return ApiError::invalid_field("", "Invalid request body");
     }
     ApiError::validation(items)
 }

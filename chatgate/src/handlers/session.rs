@@ -18,7 +18,7 @@ use crate::api::{
     SessionOut, SessionsOut,
 };
 use crate::body::{json, Body};
-use crate::error::{ApiError, Invalid};
+use crate::error::ApiError;
 use crate::handlers::{read_body, HandlerResult};
 use crate::App;
 
@@ -39,11 +39,10 @@ pub async fn initialize(
     let body = read_body(app, body, &parts.headers, app.max_body_bytes).await?;
     let input = parse_initialize(&body)?;
     if input.system_prompt.is_some() && !app.client_system_prompt {
-        return Err(ApiError::validation(vec![Invalid::field(
+        return Err(ApiError::invalid_field(
             "system_prompt",
             "This gateway does not accept a client's system prompt",
-            "value_error",
-        )]));
+        ));
     }
     // An anonymous caller's sessions per hour are counted per client.
     let forwarded = parts

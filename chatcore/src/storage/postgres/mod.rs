@@ -98,7 +98,7 @@ impl Default for PostgresOptions {
 impl fmt::Debug for PostgresOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PostgresOptions")
-            .field("url", &redact(&self.url))
+            .field("url", &crate::redact::redact_url(&self.url))
             .field("pool_size", &self.pool_size)
             .field("statement_timeout", &self.statement_timeout)
             .field("connect_timeout", &self.connect_timeout)
@@ -106,39 +106,6 @@ impl fmt::Debug for PostgresOptions {
             .field("sql_logger", &self.sql_logger.is_some())
             .finish()
     }
-}
-
-/// `url` with any password replaced by `***`, in both the URL form and
-/// the key-value form.
-fn redact(url: &str) -> String {
-    if let Some((scheme, rest)) = url.split_once("://") {
-        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-        let (authority, tail) = rest.split_at(authority_end);
-        if let Some((userinfo, host)) = authority.rsplit_once('@') {
-            if let Some((user, _)) = userinfo.split_once(':') {
-                return format!("{scheme}://{user}:***@{host}{tail}");
-            }
-        }
-        // A password may also come as a query parameter.
-        return match tail.find("password=") {
-            Some(i) => {
-                let end = tail[i..].find('&').map_or(tail.len(), |j| i + j);
-                format!(
-                    "{scheme}://{authority}{}password=***{}",
-                    &tail[..i],
-                    &tail[end..]
-                )
-            }
-            None => url.to_owned(),
-        };
-    }
-    url.split_whitespace()
-        .map(|word| match word.split_once('=') {
-            Some((key, _)) if key.trim() == "password" => "password=***".to_owned(),
-            _ => word.to_owned(),
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 /// A storage backend on a PostgreSQL database, for several gateways at
@@ -435,9 +402,9 @@ mod tests {
         for (url, shown) in [
             (
                 "postgres://chat:s3cret@db:5432/chat",
-                "postgres://chat:***@db:5432/chat",
+                "postgres://***@db:5432/chat",
             ),
-            ("postgres://chat@db/chat", "postgres://chat@db/chat"),
+            ("postgres://chat@db/chat", "postgres://***@db/chat"),
             (
                 "postgres://db/chat?user=chat&password=s3cret&sslmode=disable",
                 "postgres://db/chat?user=chat&password=***&sslmode=disable",
@@ -447,7 +414,7 @@ mod tests {
                 "host=db user=chat password=***",
             ),
         ] {
-            assert_eq!(redact(url), shown);
+            assert_eq!(crate::redact_url(url), shown);
             let options = PostgresOptions {
                 url: url.into(),
                 ..PostgresOptions::default()
