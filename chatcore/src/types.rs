@@ -152,6 +152,18 @@ pub struct Usage {
 }
 
 impl Usage {
+    /// Counts from a store's sums (64-bit, as databases sum), held within
+    /// `u32`: a session that somehow passed four billion tokens reads as
+    /// the most there can be, not as a wrapped small number.
+    pub fn from_sums(prompt: i64, completion: i64, cached: i64) -> Usage {
+        let clamp = |n: i64| u32::try_from(n.max(0)).unwrap_or(u32::MAX);
+        Usage {
+            prompt_tokens: clamp(prompt),
+            completion_tokens: clamp(completion),
+            cached_tokens: clamp(cached),
+        }
+    }
+
     /// Adds `other` to these counts (saturating).
     pub fn add(&mut self, other: Usage) {
         self.prompt_tokens = self.prompt_tokens.saturating_add(other.prompt_tokens);

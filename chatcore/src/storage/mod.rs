@@ -278,6 +278,22 @@ pub struct MessagePage {
 }
 
 impl MessagePage {
+    /// The page of `rows` (messages with their positions, read one more
+    /// than `limit`: the extra one says whether another page follows).
+    pub fn from_overfetch(mut rows: Vec<(i64, Message)>, limit: usize) -> Self {
+        let next = if rows.len() > limit {
+            rows.truncate(limit);
+            rows.last()
+                .map(|(position, _)| MessageCursor::after(*position))
+        } else {
+            None
+        };
+        MessagePage {
+            messages: rows.into_iter().map(|(_, m)| m).collect(),
+            next,
+        }
+    }
+
     /// The page of `all` (a whole history, oldest first) after `after`, at
     /// most `limit` messages, where a message's position is its index; only
     /// the page is copied.

@@ -17,7 +17,7 @@ pub mod openai;
 mod query;
 mod validate;
 
-pub use query::{bad_query, parse_listing, parse_page_query, PageQuery, MAX_PAGE};
+pub use query::{bad_query, next_page, parse_listing, parse_page_query, PageQuery, MAX_PAGE};
 pub use validate::{parse_chat, parse_feedback, parse_initialize};
 
 /// `POST /chat/` body.

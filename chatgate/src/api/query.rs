@@ -18,6 +18,21 @@ pub struct PageQuery {
     pub after: Option<chatcore::MessageCursor>,
 }
 
+/// Cuts `rows`, fetched one more than `limit` (the extra one says whether
+/// another page follows), to the page, and gives the cursor after its
+/// last row when another page follows.
+pub fn next_page<T>(
+    rows: &mut Vec<T>,
+    limit: usize,
+    cursor: impl Fn(&T) -> String,
+) -> Option<String> {
+    if rows.len() <= limit {
+        return None;
+    }
+    rows.truncate(limit);
+    rows.last().map(cursor)
+}
+
 /// A 422 about query parameter `name`.
 pub fn bad_query(name: &str, msg: impl Into<Cow<'static, str>>) -> ApiError {
     ApiError::invalid_query(name, msg)

@@ -198,12 +198,7 @@ pub async fn feedback(app: &Arc<App>, caller: Caller, query: Option<&str>) -> Ha
         .as_caller(caller)
         .review_feedback(&filter, after, limit + 1)
         .await?;
-    let next_cursor = (rows.len() > limit).then(|| {
-        rows.truncate(limit);
-        rows.last()
-            .map(|(seq, _)| seq.to_string())
-            .unwrap_or_default()
-    });
+    let next_cursor = crate::api::next_page(&mut rows, limit, |(seq, _)| seq.to_string());
     let mut resp = json(&PageOut {
         feedback: rows
             .iter()

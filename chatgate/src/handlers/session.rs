@@ -125,12 +125,8 @@ pub async fn list(app: &Arc<App>, caller: Caller, query: Option<&str>) -> Handle
         .as_caller(caller)
         .sessions(after, limit + 1)
         .await?;
-    let next_cursor = (sessions.len() > limit).then(|| {
-        sessions.truncate(limit);
-        sessions
-            .last()
-            .map(|s| SessionCursor::after(&s.session).to_string())
-            .unwrap_or_default()
+    let next_cursor = crate::api::next_page(&mut sessions, limit, |s| {
+        SessionCursor::after(&s.session).to_string()
     });
     let mut resp = json(&SessionsOut {
         sessions: sessions.iter().map(SessionOut::from).collect(),

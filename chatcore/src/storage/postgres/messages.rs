@@ -196,16 +196,11 @@ impl MessageStore for PostgresStore {
 
     async fn session_usage(&self, id: SessionId) -> Result<Usage> {
         let rows = self.query(USAGE, &[id.as_uuid()]).await?;
-        let clamp = |n: i64| u32::try_from(n.max(0)).unwrap_or(u32::MAX);
         let (prompt, completion, cached): (i64, i64, i64) = match rows.first() {
             Some(row) => (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?),
             None => (0, 0, 0),
         };
-        Ok(Usage {
-            prompt_tokens: clamp(prompt),
-            completion_tokens: clamp(completion),
-            cached_tokens: clamp(cached),
-        })
+        Ok(Usage::from_sums(prompt, completion, cached))
     }
 
     async fn messages_page(
@@ -229,17 +224,7 @@ impl MessageStore for PostgresStore {
                 page.push((position, message_from(row, 1)?));
             }
         }
-        let next = if page.len() > limit {
-            page.truncate(limit);
-            page.last()
-                .map(|(position, _)| MessageCursor::after(*position))
-        } else {
-            None
-        };
-        Ok(Some(MessagePage {
-            messages: page.into_iter().map(|(_, m)| m).collect(),
-            next,
-        }))
+        Ok(Some(MessagePage::from_overfetch(page, limit)))
     }
 
     async fn load_turn_context(

@@ -139,16 +139,7 @@ fn read_page(
             break;
         }
     }
-    let next = if page.len() > limit {
-        page.truncate(limit);
-        page.last().map(|(pos, _)| MessageCursor::after(*pos))
-    } else {
-        None
-    };
-    Ok(Some(MessagePage {
-        messages: page.into_iter().map(|(_, m)| m).collect(),
-        next,
-    }))
+    Ok(Some(MessagePage::from_overfetch(page, limit)))
 }
 
 #[async_trait]
@@ -237,12 +228,7 @@ impl MessageStore for SqliteStore {
                     .query_row(params![id_key(id)], |r| {
                         Ok((r.get(0)?, r.get(1)?, r.get(2)?))
                     })?;
-                let clamp = |n: i64| u32::try_from(n.max(0)).unwrap_or(u32::MAX);
-                Ok(Usage {
-                    prompt_tokens: clamp(prompt),
-                    completion_tokens: clamp(completion),
-                    cached_tokens: clamp(cached),
-                })
+                Ok(Usage::from_sums(prompt, completion, cached))
             })
             .await
     }

@@ -172,7 +172,8 @@ impl SqliteStore {
         // the commit path of a lightly loaded turn, and grows with the
         // cache. Smaller still would leave a full batch of turns (its dirty
         // pages) too little room before SQLite spills pages mid-transaction.
-        // Measured in benches/README.
+        // The measurements behind the size: `git show e1f3db9 --
+        // benches/README.md`.
         run(&conn, "PRAGMA cache_size = -2048")?;
         // Cut the WAL file back to 16 MiB after it is reset. The WAL is
         // checkpointed every 16 MiB by the checkpoint thread below, whose
