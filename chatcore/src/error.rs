@@ -15,8 +15,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// `Result` with chatcore's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// What went wrong. Each kind corresponds to one row of the error table in
-/// the product contract (SPEC §2).
+/// What went wrong. Each kind corresponds to one row of the gateway's
+/// error table (docs/api.md in the repository).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorKind {
     /// The request was malformed: a missing or empty field, a bad value.

@@ -68,6 +68,7 @@
 //!   (`window.rs`: one session's packed recent messages).
 //! - `error.rs`: one [`Error`] whose [`ErrorKind`] maps one-to-one onto the
 //!   gateway's error table, with whose fault it is ([`Fault`]).
+//!   `redact.rs`: credentials hidden in URLs that are shown ([`redact_url`]).
 //!   `types.rs`: ids and records ([`SessionId`], [`Session`], [`Usage`],
 //!   [`Feedback`], [`Rating`]). `clock.rs`: where time comes from.
 //!

@@ -1,5 +1,5 @@
 //! Credentials to callers: `Authorization: Bearer …` becomes a chatcore
-//! [`Caller`], per the configured mode (SPEC §9). chatcore then decides
+//! [`Caller`], per the configured mode (docs/access-control.md). chatcore then decides
 //! what that caller may see; this module only says who it is.
 //!
 //! - API keys (`cgk_…`) are checked against their stored hash. Answers are

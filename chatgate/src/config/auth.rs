@@ -1,4 +1,4 @@
-//! `[auth]`: who may call the gateway (SPEC §9), and the trusted proxies
+//! `[auth]`: who may call the gateway (docs/access-control.md), and the trusted proxies
 //! whose `X-Forwarded-For` names a client's address.
 
 use std::net::IpAddr;

@@ -56,7 +56,7 @@ pub struct PostgresOptions {
     /// every connection's `search_path`, so that several deployments (or
     /// tests) can share one database. A plain lower-case identifier.
     pub schema: Option<String>,
-    /// Where every SQL statement executed is reported (SPEC `log.sql`);
+    /// Where every SQL statement executed is reported (the gateway's `log.sql`);
     /// `None` reports nothing. Parameter values are never logged.
     pub sql_logger: Option<Logger>,
 }
@@ -253,7 +253,7 @@ impl PostgresStore {
         self.db.pool.get().await.map_err(pool_error)
     }
 
-    /// Reports one SQL statement about to run (SPEC `log.sql`): its text
+    /// Reports one SQL statement about to run (the gateway's `log.sql`): its text
     /// only, never parameter values.
     fn log_sql(&self, sql: &str) {
         if let Some(log) = &self.db.log {

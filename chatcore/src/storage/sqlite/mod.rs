@@ -51,7 +51,7 @@ use worker::Worker;
 /// How a [`SqliteStore`] is opened.
 #[derive(Debug, Clone)]
 pub struct SqliteOptions {
-    /// Where every SQL statement executed is reported (SPEC `log.sql`);
+    /// Where every SQL statement executed is reported (the gateway's `log.sql`);
     /// `None` reports nothing. Parameter values are never logged.
     pub sql_logger: Option<Logger>,
     /// `synchronous = FULL` (fsync every commit) instead of `NORMAL`.

@@ -59,7 +59,7 @@ impl Db {
         false
     }
 
-    /// Reports one SQL statement about to run (SPEC: `log.sql`). Only the
+    /// Reports one SQL statement about to run (the gateway's `log.sql`). Only the
     /// statement text is logged, never parameter values.
     ///
     /// The lines are written (in order) after the batch's callers have been
