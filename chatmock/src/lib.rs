@@ -11,7 +11,8 @@
 //! `tool_choice: "required"`), with arguments that fit the tool's schema;
 //! `Tool results: …` when it ends with tool results; a JSON object that
 //! fits a `response_format` schema. It honours `n` (that many choices) and
-//! `logprobs`, and reports usage with its details (`cached_tokens`,
+//! `logprobs`, and reports usage with its details (`cached_tokens` from a
+//! prompt cache of its own when turned on,
 //! `reasoning_tokens`) and a `system_fingerprint`. Replies can be
 //! scripted, one per request in order ([`MockOpenAi::push`]): a text, an
 //! assistant message of any kind (tool calls, a refusal, reasoning,
@@ -128,6 +129,9 @@ pub struct Recorded {
     pub path: String,
     /// The `Authorization` header, if any.
     pub authorization: Option<String>,
+    /// Every header, lowercase names (`api-key`, extra headers an operator
+    /// configured…).
+    pub headers: Vec<(String, String)>,
     /// The body, parsed as JSON (`Null` if it was not JSON).
     pub body: serde_json::Value,
 }
@@ -143,6 +147,15 @@ struct State {
     /// [`MockOpenAi::set_context_limit`].
     context_limit: AtomicU64,
     streams: Arc<Tally>,
+    /// The answer to every request while set, before the script.
+    fault: Mutex<Option<Reply>>,
+    /// Whether the prompt cache is on (see [`MockOpenAi::set_prompt_cache`]).
+    caching: AtomicBool,
+    /// Prompt prefixes seen (see `ChatRequest::prefixes`), as a provider's
+    /// prompt cache holds them.
+    prompt_cache: Mutex<std::collections::HashSet<u64>>,
+    /// Prompt tokens served from that cache, summed.
+    cached_tokens: AtomicU64,
 }
 
 /// A running mock server; it stops when this handle is dropped.
@@ -239,6 +252,29 @@ impl MockOpenAi {
             .store(tokens.unwrap_or(0), Ordering::Relaxed);
     }
 
+    /// Answers every request with `reply` (a status, a delay, a dropped
+    /// connection…) until called again with `None`: an upstream that is
+    /// down, or rate-limiting, for as long as a test needs. Scripted
+    /// replies wait behind it.
+    pub fn fail_all(&self, reply: Option<Reply>) {
+        *self.state.fault.lock().unwrap_or_else(|p| p.into_inner()) = reply;
+    }
+
+    /// Turns the prompt cache on (off by default, so a reply depends on
+    /// its request alone): as a provider does, the mock then remembers
+    /// every prompt prefix it is sent (the model and the messages up to
+    /// each one) and reports the longest one a new prompt starts with as
+    /// `prompt_tokens_details.cached_tokens`. Each mock has its own cache,
+    /// as each provider deployment does.
+    pub fn set_prompt_cache(&self, on: bool) {
+        self.state.caching.store(on, Ordering::Relaxed);
+    }
+
+    /// Prompt tokens this mock served from its prompt cache so far.
+    pub fn cached_tokens(&self) -> u64 {
+        self.state.cached_tokens.load(Ordering::Relaxed)
+    }
+
     /// Turns request recording on or off (off for benches).
     pub fn set_recording(&self, on: bool) {
         self.state.record.store(on, Ordering::Relaxed);
@@ -275,6 +311,29 @@ impl MockOpenAi {
     }
 }
 
+impl State {
+    /// Of a prompt with these prefixes, the characters its cache held (the
+    /// longest prefix seen before); remembers them all. A cache that grew
+    /// past a bound starts over, as a provider's entries expire.
+    fn cache_prompt(&self, prefixes: &[(u64, usize)]) -> usize {
+        const MAX_ENTRIES: usize = 1 << 20;
+        let mut cache = self.prompt_cache.lock().unwrap_or_else(|p| p.into_inner());
+        let hit = prefixes
+            .iter()
+            .rev()
+            .find(|(hash, _)| cache.contains(hash))
+            .map_or(0, |(_, chars)| *chars);
+        if cache.len() + prefixes.len() > MAX_ENTRIES {
+            cache.clear();
+        }
+        cache.extend(prefixes.iter().map(|(hash, _)| *hash));
+        drop(cache);
+        self.cached_tokens
+            .fetch_add((hit / 4) as u64, Ordering::Relaxed);
+        hit
+    }
+}
+
 /// Any response body the mock sends: whole, or streamed event by event.
 type Body = Either<Full<Bytes>, SseBody>;
 
@@ -289,6 +348,14 @@ async fn handle(
         .get(hyper::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    let headers: Vec<(String, String)> = if state.record.load(Ordering::Relaxed) {
+        req.headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+            .collect()
+    } else {
+        Vec::new()
+    };
     let body = match req.into_body().collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => return Err(std::io::Error::other(e)),
@@ -301,17 +368,25 @@ async fn handle(
         rec.push_back(Recorded {
             path: path.clone(),
             authorization,
+            headers,
             body: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
         });
     }
     if !path.ends_with("/chat/completions") {
         return Ok(error(StatusCode::NOT_FOUND, "unknown path", None));
     }
-    let scripted = state
-        .script
+    let fault = state
+        .fault
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .pop_front();
+        .clone();
+    let scripted = fault.or_else(|| {
+        state
+            .script
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop_front()
+    });
     // Latency models the default upstream; a scripted reply carries its
     // own timing.
     let (mut reply, latency) = match scripted {
@@ -374,7 +449,8 @@ async fn complete(
     latency: Duration,
     request_no: u64,
 ) -> Response<Body> {
-    let request = match ChatRequest::parse(body) {
+    let caching = state.caching.load(Ordering::Relaxed);
+    let mut request = match ChatRequest::parse(body, caching) {
         Ok(Some(request)) => request,
         Ok(None) => {
             return error(
@@ -388,6 +464,9 @@ async fn complete(
     let limit = state.context_limit.load(Ordering::Relaxed);
     if limit > 0 && request.prompt_tokens > limit {
         return context_overflow(limit, request.prompt_tokens);
+    }
+    if caching {
+        request.cached_chars = state.cache_prompt(&request.prefixes);
     }
     if request.stream {
         let body = Plan::new(&request, script, message, latency, request_no)

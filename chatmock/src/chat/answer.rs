@@ -38,6 +38,7 @@ impl ChatRequest {
                 prompt_tokens: self.prompt_chars / 4,
                 completion_tokens: reply_chars / 4,
                 reasoning_tokens: reasoning_chars / 4,
+                cached_tokens: self.cached_chars / 4,
             },
         }
     }
@@ -275,6 +276,8 @@ pub(crate) struct Usage {
     pub(crate) prompt_tokens: usize,
     pub(crate) completion_tokens: usize,
     pub(crate) reasoning_tokens: usize,
+    /// Of the prompt's tokens, those the mock's prompt cache held.
+    pub(crate) cached_tokens: usize,
 }
 
 impl Usage {

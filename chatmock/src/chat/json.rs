@@ -146,7 +146,9 @@ impl Usage {
                 reasoning_tokens: self.reasoning_tokens,
             },
             prompt_tokens: self.prompt_tokens,
-            prompt_tokens_details: CachedOut { cached_tokens: 0 },
+            prompt_tokens_details: CachedOut {
+                cached_tokens: self.cached_tokens,
+            },
             total_tokens: self.prompt_tokens + self.completion_tokens,
         }
     }

@@ -45,6 +45,13 @@ pub(crate) struct ChatRequest {
     max_pieces: Option<usize>,
     /// Total length of all message texts, for the prompt token count.
     prompt_chars: usize,
+    /// The prompt's prefixes, a message longer each: a hash of the model
+    /// and the messages so far, and their length. What a provider's prompt
+    /// cache keys on.
+    pub(crate) prefixes: Vec<(u64, usize)>,
+    /// Of `prompt_chars`, those the mock had seen as a prompt prefix
+    /// before (set by the server, which keeps the cache).
+    pub(crate) cached_chars: usize,
     /// The last user message's text, for the echo reply.
     last_user: String,
     /// The last message's role.
@@ -164,7 +171,12 @@ impl ChatRequest {
     /// Reads a request body: `Err` with what OpenAI would say of a
     /// parameter out of its range, `Ok(None)` when it is not a chat
     /// request.
-    pub(crate) fn parse(body: &[u8]) -> Result<Option<ChatRequest>, (&'static str, String)> {
+    /// With `prefixes`, also keys each prefix of the prompt for the prompt
+    /// cache (skipped otherwise: the mock shares benches' cores).
+    pub(crate) fn parse(
+        body: &[u8],
+        prefixes: bool,
+    ) -> Result<Option<ChatRequest>, (&'static str, String)> {
         let Ok(wire) = serde_json::from_slice::<WireRequest<'_>>(body) else {
             return Ok(None);
         };
@@ -200,6 +212,11 @@ impl ChatRequest {
             .into_iter()
             .rev()
             .collect();
+        let prefixes = if prefixes {
+            prompt_prefixes(&wire, &texts)
+        } else {
+            Vec::new()
+        };
         // The newer name wins, as it does upstream, where `max_tokens` is
         // the deprecated spelling of the same limit.
         let limit = wire.max_completion_tokens.or(wire.max_tokens);
@@ -214,6 +231,8 @@ impl ChatRequest {
                 .unwrap_or(false),
             max_pieces: limit.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
             prompt_chars: texts.iter().map(|t| t.len()).sum(),
+            prefixes,
+            cached_chars: 0,
             prompt_tokens: texts
                 .iter()
                 .map(|t| {
@@ -246,6 +265,23 @@ impl ChatRequest {
             logprobs: wire.logprobs.unwrap_or(false),
         }))
     }
+}
+
+/// Each prefix of the prompt (the model and the messages up to one) as a
+/// hash, with its length in characters.
+fn prompt_prefixes(wire: &WireRequest<'_>, texts: &[Cow<'_, str>]) -> Vec<(u64, usize)> {
+    use std::hash::{Hash, Hasher};
+    let mut out = Vec::with_capacity(texts.len());
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    wire.model.hash(&mut hasher);
+    let mut chars = 0;
+    for (m, t) in wire.messages.iter().zip(texts) {
+        m.role.hash(&mut hasher);
+        t.as_ref().hash(&mut hasher);
+        chars += t.len();
+        out.push((hasher.finish(), chars));
+    }
+    out
 }
 
 /// The first parameter outside the range OpenAI accepts, and what OpenAI
