@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::load::{closed_loop, closed_loop_until, open_loop, Phase};
-use crate::{chat_maker, free_port, gateway_command, new_sessions, wait_ready, Options, Proc};
+use crate::options::Options;
+use crate::procs::{free_addr, gateway_command, wait_ready, Proc};
+use crate::requests::{chat_maker, new_sessions};
 
 /// The floor gateway's two latency phases.
 pub struct Floor {
@@ -23,7 +25,7 @@ pub struct Floor {
 /// (5 turns each), and runs the two latency phases on it.
 pub async fn run(exe: &Path, mock_addr: SocketAddr, o: &Options, lat: Duration) -> Option<Floor> {
     let dir = tempfile::tempdir().expect("temp dir");
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let addr = free_addr();
     let child = gateway_command(exe, dir.path(), addr, mock_addr, o)
         .env("CHATGATE_STORAGE__BACKEND", "memory")
         .env("CHATGATE_LOG__LEVEL", "error")

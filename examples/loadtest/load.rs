@@ -1,6 +1,7 @@
 //! The load client: keep-alive HTTP/1.1 connections (hyper), closed-loop
 //! and open-loop phases, latency samples.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -61,6 +62,15 @@ pub struct Phase {
 }
 
 impl Phase {
+    /// A phase that did not run: nothing counted, over a nominal second so
+    /// that its rate reads 0 rather than NaN.
+    pub fn skipped() -> Phase {
+        Phase {
+            elapsed: Duration::from_secs(1),
+            ..Phase::default()
+        }
+    }
+
     pub fn rate(&self) -> f64 {
         self.ok as f64 / self.elapsed.as_secs_f64()
     }
@@ -230,6 +240,23 @@ pub async fn open_loop(addr: SocketAddr, rate: u32, duration: Duration, make: Ma
     phase
 }
 
+/// Runs a load phase and records the CPU process `pid` spent during it.
+pub async fn measured(pid: u32, phase: impl Future<Output = Phase>) -> Phase {
+    let before = cpu_by_thread(pid);
+    let mut p = phase.await;
+    p.cpu = cpu_delta(&before, &cpu_by_thread(pid));
+    p
+}
+
+/// [`measured`] if `run`, else [`Phase::skipped`].
+pub async fn measured_if(run: bool, pid: u32, phase: impl Future<Output = Phase>) -> Phase {
+    if run {
+        measured(pid, phase).await
+    } else {
+        Phase::skipped()
+    }
+}
+
 /// What the threads of one kind did: on-CPU time, and how many times they
 /// were put on a CPU (after a wake-up or a preemption; at low load nearly
 /// all are wake-ups, so this counts the hops a request makes).
@@ -243,7 +270,7 @@ pub struct ThreadUse {
 /// with trailing digits and dashes dropped (`tokio-rt-worker`,
 /// `chatcore-sqlite`, ...), from `/proc/<pid>/task/*/schedstat` (on-CPU
 /// nanoseconds, run-queue wait, timeslices run).
-pub fn cpu_by_thread(pid: u32) -> Vec<(String, ThreadUse)> {
+fn cpu_by_thread(pid: u32) -> Vec<(String, ThreadUse)> {
     let mut out: Vec<(String, ThreadUse)> = Vec::new();
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return out;
@@ -277,7 +304,7 @@ pub fn cpu_by_thread(pid: u32) -> Vec<(String, ThreadUse)> {
 
 /// `after - before`, thread kind by thread kind, most CPU first (threads
 /// that exited in between are lost; the bench's servers keep theirs).
-pub fn cpu_delta(
+fn cpu_delta(
     before: &[(String, ThreadUse)],
     after: &[(String, ThreadUse)],
 ) -> Vec<(String, ThreadUse)> {

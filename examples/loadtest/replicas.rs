@@ -10,7 +10,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::load::{closed_loop_over, Phase};
-use crate::{chat_maker, free_port, gateway_command, new_sessions, wait_ready, Options, Proc};
+use crate::options::Options;
+use crate::procs::{free_addr, gateway_command, wait_ready, Proc};
+use crate::requests::{chat_maker, new_sessions};
 
 /// A PostgreSQL schema for one gateway configuration.
 pub struct Pg {
@@ -78,7 +80,7 @@ pub async fn run(exe: &Path, mock_addr: SocketAddr, o: &Options) -> Vec<Run> {
         let mut procs = Vec::new();
         let mut addrs = Vec::new();
         for dir in &dirs {
-            let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+            let addr = free_addr();
             let child = gateway_command(exe, dir.path(), addr, mock_addr, o)
                 .envs(pg.env())
                 .env("CHATGATE_RATE_LIMIT__BACKEND", "redis")

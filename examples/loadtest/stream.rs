@@ -1,7 +1,9 @@
-//! Streaming phases: time to first token at a fixed rate (each latency
+//! The stream stage: time to first token at a fixed rate (each latency
 //! counts from the request's scheduled start, up to the first body frame
-//! that carries reply text), and many streams held open at once.
+//! that carries reply text), the mock streaming directly and chatgate's
+//! streamed `/chat/`, then many streams held open at once.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -12,7 +14,51 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper::Request;
 
-use crate::load::{connect, Make, Phase};
+use crate::load::{connect, measured, Make, Phase};
+use crate::options::Options;
+use crate::procs::{rss_kib, Servers};
+use crate::requests::{chat_stream_maker, direct_maker, direct_stream_body};
+
+/// What the stream stage measured.
+pub struct Streamed {
+    pub direct_ttft: Phase,
+    pub chat_ttft: Phase,
+    pub held: Held,
+}
+
+/// Runs the stream stage on the warmed `sessions` (so chatgate forwards as
+/// much history as the direct body carries): time to first token, then
+/// every session streaming at once while the mock, told through
+/// `mock_ctl`, holds its first chunk.
+pub async fn run(
+    s: &Servers,
+    o: &Options,
+    sessions: &Arc<Vec<String>>,
+    mock_ctl: &mut impl Write,
+) -> Streamed {
+    let (mock, gw) = (s.mock, s.gateway);
+    let lat = o.latency_duration;
+    let chat = chat_stream_maker(Arc::clone(sessions));
+    let direct = direct_maker(direct_stream_body());
+    let direct_ttft = ttft_open_loop(mock.addr, o.rate, lat, direct, OPENAI).await;
+    let chat_ttft = measured(
+        gw.pid,
+        ttft_open_loop(gw.addr, o.rate, lat, Arc::clone(&chat), GATEWAY),
+    )
+    .await;
+    let hold = Duration::from_secs(5);
+    let _ = writeln!(mock_ctl, "latency {}", hold.as_millis());
+    let held = hold_open(gw.addr, o.sessions, hold, chat, GATEWAY, || {
+        rss_kib(gw.pid, "VmRSS:")
+    })
+    .await;
+    let _ = writeln!(mock_ctl, "latency 0");
+    Streamed {
+        direct_ttft,
+        chat_ttft,
+        held,
+    }
+}
 
 /// How to read one kind of stream: whether a body frame carries reply
 /// text, and whether it is the stream's successful end.

@@ -1,0 +1,117 @@
+//! The chat stage: closed-loop throughput with N keep-alive connections,
+//! the mock reached directly, then chatgate's `/chat/`; in a full run also
+//! `/session/initialize_session` and `/feedback/`.
+
+use std::sync::Arc;
+
+use crate::load::{closed_loop, measured, measured_if, Phase};
+use crate::options::{Options, Stage};
+use crate::procs::Servers;
+use crate::replicas;
+use crate::requests::{
+    chat_maker, direct_body, direct_body_with, direct_maker, feedback_maker, init_maker,
+};
+
+/// What the chat stage measured; every phase it did not run is skipped.
+pub struct Chat {
+    pub direct: Phase,
+    pub chat: Phase,
+    /// The mock with bodies of chatgate's average upstream size.
+    pub direct_sized: Phase,
+    /// How many history messages those bodies carried, when they ran.
+    pub sized_history: Option<usize>,
+    pub init: Phase,
+    pub feedback: Phase,
+    pub replicas: Vec<replicas::Run>,
+}
+
+impl Chat {
+    pub fn skipped() -> Chat {
+        Chat {
+            direct: Phase::skipped(),
+            chat: Phase::skipped(),
+            direct_sized: Phase::skipped(),
+            sized_history: None,
+            init: Phase::skipped(),
+            feedback: Phase::skipped(),
+            replicas: Vec::new(),
+        }
+    }
+}
+
+/// Runs the chat stage on `sessions`. The replica stage, when selected,
+/// runs inside it, right after the `/chat/` loop its figures are read
+/// against.
+pub async fn run(s: &Servers, o: &Options, sessions: &Arc<Vec<String>>) -> Chat {
+    let (mock, gw) = (s.mock, s.gateway);
+    let others = o.phases.is_all();
+    let direct = measured(
+        mock.pid,
+        closed_loop(
+            mock.addr,
+            o.connections,
+            o.duration,
+            direct_maker(direct_body()),
+        ),
+    )
+    .await;
+    let chat = measured(
+        gw.pid,
+        closed_loop(
+            gw.addr,
+            o.connections,
+            o.duration,
+            chat_maker(Arc::clone(sessions)),
+        ),
+    )
+    .await;
+    let replicas = if o.phases.runs(Stage::Replicas) {
+        replicas::run(&s.exe, mock.addr, o).await
+    } else {
+        Vec::new()
+    };
+    // Without the same-work budget, chatgate's upstream requests carry each
+    // session's growing history (on average half the turns a session got in
+    // the phase, two messages each): the same closed loop against the mock
+    // with bodies of that average size shows how much of the gap is the
+    // heavier upstream work.
+    let avg_history = (chat.ok as usize / o.sessions.max(1)).max(10);
+    let sized = o.context_tokens == 0;
+    let direct_sized = measured_if(
+        sized,
+        mock.pid,
+        closed_loop(
+            mock.addr,
+            o.connections,
+            o.duration,
+            direct_maker(direct_body_with(avg_history)),
+        ),
+    )
+    .await;
+    let init = measured_if(
+        others,
+        gw.pid,
+        closed_loop(gw.addr, o.connections, o.duration, init_maker()),
+    )
+    .await;
+    let feedback = measured_if(
+        others,
+        gw.pid,
+        closed_loop(
+            gw.addr,
+            o.connections,
+            o.duration,
+            feedback_maker(Arc::clone(sessions)),
+        ),
+    )
+    .await;
+    Chat {
+        direct,
+        chat,
+        direct_sized,
+        sized_history: sized.then_some(avg_history),
+        init,
+        feedback,
+        replicas,
+    }
+}
