@@ -84,6 +84,7 @@ mod tests {
             system_prompt: None,
             metadata: None,
             owner: owner.map(str::to_owned),
+            target: None,
         }
     }
 

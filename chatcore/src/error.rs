@@ -120,6 +120,7 @@ pub struct Error {
     quota: Option<Quota>,
     retry_after: Option<Duration>,
     context_overflow: bool,
+    transient: bool,
     upstream_reply: Option<Box<(u16, bytes::Bytes)>>,
     source: Option<BoxError>,
 }
@@ -134,6 +135,7 @@ impl Error {
             quota: None,
             retry_after: None,
             context_overflow: false,
+            transient: false,
             upstream_reply: None,
             source: None,
         }
@@ -159,6 +161,22 @@ impl Error {
     pub fn with_context_overflow(mut self) -> Self {
         self.context_overflow = true;
         self
+    }
+
+    /// Marks an upstream failure as one another attempt (here or on
+    /// another upstream) may not meet: a connection error, a timeout
+    /// before the upstream's first byte, 429 or 5xx. A reply that came
+    /// and was wrong is not.
+    #[must_use]
+    pub fn with_transient(mut self) -> Self {
+        self.transient = true;
+        self
+    }
+
+    /// Whether another attempt may succeed where this one failed (see
+    /// [`Error::with_transient`]).
+    pub fn is_transient(&self) -> bool {
+        self.transient
     }
 
     /// Whether the upstream refused the request because the prompt does

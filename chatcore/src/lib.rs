@@ -111,8 +111,9 @@ pub use input::{TurnInput, MAX_MESSAGE_CHARS};
 pub use keys::{key_id, KeyRing, NewKey, KEY_PREFIX};
 pub use llm::{
     ChatModel, ChatOptions, ChatRequest, Completion, CompletionStream, Fields, FunctionCallDelta,
-    History, Input, OpenAiChat, OpenAiConfig, RawChunk, ReplyBuilder, StreamEvent, ToolCallDelta,
-    UpstreamStats, MAX_REPLY_BYTES, OPENAI_BASE_URL,
+    History, Input, KeyHeader, OpenAiChat, OpenAiConfig, RawChunk, ReplyBuilder, RouteConfig,
+    Router, RouterConfig, StreamEvent, TargetConfig, ToolCallDelta, UpstreamConfig, UpstreamHealth,
+    UpstreamStats, UpstreamStatus, MAX_REPLY_BYTES, OPENAI_BASE_URL,
 };
 pub use message::{Message, MessageRef, Role, WireMessage};
 pub use rate_limit::{key_of, Check, Decision, GovernorLimiter, RateLimiter};

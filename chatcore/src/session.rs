@@ -109,6 +109,7 @@ impl SessionManager {
             system_prompt: options.system_prompt,
             metadata: options.metadata,
             owner,
+            target: None,
         };
         self.store.insert_session(&session).await?;
         if self.hot.enabled() {

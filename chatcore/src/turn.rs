@@ -218,6 +218,8 @@ impl<'c> PreparedTurn<'c> {
             history: self.lease.history_within(budget, pinned),
             input,
             options: &self.options,
+            session: Some(self.id),
+            pinned: self.lease.target().map(|t| &**t),
         }
     }
 
@@ -353,9 +355,16 @@ impl<'c> PreparedTurn<'c> {
                 &list
             }
         };
+        // The target is written only when it changes: a session's first
+        // turn through a router, or a failover.
+        let moved = completion
+            .target
+            .as_ref()
+            .filter(|t| self.lease.target() != Some(*t));
         let turn = Turn {
             messages,
             usage: completion.usage,
+            target: moved.map(|t| &**t),
         };
         match &mut self.claim {
             None => inner.store.append_turn(self.id, turn).await?,
@@ -366,7 +375,7 @@ impl<'c> PreparedTurn<'c> {
                 claim.released = true;
             }
         }
-        self.lease.record(messages);
+        self.lease.record(messages, completion.target.as_ref());
         let (session_id, remaining, upstream) = (self.id, self.remaining, self.upstream);
         drop(self);
         Ok(ChatReply {
@@ -379,6 +388,7 @@ impl<'c> PreparedTurn<'c> {
             finish_reason: completion.finish_reason,
             raw: completion.raw,
             upstream,
+            target: completion.target,
         })
     }
 }
@@ -422,6 +432,12 @@ impl TurnStream<'_> {
         self.id
     }
 
+    /// The upstream and model answering, when a router chose them (see
+    /// [`Completion::target`]).
+    pub fn target(&self) -> Option<&std::sync::Arc<str>> {
+        self.upstream.target()
+    }
+
     /// Whether the stream hands back the upstream's own chunks
     /// ([`TurnEvent::Raw`]).
     pub fn relays_raw(&self) -> bool {
@@ -441,7 +457,8 @@ impl TurnStream<'_> {
                 None => {
                     let mut turn = self.turn.take()?;
                     turn.upstream += self.started.elapsed();
-                    let completion = std::mem::take(&mut self.reply).finish();
+                    let mut completion = std::mem::take(&mut self.reply).finish();
+                    completion.target = self.upstream.target().cloned();
                     return Some(turn.finish(completion).await.map(TurnEvent::Done));
                 }
             };
@@ -510,4 +527,7 @@ pub struct ChatReply {
     /// How long the turn waited on the model (for a stream, from its
     /// start to its last piece); the rest of its time is the gateway's.
     pub upstream: Duration,
+    /// The upstream and model that answered, when a router chose them
+    /// (see [`Completion::target`]).
+    pub target: Option<std::sync::Arc<str>>,
 }

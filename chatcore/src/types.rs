@@ -103,6 +103,10 @@ pub struct Session {
     /// The principal that created it, when access control knows one; only
     /// it (and an admin) may use the session.
     pub owner: Option<String>,
+    /// The upstream and model that answered its last turn, when a
+    /// [`Router`](crate::Router) chose them: its next turn goes there too
+    /// while that upstream is healthy (`upstream:model`).
+    pub target: Option<String>,
 }
 
 impl Session {
@@ -271,6 +275,7 @@ mod tests {
             system_prompt: None,
             metadata: None,
             owner: None,
+            target: None,
         };
         let idle = Duration::from_secs(1800);
         assert!(s.is_active_at(t0 + chrono::Duration::seconds(1799), idle));

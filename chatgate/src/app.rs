@@ -4,7 +4,9 @@
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use chatcore::{ChatCore, OpenAiChat, OpenAiConfig, SqliteStore};
+use std::sync::Arc;
+
+use chatcore::{ChatCore, Router, SqliteStore};
 use slog::{o, Logger};
 
 use crate::api::openai::Policy;
@@ -23,9 +25,11 @@ pub struct App {
     pub log: Logger,
     /// The content lines (`log.content`, `log.max_content_bytes`).
     pub content_log: ContentLog,
-    /// The models clients may name on `/v1` (`openai.models`, or the
-    /// configured model).
+    /// The models clients may name on `/v1` (`[models]`, else
+    /// `openai.models` or the configured model), sorted.
     pub models: Vec<String>,
+    /// The router over the upstreams.
+    pub router: Arc<Router>,
     /// `server.max_body_bytes`.
     pub max_body_bytes: usize,
     /// `server.max_v1_body_bytes`: the bound on `/v1` bodies (images ride
@@ -83,7 +87,7 @@ impl App {
     pub fn from_parts(parts: Parts, config: &Config, log: Logger) -> App {
         let Parts {
             core,
-            upstream,
+            router,
             sqlite,
             postgres,
             limiters,
@@ -94,7 +98,7 @@ impl App {
         if let Some(redis) = limiters.redis {
             metrics.watch_redis(redis);
         }
-        metrics.watch_upstream(upstream);
+        metrics.watch_router(Arc::clone(&router));
         if let Some(store) = postgres {
             metrics.watch_postgres(store);
         }
@@ -110,7 +114,14 @@ impl App {
             core,
             log,
             content_log,
-            models: config.openai.allowed_models(),
+            // What `/v1` clients may name: `[models]`, or as before routing
+            // existed, `openai.models` (else `openai.model`).
+            models: if config.models.is_empty() {
+                config.openai.allowed_models()
+            } else {
+                router.models().into_iter().map(str::to_owned).collect()
+            },
+            router,
             max_body_bytes: config.server.max_body_bytes.get(),
             max_v1_body_bytes: config.server.max_v1_body_bytes.get(),
             v1_policy: Policy {
@@ -162,8 +173,9 @@ pub async fn build_core(config: &Config, log: &Logger) -> chatcore::Result<ChatC
 pub struct Parts {
     /// The chat backend.
     pub core: ChatCore,
-    /// The OpenAI adapter's outcome counters.
-    pub upstream: std::sync::Arc<chatcore::UpstreamStats>,
+    /// The router over the upstreams (its states and counts feed
+    /// `/metrics`, `/readyz` and `/admin/upstreams`).
+    pub router: Arc<Router>,
     /// The SQLite store, when that is the backend.
     pub sqlite: Option<SqliteStore>,
     /// The PostgreSQL store, when that is the backend.
@@ -178,25 +190,9 @@ pub struct Parts {
 /// As [`build_core`].
 pub async fn build(config: &Config, log: &Logger) -> chatcore::Result<Parts> {
     let o = &config.openai;
-    let model = OpenAiChat::new(OpenAiConfig {
-        base_url: o.base_url.clone(),
-        model: o.model.clone(),
-        // The seed API's turns carry `openai.temperature` in their options;
-        // `/v1` requests go upstream with none added.
-        temperature: None,
-        api_key: config
-            .secrets
-            .openai_api_key
-            .as_ref()
-            .map(|k| k.expose().to_owned()),
-        timeout: o.timeout,
-        stream_idle_timeout: o.stream_idle_timeout,
-        connect_timeout: o.timeout.min(Duration::from_secs(5)),
-        max_retries: o.max_retries,
-        ..OpenAiConfig::default()
-    })?
-    .with_logger(log.new(o!("component" => "openai")));
-    let upstream = model.stats();
+    let router = Arc::new(
+        Router::new(config.router_config())?.with_logger(log.new(o!("component" => "openai"))),
+    );
     let limiters = backends::limiters(config, log)?;
     let backends::Storage {
         store,
@@ -204,7 +200,7 @@ pub async fn build(config: &Config, log: &Logger) -> chatcore::Result<Parts> {
         postgres,
     } = backends::store(config, log).await?;
     let mut builder = ChatCore::builder()
-        .model(model)
+        .shared_model(Arc::clone(&router) as Arc<dyn chatcore::ChatModel>)
         .shared_store(store)
         .rate_limiter(std::sync::Arc::clone(&limiters.messages))
         .idle_timeout(config.session.idle_timeout)
@@ -221,7 +217,7 @@ pub async fn build(config: &Config, log: &Logger) -> chatcore::Result<Parts> {
     }
     Ok(Parts {
         core: builder.build()?,
-        upstream,
+        router,
         sqlite,
         postgres,
         limiters,

@@ -30,6 +30,11 @@ use serde::Serialize;
 #[derive(Debug, Clone, Copy)]
 pub struct UpstreamTime(pub std::time::Duration);
 
+/// The upstream and model a response's model call went to
+/// (`upstream:model`), for the request's log line.
+#[derive(Debug, Clone)]
+pub struct UpstreamTarget(pub std::sync::Arc<str>);
+
 /// How a streamed body ended, for its end hook.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StreamEnd {

@@ -4,8 +4,8 @@
 //! brings.
 //!
 //! Per-request metrics are recorded as requests end (for a stream, when
-//! its body ends). Figures that other parts keep (upstream outcomes and
-//! retries in the OpenAI adapter, the SQLite writer's queue and commits,
+//! its body ends). Figures that other parts keep (each upstream's
+//! outcomes, health and counts in the router, the SQLite writer's queue and commits,
 //! dropped log records, cached sessions) are read when Prometheus scrapes,
 //! so the request path pays nothing for them.
 
@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chatcore::{ChatCore, SqliteStore, UpstreamStats, Usage};
+use chatcore::{ChatCore, Router, SqliteStore, UpstreamHealth, Usage};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -35,7 +35,13 @@ struct RouteLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
+    upstream: String,
     outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabels {
+    upstream: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -68,7 +74,7 @@ fn latency_histogram() -> Histogram {
 /// What is read at scrape time.
 #[derive(Default)]
 struct Sources {
-    upstream: Option<Arc<UpstreamStats>>,
+    router: Option<Arc<Router>>,
     sqlite: Option<SqliteStore>,
     postgres: Option<chatcore::PostgresStore>,
     log_drops: Option<Arc<AtomicU64>>,
@@ -84,6 +90,12 @@ pub struct Metrics {
     first_token: Histogram,
     upstream: Family<OutcomeLabels, Counter>,
     retries: Counter,
+    fallbacks: Family<UpstreamLabels, Counter>,
+    ejections: Family<UpstreamLabels, Counter>,
+    upstream_cached: Family<UpstreamLabels, Counter>,
+    answered: Family<UpstreamLabels, Counter>,
+    answer_seconds: Family<UpstreamLabels, Counter<f64, AtomicU64>>,
+    upstream_up: Family<UpstreamLabels, Gauge>,
     rate_limited: Family<ScopeLabels, Counter>,
     tokens: Family<TokenLabels, Counter>,
     sessions_created: Counter,
@@ -121,6 +133,12 @@ impl Metrics {
             first_token: latency_histogram(),
             upstream: Family::default(),
             retries: Counter::default(),
+            fallbacks: Family::default(),
+            ejections: Family::default(),
+            upstream_cached: Family::default(),
+            answered: Family::default(),
+            answer_seconds: Family::default(),
+            upstream_up: Family::default(),
             rate_limited: Family::default(),
             tokens: Family::default(),
             sessions_created: Counter::default(),
@@ -157,13 +175,43 @@ impl Metrics {
         );
         registry.register(
             "upstream_calls",
-            "Model calls by outcome (ok, busy, failed, timeout, rejected: the upstream refused the request itself)",
+            "Model call attempts by upstream and outcome (ok, busy, failed, timeout, rejected: the upstream refused the request itself)",
             m.upstream.clone(),
         );
         registry.register(
             "upstream_retries",
-            "Model call attempts retried (connection errors, 429, 5xx)",
+            "Passes over a route's upstreams after every one failed",
             m.retries.clone(),
+        );
+        registry.register(
+            "upstream_fallbacks",
+            "Calls an upstream answered after another candidate failed (or was out), by upstream",
+            m.fallbacks.clone(),
+        );
+        registry.register(
+            "upstream_ejections",
+            "Times an upstream was ejected after consecutive failures",
+            m.ejections.clone(),
+        );
+        registry.register(
+            "upstream_cached_tokens",
+            "Prompt tokens an upstream served from its prompt cache (whole replies and streams)",
+            m.upstream_cached.clone(),
+        );
+        registry.register(
+            "upstream_answered",
+            "Calls an upstream answered",
+            m.answered.clone(),
+        );
+        registry.register(
+            "upstream_answer_seconds",
+            "Time the calls an upstream answered took, summed (divide by upstream_answered for the mean)",
+            m.answer_seconds.clone(),
+        );
+        registry.register(
+            "upstream_up",
+            "1 while an upstream takes traffic (healthy, resting after a Retry-After, or on its trial), 0 while it is ejected",
+            m.upstream_up.clone(),
         );
         registry.register(
             "rate_limited",
@@ -172,7 +220,7 @@ impl Metrics {
         );
         registry.register(
             "tokens",
-            "Tokens the model reported, by model and kind (prompt, completion)",
+            "Tokens the model reported, by model and kind (prompt, completion, and cached: the prompt tokens a provider served from its prompt cache)",
             m.tokens.clone(),
         );
         registry.register(
@@ -230,9 +278,9 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
-    /// Reads the adapter's outcome counters at each scrape.
-    pub fn watch_upstream(&self, stats: Arc<UpstreamStats>) {
-        self.lock().upstream = Some(stats);
+    /// Reads the router's per-upstream states and counts at each scrape.
+    pub fn watch_router(&self, router: Arc<Router>) {
+        self.lock().router = Some(router);
     }
 
     /// Reads the SQLite writer's state at each scrape.
@@ -307,6 +355,7 @@ impl Metrics {
         for (kind, n) in [
             ("prompt", u.prompt_tokens),
             ("completion", u.completion_tokens),
+            ("cached", u.cached_tokens),
         ] {
             self.tokens
                 .get_or_create(&TokenLabels {
@@ -326,20 +375,8 @@ impl Metrics {
     pub fn render(&self, core: &ChatCore) -> String {
         {
             let sources = self.lock();
-            if let Some(up) = &sources.upstream {
-                for (outcome, n) in [
-                    ("ok", &up.ok),
-                    ("busy", &up.busy),
-                    ("rejected", &up.rejected),
-                    ("failed", &up.failed),
-                    ("timeout", &up.timeout),
-                ] {
-                    catch_up(
-                        &self.upstream.get_or_create(&OutcomeLabels { outcome }),
-                        n.load(Ordering::Relaxed),
-                    );
-                }
-                catch_up(&self.retries, up.retries.load(Ordering::Relaxed));
+            if let Some(router) = &sources.router {
+                self.read_router(router);
             }
             if let Some(store) = &sources.sqlite {
                 let s = store.stats();
@@ -373,6 +410,50 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+impl Metrics {
+    fn read_router(&self, router: &Router) {
+        for s in router.status() {
+            let up = |name: &str| UpstreamLabels {
+                upstream: name.to_owned(),
+            };
+            let labels = up(&s.name);
+            let st = &s.stats;
+            for (outcome, n) in [
+                ("ok", &st.ok),
+                ("busy", &st.busy),
+                ("rejected", &st.rejected),
+                ("failed", &st.failed),
+                ("timeout", &st.timeout),
+            ] {
+                catch_up(
+                    &self.upstream.get_or_create(&OutcomeLabels {
+                        upstream: s.name.clone(),
+                        outcome,
+                    }),
+                    n.load(Ordering::Relaxed),
+                );
+            }
+            catch_up(&self.fallbacks.get_or_create(&labels), s.fallbacks);
+            catch_up(&self.ejections.get_or_create(&labels), s.ejections);
+            catch_up(
+                &self.upstream_cached.get_or_create(&labels),
+                s.cached_tokens,
+            );
+            catch_up(&self.answered.get_or_create(&labels), s.answered);
+            let seconds = self.answer_seconds.get_or_create(&labels);
+            let total = s.latency.as_secs_f64();
+            if total > seconds.get() {
+                seconds.inc_by(total - seconds.get());
+            }
+            let taking = !matches!(s.health, UpstreamHealth::Ejected { .. });
+            self.upstream_up
+                .get_or_create(&labels)
+                .set(i64::from(taking));
+        }
+        catch_up(&self.retries, router.retries());
     }
 }
 

@@ -15,7 +15,7 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response};
 use slog::{error, info, warn};
 
-use crate::body::{Body, UpstreamTime};
+use crate::body::{Body, UpstreamTarget, UpstreamTime};
 use crate::cors::preflight;
 use crate::error::ApiError;
 use crate::routes::{dispatch, is_openai_path, method_label, route_template};
@@ -88,6 +88,10 @@ pub async fn serve(
     let status = resp.status().as_u16();
     resp.headers_mut()
         .insert("x-request-id", request_id.clone());
+    let target = resp
+        .extensions()
+        .get::<UpstreamTarget>()
+        .map(|t| std::sync::Arc::clone(&t.0));
     if resp.body().is_stream() {
         let log = app.log.clone();
         let path = uri.path().to_owned();
@@ -102,6 +106,7 @@ pub async fn serve(
                 "status" => status,
                 "latency_us" => start.elapsed().as_micros() as u64,
                 "stream" => how.as_str(),
+                "upstream" => target.as_deref().unwrap_or("-"),
                 "request_id" => rid.to_str().unwrap_or("-"));
         });
     } else {
@@ -119,6 +124,7 @@ pub async fn serve(
             "path" => uri.path(),
             "status" => status,
             "latency_us" => start.elapsed().as_micros() as u64,
+            "upstream" => target.as_deref().unwrap_or("-"),
             "request_id" => rid);
     }
     Ok(resp)

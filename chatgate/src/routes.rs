@@ -33,6 +33,7 @@ enum Endpoint {
     Feedback,
     AdminFeedback,
     AdminFeedbackExport,
+    AdminUpstreams,
     Metrics,
     Healthz,
     Readyz,
@@ -183,6 +184,12 @@ static ROUTES: &[Route] = &[
         &[Lit("admin"), Lit("feedback"), Lit("export")],
         "GET",
         &[(Get, Need::Admin, AdminFeedbackExport)],
+    ),
+    route(
+        "/admin/upstreams",
+        &[Lit("admin"), Lit("upstreams")],
+        "GET",
+        &[(Get, Need::Admin, AdminUpstreams)],
     ),
     route(
         "/metrics",
@@ -348,6 +355,7 @@ pub(crate) async fn dispatch(
         Feedback => handlers::feedback::submit(app, req, caller).await,
         AdminFeedback => handlers::admin::feedback(app, caller, query).await,
         AdminFeedbackExport => handlers::admin::export(app, caller, query),
+        AdminUpstreams => Ok(handlers::upstreams::list(app)),
         Metrics => Ok(handlers::meta::metrics(app)),
         Healthz => Ok(handlers::meta::healthz()),
         Readyz => handlers::meta::readyz(app).await,

@@ -22,7 +22,7 @@ use hyper::header::HeaderValue;
 use hyper::Response;
 use slog::error;
 
-use crate::body::{event_stream, Body, UpstreamTime};
+use crate::body::{event_stream, Body, UpstreamTarget, UpstreamTime};
 use crate::error::ApiError;
 use crate::framing::{Framing, Piece, Reply};
 use crate::handlers::HandlerResult;
@@ -46,17 +46,23 @@ pub struct Served<'a> {
 pub async fn whole<F: Framing>(
     at: Served<'_>,
     turn: PreparedTurn<'_>,
-    framing: F,
+    mut framing: F,
 ) -> HandlerResult {
     at.app
         .content_log
         .user(turn.session_id(), &turn.content(), at.rid);
     let (limit, remaining) = (turn.limit(), turn.remaining());
     let reply = turn.complete().await?;
+    if let Some(t) = &reply.target {
+        framing.answered_by(t);
+    }
     let shown = Reply::from(&reply);
     answered(at, &shown);
     let mut resp = framing.whole(&shown);
     resp.extensions_mut().insert(UpstreamTime(reply.upstream));
+    if let Some(t) = &reply.target {
+        resp.extensions_mut().insert(UpstreamTarget(Arc::clone(t)));
+    }
     rate_headers(&mut resp, limit, remaining);
     Ok(resp)
 }
@@ -70,13 +76,16 @@ pub async fn whole<F: Framing>(
 pub async fn streamed<F: Framing>(
     at: Served<'_>,
     turn: PreparedTurn<'static>,
-    framing: F,
+    mut framing: F,
 ) -> HandlerResult {
     at.app
         .content_log
         .user(turn.session_id(), &turn.content(), at.rid);
     let (limit, remaining) = (turn.limit(), turn.remaining());
     let stream = turn.stream().await?;
+    if let Some(t) = stream.target() {
+        framing.answered_by(t);
+    }
     let mut resp = stream_response(at, Source::Turn(Box::new(stream)), framing);
     rate_headers(&mut resp, limit, remaining);
     Ok(resp)
@@ -89,13 +98,19 @@ pub fn stateless_whole<F: Framing>(
     user: &str,
     completion: &Completion,
     upstream: Duration,
-    framing: F,
+    mut framing: F,
 ) -> Response<Body> {
     at.app.content_log.user("-", user, at.rid);
+    if let Some(t) = &completion.target {
+        framing.answered_by(t);
+    }
     let shown = Reply::from(completion);
     answered(at, &shown);
     let mut resp = framing.whole(&shown);
     resp.extensions_mut().insert(UpstreamTime(upstream));
+    if let Some(t) = &completion.target {
+        resp.extensions_mut().insert(UpstreamTarget(Arc::clone(t)));
+    }
     resp
 }
 
@@ -104,9 +119,12 @@ pub fn stateless_stream<F: Framing>(
     at: Served<'_>,
     user: &str,
     stream: CompletionStream,
-    framing: F,
+    mut framing: F,
 ) -> Response<Body> {
     at.app.content_log.user("-", user, at.rid);
+    if let Some(t) = stream.target() {
+        framing.answered_by(t);
+    }
     stream_response(at, Source::Stateless(stream), framing)
 }
 
@@ -145,6 +163,13 @@ enum Item {
 }
 
 impl Source {
+    fn target(&self) -> Option<&Arc<str>> {
+        match self {
+            Source::Turn(t) => t.target(),
+            Source::Stateless(s) => s.target(),
+        }
+    }
+
     fn relays_raw(&self) -> bool {
         match self {
             Source::Turn(t) => t.relays_raw(),
@@ -202,6 +227,8 @@ struct Live<F> {
     /// When the request started, until its first piece arrives.
     waiting_since: Option<Instant>,
     over: bool,
+    /// The upstream and model answering, for its cached-token count.
+    target: Option<Arc<str>>,
 }
 
 impl<F: Framing> Live<F> {
@@ -229,6 +256,9 @@ impl<F: Framing> Live<F> {
     fn close(&mut self, reply: &Reply<'_>) {
         self.over = true;
         self.app.metrics.tokens(&self.model, reply.usage);
+        if let (Some(t), Some(u)) = (&self.target, reply.usage) {
+            self.app.router.count_cached(t, u.cached_tokens);
+        }
         let log = &self.app.content_log;
         match reply.session_id {
             Some(id) => log.reply(id, reply.content, &self.rid),
@@ -256,6 +286,7 @@ impl<F: Framing> Live<F> {
 /// instead, never a clean end.
 fn stream_response<F: Framing>(at: Served<'_>, source: Source, mut framing: F) -> Response<Body> {
     let opening = framing.opening(source.relays_raw());
+    let target = source.target().cloned();
     let live = Live {
         app: Arc::clone(at.app),
         source,
@@ -269,6 +300,7 @@ fn stream_response<F: Framing>(at: Served<'_>, source: Source, mut framing: F) -
         finish: None,
         waiting_since: Some(Instant::now()),
         over: false,
+        target: target.clone(),
     };
     let body = Body::unfold(live, |mut live| async move {
         loop {
@@ -338,5 +370,9 @@ fn stream_response<F: Framing>(at: Served<'_>, source: Source, mut framing: F) -
             }
         }
     });
-    event_stream(body)
+    let mut resp = event_stream(body);
+    if let Some(t) = target {
+        resp.extensions_mut().insert(UpstreamTarget(t));
+    }
+    resp
 }

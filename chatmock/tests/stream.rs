@@ -200,6 +200,8 @@ async fn raw_exchange(mock: &MockOpenAi, body: &Value) -> (String, Vec<String>, 
     }
 }
 
+/// Polls `check` every 10 ms until it holds, for at most [`PATIENCE`]:
+/// the one poll of these tests, a wait on a condition.
 async fn eventually(what: &str, check: impl Fn() -> bool) {
     let start = Instant::now();
     while !check() {

@@ -4,7 +4,7 @@
 //! Run: `cargo run --release --example loadtest` (options: `--duration 10`
 //! seconds per throughput phase, `--latency-duration 10`, `--connections 64`,
 //! `--sessions 2000`, `--rate 50`, `--context-tokens 136`, `--backend sqlite`,
-//! `--phases all|chat|latency|stream|replicas`, `--postgres-url`,
+//! `--phases all|chat|latency|stream|replicas|routing`, `--postgres-url`,
 //! `--redis-url`, `--gateway-env KEY=VALUE`, repeatable, to run the
 //! gateway with other settings: `CHATGATE_LOG__SQL=false`,
 //! `TOKIO_WORKER_THREADS=1`, ..., and `--mock-exe PATH`, another build of
@@ -37,7 +37,8 @@
 //! The stages (`options::Stage`), each a function in the file of its
 //! concern, run in this order: `chat.rs` (with `replicas.rs` inside it),
 //! `latency.rs` (with `floor.rs`; it also warms the sessions `stream.rs`
-//! uses), `stream.rs`. Around them: `options.rs` (the command line),
+//! uses), `stream.rs`, and on its own `routing.rs` (`--phases routing`:
+//! one upstream against a route over two). Around them: `options.rs` (the command line),
 //! `procs.rs` (the child processes), `requests.rs` (what is sent),
 //! `load.rs` (the load client) and `report.rs` (what is printed, calling
 //! on `floor.rs` and `replicas.rs` for their own rows).
@@ -56,6 +57,7 @@ mod procs;
 mod replicas;
 mod report;
 mod requests;
+mod routing;
 mod stream;
 
 use chat::Chat;
@@ -169,6 +171,9 @@ async fn drive(o: Options) -> ExitCode {
     let mock_peak = rss_kib(mock.pid, "VmHWM:");
 
     report::tables(&o, &mut chat, &mut lat, streamed.as_mut());
+    if runs(Stage::Routing) {
+        routing::print(&routing::run(&s.exe, mock.addr, &o).await);
+    }
 
     let acked = chat.chat.ok
         + warmed.map_or(0, |w| w.acked)

@@ -15,6 +15,8 @@ pub enum Stage {
     Stream,
     /// `/chat/` on one and three gateways over PostgreSQL (`replicas.rs`).
     Replicas,
+    /// `/chat/` through one upstream and a route over two (`routing.rs`).
+    Routing,
 }
 
 /// What `--phases` selected.
@@ -33,6 +35,7 @@ impl Phases {
             "latency" => Phases::Only(Stage::Latency),
             "stream" => Phases::Only(Stage::Stream),
             "replicas" => Phases::Only(Stage::Replicas),
+            "routing" => Phases::Only(Stage::Routing),
             _ => return None,
         })
     }
@@ -42,7 +45,7 @@ impl Phases {
     /// also runs the chat stage's closed loops.
     pub fn runs(self, stage: Stage) -> bool {
         match self {
-            Phases::All => stage != Stage::Replicas,
+            Phases::All => !matches!(stage, Stage::Replicas | Stage::Routing),
             Phases::Only(only) => {
                 only == stage || (only == Stage::Replicas && stage == Stage::Chat)
             }
@@ -149,7 +152,7 @@ impl Options {
                     o.phases = it
                         .next()
                         .and_then(|p| Phases::parse(p))
-                        .ok_or("--phases needs all, chat, latency, stream or replicas")?
+                        .ok_or("--phases needs all, chat, latency, stream, replicas or routing")?
                 }
                 "--context-tokens" => o.context_tokens = value()?,
                 "--postgres-url" => {

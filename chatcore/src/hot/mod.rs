@@ -228,7 +228,9 @@ impl HotSessions {
     /// Caches `session` with `history`; returns the entry.
     pub(crate) fn insert(&self, session: Session, history: Vec<Message>) -> Arc<Hot> {
         let id = session.id;
-        let hot = Arc::new(Hot::new(session, Window::new(history, self.budget)));
+        let mut window = Window::new(history, self.budget);
+        window.target = session.target.as_deref().map(Arc::from);
+        let hot = Arc::new(Hot::new(session, window));
         if !self.enabled() {
             return hot;
         }
@@ -355,6 +357,12 @@ impl Lease {
             .map_or(History::empty(), |w| w.fit(budget, pinned))
     }
 
+    /// The target that answered the session's last turn, if the window
+    /// knows it.
+    pub(crate) fn target(&self) -> Option<&Arc<str>> {
+        self.window.as_ref().and_then(|w| w.target.as_ref())
+    }
+
     /// The session's newest message, as far as the window holds it.
     pub(crate) fn last(&self) -> Option<MessageRef<'_>> {
         self.window.as_ref().and_then(Window::last)
@@ -366,13 +374,19 @@ impl Lease {
         self.in_doubt = true;
     }
 
-    /// Records a stored turn's messages in the cache; the last one's time
-    /// is the session's new `last_active`.
-    pub(crate) fn record(&mut self, messages: &[MessageRef<'_>]) {
+    /// Records a stored turn's messages in the cache, and the target that
+    /// answered it; the last message's time is the session's new
+    /// `last_active`.
+    pub(crate) fn record(&mut self, messages: &[MessageRef<'_>], target: Option<&Arc<str>>) {
         let budget = self.cache.budget;
         if let Some(w) = self.window.as_mut() {
             for m in messages {
                 w.push(*m, budget);
+            }
+            if let Some(t) = target {
+                if w.target.as_ref() != Some(t) {
+                    w.target = Some(Arc::clone(t));
+                }
             }
         }
         if let Some(last) = messages.last() {

@@ -23,6 +23,7 @@ fn session() -> Session {
         last_active: now,
         system_prompt: None,
         metadata: None,
+        target: None,
     }
 }
 
@@ -163,7 +164,7 @@ fn grow(cache: &Arc<HotSessions>) -> Vec<Arc<Hot>> {
             if let Some(mut lease) = cache.lease(Arc::clone(hot)) {
                 let text = "y".repeat(1000);
                 let reply = format!("{round}");
-                lease.record(&[user(&text), user(&reply)]);
+                lease.record(&[user(&text), user(&reply)], None);
             }
         }
     }

@@ -17,6 +17,9 @@ pub(crate) struct Window {
     /// Entries before `start` (and their text) are dropped, lazily.
     start: usize,
     tokens: usize,
+    /// The target that answered the session's last turn (see
+    /// [`Completion::target`](crate::Completion::target)).
+    pub(crate) target: Option<std::sync::Arc<str>>,
 }
 
 impl Window {

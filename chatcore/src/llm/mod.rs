@@ -11,6 +11,7 @@
 //! relay it without rebuilding it from the fields chatcore knows.
 
 use std::fmt;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -18,9 +19,10 @@ use serde_json::value::RawValue;
 
 use crate::error::Result;
 use crate::message::{Message, MessageRef, Role, WireMessage};
-use crate::types::Usage;
+use crate::types::{SessionId, Usage};
 
 mod openai;
+mod router;
 mod stream;
 
 /// The largest reply a model's reply is read to (16 MiB): a whole
@@ -30,7 +32,10 @@ pub const MAX_REPLY_BYTES: usize = 16 << 20;
 
 pub use crate::history::History;
 pub use crate::json::Fields;
-pub use openai::{OpenAiChat, OpenAiConfig, UpstreamStats, OPENAI_BASE_URL};
+pub use openai::{KeyHeader, OpenAiChat, OpenAiConfig, UpstreamStats, OPENAI_BASE_URL};
+pub use router::{
+    RouteConfig, Router, RouterConfig, TargetConfig, UpstreamConfig, UpstreamHealth, UpstreamStatus,
+};
 pub use stream::{
     CompletionStream, FunctionCallDelta, RawChunk, ReplyBuilder, StreamEvent, ToolCallDelta,
 };
@@ -49,6 +54,12 @@ pub struct ChatRequest<'a> {
     /// Model, sampling and other choices for this request; every unset
     /// field falls back to the model's configured default.
     pub options: &'a ChatOptions,
+    /// The session this turn belongs to (none for a stateless request): a
+    /// [`Router`] derives the `prompt_cache_key` from it.
+    pub session: Option<SessionId>,
+    /// The target that answered the session's last turn
+    /// ([`Completion::target`]), which a [`Router`] keeps it on.
+    pub pinned: Option<&'a str>,
 }
 
 /// A turn's new messages.
@@ -72,6 +83,8 @@ impl<'a> ChatRequest<'a> {
             history,
             input: Input::Text(user),
             options: ChatOptions::none(),
+            session: None,
+            pinned: None,
         }
     }
 
@@ -180,6 +193,9 @@ pub struct Completion {
     /// The upstream's whole reply body as it was sent (every choice,
     /// `logprobs`, `system_fingerprint`, …), when the model has one.
     pub raw: Option<Bytes>,
+    /// The upstream and model that answered (`upstream:model`), when a
+    /// [`Router`] chose them: a session's next turn goes there too.
+    pub target: Option<Arc<str>>,
 }
 
 impl Completion {

@@ -44,8 +44,15 @@ pub struct OpenAiConfig {
     /// The sampling temperature sent when a request sets none; `None`
     /// sends none, leaving the upstream model's own default.
     pub temperature: Option<f32>,
-    /// The API key, sent as `Authorization: Bearer`; `None` sends none.
+    /// The API key, sent as [`OpenAiConfig::key_header`] says; `None`
+    /// sends none.
     pub api_key: Option<String>,
+    /// How the key is sent: `Authorization: Bearer` (OpenAI and most
+    /// servers) or `api-key` (Azure OpenAI).
+    pub key_header: KeyHeader,
+    /// Other headers sent with every request (an organisation, a proxy's
+    /// own credential…).
+    pub headers: Vec<(String, String)>,
     /// Total deadline for one call, retries included; for a stream, the
     /// deadline for its first byte of content.
     pub timeout: Duration,
@@ -67,6 +74,11 @@ impl fmt::Debug for OpenAiConfig {
             .field("model", &self.model)
             .field("temperature", &self.temperature)
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("key_header", &self.key_header)
+            .field(
+                "headers",
+                &self.headers.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            )
             .field("timeout", &self.timeout)
             .field("stream_idle_timeout", &self.stream_idle_timeout)
             .field("connect_timeout", &self.connect_timeout)
@@ -83,6 +95,8 @@ impl Default for OpenAiConfig {
             model: "gpt-3.5-turbo".to_owned(),
             temperature: None,
             api_key: None,
+            key_header: KeyHeader::Bearer,
+            headers: Vec::new(),
             timeout: Duration::from_secs(60),
             stream_idle_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
@@ -90,6 +104,25 @@ impl Default for OpenAiConfig {
             backoff: Duration::from_millis(200),
         }
     }
+}
+
+/// The header an upstream takes its API key in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum KeyHeader {
+    /// `Authorization: Bearer <key>`.
+    #[default]
+    Bearer,
+    /// `api-key: <key>`, as Azure OpenAI takes it.
+    ApiKey,
+}
+
+/// What a router decided for one attempt: the model name the upstream
+/// knows, the prompt-cache key, and the deadline of the whole call.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Attempt<'a> {
+    pub(crate) model: &'a str,
+    pub(crate) cache_key: Option<&'a str>,
+    pub(crate) deadline: Instant,
 }
 
 /// A [`ChatModel`] speaking OpenAI chat completions over HTTP.
@@ -162,19 +195,38 @@ impl OpenAiChat {
                 format!("base_url must start with http:// or https://, got {base:?}"),
             ));
         }
-        let url = reqwest::Url::parse(&format!("{base}/chat/completions"))
-            .map_err(|e| Error::invalid("base_url", format!("base_url is not a valid URL: {e}")))?;
+        let url = chat_url(base)?;
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        for (name, value) in &config.headers {
+            let name = reqwest::header::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| Error::invalid("headers", format!("{name:?} is not a header name")))?;
+            let mut value = HeaderValue::from_str(value).map_err(|_| {
+                Error::invalid(
+                    "headers",
+                    format!("the value of header {name} contains characters a header cannot carry"),
+                )
+            })?;
+            // Extra headers often carry credentials: never shown.
+            value.set_sensitive(true);
+            headers.insert(name, value);
+        }
         if let Some(key) = &config.api_key {
-            let mut value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
+            let (name, text) = match config.key_header {
+                KeyHeader::Bearer => (AUTHORIZATION, format!("Bearer {key}")),
+                KeyHeader::ApiKey => (
+                    reqwest::header::HeaderName::from_static("api-key"),
+                    key.clone(),
+                ),
+            };
+            let mut value = HeaderValue::from_str(&text).map_err(|_| {
                 Error::invalid(
                     "api_key",
                     "the API key contains characters a header cannot carry",
                 )
             })?;
             value.set_sensitive(true);
-            headers.insert(AUTHORIZATION, value);
+            headers.insert(name, value);
         }
         let client = reqwest::Client::builder()
             .default_headers(headers)
@@ -237,16 +289,64 @@ impl OpenAiChat {
         Arc::clone(&self.stats)
     }
 
-    fn body(&self, request: ChatRequest<'_>, stream: bool) -> Vec<u8> {
-        let model = request
-            .options
-            .model
-            .as_deref()
-            .unwrap_or(&self.config.model);
+    fn body(
+        &self,
+        request: ChatRequest<'_>,
+        model: &str,
+        cache_key: Option<&str>,
+        stream: bool,
+    ) -> Vec<u8> {
         // Sized up front: growing the buffer by doubling showed in profiles.
         let estimate = wire::size_hint(model, &request);
         let mut out = Vec::with_capacity(estimate + estimate / 8);
-        wire::write_request(&mut out, model, &request, self.config.temperature, stream);
+        wire::write_request(
+            &mut out,
+            model,
+            &request,
+            self.config.temperature,
+            cache_key,
+            stream,
+        );
+        out
+    }
+
+    /// The model a request names, else the configured one.
+    fn model_of<'r>(&'r self, request: &ChatRequest<'r>) -> &'r str {
+        request
+            .options
+            .model
+            .as_deref()
+            .unwrap_or(&self.config.model)
+    }
+
+    /// One call as a router makes it: `attempt`'s model, no retries of
+    /// its own (the router decides what follows a failure), within the
+    /// sooner of the router's deadline and this upstream's timeout.
+    pub(crate) async fn complete_attempt(
+        &self,
+        request: ChatRequest<'_>,
+        attempt: Attempt<'_>,
+    ) -> Result<Completion> {
+        let deadline = attempt.deadline.min(Instant::now() + self.config.timeout);
+        let body = self.body(request, attempt.model, attempt.cache_key, false);
+        let out = self.complete_body(body, deadline, 0).await;
+        self.stats.record(&out);
+        out
+    }
+
+    /// As [`OpenAiChat::complete_attempt`], streamed.
+    pub(crate) async fn stream_attempt(
+        &self,
+        request: ChatRequest<'_>,
+        attempt: Attempt<'_>,
+    ) -> Result<CompletionStream> {
+        let deadline = attempt.deadline.min(Instant::now() + self.config.timeout);
+        let raw = request.options.raw_reply;
+        let body = self.body(request, attempt.model, attempt.cache_key, true);
+        let out = self.stream_body(body, raw, deadline, 0).await;
+        if out.is_err() {
+            self.stats.record(&out);
+        }
         out
     }
 }
@@ -271,8 +371,18 @@ impl ChatModel for OpenAiChat {
 impl OpenAiChat {
     async fn complete_once(&self, request: ChatRequest<'_>) -> Result<Completion> {
         let deadline = Instant::now() + self.config.timeout;
-        let body = self.body(request, false);
-        let resp = self.send(body, deadline).await?;
+        let body = self.body(request, self.model_of(&request), None, false);
+        self.complete_body(body, deadline, self.config.max_retries)
+            .await
+    }
+
+    async fn complete_body(
+        &self,
+        body: Vec<u8>,
+        deadline: Instant,
+        retries: u32,
+    ) -> Result<Completion> {
+        let resp = self.send(body, deadline, retries).await?;
         let key = self.config.api_key.as_deref();
         let bytes = match tokio::time::timeout_at(deadline, read_capped(resp, key)).await {
             Err(_) => return Err(timed_out()),
@@ -284,8 +394,19 @@ impl OpenAiChat {
     async fn stream_start(&self, request: ChatRequest<'_>) -> Result<CompletionStream> {
         let deadline = Instant::now() + self.config.timeout;
         let raw = request.options.raw_reply;
-        let body = self.body(request, true);
-        let resp = self.send(body, deadline).await?;
+        let body = self.body(request, self.model_of(&request), None, true);
+        self.stream_body(body, raw, deadline, self.config.max_retries)
+            .await
+    }
+
+    async fn stream_body(
+        &self,
+        body: Vec<u8>,
+        raw: bool,
+        deadline: Instant,
+        retries: u32,
+    ) -> Result<CompletionStream> {
+        let resp = self.send(body, deadline, retries).await?;
         Ok(CompletionStream::from_source(SseSource::new(
             resp,
             SseParser::new(raw),
@@ -295,6 +416,16 @@ impl OpenAiChat {
             Arc::clone(&self.stats),
         )))
     }
+}
+
+/// `/chat/completions` under `base`, keeping a query the base URL carries
+/// (Azure's `?api-version=`).
+fn chat_url(base: &str) -> Result<reqwest::Url> {
+    let mut url = reqwest::Url::parse(base)
+        .map_err(|e| Error::invalid("base_url", format!("base_url is not a valid URL: {e}")))?;
+    let path = format!("{}/chat/completions", url.path().trim_end_matches('/'));
+    url.set_path(&path);
+    Ok(url)
 }
 
 /// Reads a whole reply: the first choice's message (plain text, or kept

@@ -6,6 +6,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -82,6 +83,7 @@ pub enum StreamEvent {
 #[derive(Debug)]
 pub struct CompletionStream {
     source: Box<dyn EventSource>,
+    target: Option<Arc<str>>,
 }
 
 /// What a stream reads its events from: a model's own reader (the OpenAI
@@ -145,7 +147,22 @@ impl CompletionStream {
     pub(crate) fn from_source(source: impl EventSource + 'static) -> CompletionStream {
         CompletionStream {
             source: Box::new(source),
+            target: None,
         }
+    }
+
+    /// The same stream, said to come from `target` (see
+    /// [`Completion::target`]).
+    #[must_use]
+    pub fn with_target(mut self, target: Option<Arc<str>>) -> CompletionStream {
+        self.target = target;
+        self
+    }
+
+    /// The upstream and model answering, when a router chose them (see
+    /// [`Completion::target`]).
+    pub fn target(&self) -> Option<&Arc<str>> {
+        self.target.as_ref()
     }
 
     /// The next event, `None` at the end.
@@ -411,6 +428,7 @@ impl ReplyBuilder {
             usage: self.usage,
             finish_reason: self.finish_reason,
             raw: None,
+            target: None,
         }
     }
 }

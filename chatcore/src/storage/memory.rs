@@ -129,6 +129,9 @@ impl MessageStore for MemoryStore {
         e.messages
             .extend(turn.messages.iter().map(MessageRef::to_message));
         e.session.last_active = turn.reply_at();
+        if let Some(target) = turn.target {
+            e.session.target = Some(target.to_owned());
+        }
         if let Some(usage) = turn.usage {
             e.usage.add(usage);
         }

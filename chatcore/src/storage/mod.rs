@@ -203,6 +203,10 @@ pub struct Turn<'a> {
     pub messages: &'a [MessageRef<'a>],
     /// The tokens the turn cost, when the model reported them.
     pub usage: Option<Usage>,
+    /// The session's new target (see [`Session::target`]), when it changed:
+    /// a session's first turn through a router, or a failover. `None`
+    /// leaves it as it was.
+    pub target: Option<&'a str>,
 }
 
 /// The most messages one turn stores (its new messages and the reply):

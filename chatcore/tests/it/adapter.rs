@@ -27,6 +27,7 @@ fn config(base_url: String) -> OpenAiConfig {
         connect_timeout: Duration::from_secs(1),
         max_retries: 2,
         backoff: Duration::from_millis(5),
+        ..OpenAiConfig::default()
     }
 }
 

@@ -46,6 +46,7 @@ async fn store_turn(store: &dyn Store, id: SessionId, messages: &[Message], usag
             Turn {
                 messages: &refs,
                 usage,
+                target: None,
             },
         )
         .await

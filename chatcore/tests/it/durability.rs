@@ -226,6 +226,7 @@ async fn a_version_3_file_migrates_and_its_turns_read_as_text() {
             Turn {
                 messages: &refs,
                 usage: None,
+                target: None,
             },
         )
         .await

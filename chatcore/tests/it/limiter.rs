@@ -75,6 +75,7 @@ async fn governor_bursts_then_limits() {
 #[cfg(feature = "redis")]
 mod redis_backend {
     use super::*;
+    use crate::support::{wait_for, wait_until};
     use chatcore::{ErrorKind, OnUnavailable, RedisLimiter, RedisLimiterConfig};
     use chatmock::TcpProxy;
 
@@ -160,13 +161,28 @@ mod redis_backend {
         let fast = RedisLimiter::connect(&url, config(&p, 60_000, OnUnavailable::Deny)).unwrap();
         let t = SessionId::new_v4();
         fast.check(t).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let exists: i64 = redis::cmd("EXISTS")
-            .arg(format!("{p}{t}"))
+        let key = format!("{p}{t}");
+        // Set to go within a millisecond (or gone already: -2); never
+        // without a TTL (-1).
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(&key)
             .query_async(&mut conn)
             .await
             .unwrap();
-        assert_eq!(exists, 0);
+        assert!(ttl == -2 || (0..=1).contains(&ttl), "{ttl}");
+        // And Redis does let it go.
+        wait_until(Duration::from_secs(10), "the idle key to expire", || {
+            let (mut conn, key) = (conn.clone(), key.clone());
+            async move {
+                let exists: i64 = redis::cmd("EXISTS")
+                    .arg(key)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                exists == 0
+            }
+        })
+        .await;
     }
 
     #[tokio::test]
@@ -251,16 +267,14 @@ mod redis_backend {
         assert_eq!(e.kind(), ErrorKind::LimiterUnavailable);
         proxy.restore();
         // It reconnects on its own; the quota kept in Redis is intact.
-        let mut answer = l.check(s).await;
-        for _ in 0..50 {
-            if answer.is_ok() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            answer = l.check(s).await;
-        }
+        let answer = wait_for(
+            Duration::from_secs(20),
+            "the limiter to reach Redis again",
+            || async { l.check(s).await.ok() },
+        )
+        .await;
         assert!(
-            matches!(answer, Ok(Decision::Allowed { remaining: 3 })),
+            matches!(answer, Decision::Allowed { remaining: 3 }),
             "{answer:?}"
         );
     }

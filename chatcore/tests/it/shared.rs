@@ -12,7 +12,7 @@ use chatcore::{
 };
 
 use crate::support::pg::TestSchema;
-use crate::support::{assistant, at, pairs, session, t0, user, ScriptedModel};
+use crate::support::{assistant, at, pairs, session, t0, user, wait_until, ScriptedModel};
 
 /// Runs each listed `async fn name(schema: TestSchema)` on a fresh schema,
 /// or skips it (passing) when no test server is configured.
@@ -143,8 +143,20 @@ async fn a_claim_lapses_after_its_ttl_and_fences_its_old_holder(schema: TestSche
         store.claim_turn(s.id, next, TTL, 10).await.unwrap(),
         Claim::Busy(_)
     ));
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    held(store.claim_turn(s.id, next, TTL, 10).await.unwrap());
+    // Busy until the claim lapses; then the next turn takes it.
+    let (store_ref, id) = (&store, s.id);
+    wait_until(
+        Duration::from_secs(20),
+        "the dead holder's claim to lapse",
+        || async move {
+            match store_ref.claim_turn(id, next, TTL, 10).await.unwrap() {
+                Claim::Held(..) => true,
+                Claim::Busy(_) => false,
+                other => panic!("expected busy, then held; got {other:?}"),
+            }
+        },
+    )
+    .await;
 
     // The old holder comes back: its claim is gone, and so is its turn.
     assert!(!store.renew_claim(s.id, dead, TTL).await.unwrap());
@@ -181,7 +193,23 @@ async fn a_lapsed_claim_nobody_took_still_stores(schema: TestSchema) {
             .await
             .unwrap(),
     );
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Wait (on the database's clock) until the claim has lapsed.
+    let raw = schema.raw().await;
+    let (raw, id) = (&raw, s.id);
+    wait_until(
+        Duration::from_secs(20),
+        "the claim to lapse",
+        || async move {
+            raw.query_one(
+                "SELECT claim_until < clock_timestamp() FROM sessions WHERE id = $1",
+                &[id.as_uuid()],
+            )
+            .await
+            .unwrap()
+            .get::<_, bool>(0)
+        },
+    )
+    .await;
     // Nothing was stored since it read the history: the turn is still good.
     store
         .append_claimed_turn(s.id, slow, turn!("u", "a", 1))
@@ -432,6 +460,11 @@ async fn a_claim_that_waited_on_an_append_sees_its_messages(schema: TestSchema) 
     // messages inserted, not yet committed.
     let mut raw = schema.raw().await;
     let append = raw.transaction().await.unwrap();
+    let appender: i32 = append
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
     append
         .execute(
             "UPDATE sessions SET turns = turns + 1, messages = messages + 2, claim = NULL, claim_until = NULL WHERE id = $1",
@@ -451,8 +484,26 @@ async fn a_claim_that_waited_on_an_append_sees_its_messages(schema: TestSchema) 
         let store = store.clone();
         tokio::spawn(async move { store.claim_turn(s.id, TurnToken::new(), TTL, 10).await })
     };
-    // Let the claim start (and wait on the row), then commit the append.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Wait until the claim waits on the append's row lock (as another
+    // connection sees it), then commit the append.
+    let watcher = schema.raw().await;
+    let watcher = &watcher;
+    wait_until(
+        Duration::from_secs(20),
+        "the claim to wait on the append's row lock",
+        || async move {
+            watcher
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+                    &[&appender],
+                )
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+                > 0
+        },
+    )
+    .await;
     assert!(
         !claimer.is_finished(),
         "the claim should wait on the row lock"
@@ -503,7 +554,14 @@ async fn a_turn_longer_than_the_claim_ttl_keeps_its_claim(schema: TestSchema) {
         let a = a.clone();
         async move { a.chat(id, "slow").await }
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The slow turn holds the claim once its model call has started.
+    let model = &slow;
+    wait_until(
+        Duration::from_secs(20),
+        "the slow turn's model call",
+        || async move { model.calls() == 1 },
+    )
+    .await;
     b.chat(id, "after").await.unwrap();
     // Without renewal the claim would lapse at 300 ms, "after" would be
     // stored first, and the slow turn's append would be refused.
@@ -619,6 +677,7 @@ async fn a_version_1_schema_migrates_and_its_messages_read_as_text(schema: TestS
             Turn {
                 messages: &refs,
                 usage: None,
+                target: None,
             },
         )
         .await

@@ -13,7 +13,7 @@ use chatcore::{
 use chatmock::{MockOpenAi, Reply, StreamFault, StreamGate, StreamScript};
 use serde_json::json;
 
-use crate::support::{assistant, pairs, user};
+use crate::support::{assistant, pairs, user, wait_until};
 
 /// Guards every wait on the network against a hang; never a speed test.
 const GUARD: Duration = Duration::from_secs(15);
@@ -72,11 +72,7 @@ fn tokens(text: &str) -> u32 {
 
 /// Polls `check` until it holds, for at most [`GUARD`].
 async fn eventually(what: &str, check: impl Fn() -> bool) {
-    let deadline = Instant::now() + GUARD;
-    while !check() {
-        assert!(Instant::now() < deadline, "gave up waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(GUARD, what, || std::future::ready(check())).await;
 }
 
 #[tokio::test]

@@ -251,6 +251,8 @@ impl ChatModel for ScriptedModel {
         });
         let user = request.user_text().into_owned();
         if let Some(delay) = &self.delay {
+            // A scripted model delay: the slowness is what the test sets
+            // up (turns that overlap, a claim that must outlive its TTL).
             tokio::time::sleep(delay(&user)).await;
         }
         if let Some(barrier) = &self.barrier {
@@ -292,6 +294,47 @@ impl RateLimiter for SignallingLimiter {
     }
 }
 
+/// How often [`wait_for`] and [`wait_until`] look again.
+const POLL: Duration = Duration::from_millis(5);
+
+/// Polls `check` every few milliseconds until it yields a value, and
+/// returns that value; panics naming `what` once `limit` has passed. The
+/// limit only guards against a hang (make it generous, so a slow machine
+/// does not fail): it is never an assertion on speed.
+pub async fn wait_for<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gave up waiting for {what} after {limit:?}"
+        );
+        // The one poll interval of these tests: waits on a condition, not
+        // a guess at how long something takes.
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Polls `check` every few milliseconds until it holds, for at most
+/// `limit` (see [`wait_for`]).
+pub async fn wait_until<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    wait_for(limit, what, || {
+        let holds = check();
+        async move { holds.await.then_some(()) }
+    })
+    .await;
+}
+
 /// The `(role, content)` pairs of a history, for compact comparisons.
 pub fn pairs(messages: &[chatcore::Message]) -> Vec<(Role, String)> {
     messages
@@ -331,6 +374,7 @@ pub fn session(created: DateTime<Utc>) -> chatcore::Session {
         last_active: created,
         system_prompt: None,
         metadata: None,
+        target: None,
     }
 }
 
@@ -355,6 +399,7 @@ macro_rules! turn {
         chatcore::Turn {
             messages: &$crate::support::pair($u, $r, $secs),
             usage: None,
+            target: None,
         }
     };
 }

@@ -135,7 +135,9 @@ impl EnvLayer {
                 var: name.clone(),
                 message,
             };
-            let kind = lookup(&defaults, &path).map_err(err)?;
+            let kind = entry_kind(&path)
+                .unwrap_or_else(|| lookup(&defaults, &path))
+                .map_err(err)?;
             let raw = &env[name];
             let value = kind.parse(raw).ok_or_else(|| {
                 err(format!(
@@ -159,6 +161,37 @@ impl EnvLayer {
         }
         Ok(layer)
     }
+}
+
+/// The kind of a key under a table of named entries (`[upstreams.NAME]`,
+/// `[models."NAME"]`): the name is the operator's (lowercase, as every
+/// segment of a variable's name is read), the keys those of a default
+/// entry. `None` for a path under an ordinary section.
+fn entry_kind(path: &[String]) -> Option<Result<Kind, String>> {
+    let template = match path[0].as_str() {
+        "upstreams" => {
+            let mut t = toml::Table::try_from(super::UpstreamSection::default())
+                .expect("an upstream entry serializes to a TOML table");
+            // Unset by default, so absent from the serialized entry.
+            t.insert("max_retries".into(), toml::Value::Integer(0));
+            t
+        }
+        "models" => toml::Table::try_from(super::ModelSection::default())
+            .expect("a model entry serializes to a TOML table"),
+        _ => return None,
+    };
+    if path.len() < 3 {
+        let section = path.join("__").to_ascii_uppercase();
+        return Some(Err(format!(
+            "`{}` names no key: set one of an entry's, as in CHATGATE_{section}{}__KEY",
+            path.join("."),
+            if path.len() == 1 { "__NAME" } else { "" }
+        )));
+    }
+    if path[0] == "upstreams" && path[2] == "headers" && path.len() == 4 {
+        return Some(Ok(Kind::Text));
+    }
+    Some(lookup(&template, &path[2..]).map_err(|e| format!("{e} in {}.{}", path[0], path[1])))
 }
 
 /// The kind of the key at `path`, whose first segment is a section.

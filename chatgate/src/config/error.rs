@@ -44,6 +44,15 @@ pub enum ConfigError {
         /// What was expected.
         expected: String,
     },
+    /// As [`ConfigError::Invalid`], under a key a table names
+    /// (`upstreams.local.base_url`).
+    #[error("invalid value for `{key}`: {expected}")]
+    InvalidAt {
+        /// The key path.
+        key: String,
+        /// What was expected.
+        expected: String,
+    },
 }
 
 /// Something in the sources that was ignored rather than refused: the

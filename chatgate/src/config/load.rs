@@ -82,6 +82,7 @@ impl Config {
         config.secrets = Secrets {
             openai_api_key: secret("OPENAI_API_KEY"),
             secret_key: secret("SECRET_KEY"),
+            upstream_keys: super::routing::upstream_keys(&config.upstreams, secret)?,
         };
         config.validate()?;
         Ok(Loaded { config, warnings })

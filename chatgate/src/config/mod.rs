@@ -28,6 +28,7 @@ mod load;
 mod log;
 mod openai;
 mod rate_limit;
+mod routing;
 mod secrets;
 mod server;
 mod session;
@@ -41,6 +42,9 @@ pub use human::redact_url;
 pub use load::{Loaded, Sources};
 pub use openai::OpenAiSection;
 pub use rate_limit::{LimiterBackend, OnUnavailable, RateLimitConfig};
+pub use routing::{
+    ModelSection, RoutingConfig, TargetSection, UpstreamAuth, UpstreamSection, IMPLICIT_UPSTREAM,
+};
 pub use secrets::{Secret, Secrets};
 pub use server::ServerConfig;
 pub use session::SessionConfig;
@@ -64,6 +68,13 @@ pub struct Config {
     pub log: LogConfig,
     /// `[auth]`
     pub auth: AuthConfig,
+    /// `[upstreams.NAME]`: empty, `[openai]` is the one upstream.
+    pub upstreams: std::collections::BTreeMap<String, UpstreamSection>,
+    /// `[models."NAME"]`: empty, `openai.model` (and `openai.models`) are
+    /// the names clients use, each sent as it is.
+    pub models: std::collections::BTreeMap<String, ModelSection>,
+    /// `[routing]`
+    pub routing: RoutingConfig,
     /// Secrets: never read from the file, never serialized or logged.
     #[serde(skip)]
     pub secrets: Secrets,
@@ -78,6 +89,13 @@ impl Config {
         shown.openai.base_url = redact_url(&self.openai.base_url);
         shown.storage.url = redact_url(&self.storage.url);
         shown.rate_limit.url = redact_url(&self.rate_limit.url);
+        for u in shown.upstreams.values_mut() {
+            u.base_url = redact_url(&u.base_url);
+            // Extra headers often carry a credential: shown by name only.
+            for value in u.headers.values_mut() {
+                *value = "(set)".to_owned();
+            }
+        }
         let mut out =
             toml::to_string_pretty(&shown).expect("the config serializes to TOML (plain tables)");
         let set = |s: &Option<Secret>| if s.is_some() { "(set)" } else { "(not set)" };
@@ -86,6 +104,20 @@ impl Config {
             set(&self.secrets.openai_api_key),
             set(&self.secrets.secret_key)
         ));
+        for (name, u) in &self.upstreams {
+            if !u.api_key_env.is_empty() {
+                out.push_str(&format!(
+                    "# {} (upstreams.{name}): {}\n",
+                    u.api_key_env,
+                    if self.secrets.upstream_keys.contains_key(name) {
+                        "(set)"
+                    } else {
+                        "(not set)"
+                    }
+                ));
+            }
+        }
+        out.push_str(&self.routing_table());
         out
     }
 
@@ -96,13 +128,15 @@ impl Config {
     /// is bounded before any check compares two of them, so a comparison
     /// never reports on a value that is wrong by itself.
     fn validate(&self) -> Result<(), ConfigError> {
-        self.openai.validate(&self.secrets)?;
+        self.openai
+            .validate(&self.secrets, self.upstreams.is_empty())?;
         let durations = self
             .session
             .durations()
             .into_iter()
             .chain(self.server.durations())
-            .chain(self.openai.durations());
+            .chain(self.openai.durations())
+            .chain(self.routing.durations());
         for d in durations {
             d.check()?;
         }
@@ -111,6 +145,8 @@ impl Config {
         self.rate_limit.validate()?;
         self.server.validate()?;
         self.auth.validate(&self.secrets)?;
+        self.routing.validate()?;
+        self.validate_routing()?;
         self.log.validate()
     }
 }

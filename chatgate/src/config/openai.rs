@@ -105,8 +105,12 @@ impl OpenAiSection {
 
     /// What the types cannot say, besides the bounds of its durations.
     /// `secrets` because OpenAI's own endpoint is useless without a key.
-    pub(super) fn validate(&self, secrets: &Secrets) -> Result<(), ConfigError> {
-        self.validate_base_url(secrets)?;
+    /// `alone`: no `[upstreams]`, so this section is the one upstream and
+    /// its `base_url` (and key) are used.
+    pub(super) fn validate(&self, secrets: &Secrets, alone: bool) -> Result<(), ConfigError> {
+        if alone {
+            self.validate_base_url(secrets)?;
+        }
         if !(0.0..=2.0).contains(&self.temperature) {
             return Err(ConfigError::Invalid {
                 key: "openai.temperature",
@@ -220,7 +224,7 @@ mod tests {
             base_url: "http://127.0.0.1:8080/v1".into(),
             ..OpenAiSection::default()
         };
-        assert!(local().validate(&secrets).is_ok());
+        assert!(local().validate(&secrets, true).is_ok());
         for (drop, deny, key) in [
             (vec!["messages"], vec![], "openai.drop_params"),
             (vec!["seed"], vec!["model"], "openai.deny_params"),
@@ -231,7 +235,7 @@ mod tests {
                 deny_params: deny.into_iter().map(String::from).collect(),
                 ..local()
             };
-            let e = o.validate(&secrets).unwrap_err().to_string();
+            let e = o.validate(&secrets, true).unwrap_err().to_string();
             assert!(e.contains(key), "{e}");
         }
     }

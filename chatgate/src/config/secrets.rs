@@ -31,10 +31,13 @@ impl fmt::Display for Secret {
     }
 }
 
-/// `OPENAI_API_KEY` and `SECRET_KEY`.
+/// `OPENAI_API_KEY`, `SECRET_KEY`, and the keys `[upstreams]` name.
 #[derive(Debug, Clone, Default)]
 pub struct Secrets {
-    /// Sent upstream as `Authorization: Bearer`.
+    /// Each upstream's key, by upstream name, read from the variable its
+    /// `api_key_env` names.
+    pub upstream_keys: std::collections::BTreeMap<String, Secret>,
+    /// Sent upstream as `Authorization: Bearer` (the `[openai]` upstream).
     pub openai_api_key: Option<Secret>,
     /// Signs and verifies session tokens and JWTs; needed by any
     /// `auth.mode` but `none`.

@@ -104,6 +104,15 @@ fn rewrite(json: &Bytes, model: Option<&str>, drop_null_usage: bool) -> Bytes {
 }
 
 impl Framing for ChatCompletions {
+    fn answered_by(&mut self, target: &str) {
+        // `upstream:model`: upstream names hold no `:`, model names may.
+        if let Some((_, model)) = target.split_once(':') {
+            if model != self.upstream_model {
+                self.upstream_model = model.to_owned();
+            }
+        }
+    }
+
     fn whole(&self, reply: &Reply<'_>) -> Response<Body> {
         if let Some(raw) = reply.raw {
             let mut resp = Response::new(Body::full(self.relayed(raw)));

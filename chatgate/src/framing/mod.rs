@@ -86,6 +86,11 @@ pub trait Framing: Send + 'static {
     /// whether the upstream's own chunks will follow ([`Piece::Raw`]).
     fn opening(&mut self, raw: bool) -> Option<Bytes>;
 
+    /// The call went to `target` (`upstream:model`, the model as the
+    /// upstream knows it), which the reply may name instead of the
+    /// client's model.
+    fn answered_by(&mut self, target: &str);
+
     /// The frame that shows `piece`, if this API shows it.
     fn piece(&mut self, piece: Piece<'_>) -> Option<Bytes>;
 

@@ -38,6 +38,9 @@ fn session_id<'b>(reply: &Reply<'_>, buf: &'b mut [u8; 45]) -> &'b str {
 }
 
 impl Framing for Seed {
+    // The seed API's replies name no model.
+    fn answered_by(&mut self, _target: &str) {}
+
     fn whole(&self, reply: &Reply<'_>) -> Response<Body> {
         let mut buf = uuid::Uuid::encode_buffer();
         json(&ChatOut {

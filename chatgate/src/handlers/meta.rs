@@ -50,6 +50,37 @@ pub async fn readyz(app: &Arc<App>) -> HandlerResult {
             serde_json::json!({"backend": d.backend, "status": status}),
         );
     }
+    // Upstreams: ready while every model has a target that is not
+    // ejected.
+    let unavailable = app.router.unavailable_models();
+    let upstreams: serde_json::Map<String, serde_json::Value> = app
+        .router
+        .status()
+        .iter()
+        .map(|s| {
+            let state = match s.health {
+                chatcore::UpstreamHealth::Healthy => "healthy",
+                chatcore::UpstreamHealth::Resting { .. } => "resting",
+                chatcore::UpstreamHealth::Ejected { .. } => "ejected",
+                chatcore::UpstreamHealth::Probation => "probation",
+            };
+            (s.name.clone(), serde_json::Value::from(state))
+        })
+        .collect();
+    let status = if unavailable.is_empty() {
+        "ok"
+    } else {
+        down.push("upstreams");
+        causes.push(format!(
+            "upstreams: every target ejected for {}",
+            unavailable.join(", ")
+        ));
+        "unavailable"
+    };
+    dependencies.insert(
+        "upstreams".to_owned(),
+        serde_json::json!({"backend": "router", "status": status, "upstreams": upstreams}),
+    );
     if down.is_empty() {
         return Ok(json(&serde_json::json!({
             "status": "ready",

@@ -9,6 +9,7 @@ pub mod meta;
 pub mod openai;
 pub mod playground;
 pub mod session;
+pub mod upstreams;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};

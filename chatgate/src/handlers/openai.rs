@@ -121,6 +121,8 @@ async fn stateless(
         history: History::empty(),
         input: Input::Json(&request.messages),
         options: &options,
+        session: None,
+        pinned: None,
     };
     let user = if app.content_log.enabled() {
         last_user_text(&request.messages)

@@ -1,4 +1,4 @@
-//! SPEC §9 `required` mode over real sockets: every kind of credential
+//! docs/access-control.md, `required` mode over real sockets: every kind of credential
 //! (API keys, HS256 JWTs with their time claims, forged and
 //! foreign-algorithm tokens, revoked keys), which routes stay open, the
 //! 401 shapes, sessions belonging to the principal that made them (admins
@@ -67,22 +67,39 @@ async fn accepted(gw: &Gateway, bearer: &str) -> Resp {
     call(gw.addr, Method::GET, "/sessions", Some(bearer), None).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn required_mode_refuses_every_bad_credential_and_accepts_good_ones() {
+/// A `required`-mode gateway with one API key (alice's): the key and its id.
+async fn gateway_with_key() -> (Gateway, String, String) {
     let gw = gateway(AuthMode::Required, |_| {}).await;
     let (key, key_id) = create_key(&gw, "alice", false).await;
-    let mut used: Vec<String> = vec![SECRET.to_owned(), key.clone()];
+    (gw, key, key_id)
+}
 
-    // The probes and docs stay open, with or without a credential.
+/// Stops `gw` and asserts its `app.log` (which must hold a 401) holds none
+/// of `used`, nor the gateway's `SECRET_KEY`.
+async fn assert_no_credential_logged(gw: Gateway, used: &[&str]) {
+    let log = gw.stop().await;
+    let mut all = vec![SECRET];
+    all.extend_from_slice(used);
+    assert_log_holds_no_secret(&log, &all);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn required_mode_leaves_the_probes_and_docs_open() {
+    let gw = gateway(AuthMode::Required, |_| {}).await;
+    // With or without a credential.
     for path in ["/healthz", "/readyz", "/docs", "/openapi.json"] {
         for bearer in [None, Some("garbage")] {
             let r = call(gw.addr, Method::GET, path, bearer, None).await;
             assert_eq!(r.status, 200, "{path} with {bearer:?}: {}", r.text());
         }
     }
+}
 
-    // Without a credential every other route is 401, shaped for its path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn required_mode_refuses_every_other_route_without_a_credential() {
+    let (gw, key, _) = gateway_with_key().await;
     let id = session_as(gw.addr, Some(&key)).await;
+    // 401 on every route, shaped for its path.
     for (method, path, body) in protected_routes(&id) {
         let r = call(gw.addr, method.clone(), &path, None, body.as_ref()).await;
         if path.starts_with("/v1") {
@@ -91,8 +108,12 @@ async fn required_mode_refuses_every_bad_credential_and_accepts_good_ones() {
             assert_401(&r, "");
         }
     }
+    assert_no_credential_logged(gw, &[&key]).await;
+}
 
-    // Malformed Authorization headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn required_mode_refuses_malformed_authorization_headers() {
+    let gw = gateway(AuthMode::Required, |_| {}).await;
     for header in [
         "Basic x",
         "Basic YWxpY2U6cGFzcw==",
@@ -126,8 +147,12 @@ async fn required_mode_refuses_every_bad_credential_and_accepts_good_ones() {
     }
     // A header value that is not text.
     assert_eq!(raw_status(gw.addr, b"Bearer \xff\xfe").await, 401);
+    assert_no_credential_logged(gw, &[]).await;
+}
 
-    // A good API key, with the scheme in any case; one character off is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn required_mode_accepts_a_good_api_key_in_any_scheme_case_but_not_one_off() {
+    let (gw, key, _) = gateway_with_key().await;
     assert_eq!(accepted(&gw, &key).await.status, 200);
     let lower = format!("bearer {key}");
     let r = try_send(
@@ -145,9 +170,14 @@ async fn required_mode_refuses_every_bad_credential_and_accepts_good_ones() {
     *last = if *last == b'0' { b'1' } else { b'0' };
     let off = String::from_utf8(off).expect("ascii");
     assert_401(&accepted(&gw, &off).await, &off);
-    used.push(off);
+    assert_no_credential_logged(gw, &[&key, &off]).await;
+}
 
-    // JWTs: signature, algorithm and time claims.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn required_mode_checks_a_jwts_signature_algorithm_and_time_claims() {
+    let (gw, key, key_id) = gateway_with_key().await;
+    let id = session_as(gw.addr, Some(&key)).await;
+    let mut used: Vec<String> = vec![key.clone()];
     let t = now();
     let hs = json!({"alg": "HS256", "typ": "JWT"});
     let good = json!({"sub": "bob", "iat": t, "exp": t + 600});
@@ -284,7 +314,7 @@ async fn required_mode_refuses_every_bad_credential_and_accepts_good_ones() {
     }
     // A good JWT with its payload swapped for an admin's keeps its old
     // signature: refused.
-    let signed = jwt(good.clone());
+    let signed = jwt(good);
     let mut parts: Vec<String> = signed.split('.').map(str::to_owned).collect();
     parts[1] = b64url(
         json!({"sub": "bob", "scope": "admin", "exp": t + 600})
@@ -295,19 +325,37 @@ async fn required_mode_refuses_every_bad_credential_and_accepts_good_ones() {
     assert_401(&accepted(&gw, &tampered).await, &tampered);
     used.push(tampered);
 
-    // A good credential opens the other routes too.
-    let bob = jwt(good);
+    let used: Vec<&str> = used.iter().map(String::as_str).collect();
+    assert_no_credential_logged(gw, &used).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_good_credential_opens_the_other_routes() {
+    let (gw, key, _) = gateway_with_key().await;
+    let id = session_as(gw.addr, Some(&key)).await;
     assert_eq!(chat_as(gw.addr, Some(&key), &id, "hello").await.status, 200);
+    let bob = user_jwt("bob");
     let bobs = session_as(gw.addr, Some(&bob)).await;
     assert_eq!(chat_as(gw.addr, Some(&bob), &bobs, "hi").await.status, 200);
     let r = call(gw.addr, Method::GET, "/v1/models", Some(&bob), None).await;
     assert_eq!(r.status, 200, "{}", r.text());
 
-    // A revoked key: refused once the 2 s cache has passed (within 5 s).
+    let log = gw.stop().await;
+    assert_log_leaks_none(&log, &[SECRET, &key, &bob]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_key_is_refused_once_the_2_s_cache_has_passed() {
+    let (gw, key, key_id) = gateway_with_key().await;
+    let id = session_as(gw.addr, Some(&key)).await;
+    // Used, so cached as good.
+    assert_eq!(accepted(&gw, &key).await.status, 200);
     revoke_key(&gw, &key_id).await;
+    // The 5 s is the behaviour under test (the cache lasts 2 s), not a
+    // guess at how long the gateway takes.
     wait_until(
         Duration::from_secs(5),
-        "the revoked key to be refused",
+        "the revoked key to be refused (it must be within 5 s)",
         || async { accepted(&gw, &key).await.status == 401 },
     )
     .await;
@@ -316,15 +364,16 @@ async fn required_mode_refuses_every_bad_credential_and_accepts_good_ones() {
         &chat_as(gw.addr, Some(&key), &id, "after revocation").await,
         &key,
     );
-    // A key revoked before it was ever used is refused at once.
+    assert_no_credential_logged(gw, &[&key]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_revoked_before_it_was_ever_used_is_refused_at_once() {
+    let gw = gateway(AuthMode::Required, |_| {}).await;
     let (fresh, fresh_id) = create_key(&gw, "never-used", false).await;
     revoke_key(&gw, &fresh_id).await;
     assert_401(&accepted(&gw, &fresh).await, &fresh);
-    used.push(fresh);
-
-    let log = gw.stop().await;
-    let used: Vec<&str> = used.iter().map(String::as_str).collect();
-    assert_log_holds_no_secret(&log, &used);
+    assert_no_credential_logged(gw, &[&fresh]).await;
 }
 
 /// The ids of `GET /sessions` (as `bearer`, with `query`), and the cursor.
@@ -351,25 +400,127 @@ async fn list(gw: &Gateway, bearer: &str, query: &str) -> (Vec<String>, Option<S
     (ids, v["next_cursor"].as_str().map(str::to_owned))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sessions_belong_to_their_principal_and_admins_see_all() {
-    let gw = gateway(AuthMode::Required, |_| {}).await;
-    let addr = gw.addr;
-    let (alice, _) = create_key(&gw, "alice", false).await;
-    let (bob, _) = create_key(&gw, "bob", false).await;
-    let (root, _) = create_key(&gw, "root", true).await;
-    let root_jwt = admin_jwt("ops");
-    let list_admin = jwt(json!({"sub": "ops2", "scope": ["read", "admin"], "exp": now() + 600}));
-    let not_admin = jwt(json!({"sub": "eve", "scope": "superadmin admins", "exp": now() + 600}));
+/// The principals of the ownership tests: API keys for alice, bob and
+/// root (an admin); an admin JWT with the scope as a string and one with
+/// it as a list; a JWT whose scope only looks like admin; and two JWTs
+/// for the same `sub`, dave.
+struct Principals {
+    alice: String,
+    bob: String,
+    root: String,
+    root_jwt: String,
+    list_admin: String,
+    not_admin: String,
+    dave1: String,
+    dave2: String,
+}
 
-    let s1 = session_as(addr, Some(&alice)).await;
-    assert_eq!(chat_as(addr, Some(&alice), &s1, "first").await.status, 200);
-    feedback_as(addr, Some(&alice), &s1, "mine", Some(5))
+impl Principals {
+    async fn new(gw: &Gateway) -> Principals {
+        Principals {
+            alice: create_key(gw, "alice", false).await.0,
+            bob: create_key(gw, "bob", false).await.0,
+            root: create_key(gw, "root", true).await.0,
+            root_jwt: admin_jwt("ops"),
+            list_admin: jwt(json!({"sub": "ops2", "scope": ["read", "admin"], "exp": now() + 600})),
+            not_admin: jwt(json!({"sub": "eve", "scope": "superadmin admins", "exp": now() + 600})),
+            dave1: user_jwt("dave"),
+            dave2: jwt(json!({"sub": "dave", "exp": now() + 300})),
+        }
+    }
+
+    fn all(&self) -> [&str; 8] {
+        [
+            &self.alice,
+            &self.bob,
+            &self.root,
+            &self.root_jwt,
+            &self.list_admin,
+            &self.not_admin,
+            &self.dave1,
+            &self.dave2,
+        ]
+    }
+}
+
+/// A `required`-mode gateway and its principals.
+async fn owners() -> (Gateway, Principals) {
+    let gw = gateway(AuthMode::Required, |_| {}).await;
+    let p = Principals::new(&gw).await;
+    (gw, p)
+}
+
+/// Stops `gw` and asserts no credential of `p` reached `app.log`;
+/// returns the log.
+async fn stop_holding_no_credential(gw: Gateway, p: &Principals) -> String {
+    let log = gw.stop().await;
+    assert!(
+        log.lines().any(|l| l.contains(" INFO request,")),
+        "app.log has no request line:\n{log}"
+    );
+    for s in p.all() {
+        assert!(!log.contains(s), "a credential reached app.log");
+    }
+    log
+}
+
+/// Alice's session with one turn (`first`, `Echo: first`) and one
+/// feedback entry.
+async fn alices_session(gw: &Gateway, p: &Principals) -> String {
+    let s1 = session_as(gw.addr, Some(&p.alice)).await;
+    assert_eq!(
+        chat_as(gw.addr, Some(&p.alice), &s1, "first").await.status,
+        200
+    );
+    feedback_as(gw.addr, Some(&p.alice), &s1, "mine", Some(5))
         .await
         .assert_error(200, "Feedback received");
+    s1
+}
 
-    // Another principal: 404 everywhere, as for an unknown id.
-    for other in [bob.as_str(), not_admin.as_str()] {
+/// Sessions made and used one after another, each last active strictly
+/// later than the one before it: dave's `d`, alice's `s2`, `s3` (used
+/// after `s2` was made) and `s1` (used last), then bob's `t1`.
+struct Listing {
+    s1: String,
+    s2: String,
+    s3: String,
+    t1: String,
+    d: String,
+}
+
+async fn listing(gw: &Gateway, p: &Principals) -> Listing {
+    let addr = gw.addr;
+    let s1 = alices_session(gw, p).await;
+    let d = session_as(addr, Some(&p.dave1)).await;
+    assert_eq!(
+        chat_as(addr, Some(&p.dave2), &d, "same me").await.status,
+        200
+    );
+    next_millisecond().await;
+    let s2 = session_as(addr, Some(&p.alice)).await;
+    let s3 = session_as(addr, Some(&p.alice)).await;
+    next_millisecond().await;
+    assert_eq!(
+        chat_as(addr, Some(&p.alice), &s3, "later").await.status,
+        200
+    );
+    next_millisecond().await;
+    assert_eq!(
+        chat_as(addr, Some(&p.alice), &s1, "latest").await.status,
+        200
+    );
+    next_millisecond().await;
+    let t1 = session_as(addr, Some(&p.bob)).await;
+    Listing { s1, s2, s3, t1, d }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_principals_session_is_404_everywhere_as_an_unknown_one() {
+    let (gw, p) = owners().await;
+    let addr = gw.addr;
+    let s1 = alices_session(&gw, &p).await;
+    for other in [p.bob.as_str(), p.not_admin.as_str()] {
         let who = Some(other);
         assert_not_found(&call(addr, Method::GET, &format!("/session/{s1}"), who, None).await);
         assert_not_found(
@@ -395,7 +546,7 @@ async fn sessions_belong_to_their_principal_and_admins_see_all() {
         addr,
         Method::GET,
         &format!("/session/{s1}/messages"),
-        Some(&alice),
+        Some(&p.alice),
         None,
     )
     .await;
@@ -408,9 +559,20 @@ async fn sessions_belong_to_their_principal_and_admins_see_all() {
         .collect();
     assert_eq!(texts, [json!("first"), json!("Echo: first")]);
 
-    // Admins (an admin key, a JWT with `admin` in a string or list scope)
-    // see it; the same `sub` in another JWT is the same principal.
-    for admin in [root.as_str(), root_jwt.as_str(), list_admin.as_str()] {
+    let log = stop_holding_no_credential(gw, &p).await;
+    assert!(
+        log.lines().any(|l| has_field(l, "status", "404")),
+        "no 404 in app.log"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admins_see_every_session() {
+    let (gw, p) = owners().await;
+    let addr = gw.addr;
+    let s1 = alices_session(&gw, &p).await;
+    // An admin key, a JWT with `admin` in a string or in a list scope.
+    for admin in [p.root.as_str(), p.root_jwt.as_str(), p.list_admin.as_str()] {
         let r = call(
             addr,
             Method::GET,
@@ -430,43 +592,53 @@ async fn sessions_belong_to_their_principal_and_admins_see_all() {
         .await;
         assert_eq!(r.json()["messages"].as_array().unwrap().len(), 2);
     }
-    let dave1 = user_jwt("dave");
-    let d = session_as(addr, Some(&dave1)).await;
-    let dave2 = jwt(json!({"sub": "dave", "exp": now() + 300}));
-    assert_eq!(chat_as(addr, Some(&dave2), &d, "same me").await.status, 200);
+    stop_holding_no_credential(gw, &p).await;
+}
 
-    // GET /sessions: own sessions, most recently active first, paged.
-    tokio::time::sleep(Duration::from_millis(10)).await;
-    let s2 = session_as(addr, Some(&alice)).await;
-    let s3 = session_as(addr, Some(&alice)).await;
-    tokio::time::sleep(Duration::from_millis(10)).await;
-    assert_eq!(chat_as(addr, Some(&alice), &s3, "later").await.status, 200);
-    tokio::time::sleep(Duration::from_millis(10)).await;
-    assert_eq!(chat_as(addr, Some(&alice), &s1, "latest").await.status, 200);
-    tokio::time::sleep(Duration::from_millis(10)).await;
-    let t1 = session_as(addr, Some(&bob)).await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_sub_in_another_jwt_is_the_same_principal() {
+    let (gw, p) = owners().await;
+    let addr = gw.addr;
+    let d = session_as(addr, Some(&p.dave1)).await;
+    assert_eq!(
+        chat_as(addr, Some(&p.dave2), &d, "same me").await.status,
+        200
+    );
+    assert_eq!(list(&gw, &p.dave2, "").await.0, std::slice::from_ref(&d));
+    stop_holding_no_credential(gw, &p).await;
+}
 
-    let (all, cursor) = list(&gw, &alice, "").await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_sessions_lists_own_sessions_most_recently_active_first_paged() {
+    let (gw, p) = owners().await;
+    let Listing { s1, s2, s3, t1, d } = listing(&gw, &p).await;
+    let (all, cursor) = list(&gw, &p.alice, "").await;
     assert_eq!(all, [s1.clone(), s3.clone(), s2.clone()]);
     assert_eq!(cursor, None);
-    let (page, cursor) = list(&gw, &alice, "?limit=2").await;
-    assert_eq!(page, [s1.clone(), s3.clone()]);
+    let (page, cursor) = list(&gw, &p.alice, "?limit=2").await;
+    assert_eq!(page, [s1, s3]);
     let cursor = cursor.expect("a next_cursor after a full page");
-    let (rest, end) = list(&gw, &alice, &format!("?limit=2&after={cursor}")).await;
+    let (rest, end) = list(&gw, &p.alice, &format!("?limit=2&after={cursor}")).await;
     assert_eq!(rest, std::slice::from_ref(&s2));
     assert_eq!(end, None);
-    assert_eq!(list(&gw, &bob, "").await.0, std::slice::from_ref(&t1));
-    assert_eq!(list(&gw, &dave2, "").await.0, std::slice::from_ref(&d));
-    assert_eq!(list(&gw, &not_admin, "").await.0, Vec::<String>::new());
+    assert_eq!(list(&gw, &p.bob, "").await.0, std::slice::from_ref(&t1));
+    assert_eq!(list(&gw, &p.dave2, "").await.0, std::slice::from_ref(&d));
+    assert_eq!(list(&gw, &p.not_admin, "").await.0, Vec::<String>::new());
+    stop_holding_no_credential(gw, &p).await;
+}
 
-    let expected_all = [t1.clone(), s1.clone(), s3.clone(), s2.clone(), d.clone()];
-    for admin in [root.as_str(), root_jwt.as_str()] {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_sessions_lists_every_session_to_admins_paged() {
+    let (gw, p) = owners().await;
+    let Listing { s1, s2, s3, t1, d } = listing(&gw, &p).await;
+    let expected_all = [t1, s1, s3, s2, d];
+    for admin in [p.root.as_str(), p.root_jwt.as_str()] {
         assert_eq!(list(&gw, admin, "").await.0, expected_all);
     }
     let mut paged = Vec::new();
     let mut after = String::new();
     loop {
-        let (page, next) = list(&gw, &root, &format!("?limit=2{after}")).await;
+        let (page, next) = list(&gw, &p.root, &format!("?limit=2{after}")).await;
         assert!(page.len() <= 2);
         paged.extend(page);
         match next {
@@ -475,28 +647,39 @@ async fn sessions_belong_to_their_principal_and_admins_see_all() {
         }
     }
     assert_eq!(paged, expected_all);
+    stop_holding_no_credential(gw, &p).await;
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_sessions_refuses_a_bad_cursor_or_limit_with_422() {
+    let (gw, p) = owners().await;
     for bad in ["?after=garbage", "?limit=0", "?limit=101"] {
         let r = call(
-            addr,
+            gw.addr,
             Method::GET,
             &format!("/sessions{bad}"),
-            Some(&alice),
+            Some(&p.alice),
             None,
         )
         .await;
         assert_eq!(r.status, 422, "{bad}: {}", r.text());
     }
+    stop_holding_no_credential(gw, &p).await;
+}
 
-    // Only the owner or an admin deletes, feedback included.
-    feedback_as(addr, Some(&bob), &t1, "bye", None)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_owner_or_an_admin_deletes_a_session_feedback_included() {
+    let (gw, p) = owners().await;
+    let addr = gw.addr;
+    let Listing { s1, s2, s3, t1, .. } = listing(&gw, &p).await;
+    feedback_as(addr, Some(&p.bob), &t1, "bye", None)
         .await
         .assert_error(200, "Feedback received");
     let r = call(
         addr,
         Method::DELETE,
         &format!("/session/{s2}"),
-        Some(&alice),
+        Some(&p.alice),
         None,
     )
     .await;
@@ -505,7 +688,7 @@ async fn sessions_belong_to_their_principal_and_admins_see_all() {
         addr,
         Method::DELETE,
         &format!("/session/{t1}"),
-        Some(&root),
+        Some(&p.root),
         None,
     )
     .await;
@@ -515,48 +698,37 @@ async fn sessions_belong_to_their_principal_and_admins_see_all() {
             addr,
             Method::GET,
             &format!("/session/{t1}"),
-            Some(&bob),
+            Some(&p.bob),
             None,
         )
         .await,
     );
-    assert_eq!(list(&gw, &alice, "").await.0, [s1, s3]);
+    assert_eq!(list(&gw, &p.alice, "").await.0, [s1, s3]);
     let r = call(
         addr,
         Method::GET,
         &format!("/admin/feedback?session_id={t1}"),
-        Some(&root),
+        Some(&p.root),
         None,
     )
     .await;
     assert_eq!(r.json()["feedback"], json!([]), "deleted with its session");
+    stop_holding_no_credential(gw, &p).await;
+}
 
-    // A session nobody has chatted on yet (not loaded for a turn): the same
-    // 404, and an intruder's attempts take none of the owner's quota.
-    let cold = session_as(addr, Some(&alice)).await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_intruder_on_a_session_never_used_takes_none_of_the_owners_quota() {
+    let (gw, p) = owners().await;
+    let addr = gw.addr;
+    // A session nobody has chatted on yet (not loaded for a turn): the
+    // same 404 as any other.
+    let cold = session_as(addr, Some(&p.alice)).await;
     for _ in 0..6 {
-        assert_not_found(&chat_as(addr, Some(&bob), &cold, "intruder").await);
+        assert_not_found(&chat_as(addr, Some(&p.bob), &cold, "intruder").await);
     }
     for i in 0..5 {
-        let r = chat_as(addr, Some(&alice), &cold, &format!("m{i}")).await;
+        let r = chat_as(addr, Some(&p.alice), &cold, &format!("m{i}")).await;
         assert_eq!(r.status, 200, "message {i}: {}", r.text());
     }
-
-    let log = gw.stop().await;
-    assert!(
-        log.lines().any(|l| has_field(l, "status", "404")),
-        "no 404 in app.log"
-    );
-    for s in [
-        &alice,
-        &bob,
-        &root,
-        &root_jwt,
-        &list_admin,
-        &not_admin,
-        &dave1,
-        &dave2,
-    ] {
-        assert!(!log.contains(s.as_str()), "a credential reached app.log");
-    }
+    stop_holding_no_credential(gw, &p).await;
 }

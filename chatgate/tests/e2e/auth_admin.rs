@@ -1,4 +1,4 @@
-//! SPEC §9 review: `GET /admin/feedback` (filters, cursor paging) and
+//! docs/access-control.md, review: `GET /admin/feedback` (filters, cursor paging) and
 //! `GET /admin/feedback/export` (JSONL and CSV, exact bytes, streamed) for
 //! admins only; and, through the built binary, an export of 10,000 rows
 //! whose memory does not grow with the table.
@@ -57,46 +57,94 @@ fn texts(rows: &[Value]) -> Vec<&str> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn admins_review_and_export_feedback_exactly() {
-    let gw = gateway(AuthMode::Required, |_| {}).await;
-    let (user, _) = create_key(&gw, "user", false).await;
-    let (admin, _) = create_key(&gw, "admin", true).await;
-    let user_jwt = user_jwt("carol");
-    let admin_jwt = admin_jwt("ops");
-    let s1 = session_as(gw.addr, Some(&user)).await;
-    let s2 = session_as(gw.addr, Some(&user_jwt)).await;
+/// A `required`-mode gateway holding four feedback rows at chosen times
+/// on two sessions (a key's and a JWT's), written as the gateway would
+/// store them; with a user and an admin, each as a key and a JWT.
+struct Review {
+    gw: Gateway,
+    user: String,
+    user_jwt: String,
+    admin: String,
+    admin_jwt: String,
+    s1: String,
+    s2: String,
+}
 
-    // Rows at chosen times, written as the gateway would store them.
-    let side = side_core(&gw).await;
-    let rows = [
-        feedback(&s1, "plain", Some(5), "2023-10-10T12:00:00Z"),
-        feedback(&s1, "a, \"b\"\nc", None, "2023-10-10T12:00:01Z"),
-        feedback(&s2, "=HYPERLINK(\"x\")", Some(1), "2023-10-10T13:00:00Z"),
-        feedback(&s2, "-1+2, @home\r\nbye", Some(5), "2023-10-11T00:00:00Z"),
-    ];
-    for f in &rows {
-        side.store().insert_feedback(f).await.expect("insert");
+impl Review {
+    async fn start() -> Review {
+        let gw = gateway(AuthMode::Required, |_| {}).await;
+        let (user, _) = create_key(&gw, "user", false).await;
+        let (admin, _) = create_key(&gw, "admin", true).await;
+        let user_jwt = user_jwt("carol");
+        let admin_jwt = admin_jwt("ops");
+        let s1 = session_as(gw.addr, Some(&user)).await;
+        let s2 = session_as(gw.addr, Some(&user_jwt)).await;
+        let side = side_core(&gw).await;
+        let rows = [
+            feedback(&s1, "plain", Some(5), "2023-10-10T12:00:00Z"),
+            feedback(&s1, "a, \"b\"\nc", None, "2023-10-10T12:00:01Z"),
+            feedback(&s2, "=HYPERLINK(\"x\")", Some(1), "2023-10-10T13:00:00Z"),
+            feedback(&s2, "-1+2, @home\r\nbye", Some(5), "2023-10-11T00:00:00Z"),
+        ];
+        for f in &rows {
+            side.store().insert_feedback(f).await.expect("insert");
+        }
+        Review {
+            gw,
+            user,
+            user_jwt,
+            admin,
+            admin_jwt,
+            s1,
+            s2,
+        }
     }
-    drop(side);
 
-    // Not an admin: 403, for keys and JWTs alike; nothing leaks.
-    for bearer in [&user, &user_jwt] {
+    /// Every row as the admin reviews it (checked by
+    /// `review_lists_every_row_oldest_first_with_the_documented_fields`).
+    async fn all(&self) -> Vec<Value> {
+        review(&self.gw, &self.admin, "").await.0
+    }
+
+    /// The ids of [`Review::all`], in order.
+    async fn ids(&self) -> Vec<i64> {
+        self.all()
+            .await
+            .iter()
+            .map(|r| r["id"].as_i64().unwrap())
+            .collect()
+    }
+
+    /// `GET path` as the admin key, asserting 200.
+    async fn export(&self, path: &str) -> Resp {
+        let r = call(self.gw.addr, Method::GET, path, Some(&self.admin), None).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        r
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_and_export_are_403_for_non_admins_and_leak_nothing() {
+    let t = Review::start().await;
+    for bearer in [&t.user, &t.user_jwt] {
         for path in [
             "/admin/feedback",
             "/admin/feedback?session_id=x",
             "/admin/feedback/export",
             "/admin/feedback/export?format=csv",
         ] {
-            let r = call(gw.addr, Method::GET, path, Some(bearer), None).await;
+            let r = call(t.gw.addr, Method::GET, path, Some(bearer), None).await;
             assert_eq!(r.status, 403, "{path}: {}", r.text());
             assert!(r.json()["detail"].is_string());
             assert!(!r.text().contains("plain"));
         }
     }
+}
 
-    // Everything, oldest first, with the documented fields.
-    let (all, cursor) = review(&gw, &admin, "").await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_lists_every_row_oldest_first_with_the_documented_fields() {
+    let t = Review::start().await;
+    let (all, cursor) = review(&t.gw, &t.admin, "").await;
     assert_eq!(cursor, None);
     assert_eq!(
         texts(&all),
@@ -111,13 +159,19 @@ async fn admins_review_and_export_feedback_exactly() {
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
     assert_eq!(
         all[0],
-        json!({"id": ids[0], "session_id": s1, "feedback": "plain", "rating": 5,
+        json!({"id": ids[0], "session_id": t.s1, "feedback": "plain", "rating": 5,
                "created_at": "2023-10-10T12:00:00Z"})
     );
     assert_eq!(all[1]["rating"], Value::Null);
-    assert_eq!(review(&gw, &admin_jwt, "").await.0, all);
+    // An admin JWT sees the same.
+    assert_eq!(review(&t.gw, &t.admin_jwt, "").await.0, all);
+}
 
-    // Filters: since (inclusive), until (exclusive), session, rating.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_filters_by_since_until_session_and_rating() {
+    let t = Review::start().await;
+    let all = t.all().await;
+    // since is inclusive, until exclusive.
     let cases: Vec<(String, Vec<usize>)> = vec![
         ("?since=2023-10-10T12:00:01Z".into(), vec![1, 2, 3]),
         ("?since=2023-10-10T14:00:01%2B02:00".into(), vec![1, 2, 3]),
@@ -126,34 +180,45 @@ async fn admins_review_and_export_feedback_exactly() {
             "?since=2023-10-10T12:00:01Z&until=2023-10-10T13:00:01Z".into(),
             vec![1, 2],
         ),
-        (format!("?session_id={s2}"), vec![2, 3]),
+        (format!("?session_id={}", t.s2), vec![2, 3]),
         ("?rating=5".into(), vec![0, 3]),
         ("?rating=1".into(), vec![2]),
-        (format!("?rating=5&session_id={s1}"), vec![0]),
+        (format!("?rating=5&session_id={}", t.s1), vec![0]),
         ("?since=2024-01-01T00:00:00Z".into(), vec![]),
     ];
     for (query, want) in cases {
-        let (got, _) = review(&gw, &admin, &query).await;
+        let (got, _) = review(&t.gw, &t.admin, &query).await;
         let want: Vec<Value> = want.iter().map(|i| all[*i].clone()).collect();
         assert_eq!(got, want, "{query}");
     }
-    // Paging: limit, next_cursor, after.
-    let (page, cursor) = review(&gw, &admin, "?limit=3").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_pages_with_limit_and_next_cursor() {
+    let t = Review::start().await;
+    let all = t.all().await;
+    let (page, cursor) = review(&t.gw, &t.admin, "?limit=3").await;
     assert_eq!(page, all[..3]);
     let cursor = cursor.expect("a cursor after a full page");
-    let (rest, end) = review(&gw, &admin, &format!("?limit=3&after={cursor}")).await;
+    let (rest, end) = review(&t.gw, &t.admin, &format!("?limit=3&after={cursor}")).await;
     assert_eq!(rest, all[3..]);
     assert_eq!(end, None);
-    let (page, cursor) = review(&gw, &admin, "?rating=5&limit=1").await;
+    // Paging a filtered selection.
+    let (page, cursor) = review(&t.gw, &t.admin, "?rating=5&limit=1").await;
     assert_eq!(page, all[..1]);
     let (page, _) = review(
-        &gw,
-        &admin,
+        &t.gw,
+        &t.admin,
         &format!("?rating=5&limit=1&after={}", cursor.unwrap()),
     )
     .await;
     assert_eq!(page, all[3..4]);
-    // Bad parameters: 422 naming the parameter.
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_and_export_refuse_bad_parameters_with_422() {
+    let t = Review::start().await;
+    // Each names the parameter.
     for (query, param) in [
         ("?limit=0", "limit"),
         ("?limit=1001", "limit"),
@@ -163,10 +228,10 @@ async fn admins_review_and_export_feedback_exactly() {
         ("?after=-3", "after"),
     ] {
         let r = call(
-            gw.addr,
+            t.gw.addr,
             Method::GET,
             &format!("/admin/feedback{query}"),
-            Some(&admin),
+            Some(&t.admin),
             None,
         )
         .await;
@@ -174,25 +239,21 @@ async fn admins_review_and_export_feedback_exactly() {
         assert!(r.text().contains(param), "{query}: {}", r.text());
     }
     let r = call(
-        gw.addr,
+        t.gw.addr,
         Method::GET,
         "/admin/feedback/export?format=xml",
-        Some(&admin),
+        Some(&t.admin),
         None,
     )
     .await;
     assert_eq!(r.status, 422, "{}", r.text());
+}
 
-    // JSONL export: every row, one JSON object per line, same as review.
-    let r = call(
-        gw.addr,
-        Method::GET,
-        "/admin/feedback/export?format=jsonl",
-        Some(&admin),
-        None,
-    )
-    .await;
-    assert_eq!(r.status, 200, "{}", r.text());
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jsonl_export_is_every_row_as_reviewed_one_per_line_and_the_default() {
+    let t = Review::start().await;
+    let all = t.all().await;
+    let r = t.export("/admin/feedback/export?format=jsonl").await;
     assert!(r
         .header("content-type")
         .unwrap_or("")
@@ -206,26 +267,22 @@ async fn admins_review_and_export_feedback_exactly() {
     assert_eq!(lines, all);
     // The default format is JSONL.
     let r = call(
-        gw.addr,
+        t.gw.addr,
         Method::GET,
         "/admin/feedback/export",
-        Some(&admin_jwt),
+        Some(&t.admin_jwt),
         None,
     )
     .await;
     assert_eq!(r.text(), text);
+}
 
-    // CSV: exact bytes; quoting of commas, quotes and line breaks; a
-    // leading = + - @ defused with a quote.
-    let r = call(
-        gw.addr,
-        Method::GET,
-        "/admin/feedback/export?format=csv",
-        Some(&admin),
-        None,
-    )
-    .await;
-    assert_eq!(r.status, 200, "{}", r.text());
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csv_export_is_exact_quoted_and_defuses_formulas() {
+    let t = Review::start().await;
+    let (s1, s2) = (&t.s1, &t.s2);
+    let ids = t.ids().await;
+    let r = t.export("/admin/feedback/export?format=csv").await;
     assert!(r
         .header("content-type")
         .unwrap_or("")
@@ -234,6 +291,8 @@ async fn admins_review_and_export_feedback_exactly() {
         .header("content-disposition")
         .unwrap_or("")
         .contains("attachment"));
+    // Commas, quotes and line breaks quoted; a leading = + - @ defused
+    // with a quote.
     let want = format!(
         "id,session_id,created_at,rating,feedback\r\n\
          {},{s1},2023-10-10T12:00:00Z,5,plain\r\n\
@@ -243,15 +302,18 @@ async fn admins_review_and_export_feedback_exactly() {
         ids[0], ids[1], ids[2], ids[3]
     );
     assert_eq!(r.text(), want);
-    // Filtered CSV: the header and the matching rows only.
-    let r = call(
-        gw.addr,
-        Method::GET,
-        &format!("/admin/feedback/export?format=csv&session_id={s1}&rating=5"),
-        Some(&admin),
-        None,
-    )
-    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filtered_export_holds_the_matching_rows_only() {
+    let t = Review::start().await;
+    let s1 = &t.s1;
+    let ids = t.ids().await;
+    let r = t
+        .export(&format!(
+            "/admin/feedback/export?format=csv&session_id={s1}&rating=5"
+        ))
+        .await;
     assert_eq!(
         r.text(),
         format!(
@@ -260,33 +322,21 @@ async fn admins_review_and_export_feedback_exactly() {
         )
     );
     // An empty selection is the header alone (CSV) or nothing (JSONL).
-    let r = call(
-        gw.addr,
-        Method::GET,
-        "/admin/feedback/export?format=csv&rating=2",
-        Some(&admin),
-        None,
-    )
-    .await;
+    let r = t.export("/admin/feedback/export?format=csv&rating=2").await;
     assert_eq!(r.text(), "id,session_id,created_at,rating,feedback\r\n");
-    let r = call(
-        gw.addr,
-        Method::GET,
-        "/admin/feedback/export?rating=2",
-        Some(&admin),
-        None,
-    )
-    .await;
-    assert_eq!(r.status, 200);
+    let r = t.export("/admin/feedback/export?rating=2").await;
     assert_eq!(r.text(), "");
+}
 
-    // Feedback sent over HTTP shows up too, with its session.
-    feedback_as(gw.addr, Some(&user), &s1, "from http", Some(3))
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feedback_sent_over_http_shows_up_in_review_with_its_session() {
+    let t = Review::start().await;
+    feedback_as(t.gw.addr, Some(&t.user), &t.s1, "from http", Some(3))
         .await
         .assert_error(200, "Feedback received");
-    let (got, _) = review(&gw, &admin, "?rating=3").await;
+    let (got, _) = review(&t.gw, &t.admin, "?rating=3").await;
     assert_eq!(texts(&got), ["from http"]);
-    assert_eq!(got[0]["session_id"], s1.as_str());
+    assert_eq!(got[0]["session_id"], t.s1.as_str());
     assert_timestamp(&got[0]["created_at"]);
 }
 
@@ -354,6 +404,7 @@ async fn fill(db: &Path, big: usize, small: usize) -> (SessionId, SessionId) {
                 system_prompt: None,
                 metadata: None,
                 owner: Some("loader".into()),
+                target: None,
             })
             .await
             .expect("insert session");

@@ -1,4 +1,4 @@
-//! SPEC §9 through the built binary: `chatgate keys create|list|revoke`
+//! docs/access-control.md, through the built binary: `chatgate keys create|list|revoke`
 //! and `chatgate feedback export`, run as their own processes on the
 //! SQLite file a running gateway (another process) serves from. A key
 //! made there works at once; revoked there, it is refused within 5 s; the
@@ -6,7 +6,7 @@
 
 use std::path::Path;
 use std::process::Output;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hyper::Method;
 use serde_json::Value;
@@ -154,21 +154,23 @@ async fn keys_made_and_revoked_by_the_cli_apply_to_a_running_gateway() {
         "the key is cached as good right now"
     );
     let o = ok(d, &["keys", "revoke", &id]);
-    let revoked_at = Instant::now();
     assert!(text(&o.stdout).contains(&id), "{}", text(&o.stdout));
-    loop {
-        let r = call(addr, Method::GET, "/sessions", Some(&key), None).await;
-        if r.status == 401 {
-            assert_401(&r, &key);
-            break;
-        }
-        assert_eq!(r.status, 200, "{}", r.text());
-        assert!(
-            revoked_at.elapsed() < Duration::from_secs(5),
-            "a key revoked from the CLI still works after 5 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // The 5 s is the behaviour under test (the key cache lasts 2 s), not a
+    // guess at how long the gateway takes.
+    wait_until(
+        Duration::from_secs(5),
+        "a key revoked from the CLI to be refused (it must be within 5 s)",
+        || async {
+            let r = call(addr, Method::GET, "/sessions", Some(&key), None).await;
+            if r.status == 401 {
+                assert_401(&r, &key);
+                return true;
+            }
+            assert_eq!(r.status, 200, "{}", r.text());
+            false
+        },
+    )
+    .await;
     assert_401(&chat_as(addr, Some(&key), &session, "after").await, &key);
     // The other key is untouched, and sees the revoked key's session.
     let r = call(

@@ -1,4 +1,4 @@
-//! SPEC §9 quotas beyond the session: messages per principal (exact under
+//! docs/access-control.md, quotas beyond the session: messages per principal (exact under
 //! concurrency), sessions per hour per principal or client address (with
 //! `X-Forwarded-For` believed only from `server.trusted_proxies`), the
 //! `openai.max_tokens` reply cap, and `session.client_system_prompt`.

@@ -1,4 +1,4 @@
-//! SPEC §4 through the built binary: `chatgate check-config` in a temp
+//! docs/configuration.md through the built binary: `chatgate check-config` in a temp
 //! directory with a clean environment (no `OPENAI_API_KEY`), and `serve`
 //! where the startup log line is what is checked.
 

@@ -1,4 +1,4 @@
-//! Credentials for the access-control tests (SPEC §9): gateways in each
+//! Credentials for the access-control tests (docs/access-control.md): gateways in each
 //! `auth.mode` with a known `SECRET_KEY`, JWTs built by hand (HS256 with
 //! ring, so forged and foreign-algorithm tokens are as easy to make as
 //! good ones), API keys made through a second chatcore handle on the
@@ -287,12 +287,24 @@ pub fn assert_not_found(r: &Resp) {
 
 /// Asserts that `log` holds none of `secrets`, nor the distinctive part of
 /// each (a JWT's signature, an API key's secret half), and that it is a
-/// real log with request lines (so a pass is not an empty file's).
+/// real log with request lines, a 401 among them (so a pass is not an
+/// empty file's).
 #[track_caller]
 pub fn assert_log_holds_no_secret(log: &str, secrets: &[&str]) {
     assert!(
         log.lines().any(|l| has_field(l, "status", "401")),
         "app.log has no 401 request line:\n{log}"
+    );
+    assert_log_leaks_none(log, secrets);
+}
+
+/// Like [`assert_log_holds_no_secret`], for a log whose requests may all
+/// have succeeded: it must have request lines, not a 401.
+#[track_caller]
+pub fn assert_log_leaks_none(log: &str, secrets: &[&str]) {
+    assert!(
+        log.lines().any(|l| l.contains(" INFO request,")),
+        "app.log has no request line:\n{log}"
     );
     for s in secrets {
         let mut needles = vec![(*s).to_owned()];

@@ -1,4 +1,4 @@
-//! SPEC §2: every endpoint's exact shape, with and without the trailing
+//! docs/api.md: every endpoint's exact shape, with and without the trailing
 //! slash, plus health, the OpenAPI document and CORS (the pages a browser
 //! opens, `/docs` and `/`, are in `pages`).
 

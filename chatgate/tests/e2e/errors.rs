@@ -1,4 +1,4 @@
-//! SPEC §2's error table, row by row: 422 lists, 413, 404, 410, unknown
+//! the error table of docs/api.md, row by row: 422 lists, 413, 404, 410, unknown
 //! paths and wrong methods. (Upstream rows live in `upstream.rs`, 429 in
 //! `rate_limit.rs`.)
 

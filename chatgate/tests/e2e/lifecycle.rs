@@ -200,9 +200,8 @@ async fn kill_9_under_load_loses_no_acknowledged_turn() {
         });
     }
 
-    // Load for a while, and until a good number of turns are acknowledged;
-    // then kill -9 with requests in flight.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Load until a good number of turns are acknowledged; then kill -9
+    // with requests in flight.
     let ok = &successes;
     wait_until(
         Duration::from_secs(60),
@@ -314,28 +313,47 @@ async fn purge_and_the_background_sweep_delete_sessions_past_retention() {
     let idle_since = std::time::Instant::now();
     drop(server);
 
-    // `chatgate purge` runs one sweep and says what it deleted.
-    let wait = Duration::from_millis(1500).saturating_sub(idle_since.elapsed());
-    tokio::time::sleep(wait).await;
+    // `chatgate purge` runs one sweep and says what it deleted. It runs as
+    // soon as the session can be past retention, and again until it is
+    // (the session's age is read against the wall clock by another
+    // process: real time must pass).
     let env = [
         retention[0],
         retention[1],
         ("CHATGATE_LOG__STDERR", "false"),
     ];
-    let out = run(dir.path(), &["--mock-upstream", "purge"], &env);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "purge failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let app_log = dir.path().join("app.log");
+    let (stdout, log_before) = wait_for(
+        Duration::from_secs(30),
+        "`chatgate purge` to delete the session past retention",
+        || {
+            let mut purged = None;
+            if idle_since.elapsed() >= Duration::from_secs(1) {
+                let log_before = std::fs::metadata(&app_log).map_or(0, |m| m.len() as usize);
+                let out = run(dir.path(), &["--mock-upstream", "purge"], &env);
+                assert!(
+                    out.status.success(),
+                    "purge failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+                if !stdout.contains("purged 0 sessions") {
+                    purged = Some((stdout, log_before));
+                }
+            }
+            async move { purged }
+        },
+    )
+    .await;
     assert!(
         stdout.contains("purged 1 sessions, 4 messages, 1 feedback entries"),
         "purge printed {stdout:?}"
     );
     // Its statements are logged (after it answered, before the log closed),
     // the transaction's COMMIT last.
-    let log = std::fs::read_to_string(dir.path().join("app.log")).unwrap();
+    let log = std::fs::read_to_string(&app_log).unwrap();
+    // Only what the purge that deleted it wrote.
+    let log = &log[log_before..];
     let purge_sql: Vec<&str> = log
         .lines()
         .skip_while(|l| !l.contains("DELETE FROM turns"))

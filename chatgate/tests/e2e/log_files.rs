@@ -139,8 +139,27 @@ async fn rotated_files_older_than_retention_are_deleted_at_start_and_at_rotation
         std::fs::read_to_string(numbered(&log, 2)).unwrap(),
         "recent\n"
     );
-    // Past retention, the next rotation deletes every older file.
-    tokio::time::sleep(Duration::from_millis(3500)).await;
+    // Past retention, the next rotation deletes every older file. Real
+    // time must pass for that (age is the files' modification time, read
+    // by the gateway against the wall clock): wait until both rotated
+    // files are older than the 3 s retention.
+    let retention = Duration::from_secs(3);
+    wait_until(
+        Duration::from_secs(30),
+        "app.log.1 and app.log.2 to pass retention",
+        || {
+            let aged = [1, 2].iter().all(|n| {
+                let modified = std::fs::metadata(numbered(&log, *n))
+                    .and_then(|m| m.modified())
+                    .unwrap_or_else(|e| panic!("app.log.{n}: {e}"));
+                SystemTime::now()
+                    .duration_since(modified)
+                    .is_ok_and(|age| age > retention)
+            });
+            async move { aged }
+        },
+    )
+    .await;
     miss(&gw, 100, 40).await;
     gw.stop().await;
     let left: Vec<u32> = (1..=5).filter(|n| numbered(&log, *n).exists()).collect();

@@ -26,5 +26,6 @@ mod openai_fidelity;
 mod pages;
 mod rate_limit;
 mod replicas;
+mod routing;
 mod streaming;
 mod upstream;

@@ -65,7 +65,10 @@ async fn a_scrape_counts_what_was_done() {
     );
     assert_eq!(sample(&text, "chatgate_sessions_created_total"), Some(1.0));
     assert_eq!(
-        sample(&text, r#"chatgate_upstream_calls_total{outcome="ok"}"#),
+        sample(
+            &text,
+            r#"chatgate_upstream_calls_total{upstream="openai",outcome="ok"}"#
+        ),
         Some(3.0)
     );
     assert_eq!(sample(&text, "chatgate_upstream_retries_total"), Some(0.0));

@@ -1,4 +1,4 @@
-//! SPEC §8: the OpenAI-compatible API. `POST /v1/chat/completions`
+//! docs/openai.md: the OpenAI-compatible API. `POST /v1/chat/completions`
 //! stateless and bound to a session (`X-Session-Id`), whole and streamed
 //! as the upstream's `chat.completion.chunk` events ending in
 //! `data: [DONE]`; `model` checked against `openai.models`;

@@ -1,4 +1,4 @@
-//! SPEC §8, faithful by default: `/v1` forwards what a client sent and
+//! docs/openai.md, faithful by default: `/v1` forwards what a client sent and
 //! relays what the upstream answered, tools, parts, reasoning models and
 //! vendor fields included; a session runs an agent's tool loop and stores
 //! it whole; upstream refusals of the request keep their status and body;
@@ -98,7 +98,7 @@ fn image(bytes: usize) -> String {
     format!("data:image/png;base64,{}", "A".repeat(bytes))
 }
 
-/// A request with every field SPEC §8 lists and messages of every role
+/// A request with every field docs/openai.md lists and messages of every role
 /// and shape.
 fn everything() -> Value {
     json!({

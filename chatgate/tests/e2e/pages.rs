@@ -1,4 +1,4 @@
-//! SPEC §11: the pages a browser opens. `/docs` is Swagger UI served from
+//! docs/api.md and the playground: the pages a browser opens. `/docs` is Swagger UI served from
 //! the binary and driven by `/openapi.json`; `/` is the chat playground,
 //! which `server.playground = false` turns off. Both load nothing from
 //! another host and carry a Content-Security-Policy. (tests/browser runs

@@ -4,9 +4,9 @@
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::support::try_send;
+use crate::support::{try_send, wait_for, wait_until};
 
 /// How long a started binary may take to answer `/healthz`.
 const READY_LIMIT: Duration = Duration::from_secs(10);
@@ -90,23 +90,19 @@ impl Server {
     }
 
     async fn wait_ready(&mut self, dir: &Path) {
-        let start = Instant::now();
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
+        let (child, addr) = (&mut self.child, self.addr);
+        wait_until(READY_LIMIT, "chatgate to answer /healthz", || {
+            if let Ok(Some(status)) = child.try_wait() {
                 let err = std::fs::read_to_string(dir.join("stderr.txt")).unwrap_or_default();
                 panic!("chatgate exited early with {status}: {err}");
             }
-            if let Ok(r) = try_send(self.addr, hyper::Method::GET, "/healthz", &[], None).await {
-                if r.status == 200 {
-                    return;
-                }
+            async move {
+                try_send(addr, hyper::Method::GET, "/healthz", &[], None)
+                    .await
+                    .is_ok_and(|r| r.status == 200)
             }
-            assert!(
-                start.elapsed() < READY_LIMIT,
-                "chatgate did not answer /healthz within {READY_LIMIT:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        })
+        .await;
     }
 
     /// Sends SIGTERM through `kill(1)` (libc is not a dependency).
@@ -121,17 +117,12 @@ impl Server {
 
     /// Waits (bounded) for the process to exit.
     pub async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(
-                start.elapsed() < limit,
-                "chatgate still running after {limit:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let child = &mut self.child;
+        wait_for(limit, "chatgate to exit", || {
+            let status = child.try_wait().expect("try_wait");
+            async move { status }
+        })
+        .await
     }
 }
 

@@ -1,4 +1,4 @@
-//! SPEC §3 rate limit: 5 per minute per session, exact under concurrency,
+//! docs/api.md, behaviour: the rate limit: 5 per minute per session, exact under concurrency,
 //! 429 with `Retry-After`, and only validated turns take a token.
 
 use chatmock::Reply;
@@ -8,7 +8,7 @@ use crate::support::*;
 
 const LIMITED: &str = "Rate limit exceeded: 5 messages per minute";
 
-/// Asserts the 429 of SPEC §2: exact detail, `Retry-After` in whole
+/// Asserts the 429 of docs/api.md: exact detail, `Retry-After` in whole
 /// seconds, at least 1.
 #[track_caller]
 fn assert_limited(r: &Resp) {

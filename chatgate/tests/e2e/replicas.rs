@@ -1,4 +1,4 @@
-//! Several chatgate processes on one PostgreSQL and one Redis (SPEC §10):
+//! Several chatgate processes on one PostgreSQL and one Redis (docs/operations.md, several replicas):
 //! they behave as one. Run when `CHATGATE_TEST_POSTGRES_URL` and
 //! `CHATGATE_TEST_REDIS_URL` are set (`.ci/run` sets both); each test has
 //! its own PostgreSQL schema and Redis key prefix, and one mock upstream in
@@ -7,6 +7,8 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chatmock::{MockOpenAi, StreamGate, StreamScript, TcpProxy};
@@ -14,7 +16,10 @@ use hyper::Method;
 use serde_json::Value;
 
 use crate::process::Server;
-use crate::support::{chat, get, messages, new_session, open_stream, send, try_send};
+use crate::support::{chat, get, messages, new_session, open_stream, send, try_send, wait_until};
+
+/// How long a replica may take to recover once a lost service is back.
+const RECOVERY: Duration = Duration::from_secs(20);
 
 /// The two service URLs, or `None` (with a note) when either is unset.
 fn services() -> Option<(String, String)> {
@@ -285,17 +290,21 @@ async fn a_streamed_turn_holds_its_session_on_every_replica_until_stored() {
         .to_string();
     let mut stream = open_stream(c.addr(0), "/chat/", &[], &body).await;
     // Wait until the streamed turn's model call is under way.
-    for _ in 0..200 {
-        if c.mock.request_count() == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let mock = &c.mock;
+    wait_until(
+        Duration::from_secs(20),
+        "the streamed turn's model call",
+        || async move { mock.request_count() >= 1 },
+    )
+    .await;
     assert_eq!(c.mock.request_count(), 1);
     let whole = {
         let (addr, sid) = (c.addr(1), sid.clone());
         tokio::spawn(async move { chat(addr, &sid, "whole").await })
     };
+    // A real wait: what is under test is that the other replica's turn
+    // does NOT run (nor call the model) while the stream holds the
+    // session, and nothing observable marks it as waiting.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
         !whole.is_finished(),
@@ -344,7 +353,9 @@ async fn kill_9_of_a_replica_under_load_loses_no_acknowledged_turn() {
         sessions.push(new_session(c.addr(i)).await);
     }
     let addrs: Vec<SocketAddr> = (0..3).map(|i| c.addr(i)).collect();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    // What each client has had acknowledged so far, read while they run.
+    let progress: Vec<Arc<AtomicUsize>> = sessions.iter().map(|_| Arc::default()).collect();
     // One client per session, each on its own replica, turn after turn:
     // count what each replica acknowledged.
     let clients: Vec<_> = sessions
@@ -352,15 +363,19 @@ async fn kill_9_of_a_replica_under_load_loses_no_acknowledged_turn() {
         .enumerate()
         .map(|(i, sid)| {
             let (addr, sid, stop) = (addrs[i % 3], sid.clone(), stop.clone());
+            let progress = Arc::clone(&progress[i]);
             tokio::spawn(async move {
                 let mut acked = 0usize;
                 let mut n = 0;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                while !stop.load(Ordering::Relaxed) {
                     n += 1;
                     let body = serde_json::json!({"session_id": sid, "role": "user", "content": format!("m{n}")})
                         .to_string();
                     match try_send(addr, Method::POST, "/chat/", &[], Some(bytes::Bytes::from(body))).await {
-                        Ok(r) if r.status == 200 => acked += 1,
+                        Ok(r) if r.status == 200 => {
+                            acked += 1;
+                            progress.store(acked, Ordering::SeqCst);
+                        }
                         Ok(_) => {}
                         // The killed replica: its clients stop.
                         Err(_) => break,
@@ -370,12 +385,36 @@ async fn kill_9_of_a_replica_under_load_loses_no_acknowledged_turn() {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Under load: every client, on every replica, has had turns
+    // acknowledged and goes on sending.
+    let acked_by = |i: usize| progress[i].load(Ordering::SeqCst);
+    wait_until(
+        Duration::from_secs(30),
+        "three acknowledged turns for every client",
+        || {
+            let all = (0..progress.len()).all(|i| acked_by(i) >= 3);
+            async move { all }
+        },
+    )
+    .await;
     let victim = &mut c.replicas[2];
     victim.child.kill().expect("kill -9 replica 2");
     let _ = victim.child.wait();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    // The survivors carry on after the kill: each of their clients has
+    // more turns acknowledged.
+    let at_kill: Vec<usize> = (0..progress.len()).map(acked_by).collect();
+    wait_until(
+        Duration::from_secs(30),
+        "three more acknowledged turns for every survivor's client",
+        || {
+            let all = (0..progress.len())
+                .filter(|i| i % 3 != 2)
+                .all(|i| acked_by(i) >= at_kill[i] + 3);
+            async move { all }
+        },
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
     let mut total = 0;
     let mut sessions_left = Vec::new();
     for client in clients {
@@ -456,7 +495,10 @@ async fn losing_redis_or_postgres_answers_503_and_recovers_without_a_restart() {
     assert_eq!(ready.json()["dependencies"]["storage"]["status"], "ok");
     assert_eq!(get(addr, &format!("/session/{sid}")).await.status, 200);
     redis_relay.restore();
-    wait_for(|| async { chat(addr, &sid, "Hello again").await.status == 200 }).await;
+    wait_until(RECOVERY, "a turn to pass once Redis is back", || async {
+        chat(addr, &sid, "Hello again").await.status == 200
+    })
+    .await;
     let metrics = get(addr, "/metrics").await.text();
     assert!(
         metrics
@@ -477,7 +519,12 @@ async fn losing_redis_or_postgres_answers_503_and_recovers_without_a_restart() {
     );
     assert_eq!(get(addr, "/healthz").await.status, 200);
     pg_relay.restore();
-    wait_for(|| async { get(addr, "/readyz").await.status == 200 }).await;
+    wait_until(
+        RECOVERY,
+        "/readyz to answer 200 once PostgreSQL is back",
+        || async { get(addr, "/readyz").await.status == 200 },
+    )
+    .await;
     let r = chat(addr, &sid, "Back").await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(messages(addr, &sid).await.len(), 4);
@@ -486,17 +533,30 @@ async fn losing_redis_or_postgres_answers_503_and_recovers_without_a_restart() {
     // 503 and stores nothing. Once it returns the session goes on (after
     // the failed turn's claim, which could not be released, lapses).
     c.mock.set_latency(Duration::from_millis(800));
+    let calls_before = c.mock.request_count();
     let pending = {
         let sid = sid.clone();
         tokio::spawn(async move { chat(addr, &sid, "mid-turn").await })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The turn has reached the (slow) model: it waits on it.
+    let mock = &c.mock;
+    wait_until(
+        Duration::from_secs(20),
+        "the mid-turn model call",
+        || async move { mock.request_count() > calls_before },
+    )
+    .await;
     pg_relay.cut();
     let r = pending.await.unwrap();
     r.assert_error(503, "Storage unavailable");
     c.mock.set_latency(Duration::ZERO);
     pg_relay.restore();
-    wait_for(|| async { get(addr, "/readyz").await.status == 200 }).await;
+    wait_until(
+        RECOVERY,
+        "/readyz to answer 200 once PostgreSQL is back again",
+        || async { get(addr, "/readyz").await.status == 200 },
+    )
+    .await;
     let r = chat(addr, &sid, "After").await;
     assert_eq!(r.status, 200, "{}", r.text());
     let stored = messages(addr, &sid).await;
@@ -505,19 +565,4 @@ async fn losing_redis_or_postgres_answers_503_and_recovers_without_a_restart() {
         stored.iter().all(|m| m["content"] != "mid-turn"),
         "{stored:?}"
     );
-}
-
-/// Polls `ok` for up to 20 s.
-async fn wait_for<F, Fut>(mut ok: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..200 {
-        if ok().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("did not recover within 20 s");
 }

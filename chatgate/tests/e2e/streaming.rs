@@ -1,4 +1,4 @@
-//! SPEC §7: streaming on `POST /chat/`, read event by event over a real
+//! docs/api.md, streaming: on `POST /chat/`, read event by event over a real
 //! socket. Deltas are forwarded as the upstream produces them (a gated
 //! upstream proves it: each chunk is let through only once the previous
 //! delta has reached the client), `done` comes only once the turn is
@@ -542,7 +542,15 @@ async fn session_usage_sums_streamed_and_whole_turns() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_leaves_while_its_turn_waits_sends_nothing_upstream() {
-    let gw = Gateway::start().await;
+    // Two connections at most: the held stream's and one more. A new
+    // connection is served only once the one before it has closed on the
+    // gateway's side, which happens only after the gateway has dropped
+    // that connection's turn: a request answered proves that the client
+    // before it was let go.
+    let gw = Gateway::start_with(|c| {
+        c.server.max_connections = std::num::NonZeroUsize::new(2).expect("nonzero");
+    })
+    .await;
     let id = new_session(gw.addr).await;
     let gate = StreamGate::new();
     gw.mock.push(
@@ -561,6 +569,8 @@ async fn a_client_that_leaves_while_its_turn_waits_sends_nothing_upstream() {
         let body = chat_body(&id, content, Some(stream));
         let waiting =
             tokio::spawn(async move { open_stream(addr, "/chat/", &[], &body).await.status });
+        // A real wait: what is under test is that the turn is NOT answered
+        // before the one ahead of it ends.
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(
             !waiting.is_finished(),
@@ -568,7 +578,9 @@ async fn a_client_that_leaves_while_its_turn_waits_sends_nothing_upstream() {
         );
         waiting.abort();
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The gateway has let go of both abandoned turns once a new connection
+    // is served (see the connection cap above).
+    assert_eq!(get(gw.addr, "/healthz").await.status, 200);
 
     gate.open();
     let (events, _) = first.rest().await;
@@ -701,6 +713,8 @@ async fn a_whole_turn_waits_for_the_streamed_turn_before_it() {
     let addr = gw.addr;
     let sid = id.clone();
     let second = tokio::spawn(async move { chat(addr, &sid, "second").await });
+    // A real wait: what is under test is that the second turn does NOT
+    // overtake the held stream (nor reach the upstream) meanwhile.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!second.is_finished(), "the second turn overtook the stream");
     assert_eq!(gw.mock.request_count(), 1, "the second turn waits its turn");

@@ -315,20 +315,59 @@ impl Drop for Gateway {
     }
 }
 
-/// Polls `check` every 20 ms until it holds, for at most `limit`.
+/// How often [`wait_for`] and [`wait_until`] look again.
+const POLL: Duration = Duration::from_millis(10);
+
+/// Polls `check` every few milliseconds until it yields a value, and
+/// returns that value; panics naming `what` once `limit` has passed. The
+/// limit only guards against a hang (make it generous, so a slow machine
+/// does not fail): it is never an assertion on speed.
+pub async fn wait_for<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gave up waiting for {what} after {limit:?}"
+        );
+        // The one poll interval of these tests: waits on a condition, not
+        // a guess at how long something takes.
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Polls `check` every few milliseconds until it holds, for at most
+/// `limit` (see [`wait_for`]).
 pub async fn wait_until<F, Fut>(limit: Duration, what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + limit;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "gave up waiting for {what} after {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for(limit, what, || {
+        let holds = check();
+        async move { holds.await.then_some(()) }
+    })
+    .await;
+}
+
+/// Waits until the wall clock has moved past the current millisecond, so
+/// whatever the gateway stamps next (a session's `last_active`, kept in
+/// milliseconds) is strictly later than what it stamped before this call.
+pub async fn next_millisecond() {
+    let now = || chrono::Utc::now().timestamp_millis();
+    let start = now();
+    wait_until(
+        Duration::from_secs(10),
+        "the clock to move on a millisecond",
+        || async move { now() > start },
+    )
+    .await;
 }
 
 /// One server-sent event: its `event:` name, if it has one, and its

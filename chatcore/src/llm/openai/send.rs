@@ -16,9 +16,14 @@ use super::{OpenAiChat, MAX_REPLY_BYTES};
 use crate::error::{Error, ErrorKind, Result};
 
 impl OpenAiChat {
-    /// Sends `body` until a non-retryable outcome, the retry budget or the
-    /// deadline ends it; returns the successful response.
-    pub(super) async fn send(&self, body: Vec<u8>, deadline: Instant) -> Result<reqwest::Response> {
+    /// Sends `body` until a non-retryable outcome, `retries` more attempts
+    /// or the deadline ends it; returns the successful response.
+    pub(super) async fn send(
+        &self,
+        body: Vec<u8>,
+        deadline: Instant,
+        retries: u32,
+    ) -> Result<reqwest::Response> {
         // `Bytes` clones are reference-counted: a retry does not copy the body.
         let body = bytes::Bytes::from(body);
         let mut attempt: u32 = 0;
@@ -39,7 +44,8 @@ impl OpenAiChat {
             })
             .await
             {
-                Err(_) => return Err(timed_out()),
+                // Before the upstream's first byte: another may answer.
+                Err(_) => return Err(timed_out().with_transient()),
                 Ok(Ok(outcome)) => outcome,
                 Ok(Err(e)) if e.is_timeout() => Attempt::Retry(
                     Error::new(ErrorKind::UpstreamFailed, "Upstream connection timed out")
@@ -55,9 +61,9 @@ impl OpenAiChat {
             let (error, hint) = match outcome {
                 Attempt::Done(resp) => return Ok(resp),
                 Attempt::Fail(error) => return Err(error),
-                Attempt::Retry(error, hint) => (error, hint),
+                Attempt::Retry(error, hint) => (error.with_transient(), hint),
             };
-            if attempt >= self.config.max_retries {
+            if attempt >= retries {
                 return Err(error);
             }
             let wait = backoff(self.config.backoff, attempt, hint);

@@ -78,6 +78,7 @@ pub(super) fn write_request(
     model: &str,
     request: &ChatRequest<'_>,
     temperature: Option<f32>,
+    cache_key: Option<&str>,
     stream: bool,
 ) {
     let o = request.options;
@@ -118,6 +119,10 @@ pub(super) fn write_request(
             continue;
         }
         obj.raw(key, value.get());
+    }
+    // A client's own key wins over the one derived from its session.
+    if let Some(key) = cache_key.filter(|_| o.fields.get("prompt_cache_key").is_none()) {
+        obj.value("prompt_cache_key", key);
     }
     if stream {
         obj.raw("stream", "true");
@@ -346,7 +351,7 @@ mod tests {
         stream: bool,
     ) -> serde_json::Value {
         let mut out = Vec::new();
-        write_request(&mut out, "m", request, temperature, stream);
+        write_request(&mut out, "m", request, temperature, None, stream);
         serde_json::from_slice(&out).expect("valid JSON")
     }
 
@@ -364,6 +369,8 @@ mod tests {
             history: History::empty(),
             input: Input::Text("hi"),
             options: &options,
+            session: None,
+            pinned: None,
         };
         let v = written(&r, None, true);
         assert_eq!(
@@ -403,9 +410,11 @@ mod tests {
             history: (&history).into(),
             input: Input::Messages(&new),
             options: ChatOptions::none(),
+            session: None,
+            pinned: None,
         };
         let mut out = Vec::new();
-        write_request(&mut out, "m", &r, None, false);
+        write_request(&mut out, "m", &r, None, None, false);
         let text = String::from_utf8(out).unwrap();
         assert!(
             text.contains(r#"{"role":"tool","tool_call_id":"c","content":"42"}"#),

@@ -26,7 +26,7 @@ use crate::types::{SessionId, Usage};
 const RECENT: &str = "SELECT role, content, created_at, body FROM (SELECT position, role, content, created_at, body FROM messages WHERE session_id = $1 ORDER BY position DESC LIMIT $2) m ORDER BY position";
 /// The session and its latest `$2` messages (newest first), in one round
 /// trip: one row per message, or one row with no message.
-const TURN_CONTEXT: &str = "SELECT s.created_at, s.last_active, s.system_prompt, s.metadata, s.owner, m.role, m.content, m.created_at, m.body FROM sessions s LEFT JOIN LATERAL (SELECT position, role, content, created_at, body FROM messages WHERE session_id = s.id ORDER BY position DESC LIMIT $2) m ON true WHERE s.id = $1 ORDER BY m.position DESC";
+const TURN_CONTEXT: &str = "SELECT s.created_at, s.last_active, s.system_prompt, s.metadata, s.owner, s.target, m.role, m.content, m.created_at, m.body FROM sessions s LEFT JOIN LATERAL (SELECT position, role, content, created_at, body FROM messages WHERE session_id = s.id ORDER BY position DESC LIMIT $2) m ON true WHERE s.id = $1 ORDER BY m.position DESC";
 /// Up to `$3` messages after position `$2`, oldest first; no row at all
 /// when the session does not exist.
 const PAGE: &str = "SELECT m.position, m.role, m.content, m.created_at, m.body FROM sessions s LEFT JOIN LATERAL (SELECT position, role, content, created_at, body FROM messages WHERE session_id = s.id AND position > $2 ORDER BY position LIMIT $3) m ON true WHERE s.id = $1 ORDER BY m.position";
@@ -35,11 +35,11 @@ const USAGE: &str = "SELECT coalesce(sum(prompt_tokens), 0)::bigint, coalesce(su
 /// times `$6`) take the positions after the session's count of messages,
 /// read and moved under the row lock the update takes; the reply (the
 /// last) carries the tokens.
-const APPEND: &str = "WITH t AS (UPDATE sessions SET last_active = $2, turns = turns + 1, messages = messages + cardinality($3::text[]) WHERE id = $1 RETURNING messages - cardinality($3::text[]) AS first) INSERT INTO messages (session_id, position, role, content, body, created_at, prompt_tokens, completion_tokens, cached_tokens) SELECT $1, t.first + m.i - 1, m.role, m.content, m.body, m.at, CASE WHEN m.i = cardinality($3::text[]) THEN $7::bigint END, CASE WHEN m.i = cardinality($3::text[]) THEN $8::bigint END, CASE WHEN m.i = cardinality($3::text[]) THEN $9::bigint END FROM t, unnest($3::text[], $4::text[], $5::text[], $6::timestamptz[]) WITH ORDINALITY AS m(role, content, body, at, i)";
+const APPEND: &str = "WITH t AS (UPDATE sessions SET last_active = $2, turns = turns + 1, messages = messages + cardinality($3::text[]), target = coalesce($10::text, target) WHERE id = $1 RETURNING messages - cardinality($3::text[]) AS first) INSERT INTO messages (session_id, position, role, content, body, created_at, prompt_tokens, completion_tokens, cached_tokens) SELECT $1, t.first + m.i - 1, m.role, m.content, m.body, m.at, CASE WHEN m.i = cardinality($3::text[]) THEN $7::bigint END, CASE WHEN m.i = cardinality($3::text[]) THEN $8::bigint END, CASE WHEN m.i = cardinality($3::text[]) THEN $9::bigint END FROM t, unnest($3::text[], $4::text[], $5::text[], $6::timestamptz[]) WITH ORDINALITY AS m(role, content, body, at, i)";
 /// As [`APPEND`], only while `$10` holds the claim, which it releases. A
 /// claim that lapsed but was not taken by another turn still carries this
 /// turn's token, and counts as held: nothing was stored since.
-const APPEND_CLAIMED: &str = "WITH t AS (UPDATE sessions SET last_active = $2, turns = turns + 1, messages = messages + cardinality($3::text[]), claim = NULL, claim_until = NULL WHERE id = $1 AND claim = $10 RETURNING messages - cardinality($3::text[]) AS first) INSERT INTO messages (session_id, position, role, content, body, created_at, prompt_tokens, completion_tokens, cached_tokens) SELECT $1, t.first + m.i - 1, m.role, m.content, m.body, m.at, CASE WHEN m.i = cardinality($3::text[]) THEN $7::bigint END, CASE WHEN m.i = cardinality($3::text[]) THEN $8::bigint END, CASE WHEN m.i = cardinality($3::text[]) THEN $9::bigint END FROM t, unnest($3::text[], $4::text[], $5::text[], $6::timestamptz[]) WITH ORDINALITY AS m(role, content, body, at, i)";
+const APPEND_CLAIMED: &str = "WITH t AS (UPDATE sessions SET last_active = $2, turns = turns + 1, messages = messages + cardinality($3::text[]), target = coalesce($10::text, target), claim = NULL, claim_until = NULL WHERE id = $1 AND claim = $11 RETURNING messages - cardinality($3::text[]) AS first) INSERT INTO messages (session_id, position, role, content, body, created_at, prompt_tokens, completion_tokens, cached_tokens) SELECT $1, t.first + m.i - 1, m.role, m.content, m.body, m.at, CASE WHEN m.i = cardinality($3::text[]) THEN $7::bigint END, CASE WHEN m.i = cardinality($3::text[]) THEN $8::bigint END, CASE WHEN m.i = cardinality($3::text[]) THEN $9::bigint END FROM t, unnest($3::text[], $4::text[], $5::text[], $6::timestamptz[]) WITH ORDINALITY AS m(role, content, body, at, i)";
 /// Takes the claim when it is free, lapsed, or already this token's, and
 /// reads the latest `$4` messages (newest first) in the same round trip:
 /// one row per message, or one row with none; no row when the claim is
@@ -47,13 +47,13 @@ const APPEND_CLAIMED: &str = "WITH t AS (UPDATE sessions SET last_active = $2, t
 /// which moves within a transaction, unlike `now()`). The session's turn
 /// count of messages comes from the row as updated, the messages from the statement's
 /// snapshot, so the two can disagree (see `claim_turn`).
-const CLAIM: &str = "WITH c AS (UPDATE sessions SET claim = $2, claim_until = clock_timestamp() + make_interval(secs => $3) WHERE id = $1 AND (claim IS NULL OR claim = $2 OR claim_until < clock_timestamp()) RETURNING created_at, last_active, system_prompt, metadata, owner, messages) SELECT c.created_at, c.last_active, c.system_prompt, c.metadata, c.owner, c.messages, m.position, m.role, m.content, m.created_at, m.body FROM c LEFT JOIN LATERAL (SELECT position, role, content, created_at, body FROM messages WHERE session_id = $1 ORDER BY position DESC LIMIT $4) m ON true ORDER BY m.position DESC";
+const CLAIM: &str = "WITH c AS (UPDATE sessions SET claim = $2, claim_until = clock_timestamp() + make_interval(secs => $3) WHERE id = $1 AND (claim IS NULL OR claim = $2 OR claim_until < clock_timestamp()) RETURNING created_at, last_active, system_prompt, metadata, owner, target, messages) SELECT c.created_at, c.last_active, c.system_prompt, c.metadata, c.owner, c.target, c.messages, m.position, m.role, m.content, m.created_at, m.body FROM c LEFT JOIN LATERAL (SELECT position, role, content, created_at, body FROM messages WHERE session_id = $1 ORDER BY position DESC LIMIT $4) m ON true ORDER BY m.position DESC";
 const RENEW: &str = "UPDATE sessions SET claim_until = clock_timestamp() + make_interval(secs => $3) WHERE id = $1 AND claim = $2";
 const RELEASE: &str =
     "UPDATE sessions SET claim = NULL, claim_until = NULL WHERE id = $1 AND claim = $2";
 const EXISTS: &str = "SELECT 1 FROM sessions WHERE id = $1";
 const SESSION: &str =
-    "SELECT created_at, last_active, system_prompt, metadata, owner FROM sessions WHERE id = $1";
+    "SELECT created_at, last_active, system_prompt, metadata, owner, target FROM sessions WHERE id = $1";
 
 /// A message row: `role`, `content`, `created_at`, `body` from column
 /// `first` on.
@@ -104,6 +104,7 @@ impl PostgresStore {
             &prompt,
             &completion,
             &cached,
+            &turn.target,
         ];
         let sql = match &claim {
             Some(claim) => {
@@ -148,8 +149,8 @@ impl PostgresStore {
             });
         };
         let session = session_from(id, row, 0)?;
-        let count: i64 = row.try_get(5)?;
-        let newest: Option<i64> = row.try_get(6)?;
+        let count: i64 = row.try_get(6)?;
+        let newest: Option<i64> = row.try_get(7)?;
         // A statement reads the database as it was when it began. If the
         // claim waited on the previous holder's append (its row lock), the
         // row is read as updated but the messages are not: the newest one
@@ -169,8 +170,8 @@ impl PostgresStore {
         }
         let mut history = Vec::with_capacity(rows.len());
         for row in rows.iter().rev() {
-            if row.try_get::<_, Option<i64>>(6)?.is_some() {
-                history.push(message_from(row, 7)?);
+            if row.try_get::<_, Option<i64>>(7)?.is_some() {
+                history.push(message_from(row, 8)?);
             }
         }
         Ok(Claim::Held(session, history))
@@ -241,8 +242,8 @@ impl MessageStore for PostgresStore {
         let session = session_from(id, first, 0)?;
         let mut history = Vec::with_capacity(rows.len());
         for row in rows.iter().rev() {
-            if row.try_get::<_, Option<String>>(5)?.is_some() {
-                history.push(message_from(row, 5)?);
+            if row.try_get::<_, Option<String>>(6)?.is_some() {
+                history.push(message_from(row, 6)?);
             }
         }
         Ok(Some((session, history)))

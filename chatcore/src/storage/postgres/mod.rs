@@ -385,6 +385,7 @@ fn session_from(id: SessionId, row: &Row, first: usize) -> Result<Session> {
         system_prompt: row.try_get(first + 2)?,
         metadata: row.try_get(first + 3)?,
         owner: row.try_get(first + 4)?,
+        target: row.try_get(first + 5)?,
     })
 }
 

@@ -85,6 +85,9 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE messages ADD COLUMN cached_tokens bigint;
      ALTER TABLE sessions ADD COLUMN messages bigint NOT NULL DEFAULT 0;
      UPDATE sessions SET messages = 2 * turns WHERE turns > 0;",
+    // v3: the upstream and model that answered a session's last turn, so
+    // its next turn goes there too, on whichever gateway runs it.
+    "ALTER TABLE sessions ADD COLUMN target text;",
 ];
 
 /// The schema version this code writes.

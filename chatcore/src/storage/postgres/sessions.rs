@@ -14,9 +14,9 @@ use crate::types::{from_millis, PurgeReport, Session, SessionId};
 
 const INSERT_SESSION: &str = "INSERT INTO sessions (id, created_at, last_active, system_prompt, metadata, owner) VALUES ($1, $2, $3, $4, $5, $6)";
 const GET_SESSION: &str =
-    "SELECT created_at, last_active, system_prompt, metadata, owner FROM sessions WHERE id = $1";
+    "SELECT created_at, last_active, system_prompt, metadata, owner, target FROM sessions WHERE id = $1";
 const DELETE_SESSION: &str = "DELETE FROM sessions WHERE id = $1";
-const LIST_SESSIONS: &str = "SELECT id, created_at, last_active, system_prompt, metadata, owner FROM sessions WHERE ($1::text IS NULL OR owner = $1) AND ($2::timestamptz IS NULL OR (last_active, id) < ($2, $3::uuid)) ORDER BY last_active DESC, id DESC LIMIT $4";
+const LIST_SESSIONS: &str = "SELECT id, created_at, last_active, system_prompt, metadata, owner, target FROM sessions WHERE ($1::text IS NULL OR owner = $1) AND ($2::timestamptz IS NULL OR (last_active, id) < ($2, $3::uuid)) ORDER BY last_active DESC, id DESC LIMIT $4";
 const PING: &str = "SELECT 1";
 
 /// The longest a readiness probe waits (less when the connect timeout is

@@ -174,6 +174,7 @@ impl MessageStore for SqliteStore {
         let prompt_tokens = turn.usage.map(|u| u.prompt_tokens);
         let completion_tokens = turn.usage.map(|u| u.completion_tokens);
         let cached_tokens = turn.usage.map(|u| u.cached_tokens);
+        let target = turn.target.map(str::to_owned);
         self.worker
             .call_single(move |db| {
                 // No savepoint (`call_single`): the only write that can come
@@ -184,6 +185,11 @@ impl MessageStore for SqliteStore {
                 let hour = reply_at.div_euclid(HOUR_MS);
                 if !db.hour_known(&key, hour) {
                     db.prepare(TOUCH_SESSION)?.execute(params![key, hour])?;
+                }
+                // Likewise a hint: the target changes only on a session's
+                // first turn or a failover.
+                if let Some(target) = &target {
+                    db.prepare(SET_TARGET)?.execute(params![key, target])?;
                 }
                 // The foreign key refuses a turn for a missing session, so
                 // no separate existence check is needed.

@@ -80,6 +80,10 @@ const MIGRATIONS: &[&str] = &[
     // no body. Also the prompt tokens the provider served from its cache.
     "ALTER TABLE turns ADD COLUMN body TEXT;
      ALTER TABLE turns ADD COLUMN cached_tokens INTEGER;",
+    // v5: the upstream and model that answered a session's last turn, so
+    // its next turn goes there too. Written only when it changes (a
+    // session's first turn, a failover), not with every turn.
+    "ALTER TABLE sessions ADD COLUMN target TEXT;",
 ];
 
 /// The schema version this code writes.

@@ -29,10 +29,11 @@ pub(super) fn read_session(
                 r.get::<_, Option<String>>(2)?,
                 r.get::<_, Option<String>>(3)?,
                 r.get::<_, Option<String>>(4)?,
+                r.get::<_, Option<String>>(5)?,
             ))
         })
         .optional()?;
-    let Some((created, last_reply, system_prompt, metadata, owner)) = row else {
+    let Some((created, last_reply, system_prompt, metadata, owner, target)) = row else {
         return Ok(None);
     };
     let metadata = match metadata {
@@ -46,6 +47,7 @@ pub(super) fn read_session(
         system_prompt,
         metadata,
         owner,
+        target,
     }))
 }
 
@@ -161,11 +163,12 @@ impl SessionStore for SqliteStore {
                         r.get::<_, Option<String>>(3)?,
                         r.get::<_, Option<String>>(4)?,
                         r.get::<_, Option<String>>(5)?,
+                        r.get::<_, Option<String>>(6)?,
                     ))
                 })?;
                 let mut out = Vec::new();
                 for row in rows {
-                    let (id, created, last, system_prompt, metadata, owner) = row?;
+                    let (id, created, last, system_prompt, metadata, owner, target) = row?;
                     let id: [u8; 16] = id
                         .try_into()
                         .map_err(|_| Error::storage("a session id is not 16 bytes"))?;
@@ -181,6 +184,7 @@ impl SessionStore for SqliteStore {
                             None => None,
                         },
                         owner,
+                        target,
                     });
                 }
                 Ok(out)

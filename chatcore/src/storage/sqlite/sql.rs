@@ -2,8 +2,8 @@
 //! and write is `schema.rs`.
 
 pub(super) const INSERT_SESSION: &str = "INSERT INTO sessions (id, created_at, active_hour, system_prompt, metadata, owner) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
-pub(super) const GET_SESSION: &str = "SELECT s.created_at, (SELECT t.reply_at FROM turns t WHERE t.session_id = s.id ORDER BY t.seq DESC LIMIT 1), s.system_prompt, s.metadata, s.owner FROM sessions s WHERE s.id = ?1";
-pub(super) const LIST_SESSIONS: &str = "SELECT id, created_at, last_at, system_prompt, metadata, owner FROM (SELECT s.id, s.created_at, max(s.created_at, coalesce((SELECT t.reply_at FROM turns t WHERE t.session_id = s.id ORDER BY t.seq DESC LIMIT 1), 0)) AS last_at, s.system_prompt, s.metadata, s.owner FROM sessions s WHERE ?1 IS NULL OR s.owner = ?1) WHERE ?2 IS NULL OR last_at < ?2 OR (last_at = ?2 AND id < ?3) ORDER BY last_at DESC, id DESC LIMIT ?4";
+pub(super) const GET_SESSION: &str = "SELECT s.created_at, (SELECT t.reply_at FROM turns t WHERE t.session_id = s.id ORDER BY t.seq DESC LIMIT 1), s.system_prompt, s.metadata, s.owner, s.target FROM sessions s WHERE s.id = ?1";
+pub(super) const LIST_SESSIONS: &str = "SELECT id, created_at, last_at, system_prompt, metadata, owner, target FROM (SELECT s.id, s.created_at, max(s.created_at, coalesce((SELECT t.reply_at FROM turns t WHERE t.session_id = s.id ORDER BY t.seq DESC LIMIT 1), 0)) AS last_at, s.system_prompt, s.metadata, s.owner, s.target FROM sessions s WHERE ?1 IS NULL OR s.owner = ?1) WHERE ?2 IS NULL OR last_at < ?2 OR (last_at = ?2 AND id < ?3) ORDER BY last_at DESC, id DESC LIMIT ?4";
 pub(super) const REVIEW_FEEDBACK: &str = "SELECT seq, session_id, text, rating, created_at FROM feedback WHERE seq > ?1 AND (?2 IS NULL OR created_at >= ?2) AND (?3 IS NULL OR created_at < ?3) AND (?4 IS NULL OR session_id = ?4) AND (?5 IS NULL OR rating = ?5) ORDER BY seq LIMIT ?6";
 pub(super) const INSERT_KEY: &str =
     "INSERT INTO api_keys (id, name, hash, admin, created_at) VALUES (?1, ?2, ?3, ?4, ?5)";
@@ -16,6 +16,7 @@ pub(super) const REVOKE_KEY: &str =
 pub(super) const RECENT_TURNS: &str = "SELECT seq, user_content, user_at, reply_content, reply_at, body FROM (SELECT seq, user_content, user_at, reply_content, reply_at, body FROM turns WHERE session_id = ?1 ORDER BY seq DESC LIMIT ?2) ORDER BY seq ASC";
 pub(super) const INSERT_TURN: &str = "INSERT INTO turns (session_id, user_content, user_at, reply_content, reply_at, prompt_tokens, completion_tokens, cached_tokens, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
 pub(super) const SESSION_USAGE: &str = "SELECT coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0), coalesce(sum(cached_tokens), 0) FROM turns WHERE session_id = ?1";
+pub(super) const SET_TARGET: &str = "UPDATE sessions SET target = ?2 WHERE id = ?1";
 pub(super) const TOUCH_SESSION: &str =
     "UPDATE sessions SET active_hour = ?2 WHERE id = ?1 AND active_hour < ?2";
 pub(super) const INSERT_FEEDBACK: &str = "INSERT INTO feedback (session_id, text, rating, created_at) SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM sessions WHERE id = ?1)";
