@@ -1,6 +1,6 @@
 //! The storage conformance suite: every backend must pass every test here,
-//! run once with `MemoryStore` and once with `SqliteStore` (see
-//! `each_backend!`).
+//! run with `MemoryStore`, `SqliteStore` and (with the `postgres` feature
+//! and a server) `PostgresStore` (see `each_backend!`).
 
 use std::sync::Arc;
 
@@ -27,6 +27,7 @@ each_backend! {
     "current_thread" => a_tool_loop_is_stored_whole_and_in_order,
     "current_thread" => pages_step_through_turns_of_every_size,
     "current_thread" => usage_sums_cached_tokens,
+    "current_thread" => a_sessions_target_is_kept_until_it_changes,
 }
 
 const CALL: &str = r#"{"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Paris\"}"}}]}"#;
@@ -573,4 +574,55 @@ async fn ping_succeeds<S: Store + 'static>(store: S) {
     store.ping().await.unwrap();
     store.insert_session(&session(t0())).await.unwrap();
     store.ping().await.unwrap();
+}
+
+/// The target a router chose for a session (its affinity) is kept with the
+/// session, read back with it on every path a turn loads it by, and moved
+/// only by a turn that changes it.
+async fn a_sessions_target_is_kept_until_it_changes<S: Store + 'static>(store: S) {
+    let s = session(t0());
+    store.insert_session(&s).await.unwrap();
+    assert_eq!(store.get_session(s.id).await.unwrap().unwrap().target, None);
+    let turn = |u: &'static str, a: &'static str, secs: i64| {
+        vec![
+            Message::text(Role::User, u, at(secs)),
+            Message::text(Role::Assistant, a, at(secs + 1)),
+        ]
+    };
+    let append = |messages: Vec<Message>, target: Option<&'static str>| {
+        let store = &store;
+        async move {
+            let refs: Vec<_> = messages.iter().map(Message::view).collect();
+            store
+                .append_turn(
+                    s.id,
+                    Turn {
+                        messages: &refs,
+                        usage: None,
+                        target,
+                    },
+                )
+                .await
+                .unwrap();
+        }
+    };
+    append(turn("one", "1", 10), Some("openai:gpt-4o-mini")).await;
+    let target = |session: chatcore::Session| session.target;
+    assert_eq!(
+        target(store.get_session(s.id).await.unwrap().unwrap()).as_deref(),
+        Some("openai:gpt-4o-mini")
+    );
+    // A turn that leaves it alone (the same target) changes nothing.
+    append(turn("two", "2", 20), None).await;
+    let (loaded, history) = store.load_turn_context(s.id, 10).await.unwrap().unwrap();
+    assert_eq!(loaded.target.as_deref(), Some("openai:gpt-4o-mini"));
+    assert_eq!(history.len(), 4);
+    // A failover moves it.
+    append(turn("three", "3", 30), Some("local:qwen2.5-7b")).await;
+    assert_eq!(
+        target(store.get_session(s.id).await.unwrap().unwrap()).as_deref(),
+        Some("local:qwen2.5-7b")
+    );
+    let listed = store.list_sessions(None, None, 10).await.unwrap();
+    assert_eq!(listed[0].target.as_deref(), Some("local:qwen2.5-7b"));
 }
