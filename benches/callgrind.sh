@@ -10,6 +10,8 @@
 #
 # Usage: benches/callgrind.sh GATEWAY_EXE [MOCK_EXE]
 #   e.g. benches/callgrind.sh target/release/examples/loadtest
+# With ROUTED=1, the model is a route over two upstreams of equal weight
+# (both the same mock): what routing adds to a turn.
 set -euo pipefail
 gateway="$(realpath "$1")"
 mock="$(realpath "${2:-$1}")"
@@ -37,13 +39,22 @@ count() {
     coproc MOCK { exec "$mock" __mock; }
     read -r -u "${MOCK[0]}" mport
     port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+    local routed=()
+    if [ "${ROUTED:-}" = 1 ]; then
+        routed=(CHATGATE_UPSTREAMS__A__BASE_URL="http://127.0.0.1:$mport/v1"
+            CHATGATE_UPSTREAMS__A__AUTH=none
+            CHATGATE_UPSTREAMS__B__BASE_URL="http://127.0.0.1:$mport/v1"
+            CHATGATE_UPSTREAMS__B__AUTH=none
+            CHATGATE_OPENAI__MODEL=routed
+            'CHATGATE_MODELS__ROUTED__TARGETS=[{"upstream":"a","model":"gpt-3.5-turbo"},{"upstream":"b","model":"gpt-3.5-turbo"}]')
+    fi
     # In a directory of its own: no config.toml or .env of the caller's.
     (cd "$dir" && CHATGATE_SERVER__BIND="127.0.0.1:$port" \
     CHATGATE_OPENAI__BASE_URL="http://127.0.0.1:$mport/v1" \
     CHATGATE_STORAGE__PATH="$dir/chat.db" CHATGATE_LOG__FILE="$dir/app.log" \
     CHATGATE_LOG__STDERR=off CHATGATE_RATE_LIMIT__MESSAGES_PER_MINUTE=1000000 \
     CHATGATE_OPENAI__CONTEXT_TOKENS=136 TOKIO_WORKER_THREADS=1 \
-        exec valgrind --tool=callgrind --callgrind-out-file="$dir/cg.out" "$gateway" __gateway \
+        exec env "${routed[@]}" valgrind --tool=callgrind --callgrind-out-file="$dir/cg.out" "$gateway" __gateway \
         >"$dir/gateway.log" 2>&1) &
     gw=$!
     for _ in $(seq 1 300); do

@@ -228,7 +228,11 @@ async fn serve(config: &Config, logs: &logging::Logs, mock: bool) -> ExitCode {
     // sees where the gateway listens without turning on request lines.
     info!(log, #logging::ANNOUNCE, "listening";
         "addr" => &addr,
-        "upstream" => redact_url(&config.openai.base_url),
+        "upstream" => if config.upstreams.is_empty() {
+            redact_url(&config.openai.base_url)
+        } else {
+            config.upstreams.keys().cloned().collect::<Vec<_>>().join(", ")
+        },
         "mock_upstream" => mock,
         "model" => &config.openai.model,
         "storage" => ?config.storage.backend,

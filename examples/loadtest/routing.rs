@@ -39,7 +39,10 @@ fn two_upstreams(first: SocketAddr, second: SocketAddr) -> Vec<(String, String)>
             format!("http://{second}/v1"),
         ),
         ("CHATGATE_UPSTREAMS__B__AUTH", "none".into()),
-        ("CHATGATE_MODELS__GPT-3.5-TURBO__TARGETS", targets),
+        // A route's name without `-` or `.`, which some shells drop from
+        // a variable's name.
+        ("CHATGATE_OPENAI__MODEL", "routed".into()),
+        ("CHATGATE_MODELS__ROUTED__TARGETS", targets),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))

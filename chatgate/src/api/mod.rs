@@ -110,6 +110,9 @@ pub struct UsageOut {
     pub prompt_tokens: u32,
     /// Tokens in the replies.
     pub completion_tokens: u32,
+    /// Of the prompts' tokens, those the provider served from its prompt
+    /// cache.
+    pub cached_tokens: u32,
 }
 
 impl From<chatcore::Usage> for UsageOut {
@@ -117,6 +120,7 @@ impl From<chatcore::Usage> for UsageOut {
         UsageOut {
             prompt_tokens: u.prompt_tokens,
             completion_tokens: u.completion_tokens,
+            cached_tokens: u.cached_tokens,
         }
     }
 }

@@ -168,18 +168,7 @@ impl EnvLayer {
 /// segment of a variable's name is read), the keys those of a default
 /// entry. `None` for a path under an ordinary section.
 fn entry_kind(path: &[String]) -> Option<Result<Kind, String>> {
-    let template = match path[0].as_str() {
-        "upstreams" => {
-            let mut t = toml::Table::try_from(super::UpstreamSection::default())
-                .expect("an upstream entry serializes to a TOML table");
-            // Unset by default, so absent from the serialized entry.
-            t.insert("max_retries".into(), toml::Value::Integer(0));
-            t
-        }
-        "models" => toml::Table::try_from(super::ModelSection::default())
-            .expect("a model entry serializes to a TOML table"),
-        _ => return None,
-    };
+    let template = super::entry_template(&path[0])?;
     if path.len() < 3 {
         let section = path.join("__").to_ascii_uppercase();
         return Some(Err(format!(

@@ -2,7 +2,7 @@
 //! variables, each overriding the one before, then the secrets from the
 //! environment or `.env`, then validation.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
 use figment::providers::{Format, Serialized, Toml};
@@ -69,7 +69,14 @@ impl Config {
             .merge(env)
             .extract()
             .map_err(|e| ConfigError::Parse(describe(e, &env_vars)))?;
-        let (dotenv, dotenv_warning) = read_dotenv(sources.dotenv.as_deref())?;
+        // The keys `[upstreams]` name may come from `.env` too.
+        let key_vars: Vec<&str> = config
+            .upstreams
+            .values()
+            .map(|u| u.api_key_env.as_str())
+            .filter(|v| !v.is_empty())
+            .collect();
+        let (dotenv, dotenv_warning) = read_dotenv(sources.dotenv.as_deref(), &key_vars)?;
         warnings.extend(dotenv_warning);
         let secret = |name: &str| {
             sources
@@ -82,8 +89,29 @@ impl Config {
         config.secrets = Secrets {
             openai_api_key: secret("OPENAI_API_KEY"),
             secret_key: secret("SECRET_KEY"),
-            upstream_keys: super::routing::upstream_keys(&config.upstreams, secret)?,
+            upstream_keys: BTreeMap::new(),
         };
+        // Every variable `[upstreams]` names must be set; an error names
+        // the variable, never a value.
+        for (name, u) in &config.upstreams {
+            if u.api_key_env.is_empty() {
+                continue;
+            }
+            match secret(&u.api_key_env) {
+                Some(key) => {
+                    config.secrets.upstream_keys.insert(name.clone(), key);
+                }
+                None => {
+                    return Err(ConfigError::InvalidAt {
+                        key: format!("upstreams.{name}.api_key_env"),
+                        expected: format!(
+                            "the variable {} to be set (environment or .env): it holds the key",
+                            u.api_key_env
+                        ),
+                    })
+                }
+            }
+        }
         config.validate()?;
         Ok(Loaded { config, warnings })
     }

@@ -151,6 +151,24 @@ impl Config {
     }
 }
 
+/// A default entry of a table of named entries (`upstreams`, `models`),
+/// as TOML, with every key it may hold: what the environment layer types
+/// their keys by. `None` for any other section.
+fn entry_template(table: &str) -> Option<toml::Table> {
+    Some(match table {
+        "upstreams" => {
+            let mut t = toml::Table::try_from(UpstreamSection::default())
+                .expect("an upstream entry serializes to a TOML table");
+            // Unset by default, so absent from the serialized entry.
+            t.insert("max_retries".into(), toml::Value::Integer(0));
+            t
+        }
+        "models" => toml::Table::try_from(ModelSection::default())
+            .expect("a model entry serializes to a TOML table"),
+        _ => return None,
+    })
+}
+
 /// A key holding a duration, for the bounds every duration shares. Each
 /// section lists its own, so a new duration key is bounded where it is
 /// declared.

@@ -44,7 +44,8 @@ pub struct UpstreamSection {
     /// Its deadline for one call; 0 takes `openai.timeout`.
     #[serde(with = "human::duration")]
     pub timeout: Duration,
-    /// Retries on it when it is a route's only candidate; unset takes
+    /// Further attempts on it once a call's every candidate has failed
+    /// (after a backoff, inside the deadline); unset takes
     /// `openai.max_retries`.
     pub max_retries: Option<u32>,
 }
@@ -154,35 +155,6 @@ fn invalid(key: &str, expected: String) -> ConfigError {
     }
 }
 
-/// Reads the keys `[upstreams]` name from the environment: the variable
-/// each names must be set. An error names the variable, never its value.
-pub(super) fn upstream_keys(
-    upstreams: &BTreeMap<String, UpstreamSection>,
-    lookup: impl Fn(&str) -> Option<Secret>,
-) -> Result<BTreeMap<String, Secret>, ConfigError> {
-    let mut keys = BTreeMap::new();
-    for (name, u) in upstreams {
-        if u.api_key_env.is_empty() {
-            continue;
-        }
-        match lookup(&u.api_key_env) {
-            Some(key) => {
-                keys.insert(name.clone(), key);
-            }
-            None => {
-                return Err(invalid(
-                    &format!("upstreams.{name}.api_key_env"),
-                    format!(
-                        "the variable {} to be set (environment or .env): it holds the key",
-                        u.api_key_env
-                    ),
-                ))
-            }
-        }
-    }
-    Ok(keys)
-}
-
 impl Config {
     /// Checks `[upstreams]` and `[models]` against each other and
     /// `openai.model`.
@@ -220,6 +192,13 @@ impl Config {
             }
         }
         if self.models.is_empty() {
+            if !self.upstreams.is_empty() {
+                return Err(invalid(
+                    "models",
+                    "a [models.\"NAME\"] table naming its targets, since [upstreams] is set"
+                        .to_owned(),
+                ));
+            }
             return Ok(());
         }
         let known = |u: &str| {
@@ -373,7 +352,6 @@ impl Config {
             routes,
             default_route: o.model.clone(),
             timeout: o.timeout,
-            max_retries: o.max_retries,
             upstream_failures: r.upstream_failures,
             cooldown: r.cooldown,
             max_cooldown: r.max_cooldown,

@@ -38,8 +38,9 @@ pub(super) fn describe(e: figment::Error, env_vars: &BTreeMap<String, String>) -
     out.join("; ")
 }
 
-/// The secrets in the `.env` file at `path`, if it exists, and a warning
-/// naming the other variables it sets (by name only: their values may be
+/// The secrets in the `.env` file at `path`, if it exists (`OPENAI_API_KEY`,
+/// `SECRET_KEY`, and the variables `upstreams` name), and a warning naming
+/// the other variables it sets (by name only: their values may be
 /// secrets of some other program).
 ///
 /// # Errors
@@ -48,6 +49,7 @@ pub(super) fn describe(e: figment::Error, env_vars: &BTreeMap<String, String>) -
 /// dotenvy's own message quotes the line, and that line may hold the key.
 pub(super) fn read_dotenv(
     path: Option<&Path>,
+    upstream_keys: &[&str],
 ) -> Result<(HashMap<String, String>, Option<Warning>), ConfigError> {
     let Some(path) = path.filter(|p| p.exists()) else {
         return Ok((HashMap::new(), None));
@@ -64,7 +66,7 @@ pub(super) fn read_dotenv(
     let mut ignored = Vec::new();
     for item in dotenvy::from_read_iter(text.as_bytes()) {
         let (name, value) = item.map_err(|e| fail(locate(text, e)))?;
-        if DOTENV_SECRETS.contains(&name.as_str()) {
+        if DOTENV_SECRETS.contains(&name.as_str()) || upstream_keys.contains(&name.as_str()) {
             secrets.insert(name, value);
         } else if !ignored.contains(&name) {
             ignored.push(name);
@@ -110,7 +112,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(".env");
         std::fs::write(&path, text).unwrap();
-        read_dotenv(Some(&path))
+        read_dotenv(Some(&path), &[])
     }
 
     #[test]

@@ -106,7 +106,7 @@ async fn get_session_matches_initialize_with_and_without_slash() {
         let usage = shown.as_object_mut().unwrap().remove("usage");
         assert_eq!(
             usage,
-            Some(json!({"prompt_tokens": 0, "completion_tokens": 0})),
+            Some(json!({"prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0})),
             "{path}"
         );
         assert_eq!(shown, created, "{path}");

@@ -598,7 +598,7 @@ async fn a_failure_mid_stream_is_an_error_chunk_without_done_and_stores_nothing(
     assert!(messages(gw.addr, &id).await.is_empty(), "nothing stored");
     assert_eq!(
         get(gw.addr, &format!("/session/{id}")).await.json()["usage"],
-        json!({"prompt_tokens": 0, "completion_tokens": 0})
+        json!({"prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0})
     );
 }
 

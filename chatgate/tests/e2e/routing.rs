@@ -678,3 +678,52 @@ async fn affinity_holds_across_replicas_sharing_postgresql() {
     }
     assert_eq!(p.a.request_count() + p.b.request_count(), 120);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_prompt_tokens_are_stored_summed_and_counted() {
+    let p = Providers::start(|cfg| cfg.openai.model = "solo".into()).await;
+    p.a.set_prompt_cache(true);
+    let id = new_session(p.gw.addr).await;
+    for text in [
+        "a first question, long enough to be worth caching",
+        "more",
+        "and more",
+    ] {
+        let r = chat(p.gw.addr, &id, text).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    // Streamed too: its usage arrives at its end.
+    let mut s = open_stream(
+        p.gw.addr,
+        "/chat/",
+        &[],
+        &json!({"session_id": id, "role": "user", "content": "streamed", "stream": true})
+            .to_string(),
+    )
+    .await;
+    let (events, broke) = s.rest().await;
+    assert!(broke.is_none() && events.last().unwrap().name.as_deref() == Some("done"));
+    let served = p.a.cached_tokens();
+    assert!(
+        served > 0,
+        "the mock served some of the prompts from its cache"
+    );
+    let usage = get(p.gw.addr, &format!("/session/{id}")).await.json()["usage"].clone();
+    assert_eq!(usage["cached_tokens"], served, "{usage}");
+    assert_eq!(
+        metric(
+            &p.gw,
+            r#"chatgate_tokens_total{model="solo",kind="cached"}"#
+        )
+        .await,
+        Some(served as f64)
+    );
+    assert_eq!(
+        metric(
+            &p.gw,
+            r#"chatgate_upstream_cached_tokens_total{upstream="a"}"#
+        )
+        .await,
+        Some(served as f64)
+    );
+}

@@ -122,6 +122,7 @@ async fn deltas_reach_the_client_before_the_upstream_sends_the_next_piece() {
             "usage": {
                 "prompt_tokens": tokens("Tell me a story"),
                 "completion_tokens": tokens(&whole),
+                "cached_tokens": 0,
             },
         })
     );
@@ -281,7 +282,7 @@ async fn an_upstream_drop_mid_stream_is_an_error_event_and_stores_nothing() {
     assert!(messages(gw.addr, &id).await.is_empty(), "nothing stored");
     assert_eq!(
         usage_of(&gw, &id).await,
-        json!({"prompt_tokens": 0, "completion_tokens": 0})
+        json!({"prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0})
     );
 
     // The session goes on, and the failed turn is in no later history.
@@ -445,7 +446,7 @@ async fn session_usage_sums_streamed_and_whole_turns() {
     let id = new_session(gw.addr).await;
     assert_eq!(
         usage_of(&gw, &id).await,
-        json!({"prompt_tokens": 0, "completion_tokens": 0})
+        json!({"prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0})
     );
 
     // Turn 1, streamed on /chat/.
@@ -458,6 +459,7 @@ async fn session_usage_sums_streamed_and_whole_turns() {
         json!({
             "prompt_tokens": tokens("hello there"),
             "completion_tokens": tokens("Echo: hello there"),
+            "cached_tokens": 0,
         })
     );
 
@@ -502,6 +504,7 @@ async fn session_usage_sums_streamed_and_whole_turns() {
         json!({
             "prompt_tokens": sum("prompt_tokens"),
             "completion_tokens": sum("completion_tokens"),
+            "cached_tokens": 0,
         })
     );
 
@@ -535,6 +538,7 @@ async fn session_usage_sums_streamed_and_whole_turns() {
         json!({
             "prompt_tokens": sum("prompt_tokens") + prompt3,
             "completion_tokens": sum("completion_tokens") + completion3,
+            "cached_tokens": 0,
         })
     );
     assert_eq!(messages(gw.addr, &id).await.len(), 6);

@@ -61,7 +61,15 @@ impl OpenAiChat {
             let (error, hint) = match outcome {
                 Attempt::Done(resp) => return Ok(resp),
                 Attempt::Fail(error) => return Err(error),
-                Attempt::Retry(error, hint) => (error.with_transient(), hint),
+                Attempt::Retry(error, hint) => {
+                    // A 5xx's Retry-After counts as a 429's does: the
+                    // upstream said when to come back.
+                    let error = match hint {
+                        Some(h) if error.retry_after().is_none() => error.with_retry_after(h),
+                        _ => error,
+                    };
+                    (error.with_transient(), hint)
+                }
             };
             if attempt >= retries {
                 return Err(error);

@@ -80,8 +80,6 @@ pub struct RouterConfig {
     pub default_route: String,
     /// The one deadline of a call, every target and retry included.
     pub timeout: Duration,
-    /// Further passes over a route's candidates after every one failed.
-    pub max_retries: u32,
     /// The first wait between passes; each doubles it (before jitter).
     pub backoff: Duration,
     /// Consecutive failures that eject an upstream.
@@ -104,7 +102,6 @@ impl Default for RouterConfig {
             routes: Vec::new(),
             default_route: String::new(),
             timeout: Duration::from_secs(60),
-            max_retries: 2,
             backoff: Duration::from_millis(200),
             upstream_failures: 5,
             cooldown: Duration::from_secs(30),
@@ -317,7 +314,6 @@ impl Router {
         let model = config.model.clone();
         Router::new(RouterConfig {
             timeout: config.timeout,
-            max_retries: config.max_retries,
             backoff: config.backoff,
             routes: vec![RouteConfig {
                 name: model.clone(),
@@ -519,7 +515,14 @@ impl Router {
         let order = self.order(route, request.pinned);
         let first = order.get(0).map(|t| t.upstream);
         let mut last: Option<Error> = None;
-        for pass in 0..=self.config.max_retries {
+        // Once every candidate failed, the call tries again (after a
+        // backoff) those with retries left: each upstream's `max_retries`.
+        let passes = order
+            .iter()
+            .map(|t| self.upstreams[t.upstream].adapter.config().max_retries)
+            .max()
+            .unwrap_or(0);
+        for pass in 0..=passes {
             if pass > 0 {
                 let wait = self.wait_before(pass, &order);
                 if Instant::now() + wait >= deadline {
@@ -539,6 +542,9 @@ impl Router {
             });
             for target in order.iter() {
                 let up = &self.upstreams[target.upstream];
+                if pass > up.adapter.config().max_retries {
+                    continue;
+                }
                 let admitted = up.health.admit(self.now(), force);
                 if matches!(admitted, Admit::No { .. }) {
                     continue;
