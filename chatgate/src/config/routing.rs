@@ -178,6 +178,28 @@ impl Config {
                     ),
                 ));
             }
+            match base.parse::<hyper::Uri>() {
+                Ok(uri) if uri.host().is_some_and(|h| !h.is_empty()) => {}
+                _ => {
+                    return Err(invalid(
+                        &key,
+                        format!(
+                            "a URL with a host, such as http://127.0.0.1:8001/v1, got {:?}",
+                            redact_url(&u.base_url)
+                        ),
+                    ))
+                }
+            }
+            for (header, value) in &u.headers {
+                let name_ok = hyper::header::HeaderName::from_bytes(header.as_bytes()).is_ok();
+                if !name_ok || hyper::header::HeaderValue::from_str(value).is_err() {
+                    // The value is not shown: a header may carry a credential.
+                    return Err(invalid(
+                        &format!("upstreams.{name}.headers"),
+                        format!("header names and values HTTP can carry; {header:?} is not one"),
+                    ));
+                }
+            }
             if u.auth == UpstreamAuth::ApiKey && u.api_key_env.is_empty() {
                 return Err(invalid(
                     &format!("upstreams.{name}.api_key_env"),
@@ -508,6 +530,11 @@ cooldown = "10s"
             ),
             ("[upstreams.\"a:b\"]\nbase_url = \"http://h/v1\"\n", "upstreams"),
             ("[upstreams.ftp]\nbase_url = \"ftp://h\"\n", "upstreams.ftp.base_url"),
+            ("[upstreams.nohost]\nbase_url = \"http:///v1\"\n", "upstreams.nohost.base_url"),
+            (
+                "[upstreams.bad]\nbase_url = \"http://h/v1\"\nheaders = { \"x y\" = \"1\" }\n",
+                "upstreams.bad.headers",
+            ),
         ] {
             let toml = format!("{TWO}\n{extra}");
             let (_d, s) = sources(

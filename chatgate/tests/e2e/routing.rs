@@ -727,3 +727,38 @@ async fn cached_prompt_tokens_are_stored_summed_and_counted() {
         Some(served as f64)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trial_whose_client_leaves_hands_the_trial_on() {
+    let p = Providers::start(|cfg| {
+        cfg.routing.cooldown = Duration::from_secs(1);
+    })
+    .await;
+    p.a.fail_all(Some(Reply::status(500)));
+    for i in 0..5 {
+        let r = ask(&p.gw, "solo", &format!("call {i}")).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    wait_until(Duration::from_secs(30), "a's cool-down to end", || async {
+        metric(&p.gw, r#"chatgate_upstream_up{upstream="a"}"#).await == Some(1.0)
+    })
+    .await;
+    // The trial call stalls, and its client gives up on it.
+    p.a.fail_all(Some(Reply::slow(Duration::from_secs(30))));
+    let gave_up =
+        tokio::time::timeout(Duration::from_millis(500), ask(&p.gw, "solo", "trial")).await;
+    assert!(gave_up.is_err(), "the trial was meant to stall");
+    assert_eq!(p.a.request_count(), 6);
+    // a is well again: the next call takes the trial, and a answers it.
+    p.a.fail_all(None);
+    wait_until(
+        Duration::from_secs(10),
+        "a new trial to reach a",
+        || async {
+            let r = ask(&p.gw, "solo", "again").await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            p.a.request_count() > 6
+        },
+    )
+    .await;
+}

@@ -28,25 +28,21 @@ impl OpenAiChat {
         let body = bytes::Bytes::from(body);
         let mut attempt: u32 = 0;
         loop {
-            // Classifying may read an error body, which a stalled upstream
-            // could trickle: the same deadline bounds it.
-            let outcome = match tokio::time::timeout_at(deadline, async {
-                match self
-                    .client
-                    .post(self.url.clone())
-                    .body(body.clone())
-                    .send()
-                    .await
-                {
-                    Ok(resp) => Ok(classify(resp).await),
-                    Err(e) => Err(e),
-                }
-            })
-            .await
-            {
+            let sent = tokio::time::timeout_at(
+                deadline,
+                self.client.post(self.url.clone()).body(body.clone()).send(),
+            )
+            .await;
+            let outcome = match sent {
                 // Before the upstream's first byte: another may answer.
                 Err(_) => return Err(timed_out().with_transient()),
-                Ok(Ok(outcome)) => outcome,
+                // Classifying may read an error body, which a stalled
+                // upstream could trickle: the same deadline bounds it, and
+                // a timeout then is not before the first byte.
+                Ok(Ok(resp)) => match tokio::time::timeout_at(deadline, classify(resp)).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => return Err(timed_out()),
+                },
                 Ok(Err(e)) if e.is_timeout() => Attempt::Retry(
                     Error::new(ErrorKind::UpstreamFailed, "Upstream connection timed out")
                         .with_source(scrub(e, self.config.api_key.as_deref())),

@@ -87,10 +87,16 @@ impl Health {
             };
         }
         let until = self.ejected_until.load(Ordering::Relaxed);
-        if until == 0 || force {
+        if until == 0 {
             return Admit::Yes;
         }
         if now < until {
+            // Forced: every candidate is out, and trying one beats refusing
+            // the call. Once the cool-down is over, the trial rule holds
+            // even then.
+            if force {
+                return Admit::Yes;
+            }
             return Admit::No {
                 until,
                 ejected: true,
@@ -159,11 +165,27 @@ impl Health {
             return true;
         }
         let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if n >= rules.failures && self.ejected_until.load(Ordering::Relaxed) == 0 {
-            self.eject(now, self.cooldown.load(Ordering::Relaxed));
-            return true;
+        if n < rules.failures {
+            return false;
         }
-        false
+        // Of two failures at once, one ejects it.
+        let until = now
+            .saturating_add(self.cooldown.load(Ordering::Relaxed))
+            .max(1);
+        let ejected = self
+            .ejected_until
+            .compare_exchange(0, until, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok();
+        if ejected {
+            self.ejections.fetch_add(1, Ordering::Relaxed);
+        }
+        ejected
+    }
+
+    /// A trial whose call ended with no verdict (the caller went away
+    /// first): the next call takes the trial instead.
+    pub(crate) fn abandon_trial(&self) {
+        self.trial.store(false, Ordering::Release);
     }
 
     fn eject(&self, now: u64, cooldown: u64) {

@@ -472,13 +472,11 @@ impl Router {
                 })
                 .unwrap_or(0)
         };
-        let pinned = pinned.filter(|_| self.config.affinity).and_then(|p| {
-            route
-                .targets
-                .iter()
-                .chain(&route.fallbacks)
-                .find(|t| &*t.key == p)
-        });
+        // A session stays on one of the model's targets; a fallback holds
+        // it only for as long as it takes a target to be back.
+        let pinned = pinned
+            .filter(|_| self.config.affinity)
+            .and_then(|p| route.targets.iter().find(|t| &*t.key == p));
         if let Some(t) = pinned {
             out.push(t);
         }
@@ -549,7 +547,16 @@ impl Router {
                 if matches!(admitted, Admit::No { .. }) {
                     continue;
                 }
+                // A trial whose caller goes away before its verdict must
+                // not keep the upstream out for good.
+                let trial = TrialGuard {
+                    health: (admitted == Admit::Trial).then_some(&up.health),
+                };
                 let started = Instant::now();
+                // The call's deadline cuts this attempt shorter than the
+                // upstream's own timeout: a timeout then is the call's, not
+                // the upstream's fault.
+                let cut_short = deadline < started + up.adapter.config().timeout;
                 let attempt = Attempt {
                     model: &target.model,
                     cache_key: key,
@@ -566,6 +573,7 @@ impl Router {
                         .await
                         .map(Outcome::Whole)
                 };
+                trial.settled();
                 match out {
                     Ok(out) => {
                         up.health.success(admitted, &self.rules);
@@ -588,12 +596,14 @@ impl Router {
                         return Ok((out, target));
                     }
                     Err(e) if !switches(&e) => {
-                        if e.kind() == ErrorKind::UpstreamRejected {
+                        let ejected = if e.kind() == ErrorKind::UpstreamRejected {
                             // The upstream is up: it judged the request.
                             up.health.success(admitted, &self.rules);
-                        } else if up.health.failure(self.now(), admitted, &self.rules) {
-                            self.log_failure(up, &target.model, &e, true);
-                        }
+                            false
+                        } else {
+                            up.health.failure(self.now(), admitted, &self.rules)
+                        };
+                        self.log_failure(up, &target.model, &e, ejected);
                         return Err(e);
                     }
                     Err(e) => {
@@ -601,7 +611,14 @@ impl Router {
                         if let Some(wait) = e.retry_after() {
                             up.health.rest(now.saturating_add(millis(wait)));
                         }
-                        let ejected = up.health.failure(now, admitted, &self.rules);
+                        let ejected = if cut_short && e.kind() == ErrorKind::UpstreamTimeout {
+                            if admitted == Admit::Trial {
+                                up.health.abandon_trial();
+                            }
+                            false
+                        } else {
+                            up.health.failure(now, admitted, &self.rules)
+                        };
                         self.log_failure(up, &target.model, &e, ejected);
                         last = Some(e);
                         if Instant::now() >= deadline {
@@ -643,18 +660,25 @@ impl Router {
             };
         }
         match back {
+            // Spread over a little more than the rest, so the calls that
+            // waited do not all come back at the same instant.
             Some(until) if until != u64::MAX => {
-                backoff.max(Duration::from_millis(until.saturating_sub(now)))
+                let rest = Duration::from_millis(until.saturating_sub(now));
+                backoff.max(rest + rest.mul_f64(fastrand::f64() * 0.1))
             }
             _ => backoff,
         }
     }
 
     /// Logs a failed attempt: the call moves on (or gives up), and the
-    /// operator sees which upstream failed and how.
+    /// operator sees which upstream failed and how. A refusal of the
+    /// request itself is the client's: info, not a warning.
     fn log_failure(&self, up: &Upstream, model: &str, e: &Error, ejected: bool) {
         if let Some(log) = &self.log {
-            if ejected {
+            if e.kind() == ErrorKind::UpstreamRejected {
+                slog::info!(log, "upstream refused the request";
+                    "upstream" => &*up.name, "model" => model, "error" => e.chain());
+            } else if ejected {
                 slog::warn!(log, "upstream ejected";
                     "upstream" => &*up.name, "model" => model, "error" => e.chain(),
                     "failures" => up.health.failures());
@@ -662,6 +686,27 @@ impl Router {
                 slog::warn!(log, "upstream failed";
                     "upstream" => &*up.name, "model" => model, "error" => e.chain());
             }
+        }
+    }
+}
+
+/// Holds an upstream's trial while its call runs; dropped before the call
+/// settled (its caller went away), it hands the trial to the next call.
+struct TrialGuard<'a> {
+    health: Option<&'a Health>,
+}
+
+impl TrialGuard<'_> {
+    /// The call came back: success or failure decides the trial.
+    fn settled(mut self) {
+        self.health = None;
+    }
+}
+
+impl Drop for TrialGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(h) = self.health {
+            h.abandon_trial();
         }
     }
 }
