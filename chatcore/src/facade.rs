@@ -59,19 +59,34 @@ impl Default for ChatCoreBuilder {
             principal_limiter: None,
             session_limiter: None,
             clock: Arc::new(SystemClock),
-            messages_per_minute: 5,
-            idle_timeout: Duration::from_secs(30 * 60),
-            retention: Duration::from_secs(183 * 24 * 3600),
+            messages_per_minute: Self::DEFAULT_MESSAGES_PER_MINUTE,
+            idle_timeout: Self::DEFAULT_IDLE_TIMEOUT,
+            retention: Self::DEFAULT_RETENTION,
             system_prompt: None,
-            context_tokens: 3000,
-            hot_sessions: 10_000,
-            hot_cache_bytes: 32 << 20,
+            context_tokens: Self::DEFAULT_CONTEXT_TOKENS,
+            hot_sessions: Self::DEFAULT_HOT_SESSIONS,
+            hot_cache_bytes: Self::DEFAULT_HOT_CACHE_BYTES,
             claim_ttl: Duration::from_secs(15),
         }
     }
 }
 
 impl ChatCoreBuilder {
+    /// Messages per minute per session, unless set: the product's 5.
+    pub const DEFAULT_MESSAGES_PER_MINUTE: u32 = 5;
+    /// How long a session may idle before it expires, unless set: 30 min.
+    pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+    /// How long an idle session's data is kept, unless set: 183 days (six
+    /// months).
+    pub const DEFAULT_RETENTION: Duration = Duration::from_secs(183 * 24 * 3600);
+    /// The token budget of a request's system prompt, history and new
+    /// messages, unless set.
+    pub const DEFAULT_CONTEXT_TOKENS: usize = 3000;
+    /// Sessions the hot-session cache holds, unless set.
+    pub const DEFAULT_HOT_SESSIONS: usize = 10_000;
+    /// Memory the hot-session cache may use, unless set: 32 MiB.
+    pub const DEFAULT_HOT_CACHE_BYTES: usize = 32 << 20;
+
     /// The storage backend (required).
     #[must_use]
     pub fn store(self, store: impl Store + 'static) -> Self {

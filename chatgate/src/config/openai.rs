@@ -77,19 +77,22 @@ impl fmt::Debug for OpenAiSection {
 
 impl Default for OpenAiSection {
     fn default() -> Self {
+        // The library's defaults are the gateway's.
+        let adapter = chatcore::OpenAiConfig::default();
         OpenAiSection {
-            base_url: chatcore::OPENAI_BASE_URL.to_owned(),
-            model: "gpt-3.5-turbo".to_owned(),
-            timeout: Duration::from_secs(60),
-            stream_idle_timeout: Duration::from_secs(30),
+            base_url: adapter.base_url,
+            model: adapter.model,
+            timeout: adapter.timeout,
+            stream_idle_timeout: adapter.stream_idle_timeout,
             models: Vec::new(),
             max_tokens: 0,
             drop_params: Vec::new(),
             deny_params: Vec::new(),
-            max_retries: 2,
+            max_retries: adapter.max_retries,
             temperature: 0.7,
             system_prompt: String::new(),
-            context_tokens: NonZeroUsize::new(3000).expect("nonzero"),
+            context_tokens: NonZeroUsize::new(chatcore::ChatCoreBuilder::DEFAULT_CONTEXT_TOKENS)
+                .expect("nonzero"),
         }
     }
 }

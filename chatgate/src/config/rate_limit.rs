@@ -65,7 +65,10 @@ impl Default for RateLimitConfig {
             on_unavailable: OnUnavailable::Deny,
             timeout: Duration::from_millis(500),
             key_prefix: "chatgate:".into(),
-            messages_per_minute: NonZeroU32::new(5).expect("nonzero"),
+            messages_per_minute: NonZeroU32::new(
+                chatcore::ChatCoreBuilder::DEFAULT_MESSAGES_PER_MINUTE,
+            )
+            .expect("nonzero"),
             principal_messages_per_minute: NonZeroU32::new(60).expect("nonzero"),
             sessions_per_hour: NonZeroU32::new(60).expect("nonzero"),
         }

@@ -31,12 +31,14 @@ pub struct SessionConfig {
 
 impl Default for SessionConfig {
     fn default() -> Self {
+        // The library's defaults are the gateway's.
+        type Core = chatcore::ChatCoreBuilder;
         SessionConfig {
-            idle_timeout: Duration::from_secs(30 * 60),
-            retention: Duration::from_secs(183 * 24 * 3600),
+            idle_timeout: Core::DEFAULT_IDLE_TIMEOUT,
+            retention: Core::DEFAULT_RETENTION,
             sweep_interval: Duration::from_secs(3600),
-            hot_sessions: 10_000,
-            hot_cache_bytes: 32 << 20,
+            hot_sessions: Core::DEFAULT_HOT_SESSIONS,
+            hot_cache_bytes: Core::DEFAULT_HOT_CACHE_BYTES,
             client_system_prompt: true,
         }
     }

@@ -50,14 +50,19 @@ pub struct StorageConfig {
 
 impl Default for StorageConfig {
     fn default() -> Self {
+        let postgres_default = chatcore::PostgresOptions::default();
         StorageConfig {
             backend: Backend::Sqlite,
             path: PathBuf::from("chatgate.db"),
             url: String::new(),
             schema: String::new(),
-            pool_size: NonZeroU32::new(16).expect("nonzero"),
-            statement_timeout: Duration::from_secs(5),
-            full_sync: false,
+            // The library's defaults are the gateway's.
+            pool_size: u32::try_from(postgres_default.pool_size)
+                .ok()
+                .and_then(NonZeroU32::new)
+                .expect("a small nonzero pool"),
+            statement_timeout: postgres_default.statement_timeout,
+            full_sync: chatcore::SqliteOptions::default().full_sync,
         }
     }
 }
