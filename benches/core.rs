@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chatcore::{
-    ChatCore, ChatModel, ChatRequest, Completion, GovernorLimiter, MemoryStore, RateLimiter,
-    SessionId, SqliteStore, Store,
+    ChatCore, ChatModel, ChatRequest, Completion, GovernorLimiter, MemoryStore, NewSession,
+    RateLimiter, SessionId, SqliteStore, Store,
 };
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
@@ -134,9 +134,15 @@ fn chat_turn(c: &mut Criterion) {
         let sessions: Vec<SessionId> = rt.block_on(async {
             let mut ids = Vec::new();
             for _ in 0..64 {
-                let id = core.sessions().initialize().await.unwrap().session.id;
+                let id = core
+                    .anyone()
+                    .initialize(NewSession::default())
+                    .await
+                    .unwrap()
+                    .session
+                    .id;
                 for _ in 0..5 {
-                    core.chat(id, "Hello").await.unwrap();
+                    core.anyone().chat(id, "Hello").await.unwrap();
                 }
                 ids.push(id);
             }
@@ -148,7 +154,7 @@ fn chat_turn(c: &mut Criterion) {
             &sessions[0],
             |b, &id| {
                 b.to_async(&rt)
-                    .iter(|| async { core.chat(id, "Hello").await.unwrap() })
+                    .iter(|| async { core.anyone().chat(id, "Hello").await.unwrap() })
             },
         );
         g.throughput(Throughput::Elements(sessions.len() as u64));
@@ -161,7 +167,9 @@ fn chat_turn(c: &mut Criterion) {
                         .iter()
                         .map(|&id| {
                             let core = core.clone();
-                            tokio::spawn(async move { core.chat(id, "Hello").await.unwrap() })
+                            tokio::spawn(
+                                async move { core.anyone().chat(id, "Hello").await.unwrap() },
+                            )
                         })
                         .collect();
                     for t in tasks {

@@ -3,7 +3,7 @@
 //!
 //! Run: `cargo run --example embed`
 
-use chatcore::{ChatCore, OpenAiChat, OpenAiConfig, SqliteStore};
+use chatcore::{ChatCore, NewSession, OpenAiChat, OpenAiConfig, SqliteStore};
 use chatmock::MockOpenAi;
 
 #[tokio::main]
@@ -23,12 +23,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .system_prompt("You are a helpful assistant.")
         .build()?;
 
-    let session = core.sessions().initialize().await?;
+    let session = core.anyone().initialize(NewSession::default()).await?;
     let id = session.session.id;
     println!("session {id} (active: {})", session.is_active);
 
     for text in ["Hello, how are you?", "What can you do?", "Thanks!"] {
-        let reply = core.chat(id, text).await?;
+        let reply = core.anyone().chat(id, text).await?;
         println!("user:      {text}");
         println!(
             "assistant: {}   [{} of {} left this minute]",
@@ -36,12 +36,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
 
-    core.feedback()
-        .submit(id, "The chat was very helpful.", Some(5))
+    core.anyone()
+        .submit_feedback(id, "The chat was very helpful.", Some(5))
         .await?;
 
     println!("\nstored history ({}):", db.display());
-    for m in core.sessions().messages(id).await? {
+    for m in core.anyone().messages(id).await? {
         println!(
             "  {:>9}  {}  {}",
             m.role,
@@ -49,7 +49,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             m.content
         );
     }
-    for f in core.feedback().list(id).await? {
+    for f in core.anyone().feedback(id).await? {
         println!(
             "feedback: {:?} rating {:?}",
             f.text,

@@ -1,7 +1,8 @@
 //! [`ChatCore`], the facade every caller holds: built once with
 //! [`ChatCore::builder`], cheap to clone, shared by every request. It owns
-//! what all clones share (`Inner`, `inner.rs`) and hands out the parts:
-//! sessions, feedback, turns, keys, the caller-scoped view.
+//! what all clones share (`Inner`, `inner.rs`) and hands out the
+//! caller-scoped view ([`Scoped`]) through which sessions, turns and
+//! feedback are reached, the key ring, the sweeper and readiness.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -13,19 +14,18 @@ use crate::error::{Error, Result};
 use crate::feedback::FeedbackDesk;
 use crate::hot::HotSessions;
 use crate::inner::Inner;
-use crate::input::TurnInput;
 use crate::keys::KeyRing;
-use crate::llm::{ChatModel, ChatOptions, ChatRequest, Completion, CompletionStream};
+use crate::llm::ChatModel;
 use crate::rate_limit::{GovernorLimiter, RateLimiter};
 use crate::scoped::Scoped;
 use crate::session::SessionManager;
 use crate::storage::Store;
 use crate::tokens::history_read_limit;
-use crate::turn::{self, ChatReply, PreparedTurn};
-use crate::types::{PurgeReport, SessionId};
+use crate::types::PurgeReport;
 
-/// The facade: sessions, chat turns, feedback, purge. Clone it freely; all
-/// clones share the same state.
+/// The facade: built once, cloned freely (all clones share the same
+/// state). Sessions, turns and feedback are reached through the view of
+/// one caller, [`ChatCore::as_caller`].
 #[derive(Debug, Clone)]
 pub struct ChatCore {
     inner: Arc<Inner>,
@@ -322,92 +322,35 @@ impl ChatCore {
         ChatCoreBuilder::default()
     }
 
-    /// Session management.
-    pub fn sessions(&self) -> &SessionManager {
-        &self.inner.sessions
-    }
-
-    /// Feedback.
-    pub fn feedback(&self) -> &FeedbackDesk {
-        &self.inner.feedback
-    }
-
     /// The rate limiter in use.
     pub fn rate_limiter(&self) -> &dyn RateLimiter {
         &*self.inner.limiter
     }
 
-    /// The storage backend in use.
+    /// The storage backend in use, raw: no caller's view, no quota, no
+    /// cache. For tests and tools; a service acts on sessions through
+    /// [`ChatCore::as_caller`].
     pub fn store(&self) -> &dyn Store {
         &*self.inner.store
     }
 
-    /// Runs one chat turn: `content` from the user to session `id`.
-    ///
-    /// On success the user message and the reply are stored atomically and
-    /// the session's `last_active` moves; on any failure nothing is stored.
-    ///
-    /// # Errors
-    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) (empty or oversized content),
-    /// [`ErrorKind::SessionNotFound`](crate::ErrorKind::SessionNotFound), [`ErrorKind::SessionExpired`](crate::ErrorKind::SessionExpired),
-    /// [`ErrorKind::RateLimited`](crate::ErrorKind::RateLimited) (with a retry-after), the upstream kinds
-    /// from the model, and [`ErrorKind::Storage`](crate::ErrorKind::Storage).
-    pub async fn chat(&self, id: SessionId, content: &str) -> Result<ChatReply> {
-        self.prepare(id, content, ChatOptions::default())
-            .await?
-            .complete()
-            .await
-    }
-
-    /// Runs the checks of a turn and waits for the session's earlier turns:
-    /// the first half of [`ChatCore::chat`]. Finish it with
-    /// [`PreparedTurn::complete`] or [`PreparedTurn::stream`]; the turn holds
-    /// the session until then (dropping it stores nothing). `input` is the
-    /// user's text (borrowed or owned; an owned one makes a `'static` turn
-    /// that can live inside a streamed response) or messages of any kind
-    /// ([`TurnInput::Messages`]: content parts, tool results).
-    ///
-    /// # Errors
-    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput), [`ErrorKind::SessionNotFound`](crate::ErrorKind::SessionNotFound),
-    /// [`ErrorKind::SessionExpired`](crate::ErrorKind::SessionExpired), [`ErrorKind::RateLimited`](crate::ErrorKind::RateLimited) and
-    /// [`ErrorKind::Storage`](crate::ErrorKind::Storage).
-    pub async fn prepare<'c>(
-        &self,
-        id: SessionId,
-        input: impl Into<TurnInput<'c>>,
-        options: ChatOptions,
-    ) -> Result<PreparedTurn<'c>> {
-        turn::prepare(&self.inner, &Caller::Anyone, id, input.into(), options).await
-    }
-
-    /// The facade as `caller` sees it: sessions it may not use do not
-    /// exist, sessions it creates are its own, and admin operations need
-    /// an admin. [`ChatCore`]'s own methods act for [`Caller::Anyone`].
+    /// The facade as `caller` sees it: the one way to act on sessions.
+    /// Sessions it may not use do not exist, sessions it creates are its
+    /// own, its quotas apply, and admin operations need an admin.
     pub fn as_caller(&self, caller: Caller) -> Scoped<'_> {
         Scoped::new(&self.inner, caller)
+    }
+
+    /// The view for [`Caller::Anyone`]: every session is visible and no
+    /// principal's quota applies. For a service that does its own access
+    /// control, or none.
+    pub fn anyone(&self) -> Scoped<'_> {
+        self.as_caller(Caller::Anyone)
     }
 
     /// API keys: create, verify, list, revoke.
     pub fn keys(&self) -> KeyRing<'_> {
         KeyRing::new(&*self.inner.store, &*self.inner.clock)
-    }
-
-    /// Sends a request straight to the model, with no session: nothing is
-    /// checked against a session, limited or stored.
-    ///
-    /// # Errors
-    /// The upstream kinds from the model.
-    pub async fn complete(&self, request: ChatRequest<'_>) -> Result<Completion> {
-        self.inner.model.complete(request).await
-    }
-
-    /// Streams a request straight from the model, with no session (see
-    /// [`ChatCore::complete`]).
-    ///
-    /// # Errors
-    /// The upstream kinds from the model, before the first piece.
-    pub async fn stream(&self, request: ChatRequest<'_>) -> Result<CompletionStream> {
-        self.inner.model.stream(request).await
     }
 
     /// Runs one retention sweep: purges sessions idle past retention and

@@ -13,7 +13,7 @@ pub const MAX_FEEDBACK_CHARS: usize = 10_000;
 
 /// Receives feedback about sessions.
 #[derive(Debug, Clone)]
-pub struct FeedbackDesk {
+pub(crate) struct FeedbackDesk {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
 }
@@ -30,7 +30,7 @@ impl FeedbackDesk {
     /// text is empty or longer than [`MAX_FEEDBACK_CHARS`], or the rating is
     /// outside 1–5; [`ErrorKind::SessionNotFound`](crate::ErrorKind::SessionNotFound)
     /// when the session does not exist; [`ErrorKind::Storage`](crate::ErrorKind::Storage).
-    pub async fn submit(
+    pub(crate) async fn submit(
         &self,
         session: SessionId,
         text: &str,
@@ -60,7 +60,7 @@ impl FeedbackDesk {
     ///
     /// # Errors
     /// [`ErrorKind::Storage`](crate::ErrorKind::Storage).
-    pub async fn list(&self, session: SessionId) -> Result<Vec<Feedback>> {
+    pub(crate) async fn list(&self, session: SessionId) -> Result<Vec<Feedback>> {
         self.store.list_feedback(session).await
     }
 }

@@ -6,17 +6,20 @@
 //!
 //! ```no_run
 //! # async fn demo() -> chatcore::Result<()> {
-//! use chatcore::{ChatCore, OpenAiChat, SqliteStore};
+//! use chatcore::{ChatCore, NewSession, OpenAiChat, SqliteStore};
 //!
 //! let core = ChatCore::builder()
 //!     .store(SqliteStore::open("chat.db")?)
 //!     .model(OpenAiChat::from_env()?)
 //!     .messages_per_minute(5)
 //!     .build()?;
-//! let session = core.sessions().initialize().await?;
-//! let reply = core.chat(session.session.id, "Hello").await?;
+//! // Act for anyone (this service checks who its users are itself); a
+//! // gateway acts for each request's caller with `core.as_caller(..)`.
+//! let me = core.anyone();
+//! let session = me.initialize(NewSession::default()).await?;
+//! let reply = me.chat(session.session.id, "Hello").await?;
 //! println!("{}", reply.content);
-//! core.feedback().submit(session.session.id, "Helpful", None).await?;
+//! me.submit_feedback(session.session.id, "Helpful", None).await?;
 //! # Ok(()) }
 //! ```
 //!
@@ -28,10 +31,10 @@
 //! - `facade.rs`: [`ChatCore`], the facade, built once with
 //!   [`ChatCore::builder`], cheap to clone, shared by every request; what
 //!   its clones share is `inner.rs`, which the code below reads.
-//!   [`ChatCore::chat`] runs one turn; [`ChatCore::as_caller`] gives the
-//!   facade as one caller sees it ([`Scoped`], `scoped.rs`): others'
-//!   sessions do not exist, admins see all.
-//! - `turn.rs`: one turn in two steps. [`ChatCore::prepare`] checks the
+//!   [`ChatCore::as_caller`] gives the facade as one caller sees it
+//!   ([`Scoped`], `scoped.rs`), the one way to act on sessions: others'
+//!   sessions do not exist, admins see all; [`Scoped::chat`] runs one turn.
+//! - `turn.rs`: one turn in two steps. [`Scoped::prepare`] checks the
 //!   session, takes the quotas (`quota.rs`) and waits for the session's
 //!   earlier turns (`queue.rs`: FIFO per session; on a shared store also
 //!   `claim.rs`: the session claimed in the store), giving a
@@ -62,9 +65,9 @@
 //! - `caller.rs`: who a request acts for ([`Caller`]: anyone, a
 //!   [`Principal`], a session token's holder). `keys.rs`: API keys
 //!   ([`KeyRing`]): made once, stored as a hash, verified in constant time.
-//! - `session.rs`: [`SessionManager`] creates, looks up and purges
-//!   sessions; expiry is derived from `last_active` and the idle timeout.
-//!   `feedback.rs`: [`FeedbackDesk`]. `hot/`: the hot-session cache
+//! - `session.rs`: sessions created, looked up and purged ([`SessionInfo`]);
+//!   expiry is derived from `last_active` and the idle timeout.
+//!   `feedback.rs`: feedback's rules. `hot/`: the hot-session cache
 //!   (`window.rs`: one session's packed recent messages).
 //! - `error.rs`: one [`Error`] whose [`ErrorKind`] maps one-to-one onto the
 //!   gateway's error table, with whose fault it is ([`Fault`]).
@@ -106,7 +109,7 @@ pub use caller::{Caller, Principal};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{BoxError, Error, ErrorKind, Fault, Quota, Result};
 pub use facade::{ChatCore, ChatCoreBuilder, Dependency};
-pub use feedback::{FeedbackDesk, MAX_FEEDBACK_CHARS};
+pub use feedback::MAX_FEEDBACK_CHARS;
 pub use input::{TurnInput, MAX_MESSAGE_CHARS};
 pub use keys::{key_id, KeyRing, NewKey, KEY_PREFIX};
 pub use llm::{
@@ -121,7 +124,7 @@ pub use rate_limit::{key_of, Check, Decision, GovernorLimiter, RateLimiter};
 pub use rate_limit::{OnUnavailable, RedisLimiter, RedisLimiterConfig};
 pub use redact::redact_url;
 pub use scoped::Scoped;
-pub use session::{SessionInfo, SessionManager};
+pub use session::{SessionInfo, MAX_METADATA_BYTES, MAX_SYSTEM_PROMPT_CHARS};
 pub use storage::{
     ApiKey, Claim, FeedbackFilter, FeedbackStore, KeyStore, MemoryStore, MessageCursor,
     MessagePage, MessageStore, SessionCursor, SessionStore, SqliteOptions, SqliteStats,

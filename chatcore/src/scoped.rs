@@ -1,5 +1,6 @@
-//! The facade as one caller sees it ([`ChatCore::as_caller`](crate::ChatCore::as_caller)): every
-//! operation on a session first checks that the caller may use it, and
+//! The facade as one caller sees it ([`ChatCore::as_caller`](crate::ChatCore::as_caller)), the one
+//! way to act on sessions: every operation on a session first checks that
+//! the caller may use it, and
 //! answers "not found" when it may not, so another principal's sessions
 //! cannot even be confirmed to exist. Sessions made here belong to the
 //! caller; reviewing feedback needs an admin.
@@ -11,10 +12,11 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::inner::Inner;
 use crate::input::TurnInput;
 use crate::llm::{ChatOptions, ChatRequest, Completion, CompletionStream};
+use crate::message::Message;
 use crate::quota::{take_principal_token, take_session_token};
 use crate::session::SessionInfo;
 use crate::storage::{FeedbackFilter, MessageCursor, MessagePage, SessionCursor};
-use crate::turn::{self, PreparedTurn};
+use crate::turn::{self, ChatReply, PreparedTurn};
 use crate::types::{Feedback, NewSession, Session, SessionId, Usage};
 
 /// [`ChatCore`](crate::ChatCore) acting for one [`Caller`].
@@ -56,14 +58,15 @@ impl<'a> Scoped<'a> {
         }
     }
 
-    /// Creates a session owned by the caller (see
-    /// [`SessionManager::initialize_with`](crate::SessionManager::initialize_with)),
-    /// within the sessions-per-hour quota, if there is one
+    /// Creates a session owned by the caller, with its own system prompt
+    /// and metadata if `options` has them ([`NewSession::default`] for
+    /// none), within the sessions-per-hour quota, if there is one
     /// ([`ChatCoreBuilder::sessions_per_hour`](crate::ChatCoreBuilder::sessions_per_hour)).
     ///
     /// # Errors
-    /// [`ErrorKind::RateLimited`] over the quota; otherwise as
-    /// `initialize_with`.
+    /// [`ErrorKind::RateLimited`] over the quota; [`ErrorKind::InvalidInput`]
+    /// when the prompt is too long or the metadata is not a JSON object or
+    /// too large; [`ErrorKind::Storage`].
     pub async fn initialize(&self, options: NewSession) -> Result<SessionInfo> {
         take_session_token(self.inner, &self.caller, self.client.as_deref()).await?;
         self.inner
@@ -105,11 +108,45 @@ impl<'a> Scoped<'a> {
         self.inner.sessions.messages_page(id, after, limit).await
     }
 
-    /// The first half of a turn (see [`ChatCore::prepare`](crate::ChatCore::prepare)), for this
-    /// caller: its principal's quota applies too.
+    /// A session's whole history, oldest first.
     ///
     /// # Errors
-    /// As [`ChatCore::prepare`](crate::ChatCore::prepare); another caller's session is not found.
+    /// As [`Scoped::get`].
+    pub async fn messages(&self, id: SessionId) -> Result<Vec<Message>> {
+        self.visible(id).await?;
+        self.inner.sessions.messages(id).await
+    }
+
+    /// Runs one chat turn: `content` from the user to session `id`, as
+    /// [`Scoped::prepare`] and then [`PreparedTurn::complete`].
+    ///
+    /// On success the user message and the reply are stored atomically and
+    /// the session's `last_active` moves; on any failure nothing is stored.
+    ///
+    /// # Errors
+    /// As [`Scoped::prepare`], then the upstream kinds from the model and
+    /// [`ErrorKind::Storage`].
+    pub async fn chat(&self, id: SessionId, content: &str) -> Result<ChatReply> {
+        self.prepare(id, content, ChatOptions::default())
+            .await?
+            .complete()
+            .await
+    }
+
+    /// Runs the checks of a turn and waits for the session's earlier turns:
+    /// the first half of [`Scoped::chat`]. Finish it with
+    /// [`PreparedTurn::complete`] or [`PreparedTurn::stream`]; the turn holds
+    /// the session until then (dropping it stores nothing). `input` is the
+    /// user's text (borrowed or owned; an owned one makes a `'static` turn
+    /// that can live inside a streamed response) or messages of any kind
+    /// ([`TurnInput::Messages`]: content parts, tool results). The session's
+    /// limit applies, and the caller's principal's too.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidInput`] (empty or oversized content),
+    /// [`ErrorKind::SessionNotFound`] (also another caller's session),
+    /// [`ErrorKind::SessionExpired`], [`ErrorKind::RateLimited`] (with a
+    /// retry-after) and [`ErrorKind::Storage`].
     pub async fn prepare<'c>(
         &self,
         id: SessionId,
@@ -119,8 +156,9 @@ impl<'a> Scoped<'a> {
         turn::prepare(self.inner, &self.caller, id, input.into(), options).await
     }
 
-    /// A request straight to the model, with no session (see
-    /// [`ChatCore::complete`](crate::ChatCore::complete)), within the caller's principal quota.
+    /// Sends a request straight to the model, with no session: nothing is
+    /// checked against a session or stored; the caller's principal quota
+    /// applies.
     ///
     /// # Errors
     /// [`ErrorKind::RateLimited`] past the quota; the upstream kinds.
@@ -141,8 +179,10 @@ impl<'a> Scoped<'a> {
     /// Stores feedback about a session the caller may use.
     ///
     /// # Errors
-    /// As [`FeedbackDesk::submit`](crate::FeedbackDesk::submit); another
-    /// caller's session is not found.
+    /// [`ErrorKind::InvalidInput`] when the text is empty or longer than
+    /// [`MAX_FEEDBACK_CHARS`](crate::MAX_FEEDBACK_CHARS), or the rating is
+    /// outside 1–5; [`ErrorKind::SessionNotFound`] when the session does
+    /// not exist or is not the caller's; [`ErrorKind::Storage`].
     pub async fn submit_feedback(
         &self,
         id: SessionId,
@@ -153,6 +193,15 @@ impl<'a> Scoped<'a> {
             self.visible(id).await?;
         }
         self.inner.feedback.submit(id, text, rating).await
+    }
+
+    /// The feedback about a session the caller may use, oldest first.
+    ///
+    /// # Errors
+    /// As [`Scoped::get`].
+    pub async fn feedback(&self, id: SessionId) -> Result<Vec<Feedback>> {
+        self.visible(id).await?;
+        self.inner.feedback.list(id).await
     }
 
     /// Deletes a session with its messages and feedback, at once.

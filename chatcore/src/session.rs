@@ -32,7 +32,7 @@ pub struct SessionInfo {
 
 /// Creates, looks up and purges sessions.
 #[derive(Debug, Clone)]
-pub struct SessionManager {
+pub(crate) struct SessionManager {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     hot: Arc<HotSessions>,
@@ -57,25 +57,12 @@ impl SessionManager {
         }
     }
 
-    /// Creates a session with default options.
-    ///
-    /// # Errors
-    /// [`ErrorKind::Storage`](crate::ErrorKind::Storage) when it cannot be stored.
-    pub async fn initialize(&self) -> Result<SessionInfo> {
-        self.initialize_with(NewSession::default()).await
-    }
-
-    /// Creates a session with its own system prompt and/or metadata.
+    /// Creates a session for `owner` (none for an anonymous caller).
     ///
     /// # Errors
     /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) when the
     /// prompt is too long or the metadata is not a JSON object or too large;
     /// [`ErrorKind::Storage`](crate::ErrorKind::Storage) when it cannot be stored.
-    pub async fn initialize_with(&self, options: NewSession) -> Result<SessionInfo> {
-        self.initialize_owned(options, None).await
-    }
-
-    /// As [`SessionManager::initialize_with`], for `owner`.
     pub(crate) async fn initialize_owned(
         &self,
         options: NewSession,
@@ -126,25 +113,11 @@ impl SessionManager {
         })
     }
 
-    /// Looks a session up.
-    ///
-    /// # Errors
-    /// [`ErrorKind::SessionNotFound`](crate::ErrorKind::SessionNotFound) when
-    /// there is no such session; [`ErrorKind::Storage`](crate::ErrorKind::Storage).
-    pub async fn get(&self, id: SessionId) -> Result<SessionInfo> {
-        let session = self
-            .store
-            .get_session(id)
-            .await?
-            .ok_or_else(Error::session_not_found)?;
-        Ok(self.info(session))
-    }
-
     /// The tokens a session's stored turns cost, summed.
     ///
     /// # Errors
     /// [`ErrorKind::Storage`](crate::ErrorKind::Storage).
-    pub async fn usage(&self, id: SessionId) -> Result<crate::Usage> {
+    pub(crate) async fn usage(&self, id: SessionId) -> Result<crate::Usage> {
         self.store.session_usage(id).await
     }
 
@@ -154,7 +127,7 @@ impl SessionManager {
     /// # Errors
     /// [`ErrorKind::SessionNotFound`](crate::ErrorKind::SessionNotFound) when
     /// there is no such session; [`ErrorKind::Storage`](crate::ErrorKind::Storage).
-    pub async fn messages_page(
+    pub(crate) async fn messages_page(
         &self,
         id: SessionId,
         after: Option<crate::MessageCursor>,
@@ -171,7 +144,7 @@ impl SessionManager {
     /// # Errors
     /// [`ErrorKind::SessionNotFound`](crate::ErrorKind::SessionNotFound) when
     /// there is no such session; [`ErrorKind::Storage`](crate::ErrorKind::Storage).
-    pub async fn messages(&self, id: SessionId) -> Result<Vec<Message>> {
+    pub(crate) async fn messages(&self, id: SessionId) -> Result<Vec<Message>> {
         match self.store.load_turn_context(id, usize::MAX).await? {
             Some((_, messages)) => Ok(messages),
             None => Err(Error::session_not_found()),
@@ -185,7 +158,7 @@ impl SessionManager {
     /// # Errors
     /// [`ErrorKind::Storage`](crate::ErrorKind::Storage); what was deleted
     /// before the failure stays deleted, and the next sweep finishes.
-    pub async fn purge(&self) -> Result<PurgeReport> {
+    pub(crate) async fn purge(&self) -> Result<PurgeReport> {
         let retention = chrono::Duration::from_std(self.retention).unwrap_or(chrono::Duration::MAX);
         let cutoff = self
             .clock
@@ -198,7 +171,7 @@ impl SessionManager {
     }
 
     /// Whether `session` is active now.
-    pub fn is_active(&self, session: &Session) -> bool {
+    pub(crate) fn is_active(&self, session: &Session) -> bool {
         self.is_active_since(session.last_active)
     }
 
@@ -212,15 +185,5 @@ impl SessionManager {
             is_active: self.is_active(&session),
             session,
         }
-    }
-
-    /// The idle timeout after which a session expires.
-    pub fn idle_timeout(&self) -> Duration {
-        self.idle_timeout
-    }
-
-    /// How long an idle session's data is kept.
-    pub fn retention(&self) -> Duration {
-        self.retention
     }
 }

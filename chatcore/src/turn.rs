@@ -41,7 +41,7 @@ use crate::storage::Turn;
 use crate::tokens::{estimate_tokens, message_tokens};
 use crate::types::{SessionId, Usage};
 
-/// Prepares one turn (see the module doc and [`ChatCore::prepare`](crate::ChatCore::prepare)).
+/// Prepares one turn (see the module doc and [`Scoped::prepare`](crate::Scoped::prepare)).
 pub(crate) async fn prepare<'c>(
     inner: &Arc<Inner>,
     caller: &Caller,

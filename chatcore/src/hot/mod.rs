@@ -3,7 +3,7 @@
 //! the context budget), kept in memory so a turn reads nothing from storage.
 //!
 //! Coherence: every change to a session's messages and `last_active` goes
-//! through [`ChatCore::chat`](crate::ChatCore::chat), under the session's
+//! through [`Scoped::chat`](crate::Scoped::chat), under the session's
 //! turn queue, which updates the cache after the store. This assumes the
 //! facade is the only writer of its store's messages (true for chatgate);
 //! an application that also writes messages behind its back should turn the

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use chatcore::{ChatCore, ErrorKind, MemoryStore, OpenAiChat, OpenAiConfig};
+use chatcore::{ChatCore, ErrorKind, MemoryStore, NewSession, OpenAiChat, OpenAiConfig};
 use chatmock::{MockOpenAi, Reply};
 
 fn core(mock: &MockOpenAi, context_tokens: usize) -> ChatCore {
@@ -42,10 +42,17 @@ async fn a_session_of_2000_cjk_turns_keeps_chatting() {
     mock.set_recording(false);
     mock.set_context_limit(Some(3000));
     let core = core(&mock, 3000);
-    let id = core.sessions().initialize().await.unwrap().session.id;
+    let id = core
+        .anyone()
+        .initialize(NewSession::default())
+        .await
+        .unwrap()
+        .session
+        .id;
     let text = "你好，今天的天气怎么样？我想去公园散步，然后喝一杯咖啡。";
     for i in 0..2000 {
         let reply = core
+            .anyone()
             .chat(id, &format!("{text} {i}"))
             .await
             .unwrap_or_else(|e| panic!("turn {i}: {e}"));
@@ -58,25 +65,32 @@ async fn a_session_of_2000_cjk_turns_keeps_chatting() {
 async fn an_overflow_is_retried_once_with_less_history() {
     let mock = MockOpenAi::start().await;
     let core = core(&mock, 3000);
-    let id = core.sessions().initialize().await.unwrap().session.id;
+    let id = core
+        .anyone()
+        .initialize(NewSession::default())
+        .await
+        .unwrap()
+        .session
+        .id;
     // Ten turns of about 80 tokens a message: all of them fit the budget,
     // a quarter of it does not.
     for i in 0..10 {
-        core.chat(id, &format!("turn {i} {}", "x".repeat(300)))
+        core.anyone()
+            .chat(id, &format!("turn {i} {}", "x".repeat(300)))
             .await
             .unwrap();
     }
     mock.push(Reply::ContextOverflow);
-    let reply = core.chat(id, "one more").await.unwrap();
+    let reply = core.anyone().chat(id, "one more").await.unwrap();
     assert_eq!(reply.content, "Echo: one more");
     assert_eq!(mock.request_count(), 12);
     let (refused, retried) = (messages_sent(&mock, 1), messages_sent(&mock, 0));
     assert_eq!(refused, 21, "ten turns of history and the new message");
     assert!(retried < refused, "the retry sends less: {retried}");
     // The turn is stored once; the next one starts from the full budget.
-    let messages = core.sessions().messages(id).await.unwrap();
+    let messages = core.anyone().messages(id).await.unwrap();
     assert_eq!(messages.len(), 22);
-    core.chat(id, "and again").await.unwrap();
+    core.anyone().chat(id, "and again").await.unwrap();
     assert_eq!(messages_sent(&mock, 0), 23);
 }
 
@@ -84,15 +98,21 @@ async fn an_overflow_is_retried_once_with_less_history() {
 async fn a_second_overflow_fails_the_turn_and_stores_nothing() {
     let mock = MockOpenAi::start().await;
     let core = core(&mock, 3000);
-    let id = core.sessions().initialize().await.unwrap().session.id;
-    core.chat(id, "first").await.unwrap();
+    let id = core
+        .anyone()
+        .initialize(NewSession::default())
+        .await
+        .unwrap()
+        .session
+        .id;
+    core.anyone().chat(id, "first").await.unwrap();
     mock.push(Reply::ContextOverflow);
     mock.push(Reply::ContextOverflow);
-    let err = core.chat(id, "second").await.unwrap_err();
+    let err = core.anyone().chat(id, "second").await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::UpstreamRejected);
     assert!(err.is_context_overflow());
     assert_eq!(mock.request_count(), 3, "one retry, no more");
-    assert_eq!(core.sessions().messages(id).await.unwrap().len(), 2);
+    assert_eq!(core.anyone().messages(id).await.unwrap().len(), 2);
 }
 
 #[tokio::test]
@@ -100,13 +120,24 @@ async fn a_message_too_long_for_the_model_on_its_own_is_invalid_input() {
     let mock = MockOpenAi::start().await;
     mock.set_context_limit(Some(50));
     let core = core(&mock, 3000);
-    let id = core.sessions().initialize().await.unwrap().session.id;
-    let err = core.chat(id, &"word ".repeat(100)).await.unwrap_err();
+    let id = core
+        .anyone()
+        .initialize(NewSession::default())
+        .await
+        .unwrap()
+        .session
+        .id;
+    let err = core
+        .anyone()
+        .chat(id, &"word ".repeat(100))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
     assert_eq!(err.field(), Some("content"));
     assert_eq!(mock.request_count(), 1, "no history to drop: no retry");
     // Streamed turns get the same treatment.
     let turn = core
+        .anyone()
         .prepare(id, "word ".repeat(100), Default::default())
         .await
         .unwrap();

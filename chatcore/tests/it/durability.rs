@@ -36,38 +36,43 @@ async fn everything_survives_closing_and_reopening_the_file() {
     let (first, second) = {
         let core = core_on(&path, &model, &clock);
         let first = core
-            .sessions()
-            .initialize_with(NewSession {
+            .anyone()
+            .initialize(NewSession {
                 system_prompt: Some("Be kind.".into()),
                 metadata: Some(json!({"plan": "free", "tags": ["x"]})),
             })
             .await
             .unwrap()
             .session;
-        let second = core.sessions().initialize().await.unwrap().session;
+        let second = core
+            .anyone()
+            .initialize(NewSession::default())
+            .await
+            .unwrap()
+            .session;
         clock.advance(MINUTE);
-        core.chat(first.id, "hello").await.unwrap();
-        core.chat(first.id, "how are you?").await.unwrap();
-        core.chat(second.id, "other").await.unwrap();
-        core.feedback()
-            .submit(first.id, "Helpful", Some(5))
+        core.anyone().chat(first.id, "hello").await.unwrap();
+        core.anyone().chat(first.id, "how are you?").await.unwrap();
+        core.anyone().chat(second.id, "other").await.unwrap();
+        core.anyone()
+            .submit_feedback(first.id, "Helpful", Some(5))
             .await
             .unwrap();
-        core.feedback()
-            .submit(first.id, "Slow", None)
+        core.anyone()
+            .submit_feedback(first.id, "Slow", None)
             .await
             .unwrap();
-        let first = core.sessions().get(first.id).await.unwrap().session;
+        let first = core.anyone().get(first.id).await.unwrap().session;
         (first, second)
     }; // the facade and its store are dropped here
 
     let core = core_on(&path, &model, &clock);
-    let reread = core.sessions().get(first.id).await.unwrap();
+    let reread = core.anyone().get(first.id).await.unwrap();
     assert_eq!(reread.session, first);
     assert_eq!(reread.session.last_active, t0() + MINUTE);
     assert_eq!(reread.session.system_prompt.as_deref(), Some("Be kind."));
     assert_eq!(
-        pairs(&core.sessions().messages(first.id).await.unwrap()),
+        pairs(&core.anyone().messages(first.id).await.unwrap()),
         vec![
             user("hello"),
             assistant("reply to hello"),
@@ -75,8 +80,8 @@ async fn everything_survives_closing_and_reopening_the_file() {
             assistant("reply to how are you?"),
         ]
     );
-    assert_eq!(core.sessions().messages(second.id).await.unwrap().len(), 2);
-    let feedback = core.feedback().list(first.id).await.unwrap();
+    assert_eq!(core.anyone().messages(second.id).await.unwrap().len(), 2);
+    let feedback = core.anyone().feedback(first.id).await.unwrap();
     assert_eq!(feedback.len(), 2);
     assert_eq!(feedback[0].text, "Helpful");
     assert_eq!(feedback[0].rating.map(|r| r.get()), Some(5));
@@ -87,7 +92,7 @@ async fn everything_survives_closing_and_reopening_the_file() {
     assert_eq!(feedback[0].created_at, t0() + MINUTE);
 
     // The reopened session carries on with its history and prompt.
-    core.chat(first.id, "still me").await.unwrap();
+    core.anyone().chat(first.id, "still me").await.unwrap();
     let last = model.seen().pop().unwrap();
     assert_eq!(last.system.as_deref(), Some("Be kind."));
     assert_eq!(last.history.len(), 4);
@@ -101,8 +106,14 @@ async fn an_acknowledged_turn_is_already_committed() {
     let model = ScriptedModel::new().shared();
     let clock = Arc::new(ManualClock::new(t0()));
     let core = core_on(&path, &model, &clock);
-    let id = core.sessions().initialize().await.unwrap().session.id;
-    core.chat(id, "do not lose me").await.unwrap();
+    let id = core
+        .anyone()
+        .initialize(NewSession::default())
+        .await
+        .unwrap()
+        .session
+        .id;
+    core.anyone().chat(id, "do not lose me").await.unwrap();
 
     // Another connection, while the store is still open, sees the turn.
     let conn = Connection::open(&path).unwrap();

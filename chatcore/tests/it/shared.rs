@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chatcore::{
-    ChatCore, Claim, ErrorKind, MessageStore, PostgresOptions, PostgresStore, PurgeReport, Role,
-    Session, SessionId, SessionStore, TurnClaims, TurnToken,
+    ChatCore, Claim, ErrorKind, MessageStore, NewSession, PostgresOptions, PostgresStore,
+    PurgeReport, Role, Session, SessionId, SessionStore, TurnClaims, TurnToken,
 };
 
 use crate::support::pg::TestSchema;
@@ -396,12 +396,18 @@ async fn two_facades_store_one_sessions_turns_one_after_another(schema: TestSche
         .shared();
     let a = facade(schema.store().await, &model);
     let b = facade(schema.store().await, &model);
-    let id = a.sessions().initialize().await.unwrap().session.id;
+    let id = a
+        .anyone()
+        .initialize(NewSession::default())
+        .await
+        .unwrap()
+        .session
+        .id;
 
     let mut turns = tokio::task::JoinSet::new();
     for i in 0..10 {
         let core = if i % 2 == 0 { a.clone() } else { b.clone() };
-        turns.spawn(async move { core.chat(id, &format!("m{i}")).await });
+        turns.spawn(async move { core.anyone().chat(id, &format!("m{i}")).await });
     }
     while let Some(done) = turns.join_next().await {
         done.unwrap().unwrap();
@@ -426,7 +432,13 @@ async fn a_turn_waits_out_a_dead_gateways_claim(schema: TestSchema) {
     let dead = schema.store().await;
     let model = ScriptedModel::new().shared();
     let core = facade(schema.store().await, &model);
-    let id = core.sessions().initialize().await.unwrap().session.id;
+    let id = core
+        .anyone()
+        .initialize(NewSession::default())
+        .await
+        .unwrap()
+        .session
+        .id;
     // A gateway claimed the session and died: nobody renews its claim.
     let ttl = Duration::from_millis(300);
     held(
@@ -436,7 +448,7 @@ async fn a_turn_waits_out_a_dead_gateways_claim(schema: TestSchema) {
     );
 
     let started = Instant::now();
-    let reply = core.chat(id, "anyone there?").await.unwrap();
+    let reply = core.anyone().chat(id, "anyone there?").await.unwrap();
     assert!(started.elapsed() >= ttl - Duration::from_millis(50));
     assert_eq!(reply.content, "reply to anyone there?");
     assert_eq!(
@@ -549,10 +561,16 @@ async fn a_turn_longer_than_the_claim_ttl_keeps_its_claim(schema: TestSchema) {
         .shared();
     let a = facade_with_ttl(schema.store().await, &slow, ttl);
     let b = facade_with_ttl(schema.store().await, &slow, ttl);
-    let id = a.sessions().initialize().await.unwrap().session.id;
+    let id = a
+        .anyone()
+        .initialize(NewSession::default())
+        .await
+        .unwrap()
+        .session
+        .id;
     let first = tokio::spawn({
         let a = a.clone();
-        async move { a.chat(id, "slow").await }
+        async move { a.anyone().chat(id, "slow").await }
     });
     // The slow turn holds the claim once its model call has started.
     let model = &slow;
@@ -562,7 +580,7 @@ async fn a_turn_longer_than_the_claim_ttl_keeps_its_claim(schema: TestSchema) {
         || async move { model.calls() == 1 },
     )
     .await;
-    b.chat(id, "after").await.unwrap();
+    b.anyone().chat(id, "after").await.unwrap();
     // Without renewal the claim would lapse at 300 ms, "after" would be
     // stored first, and the slow turn's append would be refused.
     first.await.unwrap().unwrap();
@@ -588,8 +606,14 @@ async fn a_refused_message_does_not_wait_for_the_claim(schema: TestSchema) {
         .messages_per_minute(1)
         .build()
         .unwrap();
-    let id = limited.sessions().initialize().await.unwrap().session.id;
-    limited.chat(id, "one").await.unwrap();
+    let id = limited
+        .anyone()
+        .initialize(NewSession::default())
+        .await
+        .unwrap()
+        .session
+        .id;
+    limited.anyone().chat(id, "one").await.unwrap();
     // Another gateway's turn holds the session for 10 s.
     let holder = schema.store().await;
     held(
@@ -599,7 +623,7 @@ async fn a_refused_message_does_not_wait_for_the_claim(schema: TestSchema) {
             .unwrap(),
     );
     let started = Instant::now();
-    let err = limited.chat(id, "two").await.unwrap_err();
+    let err = limited.anyone().chat(id, "two").await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::RateLimited);
     assert!(
         started.elapsed() < Duration::from_secs(5),

@@ -8,8 +8,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use chatcore::{
-    ChatCore, Clock, ErrorKind, ManualClock, Message, MessageCursor, MessageRef, PurgeReport, Role,
-    SessionId, SqliteStore, Store, Turn,
+    ChatCore, Clock, ErrorKind, ManualClock, Message, MessageCursor, MessageRef, NewSession,
+    PurgeReport, Role, SessionId, SqliteStore, Store, Turn,
 };
 
 use crate::support::{assistant, at, pair, pairs, t0, user, ScriptedModel, DAY, MINUTE};
@@ -51,7 +51,12 @@ async fn core_and_session<S: Store + 'static>(store: S) -> (ChatCore, SessionId)
 }
 
 async fn new_session(core: &ChatCore) -> SessionId {
-    core.sessions().initialize().await.unwrap().session.id
+    core.anyone()
+        .initialize(NewSession::default())
+        .await
+        .unwrap()
+        .session
+        .id
 }
 
 /// Every page of `limit` messages, following `next` from the start.
@@ -278,9 +283,18 @@ async fn pages_of_unknown_and_empty_sessions<S: Store + 'static>(store: S) {
 async fn sessions_with_data(core: &ChatCore, n: usize, tag: &str) -> Vec<SessionId> {
     let mut ids = Vec::with_capacity(n);
     for i in 0..n {
-        let id = core.sessions().initialize().await.unwrap().session.id;
-        core.chat(id, &format!("{tag} {i}")).await.unwrap();
-        core.feedback().submit(id, "fine", Some(4)).await.unwrap();
+        let id = core
+            .anyone()
+            .initialize(NewSession::default())
+            .await
+            .unwrap()
+            .session
+            .id;
+        core.anyone().chat(id, &format!("{tag} {i}")).await.unwrap();
+        core.anyone()
+            .submit_feedback(id, "fine", Some(4))
+            .await
+            .unwrap();
         ids.push(id);
     }
     ids
@@ -327,7 +341,7 @@ async fn one_sweep_purges_more_sessions_than_a_batch<S: Store + 'static>(store: 
     assert_gone(&core, &old).await;
     assert_kept(&core, &recent).await;
     // A purged session is gone for chat too, not served from memory.
-    let err = core.chat(old[0], "anyone?").await.unwrap_err();
+    let err = core.anyone().chat(old[0], "anyone?").await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::SessionNotFound);
     assert_eq!(core.sweep().await.unwrap(), PurgeReport::default());
 
@@ -359,7 +373,14 @@ async fn reads_see_every_committed_turn<S: Store + 'static>(store: S) {
     let core = core_with(store, &model, &clock);
     let mut ids = Vec::new();
     for _ in 0..SESSIONS {
-        ids.push(core.sessions().initialize().await.unwrap().session.id);
+        ids.push(
+            core.anyone()
+                .initialize(NewSession::default())
+                .await
+                .unwrap()
+                .session
+                .id,
+        );
     }
     // Every turn of this test replies at t0 + 1 min: a session read that
     // shows `last_active` there has seen a committed turn.
@@ -371,7 +392,7 @@ async fn reads_see_every_committed_turn<S: Store + 'static>(store: S) {
         tasks.spawn(async move {
             for t in 0..TURNS {
                 let text = format!("s{s} t{t}");
-                core.chat(id, &text).await.unwrap();
+                core.anyone().chat(id, &text).await.unwrap();
                 // Read straight from the store (not the facade's memory),
                 // right after the acknowledgement.
                 let page = core
@@ -392,11 +413,20 @@ async fn reads_see_every_committed_turn<S: Store + 'static>(store: S) {
         });
     }
     // And turns racing on one session.
-    let racing = core.sessions().initialize().await.unwrap().session.id;
+    let racing = core
+        .anyone()
+        .initialize(NewSession::default())
+        .await
+        .unwrap()
+        .session
+        .id;
     for r in 0..8 {
         let core = core.clone();
         tasks.spawn(async move {
-            core.chat(racing, &format!("race {r}")).await.unwrap();
+            core.anyone()
+                .chat(racing, &format!("race {r}"))
+                .await
+                .unwrap();
             let page = core
                 .store()
                 .messages_page(racing, None, 1000)
@@ -467,14 +497,20 @@ async fn a_full_database_fails_turns_as_storage_unavailable_until_room_is_made()
     let model = ScriptedModel::new().shared();
     let clock = Arc::new(ManualClock::new(t0()));
     let core = core_with(store.clone(), &model, &clock);
-    let id = core.sessions().initialize().await.unwrap().session.id;
+    let id = core
+        .anyone()
+        .initialize(NewSession::default())
+        .await
+        .unwrap()
+        .session
+        .id;
 
     // Each acknowledged turn: its text and when it was stored.
     let mut acked: Vec<(String, chrono::DateTime<chrono::Utc>)> = Vec::new();
     for i in 0..3 {
         clock.advance(MINUTE);
         let text = format!("before the cap {i}");
-        core.chat(id, &text).await.unwrap();
+        core.anyone().chat(id, &text).await.unwrap();
         acked.push((text, clock.now()));
     }
 
@@ -484,7 +520,7 @@ async fn a_full_database_fails_turns_as_storage_unavailable_until_room_is_made()
     for i in 0..10_000 {
         clock.advance(MINUTE);
         let text = format!("while full {i} {}", "x".repeat(200));
-        match core.chat(id, &text).await {
+        match core.anyone().chat(id, &text).await {
             Ok(_) => acked.push((text, clock.now())),
             Err(e) => {
                 failure = Some(e);
@@ -497,6 +533,7 @@ async fn a_full_database_fails_turns_as_storage_unavailable_until_room_is_made()
     // It stays full: the next turn fails the same way, and reads still work.
     clock.advance(MINUTE);
     let again = core
+        .anyone()
         .chat(id, &format!("still full {}", "y".repeat(200)))
         .await
         .unwrap_err();
@@ -538,7 +575,7 @@ async fn a_full_database_fails_turns_as_storage_unavailable_until_room_is_made()
     // model saw exactly the acknowledged turns as history.
     store.set_max_size(None).await.unwrap();
     clock.advance(MINUTE);
-    core.chat(id, "room again").await.unwrap();
+    core.anyone().chat(id, "room again").await.unwrap();
     acked.push(("room again".to_owned(), clock.now()));
     let seen = model.seen().pop().unwrap();
     let history: Vec<(Role, String)> = acked[..acked.len() - 1]
@@ -549,7 +586,7 @@ async fn a_full_database_fails_turns_as_storage_unavailable_until_room_is_made()
         seen.history, history,
         "a failed turn leaked into the history"
     );
-    let stored = core.sessions().messages(id).await.unwrap();
+    let stored = core.anyone().messages(id).await.unwrap();
     assert_stored(&stored, &acked);
 
     // And the file holds every acknowledged turn.

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use chatcore::{
     ChatCore, ChatModel, ChatOptions, ChatRequest, CompletionStream, ErrorKind, History,
-    MemoryStore, OpenAiChat, OpenAiConfig, Role, SessionId, StreamEvent, TurnEvent, Usage,
+    MemoryStore, NewSession, OpenAiChat, OpenAiConfig, Role, SessionId, StreamEvent, TurnEvent,
+    Usage,
 };
 use chatmock::{MockOpenAi, Reply, StreamFault, StreamGate, StreamScript};
 use serde_json::json;
@@ -342,14 +343,20 @@ fn core(mock: &MockOpenAi, per_minute: u32) -> ChatCore {
 }
 
 async fn stored(core: &ChatCore, id: SessionId) -> Vec<(Role, String)> {
-    pairs(&core.sessions().messages(id).await.unwrap())
+    pairs(&core.anyone().messages(id).await.unwrap())
 }
 
 #[tokio::test]
 async fn a_streamed_turn_is_stored_only_when_the_stream_completes() {
     let mock = MockOpenAi::start().await;
     let core = core(&mock, 5);
-    let id = core.sessions().initialize().await.unwrap().session.id;
+    let id = core
+        .anyone()
+        .initialize(NewSession::default())
+        .await
+        .unwrap()
+        .session
+        .id;
     let gate = StreamGate::new();
     mock.push(
         StreamScript::pieces(["Fine, ", "thanks."])
@@ -357,6 +364,7 @@ async fn a_streamed_turn_is_stored_only_when_the_stream_completes() {
             .into(),
     );
     let turn = core
+        .anyone()
         .prepare(id, "How are you?", ChatOptions::default())
         .await
         .unwrap();
@@ -392,10 +400,10 @@ async fn a_streamed_turn_is_stored_only_when_the_stream_completes() {
         stored(&core, id).await,
         [user("How are you?"), assistant("Fine, thanks.")]
     );
-    assert_eq!(core.sessions().usage(id).await.unwrap(), usage);
+    assert_eq!(core.anyone().usage(id).await.unwrap(), usage);
 
     // The next turn, whole, sees the streamed one in its history.
-    let reply = core.chat(id, "Good.").await.unwrap();
+    let reply = core.anyone().chat(id, "Good.").await.unwrap();
     assert_eq!(reply.content, "Echo: Good.");
     assert_eq!(
         mock.recorded().last().unwrap().body["messages"],
@@ -407,14 +415,20 @@ async fn a_streamed_turn_is_stored_only_when_the_stream_completes() {
     );
     let mut total = usage;
     total.add(reply.usage.unwrap());
-    assert_eq!(core.sessions().usage(id).await.unwrap(), total);
+    assert_eq!(core.anyone().usage(id).await.unwrap(), total);
 }
 
 #[tokio::test]
 async fn a_streamed_turn_that_fails_stores_nothing_and_keeps_its_token_spent() {
     let mock = MockOpenAi::start().await;
     let core = core(&mock, 5);
-    let id = core.sessions().initialize().await.unwrap().session.id;
+    let id = core
+        .anyone()
+        .initialize(NewSession::default())
+        .await
+        .unwrap()
+        .session
+        .id;
     for fault in [StreamFault::DropAfter(1), StreamFault::StallAfter(1)] {
         mock.push(
             StreamScript::pieces(["part ", "rest"])
@@ -422,6 +436,7 @@ async fn a_streamed_turn_that_fails_stores_nothing_and_keeps_its_token_spent() {
                 .into(),
         );
         let mut turn = core
+            .anyone()
             .prepare(id, "try", ChatOptions::default())
             .await
             .unwrap()
@@ -443,9 +458,9 @@ async fn a_streamed_turn_that_fails_stores_nothing_and_keeps_its_token_spent() {
         assert!(turn.next().await.is_none(), "an error ends the turn");
     }
     assert!(stored(&core, id).await.is_empty());
-    assert_eq!(core.sessions().usage(id).await.unwrap(), Usage::default());
+    assert_eq!(core.anyone().usage(id).await.unwrap(), Usage::default());
     // Both failed turns used a token; the session is free for the next.
-    let reply = core.chat(id, "works?").await.unwrap();
+    let reply = core.anyone().chat(id, "works?").await.unwrap();
     assert_eq!(reply.remaining, 2);
     assert_eq!(
         stored(&core, id).await,
@@ -457,7 +472,13 @@ async fn a_streamed_turn_that_fails_stores_nothing_and_keeps_its_token_spent() {
 async fn dropping_a_streamed_turn_cancels_the_upstream_and_stores_nothing() {
     let mock = MockOpenAi::start().await;
     let core = core(&mock, 5);
-    let id = core.sessions().initialize().await.unwrap().session.id;
+    let id = core
+        .anyone()
+        .initialize(NewSession::default())
+        .await
+        .unwrap()
+        .session
+        .id;
     let gate = StreamGate::new();
     mock.push(
         StreamScript::pieces(["abandoned ", "reply"])
@@ -465,6 +486,7 @@ async fn dropping_a_streamed_turn_cancels_the_upstream_and_stores_nothing() {
             .into(),
     );
     let mut turn = core
+        .anyone()
         .prepare(id, "start", ChatOptions::default())
         .await
         .unwrap()
@@ -485,7 +507,7 @@ async fn dropping_a_streamed_turn_cancels_the_upstream_and_stores_nothing() {
     assert!(stored(&core, id).await.is_empty());
     // The session's queue was released: the next turn runs at once, with
     // no trace of the abandoned one in its history.
-    let reply = tokio::time::timeout(GUARD, core.chat(id, "again"))
+    let reply = tokio::time::timeout(GUARD, core.anyone().chat(id, "again"))
         .await
         .expect("the dropped turn still holds the session")
         .unwrap();

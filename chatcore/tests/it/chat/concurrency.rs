@@ -6,7 +6,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chatcore::{ErrorKind, GovernorLimiter, ManualClock, SessionId, Store};
+use chatcore::{ErrorKind, GovernorLimiter, ManualClock, NewSession, SessionId, Store};
 use tokio::sync::Barrier;
 
 use super::builder;
@@ -25,7 +25,13 @@ async fn of_twenty_parallel_messages_exactly_five_pass<S: Store + 'static>(store
         .messages_per_minute(5)
         .build()
         .unwrap();
-    let id = core.sessions().initialize().await.unwrap().session.id;
+    let id = core
+        .anyone()
+        .initialize(NewSession::default())
+        .await
+        .unwrap()
+        .session
+        .id;
 
     let start = Arc::new(Barrier::new(20));
     let mut tasks = tokio::task::JoinSet::new();
@@ -33,7 +39,7 @@ async fn of_twenty_parallel_messages_exactly_five_pass<S: Store + 'static>(store
         let (core, start) = (core.clone(), Arc::clone(&start));
         tasks.spawn(async move {
             start.wait().await;
-            core.chat(id, &format!("message {i}")).await
+            core.anyone().chat(id, &format!("message {i}")).await
         });
     }
     let (mut ok, mut limited, mut remaining) = (0, 0, Vec::new());
@@ -57,7 +63,7 @@ async fn of_twenty_parallel_messages_exactly_five_pass<S: Store + 'static>(store
     // the burst left after the message itself.
     assert!(remaining.iter().all(|r| *r < 5), "{remaining:?}");
     assert_eq!(model.calls(), 5, "rejected messages are not forwarded");
-    assert_eq!(core.sessions().messages(id).await.unwrap().len(), 10);
+    assert_eq!(core.anyone().messages(id).await.unwrap().len(), 10);
 }
 
 async fn the_token_is_taken_only_after_validation<S: Store + 'static>(store: S) {
@@ -70,34 +76,52 @@ async fn the_token_is_taken_only_after_validation<S: Store + 'static>(store: S) 
         .idle_timeout(30 * MINUTE)
         .build()
         .unwrap();
-    let stale = core.sessions().initialize().await.unwrap().session.id;
+    let stale = core
+        .anyone()
+        .initialize(NewSession::default())
+        .await
+        .unwrap()
+        .session
+        .id;
     clock.advance(31 * MINUTE);
-    let id = core.sessions().initialize().await.unwrap().session.id;
+    let id = core
+        .anyone()
+        .initialize(NewSession::default())
+        .await
+        .unwrap()
+        .session
+        .id;
 
     let too_long = "a".repeat(chatcore::MAX_MESSAGE_CHARS + 1);
     for _ in 0..5 {
         let kind = |r: chatcore::Result<_>| r.unwrap_err().kind();
-        assert_eq!(kind(core.chat(id, "").await), ErrorKind::InvalidInput);
-        assert_eq!(kind(core.chat(id, "  \n\t").await), ErrorKind::InvalidInput);
         assert_eq!(
-            kind(core.chat(id, &too_long).await),
+            kind(core.anyone().chat(id, "").await),
             ErrorKind::InvalidInput
         );
         assert_eq!(
-            kind(core.chat(SessionId::new_v4(), "hi").await),
+            kind(core.anyone().chat(id, "  \n\t").await),
+            ErrorKind::InvalidInput
+        );
+        assert_eq!(
+            kind(core.anyone().chat(id, &too_long).await),
+            ErrorKind::InvalidInput
+        );
+        assert_eq!(
+            kind(core.anyone().chat(SessionId::new_v4(), "hi").await),
             ErrorKind::SessionNotFound
         );
         assert_eq!(
-            kind(core.chat(stale, "hi").await),
+            kind(core.anyone().chat(stale, "hi").await),
             ErrorKind::SessionExpired
         );
     }
     assert_eq!(limiter.tracked_keys(), 0, "no invalid message took a token");
 
     for i in 0..5 {
-        core.chat(id, &format!("valid {i}")).await.unwrap();
+        core.anyone().chat(id, &format!("valid {i}")).await.unwrap();
     }
-    let err = core.chat(id, "one too many").await.unwrap_err();
+    let err = core.anyone().chat(id, "one too many").await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::RateLimited);
     assert_eq!(limiter.tracked_keys(), 1);
     assert_eq!(model.calls(), 5);
@@ -118,13 +142,19 @@ async fn turns_of_one_session_run_one_at_a_time_in_arrival_order<S: Store + 'sta
         .rate_limiter(limiter.clone())
         .build()
         .unwrap();
-    let id = core.sessions().initialize().await.unwrap().session.id;
+    let id = core
+        .anyone()
+        .initialize(NewSession::default())
+        .await
+        .unwrap()
+        .session
+        .id;
 
     let mut turns = Vec::new();
     for i in 0..N {
         let core = core.clone();
         turns.push(tokio::spawn(async move {
-            core.chat(id, &format!("m{i}")).await
+            core.anyone().chat(id, &format!("m{i}")).await
         }));
         // On this single-threaded runtime, turn i has queued for the
         // session by the time the test runs again after its check.
@@ -143,10 +173,7 @@ async fn turns_of_one_session_run_one_at_a_time_in_arrival_order<S: Store + 'sta
     let expected: Vec<_> = (0..N)
         .flat_map(|i| [user(&format!("m{i}")), assistant(&format!("reply to m{i}"))])
         .collect();
-    assert_eq!(
-        pairs(&core.sessions().messages(id).await.unwrap()),
-        expected
-    );
+    assert_eq!(pairs(&core.anyone().messages(id).await.unwrap()), expected);
 }
 
 async fn turns_of_different_sessions_run_in_parallel<S: Store + 'static>(store: S) {
@@ -156,12 +183,24 @@ async fn turns_of_different_sessions_run_in_parallel<S: Store + 'static>(store: 
         .with_barrier(Arc::new(Barrier::new(2)))
         .shared();
     let core = builder(store, &model).build().unwrap();
-    let a = core.sessions().initialize().await.unwrap().session.id;
-    let b = core.sessions().initialize().await.unwrap().session.id;
+    let a = core
+        .anyone()
+        .initialize(NewSession::default())
+        .await
+        .unwrap()
+        .session
+        .id;
+    let b = core
+        .anyone()
+        .initialize(NewSession::default())
+        .await
+        .unwrap()
+        .session
+        .id;
 
     let (ca, cb) = (core.clone(), core.clone());
-    let ta = tokio::spawn(async move { ca.chat(a, "from a").await });
-    let tb = tokio::spawn(async move { cb.chat(b, "from b").await });
+    let ta = tokio::spawn(async move { ca.anyone().chat(a, "from a").await });
+    let tb = tokio::spawn(async move { cb.anyone().chat(b, "from b").await });
     let (ra, rb) = tokio::time::timeout(Duration::from_secs(5), async {
         (ta.await.unwrap(), tb.await.unwrap())
     })

@@ -11,8 +11,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chatcore::{
     ApiKey, ChatCore, Feedback, FeedbackFilter, FeedbackStore, KeyStore, Message, MessageStore,
-    PurgeReport, Result, Session, SessionCursor, SessionId, SessionStore, SqliteStore, Store, Turn,
-    Usage,
+    NewSession, PurgeReport, Result, Session, SessionCursor, SessionId, SessionStore, SqliteStore,
+    Store, Turn, Usage,
 };
 use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
@@ -35,9 +35,18 @@ async fn conversation(hot: usize) -> Vec<crate::support::Seen> {
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path().join("c.db")).unwrap());
     let model = ScriptedModel::new().shared();
     let core = core(store, &model, hot);
-    let id = core.sessions().initialize().await.unwrap().session.id;
+    let id = core
+        .anyone()
+        .initialize(NewSession::default())
+        .await
+        .unwrap()
+        .session
+        .id;
     for i in 0..12 {
-        core.chat(id, &format!("message number {i}")).await.unwrap();
+        core.anyone()
+            .chat(id, &format!("message number {i}"))
+            .await
+            .unwrap();
     }
     model.seen()
 }
@@ -67,13 +76,20 @@ async fn a_cancelled_turn_leaves_a_consistent_history() {
         })
         .shared();
     let core = core(store, &model, 10_000);
-    let id = core.sessions().initialize().await.unwrap().session.id;
-    core.chat(id, "first").await.unwrap();
+    let id = core
+        .anyone()
+        .initialize(NewSession::default())
+        .await
+        .unwrap()
+        .session
+        .id;
+    core.anyone().chat(id, "first").await.unwrap();
     // The client goes away while the model is thinking: the turn is dropped.
-    let cancelled = tokio::time::timeout(Duration::from_millis(50), core.chat(id, "slow")).await;
+    let cancelled =
+        tokio::time::timeout(Duration::from_millis(50), core.anyone().chat(id, "slow")).await;
     assert!(cancelled.is_err(), "the slow turn should have been cut off");
-    core.chat(id, "third").await.unwrap();
-    let stored = pairs(&core.sessions().messages(id).await.unwrap());
+    core.anyone().chat(id, "third").await.unwrap();
+    let stored = pairs(&core.anyone().messages(id).await.unwrap());
     let texts: Vec<&str> = stored.iter().map(|(_, t)| t.as_str()).collect();
     assert_eq!(
         texts,
@@ -95,13 +111,19 @@ async fn a_new_facade_on_the_same_file_continues_the_history() {
     let id = {
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).unwrap());
         let core = core(store, &model, 10_000);
-        let id = core.sessions().initialize().await.unwrap().session.id;
-        core.chat(id, "before restart").await.unwrap();
+        let id = core
+            .anyone()
+            .initialize(NewSession::default())
+            .await
+            .unwrap()
+            .session
+            .id;
+        core.anyone().chat(id, "before restart").await.unwrap();
         id
     };
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).unwrap());
     let core = core(store, &model, 10_000);
-    core.chat(id, "after restart").await.unwrap();
+    core.anyone().chat(id, "after restart").await.unwrap();
     let seen = model.seen().last().unwrap().history.clone();
     let texts: Vec<&str> = seen.iter().map(|(_, t)| t.as_str()).collect();
     assert_eq!(texts, ["before restart", "reply to before restart"]);
@@ -264,12 +286,19 @@ async fn cancel_inside_append_turn(
     ));
     let model = ScriptedModel::new().shared();
     let core = core(Arc::clone(&store) as Arc<dyn Store>, &model, 10_000);
-    let id = core.sessions().initialize().await.unwrap().session.id;
-    core.chat(id, "first").await.unwrap();
+    let id = core
+        .anyone()
+        .initialize(NewSession::default())
+        .await
+        .unwrap()
+        .session
+        .id;
+    core.anyone().chat(id, "first").await.unwrap();
 
     // Drive the turn until it is held inside `append_turn`, then drop it,
     // as a client going away would (the timeout only guards against a hang).
-    let mut turn = Box::pin(core.chat(id, "cancel me"));
+    let me = core.anyone();
+    let mut turn = Box::pin(me.chat(id, "cancel me"));
     let held = tokio::time::timeout(Duration::from_secs(30), async {
         tokio::select! {
             r = &mut turn => panic!("the gated turn finished: {r:?}"),
@@ -292,8 +321,8 @@ async fn cancel_inside_append_turn(
         "the turn was dropped on the wrong side of the inner append"
     );
 
-    core.chat(id, "third").await.unwrap();
-    let stored = pairs(&core.sessions().messages(id).await.unwrap());
+    core.anyone().chat(id, "third").await.unwrap();
+    let stored = pairs(&core.anyone().messages(id).await.unwrap());
     let seen = model.seen();
     assert_eq!(seen.len(), 3);
     assert_eq!(seen[2].user, "third");

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chatcore::{
-    ChatCore, ChatModel, ChatRequest, Completion, ErrorKind, ManualClock, MemoryStore, PurgeReport,
-    Role, SessionId, Store,
+    ChatCore, ChatModel, ChatRequest, Completion, ErrorKind, ManualClock, MemoryStore, NewSession,
+    PurgeReport, Role, SessionId, Store,
 };
 
 use super::builder;
@@ -51,20 +51,26 @@ async fn last_active_is_the_reply_time_not_the_request_time<S: Store + 'static>(
         .idle_timeout(30 * MINUTE)
         .build()
         .unwrap();
-    let id = core.sessions().initialize().await.unwrap().session.id;
+    let id = core
+        .anyone()
+        .initialize(NewSession::default())
+        .await
+        .unwrap()
+        .session
+        .id;
     clock.advance(MINUTE);
     let asked = t0() + MINUTE;
     let answered = asked + think;
 
-    core.chat(id, "hello").await.unwrap();
-    let info = core.sessions().get(id).await.unwrap();
+    core.anyone().chat(id, "hello").await.unwrap();
+    let info = core.anyone().get(id).await.unwrap();
     assert_eq!(info.session.created_at, t0());
     assert_eq!(
         info.session.last_active, answered,
         "last_active is the reply's time"
     );
     assert!(info.is_active);
-    let stored = core.sessions().messages(id).await.unwrap();
+    let stored = core.anyone().messages(id).await.unwrap();
     let times: Vec<_> = stored.iter().map(|m| (m.role, m.created_at)).collect();
     assert_eq!(
         times,
@@ -76,20 +82,21 @@ async fn last_active_is_the_reply_time_not_the_request_time<S: Store + 'static>(
     // request, not from the reply. Still active, and a turn is accepted
     // (the hot path, which does not read the store, agrees).
     clock.advance(30 * MINUTE - think / 2);
-    assert!(core.sessions().get(id).await.unwrap().is_active);
-    core.chat(id, "still here")
+    assert!(core.anyone().get(id).await.unwrap().is_active);
+    core.anyone()
+        .chat(id, "still here")
         .await
         .expect("idle less than the timeout since the last reply: the turn is accepted");
     let second = answered + 30 * MINUTE - think / 2 + think;
-    let info = core.sessions().get(id).await.unwrap();
+    let info = core.anyone().get(id).await.unwrap();
     assert_eq!(info.session.last_active, second);
 
     // Exactly the timeout after the last reply: expired, for reads and turns.
     clock.advance(30 * MINUTE);
-    assert!(!core.sessions().get(id).await.unwrap().is_active);
-    let err = core.chat(id, "too late").await.unwrap_err();
+    assert!(!core.anyone().get(id).await.unwrap().is_active);
+    let err = core.anyone().chat(id, "too late").await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::SessionExpired);
-    assert_eq!(core.sessions().messages(id).await.unwrap().len(), 4);
+    assert_eq!(core.anyone().messages(id).await.unwrap().len(), 4);
 }
 
 async fn an_idle_session_expires_and_is_never_revived<S: Store + 'static>(store: S) {
@@ -100,77 +107,95 @@ async fn an_idle_session_expires_and_is_never_revived<S: Store + 'static>(store:
         .idle_timeout(30 * MINUTE)
         .build()
         .unwrap();
-    let id = core.sessions().initialize().await.unwrap().session.id;
+    let id = core
+        .anyone()
+        .initialize(NewSession::default())
+        .await
+        .unwrap()
+        .session
+        .id;
 
     // A turn before the timeout keeps the session alive from that turn on.
     clock.advance(29 * MINUTE);
-    assert!(core.sessions().get(id).await.unwrap().is_active);
-    core.chat(id, "still here").await.unwrap();
+    assert!(core.anyone().get(id).await.unwrap().is_active);
+    core.anyone().chat(id, "still here").await.unwrap();
     clock.advance(29 * MINUTE);
-    assert!(core.sessions().get(id).await.unwrap().is_active);
-    core.chat(id, "and again").await.unwrap();
+    assert!(core.anyone().get(id).await.unwrap().is_active);
+    core.anyone().chat(id, "and again").await.unwrap();
     let last_active = t0() + 58 * MINUTE;
 
     clock.advance(30 * MINUTE);
     for _ in 0..3 {
-        let info = core.sessions().get(id).await.unwrap();
+        let info = core.anyone().get(id).await.unwrap();
         assert!(!info.is_active);
         assert_eq!(info.session.last_active, last_active, "not touched");
-        let err = core.chat(id, "hello?").await.unwrap_err();
+        let err = core.anyone().chat(id, "hello?").await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::SessionExpired);
         assert_eq!(err.to_string(), "Session expired");
         clock.advance(DAY);
     }
     assert_eq!(model.calls(), 2, "expired turns never reach the model");
-    assert_eq!(core.sessions().messages(id).await.unwrap().len(), 4);
+    assert_eq!(core.anyone().messages(id).await.unwrap().len(), 4);
 
     // Feedback is still welcome while the data is retained.
-    core.feedback()
-        .submit(id, "It was fine until it expired.", Some(3))
+    core.anyone()
+        .submit_feedback(id, "It was fine until it expired.", Some(3))
         .await
         .unwrap();
-    assert_eq!(core.feedback().list(id).await.unwrap().len(), 1);
-    assert!(!core.sessions().get(id).await.unwrap().is_active);
+    assert_eq!(core.anyone().feedback(id).await.unwrap().len(), 1);
+    assert!(!core.anyone().get(id).await.unwrap().is_active);
 }
 
 async fn feedback_is_validated_and_kept_in_order<S: Store + 'static>(store: S) {
     let model = ScriptedModel::new().shared();
     let clock = Arc::new(ManualClock::new(t0()));
     let core = builder(store, &model).clock(clock.clone()).build().unwrap();
-    let id = core.sessions().initialize().await.unwrap().session.id;
-    let desk = core.feedback();
+    let id = core
+        .anyone()
+        .initialize(NewSession::default())
+        .await
+        .unwrap()
+        .session
+        .id;
+    let desk = core.anyone();
 
     let err = desk
-        .submit(SessionId::new_v4(), "who?", None)
+        .submit_feedback(SessionId::new_v4(), "who?", None)
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::SessionNotFound);
     for bad in [0, 6, -1, 100] {
-        let err = desk.submit(id, "rated", Some(bad)).await.unwrap_err();
+        let err = desk
+            .submit_feedback(id, "rated", Some(bad))
+            .await
+            .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidInput, "rating {bad}");
         assert_eq!(err.field(), Some("rating"));
     }
     let too_long = "x".repeat(chatcore::MAX_FEEDBACK_CHARS + 1);
     for bad in ["", "   \n", too_long.as_str()] {
-        let err = desk.submit(id, bad, Some(3)).await.unwrap_err();
+        let err = desk.submit_feedback(id, bad, Some(3)).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidInput);
         assert_eq!(err.field(), Some("feedback"));
     }
     assert!(
-        desk.list(id).await.unwrap().is_empty(),
+        desk.feedback(id).await.unwrap().is_empty(),
         "nothing invalid kept"
     );
 
     let first = desk
-        .submit(id, "The chat was very helpful.", Some(5))
+        .submit_feedback(id, "The chat was very helpful.", Some(5))
         .await
         .unwrap();
     assert_eq!(first.created_at, t0());
     assert_eq!(first.rating.map(|r| r.get()), Some(5));
     clock.advance(MINUTE);
-    let second = desk.submit(id, "No rating this time", None).await.unwrap();
-    let third = desk.submit(id, "Edge", Some(1)).await.unwrap();
-    assert_eq!(desk.list(id).await.unwrap(), vec![first, second, third]);
+    let second = desk
+        .submit_feedback(id, "No rating this time", None)
+        .await
+        .unwrap();
+    let third = desk.submit_feedback(id, "Edge", Some(1)).await.unwrap();
+    assert_eq!(desk.feedback(id).await.unwrap(), vec![first, second, third]);
 }
 
 async fn the_sweep_purges_only_sessions_past_retention<S: Store + 'static>(store: S) {
@@ -181,14 +206,29 @@ async fn the_sweep_purges_only_sessions_past_retention<S: Store + 'static>(store
         .retention(10 * DAY)
         .build()
         .unwrap();
-    let old = core.sessions().initialize().await.unwrap().session.id;
-    core.chat(old, "long ago").await.unwrap();
-    core.feedback().submit(old, "thanks", None).await.unwrap();
+    let old = core
+        .anyone()
+        .initialize(NewSession::default())
+        .await
+        .unwrap()
+        .session
+        .id;
+    core.anyone().chat(old, "long ago").await.unwrap();
+    core.anyone()
+        .submit_feedback(old, "thanks", None)
+        .await
+        .unwrap();
     clock.advance(6 * DAY);
-    let recent = core.sessions().initialize().await.unwrap().session.id;
-    core.chat(recent, "lately").await.unwrap();
-    core.feedback()
-        .submit(recent, "nice", Some(4))
+    let recent = core
+        .anyone()
+        .initialize(NewSession::default())
+        .await
+        .unwrap()
+        .session
+        .id;
+    core.anyone().chat(recent, "lately").await.unwrap();
+    core.anyone()
+        .submit_feedback(recent, "nice", Some(4))
         .await
         .unwrap();
 
@@ -206,16 +246,21 @@ async fn the_sweep_purges_only_sessions_past_retention<S: Store + 'static>(store
             skipped: false
         }
     );
-    let gone = core.sessions().get(old).await.unwrap_err();
+    let gone = core.anyone().get(old).await.unwrap_err();
     assert_eq!(gone.kind(), ErrorKind::SessionNotFound);
-    let gone = core.sessions().messages(old).await.unwrap_err();
+    let gone = core.anyone().messages(old).await.unwrap_err();
     assert_eq!(gone.kind(), ErrorKind::SessionNotFound);
-    let gone = core.feedback().submit(old, "late", None).await.unwrap_err();
+    let gone = core
+        .anyone()
+        .submit_feedback(old, "late", None)
+        .await
+        .unwrap_err();
     assert_eq!(gone.kind(), ErrorKind::SessionNotFound);
-    assert!(core.feedback().list(old).await.unwrap().is_empty());
+    let gone = core.anyone().feedback(old).await.unwrap_err();
+    assert_eq!(gone.kind(), ErrorKind::SessionNotFound);
 
-    assert_eq!(core.sessions().messages(recent).await.unwrap().len(), 2);
-    assert_eq!(core.feedback().list(recent).await.unwrap().len(), 1);
+    assert_eq!(core.anyone().messages(recent).await.unwrap().len(), 2);
+    assert_eq!(core.anyone().feedback(recent).await.unwrap().len(), 1);
     assert_eq!(core.sweep().await.unwrap(), PurgeReport::default());
 }
 
@@ -228,7 +273,13 @@ async fn the_sweeper_runs_once_per_interval() {
         .retention(DAY)
         .build()
         .unwrap();
-    let old = core.sessions().initialize().await.unwrap().session.id;
+    let old = core
+        .anyone()
+        .initialize(NewSession::default())
+        .await
+        .unwrap()
+        .session
+        .id;
     clock.advance(2 * DAY);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let started = tokio::time::Instant::now();
@@ -242,7 +293,7 @@ async fn the_sweeper_runs_once_per_interval() {
     let first = rx.recv().await.unwrap().unwrap();
     assert!(started.elapsed() >= interval);
     assert_eq!(first.sessions, 1);
-    assert!(core.sessions().get(old).await.is_err());
+    assert!(core.anyone().get(old).await.is_err());
     let second = rx.recv().await.unwrap().unwrap();
     assert!(started.elapsed() >= 2 * interval);
     assert_eq!(second, PurgeReport::default());

@@ -48,22 +48,26 @@ async fn three_turns_store_six_messages_and_send_history_oldest_first<S: Store +
         .clock(clock.clone())
         .build()
         .unwrap();
-    let created = core.sessions().initialize().await.unwrap();
+    let created = core
+        .anyone()
+        .initialize(NewSession::default())
+        .await
+        .unwrap();
     assert!(created.is_active);
     let id = created.session.id;
 
     for (n, text) in ["one", "two", "three"].into_iter().enumerate() {
         clock.advance(MINUTE);
-        let reply = core.chat(id, text).await.unwrap();
+        let reply = core.anyone().chat(id, text).await.unwrap();
         assert_eq!(reply.content, format!("Echo: {text}"));
         assert_eq!(reply.session_id, id);
         assert_eq!((reply.limit, reply.remaining), (5, 4 - n as u32));
-        let info = core.sessions().get(id).await.unwrap();
+        let info = core.anyone().get(id).await.unwrap();
         assert_eq!(info.session.last_active, t0() + MINUTE * (n as u32 + 1));
         assert_eq!(info.session.created_at, t0());
     }
 
-    let stored = core.sessions().messages(id).await.unwrap();
+    let stored = core.anyone().messages(id).await.unwrap();
     assert_eq!(
         pairs(&stored),
         vec![
@@ -96,27 +100,32 @@ async fn a_sessions_system_prompt_replaces_the_default<S: Store + 'static>(store
         .build()
         .unwrap();
     let own = core
-        .sessions()
-        .initialize_with(NewSession {
+        .anyone()
+        .initialize(NewSession {
             system_prompt: Some("You are a pirate.".into()),
             metadata: Some(json!({"user": 42})),
         })
         .await
         .unwrap()
         .session;
-    let plain = core.sessions().initialize().await.unwrap().session;
+    let plain = core
+        .anyone()
+        .initialize(NewSession::default())
+        .await
+        .unwrap()
+        .session;
     assert_eq!(
-        core.sessions().get(own.id).await.unwrap().session.metadata,
+        core.anyone().get(own.id).await.unwrap().session.metadata,
         Some(json!({"user": 42}))
     );
 
-    core.chat(own.id, "ahoy").await.unwrap();
-    core.chat(plain.id, "hello").await.unwrap();
+    core.anyone().chat(own.id, "ahoy").await.unwrap();
+    core.anyone().chat(plain.id, "hello").await.unwrap();
     let seen = model.seen();
     assert_eq!(seen[0].system.as_deref(), Some("You are a pirate."));
     assert_eq!(seen[1].system.as_deref(), Some("You are the default."));
     // The system prompt is sent, never stored as history.
-    let stored = core.sessions().messages(own.id).await.unwrap();
+    let stored = core.anyone().messages(own.id).await.unwrap();
     assert_eq!(
         pairs(&stored),
         vec![user("ahoy"), assistant("reply to ahoy")]
@@ -131,33 +140,39 @@ async fn a_failed_upstream_turn_stores_nothing_but_uses_its_token<S: Store + 'st
         .clock(clock.clone())
         .build()
         .unwrap();
-    let id = core.sessions().initialize().await.unwrap().session.id;
+    let id = core
+        .anyone()
+        .initialize(NewSession::default())
+        .await
+        .unwrap()
+        .session
+        .id;
     clock.advance(MINUTE);
 
     model.fail_next(&[ErrorKind::UpstreamFailed]);
-    let err = core.chat(id, "first").await.unwrap_err();
+    let err = core.anyone().chat(id, "first").await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::UpstreamFailed);
-    assert!(core.sessions().messages(id).await.unwrap().is_empty());
-    let info = core.sessions().get(id).await.unwrap();
+    assert!(core.anyone().messages(id).await.unwrap().is_empty());
+    let info = core.anyone().get(id).await.unwrap();
     assert_eq!(
         info.session.last_active,
         t0(),
         "a failed turn is no activity"
     );
 
-    core.chat(id, "second").await.unwrap();
+    core.anyone().chat(id, "second").await.unwrap();
     assert!(
         model.seen()[1].history.is_empty(),
         "the failed turn is not history"
     );
-    let err = core.chat(id, "third").await.unwrap_err();
+    let err = core.anyone().chat(id, "third").await.unwrap_err();
     assert_eq!(
         err.kind(),
         ErrorKind::RateLimited,
         "the failed turn used a token"
     );
     assert_eq!(model.calls(), 2, "a limited message is not forwarded");
-    let stored = core.sessions().messages(id).await.unwrap();
+    let stored = core.anyone().messages(id).await.unwrap();
     assert_eq!(
         pairs(&stored),
         vec![user("second"), assistant("reply to second")]
@@ -171,13 +186,19 @@ async fn history_is_trimmed_from_the_oldest_end_to_fit<S: Store + 'static>(store
         .context_tokens(budget)
         .build()
         .unwrap();
-    let id = core.sessions().initialize().await.unwrap().session.id;
+    let id = core
+        .anyone()
+        .initialize(NewSession::default())
+        .await
+        .unwrap()
+        .session
+        .id;
     // 40-character questions (14 tokens) and 49-character replies (17).
     let question = |i: usize| format!("{i}{}", "x".repeat(39));
     for i in 0..4 {
-        core.chat(id, &question(i)).await.unwrap();
+        core.anyone().chat(id, &question(i)).await.unwrap();
     }
-    let stored = core.sessions().messages(id).await.unwrap();
+    let stored = core.anyone().messages(id).await.unwrap();
     assert_eq!(stored.len(), 8);
     let stored = pairs(&stored);
     let seen = model.seen();
@@ -206,11 +227,17 @@ async fn history_is_trimmed_from_the_oldest_end_to_fit<S: Store + 'static>(store
 async fn an_empty_reply_fails_the_turn_and_stores_nothing() {
     let model = ScriptedModel::new().with_reply(|_| String::new()).shared();
     let core = builder(MemoryStore::new(), &model).build().unwrap();
-    let id = core.sessions().initialize().await.unwrap().session.id;
-    let err = core.chat(id, "hello?").await.unwrap_err();
+    let id = core
+        .anyone()
+        .initialize(NewSession::default())
+        .await
+        .unwrap()
+        .session
+        .id;
+    let err = core.anyone().chat(id, "hello?").await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::UpstreamFailed);
     assert!(err.to_string().contains("empty reply"), "{err}");
-    assert!(core.sessions().messages(id).await.unwrap().is_empty());
+    assert!(core.anyone().messages(id).await.unwrap().is_empty());
     assert_eq!(model.calls(), 1);
 }
 
@@ -233,13 +260,19 @@ async fn empty_replies_do_not_shrink_the_history_that_fits() {
         .clock(Arc::new(ManualClock::new(t0())))
         .build()
         .unwrap();
-    let id = core.sessions().initialize().await.unwrap().session.id;
+    let id = core
+        .anyone()
+        .initialize(NewSession::default())
+        .await
+        .unwrap()
+        .session
+        .id;
     for i in 0..33 {
         store.append_turn(id, turn!("a", "", i)).await.unwrap();
     }
-    let before = core.sessions().messages(id).await.unwrap();
+    let before = core.anyone().messages(id).await.unwrap();
     assert_eq!(before.len(), 66);
-    core.chat(id, "a").await.unwrap();
+    core.anyone().chat(id, "a").await.unwrap();
 
     let fits = trim_history(&before, None, "a", budget).len();
     assert_eq!(fits, 65, "32 pairs and one reply fit 295 tokens");
