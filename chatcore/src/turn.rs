@@ -292,8 +292,8 @@ impl<'c> PreparedTurn<'c> {
             id: self.id,
             started: Instant::now(),
             turn: Some(self),
+            reply: ReplyBuilder::with_limit(upstream.reply_limit()),
             upstream,
-            reply: ReplyBuilder::default(),
         })
     }
 

@@ -125,7 +125,7 @@ pub fn stateless_stream<F: Framing>(
     if let Some(t) = stream.target() {
         framing.answered_by(t);
     }
-    stream_response(at, Source::Stateless(stream), framing)
+    stream_response(at, Source::Stateless(stream, 0), framing)
 }
 
 /// The reply's content line and its tokens.
@@ -145,10 +145,12 @@ pub fn rate_headers(resp: &mut Response<Body>, limit: u32, remaining: u32) {
 }
 
 /// Where a stream's pieces come from: a session's turn (stored at its
-/// end) or the model directly.
+/// end, and bounded by the turn as it puts the reply together) or the
+/// model directly, with the bytes of reply relayed so far: a stateless
+/// reply is held nowhere, but is cut at the same bound as a whole one.
 enum Source {
     Turn(Box<TurnStream<'static>>),
-    Stateless(CompletionStream),
+    Stateless(CompletionStream, usize),
 }
 
 enum Item {
@@ -162,18 +164,35 @@ enum Item {
     Stored(ChatReply),
 }
 
+impl Item {
+    /// What this piece adds to the reply, counted as a reply put back
+    /// together is ([`chatcore::ReplyBuilder`]).
+    fn reply_bytes(&self) -> usize {
+        match self {
+            Item::Text(t) | Item::Refusal(t) => t.len(),
+            Item::ToolCall(d) => {
+                d.arguments.len()
+                    + d.name.as_ref().map_or(0, String::len)
+                    + d.id.as_ref().map_or(0, String::len)
+            }
+            Item::FunctionCall(d) => d.arguments.len() + d.name.as_ref().map_or(0, String::len),
+            Item::Raw(_) | Item::Usage(_) | Item::Finish(_) | Item::Stored(_) => 0,
+        }
+    }
+}
+
 impl Source {
     fn target(&self) -> Option<&Arc<str>> {
         match self {
             Source::Turn(t) => t.target(),
-            Source::Stateless(s) => s.target(),
+            Source::Stateless(s, _) => s.target(),
         }
     }
 
     fn relays_raw(&self) -> bool {
         match self {
             Source::Turn(t) => t.relays_raw(),
-            Source::Stateless(s) => s.relays_raw(),
+            Source::Stateless(s, _) => s.relays_raw(),
         }
     }
 
@@ -191,17 +210,27 @@ impl Source {
                     // A kind of event this gateway does not show.
                     Ok(_) => continue,
                 },
-                Source::Stateless(s) => match s.next().await? {
-                    Err(e) => return Some(Err(e)),
-                    Ok(StreamEvent::Delta(t)) => Item::Text(t),
-                    Ok(StreamEvent::ToolCall(d)) => Item::ToolCall(d),
-                    Ok(StreamEvent::FunctionCall(d)) => Item::FunctionCall(d),
-                    Ok(StreamEvent::Refusal(r)) => Item::Refusal(r),
-                    Ok(StreamEvent::Raw(c)) => Item::Raw(c),
-                    Ok(StreamEvent::Usage(u)) => Item::Usage(u),
-                    Ok(StreamEvent::Finish(r)) => Item::Finish(r),
-                    Ok(_) => continue,
-                },
+                Source::Stateless(s, relayed) => {
+                    let item = match s.next().await? {
+                        Err(e) => return Some(Err(e)),
+                        Ok(StreamEvent::Delta(t)) => Item::Text(t),
+                        Ok(StreamEvent::ToolCall(d)) => Item::ToolCall(d),
+                        Ok(StreamEvent::FunctionCall(d)) => Item::FunctionCall(d),
+                        Ok(StreamEvent::Refusal(r)) => Item::Refusal(r),
+                        Ok(StreamEvent::Raw(c)) => Item::Raw(c),
+                        Ok(StreamEvent::Usage(u)) => Item::Usage(u),
+                        Ok(StreamEvent::Finish(r)) => Item::Finish(r),
+                        Ok(_) => continue,
+                    };
+                    *relayed += item.reply_bytes();
+                    if *relayed > s.reply_limit() {
+                        return Some(Err(chatcore::Error::new(
+                            chatcore::ErrorKind::UpstreamFailed,
+                            format!("Upstream reply is larger than {} bytes", s.reply_limit()),
+                        )));
+                    }
+                    item
+                }
             };
             return Some(Ok(item));
         }
@@ -345,7 +374,7 @@ fn stream_response<F: Framing>(at: Served<'_>, source: Source, mut framing: F) -
                 Some(Err(e)) => {
                     let session = match &live.source {
                         Source::Turn(t) => Some(t.session_id()),
-                        Source::Stateless(_) => None,
+                        Source::Stateless(..) => None,
                     };
                     Some(live.fail(e, session))
                 }

@@ -96,6 +96,10 @@ pub enum StreamFault {
     MalformedAfter(usize),
     /// Sends nothing more, ever, until the client goes away.
     StallAfter(usize),
+    /// After the scripted pieces, sends the last one again and again,
+    /// without pause or end, until the client goes away: an upstream whose
+    /// reply never stops growing.
+    Endless,
 }
 
 impl StreamFault {
@@ -104,6 +108,7 @@ impl StreamFault {
             StreamFault::DropAfter(n)
             | StreamFault::MalformedAfter(n)
             | StreamFault::StallAfter(n) => n,
+            StreamFault::Endless => usize::MAX,
         }
     }
 }
@@ -309,6 +314,13 @@ async fn produce(plan: Plan, tx: mpsc::Sender<Item>) -> Option<()> {
             send(&tx, Item::Event(event("{not json"))).await?;
             unless_closed(&tx, tokio::time::sleep(MALFORMED_LINGER)).await?;
             send(&tx, Item::Last(Bytes::new())).await
+        }
+        Some(StreamFault::Endless) => {
+            let last = answer.choices.first().and_then(|c| c.content.last());
+            let piece = chunks.content(0, last.map_or("x", String::as_str));
+            loop {
+                send(&tx, Item::Event(piece.clone())).await?;
+            }
         }
         Some(StreamFault::StallAfter(_)) => {
             // Holding `tx` keeps the body pending; returning once the body

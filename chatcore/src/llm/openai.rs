@@ -65,6 +65,9 @@ pub struct OpenAiConfig {
     pub max_retries: u32,
     /// The first backoff; each retry doubles it (before jitter).
     pub backoff: Duration,
+    /// The largest reply held, whole or streamed (its text, refusal and
+    /// tool calls together); past it the call fails and nothing is kept.
+    pub max_reply_bytes: usize,
 }
 
 impl fmt::Debug for OpenAiConfig {
@@ -84,6 +87,7 @@ impl fmt::Debug for OpenAiConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("max_retries", &self.max_retries)
             .field("backoff", &self.backoff)
+            .field("max_reply_bytes", &self.max_reply_bytes)
             .finish()
     }
 }
@@ -102,6 +106,7 @@ impl Default for OpenAiConfig {
             connect_timeout: Duration::from_secs(5),
             max_retries: 2,
             backoff: Duration::from_millis(200),
+            max_reply_bytes: MAX_REPLY_BYTES,
         }
     }
 }
@@ -384,7 +389,12 @@ impl OpenAiChat {
     ) -> Result<Completion> {
         let resp = self.send(body, deadline, retries).await?;
         let key = self.config.api_key.as_deref();
-        let bytes = match tokio::time::timeout_at(deadline, read_capped(resp, key)).await {
+        let bytes = match tokio::time::timeout_at(
+            deadline,
+            read_capped(resp, key, self.config.max_reply_bytes),
+        )
+        .await
+        {
             Err(_) => return Err(timed_out()),
             Ok(result) => result?,
         };
@@ -409,12 +419,13 @@ impl OpenAiChat {
         let resp = self.send(body, deadline, retries).await?;
         Ok(CompletionStream::from_source(SseSource::new(
             resp,
-            SseParser::new(raw),
+            SseParser::new(raw, self.config.max_reply_bytes),
             deadline,
             self.config.stream_idle_timeout,
             self.config.api_key.clone(),
             Arc::clone(&self.stats),
-        )))
+        ))
+        .with_reply_limit(self.config.max_reply_bytes))
     }
 }
 

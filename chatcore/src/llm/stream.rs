@@ -84,6 +84,7 @@ pub enum StreamEvent {
 pub struct CompletionStream {
     source: Box<dyn EventSource>,
     target: Option<Arc<str>>,
+    reply_limit: usize,
 }
 
 /// What a stream reads its events from: a model's own reader (the OpenAI
@@ -148,7 +149,23 @@ impl CompletionStream {
         CompletionStream {
             source: Box::new(source),
             target: None,
+            reply_limit: MAX_REPLY_BYTES,
         }
+    }
+
+    /// The same stream, whose reply may hold at most `bytes` (see
+    /// [`ReplyBuilder::with_limit`]); [`MAX_REPLY_BYTES`] unless an
+    /// implementor says otherwise.
+    #[must_use]
+    pub fn with_reply_limit(mut self, bytes: usize) -> CompletionStream {
+        self.reply_limit = bytes;
+        self
+    }
+
+    /// The most a reply read from this stream may hold, in bytes: whoever
+    /// puts the pieces back together stops there.
+    pub fn reply_limit(&self) -> usize {
+        self.reply_limit
     }
 
     /// The same stream, said to come from `target` (see
@@ -183,7 +200,7 @@ impl CompletionStream {
     /// [`ErrorKind::UpstreamFailed`] when the reply grows past
     /// [`MAX_REPLY_BYTES`].
     pub async fn collect(mut self) -> Result<Completion> {
-        let mut out = ReplyBuilder::default();
+        let mut out = ReplyBuilder::with_limit(self.reply_limit);
         while let Some(event) = self.next().await {
             out.push(&event?)?;
         }
@@ -262,8 +279,9 @@ fn pieces_of(wire: &WireMessage) -> Vec<StreamEvent> {
 
 /// Puts a streamed reply back together: its text, its refusal, its tool
 /// calls (pieces joined by index), usage and finish reason; refuses to
-/// hold more than [`MAX_REPLY_BYTES`], as a whole reply is refused.
-#[derive(Debug, Default)]
+/// hold more than its limit ([`MAX_REPLY_BYTES`] by default), as a whole
+/// reply is refused.
+#[derive(Debug)]
 pub struct ReplyBuilder {
     text: String,
     refusal: String,
@@ -273,6 +291,13 @@ pub struct ReplyBuilder {
     usage: Option<Usage>,
     finish_reason: Option<String>,
     bytes: usize,
+    limit: usize,
+}
+
+impl Default for ReplyBuilder {
+    fn default() -> ReplyBuilder {
+        ReplyBuilder::with_limit(MAX_REPLY_BYTES)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -285,11 +310,26 @@ struct CallParts {
 }
 
 impl ReplyBuilder {
+    /// An empty reply that may grow to `limit` bytes of text, refusal and
+    /// tool calls together.
+    pub fn with_limit(limit: usize) -> ReplyBuilder {
+        ReplyBuilder {
+            text: String::new(),
+            refusal: String::new(),
+            calls: Vec::new(),
+            function: None,
+            usage: None,
+            finish_reason: None,
+            bytes: 0,
+            limit,
+        }
+    }
+
     /// Adds one event.
     ///
     /// # Errors
-    /// [`ErrorKind::UpstreamFailed`] once the reply holds more than
-    /// [`MAX_REPLY_BYTES`].
+    /// [`ErrorKind::UpstreamFailed`] once the reply holds more than its
+    /// limit.
     pub fn push(&mut self, event: &StreamEvent) -> Result<()> {
         match event {
             StreamEvent::Delta(piece) => {
@@ -343,10 +383,10 @@ impl ReplyBuilder {
 
     fn grow(&mut self, by: usize) -> Result<()> {
         self.bytes += by;
-        if self.bytes > MAX_REPLY_BYTES {
+        if self.bytes > self.limit {
             return Err(Error::new(
                 ErrorKind::UpstreamFailed,
-                format!("Upstream reply is larger than {MAX_REPLY_BYTES} bytes"),
+                format!("Upstream reply is larger than {} bytes", self.limit),
             ));
         }
         Ok(())

@@ -43,6 +43,10 @@ pub struct OpenAiSection {
     pub system_prompt: String,
     /// Token budget for prompt + history + message.
     pub context_tokens: NonZeroUsize,
+    /// The largest reply held from an upstream, whole or streamed; past it
+    /// the call fails (a stream with its `error` event) and nothing is
+    /// stored.
+    pub max_reply_bytes: NonZeroUsize,
 }
 
 impl OpenAiSection {
@@ -71,6 +75,7 @@ impl fmt::Debug for OpenAiSection {
             .field("temperature", &self.temperature)
             .field("system_prompt", &self.system_prompt)
             .field("context_tokens", &self.context_tokens)
+            .field("max_reply_bytes", &self.max_reply_bytes)
             .finish()
     }
 }
@@ -93,6 +98,7 @@ impl Default for OpenAiSection {
             system_prompt: String::new(),
             context_tokens: NonZeroUsize::new(chatcore::ChatCoreBuilder::DEFAULT_CONTEXT_TOKENS)
                 .expect("nonzero"),
+            max_reply_bytes: NonZeroUsize::new(adapter.max_reply_bytes).expect("nonzero"),
         }
     }
 }

@@ -310,6 +310,7 @@ impl Config {
                 stream_idle_timeout: o.stream_idle_timeout,
                 connect_timeout: o.timeout.min(Duration::from_secs(5)),
                 max_retries: u.and_then(|u| u.max_retries).unwrap_or(o.max_retries),
+                max_reply_bytes: o.max_reply_bytes.get(),
                 ..chatcore::OpenAiConfig::default()
             }
         };

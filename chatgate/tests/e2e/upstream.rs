@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use chatmock::Reply;
+use serde_json::json;
 
 use crate::support::*;
 
@@ -264,5 +265,101 @@ async fn history_is_trimmed_from_the_oldest_end_to_fit_context_tokens() {
     assert!(
         total <= BUDGET,
         "{total} estimated tokens over a budget of {BUDGET}"
+    );
+}
+
+/// A process's resident memory in KiB, and its peak: `VmRSS` and `VmHWM`
+/// of `/proc/PID/status`.
+fn memory_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {status}"))
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// A hostile upstream: a stream that never ends. The gateway (the shipped
+/// binary, on its default `openai.max_reply_bytes`) relays it until the
+/// reply would pass the bound, then sends the `error` event, cancels the
+/// upstream call and stores nothing; its memory stays bounded throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_streaming_without_end_is_cut_off_in_bounded_memory() {
+    let mock = chatmock::MockOpenAi::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let base_url = mock.base_url();
+    let server = crate::process::Server::start_with_args(
+        dir.path(),
+        &["serve"],
+        &[("CHATGATE_OPENAI__BASE_URL", &base_url)],
+    )
+    .await;
+    let pid = server.child.id();
+    let id = new_session(server.addr).await;
+    // Warm the paths a turn takes, so the idle figure is a working one.
+    let r = chat(server.addr, &id, "warm up").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let (idle, _) = memory_kib(pid);
+
+    let v1 = json!({"model": "gpt-3.5-turbo", "stream": true,
+                    "messages": [{"role": "user", "content": "go on forever"}]});
+    let session_header = [("x-session-id", id.as_str())];
+    for (path, headers, body) in [
+        (
+            "/chat/",
+            &session_header[..],
+            json!({"session_id": id, "role": "user", "content": "go on forever", "stream": true}),
+        ),
+        ("/v1/chat/completions", &session_header[..], v1.clone()),
+        ("/v1/chat/completions", &[][..], v1.clone()),
+    ] {
+        let piece = "x".repeat(64 * 1024);
+        mock.push(
+            chatmock::StreamScript::pieces([piece])
+                .with_fault(chatmock::StreamFault::Endless)
+                .into(),
+        );
+        let disconnects = mock.disconnects();
+        let mut s = open_stream(server.addr, path, headers, &body.to_string()).await;
+        assert_eq!(s.status, 200, "{path}");
+        let (events, broke) = s.rest().await;
+        assert!(broke.is_none(), "{path}: the body ends cleanly: {broke:?}");
+        let last = events.last().expect("events");
+        if path == "/chat/" {
+            assert!(last.is("error"), "{path}: ends with the error event");
+            assert_eq!(last.json()["status"], 502, "{path}: {}", last.data);
+        } else {
+            assert_eq!(
+                last.json()["error"]["code"],
+                "upstream_error",
+                "{}",
+                last.data
+            );
+        }
+        assert!(
+            events.len() > 200,
+            "{path}: the reply flowed until the bound ({} events)",
+            events.len()
+        );
+        wait_until(HANG_GUARD, "the upstream call to be cancelled", || {
+            let gone = mock.disconnects() > disconnects;
+            async move { gone }
+        })
+        .await;
+    }
+    let stored = messages(server.addr, &id).await;
+    assert_eq!(
+        stored.len(),
+        2,
+        "only the warm-up turn is stored: {stored:?}"
+    );
+
+    let (_, peak) = memory_kib(pid);
+    assert!(
+        peak.saturating_sub(idle) < 64 * 1024,
+        "peak RSS {peak} KiB against {idle} KiB idle"
     );
 }

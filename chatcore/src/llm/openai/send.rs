@@ -12,7 +12,7 @@ use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::StatusCode;
 use tokio::time::Instant;
 
-use super::{OpenAiChat, MAX_REPLY_BYTES};
+use super::OpenAiChat;
 use crate::error::{Error, ErrorKind, Result};
 
 impl OpenAiChat {
@@ -249,26 +249,30 @@ pub(super) fn scrub(e: reqwest::Error, key: Option<&str>) -> Error {
     Error::new(ErrorKind::UpstreamFailed, chain)
 }
 
-fn too_large() -> Error {
+fn too_large(limit: usize) -> Error {
     Error::new(
         ErrorKind::UpstreamFailed,
-        format!("Upstream reply is larger than {MAX_REPLY_BYTES} bytes"),
+        format!("Upstream reply is larger than {limit} bytes"),
     )
 }
 
-/// The whole body of `resp`, refused past [`MAX_REPLY_BYTES`] (at once
-/// when its `Content-Length` says so).
-pub(super) async fn read_capped(mut resp: reqwest::Response, key: Option<&str>) -> Result<Vec<u8>> {
+/// The whole body of `resp`, refused past `limit` bytes (at once when its
+/// `Content-Length` says so).
+pub(super) async fn read_capped(
+    mut resp: reqwest::Response,
+    key: Option<&str>,
+    limit: usize,
+) -> Result<Vec<u8>> {
     let declared = resp.content_length().unwrap_or(0);
-    if declared > MAX_REPLY_BYTES as u64 {
-        return Err(too_large());
+    if declared > limit as u64 {
+        return Err(too_large(limit));
     }
     let mut out = Vec::with_capacity(declared as usize);
     loop {
         match resp.chunk().await {
             Ok(Some(chunk)) => {
-                if out.len() + chunk.len() > MAX_REPLY_BYTES {
-                    return Err(too_large());
+                if out.len() + chunk.len() > limit {
+                    return Err(too_large(limit));
                 }
                 out.extend_from_slice(&chunk);
             }

@@ -21,21 +21,32 @@ pub(super) enum SseEvent {
 }
 
 /// Splits a byte stream into `data:` lines and decodes them.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct SseParser {
     pending: Vec<u8>,
     /// How much of `pending` is known to hold no newline.
     scanned: usize,
     /// Whether each chunk is also handed back as it came.
     raw: bool,
+    /// The longest line held while waiting for its end.
+    limit: usize,
+}
+
+impl Default for SseParser {
+    fn default() -> SseParser {
+        SseParser::new(false, super::MAX_REPLY_BYTES)
+    }
 }
 
 impl SseParser {
-    /// A parser; with `raw`, each chunk also comes back as it was sent.
-    pub(super) fn new(raw: bool) -> SseParser {
+    /// A parser; with `raw`, each chunk also comes back as it was sent. A
+    /// line longer than `limit` bytes is an error, not a buffer that grows.
+    pub(super) fn new(raw: bool, limit: usize) -> SseParser {
         SseParser {
+            pending: Vec::new(),
+            scanned: 0,
             raw,
-            ..SseParser::default()
+            limit,
         }
     }
 
@@ -55,13 +66,10 @@ impl SseParser {
                 .map(|i| i + self.scanned)
             else {
                 self.scanned = self.pending.len();
-                if self.pending.len() > super::MAX_REPLY_BYTES {
+                if self.pending.len() > self.limit {
                     events.push_back(SseEvent::Bad(Error::new(
                         ErrorKind::UpstreamFailed,
-                        format!(
-                            "Upstream stream line is longer than {} bytes",
-                            super::MAX_REPLY_BYTES
-                        ),
+                        format!("Upstream stream line is longer than {} bytes", self.limit),
                     )));
                 }
                 break;
@@ -195,7 +203,7 @@ mod tests {
 
     #[test]
     fn tool_call_pieces_refusals_and_raw_chunks() {
-        let mut p = SseParser::new(true);
+        let mut p = SseParser::new(true, super::super::MAX_REPLY_BYTES);
         let line = "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"c\",\"type\":\"function\",\"function\":{\"name\":\"f\",\"arguments\":\"{\\\"a\"}}]},\"logprobs\":null}]}\n\n";
         let events = feed(&mut p, line.as_bytes());
         match &events[..] {
