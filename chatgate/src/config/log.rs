@@ -37,7 +37,7 @@ pub struct LogConfig {
     pub level: Level,
     /// Log user messages and AI responses.
     pub content: bool,
-    /// Log every SQL statement.
+    /// Log SQL statements: those that save data at info, reads at debug.
     pub sql: bool,
     /// Minimum level shown on stderr, or off. The startup line is shown
     /// at any level but off.

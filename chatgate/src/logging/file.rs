@@ -226,7 +226,7 @@ impl State {
             return false;
         }
         if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            let _ = fs::create_dir_all(dir);
+            let _ = create_private_dir(dir);
         }
         match (self.open)(&self.path) {
             Ok(out) => {
@@ -268,18 +268,40 @@ impl State {
     }
 }
 
-/// Opens `path` for appending, created owner-only (`0600`) on unix. An
-/// existing file keeps the mode it has (an operator may have widened it
-/// for a log shipper); every file rotation creates is new.
+/// Opens `path` for appending, owner-only (`0600`) on unix: the log holds
+/// conversations, as the database does. An existing file that others could
+/// read is brought to `0600` too (a log shipper runs as the gateway's user,
+/// or reads stderr), and a symbolic link at `path` is refused rather than
+/// followed, so nobody who can write the directory can point the log at
+/// another file.
 pub(super) fn open_append(path: &Path) -> io::Result<Box<dyn Write + Send>> {
     let mut options = OpenOptions::new();
     options.create(true).append(true);
     #[cfg(unix)]
     {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        options.mode(0o600).custom_flags(libc::O_NOFOLLOW);
+        let file = options.open(path)?;
+        if file.metadata()?.permissions().mode() & 0o077 != 0 {
+            file.set_permissions(fs::Permissions::from_mode(0o600))?;
+        }
+        Ok(Box::new(file))
     }
+    #[cfg(not(unix))]
     Ok(Box::new(options.open(path)?))
+}
+
+/// Creates `dir` and its missing parents, owner-only (`0700`) on unix. A
+/// directory that exists keeps its mode: it may be shared on purpose.
+pub(crate) fn create_private_dir(dir: &Path) -> io::Result<()> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir)
 }
 
 /// Device and inode: what names a file on unix whatever its path.

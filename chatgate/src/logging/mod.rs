@@ -150,7 +150,7 @@ fn assemble(
 ) -> io::Result<Logs> {
     let log = &config.log;
     if let Some(dir) = log.file.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| {
+        file::create_private_dir(dir).map_err(|e| {
             io::Error::new(
                 e.kind(),
                 format!("cannot create log directory {}: {e}", dir.display()),

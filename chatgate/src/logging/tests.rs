@@ -374,3 +374,35 @@ fn the_whole_logger_flushes_on_drop_and_filters_before_the_queue() {
         "{err}"
     );
 }
+
+#[cfg(unix)]
+#[test]
+fn app_log_is_owner_only_and_never_followed_through_a_link() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let dir = tempfile::tempdir().unwrap();
+
+    // Missing directories are made 0700.
+    let logs = dir.path().join("var/log/chatgate");
+    file_mod::create_private_dir(&logs).unwrap();
+    assert_eq!(mode(&logs), 0o700);
+    assert_eq!(mode(&dir.path().join("var")), 0o700);
+
+    // An existing app.log others could read is brought to 0600.
+    let path = logs.join("app.log");
+    fs::write(&path, "old line\n").unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+    let mut out = file_mod::open_append(&path).unwrap();
+    out.write_all(b"new line\n").unwrap();
+    drop(out);
+    assert_eq!(mode(&path), 0o600);
+    assert_eq!(fs::read_to_string(&path).unwrap(), "old line\nnew line\n");
+
+    // A link where app.log should be is refused; its target is untouched.
+    let target = dir.path().join("elsewhere");
+    fs::write(&target, "precious\n").unwrap();
+    let link = logs.join("linked.log");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    assert!(file_mod::open_append(&link).is_err());
+    assert_eq!(fs::read_to_string(&target).unwrap(), "precious\n");
+}

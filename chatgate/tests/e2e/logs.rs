@@ -119,6 +119,8 @@ async fn app_log_records_requests_messages_and_sql() {
         .expect("a generated request id")
         .to_owned();
     assert!(!generated.is_empty());
+    let r = get(gw.addr, &format!("/session/{id}")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
     let log = gw.stop().await;
 
     let access = lines_with(&log, "request");
@@ -162,6 +164,11 @@ async fn app_log_records_requests_messages_and_sql() {
         .filter(|l| l.to_ascii_uppercase().contains("INSERT"))
         .count();
     assert!(inserts >= 2, "{inserts} INSERT statements logged:\n{log}");
+    // Reads are logged at debug, below the default level.
+    assert!(
+        !sql.iter().any(|l| l.contains("SELECT")),
+        "a read-only statement logged at the default level:\n{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -302,4 +309,51 @@ async fn refused_requests_leave_their_access_line_not_their_body() {
         );
     }
     assert!(lines_with(&log, "user message").is_empty(), "{log}");
+}
+
+/// A flood of large bodies aimed at sessions that do not exist, on the
+/// default configuration: each refusal costs app.log its access line and
+/// little more (no SQL for the read that found nothing, no content of a
+/// message that was never sent), so the log cannot be made to grow faster
+/// than the requests arrive. 5,000 bodies of 60 KiB: the bound scales to
+/// 10 MB for 50,000.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_aimed_at_unknown_sessions_barely_grows_app_log() {
+    const REQUESTS: usize = 5_000;
+    const TASKS: usize = 8;
+    let gw = Gateway::start().await;
+    // One real turn first, so the log's fixed start is behind us.
+    let id = new_session(gw.addr).await;
+    assert_eq!(chat(gw.addr, &id, "hello").await.status, 200);
+    let before = std::fs::metadata(&gw.log_file).map_or(0, |m| m.len());
+    // 60,000 bytes in 30,000 characters: under both the body and the
+    // message limits, so each is refused for its session alone.
+    let content = "é".repeat(30_000);
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..TASKS {
+        let (addr, content) = (gw.addr, content.clone());
+        tasks.spawn(async move {
+            for _ in 0..REQUESTS / TASKS {
+                let body = serde_json::json!({
+                    "session_id": uuid::Uuid::new_v4().to_string(),
+                    "role": "user",
+                    "content": content,
+                });
+                let r = post(addr, "/chat/", &body.to_string()).await;
+                assert_eq!(r.status, 404, "{}", r.text());
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.expect("flood task");
+    }
+    let log = gw.stop().await;
+    let grown = log.len() as u64 - before;
+    let per_request = grown / REQUESTS as u64;
+    println!("app.log grew {grown} bytes for {REQUESTS} refused requests ({per_request} each)");
+    assert!(
+        grown < 1_000_000,
+        "app.log grew {grown} bytes ({per_request} per refused request); last lines:\n{}",
+        log.lines().rev().take(5).collect::<Vec<_>>().join("\n")
+    );
 }

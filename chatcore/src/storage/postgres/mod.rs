@@ -257,7 +257,7 @@ impl PostgresStore {
     /// only, never parameter values.
     fn log_sql(&self, sql: &str) {
         if let Some(log) = &self.db.log {
-            slog::info!(log, "sql"; "statement" => sql);
+            crate::storage::log_sql(log, sql);
         }
     }
 

@@ -106,7 +106,7 @@ pub(crate) async fn migrate(
 ) -> Result<()> {
     let report = |sql: &str| {
         if let Some(log) = log {
-            slog::info!(log, "sql"; "statement" => sql);
+            crate::storage::log_sql(log, sql);
         }
     };
     report("BEGIN");

@@ -127,7 +127,7 @@ impl Checkpoints {
         // The checkpointing connection's sync level decides the copy's
         // fsyncs: the same as the writer's.
         if let Some(sql) = &sql_log {
-            slog::info!(sql, "sql"; "statement" => sync);
+            crate::storage::log_sql(sql, sync);
         }
         conn.execute_batch(sync)?;
         let stats = Arc::new(CheckpointStats::default());
@@ -264,7 +264,7 @@ fn background(
         let mut before = 0_i64;
         for _ in 0..MAX_PASSES {
             if let Some(sql) = sql_log {
-                slog::info!(sql, "sql"; "statement" => CHECKPOINT);
+                crate::storage::log_sql(sql, CHECKPOINT);
             }
             match passive(conn) {
                 Ok((_, _, copied)) => {

@@ -133,7 +133,7 @@ impl SqliteStore {
         let log = options.sql_logger.as_ref();
         let run = |conn: &Connection, sql: &str| -> Result<()> {
             if let Some(log) = log {
-                slog::info!(log, "sql"; "statement" => sql);
+                crate::storage::log_sql(log, sql);
             }
             conn.execute_batch(sql)?;
             Ok(())
@@ -145,7 +145,7 @@ impl SqliteStore {
         // profiles showed to be the writer's main cost.
         run(&conn, "PRAGMA page_size = 1024")?;
         if let Some(log) = log {
-            slog::info!(log, "sql"; "statement" => "PRAGMA journal_mode = WAL");
+            crate::storage::log_sql(log, "PRAGMA journal_mode = WAL");
         }
         let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") && !mode.eq_ignore_ascii_case("memory") {

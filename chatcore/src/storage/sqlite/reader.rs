@@ -37,7 +37,7 @@ impl super::Sql for ReadDb<'_> {
 
     fn log_sql(&self, sql: &'static str) {
         if let Some(log) = self.log {
-            slog::info!(log, "sql"; "statement" => sql);
+            crate::storage::log_sql(log, sql);
         }
     }
 }

@@ -93,7 +93,7 @@ pub(crate) const LATEST: i64 = MIGRATIONS.len() as i64;
 pub(crate) fn migrate(conn: &mut Connection, log: Option<&slog::Logger>) -> Result<()> {
     let report = |sql: &str| {
         if let Some(log) = log {
-            slog::info!(log, "sql"; "statement" => sql);
+            crate::storage::log_sql(log, sql);
         }
     };
     report("BEGIN IMMEDIATE");

@@ -83,13 +83,13 @@ impl Db {
         }
     }
 
-    /// Logs the statements [`Db::log_sql`] collected.
+    /// Logs the statements [`Db::log_sql`] collected: one transaction, or
+    /// [`LOG_BATCH`] statements of a long one.
     fn flush_sql_log(&self) {
         if let Some(log) = &self.log {
             let mut ran = self.ran.borrow_mut();
-            for sql in ran.drain(..) {
-                slog::info!(log, "sql"; "statement" => sql);
-            }
+            crate::storage::log_transaction(log, ran.iter().copied());
+            ran.clear();
             ran.shrink_to(LOG_BATCH);
         }
     }
