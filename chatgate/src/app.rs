@@ -11,7 +11,7 @@ use slog::{o, Logger};
 
 use crate::api::openai::Policy;
 use crate::auth::Auth;
-use crate::config::{Config, TrustedProxies};
+use crate::config::{client_key, Config, TrustedProxies};
 use crate::cors::Cors;
 use crate::logging::ContentLog;
 use crate::{backends, metrics};
@@ -70,6 +70,17 @@ pub struct App {
 }
 
 impl App {
+    /// The key an anonymous caller's quotas are counted under: the client's
+    /// address (through trusted proxies' `X-Forwarded-For`, every line of
+    /// it), an IPv6 one by its /64.
+    pub fn client_key(&self, peer: std::net::IpAddr, headers: &hyper::HeaderMap) -> String {
+        let lines = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .map(|v| v.to_str().unwrap_or("?"));
+        client_key(self.trusted_proxies.client(peer, lines))
+    }
+
     /// The options a seed API (`/chat/`) turn goes upstream with: the
     /// configured temperature and the reply cap of `openai.max_tokens`.
     pub fn turn_options(&self) -> chatcore::ChatOptions {

@@ -82,26 +82,71 @@ impl TrustedProxies {
     /// The client's address: the peer, unless the peer is a trusted proxy,
     /// in which case the right-most `X-Forwarded-For` entry that is not a
     /// trusted proxy (entries to its left could be forged by the client).
-    pub fn client(&self, peer: IpAddr, forwarded_for: Option<&str>) -> IpAddr {
+    /// `lines` are the header's lines in the order received: a proxy that
+    /// appends a line of its own (HAProxy's `option forwardfor`) puts it
+    /// last, so the lines are read together, right to left. An entry that
+    /// is not an address (`unknown`, garbage) ends the walk where it is.
+    pub fn client<'a, I>(&self, peer: IpAddr, lines: I) -> IpAddr
+    where
+        I: IntoIterator<Item = &'a str>,
+        I::IntoIter: DoubleEndedIterator,
+    {
         if !self.contains(peer) {
             return peer;
         }
-        let Some(chain) = forwarded_for else {
-            return peer;
-        };
         let mut client = peer;
-        for hop in chain.rsplit(',') {
-            match hop.trim().parse::<IpAddr>() {
-                Ok(ip) => {
+        for hop in lines.into_iter().rev().flat_map(|line| line.rsplit(',')) {
+            match parse_hop(hop) {
+                Some(ip) => {
                     client = ip;
                     if !self.contains(ip) {
                         break;
                     }
                 }
-                Err(_) => break,
+                None => break,
             }
         }
         client
+    }
+}
+
+/// One `X-Forwarded-For` entry: `192.0.2.1`, `192.0.2.1:4711`, `2001:db8::1`,
+/// `[2001:db8::1]` or `[2001:db8::1]:4711`.
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    let hop = hop.trim();
+    if let Some(rest) = hop.strip_prefix('[') {
+        let (inside, after) = rest.split_once(']')?;
+        let port_ok = after.is_empty()
+            || after
+                .strip_prefix(':')
+                .is_some_and(|p| p.parse::<u16>().is_ok());
+        return port_ok
+            .then(|| inside.parse::<std::net::Ipv6Addr>().ok())
+            .flatten()
+            .map(IpAddr::V6);
+    }
+    if let Ok(ip) = hop.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    let (host, port) = hop.split_once(':')?;
+    port.parse::<u16>().ok()?;
+    host.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4)
+}
+
+/// The key an anonymous client's quotas are counted under: its IPv4
+/// address, or the /64 network of its IPv6 address (one subscriber is
+/// handed a whole /64, so a per-address key would give one client 2^64
+/// buckets). An IPv4 address mapped into IPv6 counts as the IPv4 one.
+pub fn client_key(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let net = u128::from(v6) & !((1u128 << 64) - 1);
+                format!("{}/64", std::net::Ipv6Addr::from(net))
+            }
+        },
     }
 }
 
@@ -121,11 +166,44 @@ mod tests {
         );
         // Through trusted proxies: the first untrusted hop from the right.
         assert_eq!(
-            t.client(ip("10.1.1.1"), Some("6.6.6.6, 198.51.100.7, 10.2.2.2")),
+            t.client(ip("10.1.1.1"), ["6.6.6.6, 198.51.100.7, 10.2.2.2"]),
             ip("198.51.100.7")
         );
-        assert_eq!(t.client(ip("192.0.2.1"), None), ip("192.0.2.1"));
+        assert_eq!(t.client(ip("192.0.2.1"), []), ip("192.0.2.1"));
+        // Lines are read together, the last line last: a client's forged
+        // first line does not win over the line the proxy appended.
+        assert_eq!(
+            t.client(ip("10.1.1.1"), ["6.6.6.6", "198.51.100.7"]),
+            ip("198.51.100.7")
+        );
+        assert_eq!(
+            t.client(ip("10.1.1.1"), ["6.6.6.6, 10.3.3.3", "10.2.2.2"]),
+            ip("6.6.6.6")
+        );
+        // Ports and brackets, as some proxies write them.
+        for (entry, want) in [
+            ("198.51.100.7:4711", "198.51.100.7"),
+            ("[2001:db8::7]:4711", "2001:db8::7"),
+            ("[2001:db8::7]", "2001:db8::7"),
+            ("2001:db8::7", "2001:db8::7"),
+        ] {
+            assert_eq!(t.client(ip("10.1.1.1"), [entry]), ip(want), "{entry}");
+        }
+        // Not an address: the walk stops there, at the proxy's word.
+        for bad in ["unknown", "[2001:db8::7]:port", "1.2.3.4:99999", "[::1"] {
+            assert_eq!(t.client(ip("10.1.1.1"), [bad]), ip("10.1.1.1"), "{bad}");
+        }
         assert!(TrustedProxies::parse(&["not-an-ip".into()]).is_err());
+    }
+
+    #[test]
+    fn clients_are_keyed_per_ipv4_address_and_per_ipv6_64() {
+        let key = |s: &str| client_key(s.parse().unwrap());
+        assert_eq!(key("198.51.100.7"), "198.51.100.7");
+        assert_eq!(key("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::/64");
+        assert_eq!(key("2001:db8:1:2:ffff:1:2:3"), "2001:db8:1:2::/64");
+        assert_ne!(key("2001:db8:1:3::1"), key("2001:db8:1:2::1"));
+        assert_eq!(key("::ffff:198.51.100.7"), "198.51.100.7");
     }
 
     #[test]

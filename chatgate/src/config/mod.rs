@@ -36,7 +36,7 @@ mod sources;
 mod storage;
 
 pub use self::log::{ByteSize, Level, LogConfig, StderrLevel};
-pub use auth::{AuthConfig, AuthMode, TrustedProxies};
+pub use auth::{client_key, AuthConfig, AuthMode, TrustedProxies};
 pub use error::{ConfigError, Warning};
 pub use human::redact_url;
 pub use load::{Loaded, Sources};

@@ -45,15 +45,11 @@ pub async fn initialize(
         ));
     }
     // An anonymous caller's sessions per hour are counted per client.
-    let forwarded = parts
-        .headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok());
-    let client = app.trusted_proxies.client(peer, forwarded);
+    let client = app.client_key(peer, &parts.headers);
     let info = app
         .core
         .as_caller(caller)
-        .with_client(client.to_string())
+        .with_client(client)
         .initialize(NewSession {
             system_prompt: input.system_prompt,
             metadata: input.metadata.map(serde_json::Value::Object),

@@ -179,8 +179,28 @@ async fn anonymous_sessions_are_counted_per_client_address() {
     );
     // The proxy's own requests (no header) are counted for its address.
     three_then_429(&gw, None, &[]).await;
-    let r = init_with(&gw, None, &[("x-forwarded-for", "2001:db8::7")]).await;
-    assert_eq!(r.status, 200, "{}", r.text());
+
+    // Every header line counts, the last (the proxy's own) last: a forged
+    // first line does not make an exhausted client new, and ports parse.
+    let xff = |v| ("x-forwarded-for", v);
+    assert_429(
+        &init_with(&gw, None, &[xff("198.51.100.50"), xff("203.0.113.1")]).await,
+        THREE,
+    );
+    assert_429(
+        &init_with(&gw, None, &[xff("203.0.113.2:4711")]).await,
+        THREE,
+    );
+    three_then_429(&gw, None, &[xff("203.0.113.1"), xff("203.0.113.3")]).await;
+
+    // IPv6 clients are counted per /64, whatever their form.
+    for v6 in ["2001:db8::7", "[2001:db8::8]:443", "2001:db8::ffff:1"] {
+        let r = init_with(&gw, None, &[xff(v6)]).await;
+        assert_eq!(r.status, 200, "{v6}: {}", r.text());
+    }
+    assert_429(&init_with(&gw, None, &[xff("[2001:db8::9]")]).await, THREE);
+    let r = init_with(&gw, None, &[xff("2001:db8:0:1::7")]).await;
+    assert_eq!(r.status, 200, "another /64: {}", r.text());
 }
 
 /// The `max_tokens` the mock received in its latest request (and no
