@@ -6,10 +6,15 @@
 //!   cached for [`KEY_TTL`], so a key revoked by another process (the CLI,
 //!   another replica) is refused everywhere within that time.
 //! - JWTs are HS256 only, signed with `SECRET_KEY`; `exp` is required and
-//!   `nbf`/`iat` are checked with at most [`SKEW`] of clock skew. `sub` is
-//!   the principal; a `scope` holding `admin` grants admin.
-//! - Session tokens are JWTs this gateway mints (`typ: "session"`, `sid`)
-//!   that open one session until its retention ends.
+//!   `nbf`/`iat` are checked with at most [`SKEW`] of clock skew (each must
+//!   be an integer); `aud`, `iss` and the lifetime when configured. `sub`
+//!   is the principal; a `scope` holding `admin` grants admin.
+//! - Session tokens are JWTs this gateway mints (`typ: "session"`, `sid`,
+//!   header `kid: "session"`) that open one session until its retention
+//!   ends. They are signed with a key derived from `SECRET_KEY` (HKDF-SHA256
+//!   with a label of their own), not with `SECRET_KEY` itself: whoever
+//!   mints user JWTs cannot mint a session token, and a session token
+//!   cannot pass as a user JWT.
 //!
 //! No credential is ever logged or echoed: errors say what was wrong, in
 //! words, never what was sent.
@@ -36,6 +41,13 @@ pub const SKEW: u64 = 60;
 
 /// Cached key answers at most; the cache is emptied when full.
 const KEY_CACHE_MAX: usize = 10_000;
+
+/// The HKDF label of the session-token key. Changing it ends every session
+/// token in circulation.
+const SESSION_KEY_LABEL: &[u8] = b"chatgate session token v1";
+
+/// The `kid` of a session token's header: which key verifies it.
+const SESSION_KID: &str = "session";
 
 /// What a route needs of its caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,11 +77,54 @@ pub enum Need {
 /// Turns credentials into callers.
 pub struct Auth {
     mode: AuthMode,
-    decoding: Option<DecodingKey>,
-    encoding: Option<EncodingKey>,
-    validation: Validation,
+    /// User JWTs: verified with `SECRET_KEY` itself.
+    user: Option<Verifier>,
+    /// Session tokens: minted and verified with the derived key.
+    session: Option<Verifier>,
+    session_encoding: Option<EncodingKey>,
+    max_lifetime: Option<i64>,
     session_lifetime: Duration,
     keys: Mutex<KeyCache>,
+}
+
+/// A key and what a token verified with it must satisfy.
+struct Verifier {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl Verifier {
+    fn new(secret: &[u8], audience: &str, issuer: &str) -> Verifier {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = SKEW;
+        validation.validate_nbf = true;
+        let mut required = vec!["exp"];
+        if audience.is_empty() {
+            validation.validate_aud = false;
+        } else {
+            validation.set_audience(&[audience]);
+            required.push("aud");
+        }
+        if !issuer.is_empty() {
+            validation.set_issuer(&[issuer]);
+            required.push("iss");
+        }
+        validation.set_required_spec_claims(&required);
+        Verifier {
+            key: DecodingKey::from_secret(secret),
+            validation,
+        }
+    }
+}
+
+/// The session-token key: HKDF-SHA256 of `SECRET_KEY` under its own label.
+fn session_key(secret: &[u8]) -> [u8; 32] {
+    let prk = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, &[]).extract(secret);
+    let mut out = [0u8; 32];
+    prk.expand(&[SESSION_KEY_LABEL], ring::hkdf::HKDF_SHA256)
+        .and_then(|okm| okm.fill(&mut out))
+        .expect("32 bytes is HKDF-SHA256's own length");
+    out
 }
 
 /// Recent key lookups by the SHA-256 of the presented key (the cache holds
@@ -94,8 +149,12 @@ struct Claims {
     typ: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     sid: Option<String>,
+    // Integers, as RFC 7519 has them: a token whose `iat`, `nbf` or `exp`
+    // is anything else is refused as malformed, never read as absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     iat: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    nbf: Option<i64>,
     // Optional here so that a token without it is refused for that reason
     // (the validation requires it), not as unreadable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -139,16 +198,15 @@ impl Auth {
             .secret_key
             .as_ref()
             .map(|k| k.expose().as_bytes());
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = SKEW;
-        validation.validate_nbf = true;
-        validation.validate_aud = false;
-        validation.set_required_spec_claims(&["exp"]);
+        let a = &config.auth;
+        let session = secret.map(session_key);
         Auth {
-            mode: config.auth.mode,
-            decoding: secret.map(DecodingKey::from_secret),
-            encoding: secret.map(EncodingKey::from_secret),
-            validation,
+            mode: a.mode,
+            user: secret.map(|s| Verifier::new(s, &a.jwt_audience, &a.jwt_issuer)),
+            session: session.map(|k| Verifier::new(&k, "", "")),
+            session_encoding: session.map(|k| EncodingKey::from_secret(&k)),
+            max_lifetime: (!a.jwt_max_lifetime.is_zero())
+                .then(|| i64::try_from(a.jwt_max_lifetime.as_secs()).unwrap_or(i64::MAX)),
             session_lifetime: config.session.retention,
             keys: Mutex::new(HashMap::new()),
         }
@@ -238,12 +296,19 @@ impl Auth {
                 None => Err(unauthorized("Invalid or revoked API key")),
             };
         }
-        let decoding = self
-            .decoding
-            .as_ref()
-            .ok_or_else(|| unauthorized("Invalid credentials"))?;
-        let data =
-            jsonwebtoken::decode::<Claims>(token, decoding, &self.validation).map_err(|e| {
+        // The header says which key to try; the signature decides.
+        let minted_here = jsonwebtoken::decode_header(token)
+            .map_err(|_| unauthorized("Malformed token"))?
+            .kid
+            .is_some_and(|k| k == SESSION_KID);
+        let verifier = if minted_here {
+            self.session.as_ref()
+        } else {
+            self.user.as_ref()
+        }
+        .ok_or_else(|| unauthorized("Invalid credentials"))?;
+        let data = jsonwebtoken::decode::<Claims>(token, &verifier.key, &verifier.validation)
+            .map_err(|e| {
                 use jsonwebtoken::errors::ErrorKind as K;
                 match e.kind() {
                     K::ExpiredSignature => unauthorized("Expired token"),
@@ -253,8 +318,10 @@ impl Auth {
                         unauthorized("Token algorithm not accepted (HS256 only)")
                     }
                     K::MissingRequiredClaim(_) => {
-                        unauthorized("Token lacks a required claim (exp)")
+                        unauthorized("Token lacks a required claim (exp, aud or iss)")
                     }
+                    K::InvalidAudience => unauthorized("Token is for another audience"),
+                    K::InvalidIssuer => unauthorized("Token is from another issuer"),
                     _ => unauthorized("Malformed token"),
                 }
             })?;
@@ -263,13 +330,26 @@ impl Auth {
         if claims.iat.is_some_and(|iat| iat > now + SKEW as i64) {
             return Err(unauthorized("Token issued in the future"));
         }
-        if claims.typ.as_deref() == Some("session") {
+        let is_session = claims.typ.as_deref() == Some("session");
+        if minted_here != is_session {
+            // A user JWT calling itself a session token, or a token signed
+            // with the session key that is not one: neither was minted here.
+            return Err(unauthorized("Invalid token"));
+        }
+        if is_session {
             let id = claims
                 .sid
                 .as_deref()
                 .and_then(|s| SessionId::parse(s).ok())
                 .ok_or_else(|| unauthorized("Malformed token"))?;
             return Ok(Caller::Session(id));
+        }
+        if let (Some(max), Some(exp)) = (self.max_lifetime, claims.exp) {
+            if exp.saturating_sub(claims.iat.unwrap_or(now)) > max {
+                return Err(unauthorized(
+                    "Token lives longer than this gateway accepts (auth.jwt_max_lifetime)",
+                ));
+            }
         }
         let sub = claims
             .sub
@@ -323,12 +403,15 @@ impl Auth {
             typ: Some("session".into()),
             sid: Some(id.to_string()),
             iat: Some(now),
+            nbf: None,
             exp: Some(now.saturating_add(
                 i64::try_from(self.session_lifetime.as_secs()).unwrap_or(i64::MAX),
             )),
         };
-        let key = self.encoding.as_ref()?;
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, key).ok()
+        let key = self.session_encoding.as_ref()?;
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(SESSION_KID.into());
+        jsonwebtoken::encode(&header, &claims, key).ok()
     }
 }
 

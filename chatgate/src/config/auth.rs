@@ -2,10 +2,11 @@
 //! whose `X-Forwarded-For` names a client's address.
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ConfigError, Secrets};
+use super::{human, ConfigError, Secrets};
 
 /// How callers are identified.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,6 +28,14 @@ pub enum AuthMode {
 pub struct AuthConfig {
     /// `none`, `session_token` or `required`.
     pub mode: AuthMode,
+    /// The `aud` a JWT must name (one of its audiences); empty: not checked.
+    pub jwt_audience: String,
+    /// The `iss` a JWT must have; empty: not checked.
+    pub jwt_issuer: String,
+    /// The longest a JWT may live, `exp` minus `iat` (or minus now when it
+    /// has no `iat`); zero: no bound.
+    #[serde(with = "human::duration")]
+    pub jwt_max_lifetime: Duration,
 }
 
 impl AuthConfig {
@@ -212,6 +221,7 @@ mod tests {
         assert!(none.validate(&Secrets::default()).is_ok());
         let required = AuthConfig {
             mode: AuthMode::Required,
+            ..AuthConfig::default()
         };
         let with_key = |k: &str| Secrets {
             secret_key: Some(Secret::new(k)),

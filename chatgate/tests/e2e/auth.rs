@@ -286,6 +286,16 @@ async fn required_mode_checks_a_jwts_signature_algorithm_and_time_claims() {
             401,
         ),
         (
+            "nbf not a number",
+            jwt(json!({"sub": "bob", "nbf": (t + 120).to_string(), "exp": t + 600})),
+            401,
+        ),
+        (
+            "iat not an integer",
+            jwt(json!({"sub": "bob", "iat": t as f64 + 0.5, "exp": t + 600})),
+            401,
+        ),
+        (
             "no sub",
             jwt(json!({"scope": "admin", "exp": t + 600})),
             401,
@@ -326,6 +336,80 @@ async fn required_mode_checks_a_jwts_signature_algorithm_and_time_claims() {
     used.push(tampered);
 
     let used: Vec<&str> = used.iter().map(String::as_str).collect();
+    assert_no_credential_logged(gw, &used).await;
+}
+
+/// With `auth.jwt_audience`, `auth.jwt_issuer` and `auth.jwt_max_lifetime`
+/// set, a JWT must name the audience, come from the issuer and live no
+/// longer than the bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_audience_issuer_and_lifetime_are_enforced() {
+    let gw = gateway(AuthMode::Required, |c| {
+        c.auth.jwt_audience = "chat-api".into();
+        c.auth.jwt_issuer = "https://idp.example".into();
+        c.auth.jwt_max_lifetime = std::time::Duration::from_secs(3600);
+    })
+    .await;
+    let t = now();
+    let (aud, iss) = ("chat-api", "https://idp.example");
+    let cases: Vec<(&str, String, u16)> = vec![
+        (
+            "audience, issuer, 10 minutes",
+            jwt(json!({"sub": "bob", "aud": aud, "iss": iss, "iat": t, "exp": t + 600})),
+            200,
+        ),
+        (
+            "one of several audiences",
+            jwt(json!({"sub": "bob", "aud": ["other", aud], "iss": iss, "iat": t, "exp": t + 600})),
+            200,
+        ),
+        (
+            "another audience",
+            jwt(json!({"sub": "bob", "aud": "billing", "iss": iss, "iat": t, "exp": t + 600})),
+            401,
+        ),
+        (
+            "no audience",
+            jwt(json!({"sub": "bob", "iss": iss, "iat": t, "exp": t + 600})),
+            401,
+        ),
+        (
+            "another issuer",
+            jwt(
+                json!({"sub": "bob", "aud": aud, "iss": "https://evil.example", "iat": t, "exp": t + 600}),
+            ),
+            401,
+        ),
+        (
+            "no issuer",
+            jwt(json!({"sub": "bob", "aud": aud, "iat": t, "exp": t + 600})),
+            401,
+        ),
+        (
+            "a lifetime of two hours",
+            jwt(json!({"sub": "bob", "aud": aud, "iss": iss, "iat": t, "exp": t + 7200})),
+            401,
+        ),
+        (
+            "no iat, expiring in two hours",
+            jwt(json!({"sub": "bob", "aud": aud, "iss": iss, "exp": t + 7200})),
+            401,
+        ),
+        (
+            "no iat, expiring in half an hour",
+            jwt(json!({"sub": "bob", "aud": aud, "iss": iss, "exp": t + 1800})),
+            200,
+        ),
+    ];
+    let mut used = Vec::new();
+    for (what, tok, want) in &cases {
+        let r = accepted(&gw, tok).await;
+        assert_eq!(r.status, *want, "{what}: {}", r.text());
+        if *want == 401 {
+            assert_401(&r, tok);
+        }
+        used.push(tok.as_str());
+    }
     assert_no_credential_logged(gw, &used).await;
 }
 

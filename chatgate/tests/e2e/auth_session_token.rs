@@ -195,12 +195,70 @@ async fn forged_and_expired_session_tokens_are_refused() {
         Sig::Hs256(b"not-the-gateway-secret-not-the-gateway"),
     );
     assert_401(&chat_as(addr, Some(&forged), id_a, "forged").await, &forged);
-    let expired = jwt(json!({"typ": "session", "sid": id_a, "iat": now - 900, "exp": now - 120}));
+    let expired =
+        session_signed(json!({"typ": "session", "sid": id_a, "iat": now - 900, "exp": now - 120}));
     assert_401(
         &chat_as(addr, Some(&expired), id_a, "expired").await,
         &expired,
     );
-    t.stop_holding_no_secret(true, &[&forged, &expired]).await;
+    // The same claims, in date, signed as the gateway signs: accepted (so
+    // the refusals above are for the forgery and the date).
+    let good = session_signed(json!({"typ": "session", "sid": id_a, "iat": now, "exp": now + 600}));
+    let r = chat_as(addr, Some(&good), id_a, "in date").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    t.stop_holding_no_secret(true, &[&forged, &expired, &good])
+        .await;
+}
+
+/// Session tokens and user JWTs are signed with different keys (the
+/// session key derived from SECRET_KEY): a JWT signed with SECRET_KEY that
+/// calls itself a session token is refused, and so is a token signed with
+/// the session key that is not a session token, or one that claims the
+/// session key's `kid` without its signature.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn neither_kind_of_token_passes_as_the_other() {
+    let t = TwoSessions::start().await;
+    let (addr, id_a, tok_a) = (t.gw.addr, t.id_a.as_str(), t.tok_a.as_str());
+    let now = now();
+    let session_claims = json!({"typ": "session", "sid": id_a, "iat": now, "exp": now + 600});
+    let as_jwt = jwt(session_claims.clone());
+    let kid_only = token(
+        &json!({"alg": "HS256", "typ": "JWT", "kid": "session"}),
+        &session_claims,
+        Sig::Hs256(SECRET.as_bytes()),
+    );
+    let principal_by_session_key =
+        session_signed(json!({"sub": "alice", "scope": "admin", "iat": now, "exp": now + 600}));
+    for (what, tok) in [
+        ("a JWT posing as a session token", &as_jwt),
+        ("the session kid without the session key", &kid_only),
+    ] {
+        assert_401(&chat_as(addr, Some(tok), id_a, what).await, tok);
+    }
+    let r = call(
+        addr,
+        Method::GET,
+        "/sessions",
+        Some(&principal_by_session_key),
+        None,
+    )
+    .await;
+    assert_401(&r, &principal_by_session_key);
+    let r = call(
+        addr,
+        Method::GET,
+        "/admin/feedback",
+        Some(&principal_by_session_key),
+        None,
+    )
+    .await;
+    assert_401(&r, &principal_by_session_key);
+    // The session's real token still works, and is no user JWT: it opens
+    // its own session only.
+    let r = chat_as(addr, Some(tok_a), id_a, "mine").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    t.stop_holding_no_secret(true, &[&as_jwt, &kid_only, &principal_by_session_key])
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -80,6 +80,29 @@ pub fn jwt(claims: Value) -> String {
     )
 }
 
+/// The key session tokens are signed with: HKDF-SHA256 of [`SECRET`]
+/// under the gateway's label (docs/access-control.md), computed here
+/// independently of the gateway's code.
+pub fn session_key() -> [u8; 32] {
+    let prk = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, &[]).extract(SECRET.as_bytes());
+    let mut out = [0u8; 32];
+    prk.expand(&[b"chatgate session token v1"], ring::hkdf::HKDF_SHA256)
+        .unwrap()
+        .fill(&mut out)
+        .unwrap();
+    out
+}
+
+/// A token signed as the gateway signs session tokens (`kid: "session"`,
+/// the derived key), with these claims.
+pub fn session_signed(claims: Value) -> String {
+    token(
+        &json!({"alg": "HS256", "typ": "JWT", "kid": "session"}),
+        &claims,
+        Sig::Hs256(&session_key()),
+    )
+}
+
 /// Now, in Unix seconds.
 pub fn now() -> i64 {
     chrono::Utc::now().timestamp()
