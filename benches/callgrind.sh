@@ -53,6 +53,7 @@ count() {
     CHATGATE_OPENAI__BASE_URL="http://127.0.0.1:$mport/v1" \
     CHATGATE_STORAGE__PATH="$dir/chat.db" CHATGATE_LOG__FILE="$dir/app.log" \
     CHATGATE_LOG__STDERR=off CHATGATE_RATE_LIMIT__MESSAGES_PER_MINUTE=1000000 \
+    CHATGATE_RATE_LIMIT__ADDRESS_MESSAGES_PER_MINUTE=1000000 \
     CHATGATE_OPENAI__CONTEXT_TOKENS=136 TOKIO_WORKER_THREADS=1 \
         exec env "${routed[@]}" valgrind --tool=callgrind --callgrind-out-file="$dir/cg.out" "$gateway" __gateway \
         >"$dir/gateway.log" 2>&1) &

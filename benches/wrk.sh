@@ -45,6 +45,9 @@ gw_port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 
     export CHATGATE_SERVER__BIND="127.0.0.1:$gw_port"
     export CHATGATE_OPENAI__BASE_URL="http://127.0.0.1:$mock_port/v1"
     export CHATGATE_RATE_LIMIT__MESSAGES_PER_MINUTE=1000000000
+    # wrk's connections all come from one loopback address.
+    export CHATGATE_RATE_LIMIT__ADDRESS_MESSAGES_PER_MINUTE=1000000000
+    export CHATGATE_RATE_LIMIT__SESSIONS_PER_HOUR=1000000000
     exec "$bin" __gateway serve
 ) &
 gw_pid=$!

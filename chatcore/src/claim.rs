@@ -23,6 +23,7 @@ use crate::types::SessionId;
 pub(crate) async fn claim_session(
     inner: &Inner,
     caller: &Caller,
+    client: Option<&str>,
     id: SessionId,
 ) -> Result<(ClaimGuard, Lease, Option<u32>)> {
     let token = TurnToken::new();
@@ -56,7 +57,8 @@ pub(crate) async fn claim_session(
                     if !inner.sessions.is_active_since(session.last_active) {
                         return Err(Error::session_expired());
                     }
-                    taken = Some(take_token(inner, caller, id).await?);
+                    let owner = session.owner.as_deref();
+                    taken = Some(take_token(inner, caller, owner, client, id).await?);
                 }
                 let jitter = Duration::from_micros(fastrand::u64(0..=wait.as_micros() as u64 / 2));
                 tokio::time::sleep(wait + jitter).await;

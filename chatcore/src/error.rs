@@ -94,16 +94,23 @@ pub enum Quota {
     Principal,
     /// Sessions a caller may create per hour.
     Sessions,
+    /// Messages per minute from one client address, across its sessions
+    /// and its stateless calls, when no principal is known.
+    Address,
+    /// Feedback per hour, per session and per principal or address.
+    Feedback,
 }
 
 impl Quota {
     /// Its name in metrics and logs: `session`, `principal`,
-    /// `sessions_per_hour`.
+    /// `sessions_per_hour`, `address`, `feedback_per_hour`.
     pub fn as_str(self) -> &'static str {
         match self {
             Quota::Session => "session",
             Quota::Principal => "principal",
             Quota::Sessions => "sessions_per_hour",
+            Quota::Address => "address",
+            Quota::Feedback => "feedback_per_hour",
         }
     }
 }
@@ -274,10 +281,11 @@ impl Error {
     pub fn rate_limited(quota: Quota, limit: u32, retry_after: Duration) -> Self {
         let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
         let message = match quota {
-            Quota::Session | Quota::Principal => {
+            Quota::Session | Quota::Principal | Quota::Address => {
                 format!("Rate limit exceeded: {limit} messages per minute")
             }
             Quota::Sessions => format!("Rate limit exceeded: {limit} sessions per hour"),
+            Quota::Feedback => format!("Rate limit exceeded: {limit} feedback per hour"),
         };
         let mut e = Error::new(ErrorKind::RateLimited, message)
             .with_retry_after(Duration::from_secs(secs.max(1)));

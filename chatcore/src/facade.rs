@@ -39,6 +39,8 @@ pub struct ChatCoreBuilder {
     limiter: Option<Arc<dyn RateLimiter>>,
     principal_limiter: Option<Arc<dyn RateLimiter>>,
     session_limiter: Option<Arc<dyn RateLimiter>>,
+    address_limiter: Option<Arc<dyn RateLimiter>>,
+    feedback_limiter: Option<Arc<dyn RateLimiter>>,
     clock: Arc<dyn Clock>,
     messages_per_minute: u32,
     idle_timeout: Duration,
@@ -58,6 +60,8 @@ impl Default for ChatCoreBuilder {
             limiter: None,
             principal_limiter: None,
             session_limiter: None,
+            address_limiter: None,
+            feedback_limiter: None,
             clock: Arc::new(SystemClock),
             messages_per_minute: Self::DEFAULT_MESSAGES_PER_MINUTE,
             idle_timeout: Self::DEFAULT_IDLE_TIMEOUT,
@@ -153,6 +157,42 @@ impl ChatCoreBuilder {
     #[must_use]
     pub fn session_rate_limiter(mut self, limiter: Arc<dyn RateLimiter>) -> Self {
         self.session_limiter = Some(limiter);
+        self
+    }
+
+    /// Messages per minute from one client address (off by default),
+    /// across its sessions and its stateless calls, for a caller with no
+    /// principal: [`Caller::Anyone`], or the holder of a token of a session
+    /// no principal owns. The address is what [`Scoped::with_client`]
+    /// names; a caller without one is not metered by address.
+    #[must_use]
+    pub fn address_messages_per_minute(mut self, n: NonZeroU32) -> Self {
+        self.address_limiter = Some(Arc::new(GovernorLimiter::new(n)));
+        self
+    }
+
+    /// A limiter of your own for the per-address quota (see
+    /// [`ChatCoreBuilder::address_messages_per_minute`]).
+    #[must_use]
+    pub fn address_rate_limiter(mut self, limiter: Arc<dyn RateLimiter>) -> Self {
+        self.address_limiter = Some(limiter);
+        self
+    }
+
+    /// Feedback per hour (off by default), counted twice: per session, and
+    /// per principal (the session's owner, for its token's holder) or, with
+    /// none, per client address.
+    #[must_use]
+    pub fn feedback_per_hour(mut self, n: NonZeroU32) -> Self {
+        self.feedback_limiter = Some(Arc::new(GovernorLimiter::per_hour(n)));
+        self
+    }
+
+    /// A limiter of your own for the feedback quota (see
+    /// [`ChatCoreBuilder::feedback_per_hour`]).
+    #[must_use]
+    pub fn feedback_rate_limiter(mut self, limiter: Arc<dyn RateLimiter>) -> Self {
+        self.feedback_limiter = Some(limiter);
         self
     }
 
@@ -302,6 +342,8 @@ impl ChatCoreBuilder {
                 limiter,
                 principal_limiter: self.principal_limiter,
                 session_limiter: self.session_limiter,
+                address_limiter: self.address_limiter,
+                feedback_limiter: self.feedback_limiter,
                 clock: self.clock,
                 sessions,
                 feedback,
@@ -354,12 +396,25 @@ impl ChatCore {
     }
 
     /// Runs one retention sweep: purges sessions idle past retention and
-    /// lets the rate limiter forget idle keys.
+    /// lets every in-process rate limiter forget the keys it no longer
+    /// needs, so their state stays bounded by the recently active keys.
     ///
     /// # Errors
     /// [`ErrorKind::Storage`](crate::ErrorKind::Storage); nothing is deleted then.
     pub async fn sweep(&self) -> Result<PurgeReport> {
-        self.inner.limiter.forget_idle();
+        let inner = &self.inner;
+        inner.limiter.forget_idle();
+        for limiter in [
+            &inner.principal_limiter,
+            &inner.session_limiter,
+            &inner.address_limiter,
+            &inner.feedback_limiter,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            limiter.forget_idle();
+        }
         self.inner.sessions.purge().await
     }
 

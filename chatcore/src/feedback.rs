@@ -36,6 +36,23 @@ impl FeedbackDesk {
         text: &str,
         rating: Option<i64>,
     ) -> Result<Feedback> {
+        let rating = Self::validate(text, rating)?;
+        let feedback = Feedback {
+            session_id: session,
+            text: text.to_owned(),
+            rating,
+            created_at: self.clock.now(),
+        };
+        self.store.insert_feedback(&feedback).await?;
+        Ok(feedback)
+    }
+
+    /// The feedback's rules: non-empty text of at most
+    /// [`MAX_FEEDBACK_CHARS`], a rating from 1 to 5 if any.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput).
+    pub(crate) fn validate(text: &str, rating: Option<i64>) -> Result<Option<Rating>> {
         if text.trim().is_empty() {
             return Err(Error::invalid("feedback", "feedback must not be empty"));
         }
@@ -45,15 +62,7 @@ impl FeedbackDesk {
                 format!("feedback must be at most {MAX_FEEDBACK_CHARS} characters"),
             ));
         }
-        let rating = rating.map(Rating::new).transpose()?;
-        let feedback = Feedback {
-            session_id: session,
-            text: text.to_owned(),
-            rating,
-            created_at: self.clock.now(),
-        };
-        self.store.insert_feedback(&feedback).await?;
-        Ok(feedback)
+        rating.map(Rating::new).transpose()
     }
 
     /// All feedback about a session, oldest first.

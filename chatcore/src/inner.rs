@@ -24,6 +24,10 @@ pub(crate) struct Inner {
     pub(crate) principal_limiter: Option<Arc<dyn RateLimiter>>,
     /// Sessions a caller may create per hour, when limited.
     pub(crate) session_limiter: Option<Arc<dyn RateLimiter>>,
+    /// Messages per client address, for callers with no principal.
+    pub(crate) address_limiter: Option<Arc<dyn RateLimiter>>,
+    /// Feedback per session, and per principal or address.
+    pub(crate) feedback_limiter: Option<Arc<dyn RateLimiter>>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) sessions: SessionManager,
     pub(crate) feedback: FeedbackDesk,

@@ -1,43 +1,125 @@
-//! The quotas: a turn draws on the caller's principal's (across its
-//! sessions), then the session's; a new session on the caller's sessions
-//! per hour. A refusal is [`Error::rate_limited`] naming its [`Quota`].
+//! The quotas: a turn draws on its payer's (the caller's principal, the
+//! principal that owns the session a token opens, or else the client
+//! address), then on the session's; a new session on the caller's sessions
+//! per hour; feedback on the session's and the payer's feedback per hour.
+//! A refusal is [`Error::rate_limited`] naming its [`Quota`].
 
 use crate::caller::Caller;
 use crate::error::{Error, Quota, Result};
 use crate::inner::Inner;
-use crate::rate_limit::Decision;
+use crate::rate_limit::{key_of, Decision, RateLimiter};
 use crate::types::SessionId;
 
-/// Takes one message from the caller's principal quota (across its
-/// sessions), then from the session's: a message refused for either is not
-/// forwarded.
-pub(crate) async fn take_token(inner: &Inner, caller: &Caller, id: SessionId) -> Result<u32> {
-    take_principal_token(inner, caller).await?;
-    match inner.limiter.check(id).await? {
-        Decision::Allowed { remaining } => Ok(remaining),
-        Decision::Limited { retry_after } => Err(Error::rate_limited(
-            Quota::Session,
-            inner.limiter.limit(),
-            retry_after,
-        )),
+/// Who pays for a request beyond its session: a principal, or, when none
+/// is known, the client address it came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Payer<'a> {
+    Principal(&'a str),
+    Address(&'a str),
+    Nobody,
+}
+
+impl<'a> Payer<'a> {
+    /// The caller's principal; for the holder of a session's token, the
+    /// principal that owns the session (`owner`), so that a principal over
+    /// its quota cannot go on through a token of its own session; else the
+    /// client address.
+    fn of(caller: &'a Caller, owner: Option<&'a str>, client: Option<&'a str>) -> Payer<'a> {
+        let principal = match caller {
+            Caller::Principal(p) => Some(p.id.as_str()),
+            Caller::Session(_) => owner,
+            Caller::Anyone => None,
+        };
+        match (principal, client) {
+            (Some(p), _) => Payer::Principal(p),
+            (None, Some(c)) => Payer::Address(c),
+            (None, None) => Payer::Nobody,
+        }
     }
 }
 
-/// Takes one message from the caller's principal quota, if it has one
-/// (stateless requests count against it too).
-pub(crate) async fn take_principal_token(inner: &Inner, caller: &Caller) -> Result<()> {
-    if let (Some(p), Some(limiter)) = (caller.principal(), &inner.principal_limiter) {
-        if let Decision::Limited { retry_after } = limiter
-            .check(crate::rate_limit::key_of(p.id.as_bytes()))
-            .await?
-        {
-            return Err(Error::rate_limited(
-                Quota::Principal,
-                limiter.limit(),
-                retry_after,
-            ));
+/// One token of `quota` from `limiter` for `key`.
+async fn take(limiter: &dyn RateLimiter, quota: Quota, key: SessionId) -> Result<u32> {
+    match limiter.check(key).await? {
+        Decision::Allowed { remaining } => Ok(remaining),
+        Decision::Limited { retry_after } => {
+            Err(Error::rate_limited(quota, limiter.limit(), retry_after))
         }
     }
+}
+
+/// The key of `name` within a limiter that counts several kinds of
+/// thing (`kind` keeps a session and an address with the same bytes
+/// apart).
+fn scoped_key(kind: &[u8], name: &[u8]) -> SessionId {
+    let mut buf = Vec::with_capacity(kind.len() + 1 + name.len());
+    buf.extend_from_slice(kind);
+    buf.push(b':');
+    buf.extend_from_slice(name);
+    key_of(&buf)
+}
+
+/// Takes one message from the payer's quota (across its sessions), then
+/// from the session's: a message refused for either is not forwarded.
+/// `owner` is the session's owner.
+pub(crate) async fn take_token(
+    inner: &Inner,
+    caller: &Caller,
+    owner: Option<&str>,
+    client: Option<&str>,
+    id: SessionId,
+) -> Result<u32> {
+    take_payer_token(inner, Payer::of(caller, owner, client)).await?;
+    take(&*inner.limiter, Quota::Session, id).await
+}
+
+/// Takes one message from the caller's own quota: its principal's, or its
+/// address's when it has none (stateless requests count too).
+pub(crate) async fn take_caller_token(
+    inner: &Inner,
+    caller: &Caller,
+    client: Option<&str>,
+) -> Result<()> {
+    take_payer_token(inner, Payer::of(caller, None, client)).await
+}
+
+async fn take_payer_token(inner: &Inner, payer: Payer<'_>) -> Result<()> {
+    match (payer, &inner.principal_limiter, &inner.address_limiter) {
+        (Payer::Principal(p), Some(limiter), _) => {
+            take(&**limiter, Quota::Principal, key_of(p.as_bytes())).await?;
+        }
+        (Payer::Address(a), _, Some(limiter)) => {
+            take(&**limiter, Quota::Address, key_of(a.as_bytes())).await?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Takes one feedback from the session's feedback quota, then from its
+/// payer's (see [`take_token`]).
+pub(crate) async fn take_feedback_token(
+    inner: &Inner,
+    caller: &Caller,
+    owner: Option<&str>,
+    client: Option<&str>,
+    id: SessionId,
+) -> Result<()> {
+    let Some(limiter) = &inner.feedback_limiter else {
+        return Ok(());
+    };
+    take(
+        &**limiter,
+        Quota::Feedback,
+        scoped_key(b"session", id.as_bytes()),
+    )
+    .await?;
+    let payer = match Payer::of(caller, owner, client) {
+        Payer::Principal(p) => scoped_key(b"principal", p.as_bytes()),
+        Payer::Address(a) => scoped_key(b"address", a.as_bytes()),
+        Payer::Nobody => return Ok(()),
+    };
+    take(&**limiter, Quota::Feedback, payer).await?;
     Ok(())
 }
 
@@ -57,16 +139,7 @@ pub(crate) async fn take_session_token(
         (None, Some(client)) => client,
         (None, None) => "",
     };
-    if let Decision::Limited { retry_after } = limiter
-        .check(crate::rate_limit::key_of(who.as_bytes()))
-        .await?
-    {
-        return Err(Error::rate_limited(
-            Quota::Sessions,
-            limiter.limit(),
-            retry_after,
-        ));
-    }
+    take(&**limiter, Quota::Sessions, key_of(who.as_bytes())).await?;
     Ok(())
 }
 

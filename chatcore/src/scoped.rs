@@ -13,7 +13,7 @@ use crate::inner::Inner;
 use crate::input::TurnInput;
 use crate::llm::{ChatOptions, ChatRequest, Completion, CompletionStream};
 use crate::message::Message;
-use crate::quota::{take_principal_token, take_session_token};
+use crate::quota::{take_caller_token, take_feedback_token, take_session_token};
 use crate::session::SessionInfo;
 use crate::storage::{FeedbackFilter, MessageCursor, MessagePage, SessionCursor};
 use crate::turn::{self, ChatReply, PreparedTurn};
@@ -37,8 +37,9 @@ impl<'a> Scoped<'a> {
     }
 
     /// The same view, for a caller coming from `client` (a network
-    /// address, say): an anonymous caller's sessions-per-hour quota is
-    /// counted per client.
+    /// address, say): a caller with no principal has its quotas counted
+    /// per client (sessions per hour, messages across its sessions and
+    /// stateless calls, feedback per hour).
     #[must_use]
     pub fn with_client(mut self, client: impl Into<String>) -> Self {
         self.client = Some(client.into());
@@ -140,7 +141,8 @@ impl<'a> Scoped<'a> {
     /// user's text (borrowed or owned; an owned one makes a `'static` turn
     /// that can live inside a streamed response) or messages of any kind
     /// ([`TurnInput::Messages`]: content parts, tool results). The session's
-    /// limit applies, and the caller's principal's too.
+    /// limit applies, and the caller's principal's too (the owner's, for a session
+    /// token's holder), or its client's when it has no principal.
     ///
     /// # Errors
     /// [`ErrorKind::InvalidInput`] (empty or oversized content),
@@ -153,17 +155,18 @@ impl<'a> Scoped<'a> {
         input: impl Into<TurnInput<'c>>,
         options: ChatOptions,
     ) -> Result<PreparedTurn<'c>> {
-        turn::prepare(self.inner, &self.caller, id, input.into(), options).await
+        let client = self.client.as_deref();
+        turn::prepare(self.inner, &self.caller, client, id, input.into(), options).await
     }
 
     /// Sends a request straight to the model, with no session: nothing is
     /// checked against a session or stored; the caller's principal quota
-    /// applies.
+    /// applies, or its client's when it has no principal.
     ///
     /// # Errors
     /// [`ErrorKind::RateLimited`] past the quota; the upstream kinds.
     pub async fn complete(&self, request: ChatRequest<'_>) -> Result<Completion> {
-        take_principal_token(self.inner, &self.caller).await?;
+        take_caller_token(self.inner, &self.caller, self.client.as_deref()).await?;
         self.inner.model.complete(request).await
     }
 
@@ -172,26 +175,34 @@ impl<'a> Scoped<'a> {
     /// # Errors
     /// As [`Scoped::complete`], before the first piece.
     pub async fn stream(&self, request: ChatRequest<'_>) -> Result<CompletionStream> {
-        take_principal_token(self.inner, &self.caller).await?;
+        take_caller_token(self.inner, &self.caller, self.client.as_deref()).await?;
         self.inner.model.stream(request).await
     }
 
-    /// Stores feedback about a session the caller may use.
+    /// Stores feedback about a session the caller may use, within the
+    /// feedback quotas (per session, and per principal or client).
     ///
     /// # Errors
     /// [`ErrorKind::InvalidInput`] when the text is empty or longer than
     /// [`MAX_FEEDBACK_CHARS`](crate::MAX_FEEDBACK_CHARS), or the rating is
     /// outside 1–5; [`ErrorKind::SessionNotFound`] when the session does
-    /// not exist or is not the caller's; [`ErrorKind::Storage`].
+    /// not exist or is not the caller's; [`ErrorKind::RateLimited`] past a
+    /// quota; [`ErrorKind::Storage`].
     pub async fn submit_feedback(
         &self,
         id: SessionId,
         text: &str,
         rating: Option<i64>,
     ) -> Result<Feedback> {
-        if !matches!(self.caller, Caller::Anyone) {
-            self.visible(id).await?;
-        }
+        let session = match self.caller {
+            Caller::Anyone => None,
+            _ => Some(self.visible(id).await?),
+        };
+        // Refused feedback spends no token.
+        crate::feedback::FeedbackDesk::validate(text, rating)?;
+        let owner = session.as_ref().and_then(|s| s.owner.as_deref());
+        let client = self.client.as_deref();
+        take_feedback_token(self.inner, &self.caller, owner, client, id).await?;
         self.inner.feedback.submit(id, text, rating).await
     }
 

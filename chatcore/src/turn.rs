@@ -45,6 +45,7 @@ use crate::types::{SessionId, Usage};
 pub(crate) async fn prepare<'c>(
     inner: &Arc<Inner>,
     caller: &Caller,
+    client: Option<&str>,
     id: SessionId,
     input: TurnInput<'c>,
     options: ChatOptions,
@@ -70,7 +71,8 @@ pub(crate) async fn prepare<'c>(
             // suspend, and arrival order is kept. (A limiter across the
             // network may suspend here; a session's turns then enter its
             // queue in the order their checks end, still one at a time.)
-            let remaining = take_token(inner, caller, id).await?;
+            let owner = hot.session.owner.as_deref();
+            let remaining = take_token(inner, caller, owner, client, id).await?;
             let slot = inner.queues.enter(id).await;
             // Under the queue the session may have gone (purged) or expired
             // while earlier turns ran: rare, and the token stays spent.
@@ -83,7 +85,7 @@ pub(crate) async fn prepare<'c>(
         None => {
             let slot = inner.queues.enter(id).await;
             let (lease, taken) = if inner.store.claims().is_some() {
-                let (guard, lease, taken) = claim_session(inner, caller, id).await?;
+                let (guard, lease, taken) = claim_session(inner, caller, client, id).await?;
                 claim = Some(guard);
                 (lease, taken)
             } else {
@@ -99,7 +101,10 @@ pub(crate) async fn prepare<'c>(
             check_calls_answered(&input, lease.last())?;
             let remaining = match taken {
                 Some(remaining) => remaining,
-                None => take_token(inner, caller, id).await?,
+                None => {
+                    let owner = lease.hot.session.owner.as_deref();
+                    take_token(inner, caller, owner, client, id).await?
+                }
             };
             (slot, lease, remaining)
         }

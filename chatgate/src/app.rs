@@ -70,6 +70,22 @@ pub struct App {
 }
 
 impl App {
+    /// The facade as `caller` sees it, coming from `peer` with `headers`:
+    /// a caller with no principal has its quotas counted per client
+    /// ([`App::client_key`]).
+    pub fn scoped(
+        &self,
+        caller: chatcore::Caller,
+        peer: std::net::IpAddr,
+        headers: &hyper::HeaderMap,
+    ) -> chatcore::Scoped<'_> {
+        if caller.principal().is_some() {
+            return self.core.as_caller(caller);
+        }
+        let client = self.client_key(peer, headers);
+        self.core.as_caller(caller).with_client(client)
+    }
+
     /// The key an anonymous caller's quotas are counted under: the client's
     /// address (through trusted proxies' `X-Forwarded-For`, every line of
     /// it), an IPv6 one by its /64.
@@ -213,18 +229,18 @@ pub async fn build(config: &Config, log: &Logger) -> chatcore::Result<Parts> {
     let mut builder = ChatCore::builder()
         .shared_model(Arc::clone(&router) as Arc<dyn chatcore::ChatModel>)
         .shared_store(store)
-        .rate_limiter(std::sync::Arc::clone(&limiters.messages))
+        .rate_limiter(Arc::clone(&limiters.messages))
         .idle_timeout(config.session.idle_timeout)
         .retention(config.session.retention)
         .system_prompt(o.system_prompt.clone())
         .context_tokens(o.context_tokens.get())
         .hot_sessions(config.session.hot_sessions)
-        .hot_cache_bytes(config.session.hot_cache_bytes);
+        .hot_cache_bytes(config.session.hot_cache_bytes)
+        .session_rate_limiter(Arc::clone(&limiters.sessions))
+        .address_rate_limiter(Arc::clone(&limiters.address))
+        .feedback_rate_limiter(Arc::clone(&limiters.feedback));
     if let Some(p) = &limiters.principal {
-        builder = builder.principal_rate_limiter(std::sync::Arc::clone(p));
-    }
-    if let Some(s) = &limiters.sessions {
-        builder = builder.session_rate_limiter(std::sync::Arc::clone(s));
+        builder = builder.principal_rate_limiter(Arc::clone(p));
     }
     Ok(Parts {
         core: builder.build()?,

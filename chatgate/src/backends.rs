@@ -74,9 +74,10 @@ pub async fn store(config: &Config, log: &Logger) -> chatcore::Result<Storage> {
     })
 }
 
-/// The three quotas: messages per session, messages per principal, and
-/// sessions created per principal or client address (the last two only
-/// with access control, since without it no caller is known).
+/// The quotas: messages per session; messages per principal (only with
+/// access control, since without it no principal is known) or per client
+/// address; sessions created per principal or client address; feedback
+/// per session and per principal or address.
 #[derive(Debug, Clone)]
 pub struct Limiters {
     /// `rate_limit.messages_per_minute`, per session.
@@ -84,7 +85,11 @@ pub struct Limiters {
     /// `rate_limit.principal_messages_per_minute`.
     pub principal: Option<Arc<dyn RateLimiter>>,
     /// `rate_limit.sessions_per_hour`.
-    pub sessions: Option<Arc<dyn RateLimiter>>,
+    pub sessions: Arc<dyn RateLimiter>,
+    /// `rate_limit.address_messages_per_minute`.
+    pub address: Arc<dyn RateLimiter>,
+    /// `rate_limit.feedback_per_hour`.
+    pub feedback: Arc<dyn RateLimiter>,
     /// The Redis limiter, when that is the backend (for its metrics).
     pub redis: Option<RedisLimiter>,
 }
@@ -103,8 +108,9 @@ pub fn limiters(config: &Config, log: &Logger) -> chatcore::Result<Limiters> {
             messages: Arc::new(GovernorLimiter::new(rl.messages_per_minute)),
             principal: access_control
                 .then(|| shared(GovernorLimiter::new(rl.principal_messages_per_minute))),
-            sessions: access_control
-                .then(|| shared(GovernorLimiter::per_hour(rl.sessions_per_hour))),
+            sessions: shared(GovernorLimiter::per_hour(rl.sessions_per_hour)),
+            address: shared(GovernorLimiter::new(rl.address_messages_per_minute)),
+            feedback: shared(GovernorLimiter::per_hour(rl.feedback_per_hour)),
             redis: None,
         }),
         LimiterBackend::Redis => {
@@ -119,31 +125,19 @@ pub fn limiters(config: &Config, log: &Logger) -> chatcore::Result<Limiters> {
                 },
             };
             const MINUTE: Duration = Duration::from_secs(60);
+            const HOUR: Duration = Duration::from_secs(3600);
             let messages =
                 RedisLimiter::connect(&rl.url, quota("session", rl.messages_per_minute, MINUTE))?
                     .with_logger(log.new(o!("component" => "rate_limit")));
-            let principal = if access_control {
-                Some(shared(messages.sibling(quota(
-                    "principal",
-                    rl.principal_messages_per_minute,
-                    MINUTE,
-                ))))
-            } else {
-                None
-            };
-            let sessions = if access_control {
-                Some(shared(messages.sibling(quota(
-                    "sessions",
-                    rl.sessions_per_hour,
-                    Duration::from_secs(3600),
-                ))))
-            } else {
-                None
-            };
+            let sibling =
+                |name, limit, period| shared(messages.sibling(quota(name, limit, period)));
             Ok(Limiters {
+                principal: access_control
+                    .then(|| sibling("principal", rl.principal_messages_per_minute, MINUTE)),
+                sessions: sibling("sessions", rl.sessions_per_hour, HOUR),
+                address: sibling("address", rl.address_messages_per_minute, MINUTE),
+                feedback: sibling("feedback", rl.feedback_per_hour, HOUR),
                 messages: shared(messages.clone()),
-                principal,
-                sessions,
                 redis: Some(messages),
             })
         }

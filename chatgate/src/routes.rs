@@ -340,8 +340,8 @@ pub(crate) async fn dispatch(
     let query = query.as_deref();
     let caller = app.auth.caller(&app.core, req.headers(), need).await?;
     match endpoint {
-        Chat => handlers::chat::chat(app, req, rid, caller).await,
-        ChatCompletions => handlers::openai::completions(app, req, rid, caller).await,
+        Chat => handlers::chat::chat(app, req, rid, caller, peer).await,
+        ChatCompletions => handlers::openai::completions(app, req, rid, caller, peer).await,
         Models => Ok(handlers::openai::models(app)),
         Model => {
             let id = percent_encoding::percent_decode_str(&param).decode_utf8_lossy();
@@ -352,7 +352,7 @@ pub(crate) async fn dispatch(
         SessionDelete => handlers::session::delete(app, caller, &param).await,
         SessionMessages => handlers::session::messages(app, caller, &param, query).await,
         Sessions => handlers::session::list(app, caller, query).await,
-        Feedback => handlers::feedback::submit(app, req, caller).await,
+        Feedback => handlers::feedback::submit(app, req, caller, peer).await,
         AdminFeedback => handlers::admin::feedback(app, caller, query).await,
         AdminFeedbackExport => handlers::admin::export(app, caller, query),
         AdminUpstreams => Ok(handlers::upstreams::list(app)),

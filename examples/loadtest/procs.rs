@@ -86,6 +86,13 @@ pub fn gateway_command(
         .env("CHATGATE_LOG__FILE", dir.join("app.log"))
         .env("CHATGATE_LOG__STDERR", "false")
         .env("CHATGATE_RATE_LIMIT__MESSAGES_PER_MINUTE", "1000000000")
+        // Every client of the bench is one loopback address.
+        .env(
+            "CHATGATE_RATE_LIMIT__ADDRESS_MESSAGES_PER_MINUTE",
+            "1000000000",
+        )
+        .env("CHATGATE_RATE_LIMIT__SESSIONS_PER_HOUR", "1000000000")
+        .env("CHATGATE_RATE_LIMIT__FEEDBACK_PER_HOUR", "1000000000")
         .envs((o.context_tokens > 0).then(|| {
             (
                 "CHATGATE_OPENAI__CONTEXT_TOKENS",

@@ -14,10 +14,14 @@ work="$(mktemp -d)"
 port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 (
     cd "$work"
-    # The quota is raised so that the fuzzer tests the contract, not the
-    # per-session limit (429s are allowed by the checks anyway).
+    # The quotas are raised so that the fuzzer tests the contract, not the
+    # limits of one session or one address (429s are allowed by the checks
+    # anyway).
     CHATGATE_SERVER__BIND="127.0.0.1:$port" \
     CHATGATE_RATE_LIMIT__MESSAGES_PER_MINUTE=1000000 \
+    CHATGATE_RATE_LIMIT__ADDRESS_MESSAGES_PER_MINUTE=1000000 \
+    CHATGATE_RATE_LIMIT__SESSIONS_PER_HOUR=1000000 \
+    CHATGATE_RATE_LIMIT__FEEDBACK_PER_HOUR=1000000 \
     CHATGATE_LOG__STDERR=off \
     exec "$root/target/debug/chatgate" --mock-upstream
 ) &

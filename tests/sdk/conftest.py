@@ -36,6 +36,9 @@ def gateway(tmp_path_factory):
         "CHATGATE_STORAGE__PATH": str(work / "chat.db"),
         "CHATGATE_LOG__FILE": str(work / "app.log"),
         "CHATGATE_RATE_LIMIT__MESSAGES_PER_MINUTE": str(MESSAGES_PER_MINUTE),
+        # The whole suite is one client address: its quotas are not under test.
+        "CHATGATE_RATE_LIMIT__ADDRESS_MESSAGES_PER_MINUTE": "1000000",
+        "CHATGATE_RATE_LIMIT__SESSIONS_PER_HOUR": "1000000",
         "CHATGATE_OPENAI__MODELS": '["gpt-3.5-turbo", "mock-large", "gpt-4o-mini"]',
     }
     proc = subprocess.Popen(

@@ -1,5 +1,6 @@
-//! `[rate_limit]`: the per-session, per-principal and session-creation
-//! limits, and where their counts are kept (this process or Redis).
+//! `[rate_limit]`: the per-session, per-principal, per-address,
+//! session-creation and feedback limits, and where their counts are kept
+//! (this process or Redis).
 //! `Debug` shows `url` through [`redact_url`].
 
 use std::fmt;
@@ -53,8 +54,13 @@ pub struct RateLimitConfig {
     /// `auth.mode` other than `none`).
     pub principal_messages_per_minute: NonZeroU32,
     /// Sessions created per hour per principal, or per client address for
-    /// anonymous callers.
+    /// anonymous callers (in every mode).
     pub sessions_per_hour: NonZeroU32,
+    /// Messages per minute per client address, across its sessions and
+    /// stateless `/v1`, for callers with no principal (in every mode).
+    pub address_messages_per_minute: NonZeroU32,
+    /// Feedback per hour per session, and per principal or client address.
+    pub feedback_per_hour: NonZeroU32,
 }
 
 impl Default for RateLimitConfig {
@@ -71,6 +77,10 @@ impl Default for RateLimitConfig {
             .expect("nonzero"),
             principal_messages_per_minute: NonZeroU32::new(60).expect("nonzero"),
             sessions_per_hour: NonZeroU32::new(60).expect("nonzero"),
+            // Far above one person's chatting (several sessions and an
+            // agent's tool loop included), far below a script's.
+            address_messages_per_minute: NonZeroU32::new(120).expect("nonzero"),
+            feedback_per_hour: NonZeroU32::new(60).expect("nonzero"),
         }
     }
 }
@@ -89,6 +99,11 @@ impl fmt::Debug for RateLimitConfig {
                 &self.principal_messages_per_minute,
             )
             .field("sessions_per_hour", &self.sessions_per_hour)
+            .field(
+                "address_messages_per_minute",
+                &self.address_messages_per_minute,
+            )
+            .field("feedback_per_hour", &self.feedback_per_hour)
             .finish()
     }
 }

@@ -3,6 +3,7 @@
 //! `done` once the turn is stored, or `error`). Served by
 //! [`crate::turn`] in the seed API's framing.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use chatcore::{Caller, SessionId};
@@ -22,6 +23,7 @@ pub async fn chat(
     req: Request<Incoming>,
     rid: &str,
     caller: Caller,
+    peer: IpAddr,
 ) -> HandlerResult {
     let (parts, body) = req.into_parts();
     let body = read_body(app, body, &parts.headers, app.max_body_bytes).await?;
@@ -30,7 +32,7 @@ pub async fn chat(
     let stream = input
         .stream
         .unwrap_or_else(|| accepts_event_stream(&parts.headers));
-    let scoped = app.core.as_caller(caller);
+    let scoped = app.scoped(caller, peer, &parts.headers);
     let at = Served {
         app,
         rid,

@@ -13,13 +13,17 @@ use crate::App;
 
 /// Stores feedback (accepted for expired sessions while they are retained).
 /// Only a caller that may use the session may leave feedback on it.
-pub async fn submit(app: &Arc<App>, req: Request<Incoming>, caller: Caller) -> HandlerResult {
+pub async fn submit(
+    app: &Arc<App>,
+    req: Request<Incoming>,
+    caller: Caller,
+    peer: std::net::IpAddr,
+) -> HandlerResult {
     let (parts, body) = req.into_parts();
     let body = read_body(app, body, &parts.headers, app.max_body_bytes).await?;
     let input = parse_feedback(&body)?;
     let id = SessionId::parse(&input.session_id)?;
-    app.core
-        .as_caller(caller)
+    app.scoped(caller, peer, &parts.headers)
         .submit_feedback(id, &input.feedback, input.rating)
         .await?;
     Ok(json(&DetailOut {

@@ -14,7 +14,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use chatcore::{Caller, ChatOptions, ChatRequest, History, Input, Message, SessionId};
+use chatcore::{Caller, ChatOptions, ChatRequest, History, Input, Message, Scoped, SessionId};
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 use serde::Serialize;
@@ -34,6 +34,7 @@ pub async fn completions(
     req: Request<Incoming>,
     rid: &str,
     caller: Caller,
+    peer: std::net::IpAddr,
 ) -> HandlerResult {
     let (parts, body) = req.into_parts();
     let body = read_body(app, body, &parts.headers, app.max_v1_body_bytes).await?;
@@ -42,12 +43,13 @@ pub async fn completions(
     if !app.models.contains(&request.model) {
         return Err(model_not_found(&request.model));
     }
+    let scoped = app.scoped(caller, peer, &parts.headers);
     match parts.headers.get("x-session-id") {
         Some(v) => {
             let id = SessionId::parse(v.to_str().unwrap_or(""))?;
-            session_turn(app, caller, id, request, rid).await
+            session_turn(app, scoped, id, request, rid).await
         }
-        None => stateless(app, caller, request, rid).await,
+        None => stateless(app, scoped, request, rid).await,
     }
 }
 
@@ -73,7 +75,7 @@ fn framing(request: &Completions) -> ChatCompletions {
 /// One turn of a session.
 async fn session_turn(
     app: &Arc<App>,
-    caller: Caller,
+    scoped: Scoped<'_>,
     id: SessionId,
     mut request: Completions,
     rid: &str,
@@ -85,11 +87,7 @@ async fn session_turn(
         .iter()
         .map(|m| Message::from_json(m.get(), now))
         .collect::<chatcore::Result<Vec<Message>>>()?;
-    let turn = app
-        .core
-        .as_caller(caller)
-        .prepare(id, messages, options(&mut request))
-        .await?;
+    let turn = scoped.prepare(id, messages, options(&mut request)).await?;
     let at = Served {
         app,
         rid,
@@ -105,7 +103,7 @@ async fn session_turn(
 /// A stateless request: the messages as given, no session, nothing stored.
 async fn stateless(
     app: &Arc<App>,
-    caller: Caller,
+    scoped: Scoped<'_>,
     mut request: Completions,
     rid: &str,
 ) -> HandlerResult {
@@ -134,7 +132,6 @@ async fn stateless(
         rid,
         model: &request.model,
     };
-    let scoped = app.core.as_caller(caller);
     if request.stream {
         let stream = scoped.stream(chat).await?;
         return Ok(turn::stateless_stream(at, &user, stream, framing(&request)));

@@ -392,3 +392,150 @@ async fn stateless_v1_requests_count_against_the_principal_quota() {
     .await;
     assert_eq!(r.status, 429, "{}", r.text());
 }
+
+/// In `none` mode (the default) every write is metered per client address:
+/// sessions, messages across sessions and stateless `/v1`, feedback (per
+/// session too). Behind a trusted proxy each forwarded address is a client
+/// of its own, every `X-Forwarded-For` line read; a second address is
+/// unaffected by the first one's refusals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn none_mode_meters_every_write_per_client_address() {
+    let gw = Gateway::start_with(|c| {
+        c.rate_limit.sessions_per_hour = NonZeroU32::new(20).unwrap();
+        c.rate_limit.address_messages_per_minute = NonZeroU32::new(10).unwrap();
+        c.rate_limit.feedback_per_hour = NonZeroU32::new(2).unwrap();
+        c.server.trusted_proxies = vec!["127.0.0.1".into()];
+    })
+    .await;
+    let addr = gw.addr;
+    static A: [(&str, &str); 1] = [("x-forwarded-for", "203.0.113.1")];
+    static B: [(&str, &str); 1] = [("x-forwarded-for", "[2001:db8::2]:4711")];
+    let (a, b) = (&A, &B);
+    let post = |path: &'static str,
+                headers: &'static [(&'static str, &'static str)],
+                body: Value| async move {
+        call_with(addr, Method::POST, path, None, headers, Some(&body)).await
+    };
+    let init = |headers| post("/session/initialize_session", headers, json!({}));
+    let chat = |headers, id: &str, text: &str| {
+        post(
+            "/chat/",
+            headers,
+            json!({"session_id": id, "role": "user", "content": text}),
+        )
+    };
+    let stateless = |headers| {
+        post(
+            "/v1/chat/completions",
+            headers,
+            json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}),
+        )
+    };
+    let feedback = |headers, id: &str| {
+        post(
+            "/feedback/",
+            headers,
+            json!({"session_id": id, "feedback": "fine", "rating": 4}),
+        )
+    };
+
+    // Address A: 20 sessions, then no more.
+    let mut sessions = Vec::new();
+    for i in 0..20 {
+        let r = init(a).await;
+        assert_eq!(r.status, 200, "session {i}: {}", r.text());
+        sessions.push(r.json()["session_id"].as_str().unwrap().to_owned());
+    }
+    assert_429(&init(a).await, "Rate limit exceeded: 20 sessions per hour");
+
+    // One message in each of its 20 sessions: the address's 10 pass.
+    let mut ok = 0;
+    for (i, id) in sessions.iter().enumerate() {
+        let r = chat(a, id, &format!("m{i}")).await;
+        match r.status {
+            200 => ok += 1,
+            429 => assert_429(&r, "Rate limit exceeded: 10 messages per minute"),
+            other => panic!("unexpected {other}: {}", r.text()),
+        }
+    }
+    assert_eq!(ok, 10, "the address's quota, across its sessions");
+    // Stateless /v1 from A draws on the same quota: refused, not forwarded.
+    let forwarded = gw.mock.request_count();
+    let r = stateless(a).await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(gw.mock.request_count(), forwarded);
+    // A forged first line before the proxy's own does not make A new.
+    let r = call_with(
+        addr,
+        Method::POST,
+        "/session/initialize_session",
+        None,
+        &[
+            ("x-forwarded-for", "198.51.100.9"),
+            ("x-forwarded-for", "203.0.113.1"),
+        ],
+        Some(&json!({})),
+    )
+    .await;
+    assert_429(&r, "Rate limit exceeded: 20 sessions per hour");
+
+    // Feedback: two per hour from A, then refused (on another session too).
+    for id in &sessions[..2] {
+        let r = feedback(a, id).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    assert_429(
+        &feedback(a, &sessions[2]).await,
+        "Rate limit exceeded: 2 feedback per hour",
+    );
+
+    // Address B is unaffected: it creates, chats, calls /v1 and leaves
+    // feedback; but a session that has had its two pieces of feedback
+    // takes no more, from anyone.
+    let r = init(b).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let mine = r.json()["session_id"].as_str().unwrap().to_owned();
+    let r = chat(b, &mine, "hello").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = stateless(b).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = feedback(b, &sessions[0]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    static C: [(&str, &str); 1] = [("x-forwarded-for", "192.0.2.3")];
+    assert_429(
+        &feedback(&C, &sessions[0]).await,
+        "Rate limit exceeded: 2 feedback per hour",
+    );
+    let r = feedback(&C, &mine).await;
+    assert_eq!(r.status, 200, "C's own quota is whole: {}", r.text());
+}
+
+/// A principal over its quota cannot go on through a session token of one
+/// of its own sessions: the token's turns count against the principal that
+/// created the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_principal_over_its_quota_stays_refused_through_a_session_token() {
+    let gw = gateway(AuthMode::SessionToken, |c| {
+        c.rate_limit.principal_messages_per_minute = NonZeroU32::new(2).unwrap();
+    })
+    .await;
+    let (key, _) = create_key(&gw, "app", false).await;
+    let made = init_as(gw.addr, Some(&key)).await;
+    let id = made["session_id"].as_str().unwrap().to_owned();
+    let token = made["session_token"].as_str().unwrap().to_owned();
+    for i in 0..2 {
+        let r = chat_as(gw.addr, Some(&key), &id, &format!("m{i}")).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let over = "Rate limit exceeded: 2 messages per minute";
+    assert_429(&chat_as(gw.addr, Some(&key), &id, "key").await, over);
+    assert_429(&chat_as(gw.addr, Some(&token), &id, "token").await, over);
+    // An anonymous session's token is not the principal's: it chats.
+    let anon = init_as(gw.addr, None).await;
+    let (anon_id, anon_token) = (
+        anon["session_id"].as_str().unwrap(),
+        anon["session_token"].as_str().unwrap(),
+    );
+    let r = chat_as(gw.addr, Some(anon_token), anon_id, "anonymous").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}

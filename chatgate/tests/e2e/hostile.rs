@@ -241,6 +241,7 @@ async fn thousands_of_stalled_bodies_do_not_starve_other_clients() {
     let gw = Gateway::start_with(|c| {
         c.server.body_timeout = Duration::from_secs(60);
         c.rate_limit.messages_per_minute = std::num::NonZeroU32::new(100).expect("nonzero");
+        one_address_is_many_clients(c);
     })
     .await;
     let addr = gw.addr;

@@ -148,7 +148,8 @@ async fn kill_9_under_load_loses_no_acknowledged_turn() {
     const SESSIONS: usize = 8;
     const CLIENTS: usize = 16;
     let dir = tempfile::tempdir().unwrap();
-    let env = [("CHATGATE_RATE_LIMIT__MESSAGES_PER_MINUTE", "100000")];
+    let mut env = vec![("CHATGATE_RATE_LIMIT__MESSAGES_PER_MINUTE", "100000")];
+    env.extend(ONE_ADDRESS_IS_MANY_CLIENTS);
     let mut server = Server::start_with_env(dir.path(), &env).await;
     let addr = server.addr;
     let mut ids = Vec::new();

@@ -54,6 +54,7 @@ impl Providers {
         );
         let urls = [a.base_url(), b.base_url(), c.base_url()];
         let gw = Gateway::start_with(|cfg| {
+            one_address_is_many_clients(cfg);
             for (name, url) in ["a", "b", "c"].iter().zip(urls) {
                 cfg.upstreams.insert((*name).into(), upstream(url));
             }

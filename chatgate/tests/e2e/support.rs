@@ -225,6 +225,25 @@ pub fn base_config(mock: &MockOpenAi, dir: &Path) -> Config {
     c
 }
 
+/// Raises the quotas counted per client address, for a test whose volume
+/// from its one loopback address is the point, not the quota.
+pub fn one_address_is_many_clients(c: &mut Config) {
+    let many = std::num::NonZeroU32::new(1_000_000).expect("nonzero");
+    c.rate_limit.address_messages_per_minute = many;
+    c.rate_limit.sessions_per_hour = many;
+    c.rate_limit.feedback_per_hour = many;
+}
+
+/// The same, as environment variables for the binary.
+pub const ONE_ADDRESS_IS_MANY_CLIENTS: [(&str, &str); 3] = [
+    (
+        "CHATGATE_RATE_LIMIT__ADDRESS_MESSAGES_PER_MINUTE",
+        "1000000",
+    ),
+    ("CHATGATE_RATE_LIMIT__SESSIONS_PER_HOUR", "1000000"),
+    ("CHATGATE_RATE_LIMIT__FEEDBACK_PER_HOUR", "1000000"),
+];
+
 /// A running in-process gateway in front of its own mock upstream.
 #[derive(Debug)]
 pub struct Gateway {
