@@ -153,121 +153,9 @@ impl Metrics {
             sources: Mutex::default(),
             registry: Registry::default(),
         };
-        registry.register(
-            "requests",
-            "HTTP requests answered, by route template, method and status",
-            m.requests.clone(),
-        );
-        registry.register(
-            "request_duration_seconds",
-            "Time from a request's arrival to the end of its response (a stream's last byte)",
-            m.duration.clone(),
-        );
-        registry.register(
-            "gateway_overhead_seconds",
-            "A chat request's time not spent waiting on the model (total minus upstream)",
-            m.overhead.clone(),
-        );
-        registry.register(
-            "time_to_first_token_seconds",
-            "Streamed turns: time from the turn's start to its first piece of reply",
-            m.first_token.clone(),
-        );
-        registry.register(
-            "upstream_calls",
-            "Model call attempts by upstream and outcome (ok, busy, failed, timeout, rejected: the upstream refused the request itself)",
-            m.upstream.clone(),
-        );
-        registry.register(
-            "upstream_retries",
-            "Passes over a route's upstreams after every one failed",
-            m.retries.clone(),
-        );
-        registry.register(
-            "upstream_fallbacks",
-            "Calls an upstream answered after another candidate failed (or was out), by upstream",
-            m.fallbacks.clone(),
-        );
-        registry.register(
-            "upstream_ejections",
-            "Times an upstream was ejected after consecutive failures",
-            m.ejections.clone(),
-        );
-        registry.register(
-            "upstream_cached_tokens",
-            "Prompt tokens an upstream served from its prompt cache (whole replies and streams)",
-            m.upstream_cached.clone(),
-        );
-        registry.register(
-            "upstream_answered",
-            "Calls an upstream answered",
-            m.answered.clone(),
-        );
-        registry.register(
-            "upstream_answer_seconds",
-            "Time the calls an upstream answered took, summed (divide by upstream_answered for the mean)",
-            m.answer_seconds.clone(),
-        );
-        registry.register(
-            "upstream_up",
-            "1 while an upstream takes traffic (healthy, resting after a Retry-After, or on its trial), 0 while it is ejected",
-            m.upstream_up.clone(),
-        );
-        registry.register(
-            "rate_limited",
-            "Requests refused by a quota, by scope (session, principal, sessions_per_hour)",
-            m.rate_limited.clone(),
-        );
-        registry.register(
-            "tokens",
-            "Tokens the model reported, by model and kind (prompt, completion, and cached: the prompt tokens a provider served from its prompt cache)",
-            m.tokens.clone(),
-        );
-        registry.register(
-            "sessions_created",
-            "Sessions created",
-            m.sessions_created.clone(),
-        );
-        registry.register(
-            "sessions_cached",
-            "Sessions held in the hot-session cache",
-            m.sessions_cached.clone(),
-        );
-        registry.register(
-            "storage_queue_depth",
-            "Storage calls waiting: SQLite writer jobs not yet answered, or calls waiting for a PostgreSQL connection",
-            m.queue_depth.clone(),
-        );
-        registry.register(
-            "storage_commits",
-            "SQLite transactions committed (group commit)",
-            m.commits.clone(),
-        );
-        registry.register(
-            "storage_committed_jobs",
-            "Jobs in the committed transactions (divide by storage_commits for the batch size)",
-            m.committed_jobs.clone(),
-        );
-        registry.register(
-            "storage_checkpoints",
-            "SQLite WAL checkpoints: passes of the background thread (by=background), and the short ones the writer runs to finish them (by=writer)",
-            m.checkpoints.clone(),
-        );
-        registry.register(
-            "storage_checkpoint_failures",
-            "SQLite WAL checkpoints that failed (each is also logged as a warning)",
-            m.checkpoint_failures.clone(),
-        );
-        registry.register(
-            "log_records_dropped",
-            "Log records lost (queue full, write errors), per output",
-            m.log_dropped.clone(),
-        );
-        registry.register(
-            "rate_limit_unavailable",
-            "Rate-limit checks that found Redis out of reach (refused or let through, as rate_limit.on_unavailable says)",
-            m.limiter_unavailable.clone(),
-        );
+        m.register_requests(&mut registry);
+        m.register_upstreams(&mut registry);
+        m.register_state(&mut registry);
         let build: Family<BuildLabels, Gauge> = Family::default();
         build
             .get_or_create(&BuildLabels {
@@ -276,6 +164,133 @@ impl Metrics {
             .set(1);
         registry.register("build_info", "The running build", build);
         Metrics { registry, ..m }
+    }
+
+    /// Requests: counts, durations, the gateway's overhead, time to first token.
+    fn register_requests(&self, registry: &mut Registry) {
+        registry.register(
+            "requests",
+            "HTTP requests answered, by route template, method and status",
+            self.requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time from a request's arrival to the end of its response (a stream's last byte)",
+            self.duration.clone(),
+        );
+        registry.register(
+            "gateway_overhead_seconds",
+            "A chat request's time not spent waiting on the model (total minus upstream)",
+            self.overhead.clone(),
+        );
+        registry.register(
+            "time_to_first_token_seconds",
+            "Streamed turns: time from the turn's start to its first piece of reply",
+            self.first_token.clone(),
+        );
+    }
+
+    /// The upstreams: calls, retries, fallbacks, ejections, cached tokens, answers, state.
+    fn register_upstreams(&self, registry: &mut Registry) {
+        registry.register(
+            "upstream_calls",
+            "Model call attempts by upstream and outcome (ok, busy, failed, timeout, rejected: the upstream refused the request itself)",
+            self.upstream.clone(),
+        );
+        registry.register(
+            "upstream_retries",
+            "Passes over a route's upstreams after every one failed",
+            self.retries.clone(),
+        );
+        registry.register(
+            "upstream_fallbacks",
+            "Calls an upstream answered after another candidate failed (or was out), by upstream",
+            self.fallbacks.clone(),
+        );
+        registry.register(
+            "upstream_ejections",
+            "Times an upstream was ejected after consecutive failures",
+            self.ejections.clone(),
+        );
+        registry.register(
+            "upstream_cached_tokens",
+            "Prompt tokens an upstream served from its prompt cache (whole replies and streams)",
+            self.upstream_cached.clone(),
+        );
+        registry.register(
+            "upstream_answered",
+            "Calls an upstream answered",
+            self.answered.clone(),
+        );
+        registry.register(
+            "upstream_answer_seconds",
+            "Time the calls an upstream answered took, summed (divide by upstream_answered for the mean)",
+            self.answer_seconds.clone(),
+        );
+        registry.register(
+            "upstream_up",
+            "1 while an upstream takes traffic (healthy, resting after a Retry-After, or on its trial), 0 while it is ejected",
+            self.upstream_up.clone(),
+        );
+    }
+
+    /// Quotas, tokens, sessions, storage, logging and the rate limiter's Redis.
+    fn register_state(&self, registry: &mut Registry) {
+        registry.register(
+            "rate_limited",
+            "Requests refused by a quota, by scope (session, principal, address, sessions_per_hour, feedback_per_hour)",
+            self.rate_limited.clone(),
+        );
+        registry.register(
+            "tokens",
+            "Tokens the model reported, by model and kind (prompt, completion, and cached: the prompt tokens a provider served from its prompt cache)",
+            self.tokens.clone(),
+        );
+        registry.register(
+            "sessions_created",
+            "Sessions created",
+            self.sessions_created.clone(),
+        );
+        registry.register(
+            "sessions_cached",
+            "Sessions held in the hot-session cache",
+            self.sessions_cached.clone(),
+        );
+        registry.register(
+            "storage_queue_depth",
+            "Storage calls waiting: SQLite writer jobs not yet answered, or calls waiting for a PostgreSQL connection",
+            self.queue_depth.clone(),
+        );
+        registry.register(
+            "storage_commits",
+            "SQLite transactions committed (group commit)",
+            self.commits.clone(),
+        );
+        registry.register(
+            "storage_committed_jobs",
+            "Jobs in the committed transactions (divide by storage_commits for the batch size)",
+            self.committed_jobs.clone(),
+        );
+        registry.register(
+            "storage_checkpoints",
+            "SQLite WAL checkpoints: passes of the background thread (by=background), and the short ones the writer runs to finish them (by=writer)",
+            self.checkpoints.clone(),
+        );
+        registry.register(
+            "storage_checkpoint_failures",
+            "SQLite WAL checkpoints that failed (each is also logged as a warning)",
+            self.checkpoint_failures.clone(),
+        );
+        registry.register(
+            "log_records_dropped",
+            "Log records lost (queue full, write errors), per output",
+            self.log_dropped.clone(),
+        );
+        registry.register(
+            "rate_limit_unavailable",
+            "Rate-limit checks that found Redis out of reach (refused or let through, as rate_limit.on_unavailable says)",
+            self.limiter_unavailable.clone(),
+        );
     }
 
     /// Reads the router's per-upstream states and counts at each scrape.

@@ -355,7 +355,10 @@ impl MessagePage {
     /// most `limit` messages, where a message's position is its index; only
     /// the page is copied.
     pub fn slice(all: &[Message], after: Option<MessageCursor>, limit: usize) -> Self {
-        let start = after.map_or(0, |c| usize::try_from(c.0 + 1).unwrap_or(usize::MAX));
+        // Saturating: a cursor at the largest position is past every page.
+        let start = after.map_or(0, |c| {
+            usize::try_from(c.0.saturating_add(1)).unwrap_or(usize::MAX)
+        });
         let end = start.saturating_add(limit).min(all.len());
         let start = start.min(end);
         MessagePage {
@@ -598,6 +601,22 @@ impl<T: SessionStore + MessageStore + FeedbackStore + KeyStore> Store for T {}
 #[cfg(test)]
 mod tests {
     use super::{brackets, reads_only};
+
+    #[test]
+    fn a_page_after_the_largest_cursor_is_empty() {
+        use crate::message::{Message, Role};
+        let at = chrono::DateTime::<chrono::Utc>::UNIX_EPOCH;
+        let all = vec![
+            Message::text(Role::User, "a", at),
+            Message::text(Role::Assistant, "b", at),
+        ];
+        for after in [i64::MAX, i64::MAX - 1, 2] {
+            let page = super::MessagePage::slice(&all, Some(super::MessageCursor(after)), 10);
+            assert!(page.messages.is_empty() && page.next.is_none(), "{after}");
+        }
+        let page = super::MessagePage::slice(&all, Some(super::MessageCursor(0)), 10);
+        assert_eq!(page.messages.len(), 1);
+    }
 
     #[test]
     fn statements_are_told_apart_by_what_they_do() {

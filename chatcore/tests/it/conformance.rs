@@ -21,6 +21,7 @@ each_backend! {
     "current_thread" => load_turn_context_returns_session_and_latest_messages,
     "current_thread" => feedback_round_trip_in_order,
     "current_thread" => feedback_for_missing_session_is_rejected,
+    "current_thread" => feedback_ids_are_never_reused,
     "current_thread" => purge_deletes_only_old_sessions_with_their_data,
     "current_thread" => purge_within_the_cutoffs_hour_goes_by_the_exact_time,
     "current_thread" => ping_succeeds,
@@ -358,6 +359,47 @@ async fn feedback_round_trip_in_order<S: Store + 'static>(store: S) {
     let others = store.list_feedback(other.id).await.unwrap();
     assert_eq!(others.len(), 1);
     assert_eq!(others[0].rating.map(Rating::get), Some(3));
+}
+
+/// The admin page's cursor is a feedback id: one handed out twice would
+/// skip or repeat rows. Deleting the newest row (with its session) must not
+/// free its id.
+async fn feedback_ids_are_never_reused<S: Store + 'static>(store: S) {
+    let keep = session(t0());
+    let doomed = session(t0());
+    store.insert_session(&keep).await.unwrap();
+    store.insert_session(&doomed).await.unwrap();
+    store
+        .insert_feedback(&feedback(keep.id, "first", None, 1))
+        .await
+        .unwrap();
+    store
+        .insert_feedback(&feedback(doomed.id, "newest", None, 2))
+        .await
+        .unwrap();
+    let all = chatcore::FeedbackFilter::default();
+    let ids = |page: Vec<(i64, Feedback)>| page.into_iter().map(|(id, _)| id).collect::<Vec<_>>();
+    let before = ids(store.review_feedback(&all, None, 10).await.unwrap());
+    assert_eq!(before.len(), 2);
+    assert!(store.delete_session(doomed.id).await.unwrap());
+    store
+        .insert_feedback(&feedback(keep.id, "after", None, 3))
+        .await
+        .unwrap();
+    let after = ids(store.review_feedback(&all, None, 10).await.unwrap());
+    assert_eq!(after.len(), 2);
+    assert!(
+        after[1] > before[1],
+        "the newest id {} was handed out again ({after:?})",
+        before[1]
+    );
+    // A reader paging from the deleted row's id sees the new row.
+    let page = store
+        .review_feedback(&all, Some(before[1]), 10)
+        .await
+        .unwrap();
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].1.text, "after");
 }
 
 async fn feedback_for_missing_session_is_rejected<S: Store + 'static>(store: S) {

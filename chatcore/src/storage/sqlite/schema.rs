@@ -84,6 +84,23 @@ const MIGRATIONS: &[&str] = &[
     // its next turn goes there too. Written only when it changes (a
     // session's first turn, a failover), not with every turn.
     "ALTER TABLE sessions ADD COLUMN target TEXT;",
+    // v6: feedback ids are never reused. A plain INTEGER PRIMARY KEY hands
+    // the newest row's id out again once that row is deleted (with its
+    // session), and the id is the admin page's cursor; AUTOINCREMENT keeps
+    // the highest id ever given in `sqlite_sequence`. SQLite cannot add it
+    // to a table, so the table is rebuilt with its rows and ids.
+    "CREATE TABLE feedback_v6 (
+         seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+         session_id BLOB NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+         text       TEXT NOT NULL,
+         rating     INTEGER CHECK (rating BETWEEN 1 AND 5),
+         created_at INTEGER NOT NULL
+     );
+     INSERT INTO feedback_v6 (seq, session_id, text, rating, created_at)
+         SELECT seq, session_id, text, rating, created_at FROM feedback;
+     DROP TABLE feedback;
+     ALTER TABLE feedback_v6 RENAME TO feedback;
+     CREATE INDEX feedback_by_session ON feedback (session_id, seq);",
 ];
 
 /// The schema version this code writes.
