@@ -135,12 +135,22 @@ pub trait RateLimiter: Send + Sync + fmt::Debug {
 }
 
 /// A limiter key for anything that is not a session (a principal's name,
-/// a client address): the first 16 bytes of the SHA-256 of `name`. The
-/// limiters are keyed by 16-byte ids; a collision would need SHA-256's.
+/// a client address). The limiters are keyed by 16-byte ids: a name of up
+/// to 15 bytes (every IPv4 address) is its own key, its length first; a
+/// longer one is the first 16 bytes of its SHA-256 with the first byte set
+/// to 0xFF, which no length is. Two names share a key only if SHA-256
+/// collides in 120 bits; the hash is skipped where it is not needed, since
+/// an anonymous caller's address is keyed on every request.
 pub fn key_of(name: &[u8]) -> SessionId {
-    let digest = ring::digest::digest(&ring::digest::SHA256, name);
     let mut key = [0u8; 16];
-    key.copy_from_slice(&digest.as_ref()[..16]);
+    if name.len() < key.len() {
+        key[0] = name.len() as u8;
+        key[1..=name.len()].copy_from_slice(name);
+    } else {
+        let digest = ring::digest::digest(&ring::digest::SHA256, name);
+        key.copy_from_slice(&digest.as_ref()[..16]);
+        key[0] = 0xFF;
+    }
     SessionId::from_bytes(key)
 }
 
@@ -233,6 +243,23 @@ impl RateLimiter for GovernorLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_are_keyed_apart() {
+        let names: [&[u8]; 6] = [
+            b"",
+            b"a",
+            b"203.0.113.1",
+            b"203.0.113.10",
+            b"2001:db8:1:2::/64",
+            b"2001:db8:1:3::/64",
+        ];
+        let keys: std::collections::HashSet<_> = names.iter().map(|n| key_of(n)).collect();
+        assert_eq!(keys.len(), names.len());
+        assert_eq!(key_of(b"203.0.113.1"), key_of(b"203.0.113.1"));
+        let long = key_of(b"a name longer than fifteen bytes");
+        assert_eq!(long.as_bytes()[0], 0xFF);
+    }
     use std::sync::Arc;
 
     fn limiter(n: u32) -> GovernorLimiter {
