@@ -59,7 +59,7 @@ pub(crate) async fn prepare<'c>(
                 return Err(Error::session_not_found());
             }
             if !inner.sessions.is_active_since(hot.last_active()) {
-                return Err(Error::session_expired());
+                return Err(expired_or_gone(inner, id).await);
             }
             // Turns that do not fit the session's last reply (its tool
             // calls unanswered) take no token; checked again under the
@@ -78,7 +78,7 @@ pub(crate) async fn prepare<'c>(
             // while earlier turns ran: rare, and the token stays spent.
             let lease = lease(inner, id, Some(hot)).await?;
             if !inner.sessions.is_active_since(lease.hot.last_active()) {
-                return Err(Error::session_expired());
+                return Err(expired_or_gone(inner, id).await);
             }
             (slot, lease, remaining)
         }
@@ -126,6 +126,21 @@ pub(crate) async fn prepare<'c>(
         claim,
         _slot: slot,
     })
+}
+
+/// The answer for a cached session found expired: 410, unless the store no
+/// longer has it (purged by another process, `chatgate purge` from cron
+/// say), when it is 404 as everywhere else, and the cache lets it go. Only
+/// this path pays the lookup: a live session's turns read no store.
+async fn expired_or_gone(inner: &Inner, id: SessionId) -> Error {
+    match inner.store.get_session(id).await {
+        Ok(Some(_)) => Error::session_expired(),
+        Ok(None) => {
+            inner.hot.forget(id);
+            Error::session_not_found()
+        }
+        Err(e) => e,
+    }
 }
 
 /// A turn that has passed every check, taken its rate-limit token and

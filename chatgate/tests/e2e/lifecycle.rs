@@ -396,3 +396,50 @@ async fn purge_and_the_background_sweep_delete_sessions_past_retention() {
     let r = chat(addr, &id, "still there?").await;
     r.assert_error(404, "Session not found");
 }
+
+/// `chatgate purge` run beside a live gateway (from cron, say) deletes a
+/// session the gateway still holds in its hot cache: the gateway then
+/// answers 404 for it everywhere, `/chat/` included, never 410 from its
+/// cached copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_purged_beside_a_live_gateway_is_404_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let retention = [
+        ("CHATGATE_SESSION__RETENTION", "1s"),
+        ("CHATGATE_SESSION__IDLE_TIMEOUT", "1s"),
+    ];
+    let server = Server::start_with_env(dir.path(), &retention).await;
+    let id = new_session(server.addr).await;
+    assert_eq!(chat(server.addr, &id, "cache me").await.status, 200);
+    let idle_since = std::time::Instant::now();
+
+    let env = [retention[0], retention[1], ("CHATGATE_LOG__STDERR", "off")];
+    wait_until(
+        Duration::from_secs(30),
+        "`chatgate purge` to delete it",
+        || {
+            let mut purged = false;
+            if idle_since.elapsed() >= Duration::from_secs(1) {
+                let out = run(dir.path(), &["--mock-upstream", "purge"], &env);
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                purged = String::from_utf8_lossy(&out.stdout).contains("purged 1 sessions");
+            }
+            async move { purged }
+        },
+    )
+    .await;
+
+    chat(server.addr, &id, "still there?")
+        .await
+        .assert_error(404, "Session not found");
+    get(server.addr, &format!("/session/{id}"))
+        .await
+        .assert_error(404, "Session not found");
+    chat(server.addr, &id, "and now?")
+        .await
+        .assert_error(404, "Session not found");
+}
