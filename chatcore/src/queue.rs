@@ -66,6 +66,14 @@ impl TurnQueues {
         slot
     }
 
+    /// Whether a turn of `id` holds or waits for its slot now.
+    pub(crate) fn is_busy(&self, id: SessionId) -> bool {
+        self.shard(&id)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&id)
+    }
+
     #[cfg(test)]
     pub(crate) fn busy_sessions(&self) -> usize {
         self.shards

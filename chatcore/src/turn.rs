@@ -83,6 +83,15 @@ pub(crate) async fn prepare<'c>(
             (slot, lease, remaining)
         }
         None => {
+            // A caller who may not use the session must not wait behind its
+            // owner's turns to be told so: when a turn holds the session,
+            // who may use it is read before waiting (one read, only then).
+            if !matches!(caller, Caller::Anyone) && inner.queues.is_busy(id) {
+                match inner.store.get_session(id).await? {
+                    Some(s) if caller.may_use(&s) => {}
+                    _ => return Err(Error::session_not_found()),
+                }
+            }
             let slot = inner.queues.enter(id).await;
             let (lease, taken) = if inner.store.claims().is_some() {
                 let (guard, lease, taken) = claim_session(inner, caller, client, id).await?;

@@ -816,3 +816,40 @@ async fn an_intruder_on_a_session_never_used_takes_none_of_the_owners_quota() {
     }
     stop_holding_no_credential(gw, &p).await;
 }
+
+/// Another principal's request on a session held by its owner's running
+/// turn is told 404 at once, not after waiting in the session's queue
+/// behind that turn (the session is cold: the hot cache is off here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_owner_is_refused_without_waiting_behind_the_owners_turn() {
+    let gw = gateway(AuthMode::Required, |c| c.session.hot_sessions = 0).await;
+    let (alice, bob) = (user_jwt("alice"), user_jwt("bob"));
+    let id = session_as(gw.addr, Some(&alice)).await;
+    let gate = chatmock::StreamGate::new();
+    gw.mock.push(
+        chatmock::StreamScript::pieces(["held ", "turn"])
+            .with_gate(gate.clone())
+            .into(),
+    );
+    let auth = format!("Bearer {alice}");
+    let body = json!({"session_id": id, "role": "user", "content": "hold it", "stream": true});
+    let mut held = open_stream(
+        gw.addr,
+        "/chat/",
+        &[("authorization", auth.as_str())],
+        &body.to_string(),
+    )
+    .await;
+    assert_eq!(held.status, 200);
+    // The owner's turn holds the session until the gate opens; bob's
+    // answer must come while it is still closed (the bound only guards
+    // against a hang: waiting in the queue would never end).
+    let bobs = tokio::time::timeout(HANG_GUARD, chat_as(gw.addr, Some(&bob), &id, "mine?"))
+        .await
+        .expect("bob waited behind alice's turn");
+    assert_eq!(bobs.status, 404, "{}", bobs.text());
+    gate.open();
+    let (events, broke) = held.rest().await;
+    assert!(broke.is_none(), "{broke:?}");
+    assert!(events.last().is_some_and(|e| e.is("done")), "{events:?}");
+}
