@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::llm::OpenAiConfig;
 
-/// One upstream a [`Router`] may call: a name and the adapter's settings
+/// One upstream a [`Router`](super::Router) may call: a name and the adapter's settings
 /// (its base URL, key, headers, timeout). Its `model` setting is unused:
 /// each target names the model.
 #[derive(Debug, Clone)]
@@ -40,7 +40,7 @@ pub struct RouteConfig {
     pub fallbacks: Vec<TargetConfig>,
 }
 
-/// A [`Router`]'s settings.
+/// A [`Router`](super::Router)'s settings.
 #[derive(Debug, Clone)]
 pub struct RouterConfig {
     /// The upstreams.

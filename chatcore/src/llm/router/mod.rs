@@ -73,7 +73,7 @@ struct Route {
     total_weight: u64,
 }
 
-/// One [`ChatModel`] over several upstreams (see the module docs).
+/// One [`ChatModel`](crate::ChatModel) over several upstreams (see the module docs).
 pub struct Router {
     upstreams: Vec<Upstream>,
     routes: HashMap<String, Route>,
@@ -126,7 +126,7 @@ impl Router {
     /// A router with `config`.
     ///
     /// # Errors
-    /// [`ErrorKind::InvalidInput`] for a route that names an unknown
+    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) for a route that names an unknown
     /// upstream, has no target, a zero weight, or when the default route
     /// is not a route; otherwise as [`OpenAiChat::new`].
     pub fn new(config: RouterConfig) -> Result<Router> {
@@ -275,7 +275,7 @@ impl Router {
     }
 
     /// Counts `tokens` prompt tokens served from the prompt cache of the
-    /// upstream behind `target` ([`Completion::target`]) for a streamed
+    /// upstream behind `target` ([`Completion::target`](crate::Completion::target)) for a streamed
     /// call: a whole call's are counted here already, but a stream's usage
     /// arrives after the router has handed it over.
     pub fn count_cached(&self, target: &str, tokens: u32) {
