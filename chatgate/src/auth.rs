@@ -10,8 +10,8 @@
 //!   be an integer); `aud`, `iss` and the lifetime when configured. `sub`
 //!   is the principal; a `scope` holding `admin` grants admin.
 //! - Session tokens are JWTs this gateway mints (`typ: "session"`, `sid`,
-//!   header `kid: "session"`) that open one session until its retention
-//!   ends. They are signed with a key derived from `SECRET_KEY` (HKDF-SHA256
+//!   header `kid: "session"`, no `exp`) that open one session for as long
+//!   as it exists. They are signed with a key derived from `SECRET_KEY` (HKDF-SHA256
 //!   with a label of their own), not with `SECRET_KEY` itself: whoever
 //!   mints user JWTs cannot mint a session token, and a session token
 //!   cannot pass as a user JWT.
@@ -83,7 +83,6 @@ pub struct Auth {
     session: Option<Verifier>,
     session_encoding: Option<EncodingKey>,
     max_lifetime: Option<i64>,
-    session_lifetime: Duration,
     keys: Mutex<KeyCache>,
 }
 
@@ -94,11 +93,14 @@ struct Verifier {
 }
 
 impl Verifier {
-    fn new(secret: &[u8], audience: &str, issuer: &str) -> Verifier {
+    /// A verifier of tokens that must carry `exp` (`lifetime`: a user JWT)
+    /// or may go without it (a session token, which lives as long as its
+    /// session; one that has an `exp` is still held to it).
+    fn new(secret: &[u8], audience: &str, issuer: &str, lifetime: bool) -> Verifier {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = SKEW;
         validation.validate_nbf = true;
-        let mut required = vec!["exp"];
+        let mut required = if lifetime { vec!["exp"] } else { Vec::new() };
         if audience.is_empty() {
             validation.validate_aud = false;
         } else {
@@ -202,12 +204,11 @@ impl Auth {
         let session = secret.map(session_key);
         Auth {
             mode: a.mode,
-            user: secret.map(|s| Verifier::new(s, &a.jwt_audience, &a.jwt_issuer)),
-            session: session.map(|k| Verifier::new(&k, "", "")),
+            user: secret.map(|s| Verifier::new(s, &a.jwt_audience, &a.jwt_issuer, true)),
+            session: session.map(|k| Verifier::new(&k, "", "", false)),
             session_encoding: session.map(|k| EncodingKey::from_secret(&k)),
             max_lifetime: (!a.jwt_max_lifetime.is_zero())
                 .then(|| i64::try_from(a.jwt_max_lifetime.as_secs()).unwrap_or(i64::MAX)),
-            session_lifetime: config.session.retention,
             keys: Mutex::new(HashMap::new()),
         }
     }
@@ -390,7 +391,10 @@ impl Auth {
         Ok(answer)
     }
 
-    /// A token for session `id`, valid until its retention ends; `None`
+    /// A token for session `id`, good for as long as the session exists:
+    /// it has no `exp` of its own, so a session kept active beyond the
+    /// retention period keeps its token, and once the session is deleted or
+    /// purged the token opens nothing (ids are never reused). `None`
     /// outside `session_token` mode.
     pub fn session_token(&self, id: SessionId) -> Option<String> {
         if self.mode != AuthMode::SessionToken {
@@ -404,9 +408,7 @@ impl Auth {
             sid: Some(id.to_string()),
             iat: Some(now),
             nbf: None,
-            exp: Some(now.saturating_add(
-                i64::try_from(self.session_lifetime.as_secs()).unwrap_or(i64::MAX),
-            )),
+            exp: None,
         };
         let key = self.session_encoding.as_ref()?;
         let mut header = Header::new(Algorithm::HS256);

@@ -292,6 +292,8 @@ async fn delete_with_the_sessions_own_token_removes_that_session_only() {
     assert_eq!(r.status, 204, "{}", r.text());
     assert!(r.body.is_empty());
     assert_not_found(&t.on_session(Method::GET, id_a, "", Some(tok_a)).await);
+    // The token died with its session: it opens nothing, chat included.
+    assert_not_found(&chat_as(t.gw.addr, Some(tok_a), id_a, "anyone?").await);
     // B is still there.
     let r = t.on_session(Method::GET, &t.id_b, "", Some(&t.tok_b)).await;
     assert_eq!(r.status, 200, "{}", r.text());
@@ -317,4 +319,36 @@ async fn session_token_mode_models_list_accepts_a_session_token() {
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.text());
+}
+
+/// A session token has no `exp` of its own: it lives as long as its
+/// session (which an active user keeps alive past the retention period).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_token_lives_as_long_as_its_session() {
+    let t = TwoSessions::start().await;
+    let payload = t.tok_a.split('.').nth(1).expect("a JWT");
+    let claims: Value = serde_json::from_slice(&b64url_decode(payload)).expect("JSON claims");
+    assert_eq!(claims["typ"], "session", "{claims}");
+    assert_eq!(claims["sid"], t.id_a.as_str(), "{claims}");
+    assert!(claims.get("exp").is_none(), "{claims}");
+    assert!(claims["iat"].is_i64(), "{claims}");
+    t.stop_holding_no_secret(false, &[]).await;
+}
+
+/// Base64url without padding, decoded (the inverse of [`b64url`]).
+fn b64url_decode(text: &str) -> Vec<u8> {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0);
+    for c in text.bytes() {
+        let v = ABC.iter().position(|&a| a == c).expect("base64url") as u32;
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    out
 }
