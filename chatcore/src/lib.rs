@@ -57,7 +57,8 @@
 //!   ([`MemoryStore`]), `sqlite/` ([`SqliteStore`]: one writer thread,
 //!   group commit, WAL, checkpoints off the commit path, a reading
 //!   connection) and, with the `postgres` feature, `postgres/`
-//!   ([`PostgresStore`]: several gateways on one database).
+//!   ([`PostgresStore`]: several gateways on one database); `sql_log.rs`:
+//!   the SQL lines, statements that save data at info, reads at debug.
 //! - `rate_limit/`: the [`RateLimiter`] trait and two limiters:
 //!   [`GovernorLimiter`] (GCRA in process, exact under concurrency) and,
 //!   with the `redis` feature, [`RedisLimiter`] (GCRA in Redis, shared by
