@@ -181,13 +181,18 @@ impl SqliteStore {
         run(&conn, "PRAGMA journal_size_limit = 16777216")?;
         conn.set_prepared_statement_cache_capacity(32);
         schema::migrate(&mut conn, log)?;
-        let read_conn = Connection::open_with_flags(&path, flags)
-            .map_err(|e| Error::storage(format!("cannot open {}: {e}", path.display())))?;
-        read_conn.busy_timeout(options.busy_timeout)?;
-        // It only reads; a small cache, since pages come from the OS cache.
-        read_conn.execute_batch("PRAGMA query_only = ON; PRAGMA cache_size = -2048")?;
-        read_conn.set_prepared_statement_cache_capacity(16);
-        let reader = Reader::new(read_conn, options.sql_logger.clone());
+        let mut read_conns = Vec::with_capacity(reader::READERS);
+        for _ in 0..reader::READERS {
+            let read_conn = Connection::open_with_flags(&path, flags)
+                .map_err(|e| Error::storage(format!("cannot open {}: {e}", path.display())))?;
+            read_conn.busy_timeout(options.busy_timeout)?;
+            // It only reads; a small cache, since pages come from the OS
+            // cache.
+            read_conn.execute_batch("PRAGMA query_only = ON; PRAGMA cache_size = -2048")?;
+            read_conn.set_prepared_statement_cache_capacity(16);
+            read_conns.push(read_conn);
+        }
+        let reader = Reader::new(read_conns, options.sql_logger.clone());
         // An in-memory database has no WAL to copy.
         let checkpoints = if mode.eq_ignore_ascii_case("wal") {
             Some(Checkpoints::spawn(

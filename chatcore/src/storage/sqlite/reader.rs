@@ -1,18 +1,24 @@
 //! Reads that no turn waits on (a session's page of messages, its usage,
-//! its feedback, a session shown to a client) run on a connection of their
+//! its feedback, a list of sessions) run on reading connections of their
 //! own, on tokio's blocking pool, so a large read never holds up the
-//! writer thread that every commit goes through. In WAL mode a reader sees
-//! every transaction committed before it began, so a client reads back
-//! everything it was told was stored.
+//! writer thread that every commit goes through. There are a few of them,
+//! so one slow read (a long listing) does not hold up another user's small
+//! one either. In WAL mode a reader sees every transaction committed
+//! before it began, so a client reads back everything it was told was
+//! stored.
 
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use rusqlite::Connection;
 use slog::Logger;
 
 use crate::error::{Error, Result};
 
-/// The reading connection, shared by the store's clones.
+/// How many reading connections a store opens.
+pub(crate) const READERS: usize = 4;
+
+/// The reading connections, shared by the store's clones.
 #[derive(Debug, Clone)]
 pub(crate) struct Reader {
     inner: Arc<Inner>,
@@ -20,8 +26,30 @@ pub(crate) struct Reader {
 
 #[derive(Debug)]
 struct Inner {
-    conn: Mutex<Connection>,
+    conns: Vec<Mutex<Connection>>,
+    /// Where the next read starts looking for a free connection.
+    next: AtomicUsize,
     log: Option<Logger>,
+}
+
+impl Inner {
+    /// A free connection if there is one, else (all busy) the next in turn,
+    /// waited for. A read that panicked left nothing half-done on a reading
+    /// connection: a poisoned lock is still good to use.
+    fn connection(&self) -> MutexGuard<'_, Connection> {
+        let n = self.conns.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        for i in 0..n {
+            match self.conns[(start + i) % n].try_lock() {
+                Ok(conn) => return conn,
+                Err(std::sync::TryLockError::Poisoned(p)) => return p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => {}
+            }
+        }
+        self.conns[start % n]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// The reader as a read sees it.
@@ -43,16 +71,18 @@ impl super::Sql for ReadDb<'_> {
 }
 
 impl Reader {
-    pub(crate) fn new(conn: Connection, log: Option<Logger>) -> Reader {
+    pub(crate) fn new(conns: Vec<Connection>, log: Option<Logger>) -> Reader {
+        assert!(!conns.is_empty(), "a reader needs a connection");
         Reader {
             inner: Arc::new(Inner {
-                conn: Mutex::new(conn),
+                conns: conns.into_iter().map(Mutex::new).collect(),
+                next: AtomicUsize::new(0),
                 log,
             }),
         }
     }
 
-    /// Runs `f` on the reading connection, off the async runtime.
+    /// Runs `f` on a reading connection, off the async runtime.
     pub(crate) async fn read<R, F>(&self, f: F) -> Result<R>
     where
         R: Send + 'static,
@@ -60,9 +90,7 @@ impl Reader {
     {
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || {
-            // A read that panicked left nothing half-done on a reading
-            // connection: the lock is still good to use.
-            let conn = inner.conn.lock().unwrap_or_else(|p| p.into_inner());
+            let conn = inner.connection();
             f(&ReadDb {
                 conn: &conn,
                 log: inner.log.as_ref(),
@@ -70,5 +98,50 @@ impl Reader {
         })
         .await
         .map_err(|e| Error::internal(format!("a storage read failed: {e}")))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// One read holding its connection (a long listing) does not make
+    /// another wait: it gets another connection.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_read_does_not_hold_up_another() {
+        let conns = (0..2)
+            .map(|_| Connection::open_in_memory().unwrap())
+            .collect();
+        let reader = Reader::new(conns, None);
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let slow = {
+            let reader = reader.clone();
+            tokio::spawn(async move {
+                reader
+                    .read(move |_| {
+                        held_tx.send(()).unwrap();
+                        release_rx.recv().ok();
+                        Ok(())
+                    })
+                    .await
+            })
+        };
+        tokio::task::spawn_blocking(move || held_rx.recv().unwrap())
+            .await
+            .unwrap();
+        // The bound only guards against a hang: with one connection this
+        // read would wait until the slow one is released, which is never.
+        let quick = tokio::time::timeout(
+            Duration::from_secs(30),
+            reader.read(|db| Ok(db.conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?)),
+        )
+        .await
+        .expect("the quick read waited behind the slow one")
+        .unwrap();
+        assert_eq!(quick, 1);
+        release_tx.send(()).unwrap();
+        slow.await.unwrap().unwrap();
     }
 }
