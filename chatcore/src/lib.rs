@@ -55,8 +55,8 @@
 //!   [`FeedbackStore`], [`KeyStore`], together [`Store`]; [`TurnClaims`]
 //!   for a store several gateways share) and three backends: `memory.rs`
 //!   ([`MemoryStore`]), `sqlite/` ([`SqliteStore`]: one writer thread,
-//!   group commit, WAL, checkpoints off the commit path, a reading
-//!   connection) and, with the `postgres` feature, `postgres/`
+//!   group commit, WAL, checkpoints off the commit path, a few reading
+//!   connections) and, with the `postgres` feature, `postgres/`
 //!   ([`PostgresStore`]: several gateways on one database); `sql_log.rs`:
 //!   the SQL lines, statements that save data at info, reads at debug.
 //! - `rate_limit/`: the [`RateLimiter`] trait and two limiters:
