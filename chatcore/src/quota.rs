@@ -96,8 +96,8 @@ async fn take_payer_token(inner: &Inner, payer: Payer<'_>) -> Result<()> {
     Ok(())
 }
 
-/// Takes one feedback from the session's feedback quota, then from its
-/// payer's (see [`take_token`]).
+/// Takes one feedback from its payer's feedback quota (see [`take_token`]),
+/// then from the session's.
 pub(crate) async fn take_feedback_token(
     inner: &Inner,
     caller: &Caller,
@@ -108,18 +108,16 @@ pub(crate) async fn take_feedback_token(
     let Some(limiter) = &inner.feedback_limiter else {
         return Ok(());
     };
-    take(
-        &**limiter,
-        Quota::Feedback,
-        scoped_key(b"session", id.as_bytes()),
-    )
-    .await?;
     let payer = match Payer::of(caller, owner, client) {
-        Payer::Principal(p) => scoped_key(b"principal", p.as_bytes()),
-        Payer::Address(a) => scoped_key(b"address", a.as_bytes()),
-        Payer::Nobody => return Ok(()),
+        Payer::Principal(p) => Some(scoped_key(b"principal", p.as_bytes())),
+        Payer::Address(a) => Some(scoped_key(b"address", a.as_bytes())),
+        Payer::Nobody => None,
     };
-    take(&**limiter, Quota::Feedback, payer).await?;
+    if let Some(payer) = payer {
+        take(&**limiter, Quota::Feedback, payer).await?;
+    }
+    let session = scoped_key(b"session", id.as_bytes());
+    take(&**limiter, Quota::Feedback, session).await?;
     Ok(())
 }
 
@@ -134,12 +132,13 @@ pub(crate) async fn take_session_token(
     let Some(limiter) = &inner.session_limiter else {
         return Ok(());
     };
+    // Kinds apart: a principal named like an address is not that address.
     let who = match (caller.principal(), client) {
-        (Some(p), _) => p.id.as_str(),
-        (None, Some(client)) => client,
-        (None, None) => "",
+        (Some(p), _) => scoped_key(b"principal", p.id.as_bytes()),
+        (None, Some(client)) => scoped_key(b"address", client.as_bytes()),
+        (None, None) => key_of(b""),
     };
-    take(&**limiter, Quota::Sessions, key_of(who.as_bytes())).await?;
+    take(&**limiter, Quota::Sessions, who).await?;
     Ok(())
 }
 

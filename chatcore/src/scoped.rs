@@ -194,13 +194,13 @@ impl<'a> Scoped<'a> {
         text: &str,
         rating: Option<i64>,
     ) -> Result<Feedback> {
-        let session = match self.caller {
-            Caller::Anyone => None,
-            _ => Some(self.visible(id).await?),
-        };
+        // The session is looked up before any token is taken: feedback
+        // naming sessions that do not exist costs nothing and leaves no
+        // limiter state behind.
+        let session = self.visible(id).await?;
         // Refused feedback spends no token.
         crate::feedback::FeedbackDesk::validate(text, rating)?;
-        let owner = session.as_ref().and_then(|s| s.owner.as_deref());
+        let owner = session.owner.as_deref();
         let client = self.client.as_deref();
         take_feedback_token(self.inner, &self.caller, owner, client, id).await?;
         self.inner.feedback.submit(id, text, rating).await

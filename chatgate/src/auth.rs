@@ -10,8 +10,8 @@
 //!   be an integer); `aud`, `iss` and the lifetime when configured. `sub`
 //!   is the principal; a `scope` holding `admin` grants admin.
 //! - Session tokens are JWTs this gateway mints (`typ: "session"`, `sid`,
-//!   header `kid: "session"`, no `exp`) that open one session for as long
-//!   as it exists. They are signed with a key derived from `SECRET_KEY` (HKDF-SHA256
+//!   header `kid: "session"`) that open one session until its retention
+//!   ends, and only while it exists. They are signed with a key derived from `SECRET_KEY` (HKDF-SHA256
 //!   with a label of their own), not with `SECRET_KEY` itself: whoever
 //!   mints user JWTs cannot mint a session token, and a session token
 //!   cannot pass as a user JWT.
@@ -82,6 +82,7 @@ pub struct Auth {
     /// Session tokens: minted and verified with the derived key.
     session: Option<Verifier>,
     session_encoding: Option<EncodingKey>,
+    session_lifetime: Duration,
     max_lifetime: Option<i64>,
     keys: Mutex<KeyCache>,
 }
@@ -93,14 +94,12 @@ struct Verifier {
 }
 
 impl Verifier {
-    /// A verifier of tokens that must carry `exp` (`lifetime`: a user JWT)
-    /// or may go without it (a session token, which lives as long as its
-    /// session; one that has an `exp` is still held to it).
-    fn new(secret: &[u8], audience: &str, issuer: &str, lifetime: bool) -> Verifier {
+    /// A verifier of tokens signed with `secret`, each with an `exp`.
+    fn new(secret: &[u8], audience: &str, issuer: &str) -> Verifier {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = SKEW;
         validation.validate_nbf = true;
-        let mut required = if lifetime { vec!["exp"] } else { Vec::new() };
+        let mut required = vec!["exp"];
         if audience.is_empty() {
             validation.validate_aud = false;
         } else {
@@ -204,9 +203,10 @@ impl Auth {
         let session = secret.map(session_key);
         Auth {
             mode: a.mode,
-            user: secret.map(|s| Verifier::new(s, &a.jwt_audience, &a.jwt_issuer, true)),
-            session: session.map(|k| Verifier::new(&k, "", "", false)),
+            user: secret.map(|s| Verifier::new(s, &a.jwt_audience, &a.jwt_issuer)),
+            session: session.map(|k| Verifier::new(&k, "", "")),
             session_encoding: session.map(|k| EncodingKey::from_secret(&k)),
+            session_lifetime: config.session.retention,
             max_lifetime: (!a.jwt_max_lifetime.is_zero())
                 .then(|| i64::try_from(a.jwt_max_lifetime.as_secs()).unwrap_or(i64::MAX)),
             keys: Mutex::new(HashMap::new()),
@@ -391,11 +391,10 @@ impl Auth {
         Ok(answer)
     }
 
-    /// A token for session `id`, good for as long as the session exists:
-    /// it has no `exp` of its own, so a session kept active beyond the
-    /// retention period keeps its token, and once the session is deleted or
-    /// purged the token opens nothing (ids are never reused). `None`
-    /// outside `session_token` mode.
+    /// A token for session `id`, valid until `session.retention` after it
+    /// was made, and only while the session exists: once the session is
+    /// deleted or purged the token opens nothing (ids are never reused).
+    /// `None` outside `session_token` mode.
     pub fn session_token(&self, id: SessionId) -> Option<String> {
         if self.mode != AuthMode::SessionToken {
             return None;
@@ -408,7 +407,9 @@ impl Auth {
             sid: Some(id.to_string()),
             iat: Some(now),
             nbf: None,
-            exp: None,
+            exp: Some(now.saturating_add(
+                i64::try_from(self.session_lifetime.as_secs()).unwrap_or(i64::MAX),
+            )),
         };
         let key = self.session_encoding.as_ref()?;
         let mut header = Header::new(Algorithm::HS256);

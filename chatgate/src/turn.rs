@@ -165,18 +165,30 @@ enum Item {
 }
 
 impl Item {
-    /// What this piece adds to the reply, counted as a reply put back
-    /// together is ([`chatcore::ReplyBuilder`]).
+    /// What this piece adds to the reply: its text, and for a call piece
+    /// its bookkeeping too, so pieces that carry nothing still count.
     fn reply_bytes(&self) -> usize {
+        const PIECE_BYTES: usize = 64;
         match self {
             Item::Text(t) | Item::Refusal(t) => t.len(),
             Item::ToolCall(d) => {
-                d.arguments.len()
+                PIECE_BYTES
+                    + d.arguments.len()
                     + d.name.as_ref().map_or(0, String::len)
                     + d.id.as_ref().map_or(0, String::len)
             }
-            Item::FunctionCall(d) => d.arguments.len() + d.name.as_ref().map_or(0, String::len),
+            Item::FunctionCall(d) => {
+                PIECE_BYTES + d.arguments.len() + d.name.as_ref().map_or(0, String::len)
+            }
             Item::Raw(_) | Item::Usage(_) | Item::Finish(_) | Item::Stored(_) => 0,
+        }
+    }
+
+    /// What this item relays as sent: an upstream chunk's bytes.
+    fn raw_bytes(&self) -> usize {
+        match self {
+            Item::Raw(c) => c.data.len(),
+            _ => 0,
         }
     }
 }
@@ -222,7 +234,13 @@ impl Source {
                         Ok(StreamEvent::Finish(r)) => Item::Finish(r),
                         Ok(_) => continue,
                     };
-                    *relayed += item.reply_bytes();
+                    // What goes out: the upstream's own chunks when they are
+                    // relayed as sent, else the pieces.
+                    *relayed += if s.relays_raw() {
+                        item.raw_bytes()
+                    } else {
+                        item.reply_bytes()
+                    };
                     if *relayed > s.reply_limit() {
                         return Some(Err(chatcore::Error::new(
                             chatcore::ErrorKind::UpstreamFailed,

@@ -277,6 +277,14 @@ fn pieces_of(wire: &WireMessage) -> Vec<StreamEvent> {
     out
 }
 
+/// What a tool-call piece costs beyond its text, counted against a reply's
+/// bound.
+const PIECE_BYTES: usize = 64;
+
+/// The most tool calls one reply may make (OpenAI's parallel calls are a
+/// handful); past it the reply is refused, as one past its size is.
+const MAX_TOOL_CALLS: usize = 1024;
+
 /// Puts a streamed reply back together: its text, its refusal, its tool
 /// calls (pieces joined by index), usage and finish reason; refuses to
 /// hold more than its limit ([`MAX_REPLY_BYTES`] by default), as a whole
@@ -341,12 +349,22 @@ impl ReplyBuilder {
                 self.refusal.push_str(piece);
             }
             StreamEvent::ToolCall(d) => {
-                let added = d.arguments.len()
+                // Every piece counts for its bookkeeping too, so pieces that
+                // carry nothing (or only a new index) cannot grow the reply
+                // without bound.
+                let added = PIECE_BYTES
+                    + d.arguments.len()
                     + d.name.as_ref().map_or(0, String::len)
                     + d.id.as_ref().map_or(0, String::len);
                 self.grow(added)?;
                 let call = match self.calls.iter_mut().position(|c| c.index == d.index) {
                     Some(i) => &mut self.calls[i],
+                    None if self.calls.len() >= MAX_TOOL_CALLS => {
+                        return Err(Error::new(
+                            ErrorKind::UpstreamFailed,
+                            format!("Upstream reply has more than {MAX_TOOL_CALLS} tool calls"),
+                        ));
+                    }
                     None => {
                         self.calls.push(CallParts {
                             index: d.index,
@@ -367,7 +385,9 @@ impl ReplyBuilder {
                 call.arguments.push_str(&d.arguments);
             }
             StreamEvent::FunctionCall(d) => {
-                self.grow(d.arguments.len() + d.name.as_ref().map_or(0, String::len))?;
+                self.grow(
+                    PIECE_BYTES + d.arguments.len() + d.name.as_ref().map_or(0, String::len),
+                )?;
                 let (name, arguments) = self.function.get_or_insert_with(Default::default);
                 if let Some(n) = &d.name {
                     name.push_str(n);
@@ -476,6 +496,27 @@ impl ReplyBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn empty_tool_call_pieces_cannot_grow_a_reply_without_bound() {
+        let piece = |index| {
+            StreamEvent::ToolCall(ToolCallDelta {
+                index,
+                id: None,
+                kind: None,
+                name: None,
+                arguments: String::new(),
+            })
+        };
+        // New indices, nothing in them: refused at the call bound.
+        let mut b = ReplyBuilder::default();
+        let refused = (0..10_000).find(|&i| b.push(&piece(i)).is_err());
+        assert_eq!(refused, Some(MAX_TOOL_CALLS as u32));
+        // The same index again and again: refused at the size bound.
+        let mut b = ReplyBuilder::with_limit(64 * 1000);
+        let refused = (0..10_000).find(|_| b.push(&piece(0)).is_err());
+        assert_eq!(refused, Some(1000));
+    }
 
     #[test]
     fn a_split_function_call_is_joined_and_replays_as_one_piece() {

@@ -29,6 +29,7 @@ each_backend! {
     "current_thread" => pages_step_through_turns_of_every_size,
     "current_thread" => usage_sums_cached_tokens,
     "current_thread" => a_sessions_target_is_kept_until_it_changes,
+    "current_thread" => listings_page_through_sessions_by_last_activity,
 }
 
 const CALL: &str = r#"{"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Paris\"}"}}]}"#;
@@ -667,4 +668,58 @@ async fn a_sessions_target_is_kept_until_it_changes<S: Store + 'static>(store: S
     );
     let listed = store.list_sessions(None, None, 10).await.unwrap();
     assert_eq!(listed[0].target.as_deref(), Some("local:qwen2.5-7b"));
+}
+
+/// Sessions created over many hours, some active later (a turn's reply is
+/// their last activity), several in one hour and two at the same instant:
+/// every page size steps through all of them once, most recently active
+/// first (ties by id, descending), for an owner and for everyone.
+async fn listings_page_through_sessions_by_last_activity<S: Store + 'static>(store: S) {
+    const HOUR: i64 = 3600;
+    let mut expected = Vec::new();
+    for i in 0..24_i64 {
+        let mut s = session(at(i * 37 * 60));
+        s.owner = Some(if i % 3 == 0 { "bob" } else { "alice" }.to_owned());
+        if i == 5 {
+            // The same instant as session 4's creation.
+            s.created_at = at(4 * 37 * 60);
+            s.last_active = s.created_at;
+        }
+        store.insert_session(&s).await.unwrap();
+        let mut last = s.created_at;
+        if i % 4 == 1 {
+            // Active again hours later: it moves up the list.
+            let secs = 30 * HOUR - i * 600;
+            store
+                .append_turn(s.id, turn!("u", "r", secs))
+                .await
+                .unwrap();
+            last = at(secs + 1);
+        }
+        expected.push((last, s.id, s.owner.clone()));
+    }
+    expected.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)));
+    for owner in [None, Some("alice")] {
+        let want: Vec<SessionId> = expected
+            .iter()
+            .filter(|(_, _, o)| owner.is_none() || o.as_deref() == owner)
+            .map(|(_, id, _)| *id)
+            .collect();
+        for limit in [1, 2, 3, 5, 7, 30] {
+            let mut got = Vec::new();
+            let mut after = None;
+            loop {
+                let page = store.list_sessions(owner, after, limit).await.unwrap();
+                assert!(page.len() <= limit);
+                got.extend(page.iter().map(|s| s.id));
+                match page.last() {
+                    Some(last) if page.len() == limit => {
+                        after = Some(chatcore::SessionCursor::after(last));
+                    }
+                    _ => break,
+                }
+            }
+            assert_eq!(got, want, "owner {owner:?}, pages of {limit}");
+        }
+    }
 }

@@ -269,21 +269,35 @@ impl State {
 }
 
 /// Opens `path` for appending, owner-only (`0600`) on unix: the log holds
-/// conversations, as the database does. An existing file that others could
-/// read is brought to `0600` too (a log shipper runs as the gateway's user,
-/// or reads stderr), and a symbolic link at `path` is refused rather than
-/// followed, so nobody who can write the directory can point the log at
-/// another file.
+/// conversations, as the database does. An existing regular file that
+/// others could read is brought to `0600` too (a log shipper runs as the
+/// gateway's user, or reads stderr). A symbolic link at `path` that leads
+/// to a regular file is refused rather than followed, so nobody who can
+/// write the directory can point the log at another file; one that leads
+/// to a device or a pipe (`/dev/stdout` in a container) is opened as it is.
 pub(super) fn open_append(path: &Path) -> io::Result<Box<dyn Write + Send>> {
     let mut options = OpenOptions::new();
     options.create(true).append(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let linked = fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+        if linked {
+            if fs::metadata(path).is_ok_and(|m| m.is_file()) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "it is a symbolic link to a regular file; name the file itself",
+                ));
+            }
+            return Ok(Box::new(options.open(path)?));
+        }
         options.mode(0o600).custom_flags(libc::O_NOFOLLOW);
         let file = options.open(path)?;
-        if file.metadata()?.permissions().mode() & 0o077 != 0 {
-            file.set_permissions(fs::Permissions::from_mode(0o600))?;
+        let meta = file.metadata()?;
+        if meta.is_file() && meta.permissions().mode() & 0o077 != 0 {
+            // Best effort: a file the gateway may write but not chmod (not
+            // its own) is still a log.
+            let _ = file.set_permissions(fs::Permissions::from_mode(0o600));
         }
         Ok(Box::new(file))
     }

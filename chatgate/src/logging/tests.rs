@@ -398,11 +398,30 @@ fn app_log_is_owner_only_and_never_followed_through_a_link() {
     assert_eq!(mode(&path), 0o600);
     assert_eq!(fs::read_to_string(&path).unwrap(), "old line\nnew line\n");
 
-    // A link where app.log should be is refused; its target is untouched.
+    // A link to a file where app.log should be is refused; its target is
+    // untouched.
     let target = dir.path().join("elsewhere");
     fs::write(&target, "precious\n").unwrap();
     let link = logs.join("linked.log");
     std::os::unix::fs::symlink(&target, &link).unwrap();
     assert!(file_mod::open_append(&link).is_err());
     assert_eq!(fs::read_to_string(&target).unwrap(), "precious\n");
+
+    // A link to a device (`/dev/stdout` in a container) is used as it is,
+    // and the device keeps its mode.
+    let null = logs.join("null.log");
+    std::os::unix::fs::symlink("/dev/null", &null).unwrap();
+    let before = mode(Path::new("/dev/null"));
+    let mut out = file_mod::open_append(&null).unwrap();
+    out.write_all(b"gone\n").unwrap();
+    drop(out);
+    assert_eq!(mode(Path::new("/dev/null")), before);
+    let mut out = file_mod::open_append(Path::new("/dev/null")).unwrap();
+    out.write_all(b"gone\n").unwrap();
+    drop(out);
+    assert_eq!(
+        mode(Path::new("/dev/null")),
+        before,
+        "a device is not chmodded"
+    );
 }

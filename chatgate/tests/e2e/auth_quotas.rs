@@ -507,7 +507,7 @@ async fn none_mode_meters_every_write_per_client_address() {
         "Rate limit exceeded: 2 feedback per hour",
     );
     let r = feedback(&C, &mine).await;
-    assert_eq!(r.status, 200, "C's own quota is whole: {}", r.text());
+    assert_eq!(r.status, 200, "C has a quota of its own: {}", r.text());
 }
 
 /// A principal over its quota cannot go on through a session token of one

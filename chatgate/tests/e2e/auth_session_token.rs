@@ -321,17 +321,27 @@ async fn session_token_mode_models_list_accepts_a_session_token() {
     assert_eq!(r.status, 200, "{}", r.text());
 }
 
-/// A session token has no `exp` of its own: it lives as long as its
-/// session (which an active user keeps alive past the retention period).
+/// A session token says what it is and for which session, and expires
+/// `session.retention` after it was made (SPEC §9: `exp` required).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_session_token_lives_as_long_as_its_session() {
+async fn a_session_token_names_its_session_and_expires() {
     let t = TwoSessions::start().await;
     let payload = t.tok_a.split('.').nth(1).expect("a JWT");
     let claims: Value = serde_json::from_slice(&b64url_decode(payload)).expect("JSON claims");
     assert_eq!(claims["typ"], "session", "{claims}");
     assert_eq!(claims["sid"], t.id_a.as_str(), "{claims}");
-    assert!(claims.get("exp").is_none(), "{claims}");
-    assert!(claims["iat"].is_i64(), "{claims}");
+    let (iat, exp) = (
+        claims["iat"].as_i64().unwrap(),
+        claims["exp"].as_i64().unwrap(),
+    );
+    assert_eq!(
+        exp - iat,
+        183 * 24 * 3600,
+        "the default retention: {claims}"
+    );
+    let header = t.tok_a.split('.').next().unwrap();
+    let header: Value = serde_json::from_slice(&b64url_decode(header)).unwrap();
+    assert_eq!(header["kid"], "session", "{header}");
     t.stop_holding_no_secret(false, &[]).await;
 }
 

@@ -127,7 +127,6 @@ impl PostgresStore {
         limit: usize,
     ) -> Result<Claim> {
         let client = self.client().await?;
-        self.log_sql(CLAIM);
         let statement = client.prepare_cached(CLAIM).await?;
         let rows = client
             .query(
@@ -140,6 +139,12 @@ impl PostgresStore {
                 ],
             )
             .await?;
+        // Logged once its outcome is known: a claim that claimed nothing
+        // (a busy or unknown session) saved nothing, and is a read's line.
+        match (&self.db.log, rows.is_empty()) {
+            (Some(log), true) => slog::debug!(log, "sql"; "statement" => CLAIM),
+            _ => self.log_sql(CLAIM),
+        }
         let Some(row) = rows.first() else {
             self.log_sql(SESSION);
             let statement = client.prepare_cached(SESSION).await?;

@@ -88,7 +88,8 @@ const MIGRATIONS: &[&str] = &[
     // the newest row's id out again once that row is deleted (with its
     // session), and the id is the admin page's cursor; AUTOINCREMENT keeps
     // the highest id ever given in `sqlite_sequence`. SQLite cannot add it
-    // to a table, so the table is rebuilt with its rows and ids.
+    // to a table, so the table is rebuilt with its rows and ids (rows of
+    // sessions deleted with foreign keys off, by hand, are left behind).
     "CREATE TABLE feedback_v6 (
          seq        INTEGER PRIMARY KEY AUTOINCREMENT,
          session_id BLOB NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
@@ -97,10 +98,17 @@ const MIGRATIONS: &[&str] = &[
          created_at INTEGER NOT NULL
      );
      INSERT INTO feedback_v6 (seq, session_id, text, rating, created_at)
-         SELECT seq, session_id, text, rating, created_at FROM feedback;
+         SELECT seq, session_id, text, rating, created_at FROM feedback
+         WHERE session_id IN (SELECT id FROM sessions);
      DROP TABLE feedback;
      ALTER TABLE feedback_v6 RENAME TO feedback;
      CREATE INDEX feedback_by_session ON feedback (session_id, seq);",
+    // v7: a principal's sessions by activity, so a page of its listing
+    // reads the sessions of its most recent hours, not all of them (every
+    // session's exact last activity is its last turn's; `active_hour` is
+    // that hour).
+    "DROP INDEX sessions_by_owner;
+     CREATE INDEX sessions_by_owner ON sessions (owner, active_hour) WHERE owner IS NOT NULL;",
 ];
 
 /// The schema version this code writes.

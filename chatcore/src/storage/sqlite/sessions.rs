@@ -150,44 +150,36 @@ impl SessionStore for SqliteStore {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.reader
             .read(move |db| {
-                let mut stmt = db.prepare(LIST_SESSIONS)?;
                 let (at, after_id) = match after {
                     Some(c) => (Some(c.last_active_ms), Some(id_key(c.id).to_vec())),
                     None => (None, None),
                 };
-                let rows = stmt.query_map(params![owner, at, after_id, limit], |r| {
-                    Ok((
-                        r.get::<_, Vec<u8>>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, i64>(2)?,
-                        r.get::<_, Option<String>>(3)?,
-                        r.get::<_, Option<String>>(4)?,
-                        r.get::<_, Option<String>>(5)?,
-                        r.get::<_, Option<String>>(6)?,
-                    ))
-                })?;
-                let mut out = Vec::new();
-                for row in rows {
-                    let (id, created, last, system_prompt, metadata, owner, target) = row?;
-                    let id: [u8; 16] = id
-                        .try_into()
-                        .map_err(|_| Error::storage("a session id is not 16 bytes"))?;
-                    out.push(Session {
-                        id: SessionId::from_bytes(id),
-                        created_at: from_millis(created),
-                        last_active: from_millis(last),
-                        system_prompt,
-                        metadata: match metadata {
-                            Some(text) => {
-                                Some(serde_json::from_str(&text).map_err(Error::storage)?)
-                            }
-                            None => None,
-                        },
-                        owner,
-                        target,
-                    });
+                // A session's `active_hour` is the hour of its last activity,
+                // so a page can only reach back to the hour of the session
+                // `limit` places down: only the sessions of that hour and
+                // later have their last activity read. The cursor's own
+                // hour may hold sessions already listed, so a short page
+                // looks further back (rarely more than once).
+                let until = at.map(|t| t.div_euclid(HOUR_MS));
+                let (floor_sql, list_sql) = match owner {
+                    Some(_) => (OWN_PAGE_FLOOR, LIST_OWN_SESSIONS),
+                    None => (PAGE_FLOOR, LIST_SESSIONS),
+                };
+                let mut reach = limit.saturating_sub(1);
+                loop {
+                    let floor: Option<i64> = if limit == 0 {
+                        None
+                    } else {
+                        db.prepare(floor_sql)?
+                            .query_row(params![owner, None::<i64>, reach, until], |r| r.get(0))
+                            .optional()?
+                    };
+                    let page = list_page(db, list_sql, &owner, at, &after_id, limit, floor, until)?;
+                    if page.len() as i64 >= limit || floor.is_none() {
+                        return Ok(page);
+                    }
+                    reach = reach.saturating_mul(2).saturating_add(1);
                 }
-                Ok(out)
             })
             .await
     }
@@ -200,4 +192,51 @@ impl SessionStore for SqliteStore {
             })
             .await
     }
+}
+
+/// One page of sessions from `sql`, among the sessions whose `active_hour`
+/// is from `floor` to `until` (see `list_sessions`).
+#[allow(clippy::too_many_arguments)]
+fn list_page(
+    db: &impl Sql,
+    sql: &'static str,
+    owner: &Option<String>,
+    at: Option<i64>,
+    after_id: &Option<Vec<u8>>,
+    limit: i64,
+    floor: Option<i64>,
+    until: Option<i64>,
+) -> Result<Vec<Session>> {
+    let mut stmt = db.prepare(sql)?;
+    let rows = stmt.query_map(params![owner, at, after_id, limit, floor, until], |r| {
+        Ok((
+            r.get::<_, Vec<u8>>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, i64>(2)?,
+            r.get::<_, Option<String>>(3)?,
+            r.get::<_, Option<String>>(4)?,
+            r.get::<_, Option<String>>(5)?,
+            r.get::<_, Option<String>>(6)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, created, last, system_prompt, metadata, owner, target) = row?;
+        let id: [u8; 16] = id
+            .try_into()
+            .map_err(|_| Error::storage("a session id is not 16 bytes"))?;
+        out.push(Session {
+            id: SessionId::from_bytes(id),
+            created_at: from_millis(created),
+            last_active: from_millis(last),
+            system_prompt,
+            metadata: match metadata {
+                Some(text) => Some(serde_json::from_str(&text).map_err(Error::storage)?),
+                None => None,
+            },
+            owner,
+            target,
+        });
+    }
+    Ok(out)
 }

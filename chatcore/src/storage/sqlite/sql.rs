@@ -3,7 +3,16 @@
 
 pub(super) const INSERT_SESSION: &str = "INSERT INTO sessions (id, created_at, active_hour, system_prompt, metadata, owner) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
 pub(super) const GET_SESSION: &str = "SELECT s.created_at, (SELECT t.reply_at FROM turns t WHERE t.session_id = s.id ORDER BY t.seq DESC LIMIT 1), s.system_prompt, s.metadata, s.owner, s.target FROM sessions s WHERE s.id = ?1";
-pub(super) const LIST_SESSIONS: &str = "SELECT id, created_at, last_at, system_prompt, metadata, owner, target FROM (SELECT s.id, s.created_at, max(s.created_at, coalesce((SELECT t.reply_at FROM turns t WHERE t.session_id = s.id ORDER BY t.seq DESC LIMIT 1), 0)) AS last_at, s.system_prompt, s.metadata, s.owner, s.target FROM sessions s WHERE ?1 IS NULL OR s.owner = ?1) WHERE ?2 IS NULL OR last_at < ?2 OR (last_at = ?2 AND id < ?3) ORDER BY last_at DESC, id DESC LIMIT ?4";
+/// A page of sessions, most recently active first: each candidate's exact
+/// last activity is read from its last turn, among the sessions whose
+/// `active_hour` is at least `?5` (all of them when NULL) and, for an
+/// owner's list (`?1`), its own.
+pub(super) const LIST_SESSIONS: &str = "SELECT id, created_at, last_at, system_prompt, metadata, owner, target FROM (SELECT s.id, s.created_at, max(s.created_at, coalesce((SELECT t.reply_at FROM turns t WHERE t.session_id = s.id ORDER BY t.seq DESC LIMIT 1), 0)) AS last_at, s.system_prompt, s.metadata, s.owner, s.target FROM sessions s WHERE s.active_hour >= coalesce(?5, -9223372036854775808) AND s.active_hour <= coalesce(?6, 9223372036854775807)) WHERE ?2 IS NULL OR last_at < ?2 OR (last_at = ?2 AND id < ?3) ORDER BY last_at DESC, id DESC LIMIT ?4";
+pub(super) const LIST_OWN_SESSIONS: &str = "SELECT id, created_at, last_at, system_prompt, metadata, owner, target FROM (SELECT s.id, s.created_at, max(s.created_at, coalesce((SELECT t.reply_at FROM turns t WHERE t.session_id = s.id ORDER BY t.seq DESC LIMIT 1), 0)) AS last_at, s.system_prompt, s.metadata, s.owner, s.target FROM sessions s WHERE s.owner = ?1 AND s.active_hour >= coalesce(?5, -9223372036854775808) AND s.active_hour <= coalesce(?6, 9223372036854775807)) WHERE ?2 IS NULL OR last_at < ?2 OR (last_at = ?2 AND id < ?3) ORDER BY last_at DESC, id DESC LIMIT ?4";
+/// The `active_hour` of the session `?3` places down the activity order (at
+/// or before hour `?4`): the oldest hour a page of that many can reach.
+pub(super) const PAGE_FLOOR: &str = "SELECT active_hour FROM sessions WHERE active_hour <= coalesce(?4, 9223372036854775807) ORDER BY active_hour DESC LIMIT 1 OFFSET ?3";
+pub(super) const OWN_PAGE_FLOOR: &str = "SELECT active_hour FROM sessions WHERE owner = ?1 AND active_hour <= coalesce(?4, 9223372036854775807) ORDER BY active_hour DESC LIMIT 1 OFFSET ?3";
 pub(super) const REVIEW_FEEDBACK: &str = "SELECT seq, session_id, text, rating, created_at FROM feedback WHERE seq > ?1 AND (?2 IS NULL OR created_at >= ?2) AND (?3 IS NULL OR created_at < ?3) AND (?4 IS NULL OR session_id = ?4) AND (?5 IS NULL OR rating = ?5) ORDER BY seq LIMIT ?6";
 pub(super) const INSERT_KEY: &str =
     "INSERT INTO api_keys (id, name, hash, admin, created_at) VALUES (?1, ?2, ?3, ?4, ?5)";

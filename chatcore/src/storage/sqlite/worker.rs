@@ -45,9 +45,10 @@ const HOUR_SLOTS: usize = 4096;
 
 impl Db {
     /// Whether `active_hour >= hour` is already known to be stored for the
-    /// session `key`; if not, records that it will be. A wrong "yes" (a
-    /// slot recorded in a transaction that then rolled back) only makes the
-    /// hint lag, which the sweep tolerates: it checks the turns themselves.
+    /// session `key`; if not, records that it will be. A slot recorded by a
+    /// job or a transaction that then rolled back would be a wrong "yes":
+    /// every failure forgets the whole memo ([`Db::forget_hours`]), so
+    /// `active_hour` stays exact, which the session listing relies on.
     pub(crate) fn hour_known(&self, key: &[u8; 16], hour: i64) -> bool {
         let slot = usize::from(u16::from_le_bytes([key[0], key[1]])) % HOUR_SLOTS;
         let mut hours = self.hours.borrow_mut();
@@ -105,6 +106,15 @@ impl Drop for Db {
 }
 
 impl Db {
+    /// Forgets every `active_hour` the memo holds: what it recorded may
+    /// have been rolled back.
+    fn forget_hours(&self) {
+        self.hours
+            .borrow_mut()
+            .iter_mut()
+            .for_each(|slot| *slot = ([0u8; 16], i64::MIN));
+    }
+
     /// Runs `f` inside a savepoint, so that its failure undoes its own
     /// writes and nobody else's in the same transaction.
     fn in_savepoint<R>(&self, f: impl FnOnce(&Db) -> Result<R>) -> Result<R> {
@@ -113,6 +123,7 @@ impl Db {
         self.exec("SAVEPOINT job")?;
         let out = f(self);
         if out.is_err() {
+            self.forget_hours();
             self.exec("ROLLBACK TO job")?;
         }
         self.exec("RELEASE job")?;
@@ -392,6 +403,9 @@ fn run(
                 err
             }
         };
+        if err.is_some() {
+            db.forget_hours();
+        }
         for deliver in deliveries.drain(..) {
             deliver(err.as_ref());
         }
