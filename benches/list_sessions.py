@@ -1,6 +1,7 @@
 """GET /sessions on a SQLite store of N sessions (made directly in the
 store; one in 100 is alice's), one build: p50/p99 of an admin's first page
-and of alice's, 60 sequential requests each, over loopback. Usage: python3 benches/list_sessions.py BENCH_BINARY N
+and of alice's, 60 sequential requests each, then a read of one session
+while 8 clients list for 5 s, over loopback. Usage: python3 benches/list_sessions.py BENCH_BINARY N
 (BENCH_BINARY: target/release/examples/loadtest, run as `__gateway`)."""
 import base64, hashlib, hmac, http.client, json, os, shutil, socket, sqlite3, subprocess, sys, tempfile, time
 
@@ -52,6 +53,30 @@ try:
             assert r.status == 200, (r.status, body[:200])
         times.sort()
         print(f"{who}: {len(json.loads(body)['sessions'])} listed; p50 {times[len(times)//2]*1000:.2f} ms, p99 {times[int(len(times)*0.99)]*1000:.2f} ms")
+    # Another session's read while 8 clients list (admin pages) for 5 s.
+    import threading
+    one = json.loads(body)["sessions"][0]["session_id"]
+    stop = time.monotonic() + 5
+    def lister():
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        while time.monotonic() < stop:
+            c.request("GET", "/sessions?limit=20", headers={"Authorization": f"Bearer {key}"})
+            c.getresponse().read()
+    threads = [threading.Thread(target=lister) for _ in range(8)]
+    for t in threads:
+        t.start()
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    times = []
+    while time.monotonic() < stop:
+        t = time.perf_counter()
+        c.request("GET", f"/session/{one}", headers={"Authorization": f"Bearer {key}"})
+        r = c.getresponse(); r.read()
+        times.append(time.perf_counter() - t)
+        assert r.status == 200, r.status
+    for t in threads:
+        t.join()
+    times.sort()
+    print(f"a session's read while 8 clients list: {len(times)} reads; p50 {times[len(times)//2]*1000:.2f} ms, p99 {times[int(len(times)*0.99)]*1000:.2f} ms")
 finally:
     srv.terminate(); srv.wait()
     shutil.rmtree(d, ignore_errors=True)
