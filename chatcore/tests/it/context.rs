@@ -2,9 +2,10 @@
 //! estimate handles badly must not break for good, and a turn the upstream
 //! refuses as too long is retried once with less history.
 
+use crate::support::new_session;
 use std::time::Duration;
 
-use chatcore::{ChatCore, ErrorKind, MemoryStore, NewSession, OpenAiChat, OpenAiConfig};
+use chatcore::{ChatCore, ErrorKind, MemoryStore, OpenAiChat, OpenAiConfig};
 use chatmock::{MockOpenAi, Reply};
 
 fn core(mock: &MockOpenAi, context_tokens: usize) -> ChatCore {
@@ -42,13 +43,7 @@ async fn a_session_of_2000_cjk_turns_keeps_chatting() {
     mock.set_recording(false);
     mock.set_context_limit(Some(3000));
     let core = core(&mock, 3000);
-    let id = core
-        .anyone()
-        .initialize(NewSession::default())
-        .await
-        .unwrap()
-        .session
-        .id;
+    let id = new_session(&core).await;
     let text = "你好，今天的天气怎么样？我想去公园散步，然后喝一杯咖啡。";
     for i in 0..2000 {
         let reply = core
@@ -65,13 +60,7 @@ async fn a_session_of_2000_cjk_turns_keeps_chatting() {
 async fn an_overflow_is_retried_once_with_less_history() {
     let mock = MockOpenAi::start().await;
     let core = core(&mock, 3000);
-    let id = core
-        .anyone()
-        .initialize(NewSession::default())
-        .await
-        .unwrap()
-        .session
-        .id;
+    let id = new_session(&core).await;
     // Ten turns of about 80 tokens a message: all of them fit the budget,
     // a quarter of it does not.
     for i in 0..10 {
@@ -98,13 +87,7 @@ async fn an_overflow_is_retried_once_with_less_history() {
 async fn a_second_overflow_fails_the_turn_and_stores_nothing() {
     let mock = MockOpenAi::start().await;
     let core = core(&mock, 3000);
-    let id = core
-        .anyone()
-        .initialize(NewSession::default())
-        .await
-        .unwrap()
-        .session
-        .id;
+    let id = new_session(&core).await;
     core.anyone().chat(id, "first").await.unwrap();
     mock.push(Reply::ContextOverflow);
     mock.push(Reply::ContextOverflow);
@@ -120,13 +103,7 @@ async fn a_message_too_long_for_the_model_on_its_own_is_invalid_input() {
     let mock = MockOpenAi::start().await;
     mock.set_context_limit(Some(50));
     let core = core(&mock, 3000);
-    let id = core
-        .anyone()
-        .initialize(NewSession::default())
-        .await
-        .unwrap()
-        .session
-        .id;
+    let id = new_session(&core).await;
     let err = core
         .anyone()
         .chat(id, &"word ".repeat(100))

@@ -9,7 +9,7 @@ use chatcore::{ChatCore, ErrorKind, ManualClock, NewSession, SqliteStore};
 use rusqlite::Connection;
 use serde_json::json;
 
-use crate::support::{assistant, pairs, t0, user, ScriptedModel, MINUTE};
+use crate::support::{assistant, new_session, pairs, t0, user, ScriptedModel, MINUTE};
 
 fn core_on(path: &Path, model: &Arc<ScriptedModel>, clock: &Arc<ManualClock>) -> ChatCore {
     ChatCore::builder()
@@ -106,13 +106,7 @@ async fn an_acknowledged_turn_is_already_committed() {
     let model = ScriptedModel::new().shared();
     let clock = Arc::new(ManualClock::new(t0()));
     let core = core_on(&path, &model, &clock);
-    let id = core
-        .anyone()
-        .initialize(NewSession::default())
-        .await
-        .unwrap()
-        .session
-        .id;
+    let id = new_session(&core).await;
     core.anyone().chat(id, "do not lose me").await.unwrap();
 
     // Another connection, while the store is still open, sees the turn.

@@ -12,7 +12,9 @@ use chatcore::{
 };
 
 use crate::support::pg::TestSchema;
-use crate::support::{assistant, at, pairs, session, t0, user, wait_until, ScriptedModel};
+use crate::support::{
+    assistant, at, new_session, pairs, session, t0, user, wait_until, ScriptedModel,
+};
 
 /// Runs each listed `async fn name(schema: TestSchema)` on a fresh schema,
 /// or skips it (passing) when no test server is configured.
@@ -396,13 +398,7 @@ async fn two_facades_store_one_sessions_turns_one_after_another(schema: TestSche
         .shared();
     let a = facade(schema.store().await, &model);
     let b = facade(schema.store().await, &model);
-    let id = a
-        .anyone()
-        .initialize(NewSession::default())
-        .await
-        .unwrap()
-        .session
-        .id;
+    let id = new_session(&a).await;
 
     let mut turns = tokio::task::JoinSet::new();
     for i in 0..10 {
@@ -432,13 +428,7 @@ async fn a_turn_waits_out_a_dead_gateways_claim(schema: TestSchema) {
     let dead = schema.store().await;
     let model = ScriptedModel::new().shared();
     let core = facade(schema.store().await, &model);
-    let id = core
-        .anyone()
-        .initialize(NewSession::default())
-        .await
-        .unwrap()
-        .session
-        .id;
+    let id = new_session(&core).await;
     // A gateway claimed the session and died: nobody renews its claim.
     let ttl = Duration::from_millis(300);
     held(
@@ -561,13 +551,7 @@ async fn a_turn_longer_than_the_claim_ttl_keeps_its_claim(schema: TestSchema) {
         .shared();
     let a = facade_with_ttl(schema.store().await, &slow, ttl);
     let b = facade_with_ttl(schema.store().await, &slow, ttl);
-    let id = a
-        .anyone()
-        .initialize(NewSession::default())
-        .await
-        .unwrap()
-        .session
-        .id;
+    let id = new_session(&a).await;
     let first = tokio::spawn({
         let a = a.clone();
         async move { a.anyone().chat(id, "slow").await }

@@ -12,7 +12,9 @@ use chatcore::{
     PurgeReport, Role, SessionId, SqliteStore, Store, Turn,
 };
 
-use crate::support::{assistant, at, pair, pairs, t0, user, ScriptedModel, DAY, MINUTE};
+use crate::support::{
+    assistant, at, new_session, pair, pairs, t0, user, ScriptedModel, DAY, MINUTE,
+};
 
 each_backend! {
     "current_thread" => pages_cover_every_message_once_in_order,
@@ -48,15 +50,6 @@ async fn core_and_session<S: Store + 'static>(store: S) -> (ChatCore, SessionId)
     let core = core_with(store, &model, &clock);
     let id = new_session(&core).await;
     (core, id)
-}
-
-async fn new_session(core: &ChatCore) -> SessionId {
-    core.anyone()
-        .initialize(NewSession::default())
-        .await
-        .unwrap()
-        .session
-        .id
 }
 
 /// Every page of `limit` messages, following `next` from the start.
@@ -283,13 +276,7 @@ async fn pages_of_unknown_and_empty_sessions<S: Store + 'static>(store: S) {
 async fn sessions_with_data(core: &ChatCore, n: usize, tag: &str) -> Vec<SessionId> {
     let mut ids = Vec::with_capacity(n);
     for i in 0..n {
-        let id = core
-            .anyone()
-            .initialize(NewSession::default())
-            .await
-            .unwrap()
-            .session
-            .id;
+        let id = new_session(core).await;
         core.anyone().chat(id, &format!("{tag} {i}")).await.unwrap();
         core.anyone()
             .submit_feedback(id, "fine", Some(4))
@@ -413,13 +400,7 @@ async fn reads_see_every_committed_turn<S: Store + 'static>(store: S) {
         });
     }
     // And turns racing on one session.
-    let racing = core
-        .anyone()
-        .initialize(NewSession::default())
-        .await
-        .unwrap()
-        .session
-        .id;
+    let racing = new_session(&core).await;
     for r in 0..8 {
         let core = core.clone();
         tasks.spawn(async move {
@@ -497,13 +478,7 @@ async fn a_full_database_fails_turns_as_storage_unavailable_until_room_is_made()
     let model = ScriptedModel::new().shared();
     let clock = Arc::new(ManualClock::new(t0()));
     let core = core_with(store.clone(), &model, &clock);
-    let id = core
-        .anyone()
-        .initialize(NewSession::default())
-        .await
-        .unwrap()
-        .session
-        .id;
+    let id = new_session(&core).await;
 
     // Each acknowledged turn: its text and when it was stored.
     let mut acked: Vec<(String, chrono::DateTime<chrono::Utc>)> = Vec::new();

@@ -8,13 +8,12 @@ use std::time::{Duration, Instant};
 
 use chatcore::{
     ChatCore, ChatModel, ChatOptions, ChatRequest, CompletionStream, ErrorKind, History,
-    MemoryStore, NewSession, OpenAiChat, OpenAiConfig, Role, SessionId, StreamEvent, TurnEvent,
-    Usage,
+    MemoryStore, OpenAiChat, OpenAiConfig, Role, SessionId, StreamEvent, TurnEvent, Usage,
 };
 use chatmock::{MockOpenAi, Reply, StreamFault, StreamGate, StreamScript};
 use serde_json::json;
 
-use crate::support::{assistant, pairs, user, wait_until};
+use crate::support::{assistant, new_session, pairs, user, wait_until};
 
 /// Guards every wait on the network against a hang; never a speed test.
 const GUARD: Duration = Duration::from_secs(15);
@@ -350,13 +349,7 @@ async fn stored(core: &ChatCore, id: SessionId) -> Vec<(Role, String)> {
 async fn a_streamed_turn_is_stored_only_when_the_stream_completes() {
     let mock = MockOpenAi::start().await;
     let core = core(&mock, 5);
-    let id = core
-        .anyone()
-        .initialize(NewSession::default())
-        .await
-        .unwrap()
-        .session
-        .id;
+    let id = new_session(&core).await;
     let gate = StreamGate::new();
     mock.push(
         StreamScript::pieces(["Fine, ", "thanks."])
@@ -422,13 +415,7 @@ async fn a_streamed_turn_is_stored_only_when_the_stream_completes() {
 async fn a_streamed_turn_that_fails_stores_nothing_and_keeps_its_token_spent() {
     let mock = MockOpenAi::start().await;
     let core = core(&mock, 5);
-    let id = core
-        .anyone()
-        .initialize(NewSession::default())
-        .await
-        .unwrap()
-        .session
-        .id;
+    let id = new_session(&core).await;
     for fault in [StreamFault::DropAfter(1), StreamFault::StallAfter(1)] {
         mock.push(
             StreamScript::pieces(["part ", "rest"])
@@ -472,13 +459,7 @@ async fn a_streamed_turn_that_fails_stores_nothing_and_keeps_its_token_spent() {
 async fn dropping_a_streamed_turn_cancels_the_upstream_and_stores_nothing() {
     let mock = MockOpenAi::start().await;
     let core = core(&mock, 5);
-    let id = core
-        .anyone()
-        .initialize(NewSession::default())
-        .await
-        .unwrap()
-        .session
-        .id;
+    let id = new_session(&core).await;
     let gate = StreamGate::new();
     mock.push(
         StreamScript::pieces(["abandoned ", "reply"])

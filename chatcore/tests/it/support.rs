@@ -403,3 +403,13 @@ macro_rules! turn {
         }
     };
 }
+
+/// A new session with default options, made as anyone: its id.
+pub async fn new_session(core: &chatcore::ChatCore) -> SessionId {
+    core.anyone()
+        .initialize(chatcore::NewSession::default())
+        .await
+        .unwrap()
+        .session
+        .id
+}

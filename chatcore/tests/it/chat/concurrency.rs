@@ -6,11 +6,13 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chatcore::{ErrorKind, GovernorLimiter, ManualClock, NewSession, SessionId, Store};
+use chatcore::{ErrorKind, GovernorLimiter, ManualClock, SessionId, Store};
 use tokio::sync::Barrier;
 
 use super::builder;
-use crate::support::{assistant, pairs, t0, user, ScriptedModel, SignallingLimiter, MINUTE};
+use crate::support::{
+    assistant, new_session, pairs, t0, user, ScriptedModel, SignallingLimiter, MINUTE,
+};
 
 each_backend! {
     "multi_thread" => of_twenty_parallel_messages_exactly_five_pass,
@@ -25,13 +27,7 @@ async fn of_twenty_parallel_messages_exactly_five_pass<S: Store + 'static>(store
         .messages_per_minute(5)
         .build()
         .unwrap();
-    let id = core
-        .anyone()
-        .initialize(NewSession::default())
-        .await
-        .unwrap()
-        .session
-        .id;
+    let id = new_session(&core).await;
 
     let start = Arc::new(Barrier::new(20));
     let mut tasks = tokio::task::JoinSet::new();
@@ -76,21 +72,9 @@ async fn the_token_is_taken_only_after_validation<S: Store + 'static>(store: S) 
         .idle_timeout(30 * MINUTE)
         .build()
         .unwrap();
-    let stale = core
-        .anyone()
-        .initialize(NewSession::default())
-        .await
-        .unwrap()
-        .session
-        .id;
+    let stale = new_session(&core).await;
     clock.advance(31 * MINUTE);
-    let id = core
-        .anyone()
-        .initialize(NewSession::default())
-        .await
-        .unwrap()
-        .session
-        .id;
+    let id = new_session(&core).await;
 
     let too_long = "a".repeat(chatcore::MAX_MESSAGE_CHARS + 1);
     for _ in 0..5 {
@@ -142,13 +126,7 @@ async fn turns_of_one_session_run_one_at_a_time_in_arrival_order<S: Store + 'sta
         .rate_limiter(limiter.clone())
         .build()
         .unwrap();
-    let id = core
-        .anyone()
-        .initialize(NewSession::default())
-        .await
-        .unwrap()
-        .session
-        .id;
+    let id = new_session(&core).await;
 
     let mut turns = Vec::new();
     for i in 0..N {
@@ -183,20 +161,8 @@ async fn turns_of_different_sessions_run_in_parallel<S: Store + 'static>(store: 
         .with_barrier(Arc::new(Barrier::new(2)))
         .shared();
     let core = builder(store, &model).build().unwrap();
-    let a = core
-        .anyone()
-        .initialize(NewSession::default())
-        .await
-        .unwrap()
-        .session
-        .id;
-    let b = core
-        .anyone()
-        .initialize(NewSession::default())
-        .await
-        .unwrap()
-        .session
-        .id;
+    let a = new_session(&core).await;
+    let b = new_session(&core).await;
 
     let (ca, cb) = (core.clone(), core.clone());
     let ta = tokio::spawn(async move { ca.anyone().chat(a, "from a").await });

@@ -11,13 +11,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chatcore::{
     ApiKey, ChatCore, Feedback, FeedbackFilter, FeedbackStore, KeyStore, Message, MessageStore,
-    NewSession, PurgeReport, Result, Session, SessionCursor, SessionId, SessionStore, SqliteStore,
-    Store, Turn, Usage,
+    PurgeReport, Result, Session, SessionCursor, SessionId, SessionStore, SqliteStore, Store, Turn,
+    Usage,
 };
 use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 
-use crate::support::{assistant, pairs, user, ScriptedModel};
+use crate::support::{assistant, new_session, pairs, user, ScriptedModel};
 
 fn core(store: Arc<dyn Store>, model: &Arc<ScriptedModel>, hot: usize) -> ChatCore {
     ChatCore::builder()
@@ -35,13 +35,7 @@ async fn conversation(hot: usize) -> Vec<crate::support::Seen> {
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path().join("c.db")).unwrap());
     let model = ScriptedModel::new().shared();
     let core = core(store, &model, hot);
-    let id = core
-        .anyone()
-        .initialize(NewSession::default())
-        .await
-        .unwrap()
-        .session
-        .id;
+    let id = new_session(&core).await;
     for i in 0..12 {
         core.anyone()
             .chat(id, &format!("message number {i}"))
@@ -76,13 +70,7 @@ async fn a_cancelled_turn_leaves_a_consistent_history() {
         })
         .shared();
     let core = core(store, &model, 10_000);
-    let id = core
-        .anyone()
-        .initialize(NewSession::default())
-        .await
-        .unwrap()
-        .session
-        .id;
+    let id = new_session(&core).await;
     core.anyone().chat(id, "first").await.unwrap();
     // The client goes away while the model is thinking: the turn is dropped.
     let cancelled =
@@ -111,13 +99,7 @@ async fn a_new_facade_on_the_same_file_continues_the_history() {
     let id = {
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).unwrap());
         let core = core(store, &model, 10_000);
-        let id = core
-            .anyone()
-            .initialize(NewSession::default())
-            .await
-            .unwrap()
-            .session
-            .id;
+        let id = new_session(&core).await;
         core.anyone().chat(id, "before restart").await.unwrap();
         id
     };
@@ -286,13 +268,7 @@ async fn cancel_inside_append_turn(
     ));
     let model = ScriptedModel::new().shared();
     let core = core(Arc::clone(&store) as Arc<dyn Store>, &model, 10_000);
-    let id = core
-        .anyone()
-        .initialize(NewSession::default())
-        .await
-        .unwrap()
-        .session
-        .id;
+    let id = new_session(&core).await;
     core.anyone().chat(id, "first").await.unwrap();
 
     // Drive the turn until it is held inside `append_turn`, then drop it,

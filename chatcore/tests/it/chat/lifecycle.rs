@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chatcore::{
-    ChatCore, ChatModel, ChatRequest, Completion, ErrorKind, ManualClock, MemoryStore, NewSession,
-    PurgeReport, Role, SessionId, Store,
+    ChatCore, ChatModel, ChatRequest, Completion, ErrorKind, ManualClock, MemoryStore, PurgeReport,
+    Role, SessionId, Store,
 };
 
 use super::builder;
-use crate::support::{t0, ScriptedModel, DAY, MINUTE};
+use crate::support::{new_session, t0, ScriptedModel, DAY, MINUTE};
 
 each_backend! {
     "current_thread" => last_active_is_the_reply_time_not_the_request_time,
@@ -51,13 +51,7 @@ async fn last_active_is_the_reply_time_not_the_request_time<S: Store + 'static>(
         .idle_timeout(30 * MINUTE)
         .build()
         .unwrap();
-    let id = core
-        .anyone()
-        .initialize(NewSession::default())
-        .await
-        .unwrap()
-        .session
-        .id;
+    let id = new_session(&core).await;
     clock.advance(MINUTE);
     let asked = t0() + MINUTE;
     let answered = asked + think;
@@ -107,13 +101,7 @@ async fn an_idle_session_expires_and_is_never_revived<S: Store + 'static>(store:
         .idle_timeout(30 * MINUTE)
         .build()
         .unwrap();
-    let id = core
-        .anyone()
-        .initialize(NewSession::default())
-        .await
-        .unwrap()
-        .session
-        .id;
+    let id = new_session(&core).await;
 
     // A turn before the timeout keeps the session alive from that turn on.
     clock.advance(29 * MINUTE);
@@ -150,13 +138,7 @@ async fn feedback_is_validated_and_kept_in_order<S: Store + 'static>(store: S) {
     let model = ScriptedModel::new().shared();
     let clock = Arc::new(ManualClock::new(t0()));
     let core = builder(store, &model).clock(clock.clone()).build().unwrap();
-    let id = core
-        .anyone()
-        .initialize(NewSession::default())
-        .await
-        .unwrap()
-        .session
-        .id;
+    let id = new_session(&core).await;
     let desk = core.anyone();
 
     let err = desk
@@ -206,26 +188,14 @@ async fn the_sweep_purges_only_sessions_past_retention<S: Store + 'static>(store
         .retention(10 * DAY)
         .build()
         .unwrap();
-    let old = core
-        .anyone()
-        .initialize(NewSession::default())
-        .await
-        .unwrap()
-        .session
-        .id;
+    let old = new_session(&core).await;
     core.anyone().chat(old, "long ago").await.unwrap();
     core.anyone()
         .submit_feedback(old, "thanks", None)
         .await
         .unwrap();
     clock.advance(6 * DAY);
-    let recent = core
-        .anyone()
-        .initialize(NewSession::default())
-        .await
-        .unwrap()
-        .session
-        .id;
+    let recent = new_session(&core).await;
     core.anyone().chat(recent, "lately").await.unwrap();
     core.anyone()
         .submit_feedback(recent, "nice", Some(4))
@@ -273,13 +243,7 @@ async fn the_sweeper_runs_once_per_interval() {
         .retention(DAY)
         .build()
         .unwrap();
-    let old = core
-        .anyone()
-        .initialize(NewSession::default())
-        .await
-        .unwrap()
-        .session
-        .id;
+    let old = new_session(&core).await;
     clock.advance(2 * DAY);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let started = tokio::time::Instant::now();

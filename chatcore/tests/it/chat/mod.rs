@@ -11,7 +11,7 @@ use chatcore::{
 use chatmock::MockOpenAi;
 use serde_json::json;
 
-use crate::support::{assistant, pairs, t0, user, ScriptedModel, MINUTE};
+use crate::support::{assistant, new_session, pairs, t0, user, ScriptedModel, MINUTE};
 
 mod concurrency;
 mod hot;
@@ -140,13 +140,7 @@ async fn a_failed_upstream_turn_stores_nothing_but_uses_its_token<S: Store + 'st
         .clock(clock.clone())
         .build()
         .unwrap();
-    let id = core
-        .anyone()
-        .initialize(NewSession::default())
-        .await
-        .unwrap()
-        .session
-        .id;
+    let id = new_session(&core).await;
     clock.advance(MINUTE);
 
     model.fail_next(&[ErrorKind::UpstreamFailed]);
@@ -186,13 +180,7 @@ async fn history_is_trimmed_from_the_oldest_end_to_fit<S: Store + 'static>(store
         .context_tokens(budget)
         .build()
         .unwrap();
-    let id = core
-        .anyone()
-        .initialize(NewSession::default())
-        .await
-        .unwrap()
-        .session
-        .id;
+    let id = new_session(&core).await;
     // 40-character questions (14 tokens) and 49-character replies (17).
     let question = |i: usize| format!("{i}{}", "x".repeat(39));
     for i in 0..4 {
@@ -227,13 +215,7 @@ async fn history_is_trimmed_from_the_oldest_end_to_fit<S: Store + 'static>(store
 async fn an_empty_reply_fails_the_turn_and_stores_nothing() {
     let model = ScriptedModel::new().with_reply(|_| String::new()).shared();
     let core = builder(MemoryStore::new(), &model).build().unwrap();
-    let id = core
-        .anyone()
-        .initialize(NewSession::default())
-        .await
-        .unwrap()
-        .session
-        .id;
+    let id = new_session(&core).await;
     let err = core.anyone().chat(id, "hello?").await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::UpstreamFailed);
     assert!(err.to_string().contains("empty reply"), "{err}");
@@ -260,13 +242,7 @@ async fn empty_replies_do_not_shrink_the_history_that_fits() {
         .clock(Arc::new(ManualClock::new(t0())))
         .build()
         .unwrap();
-    let id = core
-        .anyone()
-        .initialize(NewSession::default())
-        .await
-        .unwrap()
-        .session
-        .id;
+    let id = new_session(&core).await;
     for i in 0..33 {
         store.append_turn(id, turn!("a", "", i)).await.unwrap();
     }
