@@ -126,9 +126,22 @@ pub fn limiters(config: &Config, log: &Logger) -> chatcore::Result<Limiters> {
             };
             const MINUTE: Duration = Duration::from_secs(60);
             const HOUR: Duration = Duration::from_secs(3600);
-            let messages =
-                RedisLimiter::connect(&rl.url, quota("session", rl.messages_per_minute, MINUTE))?
-                    .with_logger(log.new(o!("component" => "rate_limit")));
+            let ca = if rl.ca_file.is_empty() {
+                None
+            } else {
+                Some(std::fs::read(&rl.ca_file).map_err(|e| {
+                    chatcore::Error::invalid(
+                        "rate_limit.ca_file",
+                        format!("cannot read rate_limit.ca_file {}: {e}", rl.ca_file),
+                    )
+                })?)
+            };
+            let messages = RedisLimiter::connect_with_ca(
+                &rl.url,
+                ca,
+                quota("session", rl.messages_per_minute, MINUTE),
+            )?
+            .with_logger(log.new(o!("component" => "rate_limit")));
             let sibling =
                 |name, limit, period| shared(messages.sibling(quota(name, limit, period)));
             Ok(Limiters {

@@ -114,16 +114,47 @@ impl fmt::Debug for RedisLimiter {
 }
 
 impl RedisLimiter {
-    /// A limiter on the Redis at `url` (`redis://host:port/db`). It
-    /// connects on first use and reconnects by itself, so a gateway starts
-    /// while Redis is down and recovers when it returns.
+    /// A limiter on the Redis at `url` (`redis://host:port/db`, or
+    /// `rediss://` for TLS, the server's certificate checked against the
+    /// system's roots). It connects on first use and reconnects by itself,
+    /// so a gateway starts while Redis is down and recovers when it returns.
     ///
     /// # Errors
     /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) when the
     /// URL is not a Redis URL.
     pub fn connect(url: &str, config: RedisLimiterConfig) -> Result<Self> {
-        let client =
-            redis::Client::open(url).map_err(|_| Error::invalid("url", "not a Redis URL"))?;
+        Self::connect_with_ca(url, None, config)
+    }
+
+    /// As [`RedisLimiter::connect`]; with `ca_pem` (PEM certificates), a
+    /// `rediss://` server's certificate is checked against those roots
+    /// instead of the system's: a private CA.
+    ///
+    /// # Errors
+    /// As [`RedisLimiter::connect`]; also when `ca_pem` is given for a URL
+    /// that is not `rediss://`.
+    pub fn connect_with_ca(
+        url: &str,
+        ca_pem: Option<Vec<u8>>,
+        config: RedisLimiterConfig,
+    ) -> Result<Self> {
+        let client = match ca_pem {
+            None => redis::Client::open(url),
+            Some(_) if !url.starts_with("rediss://") => {
+                return Err(Error::invalid(
+                    "url",
+                    "a CA file is for a rediss:// URL (Redis over TLS)",
+                ))
+            }
+            Some(root) => redis::Client::build_with_tls(
+                url,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root),
+                },
+            ),
+        }
+        .map_err(|_| Error::invalid("url", "not a Redis URL"))?;
         let manager = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.timeout))
             .set_response_timeout(Some(config.timeout))

@@ -278,4 +278,181 @@ mod redis_backend {
             "{answer:?}"
         );
     }
+
+    /// A certificate authority and a server certificate for 127.0.0.1 it
+    /// signed, made by `openssl` in `dir`: (ca.pem, server.pem, server.key).
+    fn certificates(dir: &std::path::Path, name: &str) -> [std::path::PathBuf; 3] {
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .expect("openssl (Debian's package) makes the test certificates");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let (ca, ca_key) = (format!("{name}-ca.pem"), format!("{name}-ca.key"));
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={name} test CA"),
+            "-keyout",
+            &ca_key,
+            "-out",
+            &ca,
+        ]);
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ]);
+        std::fs::write(dir.join("san.ext"), "subjectAltName = IP:127.0.0.1\n").unwrap();
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            &ca,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+            "-out",
+            "server.pem",
+        ]);
+        [dir.join(ca), dir.join("server.pem"), dir.join("server.key")]
+    }
+
+    /// A Redis server of the test's own, serving TLS only, killed on drop.
+    struct TlsRedis {
+        child: std::process::Child,
+        port: u16,
+    }
+
+    impl Drop for TlsRedis {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    async fn tls_redis(
+        dir: &std::path::Path,
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        ca: &std::path::Path,
+    ) -> TlsRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                "0",
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args(["--tls-port", &port.to_string()])
+            .arg("--tls-cert-file")
+            .arg(cert)
+            .arg("--tls-key-file")
+            .arg(key)
+            .arg("--tls-ca-cert-file")
+            .arg(ca)
+            .args(["--tls-auth-clients", "no"])
+            .current_dir(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (the machine's) for the TLS test");
+        let server = TlsRedis { child, port };
+        wait_until(
+            Duration::from_secs(10),
+            "the TLS Redis to listen",
+            || async move {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok()
+            },
+        )
+        .await;
+        server
+    }
+
+    /// `rediss://` with a private CA: the limiter works over TLS against a
+    /// server whose certificate that CA signed, and refuses (as Redis out
+    /// of reach) one signed by another CA, or a plain connection's URL.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_over_tls_with_a_private_ca() {
+        if redis_url().is_none() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let [ca, cert, key] = certificates(dir.path(), "good");
+        let server = tls_redis(dir.path(), &cert, &key, &ca).await;
+        let url = format!("rediss://127.0.0.1:{}", server.port);
+        let ca_pem = std::fs::read(&ca).unwrap();
+        let l = RedisLimiter::connect_with_ca(
+            &url,
+            Some(ca_pem),
+            config(&prefix(), 5, OnUnavailable::Deny),
+        )
+        .unwrap();
+        let s = SessionId::new_v4();
+        let first = wait_for(Duration::from_secs(20), "a check over TLS", || async {
+            l.check(s).await.ok()
+        })
+        .await;
+        assert!(
+            matches!(first, Decision::Allowed { remaining: 4 }),
+            "{first:?}"
+        );
+        l.ping().await.expect("ping over TLS");
+
+        // Another CA does not vouch for this server.
+        let other = tempfile::tempdir().unwrap();
+        let [wrong_ca, ..] = certificates(other.path(), "other");
+        let wrong = RedisLimiter::connect_with_ca(
+            &url,
+            Some(std::fs::read(&wrong_ca).unwrap()),
+            config(&prefix(), 5, OnUnavailable::Deny),
+        )
+        .unwrap();
+        let e = wrong.check(s).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::LimiterUnavailable, "{e}");
+        // A CA file is for rediss:// only.
+        let e = RedisLimiter::connect_with_ca(
+            &format!("redis://127.0.0.1:{}", server.port),
+            Some(Vec::new()),
+            config(&prefix(), 5, OnUnavailable::Deny),
+        )
+        .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    }
 }

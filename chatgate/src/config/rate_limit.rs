@@ -48,6 +48,9 @@ pub struct RateLimitConfig {
     pub timeout: Duration,
     /// Prepended to every Redis key, so deployments can share a Redis.
     pub key_prefix: String,
+    /// PEM roots that a `rediss://` server's certificate is checked against
+    /// (a private CA); empty: the system's roots.
+    pub ca_file: String,
     /// Messages per minute per session (burst of the same size).
     pub messages_per_minute: NonZeroU32,
     /// Messages per minute per principal, across its sessions (with
@@ -71,6 +74,7 @@ impl Default for RateLimitConfig {
             on_unavailable: OnUnavailable::Deny,
             timeout: Duration::from_millis(500),
             key_prefix: "chatgate:".into(),
+            ca_file: String::new(),
             messages_per_minute: NonZeroU32::new(
                 chatcore::ChatCoreBuilder::DEFAULT_MESSAGES_PER_MINUTE,
             )
@@ -93,6 +97,7 @@ impl fmt::Debug for RateLimitConfig {
             .field("on_unavailable", &self.on_unavailable)
             .field("timeout", &self.timeout)
             .field("key_prefix", &self.key_prefix)
+            .field("ca_file", &self.ca_file)
             .field("messages_per_minute", &self.messages_per_minute)
             .field(
                 "principal_messages_per_minute",
@@ -122,6 +127,12 @@ impl RateLimitConfig {
                 expected: "a redis://host:port/db URL, with rate_limit.backend = \"redis\"".into(),
             });
         }
+        if !self.ca_file.is_empty() && !self.url.starts_with("rediss://") {
+            return Err(ConfigError::Invalid {
+                key: "rate_limit.ca_file",
+                expected: "a CA file only with a rediss:// rate_limit.url (Redis over TLS)".into(),
+            });
+        }
         if self.timeout.is_zero() {
             return Err(ConfigError::Invalid {
                 key: "rate_limit.timeout",
@@ -144,6 +155,12 @@ mod tests {
         let e = r.validate().unwrap_err().to_string();
         assert!(e.contains("rate_limit.url"), "{e}");
         r.url = "redis://:pw@cache:6379/0".into();
+        assert!(r.validate().is_ok());
+        // A private CA is for TLS only.
+        r.ca_file = "/etc/chatgate/redis-ca.pem".into();
+        let e = r.validate().unwrap_err().to_string();
+        assert!(e.contains("rate_limit.ca_file"), "{e}");
+        r.url = "rediss://cache:6380/0".into();
         assert!(r.validate().is_ok());
         r.timeout = Duration::ZERO;
         let e = r.validate().unwrap_err().to_string();
