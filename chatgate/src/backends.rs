@@ -58,6 +58,7 @@ pub async fn store(config: &Config, log: &Logger) -> chatcore::Result<Storage> {
         Backend::Postgres => {
             let store = PostgresStore::connect(PostgresOptions {
                 url: s.url.clone(),
+                ca_file: (!s.ca_file.is_empty()).then(|| s.ca_file.clone().into()),
                 schema: (!s.schema.is_empty()).then(|| s.schema.clone()),
                 pool_size: s.pool_size.get() as usize,
                 statement_timeout: s.statement_timeout,

@@ -25,3 +25,4 @@ mod limiter;
 mod shared;
 mod storage_bounds;
 mod stream;
+mod tls;

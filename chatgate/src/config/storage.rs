@@ -31,8 +31,12 @@ pub struct StorageConfig {
     pub backend: Backend,
     /// The SQLite file.
     pub path: PathBuf,
-    /// The PostgreSQL server (`postgres://user:password@host:port/db`).
+    /// The PostgreSQL server (`postgres://user:password@host:port/db`),
+    /// with `?sslmode=require|verify-ca|verify-full` for TLS.
     pub url: String,
+    /// PEM roots that a TLS server's certificate is checked against (a
+    /// private CA); empty: the system's roots.
+    pub ca_file: String,
     /// The PostgreSQL schema for chatgate's tables (made if missing);
     /// empty: the server's default (`public`).
     pub schema: String,
@@ -55,6 +59,7 @@ impl Default for StorageConfig {
             backend: Backend::Sqlite,
             path: PathBuf::from("chatgate.db"),
             url: String::new(),
+            ca_file: String::new(),
             schema: String::new(),
             // The library's defaults are the gateway's.
             pool_size: u32::try_from(postgres_default.pool_size)
@@ -73,6 +78,7 @@ impl fmt::Debug for StorageConfig {
             .field("backend", &self.backend)
             .field("path", &self.path)
             .field("url", &redact_url(&self.url))
+            .field("ca_file", &self.ca_file)
             .field("schema", &self.schema)
             .field("pool_size", &self.pool_size)
             .field("statement_timeout", &self.statement_timeout)
@@ -101,6 +107,12 @@ impl StorageConfig {
                 expected: "a postgres://user:password@host:port/database URL, with storage.backend = \"postgres\"".into(),
             });
         }
+        if !self.ca_file.is_empty() && !self.url.contains("sslmode=") {
+            return Err(ConfigError::Invalid {
+                key: "storage.ca_file",
+                expected: "a CA file only with TLS: sslmode=require, verify-ca or verify-full in storage.url".into(),
+            });
+        }
         if !self.schema.is_empty() && !chatcore::PostgresOptions::is_schema_name(&self.schema) {
             return Err(ConfigError::Invalid {
                 key: "storage.schema",
@@ -123,6 +135,22 @@ mod tests {
 
     fn refused(s: &StorageConfig) -> String {
         s.validate().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_ca_file_needs_tls_in_the_url() {
+        let plain = StorageConfig {
+            backend: Backend::Postgres,
+            url: "postgres://chat@db/chat".into(),
+            ca_file: "/etc/chatgate/pg-ca.pem".into(),
+            ..StorageConfig::default()
+        };
+        assert!(refused(&plain).contains("storage.ca_file"));
+        let tls = StorageConfig {
+            url: "postgres://chat@db/chat?sslmode=verify-full".into(),
+            ..plain
+        };
+        assert!(tls.validate().is_ok());
     }
 
     #[test]

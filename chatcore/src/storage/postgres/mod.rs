@@ -36,13 +36,19 @@ mod messages;
 mod purge;
 mod schema;
 mod sessions;
+mod tls;
 
 /// How a [`PostgresStore`] connects.
 #[derive(Clone)]
 pub struct PostgresOptions {
     /// The server, as a `postgres://user:password@host:port/database` URL
-    /// (or a libpq key-value string).
+    /// (or a libpq key-value string). Its `sslmode` is read as libpq reads
+    /// it: `disable` (or none), `prefer`, `require`, `verify-ca`,
+    /// `verify-full` (TLS with rustls).
     pub url: String,
+    /// PEM roots that the server's certificate is checked against (a
+    /// private CA); `None`: the system's roots.
+    pub ca_file: Option<std::path::PathBuf>,
     /// Connections the pool keeps at most.
     pub pool_size: usize,
     /// The longest a statement may run (set on every connection); one that
@@ -69,6 +75,7 @@ impl PostgresOptions {
     /// [`ErrorKind::InvalidInput`] when it is malformed; the error does not
     /// repeat it (it may hold a password).
     pub fn check_url(url: &str) -> Result<()> {
+        let (url, _) = tls::sslmode(url)?;
         url.parse::<tokio_postgres::Config>()
             .map(drop)
             .map_err(|e| Error::invalid("url", "the PostgreSQL URL is malformed").with_source(e))
@@ -91,6 +98,7 @@ impl Default for PostgresOptions {
             connect_timeout: Duration::from_secs(5),
             schema: None,
             sql_logger: None,
+            ca_file: None,
         }
     }
 }
@@ -104,6 +112,7 @@ impl fmt::Debug for PostgresOptions {
             .field("connect_timeout", &self.connect_timeout)
             .field("schema", &self.schema)
             .field("sql_logger", &self.sql_logger.is_some())
+            .field("ca_file", &self.ca_file)
             .finish()
     }
 }
@@ -177,8 +186,8 @@ impl PostgresStore {
                 ));
             }
         }
-        let mut config: tokio_postgres::Config = options
-            .url
+        let (url, ssl) = tls::sslmode(&options.url)?;
+        let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| Error::invalid("url", "the PostgreSQL URL is malformed").with_source(e))?;
         // Server settings go in the startup packet, so every connection has
@@ -203,13 +212,24 @@ impl PostgresStore {
         if config.get_application_name().is_none() {
             config.application_name("chatgate");
         }
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match ssl {
+            tls::SslMode::Plain if options.ca_file.is_none() => {
+                Manager::from_config(config, NoTls, manager_config)
+            }
+            tls::SslMode::Plain => {
+                return Err(Error::invalid(
+                    "ca_file",
+                    "a CA file needs TLS: sslmode=require, verify-ca or verify-full in the URL",
+                ))
+            }
+            mode => {
+                let tls = tls::connector(mode, options.ca_file.as_deref())?;
+                Manager::from_config(config, tls, manager_config)
+            }
+        };
         let pool = Pool::builder(manager)
             .max_size(options.pool_size.max(1))
             .wait_timeout(Some(options.connect_timeout))
