@@ -95,6 +95,17 @@ impl<'a> Scoped<'a> {
         self.inner.sessions.usage(id).await
     }
 
+    /// [`Scoped::get`] and [`Scoped::usage`] together, the session looked
+    /// up once.
+    ///
+    /// # Errors
+    /// As [`Scoped::get`].
+    pub async fn get_with_usage(&self, id: SessionId) -> Result<(SessionInfo, Usage)> {
+        let session = self.visible(id).await?;
+        let usage = self.inner.sessions.usage(id).await?;
+        Ok((self.inner.sessions.info(session), usage))
+    }
+
     /// A page of a session's messages.
     ///
     /// # Errors

@@ -66,8 +66,7 @@ pub async fn initialize(
 pub async fn get(app: &Arc<App>, caller: Caller, id: &str) -> HandlerResult {
     let id = SessionId::parse(id)?;
     let scoped = app.core.as_caller(caller);
-    let info = scoped.get(id).await?;
-    let usage = scoped.usage(id).await?;
+    let (info, usage) = scoped.get_with_usage(id).await?;
     let mut out = SessionOut::from(&info);
     out.usage = Some(usage.into());
     Ok(json(&out))
