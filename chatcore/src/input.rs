@@ -17,6 +17,12 @@ pub enum TurnInput<'c> {
     /// parts), or the tool results that answer the previous reply's tool
     /// calls, perhaps followed by a user message.
     Messages(Vec<Message>),
+    /// Messages of any role, oldest first, as the Responses API's input
+    /// items come (instructions and examples as `developer`/`system`
+    /// messages, earlier `assistant` turns, tool results, user messages),
+    /// all stored with the turn; tool results must still answer the
+    /// session's last reply's calls.
+    Items(Vec<Message>),
 }
 
 impl<'c> From<&'c str> for TurnInput<'c> {
@@ -49,9 +55,17 @@ impl TurnInput<'_> {
     pub(crate) fn answers_calls(&self) -> bool {
         match self {
             TurnInput::Text(_) => false,
-            TurnInput::Messages(m) => m
+            TurnInput::Messages(m) | TurnInput::Items(m) => m
                 .first()
                 .is_some_and(|m| matches!(m.role, Role::Tool | Role::Function)),
+        }
+    }
+
+    /// The new messages, when they are more than a user's text.
+    pub(crate) fn messages(&self) -> Option<&[Message]> {
+        match self {
+            TurnInput::Text(_) => None,
+            TurnInput::Messages(m) | TurnInput::Items(m) => Some(m),
         }
     }
 }
@@ -63,9 +77,10 @@ pub const MAX_MESSAGE_CHARS: usize = 32_000;
 /// in one of the shapes a turn takes (tool results, then at most one user
 /// message), each of bounded text.
 pub(crate) fn validate_input(input: &TurnInput<'_>) -> Result<()> {
-    let messages = match input {
+    let (messages, any_role) = match input {
         TurnInput::Text(t) => return validate_message(t),
-        TurnInput::Messages(m) => m,
+        TurnInput::Messages(m) => (m, false),
+        TurnInput::Items(m) => (m, true),
     };
     if messages.is_empty() {
         return Err(Error::invalid(
@@ -78,6 +93,9 @@ pub(crate) fn validate_input(input: &TurnInput<'_>) -> Result<()> {
             "messages",
             format!("a turn takes at most {} messages", MAX_TURN_MESSAGES - 1),
         ));
+    }
+    if any_role {
+        return Ok(());
     }
     let (last, results) = messages.split_last().expect("not empty");
     let results_ok = results
@@ -109,12 +127,24 @@ pub(crate) fn check_calls_answered(
         .filter(|m| m.role == Role::Assistant)
         .map(|m| m.calls())
         .unwrap_or_default();
-    let results: Vec<Option<String>> = match input {
-        TurnInput::Text(_) => Vec::new(),
-        TurnInput::Messages(m) => m
+    // Items may carry a call and its result together (a client that
+    // replays its own history): such results answer the input's calls,
+    // not the session's.
+    let own_calls: Vec<String> = match input {
+        TurnInput::Items(m) => m
+            .iter()
+            .filter(|m| m.role == Role::Assistant)
+            .flat_map(|m| m.view().calls())
+            .collect(),
+        _ => Vec::new(),
+    };
+    let results: Vec<Option<String>> = match input.messages() {
+        None => Vec::new(),
+        Some(m) => m
             .iter()
             .filter(|m| matches!(m.role, Role::Tool | Role::Function))
             .map(|m| m.view().answers())
+            .filter(|a| a.as_ref().is_none_or(|a| !own_calls.contains(a)))
             .collect(),
     };
     if calls.is_empty() && results.is_empty() {

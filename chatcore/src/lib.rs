@@ -41,6 +41,9 @@
 //!   [`PreparedTurn`] that owns its guards; it calls the model whole or
 //!   streamed ([`TurnStream`]) and appends the turn's messages atomically.
 //!   `input.rs`: a turn's new messages ([`TurnInput`]) and their rules.
+//! - `responses.rs`: the Responses API's state on sessions: a chain of
+//!   responses is a session; a response is stored with its turn, found by
+//!   id ([`Scoped::response`]), continued or forked ([`Scoped::fork_chain`]).
 //! - `message.rs`: messages as the protocol has them ([`Message`]: a role
 //!   and text, or the whole message object when it holds more: content
 //!   parts, tool calls, tool results). `json.rs`: JSON objects read member
@@ -52,7 +55,8 @@
 //!   for a gateway that relays it. `history.rs`: the [`History`] a model
 //!   is sent, borrowed from the cache.
 //! - `storage/`: the storage traits ([`SessionStore`], [`MessageStore`],
-//!   [`FeedbackStore`], [`KeyStore`], together [`Store`]; [`TurnClaims`]
+//!   [`ResponseStore`] (`responses.rs`), [`FeedbackStore`], [`KeyStore`],
+//!   together [`Store`]; [`TurnClaims`]
 //!   for a store several gateways share) and three backends: `memory.rs`
 //!   ([`MemoryStore`]), `sqlite/` ([`SqliteStore`]: one writer thread,
 //!   group commit, WAL, checkpoints off the commit path, a few reading
@@ -99,6 +103,7 @@ mod queue;
 mod quota;
 mod rate_limit;
 mod redact;
+mod responses;
 mod scoped;
 mod session;
 mod storage;
@@ -128,8 +133,9 @@ pub use scoped::Scoped;
 pub use session::{SessionInfo, MAX_METADATA_BYTES, MAX_SYSTEM_PROMPT_CHARS};
 pub use storage::{
     ApiKey, Claim, FeedbackFilter, FeedbackStore, KeyStore, MemoryStore, MessageCursor,
-    MessagePage, MessageStore, SessionCursor, SessionStore, SqliteOptions, SqliteStats,
-    SqliteStore, Store, Turn, TurnClaims, TurnToken, MAX_TURN_MESSAGES,
+    MessagePage, MessageStore, ResponseRecord, ResponseStore, SessionCursor, SessionStore,
+    SqliteOptions, SqliteStats, SqliteStore, Store, StoredResponse, Turn, TurnClaims, TurnToken,
+    MAX_TURN_MESSAGES,
 };
 #[cfg(feature = "postgres")]
 pub use storage::{PostgresOptions, PostgresStore};

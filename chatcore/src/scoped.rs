@@ -22,8 +22,8 @@ use crate::types::{Feedback, NewSession, Session, SessionId, Usage};
 /// [`ChatCore`](crate::ChatCore) acting for one [`Caller`].
 #[derive(Debug, Clone)]
 pub struct Scoped<'a> {
-    inner: &'a Arc<Inner>,
-    caller: Caller,
+    pub(crate) inner: &'a Arc<Inner>,
+    pub(crate) caller: Caller,
     client: Option<String>,
 }
 
@@ -52,7 +52,7 @@ impl<'a> Scoped<'a> {
     }
 
     /// The session, if it exists and the caller may use it.
-    async fn visible(&self, id: SessionId) -> Result<Session> {
+    pub(crate) async fn visible(&self, id: SessionId) -> Result<Session> {
         match self.inner.store.get_session(id).await? {
             Some(s) if self.caller.may_use(&s) => Ok(s),
             _ => Err(Error::session_not_found()),

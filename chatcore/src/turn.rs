@@ -37,7 +37,9 @@ use crate::llm::{
 use crate::message::{Message, MessageRef, Role, WireMessage};
 use crate::queue::TurnSlot;
 use crate::quota::take_token;
-use crate::storage::Turn;
+#[cfg(doc)]
+use crate::storage::ResponseStore;
+use crate::storage::{ResponseRecord, Turn};
 use crate::tokens::{estimate_tokens, message_tokens};
 use crate::types::{SessionId, Usage};
 
@@ -131,6 +133,8 @@ pub(crate) async fn prepare<'c>(
         remaining,
         tight: false,
         upstream: Duration::ZERO,
+        instructions: None,
+        response: None,
         lease,
         claim,
         _slot: slot,
@@ -169,6 +173,10 @@ pub struct PreparedTurn<'c> {
     tight: bool,
     /// Time spent waiting on the model so far.
     upstream: Duration,
+    /// This request's system prompt, in place of the session's (not stored).
+    instructions: Option<String>,
+    /// The response to store with the turn, made from its reply.
+    response: Option<ResponseMaker>,
     // Field order is drop order: the window goes back to the cache, and a
     // shared store's claim is released, before the next turn of the
     // session is let in.
@@ -193,12 +201,50 @@ impl<'c> PreparedTurn<'c> {
         self.remaining
     }
 
+    /// Sends `text` as this request's system prompt, in place of the
+    /// session's (or the configured one): the Responses API's
+    /// `instructions`, which apply to one response and are not stored.
+    #[must_use]
+    pub fn with_instructions(mut self, text: String) -> Self {
+        self.instructions = Some(text);
+        self
+    }
+
+    /// Stores a response (see [`ResponseStore`]) with the turn, under `id`,
+    /// in the same atomic step: `document` makes what is kept of it from
+    /// the reply and the reply's time. The document comes back in
+    /// [`ChatReply::response`].
+    #[must_use]
+    pub fn with_response(
+        mut self,
+        id: String,
+        document: impl FnOnce(&Completion, DateTime<Utc>) -> String + Send + Sync + 'static,
+    ) -> Self {
+        self.response = Some(ResponseMaker {
+            id,
+            make: Box::new(document),
+        });
+        self
+    }
+
+    /// The id of the response stored with the session's newest turn, if
+    /// that turn has one. Read while this turn holds the session, so no
+    /// other turn can move the session on before this one is stored: a
+    /// continuation from that response can append here, one from any other
+    /// must fork.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Storage`] when the store fails.
+    pub async fn head_response(&self) -> Result<Option<String>> {
+        self.inner.store.head_response(self.id).await
+    }
+
     /// The text of the turn's user message, as a person reads it (empty
     /// for a turn of tool results alone).
     pub fn content(&self) -> Cow<'_, str> {
         match &self.input {
             TurnInput::Text(t) => Cow::Borrowed(t),
-            TurnInput::Messages(m) => {
+            TurnInput::Messages(m) | TurnInput::Items(m) => {
                 let texts: Vec<Cow<'_, str>> = m
                     .iter()
                     .map(Message::display_text)
@@ -217,17 +263,20 @@ impl<'c> PreparedTurn<'c> {
     /// that fits the context budget, and the new messages.
     pub fn request(&self) -> ChatRequest<'_> {
         let inner = &*self.inner;
-        let system = self
-            .lease
-            .hot
-            .session
-            .system_prompt
-            .as_deref()
-            .or(inner.system_prompt.as_deref())
-            .filter(|s| !s.is_empty());
+        let system = match &self.instructions {
+            Some(text) => Some(text.as_str()),
+            None => self
+                .lease
+                .hot
+                .session
+                .system_prompt
+                .as_deref()
+                .or(inner.system_prompt.as_deref()),
+        }
+        .filter(|s| !s.is_empty());
         let (input, new_cost) = match &self.input {
             TurnInput::Text(t) => (Input::Text(t), estimate_tokens(t)),
-            TurnInput::Messages(m) => (
+            TurnInput::Messages(m) | TurnInput::Items(m) => (
                 Input::Messages(m),
                 m.iter().map(|m| message_tokens(m.view())).sum(),
             ),
@@ -372,7 +421,7 @@ impl<'c> PreparedTurn<'c> {
                 ];
                 &pair
             }
-            TurnInput::Messages(m) => {
+            TurnInput::Messages(m) | TurnInput::Items(m) => {
                 list = m
                     .iter()
                     .map(|m| MessageRef {
@@ -390,10 +439,17 @@ impl<'c> PreparedTurn<'c> {
             .target
             .as_ref()
             .filter(|t| self.lease.target() != Some(*t));
+        let document = self
+            .response
+            .take()
+            .map(|r| (r.id, (r.make)(&completion, reply_at)));
         let turn = Turn {
             messages,
             usage: completion.usage,
             target: moved.map(|t| &**t),
+            response: document
+                .as_ref()
+                .map(|(id, document)| ResponseRecord { id, document }),
         };
         match &mut self.claim {
             None => inner.store.append_turn(self.id, turn).await?,
@@ -418,7 +474,25 @@ impl<'c> PreparedTurn<'c> {
             raw: completion.raw,
             upstream,
             target: completion.target,
+            response: document.map(|(_, d)| d),
         })
+    }
+}
+
+/// Makes a response's document from the reply and its time.
+type MakeDocument = Box<dyn FnOnce(&Completion, DateTime<Utc>) -> String + Send + Sync>;
+
+/// Makes the response a turn stores ([`PreparedTurn::with_response`]).
+struct ResponseMaker {
+    id: String,
+    make: MakeDocument,
+}
+
+impl std::fmt::Debug for ResponseMaker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseMaker")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -559,4 +633,7 @@ pub struct ChatReply {
     /// The upstream and model that answered, when a router chose them
     /// (see [`Completion::target`]).
     pub target: Option<std::sync::Arc<str>>,
+    /// The response document stored with the turn
+    /// ([`PreparedTurn::with_response`]).
+    pub response: Option<String>,
 }

@@ -23,6 +23,10 @@ use crate::App;
 enum Endpoint {
     Chat,
     ChatCompletions,
+    Responses,
+    ResponseGet,
+    ResponseDelete,
+    ResponseInputItems,
     Models,
     Model,
     InitializeSession,
@@ -127,6 +131,27 @@ static ROUTES: &[Route] = &[
         &[Lit("v1"), Lit("chat"), Lit("completions")],
         "POST",
         &[(Post, Need::SessionIfNamed, ChatCompletions)],
+    ),
+    route(
+        "/v1/responses",
+        &[Lit("v1"), Lit("responses")],
+        "POST",
+        &[(Post, Need::Principal, Responses)],
+    ),
+    route(
+        "/v1/responses/{response_id}",
+        &[Lit("v1"), Lit("responses"), Param],
+        "GET, DELETE",
+        &[
+            (Get, Need::Principal, ResponseGet),
+            (Delete, Need::Principal, ResponseDelete),
+        ],
+    ),
+    route(
+        "/v1/responses/{response_id}/input_items",
+        &[Lit("v1"), Lit("responses"), Param, Lit("input_items")],
+        "GET",
+        &[(Get, Need::Principal, ResponseInputItems)],
     ),
     route(
         "/v1/models",
@@ -342,6 +367,10 @@ pub(crate) async fn dispatch(
     match endpoint {
         Chat => handlers::chat::chat(app, req, rid, caller, peer).await,
         ChatCompletions => handlers::openai::completions(app, req, rid, caller, peer).await,
+        Responses => handlers::responses::create(app, req, rid, caller, peer).await,
+        ResponseGet => handlers::responses::get(app, caller, &param).await,
+        ResponseDelete => handlers::responses::delete(app, caller, &param).await,
+        ResponseInputItems => handlers::responses::input_items(app, caller, &param, query).await,
         Models => Ok(handlers::openai::models(app)),
         Model => {
             let id = percent_encoding::percent_decode_str(&param).decode_utf8_lossy();
@@ -396,6 +425,12 @@ mod tests {
             ),
             ("/v1/models", Some("/v1/models")),
             ("/v1/chat/completions", Some("/v1/chat/completions")),
+            ("/v1/responses", Some("/v1/responses")),
+            ("/v1/responses/resp_1", Some("/v1/responses/{response_id}")),
+            (
+                "/v1/responses/resp_1/input_items",
+                Some("/v1/responses/{response_id}/input_items"),
+            ),
             ("/docs", Some("/docs")),
             ("/docs/swagger-ui.css", Some("/docs/{file}")),
             ("/playground/playground.js", Some("/playground/{file}")),

@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 
 use super::{
     ApiKey, FeedbackFilter, FeedbackStore, KeyStore, MessageCursor, MessagePage, MessageStore,
-    SessionCursor, SessionStore, Turn,
+    ResponseStore, SessionCursor, SessionStore, StoredResponse, Turn,
 };
 use crate::error::{Error, Result};
 use crate::message::{Message, MessageRef};
@@ -27,6 +27,8 @@ struct Entry {
     /// With its position among all feedback, for review paging.
     feedback: Vec<(i64, Feedback)>,
     usage: Usage,
+    /// Its responses: id, the index of the turn's reply, the document.
+    responses: Vec<(String, usize, String)>,
 }
 
 /// An in-memory storage backend.
@@ -35,6 +37,9 @@ pub struct MemoryStore {
     entries: Mutex<HashMap<SessionId, Entry>>,
     feedback_seq: AtomicI64,
     keys: Mutex<Vec<(ApiKey, [u8; 32])>>,
+    /// Which session holds each response. Locked after `entries`, never
+    /// before; an id whose session is gone is simply not found there.
+    response_index: Mutex<HashMap<String, SessionId>>,
 }
 
 impl MemoryStore {
@@ -48,6 +53,22 @@ impl MemoryStore {
         // (each critical section mutates one entry with infallible pushes),
         // so a poisoned map is still consistent.
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn index(&self) -> MutexGuard<'_, HashMap<String, SessionId>> {
+        self.response_index
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Drops a removed session's responses from the index.
+    fn unindex(&self, e: &Entry) {
+        if !e.responses.is_empty() {
+            let mut index = self.index();
+            for (id, _, _) in &e.responses {
+                index.remove(id);
+            }
+        }
     }
 }
 
@@ -65,6 +86,7 @@ impl SessionStore for MemoryStore {
                 messages: Vec::new(),
                 feedback: Vec::new(),
                 usage: Usage::default(),
+                responses: Vec::new(),
             },
         );
         Ok(())
@@ -82,6 +104,7 @@ impl SessionStore for MemoryStore {
                 report.sessions += 1;
                 report.messages += e.messages.len() as u64;
                 report.feedback += e.feedback.len() as u64;
+                self.unindex(e);
             }
             keep
         });
@@ -89,7 +112,11 @@ impl SessionStore for MemoryStore {
     }
 
     async fn delete_session(&self, id: SessionId) -> Result<bool> {
-        Ok(self.lock().remove(&id).is_some())
+        let removed = self.lock().remove(&id);
+        if let Some(e) = &removed {
+            self.unindex(e);
+        }
+        Ok(removed.is_some())
     }
 
     async fn list_sessions(
@@ -128,6 +155,12 @@ impl MessageStore for MemoryStore {
         let e = map.get_mut(&id).ok_or_else(Error::session_not_found)?;
         e.messages
             .extend(turn.messages.iter().map(MessageRef::to_message));
+        if let Some(r) = turn.response {
+            let through = e.messages.len() - 1;
+            e.responses
+                .push((r.id.to_owned(), through, r.document.to_owned()));
+            self.index().insert(r.id.to_owned(), id);
+        }
         e.session.last_active = turn.reply_at();
         if let Some(target) = turn.target {
             e.session.target = Some(target.to_owned());
@@ -164,6 +197,90 @@ impl MessageStore for MemoryStore {
             let start = e.messages.len().saturating_sub(limit);
             (e.session.clone(), e.messages[start..].to_vec())
         }))
+    }
+}
+
+#[async_trait]
+impl ResponseStore for MemoryStore {
+    async fn get_response(&self, id: &str) -> Result<Option<StoredResponse>> {
+        let map = self.lock();
+        let Some(session) = self.index().get(id).copied() else {
+            return Ok(None);
+        };
+        Ok(map.get(&session).and_then(|e| {
+            e.responses
+                .iter()
+                .find(|(r, _, _)| r == id)
+                .map(|(r, through, document)| StoredResponse {
+                    id: r.clone(),
+                    session_id: session,
+                    through: MessageCursor::after(*through as i64),
+                    document: document.clone(),
+                })
+        }))
+    }
+
+    async fn head_response(&self, id: SessionId) -> Result<Option<String>> {
+        let map = self.lock();
+        Ok(map.get(&id).and_then(|e| {
+            let last = e.messages.len().checked_sub(1)?;
+            e.responses
+                .last()
+                .filter(|(_, through, _)| *through == last)
+                .map(|(r, _, _)| r.clone())
+        }))
+    }
+
+    async fn delete_response(&self, id: &str) -> Result<bool> {
+        let mut map = self.lock();
+        let Some(session) = self.index().remove(id) else {
+            return Ok(false);
+        };
+        let Some(e) = map.get_mut(&session) else {
+            return Ok(false);
+        };
+        let before = e.responses.len();
+        e.responses.retain(|(r, _, _)| r != id);
+        Ok(e.responses.len() < before)
+    }
+
+    async fn history_through(&self, id: SessionId, through: MessageCursor) -> Result<Vec<Message>> {
+        let map = self.lock();
+        Ok(map.get(&id).map_or_else(Vec::new, |e| {
+            let end = usize::try_from(through.position().saturating_add(1))
+                .unwrap_or(usize::MAX)
+                .min(e.messages.len());
+            e.messages[..end].to_vec()
+        }))
+    }
+
+    async fn fork_session(
+        &self,
+        from: SessionId,
+        through: MessageCursor,
+        into: &Session,
+    ) -> Result<()> {
+        let mut map = self.lock();
+        let source = map.get(&from).ok_or_else(Error::session_not_found)?;
+        let end = usize::try_from(through.position().saturating_add(1))
+            .unwrap_or(usize::MAX)
+            .min(source.messages.len());
+        let messages = source.messages[..end].to_vec();
+        let mut session = into.clone();
+        if let Some(last) = messages.last() {
+            session.last_active = session.last_active.max(last.created_at);
+        }
+        map.insert(
+            into.id,
+            Entry {
+                session,
+                messages,
+                feedback: Vec::new(),
+                usage: Usage::default(),
+                responses: Vec::new(),
+            },
+        );
+        Ok(())
     }
 }
 

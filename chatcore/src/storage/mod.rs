@@ -1,5 +1,5 @@
-//! Storage backends: four small traits (sessions, messages, feedback,
-//! keys) that a backend implements, the claim protocol a store shared by
+//! Storage backends: five small traits (sessions, messages, responses,
+//! feedback, keys) that a backend implements, the claim protocol a store shared by
 //! several gateways adds ([`TurnClaims`]), and the three backends chatcore
 //! ships (memory, SQLite, PostgreSQL).
 //!
@@ -45,12 +45,14 @@ use crate::types::{Feedback, PurgeReport, Session, SessionId, Usage};
 mod memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+mod responses;
 mod sql_log;
 pub mod sqlite;
 
 pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresOptions, PostgresStore};
+pub use responses::{ResponseRecord, ResponseStore, StoredResponse};
 pub(crate) use sql_log::{log_sql, log_transaction};
 pub use sqlite::{SqliteOptions, SqliteStats, SqliteStore};
 
@@ -209,6 +211,9 @@ pub struct Turn<'a> {
     /// a session's first turn through a router, or a failover. `None`
     /// leaves it as it was.
     pub target: Option<&'a str>,
+    /// A response of the Responses API to store with the turn, in the same
+    /// atomic step ([`ResponseStore`]).
+    pub response: Option<ResponseRecord<'a>>,
 }
 
 /// The most messages one turn stores (its new messages and the reply):
@@ -541,11 +546,12 @@ pub trait KeyStore: Send + Sync + std::fmt::Debug {
     async fn revoke_key(&self, id: &str, at: DateTime<Utc>) -> Result<bool>;
 }
 
-/// A complete storage backend: sessions, messages, feedback and API keys.
-/// Implemented automatically for any type that implements the four traits.
-pub trait Store: SessionStore + MessageStore + FeedbackStore + KeyStore {}
+/// A complete storage backend: sessions, messages, responses, feedback and
+/// API keys. Implemented automatically for any type that implements the
+/// five traits.
+pub trait Store: SessionStore + MessageStore + ResponseStore + FeedbackStore + KeyStore {}
 
-impl<T: SessionStore + MessageStore + FeedbackStore + KeyStore> Store for T {}
+impl<T: SessionStore + MessageStore + ResponseStore + FeedbackStore + KeyStore> Store for T {}
 
 #[cfg(test)]
 mod tests {

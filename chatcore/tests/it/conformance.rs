@@ -50,6 +50,7 @@ async fn store_turn(store: &dyn Store, id: SessionId, messages: &[Message], usag
                 messages: &refs,
                 usage,
                 target: None,
+                response: None,
             },
         )
         .await
@@ -643,6 +644,7 @@ async fn a_sessions_target_is_kept_until_it_changes<S: Store + 'static>(store: S
                         messages: &refs,
                         usage: None,
                         target,
+                        response: None,
                     },
                 )
                 .await

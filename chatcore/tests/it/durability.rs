@@ -232,6 +232,7 @@ async fn a_version_3_file_migrates_and_its_turns_read_as_text() {
                 messages: &refs,
                 usage: None,
                 target: None,
+                response: None,
             },
         )
         .await

@@ -686,6 +686,7 @@ async fn a_version_1_schema_migrates_and_its_messages_read_as_text(schema: TestS
                 messages: &refs,
                 usage: None,
                 target: None,
+                response: None,
             },
         )
         .await

@@ -106,6 +106,7 @@ async fn seven_interleaved_turns(store: &dyn Store, a: SessionId, b: SessionId) 
                     ],
                     usage: None,
                     target: None,
+                    response: None,
                 },
             )
             .await
@@ -131,6 +132,7 @@ async fn seven_interleaved_turns(store: &dyn Store, a: SessionId, b: SessionId) 
                     ],
                     usage: None,
                     target: None,
+                    response: None,
                 },
             )
             .await
@@ -246,6 +248,7 @@ async fn pages_of_unknown_and_empty_sessions<S: Store + 'static>(store: S) {
                 messages: &pair("only", "turn", 1),
                 usage: None,
                 target: None,
+                response: None,
             },
         )
         .await

@@ -400,6 +400,7 @@ macro_rules! turn {
             messages: &$crate::support::pair($u, $r, $secs),
             usage: None,
             target: None,
+            response: None,
         }
     };
 }

@@ -5,7 +5,7 @@
 //! nothing for well-formed input); only a body that fails it is decoded
 //! into a `serde_json::Value` to list every problem, as FastAPI would
 //! (`validate.rs`). `query.rs` reads listings' query strings, `openai.rs`
-//! the OpenAI-compatible bodies.
+//! the OpenAI-compatible bodies, `responses.rs` the Responses API's.
 
 use std::borrow::Cow;
 
@@ -15,6 +15,7 @@ use serde_json::Value;
 
 pub mod openai;
 mod query;
+pub mod responses;
 mod validate;
 
 pub use query::{bad_query, next_page, parse_listing, parse_page_query, PageQuery, MAX_PAGE};

@@ -118,7 +118,7 @@ pub fn parse_completions(body: &[u8], policy: &Policy) -> Result<Completions, Ap
 /// (`max_completion_tokens`, the current one, or `max_tokens`), lowering
 /// a larger number; a request with neither gets `max_completion_tokens`,
 /// the name every current OpenAI model takes.
-fn cap_tokens(fields: &mut Fields, cap: u32) {
+pub(crate) fn cap_tokens(fields: &mut Fields, cap: u32) {
     let mut named = false;
     for name in ["max_completion_tokens", "max_tokens"] {
         let Some(raw) = fields.get(name) else {

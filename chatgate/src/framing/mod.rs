@@ -1,10 +1,12 @@
 //! How each API shows a turn's reply: the seed's `/chat/` JSON and its
 //! `delta`/`done` events ([`seed`]), OpenAI's `chat.completion` and
-//! `chat.completion.chunk`s ([`chat_completions`]). The turn itself
+//! `chat.completion.chunk`s ([`chat_completions`]), the Responses API's
+//! `response` object and typed events ([`responses`]). The turn itself
 //! (logging, limits, the model call, storing, metrics) is served once, in
 //! [`crate::turn`]; a framing only turns what happened into bytes.
 
 pub mod chat_completions;
+pub mod responses;
 pub mod seed;
 pub(crate) mod sse;
 
@@ -34,6 +36,8 @@ pub struct Reply<'a> {
     pub finish_reason: Option<&'a str>,
     /// The upstream's body as it was sent, when there is one.
     pub raw: Option<&'a Bytes>,
+    /// The response document stored with the turn (the Responses API).
+    pub response: Option<&'a str>,
 }
 
 impl<'a> From<&'a ChatReply> for Reply<'a> {
@@ -45,6 +49,7 @@ impl<'a> From<&'a ChatReply> for Reply<'a> {
             usage: r.usage,
             finish_reason: r.finish_reason.as_deref(),
             raw: r.raw.as_ref(),
+            response: r.response.as_deref(),
         }
     }
 }
@@ -58,6 +63,7 @@ impl<'a> From<&'a Completion> for Reply<'a> {
             usage: c.usage,
             finish_reason: c.finish_reason.as_deref(),
             raw: c.raw.as_ref(),
+            response: None,
         }
     }
 }

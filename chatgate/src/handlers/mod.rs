@@ -8,6 +8,7 @@ pub mod feedback;
 pub mod meta;
 pub mod openai;
 pub mod playground;
+pub mod responses;
 pub mod session;
 pub mod upstreams;
 

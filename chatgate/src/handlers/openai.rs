@@ -214,7 +214,7 @@ impl<'a> ModelOut<'a> {
     }
 }
 
-fn model_not_found(model: &str) -> ApiError {
+pub(crate) fn model_not_found(model: &str) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         format!("The model `{model}` does not exist or you do not have access to it."),

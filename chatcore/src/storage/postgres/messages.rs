@@ -34,12 +34,13 @@ const USAGE: &str = "SELECT coalesce(sum(prompt_tokens), 0)::bigint, coalesce(su
 /// Appends a turn: its messages (roles `$3`, texts `$4`, bodies `$5`,
 /// times `$6`) take the positions after the session's count of messages,
 /// read and moved under the row lock the update takes; the reply (the
-/// last) carries the tokens.
-const APPEND: &str = "WITH t AS (UPDATE sessions SET last_active = $2, turns = turns + 1, messages = messages + cardinality($3::text[]), target = coalesce($10::text, target) WHERE id = $1 RETURNING messages - cardinality($3::text[]) AS first) INSERT INTO messages (session_id, position, role, content, body, created_at, prompt_tokens, completion_tokens, cached_tokens) SELECT $1, t.first + m.i - 1, m.role, m.content, m.body, m.at, CASE WHEN m.i = cardinality($3::text[]) THEN $7::bigint END, CASE WHEN m.i = cardinality($3::text[]) THEN $8::bigint END, CASE WHEN m.i = cardinality($3::text[]) THEN $9::bigint END FROM t, unnest($3::text[], $4::text[], $5::text[], $6::timestamptz[]) WITH ORDINALITY AS m(role, content, body, at, i)";
-/// As [`APPEND`], only while `$10` holds the claim, which it releases. A
+/// last) carries the tokens. A response (`$11`, `$12`) is stored in the
+/// same statement.
+const APPEND: &str = "WITH t AS (UPDATE sessions SET last_active = $2, turns = turns + 1, messages = messages + cardinality($3::text[]), target = coalesce($10::text, target) WHERE id = $1 RETURNING messages - cardinality($3::text[]) AS first), r AS (INSERT INTO responses (id, session_id, through, document) SELECT $11::text, $1, t.first + cardinality($3::text[]) - 1, $12::text FROM t WHERE $11::text IS NOT NULL) INSERT INTO messages (session_id, position, role, content, body, created_at, prompt_tokens, completion_tokens, cached_tokens) SELECT $1, t.first + m.i - 1, m.role, m.content, m.body, m.at, CASE WHEN m.i = cardinality($3::text[]) THEN $7::bigint END, CASE WHEN m.i = cardinality($3::text[]) THEN $8::bigint END, CASE WHEN m.i = cardinality($3::text[]) THEN $9::bigint END FROM t, unnest($3::text[], $4::text[], $5::text[], $6::timestamptz[]) WITH ORDINALITY AS m(role, content, body, at, i)";
+/// As [`APPEND`], only while `$13` holds the claim, which it releases. A
 /// claim that lapsed but was not taken by another turn still carries this
 /// turn's token, and counts as held: nothing was stored since.
-const APPEND_CLAIMED: &str = "WITH t AS (UPDATE sessions SET last_active = $2, turns = turns + 1, messages = messages + cardinality($3::text[]), target = coalesce($10::text, target), claim = NULL, claim_until = NULL WHERE id = $1 AND claim = $11 RETURNING messages - cardinality($3::text[]) AS first) INSERT INTO messages (session_id, position, role, content, body, created_at, prompt_tokens, completion_tokens, cached_tokens) SELECT $1, t.first + m.i - 1, m.role, m.content, m.body, m.at, CASE WHEN m.i = cardinality($3::text[]) THEN $7::bigint END, CASE WHEN m.i = cardinality($3::text[]) THEN $8::bigint END, CASE WHEN m.i = cardinality($3::text[]) THEN $9::bigint END FROM t, unnest($3::text[], $4::text[], $5::text[], $6::timestamptz[]) WITH ORDINALITY AS m(role, content, body, at, i)";
+const APPEND_CLAIMED: &str = "WITH t AS (UPDATE sessions SET last_active = $2, turns = turns + 1, messages = messages + cardinality($3::text[]), target = coalesce($10::text, target), claim = NULL, claim_until = NULL WHERE id = $1 AND claim = $13 RETURNING messages - cardinality($3::text[]) AS first), r AS (INSERT INTO responses (id, session_id, through, document) SELECT $11::text, $1, t.first + cardinality($3::text[]) - 1, $12::text FROM t WHERE $11::text IS NOT NULL) INSERT INTO messages (session_id, position, role, content, body, created_at, prompt_tokens, completion_tokens, cached_tokens) SELECT $1, t.first + m.i - 1, m.role, m.content, m.body, m.at, CASE WHEN m.i = cardinality($3::text[]) THEN $7::bigint END, CASE WHEN m.i = cardinality($3::text[]) THEN $8::bigint END, CASE WHEN m.i = cardinality($3::text[]) THEN $9::bigint END FROM t, unnest($3::text[], $4::text[], $5::text[], $6::timestamptz[]) WITH ORDINALITY AS m(role, content, body, at, i)";
 /// Takes the claim when it is free, lapsed, or already this token's, and
 /// reads the latest `$4` messages (newest first) in the same round trip:
 /// one row per message, or one row with none; no row when the claim is
@@ -57,7 +58,7 @@ const SESSION: &str =
 
 /// A message row: `role`, `content`, `created_at`, `body` from column
 /// `first` on.
-fn message_from(row: &Row, first: usize) -> Result<Message> {
+pub(super) fn message_from(row: &Row, first: usize) -> Result<Message> {
     let role: String = row.try_get(first)?;
     let created_at = row.try_get(first + 2)?;
     if let Some(body) = row.try_get::<_, Option<String>>(first + 3)? {
@@ -94,6 +95,8 @@ impl PostgresStore {
         let bodies: Vec<Option<&str>> = turn.messages.iter().map(|m| m.wire).collect();
         let times: Vec<_> = turn.messages.iter().map(|m| millis(m.created_at)).collect();
         let claim = token.map(|t| t.0);
+        let response_id = turn.response.map(|r| r.id);
+        let document = turn.response.map(|r| r.document);
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![
             id.as_uuid(),
             &reply_at,
@@ -105,6 +108,8 @@ impl PostgresStore {
             &completion,
             &cached,
             &turn.target,
+            &response_id,
+            &document,
         ];
         let sql = match &claim {
             Some(claim) => {

@@ -6,8 +6,8 @@
 //! Turns of one session are serialised across gateways by claims on the
 //! session's row (`messages.rs`), the retention sweep by a lease
 //! (`purge.rs`), and the schema is migrated under an advisory lock
-//! (`schema.rs`); `sessions.rs`, `feedback.rs` and `keys.rs` hold the
-//! other operations. This file connects and maps errors.
+//! (`schema.rs`); `sessions.rs`, `responses.rs`, `feedback.rs` and
+//! `keys.rs` hold the other operations. This file connects and maps errors.
 //!
 //! Every connection runs with a `statement_timeout`; a statement that hits
 //! it, a server out of reach, a pool with no free connection in time and a
@@ -34,6 +34,7 @@ mod feedback;
 mod keys;
 mod messages;
 mod purge;
+mod responses;
 mod schema;
 mod sessions;
 mod tls;

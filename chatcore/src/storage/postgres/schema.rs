@@ -88,6 +88,17 @@ const MIGRATIONS: &[&str] = &[
     // v3: the upstream and model that answered a session's last turn, so
     // its next turn goes there too, on whichever gateway runs it.
     "ALTER TABLE sessions ADD COLUMN target text;",
+    // v4: responses of the Responses API, each stored in the statement
+    // that appends its turn, with the position of that turn's reply (a
+    // fork copies the session's messages through it); they go with their
+    // session.
+    "CREATE TABLE responses (
+         id         text PRIMARY KEY,
+         session_id uuid NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+         through    bigint NOT NULL,
+         document   text NOT NULL
+     );
+     CREATE INDEX responses_by_session ON responses (session_id, through);",
 ];
 
 /// The schema version this code writes.

@@ -15,13 +15,13 @@ use crate::types::{from_millis, Session, SessionId, Usage};
 /// A message's position (its [`MessageCursor`]) is its turn's `seq` times
 /// this, plus its place in the turn: room for every message a turn may
 /// hold ([`MAX_TURN_MESSAGES`](super::MAX_TURN_MESSAGES)).
-const TURN_STRIDE: i64 = 1024;
+pub(super) const TURN_STRIDE: i64 = 1024;
 
 /// One stored turn's columns: `seq`, the two texts with their times, and
 /// the body that replaces them for a turn that is more than text.
 type TurnRow = (i64, String, i64, String, i64, Option<String>);
 
-fn turn_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TurnRow> {
+pub(super) fn turn_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TurnRow> {
     Ok((
         r.get(0)?,
         r.get(1)?,
@@ -33,7 +33,7 @@ fn turn_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TurnRow> {
 }
 
 /// A stored turn's messages, oldest first, each with its position.
-fn unfold(row: TurnRow, out: &mut Vec<(i64, Message)>) -> Result<()> {
+pub(super) fn unfold(row: TurnRow, out: &mut Vec<(i64, Message)>) -> Result<()> {
     let (seq, user, user_at, reply, reply_at, body) = row;
     let base = seq.saturating_mul(TURN_STRIDE);
     let Some(body) = body else {
@@ -175,6 +175,8 @@ impl MessageStore for SqliteStore {
         let completion_tokens = turn.usage.map(|u| u.completion_tokens);
         let cached_tokens = turn.usage.map(|u| u.cached_tokens);
         let target = turn.target.map(str::to_owned);
+        let response_id = turn.response.map(|r| r.id.to_owned());
+        let response = turn.response.map(|r| r.document.to_owned());
         self.worker
             .call_single(move |db| {
                 // No savepoint (`call_single`): the only write that can come
@@ -202,7 +204,9 @@ impl MessageStore for SqliteStore {
                     prompt_tokens,
                     completion_tokens,
                     cached_tokens,
-                    body
+                    body,
+                    response_id,
+                    response
                 ]);
                 match inserted {
                     Err(e) if is_foreign_key_violation(&e) => {

@@ -1,8 +1,8 @@
 //! `SqliteStore`: sessions, messages, feedback and API keys in one SQLite
 //! file.
 //!
-//! One file per concern: `sessions.rs`, `messages.rs`, `feedback.rs` and
-//! `keys.rs` implement the storage traits, with every statement in
+//! One file per concern: `sessions.rs`, `messages.rs`, `responses.rs`,
+//! `feedback.rs` and `keys.rs` implement the storage traits, with every statement in
 //! `sql.rs`; `schema.rs` migrates; `worker.rs` is the writer thread,
 //! `reader.rs` the reading connection, `checkpoint.rs` the WAL
 //! checkpoints. This file opens the store.
@@ -39,6 +39,7 @@ mod feedback;
 mod keys;
 mod messages;
 mod reader;
+mod responses;
 mod schema;
 mod sessions;
 mod sql;

@@ -109,6 +109,13 @@ const MIGRATIONS: &[&str] = &[
     // that hour).
     "DROP INDEX sessions_by_owner;
      CREATE INDEX sessions_by_owner ON sessions (owner, active_hour) WHERE owner IS NOT NULL;",
+    // v8: a response of the Responses API is stored on the row of the turn
+    // that produced it (its id, and what the API keeps of it), so it is
+    // written in the turn's own insert and goes with its session; the
+    // partial index finds one by id and costs nothing for other turns.
+    "ALTER TABLE turns ADD COLUMN response_id TEXT;
+     ALTER TABLE turns ADD COLUMN response TEXT;
+     CREATE UNIQUE INDEX turns_by_response ON turns (response_id) WHERE response_id IS NOT NULL;",
 ];
 
 /// The schema version this code writes.

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chatcore::{
-    ApiKey, ChatCore, Feedback, FeedbackFilter, FeedbackStore, KeyStore, Message, MessageStore,
-    PurgeReport, Result, Session, SessionCursor, SessionId, SessionStore, SqliteStore, Store, Turn,
-    Usage,
+    ApiKey, ChatCore, Feedback, FeedbackFilter, FeedbackStore, KeyStore, Message, MessageCursor,
+    MessageStore, PurgeReport, ResponseStore, Result, Session, SessionCursor, SessionId,
+    SessionStore, SqliteStore, Store, StoredResponse, Turn, Usage,
 };
 use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
@@ -212,6 +212,34 @@ impl MessageStore for GatedStore {
         limit: usize,
     ) -> Result<Option<(Session, Vec<Message>)>> {
         self.inner.load_turn_context(id, limit).await
+    }
+}
+
+#[async_trait]
+impl ResponseStore for GatedStore {
+    async fn get_response(&self, id: &str) -> Result<Option<StoredResponse>> {
+        self.inner.get_response(id).await
+    }
+
+    async fn head_response(&self, id: SessionId) -> Result<Option<String>> {
+        self.inner.head_response(id).await
+    }
+
+    async fn delete_response(&self, id: &str) -> Result<bool> {
+        self.inner.delete_response(id).await
+    }
+
+    async fn history_through(&self, id: SessionId, through: MessageCursor) -> Result<Vec<Message>> {
+        self.inner.history_through(id, through).await
+    }
+
+    async fn fork_session(
+        &self,
+        from: SessionId,
+        through: MessageCursor,
+        into: &Session,
+    ) -> Result<()> {
+        self.inner.fork_session(from, through, into).await
     }
 }
 

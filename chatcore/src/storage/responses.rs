@@ -1,0 +1,90 @@
+//! Responses stored with their turns: what OpenAI's Responses API keeps of
+//! a response (its object and its input items), written in the same
+//! atomic step as the turn that produced it, so a response the client was
+//! given can be continued at once, on any gateway sharing the store.
+//!
+//! A chain of responses is a session: continuing from the response whose
+//! turn is its session's newest turn ([`ResponseStore::head_response`])
+//! appends to that session; continuing from an older one forks the session
+//! through that response's turn ([`ResponseStore::fork_session`]), leaving
+//! the original unchanged. A response goes with its session (deleted,
+//! purged at the end of retention).
+
+use async_trait::async_trait;
+
+use super::{MessageCursor, MessageStore};
+#[cfg(doc)]
+use crate::error::ErrorKind;
+use crate::error::Result;
+use crate::message::Message;
+use crate::types::{Session, SessionId};
+
+/// A response to store with a turn ([`Turn::response`](super::Turn::response)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResponseRecord<'a> {
+    /// Its id, unique in the store (the gateway's `resp_…`).
+    pub id: &'a str,
+    /// What the API keeps of it, stored and handed back verbatim.
+    pub document: &'a str,
+}
+
+/// A stored response ([`ResponseStore::get_response`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredResponse {
+    /// Its id.
+    pub id: String,
+    /// The session its turn belongs to.
+    pub session_id: SessionId,
+    /// The position of its turn's last message (the reply) in that session:
+    /// a fork from this response copies the messages through here.
+    pub through: MessageCursor,
+    /// What the API keeps of it, as stored.
+    pub document: String,
+}
+
+/// Stores responses with their turns (see the module doc).
+#[async_trait]
+pub trait ResponseStore: MessageStore {
+    /// A stored response by id.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Storage`] when the backend fails.
+    async fn get_response(&self, id: &str) -> Result<Option<StoredResponse>>;
+
+    /// The id of the response stored with session `id`'s newest turn;
+    /// `None` when the session has no turn, or its newest turn has no
+    /// response (a `/chat/` turn, say), or there is no such session.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Storage`] when the backend fails.
+    async fn head_response(&self, id: SessionId) -> Result<Option<String>>;
+
+    /// Forgets a response; its turn stays in its session's history.
+    /// `false` when there was no such response.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Storage`] when the backend fails.
+    async fn delete_response(&self, id: &str) -> Result<bool>;
+
+    /// Session `id`'s messages through position `through`, oldest first
+    /// (the history a response continues from, when it is not the session's
+    /// newest).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Storage`] when the backend fails.
+    async fn history_through(&self, id: SessionId, through: MessageCursor) -> Result<Vec<Message>>;
+
+    /// Stores `into` (a new session) with a copy of session `from`'s
+    /// messages through position `through`, atomically. The copies carry
+    /// no responses: a response belongs to one session.
+    ///
+    /// # Errors
+    /// [`ErrorKind::SessionNotFound`] when `from` no longer exists (nothing
+    /// is stored); [`ErrorKind::Storage`] when the backend fails.
+    async fn fork_session(
+        &self,
+        from: SessionId,
+        through: MessageCursor,
+        into: &Session,
+    ) -> Result<()>;
+}

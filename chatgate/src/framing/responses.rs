@@ -1,0 +1,597 @@
+//! The Responses API's framing (`POST /v1/responses`): a `response` object
+//! whole, or OpenAI's typed events streamed (`response.created`, the
+//! output items and their deltas, `response.completed` once the turn is
+//! stored), each with its `sequence_number`.
+//!
+//! The object a stored response returns is the one stored
+//! ([`Reply::response`]), so `GET /v1/responses/{id}` answers exactly what
+//! the client was given; output item ids follow from the response's id,
+//! so the items a stream announces are the ones the object holds.
+
+use bytes::Bytes;
+use chatcore::{Usage, WireMessage};
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::Response;
+use serde_json::value::RawValue;
+use serde_json::{json, Map, Value};
+
+use super::{sse, Framing, Piece, Reply};
+use crate::body::Body;
+use crate::error::ApiError;
+
+/// What a response object says besides its output: its id, time, model,
+/// and what it repeats of the request.
+#[derive(Debug, Clone)]
+pub struct Meta {
+    /// `resp_…`.
+    pub id: String,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// The model the client named.
+    pub model: String,
+    /// The response continued from.
+    pub previous_response_id: Option<String>,
+    /// The conversation joined.
+    pub conversation: Option<String>,
+    /// Whether it is kept.
+    pub store: bool,
+    /// What it repeats of the request (tools, text, metadata, …).
+    pub echo: Map<String, Value>,
+}
+
+impl Meta {
+    /// The id of the reply's message item.
+    fn message_id(&self) -> String {
+        format!("msg_{}", self.suffix())
+    }
+
+    /// The id of the reply's `index`th function call item.
+    fn call_id(&self, index: u32) -> String {
+        format!("fc_{}_{index}", self.suffix())
+    }
+
+    fn suffix(&self) -> &str {
+        self.id.strip_prefix("resp_").unwrap_or(&self.id)
+    }
+
+    /// The response object with `status`, `output` and `usage`.
+    pub fn object(
+        &self,
+        status: &str,
+        output: Vec<Value>,
+        usage: Option<Usage>,
+        finish_reason: Option<&str>,
+        error: Option<Value>,
+    ) -> Value {
+        let echo = |name: &str, default: Value| self.echo.get(name).cloned().unwrap_or(default);
+        let incomplete = finish_reason == Some("length") && status == "completed";
+        let mut o = json!({
+            "id": self.id,
+            "object": "response",
+            "created_at": self.created_at,
+            "status": if incomplete { "incomplete" } else { status },
+            "background": false,
+            "error": error,
+            "incomplete_details": if incomplete { json!({"reason": "max_output_tokens"}) } else { Value::Null },
+            "instructions": echo("instructions", Value::Null),
+            "max_output_tokens": echo("max_output_tokens", Value::Null),
+            "metadata": echo("metadata", json!({})),
+            "model": self.model,
+            "output": output,
+            "parallel_tool_calls": echo("parallel_tool_calls", Value::Bool(true)),
+            "previous_response_id": self.previous_response_id,
+            "reasoning": echo("reasoning", json!({"effort": null, "summary": null})),
+            "store": self.store,
+            "temperature": echo("temperature", json!(1.0)),
+            "text": echo("text", json!({"format": {"type": "text"}})),
+            "tool_choice": echo("tool_choice", json!("auto")),
+            "tools": echo("tools", json!([])),
+            "top_p": echo("top_p", json!(1.0)),
+            "truncation": echo("truncation", json!("disabled")),
+            "usage": usage.map(usage_out),
+        });
+        if let Some(c) = &self.conversation {
+            o["conversation"] = json!({"id": c});
+        }
+        for name in [
+            "user",
+            "safety_identifier",
+            "service_tier",
+            "prompt_cache_key",
+        ] {
+            if let Some(v) = self.echo.get(name) {
+                o[name] = v.clone();
+            }
+        }
+        o
+    }
+
+    /// The output items of a whole reply: its text (or refusal) as a
+    /// message, then one item per function call.
+    pub fn output(&self, content: &str, wire: Option<&WireMessage>) -> Vec<Value> {
+        let message: Option<Value> = wire.and_then(|w| serde_json::from_str(w.as_str()).ok());
+        let refusal = message
+            .as_ref()
+            .and_then(|m| m.get("refusal"))
+            .and_then(Value::as_str)
+            .filter(|r| !r.is_empty());
+        let text = match message.as_ref().map(|m| m.get("content")) {
+            Some(Some(Value::String(s))) => s.clone(),
+            Some(Some(Value::Array(parts))) => parts
+                .iter()
+                .filter_map(|p| p.get("text").and_then(Value::as_str))
+                .collect(),
+            Some(_) => String::new(),
+            None => content.to_owned(),
+        };
+        let mut out = Vec::new();
+        if let Some(r) = refusal {
+            out.push(self.message_item("completed", json!({"type": "refusal", "refusal": r})));
+        } else if !text.is_empty() {
+            out.push(self.message_item("completed", text_part(&text)));
+        }
+        let calls = message
+            .as_ref()
+            .and_then(|m| m.get("tool_calls"))
+            .and_then(Value::as_array);
+        for (i, call) in calls.into_iter().flatten().enumerate() {
+            let f = &call["function"];
+            out.push(json!({
+                "type": "function_call",
+                "id": self.call_id(i as u32),
+                "call_id": call["id"],
+                "name": f["name"],
+                "arguments": f["arguments"],
+                "status": "completed",
+            }));
+        }
+        out
+    }
+
+    fn message_item(&self, status: &str, part: Value) -> Value {
+        json!({
+            "type": "message",
+            "id": self.message_id(),
+            "status": status,
+            "role": "assistant",
+            "content": if part.is_null() { json!([]) } else { json!([part]) },
+        })
+    }
+}
+
+fn text_part(text: &str) -> Value {
+    json!({"type": "output_text", "text": text, "annotations": [], "logprobs": []})
+}
+
+fn usage_out(u: Usage) -> Value {
+    json!({
+        "input_tokens": u.prompt_tokens,
+        "input_tokens_details": {"cached_tokens": u.cached_tokens},
+        "output_tokens": u.completion_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": u.prompt_tokens.saturating_add(u.completion_tokens),
+    })
+}
+
+/// What a stored response keeps: its object and its input items.
+pub fn document(object: &Value, items: &[Value]) -> String {
+    json!({"response": object, "input_items": items}).to_string()
+}
+
+/// A stored document's parts, borrowed.
+#[derive(Debug, serde::Deserialize)]
+pub struct Document<'a> {
+    /// The response object.
+    #[serde(borrow)]
+    pub response: &'a RawValue,
+    /// The input items.
+    pub input_items: Vec<Value>,
+}
+
+/// One item being streamed.
+#[derive(Debug)]
+enum Open {
+    /// The message item: its text (or refusal) so far.
+    Message { text: String, refusal: bool },
+    /// A function call: its index in the reply, call id, name, arguments so far.
+    Call {
+        index: u32,
+        call_id: String,
+        name: String,
+        arguments: String,
+    },
+}
+
+/// The Responses framing, for one request.
+#[derive(Debug)]
+pub struct Responses {
+    meta: Meta,
+    seq: u64,
+    /// Output items announced, in order; the last may still be open.
+    items: Vec<Value>,
+    open: Option<Open>,
+}
+
+impl Responses {
+    /// A framing for the response `meta` describes.
+    pub fn new(meta: Meta) -> Self {
+        Responses {
+            meta,
+            seq: 0,
+            items: Vec::new(),
+            open: None,
+        }
+    }
+
+    /// The response's id.
+    pub fn id(&self) -> &str {
+        &self.meta.id
+    }
+
+    fn event(&mut self, out: &mut Vec<u8>, kind: &str, mut data: Value) {
+        data["type"] = Value::String(kind.to_owned());
+        data["sequence_number"] = json!(self.seq);
+        self.seq += 1;
+        out.extend_from_slice(&sse::event(kind, &data));
+    }
+
+    /// Ends the open item, if any: its `.done` events.
+    fn close_open(&mut self, out: &mut Vec<u8>) {
+        let Some(open) = self.open.take() else {
+            return;
+        };
+        let output_index = self.items.len() - 1;
+        match open {
+            Open::Message { text, refusal } => {
+                let item_id = self.meta.message_id();
+                let part = if refusal {
+                    self.event(
+                        out,
+                        "response.refusal.done",
+                        json!({"item_id": item_id, "output_index": output_index, "content_index": 0, "refusal": text}),
+                    );
+                    json!({"type": "refusal", "refusal": text})
+                } else {
+                    self.event(
+                        out,
+                        "response.output_text.done",
+                        json!({"item_id": item_id, "output_index": output_index, "content_index": 0, "text": text, "logprobs": []}),
+                    );
+                    text_part(&text)
+                };
+                self.event(
+                    out,
+                    "response.content_part.done",
+                    json!({"item_id": item_id, "output_index": output_index, "content_index": 0, "part": part}),
+                );
+                let item = self.meta.message_item("completed", part);
+                self.items[output_index] = item.clone();
+                self.event(
+                    out,
+                    "response.output_item.done",
+                    json!({"output_index": output_index, "item": item}),
+                );
+            }
+            Open::Call {
+                index,
+                call_id,
+                name,
+                arguments,
+            } => {
+                let item_id = self.meta.call_id(index);
+                self.event(
+                    out,
+                    "response.function_call_arguments.done",
+                    json!({"item_id": item_id, "output_index": output_index, "name": name, "arguments": arguments}),
+                );
+                let item = json!({
+                    "type": "function_call", "id": item_id, "call_id": call_id,
+                    "name": name, "arguments": arguments, "status": "completed",
+                });
+                self.items[output_index] = item.clone();
+                self.event(
+                    out,
+                    "response.output_item.done",
+                    json!({"output_index": output_index, "item": item}),
+                );
+            }
+        }
+    }
+
+    /// Text or a refusal: opens the message item when needed, then its delta.
+    fn text(&mut self, out: &mut Vec<u8>, piece: &str, refusal: bool) {
+        if !matches!(self.open, Some(Open::Message { .. })) {
+            self.close_open(out);
+            let output_index = self.items.len();
+            let item = self.meta.message_item("in_progress", Value::Null);
+            self.items.push(item.clone());
+            self.event(
+                out,
+                "response.output_item.added",
+                json!({"output_index": output_index, "item": item}),
+            );
+            let part = if refusal {
+                json!({"type": "refusal", "refusal": ""})
+            } else {
+                text_part("")
+            };
+            self.event(
+                out,
+                "response.content_part.added",
+                json!({"item_id": self.meta.message_id(), "output_index": output_index, "content_index": 0, "part": part}),
+            );
+            self.open = Some(Open::Message {
+                text: String::new(),
+                refusal,
+            });
+        }
+        let output_index = self.items.len() - 1;
+        if let Some(Open::Message { text, .. }) = &mut self.open {
+            text.push_str(piece);
+        }
+        let kind = if refusal {
+            "response.refusal.delta"
+        } else {
+            "response.output_text.delta"
+        };
+        let mut data = json!({"item_id": self.meta.message_id(), "output_index": output_index, "content_index": 0, "delta": piece});
+        if !refusal {
+            data["logprobs"] = json!([]);
+        }
+        self.event(out, kind, data);
+    }
+
+    fn call(
+        &mut self,
+        out: &mut Vec<u8>,
+        index: u32,
+        id: Option<&str>,
+        name: Option<&str>,
+        args: &str,
+    ) {
+        let same = matches!(&self.open, Some(Open::Call { index: i, .. }) if *i == index);
+        if !same {
+            self.close_open(out);
+            let output_index = self.items.len();
+            let call_id = id.unwrap_or_default().to_owned();
+            let name = name.unwrap_or_default().to_owned();
+            let item = json!({
+                "type": "function_call", "id": self.meta.call_id(index), "call_id": call_id,
+                "name": name, "arguments": "", "status": "in_progress",
+            });
+            self.items.push(item.clone());
+            self.event(
+                out,
+                "response.output_item.added",
+                json!({"output_index": output_index, "item": item}),
+            );
+            self.open = Some(Open::Call {
+                index,
+                call_id,
+                name,
+                arguments: String::new(),
+            });
+        }
+        if args.is_empty() {
+            return;
+        }
+        if let Some(Open::Call { arguments, .. }) = &mut self.open {
+            arguments.push_str(args);
+        }
+        let output_index = self.items.len() - 1;
+        self.event(
+            out,
+            "response.function_call_arguments.delta",
+            json!({"item_id": self.meta.call_id(index), "output_index": output_index, "delta": args}),
+        );
+    }
+}
+
+impl Framing for Responses {
+    fn whole(&self, reply: &Reply<'_>) -> Response<Body> {
+        let body = match reply
+            .response
+            .and_then(|d| serde_json::from_str::<Document<'_>>(d).ok())
+        {
+            Some(doc) => doc.response.get().as_bytes().to_vec(),
+            None => {
+                let output = self.meta.output(reply.content, reply.wire);
+                let object =
+                    self.meta
+                        .object("completed", output, reply.usage, reply.finish_reason, None);
+                crate::body::json_bytes(&object)
+            }
+        };
+        let mut resp = Response::new(Body::full(body));
+        resp.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        resp
+    }
+
+    fn opening(&mut self, _raw: bool) -> Option<Bytes> {
+        let mut out = Vec::new();
+        let object = self
+            .meta
+            .object("in_progress", Vec::new(), None, None, None);
+        self.event(&mut out, "response.created", json!({"response": object}));
+        self.event(
+            &mut out,
+            "response.in_progress",
+            json!({"response": object}),
+        );
+        Some(Bytes::from(out))
+    }
+
+    fn answered_by(&mut self, _target: &str) {
+        // The object names the model the client asked for.
+    }
+
+    fn piece(&mut self, piece: Piece<'_>) -> Option<Bytes> {
+        let mut out = Vec::new();
+        match piece {
+            Piece::Text(t) if !t.is_empty() => self.text(&mut out, t, false),
+            Piece::Refusal(t) if !t.is_empty() => self.text(&mut out, t, true),
+            Piece::ToolCall(d) => self.call(
+                &mut out,
+                d.index,
+                d.id.as_deref(),
+                d.name.as_deref(),
+                &d.arguments,
+            ),
+            Piece::FunctionCall(d) => self.call(&mut out, 0, None, d.name.as_deref(), &d.arguments),
+            Piece::Text(_) | Piece::Refusal(_) | Piece::Raw(_) => {}
+        }
+        (!out.is_empty()).then(|| Bytes::from(out))
+    }
+
+    fn closing(&mut self, reply: &Reply<'_>) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        self.close_open(&mut out);
+        let object: Value = match reply
+            .response
+            .and_then(|d| serde_json::from_str::<Document<'_>>(d).ok())
+        {
+            Some(doc) => serde_json::from_str(doc.response.get()).unwrap_or(Value::Null),
+            None => {
+                let output = std::mem::take(&mut self.items);
+                self.meta
+                    .object("completed", output, reply.usage, reply.finish_reason, None)
+            }
+        };
+        let kind = match object.get("status").and_then(Value::as_str) {
+            Some("incomplete") => "response.incomplete",
+            _ => "response.completed",
+        };
+        self.event(&mut out, kind, json!({"response": object}));
+        vec![Bytes::from(out)]
+    }
+
+    fn failure(&mut self, e: &ApiError) -> Bytes {
+        let mut out = Vec::new();
+        let (_, body) = e.openai_body();
+        let message = body
+            .get("error")
+            .and_then(|e| e.get("message"))
+            .cloned()
+            .unwrap_or(Value::Null);
+        let code = body
+            .get("error")
+            .and_then(|e| e.get("code"))
+            .cloned()
+            .filter(|c| !c.is_null())
+            .unwrap_or_else(|| json!("server_error"));
+        let error = json!({"code": code, "message": message});
+        let object = self
+            .meta
+            .object("failed", Vec::new(), None, None, Some(error));
+        self.event(&mut out, "response.failed", json!({"response": object}));
+        Bytes::from(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta() -> Meta {
+        Meta {
+            id: "resp_abc".into(),
+            created_at: 1,
+            model: "m".into(),
+            previous_response_id: None,
+            conversation: None,
+            store: true,
+            echo: Map::new(),
+        }
+    }
+
+    fn events(frames: &[Bytes]) -> Vec<Value> {
+        frames
+            .iter()
+            .flat_map(|b| {
+                std::str::from_utf8(b)
+                    .unwrap()
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data: "))
+                    .map(|d| serde_json::from_str::<Value>(d).unwrap())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_streamed_reply_announces_the_items_its_object_holds() {
+        let mut f = Responses::new(meta());
+        let mut frames = vec![f.opening(false).unwrap()];
+        frames.extend(f.piece(Piece::Text("Hel")));
+        frames.extend(f.piece(Piece::Text("lo")));
+        let call = chatcore::ToolCallDelta {
+            index: 0,
+            id: Some("call_1".into()),
+            kind: Some("function".into()),
+            name: Some("get".into()),
+            arguments: "{\"a\"".into(),
+        };
+        frames.extend(f.piece(Piece::ToolCall(&call)));
+        let more = chatcore::ToolCallDelta {
+            index: 0,
+            id: None,
+            kind: None,
+            name: None,
+            arguments: ":1}".into(),
+        };
+        frames.extend(f.piece(Piece::ToolCall(&more)));
+        let reply = Reply {
+            session_id: None,
+            content: "Hello",
+            wire: None,
+            usage: None,
+            finish_reason: Some("tool_calls"),
+            raw: None,
+            response: None,
+        };
+        frames.extend(f.closing(&reply));
+        let all = events(&frames);
+        let kinds: Vec<&str> = all.iter().map(|e| e["type"].as_str().unwrap()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "response.created",
+                "response.in_progress",
+                "response.output_item.added",
+                "response.content_part.added",
+                "response.output_text.delta",
+                "response.output_text.delta",
+                "response.output_text.done",
+                "response.content_part.done",
+                "response.output_item.done",
+                "response.output_item.added",
+                "response.function_call_arguments.delta",
+                "response.function_call_arguments.delta",
+                "response.function_call_arguments.done",
+                "response.output_item.done",
+                "response.completed",
+            ]
+        );
+        for (i, e) in all.iter().enumerate() {
+            assert_eq!(e["sequence_number"], i as u64);
+        }
+        let done = &all.last().unwrap()["response"];
+        assert_eq!(done["output"][0]["content"][0]["text"], "Hello");
+        assert_eq!(done["output"][1]["arguments"], "{\"a\":1}");
+        assert_eq!(done["output"][1]["call_id"], "call_1");
+    }
+
+    #[test]
+    fn a_whole_reply_with_calls_has_one_item_per_call() {
+        let wire = WireMessage::parse(
+            r#"{"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"f","arguments":"{}"}},{"id":"c2","type":"function","function":{"name":"g","arguments":"{}"}}]}"#,
+        )
+        .unwrap();
+        let out = meta().output("", Some(&wire));
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0]["type"], "function_call");
+        assert_eq!(out[1]["call_id"], "c2");
+        assert_eq!(out[1]["id"], "fc_abc_1");
+    }
+}
