@@ -35,6 +35,24 @@ impl Scoped<'_> {
         Ok(found)
     }
 
+    /// Whether `r`'s turn is still its session's newest, so that a
+    /// continuation may append there. Once false it stays false (a session
+    /// only grows), so a continuation can fork at once without touching the
+    /// original session; when true, the turn checks again while it holds
+    /// the session ([`PreparedTurn::head_response`](crate::PreparedTurn::head_response)).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Storage`](crate::ErrorKind::Storage).
+    pub async fn is_newest(&self, r: &StoredResponse) -> Result<bool> {
+        Ok(self
+            .inner
+            .store
+            .head_response(r.session_id)
+            .await?
+            .as_deref()
+            == Some(r.id.as_str()))
+    }
+
     /// Forgets a response the caller may use; its turn stays in its
     /// session's history.
     ///

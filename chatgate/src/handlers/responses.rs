@@ -136,8 +136,12 @@ async fn stored(
         ),
         None => None,
     };
+    // A response that is no longer its session's newest never will be
+    // again: fork at once, leaving the original session (and its quota)
+    // untouched.
     let session = match (&previous, &request.conversation) {
-        (Some(p), _) => p.session_id,
+        (Some(p), _) if scoped.is_newest(p).await? => p.session_id,
+        (Some(p), _) => scoped.fork_chain(p).await?.session.id,
         (None, Some(c)) => conversation_session(c)?,
         (None, None) => scoped.new_chain().await?.session.id,
     };
@@ -156,8 +160,11 @@ async fn stored(
             None => e.into(),
         })?;
     if let (Some(p), Some((messages, options))) = (&previous, again) {
-        // Under the turn's hold on the session: nothing moves it meanwhile.
-        if prepared.head_response().await?.as_deref() != Some(p.id.as_str()) {
+        // Checked again under the turn's hold on the session (nothing moves
+        // it meanwhile): another continuation may have appended first.
+        if p.session_id == session
+            && prepared.head_response().await?.as_deref() != Some(p.id.as_str())
+        {
             drop(prepared);
             let fork = scoped.fork_chain(p).await?;
             prepared = scoped
