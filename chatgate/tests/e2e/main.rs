@@ -26,6 +26,7 @@ mod openai_fidelity;
 mod pages;
 mod rate_limit;
 mod replicas;
+mod responses;
 mod routing;
 mod streaming;
 mod upstream;
