@@ -1,7 +1,8 @@
 //! chatcore's integration tests, one binary made of modules (so the crate
 //! and its dependencies link once):
 //!
-//! - `conformance`: one storage suite, run against every backend.
+//! - `conformance`: one storage suite, run against every backend;
+//!   `responses`: the response store's, likewise.
 //! - `adapter`: the OpenAI adapter against the in-process mock server.
 //! - `chat`: the facade end to end, per backend, with a scripted model or
 //!   the mock server.
@@ -21,6 +22,7 @@ mod conformance;
 mod context;
 mod durability;
 mod limiter;
+mod responses;
 #[cfg(feature = "postgres")]
 mod shared;
 mod storage_bounds;

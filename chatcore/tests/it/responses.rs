@@ -1,0 +1,255 @@
+//! The response store's conformance suite (`ResponseStore`), on every
+//! backend: a response is stored with its turn and found by id with the
+//! position of its reply; the head is the response of the session's newest
+//! turn only; a fork copies the messages through a response and nothing
+//! after; deleting forgets the response, not its turn; responses go with
+//! their session (deleted, purged).
+
+use chatcore::{Message, MessageCursor, ResponseRecord, SessionId, Store, Turn, Usage};
+
+use chatcore::Role;
+
+use crate::support::{at, session, t0};
+
+fn user(text: &str, secs: i64) -> Message {
+    Message::text(Role::User, text, at(secs))
+}
+
+fn assistant(text: &str, secs: i64) -> Message {
+    Message::text(Role::Assistant, text, at(secs))
+}
+
+each_backend! {
+    "current_thread" => a_response_is_stored_with_its_turn,
+    "current_thread" => the_head_is_the_newest_turns_response_only,
+    "current_thread" => a_fork_copies_through_the_response_and_nothing_after,
+    "current_thread" => deleting_a_response_keeps_its_turn,
+    "current_thread" => responses_go_with_their_session,
+}
+
+const CALL: &str = r#"{"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"f","arguments":"{}"}}]}"#;
+const RESULT: &str = r#"{"role":"tool","tool_call_id":"call_1","content":"done"}"#;
+
+async fn turn(
+    store: &dyn Store,
+    id: SessionId,
+    messages: &[Message],
+    response: Option<(&str, &str)>,
+) {
+    let refs: Vec<_> = messages.iter().map(Message::view).collect();
+    store
+        .append_turn(
+            id,
+            Turn {
+                messages: &refs,
+                usage: Some(Usage {
+                    prompt_tokens: 3,
+                    completion_tokens: 2,
+                    cached_tokens: 0,
+                }),
+                target: None,
+                response: response.map(|(id, document)| ResponseRecord { id, document }),
+            },
+        )
+        .await
+        .unwrap();
+}
+
+async fn a_response_is_stored_with_its_turn<S: Store + 'static>(store: S) {
+    let s = session(t0());
+    store.insert_session(&s).await.unwrap();
+    turn(
+        &store,
+        s.id,
+        &[user("one", 1), assistant("first", 2)],
+        Some(("resp_1", "{\"a\":1}")),
+    )
+    .await;
+    let got = store.get_response("resp_1").await.unwrap().expect("stored");
+    assert_eq!(got.id, "resp_1");
+    assert_eq!(got.session_id, s.id);
+    assert_eq!(got.document, "{\"a\":1}");
+    // Its position is its reply's: the history through it ends there.
+    let history = store.history_through(s.id, got.through).await.unwrap();
+    assert_eq!(history, [user("one", 1), assistant("first", 2)]);
+    assert!(store.get_response("resp_2").await.unwrap().is_none());
+}
+
+async fn the_head_is_the_newest_turns_response_only<S: Store + 'static>(store: S) {
+    let s = session(t0());
+    store.insert_session(&s).await.unwrap();
+    assert_eq!(store.head_response(s.id).await.unwrap(), None);
+    turn(
+        &store,
+        s.id,
+        &[user("one", 1), assistant("first", 2)],
+        Some(("resp_1", "{}")),
+    )
+    .await;
+    assert_eq!(
+        store.head_response(s.id).await.unwrap().as_deref(),
+        Some("resp_1")
+    );
+    // A turn of many messages with a response of its own.
+    let call = Message::from_json(CALL, at(4)).unwrap();
+    turn(
+        &store,
+        s.id,
+        &[user("two", 3), call],
+        Some(("resp_2", "{}")),
+    )
+    .await;
+    assert_eq!(
+        store.head_response(s.id).await.unwrap().as_deref(),
+        Some("resp_2")
+    );
+    // A turn with no response (a /chat/ turn) moves the session past it.
+    let result = Message::from_json(RESULT, at(5)).unwrap();
+    turn(&store, s.id, &[result, assistant("ok", 6)], None).await;
+    assert_eq!(store.head_response(s.id).await.unwrap(), None);
+    assert_eq!(
+        store.head_response(SessionId::new_v4()).await.unwrap(),
+        None
+    );
+}
+
+async fn a_fork_copies_through_the_response_and_nothing_after<S: Store + 'static>(store: S) {
+    let s = session(t0());
+    store.insert_session(&s).await.unwrap();
+    let call = Message::from_json(CALL, at(4)).unwrap();
+    let result = Message::from_json(RESULT, at(5)).unwrap();
+    turn(
+        &store,
+        s.id,
+        &[user("one", 1), assistant("first", 2)],
+        Some(("resp_1", "{}")),
+    )
+    .await;
+    turn(
+        &store,
+        s.id,
+        &[user("two", 3), call.clone()],
+        Some(("resp_2", "{}")),
+    )
+    .await;
+    turn(
+        &store,
+        s.id,
+        &[result, assistant("after", 6)],
+        Some(("resp_3", "{}")),
+    )
+    .await;
+
+    let through = store.get_response("resp_2").await.unwrap().unwrap().through;
+    let fork = session(at(10));
+    store.fork_session(s.id, through, &fork).await.unwrap();
+    let copied = store.recent_messages(fork.id, usize::MAX).await.unwrap();
+    assert_eq!(
+        copied,
+        [user("one", 1), assistant("first", 2), user("two", 3), call]
+    );
+    // The copy is a session of its own: active from its creation, holding
+    // no response and no tokens (they were spent by the original).
+    let got = store.get_session(fork.id).await.unwrap().expect("forked");
+    assert!(got.last_active >= at(10), "{:?}", got.last_active);
+    assert_eq!(store.head_response(fork.id).await.unwrap(), None);
+    assert_eq!(
+        store.session_usage(fork.id).await.unwrap(),
+        Usage::default()
+    );
+    // The original is unchanged, and its responses still point into it.
+    assert_eq!(
+        store.recent_messages(s.id, usize::MAX).await.unwrap().len(),
+        6
+    );
+    assert_eq!(
+        store
+            .get_response("resp_2")
+            .await
+            .unwrap()
+            .unwrap()
+            .session_id,
+        s.id
+    );
+    // A fork's own turn appends after the copy.
+    turn(
+        &store,
+        fork.id,
+        &[user("other", 11), assistant("x", 12)],
+        Some(("resp_f", "{}")),
+    )
+    .await;
+    assert_eq!(
+        store.head_response(fork.id).await.unwrap().as_deref(),
+        Some("resp_f")
+    );
+    assert_eq!(
+        store
+            .recent_messages(fork.id, usize::MAX)
+            .await
+            .unwrap()
+            .len(),
+        6
+    );
+    // Forking a session that is gone stores nothing.
+    let orphan = session(at(20));
+    let e = store
+        .fork_session(SessionId::new_v4(), MessageCursor::after(0), &orphan)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), chatcore::ErrorKind::SessionNotFound);
+    assert!(store.get_session(orphan.id).await.unwrap().is_none());
+}
+
+async fn deleting_a_response_keeps_its_turn<S: Store + 'static>(store: S) {
+    let s = session(t0());
+    store.insert_session(&s).await.unwrap();
+    turn(
+        &store,
+        s.id,
+        &[user("one", 1), assistant("first", 2)],
+        Some(("resp_1", "{}")),
+    )
+    .await;
+    assert!(store.delete_response("resp_1").await.unwrap());
+    assert!(!store.delete_response("resp_1").await.unwrap());
+    assert!(store.get_response("resp_1").await.unwrap().is_none());
+    assert_eq!(store.head_response(s.id).await.unwrap(), None);
+    assert_eq!(
+        store.recent_messages(s.id, usize::MAX).await.unwrap().len(),
+        2
+    );
+}
+
+async fn responses_go_with_their_session<S: Store + 'static>(store: S) {
+    let (old, kept, deleted) = (session(t0()), session(t0()), session(t0()));
+    for s in [&old, &kept, &deleted] {
+        store.insert_session(s).await.unwrap();
+    }
+    turn(
+        &store,
+        old.id,
+        &[user("a", 1), assistant("b", 2)],
+        Some(("resp_old", "{}")),
+    )
+    .await;
+    turn(
+        &store,
+        kept.id,
+        &[user("a", 1_000), assistant("b", 1_001)],
+        Some(("resp_kept", "{}")),
+    )
+    .await;
+    turn(
+        &store,
+        deleted.id,
+        &[user("a", 1_000), assistant("b", 1_001)],
+        Some(("resp_del", "{}")),
+    )
+    .await;
+    assert!(store.delete_session(deleted.id).await.unwrap());
+    store.purge_inactive_before(at(500)).await.unwrap();
+    assert!(store.get_response("resp_old").await.unwrap().is_none());
+    assert!(store.get_response("resp_del").await.unwrap().is_none());
+    assert!(store.get_response("resp_kept").await.unwrap().is_some());
+}
