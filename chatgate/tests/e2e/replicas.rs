@@ -566,3 +566,65 @@ async fn losing_redis_or_postgres_answers_503_and_recovers_without_a_restart() {
         "{stored:?}"
     );
 }
+
+/// A response made on one replica is continued on another the moment it
+/// returns, and two replicas continuing one response at once never share
+/// a history (one appends, the other forks).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_response_made_on_one_replica_continues_on_another() {
+    let Some((pg, redis)) = services() else {
+        return;
+    };
+    let c = Cluster::start(2, &pg, &redis, &[]).await;
+    c.mock.set_recording(true);
+    let respond = |i: usize, body: serde_json::Value| {
+        let addr = c.addr(i);
+        async move {
+            let r = crate::support::post(addr, "/v1/responses", &body.to_string()).await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            r.json()
+        }
+    };
+    let first = respond(
+        0,
+        serde_json::json!({"model": "gpt-3.5-turbo", "input": "one"}),
+    )
+    .await;
+    let second = respond(
+        1,
+        serde_json::json!({"model": "gpt-3.5-turbo", "input": "two", "previous_response_id": first["id"]}),
+    )
+    .await;
+    let sent = c.mock.recorded().last().unwrap().body["messages"].clone();
+    assert_eq!(sent.as_array().unwrap().len(), 3, "{sent}");
+    assert_eq!(sent[1]["content"], "Echo: one");
+    let got = get(
+        c.addr(0),
+        &format!("/v1/responses/{}", second["id"].as_str().unwrap()),
+    )
+    .await;
+    assert_eq!(got.status, 200, "{}", got.text());
+
+    c.mock.set_latency(Duration::from_millis(200));
+    let id = second["id"].clone();
+    let (a, b) = tokio::join!(
+        respond(
+            0,
+            serde_json::json!({"model": "gpt-3.5-turbo", "input": "left", "previous_response_id": id})
+        ),
+        respond(
+            1,
+            serde_json::json!({"model": "gpt-3.5-turbo", "input": "right", "previous_response_id": id})
+        ),
+    );
+    assert_ne!(a["id"], b["id"]);
+    for r in c.mock.recorded().iter().skip(2) {
+        let m = r.body["messages"].as_array().unwrap();
+        assert_eq!(
+            m.len(),
+            5,
+            "the chain through `two` and one new input: {m:?}"
+        );
+        assert_eq!(m[3]["content"], "Echo: two");
+    }
+}
