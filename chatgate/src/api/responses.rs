@@ -173,6 +173,14 @@ pub fn parse_responses(body: &[u8], policy: &Policy) -> Result<ResponsesRequest,
         }
         echo.insert("tool_choice".into(), choice);
     }
+    for name in ["text", "reasoning"] {
+        if body
+            .get(name)
+            .is_some_and(|v| !(v.is_object() || v.is_null()))
+        {
+            return Err(bad(name, format!("{name} must be an object")));
+        }
+    }
     if let Some(text) = body.remove("text") {
         if let Some(format) = text.get("format").filter(|f| !f.is_null()) {
             let format_type = format.get("type").and_then(Value::as_str);
@@ -212,6 +220,13 @@ pub fn parse_responses(body: &[u8], policy: &Policy) -> Result<ResponsesRequest,
         echo.insert("reasoning".into(), reasoning);
     }
     if let Some(max) = body.remove("max_output_tokens") {
+        // OpenAI's floor: a reply cut shorter says nothing worth storing.
+        if !(max.is_null() || max.as_u64().is_some_and(|n| n >= 16)) {
+            return Err(bad(
+                "max_output_tokens",
+                "max_output_tokens must be an integer of at least 16",
+            ));
+        }
         if !max.is_null() {
             fields.set("max_completion_tokens", raw(&max));
         }
