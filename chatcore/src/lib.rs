@@ -41,6 +41,9 @@
 //!   [`PreparedTurn`] that owns its guards; it calls the model whole or
 //!   streamed ([`TurnStream`]) and appends the turn's messages atomically.
 //!   `input.rs`: a turn's new messages ([`TurnInput`]) and their rules.
+//! - `conversations.rs`: conversations on sessions: items are messages
+//!   named by position ([`Scoped::items`]), added without a reply
+//!   ([`Scoped::add_items`], [`PreparedTurn::store_input`]) or deleted.
 //! - `responses.rs`: the Responses API's state on sessions: a chain of
 //!   responses is a session; a response is stored with its turn, found by
 //!   id ([`Scoped::response`]), continued or forked ([`Scoped::fork_chain`]).
@@ -88,6 +91,7 @@
 mod caller;
 mod claim;
 mod clock;
+mod conversations;
 mod error;
 mod facade;
 mod feedback;

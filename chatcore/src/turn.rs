@@ -479,6 +479,53 @@ impl<'c> PreparedTurn<'c> {
     }
 }
 
+impl PreparedTurn<'_> {
+    /// Stores the turn's new messages with no reply (items added to a
+    /// conversation), with the same guarantees as a turn: in the session's
+    /// order, atomically, the session's `last_active` moved.
+    ///
+    /// # Errors
+    /// [`ErrorKind::SessionNotFound`] (purged meanwhile) and
+    /// [`ErrorKind::Storage`]; nothing is stored then.
+    pub async fn store_input(mut self) -> Result<()> {
+        let inner = Arc::clone(&self.inner);
+        self.lease.writing();
+        let user_at = self.user_at;
+        let messages: Vec<MessageRef<'_>> = match &self.input {
+            TurnInput::Text(t) => vec![MessageRef {
+                role: Role::User,
+                content: t,
+                wire: None,
+                created_at: user_at,
+            }],
+            TurnInput::Messages(m) | TurnInput::Items(m) => m
+                .iter()
+                .map(|m| MessageRef {
+                    created_at: user_at,
+                    ..m.view()
+                })
+                .collect(),
+        };
+        let turn = Turn {
+            messages: &messages,
+            usage: None,
+            target: None,
+            response: None,
+        };
+        match &mut self.claim {
+            None => inner.store.append_turn(self.id, turn).await?,
+            Some(claim) => {
+                crate::claim::claims(&*inner.store)?
+                    .append_claimed_turn(self.id, claim.token, turn)
+                    .await?;
+                claim.released = true;
+            }
+        }
+        self.lease.record(&messages, None);
+        Ok(())
+    }
+}
+
 /// Makes a response's document from the reply and its time.
 type MakeDocument = Box<dyn FnOnce(&Completion, DateTime<Utc>) -> String + Send + Sync>;
 

@@ -27,6 +27,14 @@ enum Endpoint {
     ResponseGet,
     ResponseDelete,
     ResponseInputItems,
+    Conversations,
+    ConversationGet,
+    ConversationUpdate,
+    ConversationDelete,
+    ConversationItems,
+    ConversationAddItems,
+    ConversationItemGet,
+    ConversationItemDelete,
     Models,
     Model,
     InitializeSession,
@@ -154,6 +162,40 @@ static ROUTES: &[Route] = &[
         &[(Get, Need::Principal, ResponseInputItems)],
     ),
     route(
+        "/v1/conversations",
+        &[Lit("v1"), Lit("conversations")],
+        "POST",
+        &[(Post, Need::Principal, Conversations)],
+    ),
+    route(
+        "/v1/conversations/{conversation_id}",
+        &[Lit("v1"), Lit("conversations"), Param],
+        "GET, POST, DELETE",
+        &[
+            (Get, Need::Principal, ConversationGet),
+            (Post, Need::Principal, ConversationUpdate),
+            (Delete, Need::Principal, ConversationDelete),
+        ],
+    ),
+    route(
+        "/v1/conversations/{conversation_id}/items",
+        &[Lit("v1"), Lit("conversations"), Param, Lit("items")],
+        "GET, POST",
+        &[
+            (Get, Need::Principal, ConversationItems),
+            (Post, Need::Principal, ConversationAddItems),
+        ],
+    ),
+    route(
+        "/v1/conversations/{conversation_id}/items/{item_id}",
+        &[Lit("v1"), Lit("conversations"), Param, Lit("items"), Param],
+        "GET, DELETE",
+        &[
+            (Get, Need::Principal, ConversationItemGet),
+            (Delete, Need::Principal, ConversationItemDelete),
+        ],
+    ),
+    route(
         "/v1/models",
         &[Lit("v1"), Lit("models")],
         "GET",
@@ -258,11 +300,12 @@ static ROUTES: &[Route] = &[
     .only_if(playground_file),
 ];
 
-/// A path matched to its route, with its one parameter (an id, a file
-/// name, a model), if the route has one.
+/// A path matched to its route, with its parameter (an id, a file name,
+/// a model) and, for a route with two, the second (an item's id).
 struct Matched<'p> {
     route: &'static Route,
     param: &'p str,
+    second: &'p str,
 }
 
 /// The route `path` matches.
@@ -274,7 +317,7 @@ fn find(path: &str) -> Option<Matched<'_>> {
             .then(|| trimmed.split('/'))
             .into_iter()
             .flatten();
-        let mut param = "";
+        let (mut param, mut second) = ("", "");
         // Bytes of `body` the literal and parameter segments took.
         let mut taken = 0;
         for seg in route.path {
@@ -286,7 +329,11 @@ fn find(path: &str) -> Option<Matched<'_>> {
                     if rest.is_empty() {
                         continue 'routes;
                     }
-                    return Some(Matched { route, param: rest });
+                    return Some(Matched {
+                        route,
+                        param: rest,
+                        second,
+                    });
                 }
                 Lit(_) | Param => match parts.next() {
                     Some(head) => head,
@@ -295,13 +342,18 @@ fn find(path: &str) -> Option<Matched<'_>> {
             };
             match seg {
                 Lit(word) if head == *word => {}
-                Param if !head.is_empty() => param = head,
+                Param if !head.is_empty() && param.is_empty() => param = head,
+                Param if !head.is_empty() => second = head,
                 _ => continue 'routes,
             }
             taken += head.len() + 1;
         }
         if parts.next().is_none() {
-            return Some(Matched { route, param });
+            return Some(Matched {
+                route,
+                param,
+                second,
+            });
         }
     }
     None
@@ -361,6 +413,7 @@ pub(crate) async fn dispatch(
         return Err(ApiError::method_not_allowed(matched.route.allow));
     };
     let param = matched.param.to_owned();
+    let second = matched.second.to_owned();
     let query = req.uri().query().map(str::to_owned);
     let query = query.as_deref();
     let caller = app.auth.caller(&app.core, req.headers(), need).await?;
@@ -371,6 +424,20 @@ pub(crate) async fn dispatch(
         ResponseGet => handlers::responses::get(app, caller, &param).await,
         ResponseDelete => handlers::responses::delete(app, caller, &param).await,
         ResponseInputItems => handlers::responses::input_items(app, caller, &param, query).await,
+        Conversations => handlers::conversations::create(app, req, caller, peer).await,
+        ConversationGet => handlers::conversations::get(app, caller, &param).await,
+        ConversationUpdate => handlers::conversations::update(app, req, caller, &param).await,
+        ConversationDelete => handlers::conversations::delete(app, caller, &param).await,
+        ConversationItems => handlers::conversations::list_items(app, caller, &param, query).await,
+        ConversationAddItems => {
+            handlers::conversations::add_items(app, req, caller, peer, &param).await
+        }
+        ConversationItemGet => {
+            handlers::conversations::get_item(app, caller, &param, &second).await
+        }
+        ConversationItemDelete => {
+            handlers::conversations::delete_item(app, caller, &param, &second).await
+        }
         Models => Ok(handlers::openai::models(app)),
         Model => {
             let id = percent_encoding::percent_decode_str(&param).decode_utf8_lossy();
@@ -431,6 +498,11 @@ mod tests {
                 "/v1/responses/resp_1/input_items",
                 Some("/v1/responses/{response_id}/input_items"),
             ),
+            (
+                "/v1/conversations/conv_1/items/msg_2",
+                Some("/v1/conversations/{conversation_id}/items/{item_id}"),
+            ),
+            ("/v1/conversations/conv_1/items/msg_2/x", None),
             ("/docs", Some("/docs")),
             ("/docs/swagger-ui.css", Some("/docs/{file}")),
             ("/playground/playground.js", Some("/playground/{file}")),
@@ -454,5 +526,7 @@ mod tests {
         assert_eq!(m.param, "gpt-4o");
         let m = find("/session/abc/messages").unwrap();
         assert_eq!(m.param, "abc");
+        let m = find("/v1/conversations/conv_1/items/msg_2").unwrap();
+        assert_eq!((m.param, m.second), ("conv_1", "msg_2"));
     }
 }

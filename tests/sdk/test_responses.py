@@ -150,3 +150,33 @@ def test_built_in_tools_are_refused(client):
     with pytest.raises(openai.BadRequestError) as e:
         client.responses.create(model=MODEL, input="x", tools=[{"type": "web_search"}])
     assert "function tools" in str(e.value)
+
+
+def test_a_conversation_holds_its_responses_in_order(client):
+    conv = client.conversations.create(
+        metadata={"topic": "demo"},
+        items=[{"type": "message", "role": "user", "content": "Remember: blue."}],
+    )
+    assert conv.id.startswith("conv_")
+    first = client.responses.create(model=MODEL, input="one", conversation=conv.id)
+    second = client.responses.create(model=MODEL, input="two", conversation={"id": conv.id})
+    assert first.output_text == "Echo: one" and second.output_text == "Echo: two"
+    # The conversation's items go upstream first: more input each time.
+    assert second.usage.input_tokens > first.usage.input_tokens
+    items = client.conversations.items.list(conv.id, order="asc")
+    texts = [i.content[0].text for i in items.data]
+    assert texts == ["Remember: blue.", "one", "Echo: one", "two", "Echo: two"]
+    assert client.conversations.retrieve(conv.id).metadata == {"topic": "demo"}
+    updated = client.conversations.update(conv.id, metadata={"topic": "changed"})
+    assert updated.metadata == {"topic": "changed"}
+
+    item = client.conversations.items.retrieve(items.data[0].id, conversation_id=conv.id)
+    assert item.content[0].text == "Remember: blue."
+    client.conversations.items.delete(items.data[0].id, conversation_id=conv.id)
+    left = client.conversations.items.list(conv.id, order="asc")
+    assert [i.id for i in left.data] == [i.id for i in items.data[1:]]
+
+    deleted = client.conversations.delete(conv.id)
+    assert deleted.deleted
+    with pytest.raises(openai.NotFoundError):
+        client.conversations.retrieve(conv.id)

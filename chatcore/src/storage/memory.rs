@@ -24,11 +24,14 @@ use crate::types::{Feedback, PurgeReport, Session, SessionId, Usage};
 struct Entry {
     session: Session,
     messages: Vec<Message>,
+    /// Each message's position: its index when stored, kept when an
+    /// earlier one is deleted.
+    positions: Vec<i64>,
     /// With its position among all feedback, for review paging.
     feedback: Vec<(i64, Feedback)>,
     usage: Usage,
-    /// Its responses: id, the index of the turn's reply, the document.
-    responses: Vec<(String, usize, String)>,
+    /// Its responses: id, the position of the turn's reply, the document.
+    responses: Vec<(String, i64, String)>,
 }
 
 /// An in-memory storage backend.
@@ -84,6 +87,7 @@ impl SessionStore for MemoryStore {
             Entry {
                 session: session.clone(),
                 messages: Vec::new(),
+                positions: Vec::new(),
                 feedback: Vec::new(),
                 usage: Usage::default(),
                 responses: Vec::new(),
@@ -117,6 +121,20 @@ impl SessionStore for MemoryStore {
             self.unindex(e);
         }
         Ok(removed.is_some())
+    }
+
+    async fn set_metadata(
+        &self,
+        id: SessionId,
+        metadata: Option<&serde_json::Value>,
+    ) -> Result<bool> {
+        Ok(match self.lock().get_mut(&id) {
+            Some(e) => {
+                e.session.metadata = metadata.cloned();
+                true
+            }
+            None => false,
+        })
     }
 
     async fn list_sessions(
@@ -153,10 +171,13 @@ impl MessageStore for MemoryStore {
     async fn append_turn(&self, id: SessionId, turn: Turn<'_>) -> Result<()> {
         let mut map = self.lock();
         let e = map.get_mut(&id).ok_or_else(Error::session_not_found)?;
+        let next = e.positions.last().map_or(0, |p| p + 1);
+        e.positions
+            .extend((0..turn.messages.len() as i64).map(|i| next + i));
         e.messages
             .extend(turn.messages.iter().map(MessageRef::to_message));
         if let Some(r) = turn.response {
-            let through = e.messages.len() - 1;
+            let through = e.positions.last().copied().unwrap_or(0);
             e.responses
                 .push((r.id.to_owned(), through, r.document.to_owned()));
             self.index().insert(r.id.to_owned(), id);
@@ -178,9 +199,31 @@ impl MessageStore for MemoryStore {
         limit: usize,
     ) -> Result<Option<MessagePage>> {
         let map = self.lock();
-        Ok(map
-            .get(&id)
-            .map(|e| MessagePage::slice(&e.messages, after, limit)))
+        Ok(map.get(&id).map(|e| {
+            let first = after.map_or(0, |c| c.position().saturating_add(1));
+            let rows = e
+                .positions
+                .iter()
+                .zip(&e.messages)
+                .filter(|(p, _)| **p >= first)
+                .take(limit.saturating_add(1))
+                .map(|(p, m)| (*p, m.clone()))
+                .collect();
+            MessagePage::from_overfetch(rows, limit)
+        }))
+    }
+
+    async fn delete_message(&self, id: SessionId, position: MessageCursor) -> Result<bool> {
+        let mut map = self.lock();
+        let Some(e) = map.get_mut(&id) else {
+            return Ok(false);
+        };
+        let Some(i) = e.positions.iter().position(|p| *p == position.position()) else {
+            return Ok(false);
+        };
+        e.positions.remove(i);
+        e.messages.remove(i);
+        Ok(true)
     }
 
     async fn session_usage(&self, id: SessionId) -> Result<Usage> {
@@ -214,7 +257,7 @@ impl ResponseStore for MemoryStore {
                 .map(|(r, through, document)| StoredResponse {
                     id: r.clone(),
                     session_id: session,
-                    through: MessageCursor::after(*through as i64),
+                    through: MessageCursor::after(*through),
                     document: document.clone(),
                 })
         }))
@@ -223,7 +266,7 @@ impl ResponseStore for MemoryStore {
     async fn head_response(&self, id: SessionId) -> Result<Option<String>> {
         let map = self.lock();
         Ok(map.get(&id).and_then(|e| {
-            let last = e.messages.len().checked_sub(1)?;
+            let last = *e.positions.last()?;
             e.responses
                 .last()
                 .filter(|(_, through, _)| *through == last)
@@ -247,10 +290,12 @@ impl ResponseStore for MemoryStore {
     async fn history_through(&self, id: SessionId, through: MessageCursor) -> Result<Vec<Message>> {
         let map = self.lock();
         Ok(map.get(&id).map_or_else(Vec::new, |e| {
-            let end = usize::try_from(through.position().saturating_add(1))
-                .unwrap_or(usize::MAX)
-                .min(e.messages.len());
-            e.messages[..end].to_vec()
+            e.positions
+                .iter()
+                .zip(&e.messages)
+                .filter(|(p, _)| **p <= through.position())
+                .map(|(_, m)| m.clone())
+                .collect()
         }))
     }
 
@@ -262,19 +307,19 @@ impl ResponseStore for MemoryStore {
     ) -> Result<()> {
         let mut map = self.lock();
         let source = map.get(&from).ok_or_else(Error::session_not_found)?;
-        let end = usize::try_from(through.position().saturating_add(1))
-            .unwrap_or(usize::MAX)
-            .min(source.messages.len());
-        let messages = source.messages[..end].to_vec();
-        let mut session = into.clone();
-        if let Some(last) = messages.last() {
-            session.last_active = session.last_active.max(last.created_at);
-        }
+        let (positions, messages): (Vec<i64>, Vec<Message>) = source
+            .positions
+            .iter()
+            .zip(&source.messages)
+            .filter(|(p, _)| **p <= through.position())
+            .map(|(p, m)| (*p, m.clone()))
+            .unzip();
         map.insert(
             into.id,
             Entry {
-                session,
+                session: into.clone(),
                 messages,
+                positions,
                 feedback: Vec::new(),
                 usage: Usage::default(),
                 responses: Vec::new(),

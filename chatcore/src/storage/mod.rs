@@ -88,6 +88,17 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug {
     /// [`ErrorKind::Storage`] when the backend fails (nothing is deleted).
     async fn delete_session(&self, id: SessionId) -> Result<bool>;
 
+    /// Replaces a session's application metadata (`None` clears it);
+    /// `false` when there is no such session.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Storage`] when the backend fails.
+    async fn set_metadata(
+        &self,
+        id: SessionId,
+        metadata: Option<&serde_json::Value>,
+    ) -> Result<bool>;
+
     /// Up to `limit` sessions, most recently active first, after `after`;
     /// only those owned by `owner` when it is given.
     ///
@@ -284,6 +295,9 @@ impl std::fmt::Display for MessageCursor {
 pub struct MessagePage {
     /// The messages.
     pub messages: Vec<Message>,
+    /// Each message's position (what its [`MessageCursor`] holds): stable
+    /// for as long as the message is stored, so it can name the message.
+    pub positions: Vec<i64>,
     /// Where to continue; `None` when this page reaches the newest message.
     pub next: Option<MessageCursor>,
 }
@@ -299,8 +313,10 @@ impl MessagePage {
         } else {
             None
         };
+        let (positions, messages) = rows.into_iter().unzip();
         MessagePage {
-            messages: rows.into_iter().map(|(_, m)| m).collect(),
+            messages,
+            positions,
             next,
         }
     }
@@ -317,6 +333,7 @@ impl MessagePage {
         let start = start.min(end);
         MessagePage {
             messages: all[start..end].to_vec(),
+            positions: (start as i64..end as i64).collect(),
             next: (end < all.len() && end > start).then(|| MessageCursor((end - 1) as i64)),
         }
     }
@@ -340,6 +357,13 @@ pub trait MessageStore: SessionStore {
     /// the session no longer exists (nothing is stored);
     /// [`ErrorKind::Storage`] when the backend fails.
     async fn append_turn(&self, id: SessionId, turn: Turn<'_>) -> Result<()>;
+
+    /// Deletes the message at `position` (a conversation's item); the
+    /// others keep their positions. `false` when there is none there.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Storage`] when the backend fails.
+    async fn delete_message(&self, id: SessionId, position: MessageCursor) -> Result<bool>;
 
     /// The tokens a session's stored turns cost, summed (turns whose usage
     /// was not reported count zero).

@@ -3,7 +3,9 @@
 //! position of its reply; the head is the response of the session's newest
 //! turn only; a fork copies the messages through a response and nothing
 //! after; deleting forgets the response, not its turn; responses go with
-//! their session (deleted, purged).
+//! their session (deleted, purged). Conversations' needs too: a message
+//! deleted leaves the others at their positions, turns of one message
+//! page like any other, metadata replaced.
 
 use chatcore::{Message, MessageCursor, ResponseRecord, SessionId, Store, Turn, Usage};
 
@@ -25,6 +27,8 @@ each_backend! {
     "current_thread" => a_fork_copies_through_the_response_and_nothing_after,
     "current_thread" => deleting_a_response_keeps_its_turn,
     "current_thread" => responses_go_with_their_session,
+    "current_thread" => a_deleted_message_leaves_the_others_in_place,
+    "current_thread" => metadata_is_replaced_or_cleared,
 }
 
 const CALL: &str = r#"{"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"f","arguments":"{}"}}]}"#;
@@ -252,4 +256,78 @@ async fn responses_go_with_their_session<S: Store + 'static>(store: S) {
     assert!(store.get_response("resp_old").await.unwrap().is_none());
     assert!(store.get_response("resp_del").await.unwrap().is_none());
     assert!(store.get_response("resp_kept").await.unwrap().is_some());
+}
+
+async fn a_deleted_message_leaves_the_others_in_place<S: Store + 'static>(store: S) {
+    let s = session(t0());
+    store.insert_session(&s).await.unwrap();
+    // Items added one by one (turns of one message), then a text turn.
+    turn(&store, s.id, &[user("a", 1)], None).await;
+    turn(&store, s.id, &[user("b", 2)], None).await;
+    turn(&store, s.id, &[user("c", 3), assistant("d", 4)], None).await;
+    let all = store
+        .messages_page(s.id, None, usize::MAX)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(all.messages.len(), 4);
+    let positions = all.positions.clone();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{positions:?}");
+    // Pages of one step through every message.
+    let mut after = None;
+    let mut seen = Vec::new();
+    loop {
+        let page = store.messages_page(s.id, after, 1).await.unwrap().unwrap();
+        seen.extend(page.positions.iter().copied());
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen, positions);
+
+    // Deleting `c` (in a text turn) and `a`: the rest keep their places.
+    assert!(store
+        .delete_message(s.id, MessageCursor::after(positions[2]))
+        .await
+        .unwrap());
+    assert!(store
+        .delete_message(s.id, MessageCursor::after(positions[0]))
+        .await
+        .unwrap());
+    assert!(!store
+        .delete_message(s.id, MessageCursor::after(positions[0]))
+        .await
+        .unwrap());
+    let left = store
+        .messages_page(s.id, None, usize::MAX)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(left.messages, [user("b", 2), assistant("d", 4)]);
+    assert_eq!(left.positions, [positions[1], positions[3]]);
+    assert_eq!(
+        store.recent_messages(s.id, usize::MAX).await.unwrap(),
+        [user("b", 2), assistant("d", 4)]
+    );
+    // The history a turn loads holds what is left, newest last.
+    let (_, history) = store.load_turn_context(s.id, 10).await.unwrap().unwrap();
+    assert_eq!(history, [user("b", 2), assistant("d", 4)]);
+}
+
+async fn metadata_is_replaced_or_cleared<S: Store + 'static>(store: S) {
+    let s = session(t0());
+    store.insert_session(&s).await.unwrap();
+    let m = serde_json::json!({"topic": "x"});
+    assert!(store.set_metadata(s.id, Some(&m)).await.unwrap());
+    assert_eq!(
+        store.get_session(s.id).await.unwrap().unwrap().metadata,
+        Some(m)
+    );
+    assert!(store.set_metadata(s.id, None).await.unwrap());
+    assert_eq!(
+        store.get_session(s.id).await.unwrap().unwrap().metadata,
+        None
+    );
+    assert!(!store.set_metadata(SessionId::new_v4(), None).await.unwrap());
 }

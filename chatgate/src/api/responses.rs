@@ -318,7 +318,10 @@ fn chat_tool(tool: &Value) -> Result<Value, ApiError> {
 
 /// The input (a string, or items) as the turn's messages and as the items
 /// the API lists back.
-fn read_input(
+///
+/// # Errors
+/// 400 naming the item at fault.
+pub fn read_input(
     input: Value,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<(Vec<Message>, Vec<Value>), ApiError> {
@@ -516,6 +519,95 @@ fn chat_content(role: &str, content: Value) -> Result<(Value, Vec<Value>), ApiEr
             "a message's content must be a string or an array of parts",
         )),
     }
+}
+
+/// A stored message as a conversation's items, named by its position:
+/// a message item, or (an assistant's calls) one function_call item per
+/// call after its text, or a function_call_output item.
+pub fn items_of(position: i64, m: &Message) -> Vec<Value> {
+    let view = m.view();
+    let wire: Option<Value> = view.wire.and_then(|w| serde_json::from_str(w).ok());
+    let role = view.role.as_str();
+    let mut out = Vec::new();
+    if matches!(view.role, chatcore::Role::Tool | chatcore::Role::Function) {
+        let w = wire.unwrap_or(Value::Null);
+        let output = match w.get("content") {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Array(parts)) => parts
+                .iter()
+                .filter_map(|p| p.get("text").and_then(Value::as_str))
+                .collect(),
+            _ => String::new(),
+        };
+        let call_id = w
+            .get("tool_call_id")
+            .or_else(|| w.get("name"))
+            .cloned()
+            .unwrap_or(Value::Null);
+        out.push(
+            json!({"type": "function_call_output", "id": format!("fco_{position}"),
+            "call_id": call_id, "output": output, "status": "completed"}),
+        );
+        return out;
+    }
+    let text_part = if role == "assistant" {
+        "output_text"
+    } else {
+        "input_text"
+    };
+    let content = match wire.as_ref().map(|w| w.get("content")) {
+        None => vec![json!({"type": text_part, "text": view.content})],
+        Some(Some(Value::String(t))) => vec![json!({"type": text_part, "text": t})],
+        Some(Some(Value::Array(parts))) => parts
+            .iter()
+            .map(|p| match p.get("type").and_then(Value::as_str) {
+                Some("image_url") => json!({"type": "input_image",
+                    "image_url": p.pointer("/image_url/url"), "detail": p.pointer("/image_url/detail")}),
+                _ => json!({"type": text_part, "text": p.get("text")}),
+            })
+            .collect(),
+        Some(_) => Vec::new(),
+    };
+    let refusal = wire
+        .as_ref()
+        .and_then(|w| w.get("refusal"))
+        .and_then(Value::as_str)
+        .filter(|r| !r.is_empty());
+    let content = match refusal {
+        Some(r) => vec![json!({"type": "refusal", "refusal": r})],
+        None => content,
+    };
+    if !content.is_empty() {
+        out.push(
+            json!({"type": "message", "id": format!("msg_{position}"), "role": role,
+            "content": content, "status": "completed"}),
+        );
+    }
+    let calls = wire
+        .as_ref()
+        .and_then(|w| w.get("tool_calls"))
+        .and_then(Value::as_array);
+    for (i, call) in calls.into_iter().flatten().enumerate() {
+        out.push(
+            json!({"type": "function_call", "id": format!("fc_{position}_{i}"),
+            "call_id": call["id"], "name": call.pointer("/function/name"),
+            "arguments": call.pointer("/function/arguments"), "status": "completed"}),
+        );
+    }
+    out
+}
+
+/// The position an item id names (`msg_7`, `fc_7_0`, `fco_7`).
+pub fn position_of(item_id: &str) -> Option<i64> {
+    let rest = item_id
+        .strip_prefix("msg_")
+        .or_else(|| item_id.strip_prefix("fco_"))
+        .or_else(|| item_id.strip_prefix("fc_"))?;
+    rest.split('_')
+        .next()?
+        .parse()
+        .ok()
+        .filter(|p: &i64| *p >= 0)
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod chat;
+pub mod conversations;
 pub mod docs;
 pub mod feedback;
 pub mod meta;

@@ -13,6 +13,7 @@ mod auth_cli;
 mod auth_quotas;
 mod auth_session_token;
 mod config;
+mod conversations;
 mod endpoints;
 mod errors;
 mod hostile;

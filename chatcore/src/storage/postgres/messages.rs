@@ -52,6 +52,7 @@ const CLAIM: &str = "WITH c AS (UPDATE sessions SET claim = $2, claim_until = cl
 const RENEW: &str = "UPDATE sessions SET claim_until = clock_timestamp() + make_interval(secs => $3) WHERE id = $1 AND claim = $2";
 const RELEASE: &str =
     "UPDATE sessions SET claim = NULL, claim_until = NULL WHERE id = $1 AND claim = $2";
+const DELETE_MESSAGE: &str = "DELETE FROM messages WHERE session_id = $1 AND position = $2";
 const EXISTS: &str = "SELECT 1 FROM sessions WHERE id = $1";
 const SESSION: &str =
     "SELECT created_at, last_active, system_prompt, metadata, owner, target FROM sessions WHERE id = $1";
@@ -203,6 +204,13 @@ impl MessageStore for PostgresStore {
         } else {
             Err(Error::session_not_found())
         }
+    }
+
+    async fn delete_message(&self, id: SessionId, position: MessageCursor) -> Result<bool> {
+        Ok(self
+            .execute(DELETE_MESSAGE, &[id.as_uuid(), &position.position()])
+            .await?
+            > 0)
     }
 
     async fn session_usage(&self, id: SessionId) -> Result<Usage> {

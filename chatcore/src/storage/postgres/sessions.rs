@@ -16,6 +16,7 @@ const INSERT_SESSION: &str = "INSERT INTO sessions (id, created_at, last_active,
 const GET_SESSION: &str =
     "SELECT created_at, last_active, system_prompt, metadata, owner, target FROM sessions WHERE id = $1";
 const DELETE_SESSION: &str = "DELETE FROM sessions WHERE id = $1";
+const SET_METADATA: &str = "UPDATE sessions SET metadata = $2 WHERE id = $1";
 const LIST_SESSIONS: &str = "SELECT id, created_at, last_active, system_prompt, metadata, owner, target FROM sessions WHERE ($1::text IS NULL OR owner = $1) AND ($2::timestamptz IS NULL OR (last_active, id) < ($2, $3::uuid)) ORDER BY last_active DESC, id DESC LIMIT $4";
 const PING: &str = "SELECT 1";
 
@@ -59,6 +60,17 @@ impl SessionStore for PostgresStore {
     async fn delete_session(&self, id: SessionId) -> Result<bool> {
         // Messages and feedback go with it (ON DELETE CASCADE).
         Ok(self.execute(DELETE_SESSION, &[id.as_uuid()]).await? > 0)
+    }
+
+    async fn set_metadata(
+        &self,
+        id: SessionId,
+        metadata: Option<&serde_json::Value>,
+    ) -> Result<bool> {
+        Ok(self
+            .execute(SET_METADATA, &[id.as_uuid(), &metadata])
+            .await?
+            > 0)
     }
 
     async fn list_sessions(

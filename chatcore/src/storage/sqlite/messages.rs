@@ -47,6 +47,10 @@ pub(super) fn unfold(row: TurnRow, out: &mut Vec<(i64, Message)>) -> Result<()> 
     let items: Vec<(i64, &serde_json::value::RawValue)> =
         serde_json::from_str(&body).map_err(Error::storage)?;
     for (i, (at, json)) in items.into_iter().enumerate() {
+        // A deleted message leaves `null`, so the others keep their places.
+        if json.get() == "null" {
+            continue;
+        }
         let m = Message::from_json(json.get(), from_millis(at)).map_err(Error::storage)?;
         out.push((base + i as i64, m));
     }
@@ -87,12 +91,23 @@ fn turn_body(turn: &Turn<'_>) -> String {
 /// turns (rounded up; every turn holds at least two messages), unfolded,
 /// then cut to `limit`.
 fn read_recent(db: &impl Sql, key: &[u8; 16], limit: usize) -> Result<Vec<Message>> {
-    let turns = i64::try_from(limit.div_ceil(2)).unwrap_or(-1);
-    let mut stmt = db.prepare(RECENT_TURNS)?;
-    let rows = stmt.query_map(params![key, turns], turn_row)?;
+    // Nearly every turn holds two messages or more; a session whose turns
+    // hold fewer (items added to a conversation one by one, messages
+    // deleted) is read again with one turn per message wanted.
     let mut out = Vec::new();
-    for row in rows {
-        unfold(row?, &mut out)?;
+    for turns in [limit.div_ceil(2), limit] {
+        let turns = i64::try_from(turns).unwrap_or(-1);
+        let mut stmt = db.prepare(RECENT_TURNS)?;
+        let rows = stmt.query_map(params![key, turns], turn_row)?;
+        out.clear();
+        let mut read = 0;
+        for row in rows {
+            unfold(row?, &mut out)?;
+            read += 1;
+        }
+        if out.len() >= limit || turns < 0 || read < turns {
+            break;
+        }
     }
     if out.len() > limit {
         out.drain(..out.len() - limit);
@@ -119,12 +134,13 @@ fn read_page(
     }
     // The first position to return, and the turn it is in.
     let first = after.map_or(0, |c| c.position().saturating_add(1));
-    // One message more than asked for tells whether there is a next page;
-    // every turn holds at least two messages.
+    // One message more than asked for tells whether there is a next page.
+    // A turn may hold a single message (items added to a conversation) or
+    // none left (deleted), so rows are read until the page is full: the
+    // rows are stepped lazily, and reading stops there.
     let want = limit.saturating_add(1);
-    let turns = i64::try_from(want.div_ceil(2) + 1).unwrap_or(i64::MAX);
     let mut stmt = db.prepare(PAGE_TURNS)?;
-    let rows = stmt.query_map(params![key, first / TURN_STRIDE, turns], turn_row)?;
+    let rows = stmt.query_map(params![key, first / TURN_STRIDE, i64::MAX], turn_row)?;
     let mut page: Vec<(i64, Message)> = Vec::with_capacity(want.min(1024));
     let mut unfolded = Vec::new();
     for row in rows {
@@ -227,6 +243,48 @@ impl MessageStore for SqliteStore {
     ) -> Result<Option<MessagePage>> {
         self.reader
             .read(move |db| read_page(db, &id_key(id), after, limit))
+            .await
+    }
+
+    async fn delete_message(&self, id: SessionId, position: MessageCursor) -> Result<bool> {
+        let (seq, place) = (
+            position.position().div_euclid(TURN_STRIDE),
+            position.position().rem_euclid(TURN_STRIDE) as usize,
+        );
+        self.worker
+            .call_single(move |db| {
+                let Some(row) = db
+                    .prepare(TURN_ROW)?
+                    .query_row(params![id_key(id), seq], turn_row)
+                    .optional()?
+                else {
+                    return Ok(false);
+                };
+                // The turn's messages as `[unix_ms, message]` pairs, the
+                // deleted one left as `null` so the others keep their
+                // positions.
+                let (_, user, user_at, reply, reply_at, body) = row;
+                let mut items: Vec<(i64, serde_json::Value)> = match body {
+                    Some(body) => serde_json::from_str(&body).map_err(Error::storage)?,
+                    None => vec![
+                        (
+                            user_at,
+                            serde_json::json!({"role": "user", "content": user}),
+                        ),
+                        (
+                            reply_at,
+                            serde_json::json!({"role": "assistant", "content": reply}),
+                        ),
+                    ],
+                };
+                match items.get_mut(place) {
+                    Some((_, m)) if !m.is_null() => *m = serde_json::Value::Null,
+                    _ => return Ok(false),
+                }
+                let body = serde_json::to_string(&items).map_err(Error::internal)?;
+                db.prepare(SET_TURN_BODY)?.execute(params![seq, body])?;
+                Ok(true)
+            })
             .await
     }
 

@@ -140,6 +140,25 @@ impl SessionStore for SqliteStore {
             .await
     }
 
+    async fn set_metadata(
+        &self,
+        id: SessionId,
+        metadata: Option<&serde_json::Value>,
+    ) -> Result<bool> {
+        let metadata = match metadata {
+            Some(v) => Some(serde_json::to_string(v).map_err(Error::internal)?),
+            None => None,
+        };
+        self.worker
+            .call_single(move |db| {
+                Ok(db
+                    .prepare(SET_METADATA)?
+                    .execute(params![id_key(id), metadata])?
+                    > 0)
+            })
+            .await
+    }
+
     async fn list_sessions(
         &self,
         owner: Option<&str>,

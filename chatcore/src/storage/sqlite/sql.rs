@@ -36,6 +36,10 @@ pub(super) const DELETE_RESPONSE: &str =
 /// order, without their tokens (spent by the original) or responses.
 pub(super) const FORK_TURNS: &str = "INSERT INTO turns (session_id, user_content, user_at, reply_content, reply_at, body) SELECT ?1, user_content, user_at, reply_content, reply_at, body FROM turns WHERE session_id = ?2 AND seq <= ?3 ORDER BY seq";
 pub(super) const SESSION_USAGE: &str = "SELECT coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0), coalesce(sum(cached_tokens), 0) FROM turns WHERE session_id = ?1";
+pub(super) const SET_METADATA: &str = "UPDATE sessions SET metadata = ?2 WHERE id = ?1";
+pub(super) const TURN_ROW: &str = "SELECT seq, user_content, user_at, reply_content, reply_at, body FROM turns WHERE session_id = ?1 AND seq = ?2";
+pub(super) const SET_TURN_BODY: &str =
+    "UPDATE turns SET user_content = '', reply_content = '', body = ?2 WHERE seq = ?1";
 pub(super) const SET_TARGET: &str = "UPDATE sessions SET target = ?2 WHERE id = ?1";
 pub(super) const TOUCH_SESSION: &str =
     "UPDATE sessions SET active_hour = ?2 WHERE id = ?1 AND active_hour < ?2";

@@ -171,6 +171,14 @@ impl SessionStore for GatedStore {
         self.inner.delete_session(id).await
     }
 
+    async fn set_metadata(
+        &self,
+        id: SessionId,
+        metadata: Option<&serde_json::Value>,
+    ) -> Result<bool> {
+        self.inner.set_metadata(id, metadata).await
+    }
+
     async fn list_sessions(
         &self,
         owner: Option<&str>,
@@ -204,6 +212,10 @@ impl MessageStore for GatedStore {
 
     async fn session_usage(&self, id: SessionId) -> Result<Usage> {
         self.inner.session_usage(id).await
+    }
+
+    async fn delete_message(&self, id: SessionId, position: MessageCursor) -> Result<bool> {
+        self.inner.delete_message(id, position).await
     }
 
     async fn load_turn_context(
