@@ -10,12 +10,15 @@ use crate::procs::Servers;
 use crate::replicas;
 use crate::requests::{
     chat_maker, direct_body, direct_body_with, direct_maker, feedback_maker, init_maker,
+    responses_maker,
 };
 
 /// What the chat stage measured; every phase it did not run is skipped.
 pub struct Chat {
     pub direct: Phase,
     pub chat: Phase,
+    /// Stored responses joining the same sessions as conversations.
+    pub responses: Phase,
     /// The mock with bodies of chatgate's average upstream size.
     pub direct_sized: Phase,
     /// How many history messages those bodies carried, when they ran.
@@ -30,6 +33,7 @@ impl Chat {
         Chat {
             direct: Phase::skipped(),
             chat: Phase::skipped(),
+            responses: Phase::skipped(),
             direct_sized: Phase::skipped(),
             sized_history: None,
             init: Phase::skipped(),
@@ -62,6 +66,19 @@ pub async fn run(s: &Servers, o: &Options, sessions: &Arc<Vec<String>>) -> Chat 
             o.connections,
             o.duration,
             chat_maker(Arc::clone(sessions)),
+        ),
+    )
+    .await;
+    // Right after `/chat/`, on the same sessions: each response is that
+    // turn through the Responses API, stored with its response object.
+    let responses = measured_if(
+        o.phases.runs(Stage::Responses),
+        gw.pid,
+        closed_loop(
+            gw.addr,
+            o.connections,
+            o.duration,
+            responses_maker(Arc::clone(sessions)),
         ),
     )
     .await;
@@ -108,6 +125,7 @@ pub async fn run(s: &Servers, o: &Options, sessions: &Arc<Vec<String>>) -> Chat 
     Chat {
         direct,
         chat,
+        responses,
         direct_sized,
         sized_history: sized.then_some(avg_history),
         init,

@@ -4,7 +4,7 @@
 //! Run: `cargo run --release --example loadtest` (options: `--duration 10`
 //! seconds per throughput phase, `--latency-duration 10`, `--connections 64`,
 //! `--sessions 2000`, `--rate 50`, `--context-tokens 136`, `--backend sqlite`,
-//! `--phases all|chat|latency|stream|replicas|routing`, `--postgres-url`,
+//! `--phases all|chat|latency|stream|replicas|routing|responses`, `--postgres-url`,
 //! `--redis-url`, `--gateway-env KEY=VALUE`, repeatable, to run the
 //! gateway with other settings: `CHATGATE_LOG__SQL=false`,
 //! `TOKIO_WORKER_THREADS=1`, ..., and `--mock-exe PATH`, another build of
@@ -176,6 +176,7 @@ async fn drive(o: Options) -> ExitCode {
     }
 
     let acked = chat.chat.ok
+        + chat.responses.ok
         + warmed.map_or(0, |w| w.acked)
         + lat.chat_open.ok
         + lat.chat_c1.ok

@@ -17,6 +17,9 @@ pub enum Stage {
     Replicas,
     /// `/chat/` through one upstream and a route over two (`routing.rs`).
     Routing,
+    /// Stored responses (`POST /v1/responses` joining a conversation),
+    /// read against `/chat/` in the same run (`chat.rs`).
+    Responses,
 }
 
 /// What `--phases` selected.
@@ -36,18 +39,20 @@ impl Phases {
             "stream" => Phases::Only(Stage::Stream),
             "replicas" => Phases::Only(Stage::Replicas),
             "routing" => Phases::Only(Stage::Routing),
+            "responses" => Phases::Only(Stage::Responses),
             _ => return None,
         })
     }
 
-    /// Whether `stage` runs. The replicas are read against the mock direct
-    /// and the single gateway measured in the same run, so selecting them
-    /// also runs the chat stage's closed loops.
+    /// Whether `stage` runs. The replicas and the stored responses are
+    /// read against the mock direct and the `/chat/` loop measured in the
+    /// same run, so selecting them also runs the chat stage's closed loops.
     pub fn runs(self, stage: Stage) -> bool {
         match self {
             Phases::All => !matches!(stage, Stage::Replicas | Stage::Routing),
             Phases::Only(only) => {
-                only == stage || (only == Stage::Replicas && stage == Stage::Chat)
+                only == stage
+                    || (matches!(only, Stage::Replicas | Stage::Responses) && stage == Stage::Chat)
             }
         }
     }

@@ -89,6 +89,7 @@ fn closed_loop_table(c: &mut Chat) {
     for (name, p) in [
         ("mock direct  POST /v1/chat/completions", &mut c.direct),
         ("chatgate     POST /chat/", &mut c.chat),
+        ("chatgate     POST /v1/responses (stored)", &mut c.responses),
         ("mock direct, chatgate-sized bodies", &mut c.direct_sized),
         ("chatgate     POST /session/initialize_session", &mut c.init),
         ("chatgate     POST /feedback/", &mut c.feedback),
@@ -118,6 +119,7 @@ fn cpu_table(c: &Chat, lat: &Latency) {
     for (name, p) in [
         ("mock direct", &c.direct),
         ("chatgate /chat/", &c.chat),
+        ("chatgate /v1/responses", &c.responses),
         ("chatgate initialize_session", &c.init),
         ("chatgate feedback", &c.feedback),
         ("chatgate /chat/, open loop", &lat.chat_open),
@@ -275,6 +277,7 @@ pub fn summary(
         ),
     }
     let non_2xx = chat.chat.non_2xx
+        + chat.responses.non_2xx
         + chat.init.non_2xx
         + chat.feedback.non_2xx
         + lat.chat_open.non_2xx
@@ -298,6 +301,14 @@ fn ratios(c: &Chat) {
             chat / c.direct_sized.rate(),
             chat,
             c.direct_sized.rate()
+        );
+    }
+    if c.responses.ok > 0 {
+        let (turn, response) = (c.chat.cpu_us_per_ok(), c.responses.cpu_us_per_ok());
+        println!(
+            "stored response vs /chat/ turn, gateway CPU per request: {response:.1} vs {turn:.1} µs ({:+.1}%); throughput {:.0} vs {chat:.0}/s",
+            (response / turn - 1.0) * 100.0,
+            c.responses.rate()
         );
     }
     println!(

@@ -35,6 +35,23 @@ pub fn chat_maker(sessions: Arc<Vec<String>>) -> Make {
     })
 }
 
+/// Stored responses (`POST /v1/responses`), each joining one of
+/// `sessions` as a conversation (`conv_` and the session's id), round-robin:
+/// the same turn as `/chat/`'s, through the Responses API.
+pub fn responses_maker(sessions: Arc<Vec<String>>) -> Make {
+    let conversations: Vec<String> = sessions
+        .iter()
+        .map(|s| format!("conv_{}", s.replace('-', "")))
+        .collect();
+    Arc::new(move |n| {
+        let conv = &conversations[(n as usize) % conversations.len()];
+        let body = format!(
+            r#"{{"model":"gpt-3.5-turbo","input":"Hello, how are you? #{n}","conversation":"{conv}"}}"#
+        );
+        ("/v1/responses", Bytes::from(body))
+    })
+}
+
 /// Streamed `/chat/` requests over `sessions`, round-robin.
 pub fn chat_stream_maker(sessions: Arc<Vec<String>>) -> Make {
     Arc::new(move |n| {
