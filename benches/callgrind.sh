@@ -11,7 +11,10 @@
 # Usage: benches/callgrind.sh GATEWAY_EXE [MOCK_EXE]
 #   e.g. benches/callgrind.sh target/release/examples/loadtest
 # With ROUTED=1, the model is a route over two upstreams of equal weight
-# (both the same mock): what routing adds to a turn.
+# (both the same mock): what routing adds to a turn. With RESPONSES=1 each
+# turn is a stored response (`POST /v1/responses` joining the session as a
+# conversation) instead: what the Responses API adds. With CG_OUT=PATH the
+# larger run's callgrind profile is kept there (for callgrind_annotate).
 set -euo pipefail
 gateway="$(realpath "$1")"
 mock="$(realpath "${2:-$1}")"
@@ -20,13 +23,18 @@ trap 'rm -rf "$work"' EXIT
 
 cat > "$work/drive.py" <<'PY'
 import http.client, json, sys
-port, n = int(sys.argv[1]), int(sys.argv[2])
+port, n, responses = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"
 c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
 c.request("POST", "/session/initialize_session", body=b"")
 sid = json.loads(c.getresponse().read())["session_id"]
+conv = "conv_" + sid.replace("-", "")
 for i in range(n):
-    body = json.dumps({"session_id": sid, "role": "user", "content": f"Hello, how are you? #{10000 + i}"})
-    c.request("POST", "/chat/", body=body, headers={"Content-Type": "application/json"})
+    text = f"Hello, how are you? #{10000 + i}"
+    if responses:
+        path, body = "/v1/responses", json.dumps({"model": "gpt-3.5-turbo", "input": text, "conversation": conv})
+    else:
+        path, body = "/chat/", json.dumps({"session_id": sid, "role": "user", "content": text})
+    c.request("POST", path, body=body, headers={"Content-Type": "application/json"})
     r = c.getresponse()
     r.read()
     assert r.status == 200, r.status
@@ -62,14 +70,17 @@ count() {
         curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break
         sleep 0.2
     done
-    python3 "$work/drive.py" "$port" "$n"
+    python3 "$work/drive.py" "$port" "$n" "${RESPONSES:-0}"
     kill -TERM "$gw"
     wait "$gw" || true
     kill "$MOCK_PID" 2>/dev/null || true
     wait "$MOCK_PID" 2>/dev/null || true
+    if [ -n "${CG_OUT:-}" ] && [ "$n" -gt 200 ]; then cp "$dir/cg.out" "$CG_OUT"; fi
     grep -E '^summary:' "$dir/cg.out" | awk '{print $2}'
 }
 
 small="$(count 200)"
 large="$(count 1200)"
-echo "instructions per /chat/ turn: $(( (large - small) / 1000 ))"
+what="/chat/ turn"
+[ "${RESPONSES:-}" = 1 ] && what="stored response"
+echo "instructions per $what: $(( (large - small) / 1000 ))"

@@ -52,7 +52,9 @@ pub mod sqlite;
 pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresOptions, PostgresStore};
-pub use responses::{ResponseRecord, ResponseStore, StoredResponse};
+pub use responses::{
+    new_response_id, response_session, ResponseRecord, ResponseStore, StoredResponse,
+};
 pub(crate) use sql_log::{log_sql, log_transaction};
 pub use sqlite::{SqliteOptions, SqliteStats, SqliteStore};
 

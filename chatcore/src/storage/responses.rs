@@ -19,10 +19,29 @@ use crate::error::Result;
 use crate::message::Message;
 use crate::types::{Session, SessionId};
 
+/// A new response id for a response stored in session `session`:
+/// `resp_`, the session's id and a random part (32 and 16 hex digits). A
+/// store can find a response's session from its id alone, with no index
+/// of its own for responses ([`response_session`]).
+pub fn new_response_id(session: SessionId) -> String {
+    let nonce = uuid::Uuid::new_v4().as_u128() as u64;
+    format!("resp_{}{nonce:016x}", session.as_uuid().simple())
+}
+
+/// The session a response id made by [`new_response_id`] names; `None`
+/// for any other text.
+pub fn response_session(id: &str) -> Option<SessionId> {
+    let hex = id.strip_prefix("resp_")?;
+    if hex.len() != 48 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    uuid::Uuid::try_parse(&hex[..32]).ok().map(SessionId::from)
+}
+
 /// A response to store with a turn ([`Turn::response`](super::Turn::response)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ResponseRecord<'a> {
-    /// Its id, unique in the store (the gateway's `resp_…`).
+    /// Its id, made by [`new_response_id`] for the turn's session.
     pub id: &'a str,
     /// What the API keeps of it, stored and handed back verbatim.
     pub document: &'a str,

@@ -9,7 +9,7 @@
 
 use chatcore::{Message, MessageCursor, ResponseRecord, SessionId, Store, Turn, Usage};
 
-use chatcore::Role;
+use chatcore::{new_response_id, Role};
 
 use crate::support::{at, session, t0};
 
@@ -62,37 +62,50 @@ async fn turn(
 async fn a_response_is_stored_with_its_turn<S: Store + 'static>(store: S) {
     let s = session(t0());
     store.insert_session(&s).await.unwrap();
+    let (r1, r2) = (new_response_id(s.id), new_response_id(s.id));
     turn(
         &store,
         s.id,
         &[user("one", 1), assistant("first", 2)],
-        Some(("resp_1", "{\"a\":1}")),
+        Some((r1.as_str(), "{\"a\":1}")),
     )
     .await;
-    let got = store.get_response("resp_1").await.unwrap().expect("stored");
-    assert_eq!(got.id, "resp_1");
+    let got = store
+        .get_response(r1.as_str())
+        .await
+        .unwrap()
+        .expect("stored");
+    assert_eq!(got.id, r1.as_str());
     assert_eq!(got.session_id, s.id);
     assert_eq!(got.document, "{\"a\":1}");
     // Its position is its reply's: the history through it ends there.
     let history = store.history_through(s.id, got.through).await.unwrap();
     assert_eq!(history, [user("one", 1), assistant("first", 2)]);
-    assert!(store.get_response("resp_2").await.unwrap().is_none());
+    assert!(store.get_response(r2.as_str()).await.unwrap().is_none());
+    assert!(store
+        .get_response("resp_not_one_of_ours")
+        .await
+        .unwrap()
+        .is_none());
+    let other = new_response_id(SessionId::new_v4());
+    assert!(store.get_response(&other).await.unwrap().is_none());
 }
 
 async fn the_head_is_the_newest_turns_response_only<S: Store + 'static>(store: S) {
     let s = session(t0());
     store.insert_session(&s).await.unwrap();
+    let (r1, r2) = (new_response_id(s.id), new_response_id(s.id));
     assert_eq!(store.head_response(s.id).await.unwrap(), None);
     turn(
         &store,
         s.id,
         &[user("one", 1), assistant("first", 2)],
-        Some(("resp_1", "{}")),
+        Some((r1.as_str(), "{}")),
     )
     .await;
     assert_eq!(
         store.head_response(s.id).await.unwrap().as_deref(),
-        Some("resp_1")
+        Some(r1.as_str())
     );
     // A turn of many messages with a response of its own.
     let call = Message::from_json(CALL, at(4)).unwrap();
@@ -100,12 +113,12 @@ async fn the_head_is_the_newest_turns_response_only<S: Store + 'static>(store: S
         &store,
         s.id,
         &[user("two", 3), call],
-        Some(("resp_2", "{}")),
+        Some((r2.as_str(), "{}")),
     )
     .await;
     assert_eq!(
         store.head_response(s.id).await.unwrap().as_deref(),
-        Some("resp_2")
+        Some(r2.as_str())
     );
     // A turn with no response (a /chat/ turn) moves the session past it.
     let result = Message::from_json(RESULT, at(5)).unwrap();
@@ -120,32 +133,43 @@ async fn the_head_is_the_newest_turns_response_only<S: Store + 'static>(store: S
 async fn a_fork_copies_through_the_response_and_nothing_after<S: Store + 'static>(store: S) {
     let s = session(t0());
     store.insert_session(&s).await.unwrap();
+    let (r1, r2, r3) = (
+        new_response_id(s.id),
+        new_response_id(s.id),
+        new_response_id(s.id),
+    );
     let call = Message::from_json(CALL, at(4)).unwrap();
     let result = Message::from_json(RESULT, at(5)).unwrap();
     turn(
         &store,
         s.id,
         &[user("one", 1), assistant("first", 2)],
-        Some(("resp_1", "{}")),
+        Some((r1.as_str(), "{}")),
     )
     .await;
     turn(
         &store,
         s.id,
         &[user("two", 3), call.clone()],
-        Some(("resp_2", "{}")),
+        Some((r2.as_str(), "{}")),
     )
     .await;
     turn(
         &store,
         s.id,
         &[result, assistant("after", 6)],
-        Some(("resp_3", "{}")),
+        Some((r3.as_str(), "{}")),
     )
     .await;
 
-    let through = store.get_response("resp_2").await.unwrap().unwrap().through;
+    let through = store
+        .get_response(r2.as_str())
+        .await
+        .unwrap()
+        .unwrap()
+        .through;
     let fork = session(at(10));
+    let rf = new_response_id(fork.id);
     store.fork_session(s.id, through, &fork).await.unwrap();
     let copied = store.recent_messages(fork.id, usize::MAX).await.unwrap();
     assert_eq!(
@@ -168,7 +192,7 @@ async fn a_fork_copies_through_the_response_and_nothing_after<S: Store + 'static
     );
     assert_eq!(
         store
-            .get_response("resp_2")
+            .get_response(r2.as_str())
             .await
             .unwrap()
             .unwrap()
@@ -180,12 +204,12 @@ async fn a_fork_copies_through_the_response_and_nothing_after<S: Store + 'static
         &store,
         fork.id,
         &[user("other", 11), assistant("x", 12)],
-        Some(("resp_f", "{}")),
+        Some((rf.as_str(), "{}")),
     )
     .await;
     assert_eq!(
         store.head_response(fork.id).await.unwrap().as_deref(),
-        Some("resp_f")
+        Some(rf.as_str())
     );
     assert_eq!(
         store
@@ -208,16 +232,17 @@ async fn a_fork_copies_through_the_response_and_nothing_after<S: Store + 'static
 async fn deleting_a_response_keeps_its_turn<S: Store + 'static>(store: S) {
     let s = session(t0());
     store.insert_session(&s).await.unwrap();
+    let r1 = new_response_id(s.id);
     turn(
         &store,
         s.id,
         &[user("one", 1), assistant("first", 2)],
-        Some(("resp_1", "{}")),
+        Some((r1.as_str(), "{}")),
     )
     .await;
-    assert!(store.delete_response("resp_1").await.unwrap());
-    assert!(!store.delete_response("resp_1").await.unwrap());
-    assert!(store.get_response("resp_1").await.unwrap().is_none());
+    assert!(store.delete_response(r1.as_str()).await.unwrap());
+    assert!(!store.delete_response(r1.as_str()).await.unwrap());
+    assert!(store.get_response(r1.as_str()).await.unwrap().is_none());
     assert_eq!(store.head_response(s.id).await.unwrap(), None);
     assert_eq!(
         store.recent_messages(s.id, usize::MAX).await.unwrap().len(),
@@ -230,32 +255,37 @@ async fn responses_go_with_their_session<S: Store + 'static>(store: S) {
     for s in [&old, &kept, &deleted] {
         store.insert_session(s).await.unwrap();
     }
+    let (rold, rkept, rdel) = (
+        new_response_id(old.id),
+        new_response_id(kept.id),
+        new_response_id(deleted.id),
+    );
     turn(
         &store,
         old.id,
         &[user("a", 1), assistant("b", 2)],
-        Some(("resp_old", "{}")),
+        Some((rold.as_str(), "{}")),
     )
     .await;
     turn(
         &store,
         kept.id,
         &[user("a", 1_000), assistant("b", 1_001)],
-        Some(("resp_kept", "{}")),
+        Some((rkept.as_str(), "{}")),
     )
     .await;
     turn(
         &store,
         deleted.id,
         &[user("a", 1_000), assistant("b", 1_001)],
-        Some(("resp_del", "{}")),
+        Some((rdel.as_str(), "{}")),
     )
     .await;
     assert!(store.delete_session(deleted.id).await.unwrap());
     store.purge_inactive_before(at(500)).await.unwrap();
-    assert!(store.get_response("resp_old").await.unwrap().is_none());
-    assert!(store.get_response("resp_del").await.unwrap().is_none());
-    assert!(store.get_response("resp_kept").await.unwrap().is_some());
+    assert!(store.get_response(rold.as_str()).await.unwrap().is_none());
+    assert!(store.get_response(rdel.as_str()).await.unwrap().is_none());
+    assert!(store.get_response(rkept.as_str()).await.unwrap().is_some());
 }
 
 async fn a_deleted_message_leaves_the_others_in_place<S: Store + 'static>(store: S) {

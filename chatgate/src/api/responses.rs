@@ -326,11 +326,18 @@ pub fn read_input(
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<(Vec<Message>, Vec<Value>), ApiError> {
     let items = match input {
+        // The common case, made directly: one user message of text.
         Value::String(text) => {
             if text.is_empty() {
                 return Err(bad("input", "input must not be empty"));
             }
-            vec![json!({"type": "message", "role": "user", "content": text})]
+            let item = json!({"type": "message", "role": "user",
+                "content": [{"type": "input_text", "text": text}],
+                "id": new_id("msg"), "status": "completed"});
+            return Ok((
+                vec![Message::text(chatcore::Role::User, text, now)],
+                vec![item],
+            ));
         }
         Value::Array(items) if !items.is_empty() => items,
         _ => {

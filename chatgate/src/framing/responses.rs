@@ -12,7 +12,7 @@ use bytes::Bytes;
 use chatcore::{Usage, WireMessage};
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::Response;
-use serde_json::value::RawValue;
+use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use super::{sse, Framing, Piece, Reply};
@@ -54,7 +54,58 @@ impl Meta {
         self.id.strip_prefix("resp_").unwrap_or(&self.id)
     }
 
-    /// The response object with `status`, `output` and `usage`.
+    fn echo(&self, name: &str) -> Option<&Value> {
+        self.echo.get(name)
+    }
+
+    /// The response object with `status`, `output` and `usage`, as JSON.
+    /// Written from borrowed parts: a stored response's object is made on
+    /// every turn, so no tree of values is built for it.
+    pub fn object_json<O: Serialize>(
+        &self,
+        status: &str,
+        output: &O,
+        usage: Option<Usage>,
+        finish_reason: Option<&str>,
+        error: Option<&Value>,
+    ) -> Vec<u8> {
+        let incomplete = finish_reason == Some("length") && status == "completed";
+        let object = ObjectOut {
+            id: &self.id,
+            object: "response",
+            created_at: self.created_at,
+            status: if incomplete { "incomplete" } else { status },
+            background: false,
+            error,
+            incomplete_details: incomplete.then_some(Incomplete {
+                reason: "max_output_tokens",
+            }),
+            instructions: self.echo("instructions"),
+            max_output_tokens: self.echo("max_output_tokens"),
+            metadata: Or(self.echo("metadata"), Default::EmptyObject),
+            model: &self.model,
+            output,
+            parallel_tool_calls: Or(self.echo("parallel_tool_calls"), Default::True),
+            previous_response_id: self.previous_response_id.as_deref(),
+            reasoning: Or(self.echo("reasoning"), Default::Reasoning),
+            store: self.store,
+            temperature: Or(self.echo("temperature"), Default::One),
+            text: Or(self.echo("text"), Default::TextFormat),
+            tool_choice: Or(self.echo("tool_choice"), Default::Auto),
+            tools: Or(self.echo("tools"), Default::EmptyArray),
+            top_p: Or(self.echo("top_p"), Default::One),
+            truncation: Or(self.echo("truncation"), Default::Disabled),
+            usage: usage.map(UsageOut::from),
+            conversation: self.conversation.as_deref().map(|id| Conversation { id }),
+            user: self.echo("user"),
+            safety_identifier: self.echo("safety_identifier"),
+            service_tier: self.echo("service_tier"),
+            prompt_cache_key: self.echo("prompt_cache_key"),
+        };
+        crate::body::json_bytes(&object)
+    }
+
+    /// The response object as a value (the streamed events carry it).
     pub fn object(
         &self,
         status: &str,
@@ -63,87 +114,70 @@ impl Meta {
         finish_reason: Option<&str>,
         error: Option<Value>,
     ) -> Value {
-        let echo = |name: &str, default: Value| self.echo.get(name).cloned().unwrap_or(default);
-        let incomplete = finish_reason == Some("length") && status == "completed";
-        let mut o = json!({
-            "id": self.id,
-            "object": "response",
-            "created_at": self.created_at,
-            "status": if incomplete { "incomplete" } else { status },
-            "background": false,
-            "error": error,
-            "incomplete_details": if incomplete { json!({"reason": "max_output_tokens"}) } else { Value::Null },
-            "instructions": echo("instructions", Value::Null),
-            "max_output_tokens": echo("max_output_tokens", Value::Null),
-            "metadata": echo("metadata", json!({})),
-            "model": self.model,
-            "output": output,
-            "parallel_tool_calls": echo("parallel_tool_calls", Value::Bool(true)),
-            "previous_response_id": self.previous_response_id,
-            "reasoning": echo("reasoning", json!({"effort": null, "summary": null})),
-            "store": self.store,
-            "temperature": echo("temperature", json!(1.0)),
-            "text": echo("text", json!({"format": {"type": "text"}})),
-            "tool_choice": echo("tool_choice", json!("auto")),
-            "tools": echo("tools", json!([])),
-            "top_p": echo("top_p", json!(1.0)),
-            "truncation": echo("truncation", json!("disabled")),
-            "usage": usage.map(usage_out),
-        });
-        if let Some(c) = &self.conversation {
-            o["conversation"] = json!({"id": c});
-        }
-        for name in [
-            "user",
-            "safety_identifier",
-            "service_tier",
-            "prompt_cache_key",
-        ] {
-            if let Some(v) = self.echo.get(name) {
-                o[name] = v.clone();
-            }
-        }
-        o
+        let bytes = self.object_json(status, &output, usage, finish_reason, error.as_ref());
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null)
     }
 
     /// The output items of a whole reply: its text (or refusal) as a
     /// message, then one item per function call.
     pub fn output(&self, content: &str, wire: Option<&WireMessage>) -> Vec<Value> {
         let message: Option<Value> = wire.and_then(|w| serde_json::from_str(w.as_str()).ok());
-        let refusal = message
-            .as_ref()
+        let items = self.output_items(content, message.as_ref());
+        match serde_json::to_value(&items) {
+            Ok(Value::Array(items)) => items,
+            _ => Vec::new(),
+        }
+    }
+
+    /// The output items of a whole reply, borrowed from it (and from the
+    /// assistant message `wire`, parsed, when it is more than text).
+    pub fn output_items<'a>(
+        &'a self,
+        content: &'a str,
+        wire: Option<&'a Value>,
+    ) -> Vec<ItemOut<'a>> {
+        let refusal = wire
             .and_then(|m| m.get("refusal"))
             .and_then(Value::as_str)
             .filter(|r| !r.is_empty());
-        let text = match message.as_ref().map(|m| m.get("content")) {
-            Some(Some(Value::String(s))) => s.clone(),
+        let text: std::borrow::Cow<'a, str> = match wire.map(|m| m.get("content")) {
+            Some(Some(Value::String(s))) => s.as_str().into(),
             Some(Some(Value::Array(parts))) => parts
                 .iter()
                 .filter_map(|p| p.get("text").and_then(Value::as_str))
-                .collect(),
-            Some(_) => String::new(),
-            None => content.to_owned(),
+                .collect::<String>()
+                .into(),
+            Some(_) => "".into(),
+            None => content.into(),
         };
         let mut out = Vec::new();
         if let Some(r) = refusal {
-            out.push(self.message_item("completed", json!({"type": "refusal", "refusal": r})));
+            out.push(ItemOut::Message {
+                id: self.message_id(),
+                status: "completed",
+                role: "assistant",
+                content: vec![PartOut::Refusal { refusal: r.into() }],
+            });
         } else if !text.is_empty() {
-            out.push(self.message_item("completed", text_part(&text)));
+            out.push(ItemOut::Message {
+                id: self.message_id(),
+                status: "completed",
+                role: "assistant",
+                content: vec![PartOut::text(text)],
+            });
         }
-        let calls = message
-            .as_ref()
+        let calls = wire
             .and_then(|m| m.get("tool_calls"))
             .and_then(Value::as_array);
         for (i, call) in calls.into_iter().flatten().enumerate() {
             let f = &call["function"];
-            out.push(json!({
-                "type": "function_call",
-                "id": self.call_id(i as u32),
-                "call_id": call["id"],
-                "name": f["name"],
-                "arguments": f["arguments"],
-                "status": "completed",
-            }));
+            out.push(ItemOut::FunctionCall {
+                id: self.call_id(i as u32),
+                call_id: call["id"].as_str().unwrap_or_default(),
+                name: f["name"].as_str().unwrap_or_default(),
+                arguments: f["arguments"].as_str().unwrap_or_default(),
+                status: "completed",
+            });
         }
         out
     }
@@ -159,33 +193,224 @@ impl Meta {
     }
 }
 
+/// An output item, borrowed from the reply.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ItemOut<'a> {
+    /// The reply's text or refusal.
+    Message {
+        /// `msg_…`.
+        id: String,
+        /// `completed`.
+        status: &'static str,
+        /// `assistant`.
+        role: &'static str,
+        /// One part.
+        content: Vec<PartOut<'a>>,
+    },
+    /// One of the reply's calls.
+    FunctionCall {
+        /// `fc_…`.
+        id: String,
+        /// The upstream's call id.
+        call_id: &'a str,
+        /// The function.
+        name: &'a str,
+        /// Its arguments, JSON text.
+        arguments: &'a str,
+        /// `completed`.
+        status: &'static str,
+    },
+}
+
+/// A message item's content part.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum PartOut<'a> {
+    /// Text.
+    OutputText {
+        /// The text.
+        text: std::borrow::Cow<'a, str>,
+        /// None.
+        annotations: [(); 0],
+        /// None.
+        logprobs: [(); 0],
+    },
+    /// A refusal.
+    Refusal {
+        /// Why.
+        refusal: std::borrow::Cow<'a, str>,
+    },
+}
+
+impl<'a> PartOut<'a> {
+    fn text(text: std::borrow::Cow<'a, str>) -> Self {
+        PartOut::OutputText {
+            text,
+            annotations: [],
+            logprobs: [],
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ObjectOut<'a, O> {
+    id: &'a str,
+    object: &'static str,
+    created_at: i64,
+    status: &'a str,
+    background: bool,
+    error: Option<&'a Value>,
+    incomplete_details: Option<Incomplete>,
+    instructions: Option<&'a Value>,
+    max_output_tokens: Option<&'a Value>,
+    metadata: Or<'a>,
+    model: &'a str,
+    output: &'a O,
+    parallel_tool_calls: Or<'a>,
+    previous_response_id: Option<&'a str>,
+    reasoning: Or<'a>,
+    store: bool,
+    temperature: Or<'a>,
+    text: Or<'a>,
+    tool_choice: Or<'a>,
+    tools: Or<'a>,
+    top_p: Or<'a>,
+    truncation: Or<'a>,
+    usage: Option<UsageOut>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    conversation: Option<Conversation<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    safety_identifier: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    service_tier: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prompt_cache_key: Option<&'a Value>,
+}
+
+#[derive(Serialize)]
+struct Incomplete {
+    reason: &'static str,
+}
+
+#[derive(Serialize)]
+struct Conversation<'a> {
+    id: &'a str,
+}
+
+/// What the request said, or OpenAI's default when it said nothing.
+struct Or<'a>(Option<&'a Value>, Default);
+
+#[derive(Clone, Copy)]
+enum Default {
+    EmptyObject,
+    EmptyArray,
+    True,
+    One,
+    Auto,
+    Disabled,
+    TextFormat,
+    Reasoning,
+}
+
+impl Serialize for Or<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        if let Some(v) = self.0 {
+            return v.serialize(s);
+        }
+        match self.1 {
+            Default::EmptyObject => s.serialize_map(Some(0))?.end(),
+            Default::EmptyArray => s.collect_seq(std::iter::empty::<()>()),
+            Default::True => s.serialize_bool(true),
+            Default::One => s.serialize_f64(1.0),
+            Default::Auto => s.serialize_str("auto"),
+            Default::Disabled => s.serialize_str("disabled"),
+            Default::TextFormat => {
+                let mut m = s.serialize_map(Some(1))?;
+                m.serialize_entry("format", &Kind { kind: "text" })?;
+                m.end()
+            }
+            Default::Reasoning => {
+                let mut m = s.serialize_map(Some(2))?;
+                m.serialize_entry("effort", &())?;
+                m.serialize_entry("summary", &())?;
+                m.end()
+            }
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Kind {
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
 fn text_part(text: &str) -> Value {
     json!({"type": "output_text", "text": text, "annotations": [], "logprobs": []})
 }
 
-fn usage_out(u: Usage) -> Value {
-    json!({
-        "input_tokens": u.prompt_tokens,
-        "input_tokens_details": {"cached_tokens": u.cached_tokens},
-        "output_tokens": u.completion_tokens,
-        "output_tokens_details": {"reasoning_tokens": 0},
-        "total_tokens": u.prompt_tokens.saturating_add(u.completion_tokens),
-    })
+#[derive(Serialize)]
+struct UsageOut {
+    input_tokens: u32,
+    input_tokens_details: Cached,
+    output_tokens: u32,
+    output_tokens_details: Reasoned,
+    total_tokens: u32,
 }
 
-/// What a stored response keeps: its object and its input items.
-pub fn document(object: &Value, items: &[Value]) -> String {
-    json!({"response": object, "input_items": items}).to_string()
+#[derive(Serialize)]
+struct Cached {
+    cached_tokens: u32,
 }
 
-/// A stored document's parts, borrowed.
-#[derive(Debug, serde::Deserialize)]
-pub struct Document<'a> {
-    /// The response object.
-    #[serde(borrow)]
-    pub response: &'a RawValue,
-    /// The input items.
-    pub input_items: Vec<Value>,
+#[derive(Serialize)]
+struct Reasoned {
+    reasoning_tokens: u32,
+}
+
+impl From<Usage> for UsageOut {
+    fn from(u: Usage) -> Self {
+        UsageOut {
+            input_tokens: u.prompt_tokens,
+            input_tokens_details: Cached {
+                cached_tokens: u.cached_tokens,
+            },
+            output_tokens: u.completion_tokens,
+            output_tokens_details: Reasoned {
+                reasoning_tokens: 0,
+            },
+            total_tokens: u.prompt_tokens.saturating_add(u.completion_tokens),
+        }
+    }
+}
+
+/// What a stored response keeps: its object (JSON) and its input items
+/// (JSON), one line each. Compact JSON never holds a raw newline, so the
+/// object is read back without parsing anything.
+pub fn document(mut object: Vec<u8>, items: &[Value]) -> String {
+    object.push(b'\n');
+    if serde_json::to_writer(&mut object, items).is_err() {
+        object.extend_from_slice(b"[]");
+    }
+    // serde_json writes UTF-8; the check cannot fail.
+    String::from_utf8(object).unwrap_or_default()
+}
+
+/// A stored document's object, as JSON.
+pub fn document_object(document: &str) -> &str {
+    document.split_once('\n').map_or(document, |(o, _)| o)
+}
+
+/// A stored document's input items.
+pub fn document_items(document: &str) -> Vec<Value> {
+    document
+        .split_once('\n')
+        .and_then(|(_, items)| serde_json::from_str(items).ok())
+        .unwrap_or_default()
 }
 
 /// One item being streamed.
@@ -389,17 +614,15 @@ impl Responses {
 
 impl Framing for Responses {
     fn whole(&self, reply: &Reply<'_>) -> Response<Body> {
-        let body = match reply
-            .response
-            .and_then(|d| serde_json::from_str::<Document<'_>>(d).ok())
-        {
-            Some(doc) => doc.response.get().as_bytes().to_vec(),
+        let body = match reply.response {
+            Some(doc) => document_object(doc).as_bytes().to_vec(),
             None => {
-                let output = self.meta.output(reply.content, reply.wire);
-                let object =
-                    self.meta
-                        .object("completed", output, reply.usage, reply.finish_reason, None);
-                crate::body::json_bytes(&object)
+                let wire: Option<Value> = reply
+                    .wire
+                    .and_then(|w| serde_json::from_str(w.as_str()).ok());
+                let output = self.meta.output_items(reply.content, wire.as_ref());
+                self.meta
+                    .object_json("completed", &output, reply.usage, reply.finish_reason, None)
             }
         };
         let mut resp = Response::new(Body::full(body));
@@ -447,11 +670,8 @@ impl Framing for Responses {
     fn closing(&mut self, reply: &Reply<'_>) -> Vec<Bytes> {
         let mut out = Vec::new();
         self.close_open(&mut out);
-        let object: Value = match reply
-            .response
-            .and_then(|d| serde_json::from_str::<Document<'_>>(d).ok())
-        {
-            Some(doc) => serde_json::from_str(doc.response.get()).unwrap_or(Value::Null),
+        let object: Value = match reply.response {
+            Some(doc) => serde_json::from_str(document_object(doc)).unwrap_or(Value::Null),
             None => {
                 let output = std::mem::take(&mut self.items);
                 self.meta

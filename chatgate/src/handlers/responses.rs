@@ -25,7 +25,7 @@ use crate::api::openai::bad;
 use crate::api::responses::{new_id, parse_responses, ResponsesRequest};
 use crate::body::{json as json_response, Body};
 use crate::error::ApiError;
-use crate::framing::responses::{document, Document, Meta, Responses};
+use crate::framing::responses::{document, document_items, document_object, Meta, Responses};
 use crate::handlers::openai::model_not_found;
 use crate::handlers::{read_body, HandlerResult};
 use crate::turn::{self, Served};
@@ -124,7 +124,7 @@ async fn stored(
     app: &Arc<App>,
     scoped: Scoped<'_>,
     mut request: ResponsesRequest,
-    meta: Meta,
+    mut meta: Meta,
     rid: &str,
 ) -> HandlerResult {
     let previous = match &request.previous_response_id {
@@ -175,18 +175,24 @@ async fn stored(
     if let Some(i) = request.instructions.take() {
         prepared = prepared.with_instructions(i);
     }
+    // Its id names the session it is stored in (found without an index).
+    meta.id = chatcore::new_response_id(prepared.session_id());
     let items = std::mem::take(&mut request.items);
     let kept = meta.clone();
     prepared = prepared.with_response(meta.id.clone(), move |c, _| {
-        let output = kept.output(&c.content, c.wire.as_ref());
-        let object = kept.object(
+        let wire: Option<Value> = c
+            .wire
+            .as_ref()
+            .and_then(|w| serde_json::from_str(w.as_str()).ok());
+        let output = kept.output_items(&c.content, wire.as_ref());
+        let object = kept.object_json(
             "completed",
-            output,
+            &output,
             c.usage,
             c.finish_reason.as_deref(),
             None,
         );
-        document(&object, &items)
+        document(object, &items)
     });
     let at = Served {
         app,
@@ -282,9 +288,7 @@ async fn find(scoped: &Scoped<'_>, id: &str) -> Result<String, ApiError> {
 pub async fn get(app: &Arc<App>, caller: Caller, id: &str) -> HandlerResult {
     let scoped = app.core.as_caller(caller);
     let doc = find(&scoped, id).await?;
-    let parsed: Document<'_> =
-        serde_json::from_str(&doc).map_err(|e| ApiError::from(chatcore::Error::storage(e)))?;
-    let mut resp = hyper::Response::new(Body::full(parsed.response.get().as_bytes().to_vec()));
+    let mut resp = hyper::Response::new(Body::full(document_object(&doc).as_bytes().to_vec()));
     resp.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static("application/json"),
@@ -315,9 +319,7 @@ pub async fn input_items(
     let page = ItemPage::parse(query)?;
     let scoped = app.core.as_caller(caller);
     let doc = find(&scoped, id).await?;
-    let parsed: Document<'_> =
-        serde_json::from_str(&doc).map_err(|e| ApiError::from(chatcore::Error::storage(e)))?;
-    Ok(json_response(&page.list(parsed.input_items)))
+    Ok(json_response(&page.list(document_items(&doc))))
 }
 
 /// A cursor-paged list's query: `after` (an item id), `limit`, `order`.

@@ -1,6 +1,7 @@
 //! Responses in SQLite: on the row of the turn that produced them
 //! (`response_id`, `response`), so storing one is part of the turn's
-//! insert; a fork copies a session's turn rows.
+//! insert; found through their session, which their id names; a fork
+//! copies a session's turn rows.
 
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension};
@@ -10,34 +11,27 @@ use super::sql::*;
 use super::{id_key, is_foreign_key_violation, Sql, SqliteStore, HOUR_MS};
 use crate::error::{Error, Result};
 use crate::message::Message;
-use crate::storage::{MessageCursor, ResponseStore, StoredResponse};
+use crate::storage::{response_session, MessageCursor, ResponseStore, StoredResponse};
 use crate::types::{Session, SessionId};
 
 #[async_trait]
 impl ResponseStore for SqliteStore {
     async fn get_response(&self, id: &str) -> Result<Option<StoredResponse>> {
+        let Some(session) = response_session(id) else {
+            return Ok(None);
+        };
         let id = id.to_owned();
         self.reader
             .read(move |db| {
                 let row = db
                     .prepare(GET_RESPONSE)?
-                    .query_row(params![id, TURN_STRIDE], |r| {
-                        Ok((
-                            r.get::<_, Vec<u8>>(0)?,
-                            r.get::<_, i64>(1)?,
-                            r.get::<_, String>(2)?,
-                        ))
+                    .query_row(params![id_key(session), id, TURN_STRIDE], |r| {
+                        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
                     })
                     .optional()?;
-                let Some((session, through, document)) = row else {
-                    return Ok(None);
-                };
-                let session: [u8; 16] = session
-                    .try_into()
-                    .map_err(|_| Error::storage("a stored session id is not 16 bytes"))?;
-                Ok(Some(StoredResponse {
+                Ok(row.map(|(through, document)| StoredResponse {
                     id,
-                    session_id: SessionId::from_bytes(session),
+                    session_id: session,
                     through: MessageCursor::after(through),
                     document,
                 }))
@@ -60,9 +54,17 @@ impl ResponseStore for SqliteStore {
     }
 
     async fn delete_response(&self, id: &str) -> Result<bool> {
+        let Some(session) = response_session(id) else {
+            return Ok(false);
+        };
         let id = id.to_owned();
         self.worker
-            .call_single(move |db| Ok(db.prepare(DELETE_RESPONSE)?.execute([id])? > 0))
+            .call_single(move |db| {
+                Ok(db
+                    .prepare(DELETE_RESPONSE)?
+                    .execute(params![id_key(session), id])?
+                    > 0)
+            })
             .await
     }
 

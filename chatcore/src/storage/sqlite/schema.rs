@@ -111,11 +111,12 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX sessions_by_owner ON sessions (owner, active_hour) WHERE owner IS NOT NULL;",
     // v8: a response of the Responses API is stored on the row of the turn
     // that produced it (its id, and what the API keeps of it), so it is
-    // written in the turn's own insert and goes with its session; the
-    // partial index finds one by id and costs nothing for other turns.
+    // written in the turn's own insert and goes with its session. No index
+    // of its own: a response's id names its session, whose turns are read
+    // newest first through `turns_by_session` (a continuation's response
+    // is its session's newest turn).
     "ALTER TABLE turns ADD COLUMN response_id TEXT;
-     ALTER TABLE turns ADD COLUMN response TEXT;
-     CREATE UNIQUE INDEX turns_by_response ON turns (response_id) WHERE response_id IS NOT NULL;",
+     ALTER TABLE turns ADD COLUMN response TEXT;",
 ];
 
 /// The schema version this code writes.
