@@ -24,8 +24,25 @@ use crate::types::{Session, SessionId};
 /// store can find a response's session from its id alone, with no index
 /// of its own for responses ([`response_session`]).
 pub fn new_response_id(session: SessionId) -> String {
-    let nonce = uuid::Uuid::new_v4().as_u128() as u64;
-    format!("resp_{}{nonce:016x}", session.as_uuid().simple())
+    format!("resp_{}{:016x}", session.as_uuid().simple(), nonce())
+}
+
+/// A number no other call in this process returns, from a random start:
+/// the session's id already makes a response id unguessable, so the
+/// random part only has to differ between a session's responses, made by
+/// any process (a random start each). No system call per response.
+fn nonce() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static START: OnceLock<u64> = OnceLock::new();
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+    let start = *START.get_or_init(|| uuid::Uuid::new_v4().as_u128() as u64);
+    // An odd multiplier maps distinct counts to distinct numbers.
+    start.wrapping_add(
+        COUNT
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15),
+    )
 }
 
 /// The session a response id made by [`new_response_id`] names; `None`

@@ -333,7 +333,7 @@ pub fn read_input(
             }
             let item = json!({"type": "message", "role": "user",
                 "content": [{"type": "input_text", "text": text}],
-                "id": new_id("msg"), "status": "completed"});
+                "status": "completed"});
             return Ok((
                 vec![Message::text(chatcore::Role::User, text, now)],
                 vec![item],
@@ -388,7 +388,6 @@ pub fn read_input(
                 messages.push(Message::from_json(&m.to_string(), now)?);
                 item.insert("type".into(), "message".into());
                 item.insert("content".into(), Value::Array(parts));
-                item.entry("id").or_insert_with(|| new_id("msg").into());
                 item.entry("status").or_insert_with(|| "completed".into());
             }
             "function_call" => {
@@ -399,7 +398,6 @@ pub fn read_input(
                     "id": call_id, "type": "function",
                     "function": {"name": name, "arguments": arguments}
                 }));
-                item.entry("id").or_insert_with(|| new_id("fc").into());
                 item.entry("status").or_insert_with(|| "completed".into());
             }
             "function_call_output" => {
@@ -416,7 +414,6 @@ pub fn read_input(
                 };
                 let m = json!({"role": "tool", "tool_call_id": call_id, "content": output});
                 messages.push(Message::from_json(&m.to_string(), now)?);
-                item.entry("id").or_insert_with(|| new_id("fco").into());
                 item.entry("status").or_insert_with(|| "completed".into());
             }
             // A model's own reasoning is its provider's to replay; another
@@ -525,6 +522,30 @@ fn chat_content(role: &str, content: Value) -> Result<(Value, Vec<Value>), ApiEr
             "input",
             "a message's content must be a string or an array of parts",
         )),
+    }
+}
+
+/// Names the input items of response `response_id` that came without an
+/// id (`msg_…`, `fc_…`, `fco_…`, from the response's id and the item's
+/// place), so listing them names each the same way every time.
+pub fn name_items(items: &mut [Value], response_id: &str) {
+    let suffix = response_id.strip_prefix("resp_").unwrap_or(response_id);
+    for (i, item) in items.iter_mut().enumerate() {
+        let Some(item) = item.as_object_mut() else {
+            continue;
+        };
+        if item.contains_key("id") {
+            continue;
+        }
+        let prefix = match item.get("type").and_then(Value::as_str) {
+            Some("function_call") => "fc",
+            Some("function_call_output") => "fco",
+            _ => "msg",
+        };
+        item.insert(
+            "id".into(),
+            Value::String(format!("{prefix}_{suffix}_in{i}")),
+        );
     }
 }
 
@@ -665,7 +686,19 @@ mod tests {
         let roles: Vec<_> = r.messages.iter().map(|m| m.role.as_str()).collect();
         assert_eq!(roles, ["user", "assistant", "tool", "tool"]);
         assert_eq!(r.messages[1].view().calls(), ["c1", "c2"]);
-        assert!(r.items.iter().all(|i| i["id"].is_string()));
+        let mut items = r.items.clone();
+        name_items(&mut items, "resp_abc");
+        let ids: Vec<&str> = items.iter().map(|i| i["id"].as_str().unwrap()).collect();
+        assert_eq!(
+            ids,
+            [
+                "msg_abc_in0",
+                "fc_abc_in1",
+                "fc_abc_in2",
+                "fco_abc_in3",
+                "fco_abc_in4"
+            ]
+        );
     }
 
     #[test]

@@ -54,13 +54,10 @@ impl Meta {
         self.id.strip_prefix("resp_").unwrap_or(&self.id)
     }
 
-    fn echo(&self, name: &str) -> Option<&Value> {
-        self.echo.get(name)
-    }
-
     /// The response object with `status`, `output` and `usage`, as JSON.
-    /// Written from borrowed parts: a stored response's object is made on
-    /// every turn, so no tree of values is built for it.
+    /// Written piece by piece: a stored response's object is made on every
+    /// turn, and most of it is fixed text (names, and the defaults of what
+    /// the request did not set), copied rather than serialized.
     pub fn object_json<O: Serialize>(
         &self,
         status: &str,
@@ -69,40 +66,68 @@ impl Meta {
         finish_reason: Option<&str>,
         error: Option<&Value>,
     ) -> Vec<u8> {
+        fn put<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+            if serde_json::to_writer(&mut *out, value).is_err() {
+                out.extend_from_slice(b"null");
+            }
+        }
         let incomplete = finish_reason == Some("length") && status == "completed";
-        let object = ObjectOut {
-            id: &self.id,
-            object: "response",
-            created_at: self.created_at,
-            status: if incomplete { "incomplete" } else { status },
-            background: false,
-            error,
-            incomplete_details: incomplete.then_some(Incomplete {
-                reason: "max_output_tokens",
-            }),
-            instructions: self.echo("instructions"),
-            max_output_tokens: self.echo("max_output_tokens"),
-            metadata: Or(self.echo("metadata"), Default::EmptyObject),
-            model: &self.model,
-            output,
-            parallel_tool_calls: Or(self.echo("parallel_tool_calls"), Default::True),
-            previous_response_id: self.previous_response_id.as_deref(),
-            reasoning: Or(self.echo("reasoning"), Default::Reasoning),
-            store: self.store,
-            temperature: Or(self.echo("temperature"), Default::One),
-            text: Or(self.echo("text"), Default::TextFormat),
-            tool_choice: Or(self.echo("tool_choice"), Default::Auto),
-            tools: Or(self.echo("tools"), Default::EmptyArray),
-            top_p: Or(self.echo("top_p"), Default::One),
-            truncation: Or(self.echo("truncation"), Default::Disabled),
-            usage: usage.map(UsageOut::from),
-            conversation: self.conversation.as_deref().map(|id| Conversation { id }),
-            user: self.echo("user"),
-            safety_identifier: self.echo("safety_identifier"),
-            service_tier: self.echo("service_tier"),
-            prompt_cache_key: self.echo("prompt_cache_key"),
-        };
-        crate::body::json_bytes(&object)
+        let mut out = Vec::with_capacity(1024);
+        out.extend_from_slice(b"{\"id\":");
+        put(&mut out, self.id.as_str());
+        out.extend_from_slice(b",\"object\":\"response\",\"created_at\":");
+        put(&mut out, &self.created_at);
+        out.extend_from_slice(b",\"status\":");
+        put(&mut out, if incomplete { "incomplete" } else { status });
+        out.extend_from_slice(b",\"background\":false,\"error\":");
+        put(&mut out, &error);
+        out.extend_from_slice(if incomplete {
+            b",\"incomplete_details\":{\"reason\":\"max_output_tokens\"}".as_slice()
+        } else {
+            b",\"incomplete_details\":null".as_slice()
+        });
+        out.extend_from_slice(b",\"model\":");
+        put(&mut out, self.model.as_str());
+        out.extend_from_slice(b",\"output\":");
+        put(&mut out, output);
+        out.extend_from_slice(b",\"previous_response_id\":");
+        put(&mut out, &self.previous_response_id);
+        out.extend_from_slice(if self.store {
+            b",\"store\":true,\"usage\":".as_slice()
+        } else {
+            b",\"store\":false,\"usage\":".as_slice()
+        });
+        put(&mut out, &usage.map(UsageOut::from));
+        // What the request may set, each with OpenAI's default.
+        for (name, default) in ECHOED {
+            out.extend_from_slice(b",\"");
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b"\":");
+            match self.echo.get(*name) {
+                Some(v) => put(&mut out, v),
+                None => out.extend_from_slice(default.as_bytes()),
+            }
+        }
+        for name in [
+            "user",
+            "safety_identifier",
+            "service_tier",
+            "prompt_cache_key",
+        ] {
+            if let Some(v) = self.echo.get(name) {
+                out.extend_from_slice(b",\"");
+                out.extend_from_slice(name.as_bytes());
+                out.extend_from_slice(b"\":");
+                put(&mut out, v);
+            }
+        }
+        if let Some(id) = &self.conversation {
+            out.extend_from_slice(b",\"conversation\":{\"id\":");
+            put(&mut out, id.as_str());
+            out.push(b'}');
+        }
+        out.push(b'}');
+        out
     }
 
     /// The response object as a value (the streamed events carry it).
@@ -253,101 +278,21 @@ impl<'a> PartOut<'a> {
     }
 }
 
-#[derive(Serialize)]
-struct ObjectOut<'a, O> {
-    id: &'a str,
-    object: &'static str,
-    created_at: i64,
-    status: &'a str,
-    background: bool,
-    error: Option<&'a Value>,
-    incomplete_details: Option<Incomplete>,
-    instructions: Option<&'a Value>,
-    max_output_tokens: Option<&'a Value>,
-    metadata: Or<'a>,
-    model: &'a str,
-    output: &'a O,
-    parallel_tool_calls: Or<'a>,
-    previous_response_id: Option<&'a str>,
-    reasoning: Or<'a>,
-    store: bool,
-    temperature: Or<'a>,
-    text: Or<'a>,
-    tool_choice: Or<'a>,
-    tools: Or<'a>,
-    top_p: Or<'a>,
-    truncation: Or<'a>,
-    usage: Option<UsageOut>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    conversation: Option<Conversation<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    user: Option<&'a Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    safety_identifier: Option<&'a Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    service_tier: Option<&'a Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    prompt_cache_key: Option<&'a Value>,
-}
-
-#[derive(Serialize)]
-struct Incomplete {
-    reason: &'static str,
-}
-
-#[derive(Serialize)]
-struct Conversation<'a> {
-    id: &'a str,
-}
-
-/// What the request said, or OpenAI's default when it said nothing.
-struct Or<'a>(Option<&'a Value>, Default);
-
-#[derive(Clone, Copy)]
-enum Default {
-    EmptyObject,
-    EmptyArray,
-    True,
-    One,
-    Auto,
-    Disabled,
-    TextFormat,
-    Reasoning,
-}
-
-impl Serialize for Or<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        if let Some(v) = self.0 {
-            return v.serialize(s);
-        }
-        match self.1 {
-            Default::EmptyObject => s.serialize_map(Some(0))?.end(),
-            Default::EmptyArray => s.collect_seq(std::iter::empty::<()>()),
-            Default::True => s.serialize_bool(true),
-            Default::One => s.serialize_f64(1.0),
-            Default::Auto => s.serialize_str("auto"),
-            Default::Disabled => s.serialize_str("disabled"),
-            Default::TextFormat => {
-                let mut m = s.serialize_map(Some(1))?;
-                m.serialize_entry("format", &Kind { kind: "text" })?;
-                m.end()
-            }
-            Default::Reasoning => {
-                let mut m = s.serialize_map(Some(2))?;
-                m.serialize_entry("effort", &())?;
-                m.serialize_entry("summary", &())?;
-                m.end()
-            }
-        }
-    }
-}
-
-#[derive(Serialize)]
-struct Kind {
-    #[serde(rename = "type")]
-    kind: &'static str,
-}
+/// The members a response repeats from its request, with the JSON each
+/// has when the request did not set it.
+const ECHOED: &[(&str, &str)] = &[
+    ("instructions", "null"),
+    ("max_output_tokens", "null"),
+    ("metadata", "{}"),
+    ("parallel_tool_calls", "true"),
+    ("reasoning", "{\"effort\":null,\"summary\":null}"),
+    ("temperature", "1.0"),
+    ("text", "{\"format\":{\"type\":\"text\"}}"),
+    ("tool_choice", "\"auto\""),
+    ("tools", "[]"),
+    ("top_p", "1.0"),
+    ("truncation", "\"disabled\""),
+];
 
 fn text_part(text: &str) -> Value {
     json!({"type": "output_text", "text": text, "annotations": [], "logprobs": []})
@@ -800,6 +745,35 @@ mod tests {
         assert_eq!(done["output"][0]["content"][0]["text"], "Hello");
         assert_eq!(done["output"][1]["arguments"], "{\"a\":1}");
         assert_eq!(done["output"][1]["call_id"], "call_1");
+    }
+
+    #[test]
+    fn the_object_repeats_the_request_and_fills_in_defaults() {
+        let mut m = meta();
+        m.echo.insert("metadata".into(), json!({"k": "v"}));
+        m.echo.insert("user".into(), json!("u1"));
+        m.conversation = Some("conv_1".into());
+        let out = m.output_items("Hi \"there\"\n", None);
+        let usage = Usage {
+            prompt_tokens: 3,
+            completion_tokens: 2,
+            cached_tokens: 1,
+        };
+        let bytes = m.object_json("completed", &out, Some(usage), Some("length"), None);
+        let o: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(o["status"], "incomplete");
+        assert_eq!(o["incomplete_details"]["reason"], "max_output_tokens");
+        assert_eq!(o["metadata"], json!({"k": "v"}));
+        assert_eq!(o["user"], "u1");
+        assert_eq!(o["conversation"]["id"], "conv_1");
+        assert_eq!(o["tools"], json!([]));
+        assert_eq!(o["text"]["format"]["type"], "text");
+        assert_eq!(o["temperature"], 1.0);
+        assert_eq!(o["usage"]["total_tokens"], 5);
+        assert_eq!(o["usage"]["input_tokens_details"]["cached_tokens"], 1);
+        assert_eq!(o["output"][0]["content"][0]["text"], "Hi \"there\"\n");
+        assert!(o.get("safety_identifier").is_none());
+        assert!(o["previous_response_id"].is_null());
     }
 
     #[test]

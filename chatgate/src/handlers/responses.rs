@@ -22,7 +22,7 @@ use hyper::{Request, StatusCode};
 use serde_json::{json, Value};
 
 use crate::api::openai::bad;
-use crate::api::responses::{new_id, parse_responses, ResponsesRequest};
+use crate::api::responses::{name_items, new_id, parse_responses, ResponsesRequest};
 use crate::body::{json as json_response, Body};
 use crate::error::ApiError;
 use crate::framing::responses::{document, document_items, document_object, Meta, Responses};
@@ -59,8 +59,9 @@ pub async fn create(
         ));
     }
     let scoped = app.scoped(caller, peer, &parts.headers);
+    // Named once the response's session is known (a stored one), or now.
     let meta = Meta {
-        id: new_id("resp"),
+        id: String::new(),
         created_at: chrono::Utc::now().timestamp(),
         model: request.model.clone(),
         previous_response_id: request.previous_response_id.clone(),
@@ -177,7 +178,8 @@ async fn stored(
     }
     // Its id names the session it is stored in (found without an index).
     meta.id = chatcore::new_response_id(prepared.session_id());
-    let items = std::mem::take(&mut request.items);
+    let mut items = std::mem::take(&mut request.items);
+    name_items(&mut items, &meta.id);
     let kept = meta.clone();
     prepared = prepared.with_response(meta.id.clone(), move |c, _| {
         let wire: Option<Value> = c
@@ -221,9 +223,10 @@ async fn unstored(
     app: &Arc<App>,
     scoped: Scoped<'_>,
     mut request: ResponsesRequest,
-    meta: Meta,
+    mut meta: Meta,
     rid: &str,
 ) -> HandlerResult {
+    meta.id = new_id("resp");
     let mut history: Vec<Message> = match (&request.previous_response_id, &request.conversation) {
         (Some(id), _) => {
             let p = scoped
