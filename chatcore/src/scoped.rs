@@ -101,9 +101,12 @@ impl<'a> Scoped<'a> {
     /// # Errors
     /// As [`Scoped::get`].
     pub async fn get_with_usage(&self, id: SessionId) -> Result<(SessionInfo, Usage)> {
-        let session = self.visible(id).await?;
-        let usage = self.inner.sessions.usage(id).await?;
-        Ok((self.inner.sessions.info(session), usage))
+        match self.inner.store.session_with_usage(id).await? {
+            Some((session, usage)) if self.caller.may_use(&session) => {
+                Ok((self.inner.sessions.info(session), usage))
+            }
+            _ => Err(Error::session_not_found()),
+        }
     }
 
     /// A page of a session's messages.

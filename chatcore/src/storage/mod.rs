@@ -374,6 +374,19 @@ pub trait MessageStore: SessionStore {
     /// [`ErrorKind::Storage`] when the backend fails.
     async fn session_usage(&self, id: SessionId) -> Result<Usage>;
 
+    /// A session and the tokens its turns cost, together (`None` when there
+    /// is no such session). The provided version makes two calls; backends
+    /// may read both at once.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Storage`] when the backend fails.
+    async fn session_with_usage(&self, id: SessionId) -> Result<Option<(Session, Usage)>> {
+        let Some(session) = self.get_session(id).await? else {
+            return Ok(None);
+        };
+        Ok(Some((session, self.session_usage(id).await?)))
+    }
+
     /// Up to `limit` of a session's messages after `after` (from the
     /// oldest when `None`), oldest first; `None` when there is no such
     /// session. The provided version reads the whole history and slices

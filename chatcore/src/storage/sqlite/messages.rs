@@ -288,6 +288,26 @@ impl MessageStore for SqliteStore {
             .await
     }
 
+    async fn session_with_usage(&self, id: SessionId) -> Result<Option<(Session, Usage)>> {
+        // One trip to a reading connection for both.
+        self.reader
+            .read(move |db| {
+                let Some(session) = read_session(db, id, &id_key(id))? else {
+                    return Ok(None);
+                };
+                let (prompt, completion, cached): (i64, i64, i64) = db
+                    .prepare(SESSION_USAGE)?
+                    .query_row(params![id_key(id)], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })?;
+                Ok(Some((
+                    session,
+                    Usage::from_sums(prompt, completion, cached),
+                )))
+            })
+            .await
+    }
+
     async fn session_usage(&self, id: SessionId) -> Result<Usage> {
         self.reader
             .read(move |db| {

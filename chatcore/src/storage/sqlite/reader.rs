@@ -3,7 +3,8 @@
 //! own, on tokio's blocking pool, so a large read never holds up the
 //! writer thread that every commit goes through. There are a few of them,
 //! so one slow read (a long listing) does not hold up another user's small
-//! one either. In WAL mode a reader sees every transaction committed
+//! one either; listings never take the first connection, which small reads
+//! try first, so they never queue behind listings however many run. In WAL mode a reader sees every transaction committed
 //! before it began, so a client reads back everything it was told was
 //! stored.
 
@@ -33,22 +34,22 @@ struct Inner {
 }
 
 impl Inner {
-    /// A free connection if there is one, else (all busy) the next in turn,
-    /// waited for. A read that panicked left nothing half-done on a reading
-    /// connection: a poisoned lock is still good to use.
-    fn connection(&self) -> MutexGuard<'_, Connection> {
-        let n = self.conns.len();
+    /// A free connection among `conns[first..]` if there is one, else (all
+    /// busy) the next in turn, waited for. A read that panicked left
+    /// nothing half-done on a reading connection: a poisoned lock is still
+    /// good to use.
+    fn connection(&self, first: usize) -> MutexGuard<'_, Connection> {
+        let pool = &self.conns[first.min(self.conns.len() - 1)..];
+        let n = pool.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         for i in 0..n {
-            match self.conns[(start + i) % n].try_lock() {
+            match pool[(start + i) % n].try_lock() {
                 Ok(conn) => return conn,
                 Err(std::sync::TryLockError::Poisoned(p)) => return p.into_inner(),
                 Err(std::sync::TryLockError::WouldBlock) => {}
             }
         }
-        self.conns[start % n]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        pool[start % n].lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -88,9 +89,29 @@ impl Reader {
         R: Send + 'static,
         F: FnOnce(&ReadDb<'_>) -> Result<R> + Send + 'static,
     {
+        self.read_from(0, f).await
+    }
+
+    /// As [`Reader::read`], for a read that may take long (a listing): it
+    /// never takes the first connection, so however many listings run, a
+    /// small read (a session, its usage) finds one free and does not queue
+    /// behind them.
+    pub(crate) async fn read_long<R, F>(&self, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&ReadDb<'_>) -> Result<R> + Send + 'static,
+    {
+        self.read_from(1, f).await
+    }
+
+    async fn read_from<R, F>(&self, first: usize, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&ReadDb<'_>) -> Result<R> + Send + 'static,
+    {
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || {
-            let conn = inner.connection();
+            let conn = inner.connection(first);
             f(&ReadDb {
                 conn: &conn,
                 log: inner.log.as_ref(),
@@ -105,6 +126,50 @@ impl Reader {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    /// Long reads holding every connection they may take leave the first
+    /// free: a small read does not wait for them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn long_reads_leave_a_connection_for_small_ones() {
+        let conns = (0..2)
+            .map(|_| Connection::open_in_memory().unwrap())
+            .collect();
+        let reader = Reader::new(conns, None);
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let release_rx = Arc::new(Mutex::new(release_rx));
+        let mut long = Vec::new();
+        for _ in 0..2 {
+            let (reader, held_tx, release_rx) =
+                (reader.clone(), held_tx.clone(), Arc::clone(&release_rx));
+            long.push(tokio::spawn(async move {
+                reader
+                    .read_long(move |_| {
+                        let _ = held_tx.send(());
+                        release_rx.lock().unwrap().recv().ok();
+                        Ok(())
+                    })
+                    .await
+            }));
+        }
+        // One long read holds the second connection; the other waits for it.
+        tokio::task::spawn_blocking(move || held_rx.recv().unwrap())
+            .await
+            .unwrap();
+        let quick = tokio::time::timeout(
+            Duration::from_secs(30),
+            reader.read(|db| Ok(db.conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?)),
+        )
+        .await
+        .expect("the small read queued behind the long ones")
+        .unwrap();
+        assert_eq!(quick, 1);
+        release_tx.send(()).unwrap();
+        release_tx.send(()).unwrap();
+        for l in long {
+            l.await.unwrap().unwrap();
+        }
+    }
 
     /// One read holding its connection (a long listing) does not make
     /// another wait: it gets another connection.

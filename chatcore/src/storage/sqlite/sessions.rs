@@ -168,7 +168,7 @@ impl SessionStore for SqliteStore {
         let owner = owner.map(str::to_owned);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.reader
-            .read(move |db| {
+            .read_long(move |db| {
                 let (at, after_id) = match after {
                     Some(c) => (Some(c.last_active_ms), Some(id_key(c.id).to_vec())),
                     None => (None, None),
