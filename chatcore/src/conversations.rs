@@ -104,7 +104,7 @@ impl Scoped<'_> {
         let _slot = self.inner.queues.enter(id).await;
         let deleted = self.inner.store.delete_message(id, position).await?;
         // The cached window may hold it: the next turn reads the store.
-        self.inner.hot.forget(id);
+        self.inner.hot.discard(id);
         Ok(deleted)
     }
 }

@@ -304,6 +304,17 @@ impl HotSessions {
         }
     }
 
+    /// Forgets `id` and empties its window, for a caller that changed the
+    /// session's stored history under its queue slot (no turn holds a
+    /// lease then): a turn that looked the entry up before could otherwise
+    /// still lease the old window; now it finds none and reads the store.
+    pub(crate) fn discard(&self, id: SessionId) {
+        if let Some(hot) = self.get(id) {
+            drop(hot.lock().take());
+        }
+        self.forget(id);
+    }
+
     /// Forgets every session idle since before `cutoff` (after a purge).
     pub(crate) fn forget_idle_before(&self, cutoff: DateTime<Utc>) {
         let cutoff = cutoff.timestamp_millis();

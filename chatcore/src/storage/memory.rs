@@ -24,9 +24,11 @@ use crate::types::{Feedback, PurgeReport, Session, SessionId, Usage};
 struct Entry {
     session: Session,
     messages: Vec<Message>,
-    /// Each message's position: its index when stored, kept when an
-    /// earlier one is deleted.
+    /// Each message's position: a count of the messages ever stored, kept
+    /// when another is deleted.
     positions: Vec<i64>,
+    /// The next message's position (never reused, as in the other stores).
+    next: i64,
     /// With its position among all feedback, for review paging.
     feedback: Vec<(i64, Feedback)>,
     usage: Usage,
@@ -88,6 +90,7 @@ impl SessionStore for MemoryStore {
                 session: session.clone(),
                 messages: Vec::new(),
                 positions: Vec::new(),
+                next: 0,
                 feedback: Vec::new(),
                 usage: Usage::default(),
                 responses: Vec::new(),
@@ -171,13 +174,14 @@ impl MessageStore for MemoryStore {
     async fn append_turn(&self, id: SessionId, turn: Turn<'_>) -> Result<()> {
         let mut map = self.lock();
         let e = map.get_mut(&id).ok_or_else(Error::session_not_found)?;
-        let next = e.positions.last().map_or(0, |p| p + 1);
+        let next = e.next;
         e.positions
             .extend((0..turn.messages.len() as i64).map(|i| next + i));
+        e.next = next + turn.messages.len() as i64;
         e.messages
             .extend(turn.messages.iter().map(MessageRef::to_message));
         if let Some(r) = turn.response {
-            let through = e.positions.last().copied().unwrap_or(0);
+            let through = e.next - 1;
             e.responses
                 .push((r.id.to_owned(), through, r.document.to_owned()));
             self.index().insert(r.id.to_owned(), id);
@@ -266,7 +270,7 @@ impl ResponseStore for MemoryStore {
     async fn head_response(&self, id: SessionId) -> Result<Option<String>> {
         let map = self.lock();
         Ok(map.get(&id).and_then(|e| {
-            let last = *e.positions.last()?;
+            let last = e.next - 1;
             e.responses
                 .last()
                 .filter(|(_, through, _)| *through == last)
@@ -320,6 +324,7 @@ impl ResponseStore for MemoryStore {
                 session: into.clone(),
                 messages,
                 positions,
+                next: through.position().saturating_add(1).max(0),
                 feedback: Vec::new(),
                 usage: Usage::default(),
                 responses: Vec::new(),

@@ -219,6 +219,33 @@ async fn a_fork_copies_through_the_response_and_nothing_after<S: Store + 'static
             .len(),
         6
     );
+    // A fork through a response after a deleted message: its positions
+    // keep the gap, and its next turn appends after them.
+    assert!(store
+        .delete_message(
+            s.id,
+            MessageCursor::after(all_positions(&store, s.id).await[0])
+        )
+        .await
+        .unwrap());
+    let through = store
+        .get_response(r2.as_str())
+        .await
+        .unwrap()
+        .unwrap()
+        .through;
+    let gap = session(at(30));
+    store.fork_session(s.id, through, &gap).await.unwrap();
+    turn(
+        &store,
+        gap.id,
+        &[user("after the gap", 31), assistant("ok", 32)],
+        None,
+    )
+    .await;
+    let after = store.recent_messages(gap.id, usize::MAX).await.unwrap();
+    assert_eq!(after.len(), 5, "{after:?}");
+    assert_eq!(after[4], assistant("ok", 32));
     // Forking a session that is gone stores nothing.
     let orphan = session(at(20));
     let e = store
@@ -360,4 +387,13 @@ async fn metadata_is_replaced_or_cleared<S: Store + 'static>(store: S) {
         None
     );
     assert!(!store.set_metadata(SessionId::new_v4(), None).await.unwrap());
+}
+
+async fn all_positions(store: &dyn Store, id: SessionId) -> Vec<i64> {
+    store
+        .messages_page(id, None, usize::MAX)
+        .await
+        .unwrap()
+        .unwrap()
+        .positions
 }

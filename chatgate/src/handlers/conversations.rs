@@ -255,6 +255,15 @@ pub async fn delete_item(app: &Arc<App>, caller: Caller, id: &str, item: &str) -
     let scoped = app.core.as_caller(caller);
     let session = conversation_session(id)?;
     let position = position_of(item).ok_or_else(|| item_not_found(item))?;
+    // Only an id the conversation lists names its message (`fc_7_9` does
+    // not, if message 7 holds one call).
+    let listed = all_items(&scoped, session, id).await?;
+    if !listed
+        .iter()
+        .any(|i| i.get("id").and_then(Value::as_str) == Some(item))
+    {
+        return Err(item_not_found(item));
+    }
     let deleted = scoped
         .delete_item(session, MessageCursor::after(position))
         .await

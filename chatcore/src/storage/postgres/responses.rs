@@ -16,10 +16,12 @@ const GET_RESPONSE: &str = "SELECT session_id, through, document FROM responses 
 const HEAD_RESPONSE: &str = "SELECT r.id FROM sessions s JOIN responses r ON r.session_id = s.id AND r.through = s.messages - 1 WHERE s.id = $1";
 const DELETE_RESPONSE: &str = "DELETE FROM responses WHERE id = $1";
 /// Creates session `$1` (when `$2` exists) with a copy of `$2`'s messages
-/// through position `$8`, without their tokens (spent by the original).
+/// through position `$8`, at the same positions (a deleted item's gap
+/// included, so the next position is `$8 + 1`), without their tokens
+/// (spent by the original), and the target `$9`.
 /// Foreign keys are checked at the end of the statement, after the
 /// session's insert.
-const FORK: &str = "WITH src AS (SELECT 1 FROM sessions WHERE id = $2), s AS (INSERT INTO sessions (id, created_at, last_active, system_prompt, metadata, owner, messages) SELECT $1, $3, $4, $5, $6, $7, (SELECT count(*) FROM messages WHERE session_id = $2 AND position <= $8) FROM src RETURNING id) INSERT INTO messages (session_id, position, role, content, body, created_at) SELECT s.id, m.position, m.role, m.content, m.body, m.created_at FROM s JOIN messages m ON m.session_id = $2 AND m.position <= $8";
+const FORK: &str = "WITH src AS (SELECT 1 FROM sessions WHERE id = $2), s AS (INSERT INTO sessions (id, created_at, last_active, system_prompt, metadata, owner, target, messages) SELECT $1, $3, $4, $5, $6, $7, $9, $8::bigint + 1 FROM src RETURNING id) INSERT INTO messages (session_id, position, role, content, body, created_at) SELECT s.id, m.position, m.role, m.content, m.body, m.created_at FROM s JOIN messages m ON m.session_id = $2 AND m.position <= $8";
 const THROUGH: &str = "SELECT role, content, created_at, body FROM messages WHERE session_id = $1 AND position <= $2 ORDER BY position";
 const CREATED: &str = "SELECT 1 FROM sessions WHERE id = $1";
 
@@ -75,6 +77,7 @@ impl ResponseStore for PostgresStore {
                 &into.metadata,
                 &into.owner,
                 &through,
+                &into.target,
             ],
         )
         .await?;

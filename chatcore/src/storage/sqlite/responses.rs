@@ -98,6 +98,7 @@ impl ResponseStore for SqliteStore {
         let hour = into.last_active.timestamp_millis().div_euclid(HOUR_MS);
         let prompt = into.system_prompt.clone();
         let owner = into.owner.clone();
+        let target = into.target.clone();
         let metadata = match &into.metadata {
             Some(v) => Some(serde_json::to_string(v).map_err(Error::internal)?),
             None => None,
@@ -115,6 +116,9 @@ impl ResponseStore for SqliteStore {
                 }
                 db.prepare(INSERT_SESSION)?
                     .execute(params![key, created, hour, prompt, metadata, owner])?;
+                if let Some(target) = &target {
+                    db.prepare(SET_TARGET)?.execute(params![key, target])?;
+                }
                 match db
                     .prepare(FORK_TURNS)?
                     .execute(params![key, from, last_turn])
