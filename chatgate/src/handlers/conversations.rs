@@ -17,16 +17,11 @@ use crate::api::openai::bad;
 use crate::api::responses::{items_of, position_of, read_input};
 use crate::body::json as json_response;
 use crate::error::ApiError;
-use crate::handlers::responses::{conversation_id, conversation_session, ItemPage};
+use crate::handlers::responses::{
+    conversation_id, conversation_not_found, conversation_session, ItemPage,
+};
 use crate::handlers::{read_body, HandlerResult};
 use crate::App;
-
-fn not_found(id: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        format!("Conversation with id '{id}' not found."),
-    )
-}
 
 fn item_not_found(id: &str) -> ApiError {
     ApiError::new(
@@ -35,13 +30,9 @@ fn item_not_found(id: &str) -> ApiError {
     )
 }
 
-/// `e`, with the API's own 404 for a session that is not there.
+/// `e`, with the API's own 404 for a conversation that is not there.
 fn or_not_found(e: chatcore::Error, id: &str) -> ApiError {
-    if e.kind() == chatcore::ErrorKind::SessionNotFound {
-        not_found(id)
-    } else {
-        e.into()
-    }
+    crate::handlers::responses::or_not_found(e, || conversation_not_found(id))
 }
 
 /// The conversation object of session `info`.

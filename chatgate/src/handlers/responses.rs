@@ -89,7 +89,8 @@ pub fn conversation_id(session: SessionId) -> String {
     format!("conv_{}", session.as_uuid().simple())
 }
 
-fn conversation_not_found(id: &str) -> ApiError {
+/// The 404 for a conversation that is not there (or not the caller's).
+pub(crate) fn conversation_not_found(id: &str) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         format!("Conversation with id '{id}' not found."),
@@ -103,8 +104,8 @@ fn response_not_found(id: &str) -> ApiError {
     )
 }
 
-/// `e`, or the API's 404 for `id` when it says the session is not there.
-fn or_not_found(e: chatcore::Error, missing: impl FnOnce() -> ApiError) -> ApiError {
+/// `e`, or the API's 404 (`missing`) when it says the session is not there.
+pub(crate) fn or_not_found(e: chatcore::Error, missing: impl FnOnce() -> ApiError) -> ApiError {
     if e.kind() == chatcore::ErrorKind::SessionNotFound {
         missing()
     } else {
