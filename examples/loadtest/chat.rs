@@ -19,6 +19,10 @@ pub struct Chat {
     pub chat: Phase,
     /// Stored responses joining the same sessions as conversations.
     pub responses: Phase,
+    /// `/chat/` again right after the responses (when they ran), so a
+    /// response is read against the turns on either side of it: the
+    /// sessions' histories and the database grow during each phase.
+    pub chat_after: Phase,
     /// The mock with bodies of chatgate's average upstream size.
     pub direct_sized: Phase,
     /// How many history messages those bodies carried, when they ran.
@@ -34,6 +38,7 @@ impl Chat {
             direct: Phase::skipped(),
             chat: Phase::skipped(),
             responses: Phase::skipped(),
+            chat_after: Phase::skipped(),
             direct_sized: Phase::skipped(),
             sized_history: None,
             init: Phase::skipped(),
@@ -82,6 +87,17 @@ pub async fn run(s: &Servers, o: &Options, sessions: &Arc<Vec<String>>) -> Chat 
         ),
     )
     .await;
+    let chat_after = measured_if(
+        o.phases.runs(Stage::Responses),
+        gw.pid,
+        closed_loop(
+            gw.addr,
+            o.connections,
+            o.duration,
+            chat_maker(Arc::clone(sessions)),
+        ),
+    )
+    .await;
     let replicas = if o.phases.runs(Stage::Replicas) {
         replicas::run(&s.exe, mock.addr, o).await
     } else {
@@ -126,6 +142,7 @@ pub async fn run(s: &Servers, o: &Options, sessions: &Arc<Vec<String>>) -> Chat 
         direct,
         chat,
         responses,
+        chat_after,
         direct_sized,
         sized_history: sized.then_some(avg_history),
         init,

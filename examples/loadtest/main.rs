@@ -177,6 +177,7 @@ async fn drive(o: Options) -> ExitCode {
 
     let acked = chat.chat.ok
         + chat.responses.ok
+        + chat.chat_after.ok
         + warmed.map_or(0, |w| w.acked)
         + lat.chat_open.ok
         + lat.chat_c1.ok

@@ -90,6 +90,10 @@ fn closed_loop_table(c: &mut Chat) {
         ("mock direct  POST /v1/chat/completions", &mut c.direct),
         ("chatgate     POST /chat/", &mut c.chat),
         ("chatgate     POST /v1/responses (stored)", &mut c.responses),
+        (
+            "chatgate     POST /chat/, after responses",
+            &mut c.chat_after,
+        ),
         ("mock direct, chatgate-sized bodies", &mut c.direct_sized),
         ("chatgate     POST /session/initialize_session", &mut c.init),
         ("chatgate     POST /feedback/", &mut c.feedback),
@@ -120,6 +124,7 @@ fn cpu_table(c: &Chat, lat: &Latency) {
         ("mock direct", &c.direct),
         ("chatgate /chat/", &c.chat),
         ("chatgate /v1/responses", &c.responses),
+        ("chatgate /chat/, after responses", &c.chat_after),
         ("chatgate initialize_session", &c.init),
         ("chatgate feedback", &c.feedback),
         ("chatgate /chat/, open loop", &lat.chat_open),
@@ -278,6 +283,7 @@ pub fn summary(
     }
     let non_2xx = chat.chat.non_2xx
         + chat.responses.non_2xx
+        + chat.chat_after.non_2xx
         + chat.init.non_2xx
         + chat.feedback.non_2xx
         + lat.chat_open.non_2xx
@@ -304,9 +310,12 @@ fn ratios(c: &Chat) {
         );
     }
     if c.responses.ok > 0 {
-        let (turn, response) = (c.chat.cpu_us_per_ok(), c.responses.cpu_us_per_ok());
+        // Against the mean of the /chat/ phases before and after it.
+        let (before, after) = (c.chat.cpu_us_per_ok(), c.chat_after.cpu_us_per_ok());
+        let turn = (before + after) / 2.0;
+        let response = c.responses.cpu_us_per_ok();
         println!(
-            "stored response vs /chat/ turn, gateway CPU per request: {response:.1} vs {turn:.1} µs ({:+.1}%); throughput {:.0} vs {chat:.0}/s",
+            "stored response vs /chat/ turn, gateway CPU per request: {response:.1} vs {turn:.1} µs ({:+.1}%; /chat/ {before:.1} before, {after:.1} after); throughput {:.0} vs {chat:.0}/s",
             (response / turn - 1.0) * 100.0,
             c.responses.rate()
         );
