@@ -129,7 +129,7 @@ pub use llm::{
     UpstreamStats, UpstreamStatus, MAX_REPLY_BYTES, OPENAI_BASE_URL,
 };
 pub use message::{Message, MessageRef, Role, WireMessage};
-pub use rate_limit::{key_of, Check, Decision, GovernorLimiter, RateLimiter};
+pub use rate_limit::{key_of, Check, Decision, GovernorLimiter, Joint, RateLimiter};
 #[cfg(feature = "redis")]
 pub use rate_limit::{OnUnavailable, RedisLimiter, RedisLimiterConfig};
 pub use redact::redact_url;

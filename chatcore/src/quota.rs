@@ -7,7 +7,7 @@
 use crate::caller::Caller;
 use crate::error::{Error, Quota, Result};
 use crate::inner::Inner;
-use crate::rate_limit::{key_of, Decision, RateLimiter};
+use crate::rate_limit::{key_of, Decision, Joint, RateLimiter};
 use crate::types::SessionId;
 
 /// Who pays for a request beyond its session: a principal, or, when none
@@ -59,9 +59,11 @@ fn scoped_key(kind: &[u8], name: &[u8]) -> SessionId {
     key_of(&buf)
 }
 
-/// Takes one message from the payer's quota (across its sessions), then
-/// from the session's: a message refused for either is not forwarded.
-/// `owner` is the session's owner.
+/// Takes one message from the payer's quota (across its sessions) and one
+/// from the session's, in one check of both ([`RateLimiter::check_both`]):
+/// a message refused for either is not forwarded, and with limiters that
+/// decide both at once (Redis) a refusal spends neither. `owner` is the
+/// session's owner.
 pub(crate) async fn take_token(
     inner: &Inner,
     caller: &Caller,
@@ -69,8 +71,52 @@ pub(crate) async fn take_token(
     client: Option<&str>,
     id: SessionId,
 ) -> Result<u32> {
-    take_payer_token(inner, Payer::of(caller, owner, client)).await?;
-    take(&*inner.limiter, Quota::Session, id).await
+    let session = &*inner.limiter;
+    let Some((payer, quota, key)) = payer_quota(inner, Payer::of(caller, owner, client)) else {
+        return take(session, Quota::Session, id).await;
+    };
+    joint(
+        session.check_both(id, payer, key).await?,
+        session,
+        Quota::Session,
+        payer,
+        quota,
+    )
+}
+
+/// A [`Joint`] decision as a token taken, or the refusal naming its quota.
+fn joint(
+    decision: Joint,
+    this: &dyn RateLimiter,
+    this_quota: Quota,
+    also: &dyn RateLimiter,
+    also_quota: Quota,
+) -> Result<u32> {
+    match decision {
+        Joint::Allowed { remaining } => Ok(remaining),
+        Joint::AlsoLimited { retry_after } => {
+            Err(Error::rate_limited(also_quota, also.limit(), retry_after))
+        }
+        Joint::Limited { retry_after } => {
+            Err(Error::rate_limited(this_quota, this.limit(), retry_after))
+        }
+    }
+}
+
+/// The limiter, quota and key a payer's messages draw on, if any.
+fn payer_quota<'i>(
+    inner: &'i Inner,
+    payer: Payer<'_>,
+) -> Option<(&'i dyn RateLimiter, Quota, SessionId)> {
+    match (payer, &inner.principal_limiter, &inner.address_limiter) {
+        (Payer::Principal(p), Some(limiter), _) => {
+            Some((&**limiter, Quota::Principal, key_of(p.as_bytes())))
+        }
+        (Payer::Address(a), _, Some(limiter)) => {
+            Some((&**limiter, Quota::Address, key_of(a.as_bytes())))
+        }
+        _ => None,
+    }
 }
 
 /// Takes one message from the caller's own quota: its principal's, or its
@@ -84,20 +130,14 @@ pub(crate) async fn take_caller_token(
 }
 
 async fn take_payer_token(inner: &Inner, payer: Payer<'_>) -> Result<()> {
-    match (payer, &inner.principal_limiter, &inner.address_limiter) {
-        (Payer::Principal(p), Some(limiter), _) => {
-            take(&**limiter, Quota::Principal, key_of(p.as_bytes())).await?;
-        }
-        (Payer::Address(a), _, Some(limiter)) => {
-            take(&**limiter, Quota::Address, key_of(a.as_bytes())).await?;
-        }
-        _ => {}
+    if let Some((limiter, quota, key)) = payer_quota(inner, payer) {
+        take(limiter, quota, key).await?;
     }
     Ok(())
 }
 
-/// Takes one feedback from its payer's feedback quota (see [`take_token`]),
-/// then from the session's.
+/// Takes one feedback from its payer's feedback quota and one from the
+/// session's, in one check of both (see [`take_token`]).
 pub(crate) async fn take_feedback_token(
     inner: &Inner,
     caller: &Caller,
@@ -113,12 +153,19 @@ pub(crate) async fn take_feedback_token(
         Payer::Address(a) => Some(scoped_key(b"address", a.as_bytes())),
         Payer::Nobody => None,
     };
-    if let Some(payer) = payer {
-        take(&**limiter, Quota::Feedback, payer).await?;
-    }
     let session = scoped_key(b"session", id.as_bytes());
-    take(&**limiter, Quota::Feedback, session).await?;
-    Ok(())
+    let limiter = &**limiter;
+    match payer {
+        Some(payer) => joint(
+            limiter.check_both(session, limiter, payer).await?,
+            limiter,
+            Quota::Feedback,
+            limiter,
+            Quota::Feedback,
+        )
+        .map(drop),
+        None => take(limiter, Quota::Feedback, session).await.map(drop),
+    }
 }
 
 /// Takes one session from the caller's sessions-per-hour quota, if the

@@ -12,6 +12,7 @@
 //! allocation, no suspension, so the default path costs what a plain call
 //! costs.
 
+use std::any::Any;
 use std::fmt;
 use std::future::Future;
 use std::num::NonZeroU32;
@@ -47,29 +48,31 @@ pub enum Decision {
     },
 }
 
-/// The answer of [`RateLimiter::check`], to `.await`: ready at once (an
-/// in-process limiter) or a boxed future (a limiter across the network).
+/// The answer of [`RateLimiter::check`] (a [`Decision`]) or
+/// [`RateLimiter::check_both`] (a [`Joint`]), to `.await`: ready at once
+/// (an in-process limiter) or a boxed future (a limiter across the
+/// network).
 #[must_use = "a check does nothing until awaited"]
-pub enum Check<'a> {
+pub enum Check<'a, T = Decision> {
     /// Decided already; `None` once taken.
-    Ready(Option<Result<Decision>>),
+    Ready(Option<Result<T>>),
     /// Deciding.
-    Pending(Pin<Box<dyn Future<Output = Result<Decision>> + Send + 'a>>),
+    Pending(Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>),
 }
 
-impl<'a> Check<'a> {
+impl<'a, T> Check<'a, T> {
     /// An answer known at once.
-    pub fn ready(decision: Result<Decision>) -> Self {
+    pub fn ready(decision: Result<T>) -> Self {
         Check::Ready(Some(decision))
     }
 
     /// An answer still to come.
-    pub fn pending(future: impl Future<Output = Result<Decision>> + Send + 'a) -> Self {
+    pub fn pending(future: impl Future<Output = Result<T>> + Send + 'a) -> Self {
         Check::Pending(Box::pin(future))
     }
 
     /// The answer, if it is known without waiting.
-    pub fn now(self) -> Option<Result<Decision>> {
+    pub fn now(self) -> Option<Result<T>> {
         match self {
             Check::Ready(decision) => decision,
             Check::Pending(_) => None,
@@ -77,8 +80,8 @@ impl<'a> Check<'a> {
     }
 }
 
-impl Future for Check<'_> {
-    type Output = Result<Decision>;
+impl<T: Unpin> Future for Check<'_, T> {
+    type Output = Result<T>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.get_mut() {
@@ -90,7 +93,7 @@ impl Future for Check<'_> {
     }
 }
 
-impl fmt::Debug for Check<'_> {
+impl<T: fmt::Debug> fmt::Debug for Check<'_, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Check::Ready(d) => f.debug_tuple("Ready").field(d).finish(),
@@ -99,12 +102,35 @@ impl fmt::Debug for Check<'_> {
     }
 }
 
+/// The outcome of [`RateLimiter::check_both`]: one message drawing on two
+/// quotas (its payer's and its session's, say).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Joint {
+    /// Both had a token, and one was taken from each; `remaining` is the
+    /// checking limiter's.
+    Allowed {
+        /// Messages that would still pass immediately after this one.
+        remaining: u32,
+    },
+    /// The other quota (`also`) refused; nothing was taken from either.
+    AlsoLimited {
+        /// How long until that quota has a token again.
+        retry_after: Duration,
+    },
+    /// The checking limiter's quota refused. Nothing was taken from it;
+    /// whether `also`'s token was is [`RateLimiter::check_both`]'s to say.
+    Limited {
+        /// How long until this quota has a token again.
+        retry_after: Duration,
+    },
+}
+
 /// A readiness probe's future (see [`RateLimiter::ping`]).
 pub type Ping<'a> = Pin<Box<dyn Future<Output = Result<()>> + Send + 'a>>;
 
 /// Decides whether a key (a session, a principal, a client address) may
 /// send one more message.
-pub trait RateLimiter: Send + Sync + fmt::Debug {
+pub trait RateLimiter: Any + Send + Sync + fmt::Debug {
     /// Takes one message from `key`'s quota, if there is one left.
     ///
     /// # Errors
@@ -112,6 +138,26 @@ pub trait RateLimiter: Send + Sync + fmt::Debug {
     /// when the limiter's shared store cannot be reached and it is set to
     /// refuse then. An in-process limiter never fails.
     fn check(&self, key: SessionId) -> Check<'_>;
+
+    /// Takes one token from `also`'s quota for `also_key` and one from
+    /// this limiter's for `key`: a message that draws on both.
+    ///
+    /// The provided method checks `also` first and then this limiter, so
+    /// a refusal here leaves `also`'s token spent. A limiter that can
+    /// decide both at once overrides it and spends neither when either
+    /// refuses (the Redis limiter does, in one round trip, when `also`
+    /// shares its Redis).
+    ///
+    /// # Errors
+    /// As [`RateLimiter::check`], from either limiter.
+    fn check_both<'a>(
+        &'a self,
+        key: SessionId,
+        also: &'a dyn RateLimiter,
+        also_key: SessionId,
+    ) -> Check<'a, Joint> {
+        one_then_other(self, key, also, also_key)
+    }
 
     /// The quota: messages per period (a minute, unless the limiter was
     /// made for another period).
@@ -132,6 +178,42 @@ pub trait RateLimiter: Send + Sync + fmt::Debug {
     fn backend(&self) -> &'static str {
         "memory"
     }
+}
+
+/// [`RateLimiter::check_both`] as two checks, `also`'s first; answered
+/// at once when both limiters answer at once.
+fn one_then_other<'a, L: RateLimiter + ?Sized>(
+    this: &'a L,
+    key: SessionId,
+    also: &'a dyn RateLimiter,
+    also_key: SessionId,
+) -> Check<'a, Joint> {
+    fn joint(also: Decision, this: Option<Decision>) -> Joint {
+        match (also, this) {
+            (Decision::Limited { retry_after }, _) => Joint::AlsoLimited { retry_after },
+            (_, Some(Decision::Limited { retry_after })) => Joint::Limited { retry_after },
+            (_, Some(Decision::Allowed { remaining })) => Joint::Allowed { remaining },
+            (Decision::Allowed { .. }, None) => unreachable!("checked when also allowed"),
+        }
+    }
+    let first = also.check(also_key);
+    let first = match first {
+        Check::Ready(Some(Ok(d @ Decision::Limited { .. }))) => {
+            return Check::ready(Ok(joint(d, None)))
+        }
+        Check::Ready(Some(Ok(d))) => match this.check(key) {
+            Check::Ready(Some(second)) => return Check::ready(second.map(|s| joint(d, Some(s)))),
+            second => return Check::pending(async move { Ok(joint(d, Some(second.await?))) }),
+        },
+        other => other,
+    };
+    Check::pending(async move {
+        let d = first.await?;
+        if let Decision::Limited { .. } = d {
+            return Ok(joint(d, None));
+        }
+        Ok(joint(d, Some(this.check(key).await?)))
+    })
 }
 
 /// A limiter key for anything that is not a session (a principal's name,

@@ -16,6 +16,7 @@
 //! unchecked. Either way the event is counted, and the change of state is
 //! logged once each way.
 
+use std::any::Any;
 use std::fmt;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -25,30 +26,40 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use slog::Logger;
 
-use super::{Check, Decision, Ping, RateLimiter};
+use super::{Check, Decision, Joint, Ping, RateLimiter};
 use crate::error::{Error, Result};
 use crate::types::SessionId;
 
-/// GCRA over the key's theoretical arrival time (TAT), in microseconds of
-/// Redis's clock. `ARGV[1]` is the emission interval (the period divided by
-/// the limit), `ARGV[2]` the burst. Replies `{1, remaining}` or
-/// `{0, retry_after_us}`. Numbers are written with `%d`: Lua's default
-/// formatting would round a microsecond timestamp.
+/// GCRA over each key's theoretical arrival time (TAT), in microseconds of
+/// Redis's clock, for one message drawing on every key given: `ARGV[2i-1]`
+/// is key `i`'s emission interval (its period divided by its limit),
+/// `ARGV[2i]` its burst. Every key is decided before any is written, so a
+/// refusal spends no key's token. Replies `{1, remaining of each key…}` or
+/// `{0, i, retry_after_us}` naming the first key that refused. Numbers are
+/// written with `%d`: Lua's default formatting would round a microsecond
+/// timestamp.
 const GCRA: &str = r"
-local interval = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local tat = tonumber(redis.call('GET', KEYS[1])) or now
-if tat < now then tat = now end
-local new_tat = tat + interval
-local allow_at = new_tat - burst * interval
-if allow_at > now then
-  return {0, allow_at - now}
+local new_tats, remaining = {}, {1}
+for i, key in ipairs(KEYS) do
+  local interval = tonumber(ARGV[2 * i - 1])
+  local burst = tonumber(ARGV[2 * i])
+  local tat = new_tats[key] or tonumber(redis.call('GET', key)) or now
+  if tat < now then tat = now end
+  local new_tat = tat + interval
+  local allow_at = new_tat - burst * interval
+  if allow_at > now then
+    return {0, i, allow_at - now}
+  end
+  new_tats[key] = new_tat
+  remaining[i + 1] = math.floor((now - allow_at) / interval)
 end
-local ttl_ms = math.ceil((new_tat - now) / 1000)
-redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', string.format('%d', ttl_ms))
-return {1, math.floor((now - allow_at) / interval)}
+for key, new_tat in pairs(new_tats) do
+  local ttl_ms = math.ceil((new_tat - now) / 1000)
+  redis.call('SET', key, string.format('%d', new_tat), 'PX', string.format('%d', ttl_ms))
+end
+return remaining
 ";
 
 /// What a [`RedisLimiter`] does when Redis cannot be reached.
@@ -239,35 +250,80 @@ impl RedisLimiter {
         self.policy
     }
 
-    async fn run(&self, key: SessionId) -> Result<Decision> {
+    /// This quota's key for `key`.
+    fn key(&self, key: SessionId) -> String {
+        format!("{}{}", self.prefix, key)
+    }
+
+    /// Runs [`GCRA`] on `keys` (each with its quota); the script's reply,
+    /// or how Redis failed.
+    async fn run(
+        &self,
+        keys: &[(&RedisLimiter, SessionId)],
+    ) -> std::result::Result<Vec<i64>, String> {
         let mut conn = self.conn.clone();
         let mut invocation = self.script.prepare_invoke();
-        invocation
-            .key(format!("{}{}", self.prefix, key))
-            .arg(self.interval_us)
-            .arg(self.limit);
-        let reply = tokio::time::timeout(
-            self.timeout,
-            invocation.invoke_async::<(i64, i64)>(&mut conn),
-        )
-        .await;
-        match reply {
-            Ok(Ok((allowed, n))) => {
-                self.reachable();
-                let n = u64::try_from(n).unwrap_or(0);
-                Ok(if allowed == 1 {
-                    Decision::Allowed {
-                        remaining: u32::try_from(n).unwrap_or(u32::MAX),
-                    }
-                } else {
-                    Decision::Limited {
-                        retry_after: Duration::from_micros(n),
-                    }
-                })
-            }
-            Ok(Err(e)) => self.unreachable(e.to_string()),
-            Err(_) => self.unreachable(format!("no answer within {:?}", self.timeout)),
+        for (quota, key) in keys {
+            invocation
+                .key(quota.key(*key))
+                .arg(quota.interval_us)
+                .arg(quota.limit);
         }
+        match tokio::time::timeout(self.timeout, invocation.invoke_async::<Vec<i64>>(&mut conn))
+            .await
+        {
+            Ok(Ok(reply)) => {
+                self.reachable();
+                Ok(reply)
+            }
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {:?}", self.timeout)),
+        }
+    }
+
+    async fn decide(&self, key: SessionId) -> Result<Decision> {
+        let decision = match self.run(&[(self, key)]).await {
+            Ok(reply) => match reply[..] {
+                [1, remaining, ..] => Some(Decision::Allowed {
+                    remaining: count(remaining),
+                }),
+                [0, _, retry_us, ..] => Some(Decision::Limited {
+                    retry_after: micros(retry_us),
+                }),
+                _ => self.unreachable(format!("unexpected reply {reply:?}"))?,
+            },
+            Err(cause) => self.unreachable(cause)?,
+        };
+        Ok(decision.unwrap_or(Decision::Allowed {
+            remaining: self.limit.saturating_sub(1),
+        }))
+    }
+
+    /// `also`'s key and this one's in one script.
+    async fn decide_both(
+        &self,
+        key: SessionId,
+        also: &RedisLimiter,
+        also_key: SessionId,
+    ) -> Result<Joint> {
+        let decision = match self.run(&[(also, also_key), (self, key)]).await {
+            Ok(reply) => match reply[..] {
+                [1, _, remaining, ..] => Some(Joint::Allowed {
+                    remaining: count(remaining),
+                }),
+                [0, 1, retry_us, ..] => Some(Joint::AlsoLimited {
+                    retry_after: micros(retry_us),
+                }),
+                [0, _, retry_us, ..] => Some(Joint::Limited {
+                    retry_after: micros(retry_us),
+                }),
+                _ => self.unreachable(format!("unexpected reply {reply:?}"))?,
+            },
+            Err(cause) => self.unreachable(cause)?,
+        };
+        Ok(decision.unwrap_or(Joint::Allowed {
+            remaining: self.limit.saturating_sub(1),
+        }))
     }
 
     fn reachable(&self) {
@@ -278,7 +334,9 @@ impl RedisLimiter {
         }
     }
 
-    fn unreachable(&self, cause: String) -> Result<Decision> {
+    /// Redis failed: counted, logged once, and then the policy: an error
+    /// (deny) or `Ok(None)`, to let the message through unchecked.
+    fn unreachable<T>(&self, cause: String) -> Result<Option<T>> {
         self.health.failures.fetch_add(1, Ordering::Relaxed);
         if !self.health.down.swap(true, Ordering::Relaxed) {
             if let Some(log) = &self.log {
@@ -292,16 +350,40 @@ impl RedisLimiter {
         }
         match self.policy {
             OnUnavailable::Deny => Err(Error::limiter_unavailable(cause)),
-            OnUnavailable::Allow => Ok(Decision::Allowed {
-                remaining: self.limit.saturating_sub(1),
-            }),
+            OnUnavailable::Allow => Ok(None),
         }
     }
 }
 
+/// A count from the script (never negative).
+fn count(n: i64) -> u32 {
+    u32::try_from(n.max(0)).unwrap_or(u32::MAX)
+}
+
+/// Microseconds from the script (never negative).
+fn micros(n: i64) -> Duration {
+    Duration::from_micros(u64::try_from(n).unwrap_or(0))
+}
+
 impl RateLimiter for RedisLimiter {
     fn check(&self, key: SessionId) -> Check<'_> {
-        Check::pending(self.run(key))
+        Check::pending(self.decide(key))
+    }
+
+    /// One script for both keys when `also` is a quota on the same Redis
+    /// connection: one round trip, and a refusal spends neither token.
+    fn check_both<'a>(
+        &'a self,
+        key: SessionId,
+        also: &'a dyn RateLimiter,
+        also_key: SessionId,
+    ) -> Check<'a, Joint> {
+        match (also as &dyn Any).downcast_ref::<RedisLimiter>() {
+            Some(also) if Arc::ptr_eq(&self.health, &also.health) => {
+                Check::pending(self.decide_both(key, also, also_key))
+            }
+            _ => super::one_then_other(self, key, also, also_key),
+        }
     }
 
     fn limit(&self) -> u32 {

@@ -8,7 +8,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chatcore::{Decision, GovernorLimiter, RateLimiter, SessionId};
+use chatcore::{Decision, GovernorLimiter, Joint, RateLimiter, SessionId};
 
 /// 20 parallel checks of one fresh key with a quota of 5, spread over
 /// `limiters` (one per gateway): exactly 5 pass.
@@ -72,6 +72,54 @@ async fn governor_bursts_then_limits() {
     burst_then_limited(&GovernorLimiter::new(five())).await;
 }
 
+/// A payer's quota of 2 and a session quota of 1, checked together
+/// (`check_both`): the second message of session A is refused by the
+/// session's quota. `spends_on_refusal` says whether that refusal took
+/// the payer's token (the provided two-step check does; a limiter that
+/// decides both at once does not), which the third and fourth messages
+/// (sessions B and C) show.
+async fn payer_and_session(
+    payer: &dyn RateLimiter,
+    session: &dyn RateLimiter,
+    spends_on_refusal: bool,
+) {
+    let who = SessionId::new_v4();
+    let (a, b, c) = (
+        SessionId::new_v4(),
+        SessionId::new_v4(),
+        SessionId::new_v4(),
+    );
+    let both = |s| session.check_both(s, payer, who);
+    assert_eq!(both(a).await.unwrap(), Joint::Allowed { remaining: 0 });
+    assert!(matches!(both(a).await.unwrap(), Joint::Limited { .. }));
+    let third = both(b).await.unwrap();
+    if spends_on_refusal {
+        assert!(matches!(third, Joint::AlsoLimited { .. }), "{third:?}");
+        return;
+    }
+    assert_eq!(third, Joint::Allowed { remaining: 0 });
+    // The payer's quota is spent now: it refuses, and session C keeps its
+    // token.
+    let fourth = both(c).await.unwrap();
+    match fourth {
+        Joint::AlsoLimited { retry_after } => {
+            assert!(retry_after > Duration::from_secs(20), "{retry_after:?}");
+        }
+        other => panic!("expected the payer's refusal, got {other:?}"),
+    }
+    assert_eq!(
+        session.check(c).await.unwrap(),
+        Decision::Allowed { remaining: 0 }
+    );
+}
+
+#[tokio::test]
+async fn governor_checks_the_payer_then_the_session() {
+    let payer = GovernorLimiter::new(NonZeroU32::new(2).unwrap());
+    let session = GovernorLimiter::new(NonZeroU32::new(1).unwrap());
+    payer_and_session(&payer, &session, true).await;
+}
+
 #[cfg(feature = "redis")]
 mod redis_backend {
     use super::*;
@@ -127,6 +175,22 @@ mod redis_backend {
             })
             .collect();
         exactly_five_of_twenty(limiters).await;
+    }
+
+    #[tokio::test]
+    async fn one_script_decides_payer_and_session_and_a_refusal_spends_neither() {
+        let Some(url) = redis_url() else { return };
+        let p = prefix();
+        let session =
+            RedisLimiter::connect(&url, config(&format!("{p}msg:"), 1, OnUnavailable::Deny))
+                .unwrap();
+        let payer = session.sibling(config(&format!("{p}principal:"), 2, OnUnavailable::Deny));
+        payer_and_session(&payer, &session, false).await;
+        // A quota on another connection is checked in two steps.
+        let other =
+            RedisLimiter::connect(&url, config(&format!("{p}other:"), 2, OnUnavailable::Deny))
+                .unwrap();
+        payer_and_session(&other, &session, true).await;
     }
 
     #[tokio::test]
