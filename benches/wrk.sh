@@ -7,6 +7,8 @@
 # project's own load client alone.
 #
 # Usage: benches/wrk.sh [seconds=10] [connections=64] [sessions=2000]
+# The gateway is target/release/chatgate (built here), or GATEWAY_EXE; the
+# mock is the load bench's (`loadtest __mock`).
 #
 # Prints one line per target (requests/s, latency percentiles, max,
 # non-2xx, errors, server CPU per request) and the ratio of
@@ -23,7 +25,9 @@ if ! command -v wrk >/dev/null; then
     apt-get install -y -qq wrk >/dev/null
 fi
 cargo build --release --example loadtest --quiet
+cargo build --release -p chatgate --quiet
 bin="$PWD/target/release/examples/loadtest"
+gateway="${GATEWAY_EXE:-$PWD/target/release/chatgate}"
 work="$(mktemp -d)"
 gw_pid=""
 cleanup() {
@@ -39,7 +43,7 @@ read -r mock_port <&"${MOCK[0]}"
 mock_pid="$MOCK_PID"
 
 gw_port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-# `loadtest __gateway` is chatgate's own main (`chatgate::cli::main`).
+# The shipped binary (or GATEWAY_EXE, another build of it) on its defaults.
 (
     cd "$work"
     export CHATGATE_SERVER__BIND="127.0.0.1:$gw_port"
@@ -48,7 +52,7 @@ gw_port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 
     # wrk's connections all come from one loopback address.
     export CHATGATE_RATE_LIMIT__ADDRESS_MESSAGES_PER_MINUTE=1000000000
     export CHATGATE_RATE_LIMIT__SESSIONS_PER_HOUR=1000000000
-    exec "$bin" __gateway serve
+    exec "$gateway" serve
 ) &
 gw_pid=$!
 

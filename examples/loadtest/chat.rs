@@ -99,7 +99,7 @@ pub async fn run(s: &Servers, o: &Options, sessions: &Arc<Vec<String>>) -> Chat 
     )
     .await;
     let replicas = if o.phases.runs(Stage::Replicas) {
-        replicas::run(&s.exe, mock.addr, o).await
+        replicas::run(&s.gateway_exe, mock.addr, o).await
     } else {
         Vec::new()
     };

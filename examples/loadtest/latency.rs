@@ -77,7 +77,7 @@ pub async fn run(s: &Servers, o: &Options, sessions: &Arc<Vec<String>>) -> Laten
     // The floor: the same gateway with nothing to store and nothing to
     // log, measured in the same run, so that what storage and logging add
     // can be told from what any gateway hop adds on this machine.
-    let floor = floor::run(&s.exe, mock.addr, o, lat).await;
+    let floor = floor::run(&s.gateway_exe, mock.addr, o, lat).await;
     Latency {
         direct_open,
         chat_open,

@@ -248,6 +248,27 @@ pub async fn measured(pid: u32, phase: impl Future<Output = Phase>) -> Phase {
     p
 }
 
+/// [`measured`] over several processes (replicas): their threads' CPU
+/// summed by kind.
+pub async fn measured_all(pids: &[u32], phase: impl Future<Output = Phase>) -> Phase {
+    let before: Vec<_> = pids.iter().map(|pid| cpu_by_thread(*pid)).collect();
+    let mut p = phase.await;
+    let mut total: Vec<(String, ThreadUse)> = Vec::new();
+    for (pid, before) in pids.iter().zip(&before) {
+        for (name, used) in cpu_delta(before, &cpu_by_thread(*pid)) {
+            match total.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, u)) => {
+                    u.cpu += used.cpu;
+                    u.runs += used.runs;
+                }
+                None => total.push((name, used)),
+            }
+        }
+    }
+    p.cpu = total;
+    p
+}
+
 /// [`measured`] if `run`, else [`Phase::skipped`].
 pub async fn measured_if(run: bool, pid: u32, phase: impl Future<Output = Phase>) -> Phase {
     if run {

@@ -1,21 +1,24 @@
 //! The gateway load bench: chatgate against the mock OpenAI upstream reached
 //! directly, in one run, on loopback.
 //!
-//! Run: `cargo run --release --example loadtest` (options: `--duration 10`
-//! seconds per throughput phase, `--latency-duration 10`, `--connections 64`,
-//! `--sessions 2000`, `--rate 50`, `--context-tokens 136`, `--backend sqlite`,
+//! Run: `cargo build --release -p chatgate && cargo run --release --example
+//! loadtest` (options: `--duration 10` seconds per throughput phase,
+//! `--latency-duration 10`, `--connections 64`, `--sessions 2000`, `--rate
+//! 50`, `--context-tokens 136`, `--backend sqlite`,
 //! `--phases all|chat|latency|stream|replicas|routing|responses`, `--postgres-url`,
 //! `--redis-url`, `--gateway-env KEY=VALUE`, repeatable, to run the
 //! gateway with other settings: `CHATGATE_LOG__SQL=false`,
-//! `TOKIO_WORKER_THREADS=1`, ..., and `--mock-exe PATH`, another build of
-//! this bench to run the mock from, so that two builds of the gateway are
-//! compared against the same mock).
+//! `TOKIO_WORKER_THREADS=1`, ..., `--gateway-exe PATH` (or `self`), another
+//! gateway binary, and `--mock-exe PATH`, another build of this bench to
+//! run the mock from, so that two builds of the gateway are compared
+//! against the same mock).
 //!
 //! Three processes share the machine, as in production: this driver (a
-//! hyper client), the mock upstream and chatgate (both re-executions of
-//! this binary; the gateway runs `chatgate::cli::main`, the same code as
-//! the `chatgate` binary: SQLite on a temp file, logging to a file with
-//! `log.content` and `log.sql` on, stderr logging off). The per-session
+//! hyper client), the mock upstream (a re-execution of this binary) and
+//! the shipped `chatgate` binary of the same build, `target/release/chatgate`,
+//! on its defaults (SQLite on a temp file, logging to a file with
+//! `log.content` and `log.sql` on, stderr logging off), so the gateway is
+//! measured as shipped, its allocator and build settings its own. The per-session
 //! rate limit is raised so the bench measures the gateway, not the quota.
 //!
 //! The latency phases also run on a "floor" gateway (memory backend,
@@ -130,7 +133,15 @@ async fn drive(o: Options) -> ExitCode {
     // The PostgreSQL backend gets a schema of its own, dropped at the end.
     let pg = (o.backend == "postgres").then(|| replicas::Pg::new(&o.postgres_url));
     let backend_env = pg.as_ref().map_or_else(Vec::new, replicas::Pg::env);
-    let (mut gateway, gw) = procs::start_gateway(&exe, dir.path(), mock.addr, &o, backend_env);
+    let gateway_exe = match procs::gateway_exe(&o, &exe) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("loadtest: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let (mut gateway, gw) =
+        procs::start_gateway(&gateway_exe, dir.path(), mock.addr, &o, backend_env);
 
     if !wait_ready(gw.addr).await {
         eprintln!("loadtest: chatgate did not become ready");
@@ -138,6 +149,7 @@ async fn drive(o: Options) -> ExitCode {
     }
     let s = Servers {
         exe,
+        gateway_exe,
         mock,
         gateway: gw,
     };
@@ -172,7 +184,7 @@ async fn drive(o: Options) -> ExitCode {
 
     report::tables(&o, &mut chat, &mut lat, streamed.as_mut());
     if runs(Stage::Routing) {
-        routing::print(&routing::run(&s.exe, mock.addr, &o).await);
+        routing::print(&routing::run(&s, &o).await);
     }
 
     let acked = chat.chat.ok

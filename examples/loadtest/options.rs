@@ -84,6 +84,11 @@ pub struct Options {
     /// (`--mock-exe`): two gateway builds are compared fairly only against
     /// the same mock, which shares the machine's cores with them.
     pub mock_exe: Option<std::path::PathBuf>,
+    /// The gateway binary (`--gateway-exe`): by default the shipped
+    /// `chatgate` next to this bench's build (`target/release/chatgate`),
+    /// on its own defaults; `self` runs this binary's copy of the same
+    /// code (`__gateway`), built with the bench.
+    pub gateway_exe: Option<std::path::PathBuf>,
 }
 
 /// Gateway settings the bench itself sets, and relies on (the durability
@@ -133,6 +138,7 @@ impl Options {
             redis_url: std::env::var("CHATGATE_TEST_REDIS_URL")
                 .unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
             mock_exe: None,
+            gateway_exe: None,
         };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
@@ -168,6 +174,13 @@ impl Options {
                 }
                 "--redis-url" => {
                     o.redis_url = it.next().cloned().ok_or("--redis-url needs a URL")?
+                }
+                "--gateway-exe" => {
+                    o.gateway_exe = Some(
+                        it.next()
+                            .ok_or("--gateway-exe needs a path or self")?
+                            .into(),
+                    );
                 }
                 "--mock-exe" => {
                     o.mock_exe = Some(it.next().ok_or("--mock-exe needs a path")?.into());

@@ -1,5 +1,6 @@
-//! The bench's child processes: the mock upstream and the gateways, all
-//! re-executions of this binary on loopback, and what is read of them from
+//! The bench's child processes on loopback: the mock upstream (a
+//! re-execution of this binary) and the gateways (the shipped `chatgate`
+//! binary, or this one's `__gateway`), and what is read of them from
 //! `/proc`.
 
 use std::net::SocketAddr;
@@ -35,7 +36,10 @@ pub struct Server {
 /// What every phase drives: the mock, the gateway under test, and this
 /// binary, to start the other gateways some phases compare against.
 pub struct Servers {
+    /// This binary: the mocks.
     pub exe: PathBuf,
+    /// The gateway binary (see [`gateway_exe`]).
+    pub gateway_exe: PathBuf,
     pub mock: Server,
     pub gateway: Server,
 }
@@ -73,35 +77,63 @@ pub fn gateway_command(
     o: &Options,
 ) -> Command {
     let mut cmd = Command::new(exe);
-    cmd.args(["__gateway", "serve"])
-        .current_dir(dir)
-        .env_remove("OPENAI_API_KEY")
-        .env("CHATGATE_SERVER__BIND", gw_addr.to_string())
-        .env(
-            "CHATGATE_OPENAI__BASE_URL",
-            format!("http://{mock_addr}/v1"),
+    let own = std::env::current_exe().is_ok_and(|me| me == exe);
+    cmd.args(if own {
+        &["__gateway", "serve"][..]
+    } else {
+        &["serve"][..]
+    })
+    .current_dir(dir)
+    .env_remove("OPENAI_API_KEY")
+    .env("CHATGATE_SERVER__BIND", gw_addr.to_string())
+    .env(
+        "CHATGATE_OPENAI__BASE_URL",
+        format!("http://{mock_addr}/v1"),
+    )
+    .env("CHATGATE_STORAGE__PATH", dir.join("chatgate.db"))
+    .env("CHATGATE_STORAGE__BACKEND", &o.backend)
+    .env("CHATGATE_LOG__FILE", dir.join("app.log"))
+    .env("CHATGATE_LOG__STDERR", "false")
+    .env("CHATGATE_RATE_LIMIT__MESSAGES_PER_MINUTE", "1000000000")
+    // Every client of the bench is one loopback address.
+    .env(
+        "CHATGATE_RATE_LIMIT__ADDRESS_MESSAGES_PER_MINUTE",
+        "1000000000",
+    )
+    .env("CHATGATE_RATE_LIMIT__SESSIONS_PER_HOUR", "1000000000")
+    .env("CHATGATE_RATE_LIMIT__FEEDBACK_PER_HOUR", "1000000000")
+    .envs((o.context_tokens > 0).then(|| {
+        (
+            "CHATGATE_OPENAI__CONTEXT_TOKENS",
+            o.context_tokens.to_string(),
         )
-        .env("CHATGATE_STORAGE__PATH", dir.join("chatgate.db"))
-        .env("CHATGATE_STORAGE__BACKEND", &o.backend)
-        .env("CHATGATE_LOG__FILE", dir.join("app.log"))
-        .env("CHATGATE_LOG__STDERR", "false")
-        .env("CHATGATE_RATE_LIMIT__MESSAGES_PER_MINUTE", "1000000000")
-        // Every client of the bench is one loopback address.
-        .env(
-            "CHATGATE_RATE_LIMIT__ADDRESS_MESSAGES_PER_MINUTE",
-            "1000000000",
-        )
-        .env("CHATGATE_RATE_LIMIT__SESSIONS_PER_HOUR", "1000000000")
-        .env("CHATGATE_RATE_LIMIT__FEEDBACK_PER_HOUR", "1000000000")
-        .envs((o.context_tokens > 0).then(|| {
-            (
-                "CHATGATE_OPENAI__CONTEXT_TOKENS",
-                o.context_tokens.to_string(),
-            )
-        }))
-        .envs(o.gateway_env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null());
+    }))
+    .envs(o.gateway_env.iter().map(|(k, v)| (k, v)))
+    .stdin(Stdio::null());
     cmd
+}
+
+/// The gateway binary `o` names: `--gateway-exe PATH`, this binary for
+/// `--gateway-exe self`, else the shipped `chatgate` of the same build
+/// (`target/release/chatgate` beside `target/release/examples/`).
+pub fn gateway_exe(o: &Options, me: &Path) -> Result<PathBuf, String> {
+    match o.gateway_exe.as_deref() {
+        Some(p) if p == Path::new("self") => Ok(me.to_owned()),
+        // Absolute: the gateways run in directories of their own.
+        Some(p) => {
+            std::fs::canonicalize(p).map_err(|e| format!("--gateway-exe {}: {e}", p.display()))
+        }
+        None => {
+            let shipped = me
+                .parent()
+                .and_then(Path::parent)
+                .map(|dir| dir.join("chatgate"))
+                .filter(|p| p.is_file());
+            shipped.ok_or_else(|| {
+                "the chatgate binary is not built beside this bench: run `cargo build --release -p chatgate` first (or pass --gateway-exe PATH, or --gateway-exe self)".to_owned()
+            })
+        }
+    }
 }
 
 /// The gateway under test, on a free loopback port, with `env` on top of

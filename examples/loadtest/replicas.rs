@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::load::{closed_loop_over, Phase};
+use crate::load::{closed_loop_over, measured_all, Phase};
 use crate::options::Options;
 use crate::procs::{free_addr, gateway_command, wait_ready, Proc};
 use crate::requests::{chat_maker, new_sessions};
@@ -98,12 +98,16 @@ pub async fn run(exe: &Path, mock_addr: SocketAddr, o: &Options) -> Vec<Run> {
             }
         }
         let sessions = Arc::new(new_sessions(addrs[0], o.sessions).await);
-        let phase = closed_loop_over(
-            &addrs,
-            o.connections,
-            o.duration,
-            u64::MAX,
-            chat_maker(sessions),
+        let pids: Vec<u32> = procs.iter().map(|p| p.0.id()).collect();
+        let phase = measured_all(
+            &pids,
+            closed_loop_over(
+                &addrs,
+                o.connections,
+                o.duration,
+                u64::MAX,
+                chat_maker(sessions),
+            ),
         )
         .await;
         drop(procs); // killed: what they acknowledged must be stored
@@ -130,31 +134,34 @@ pub fn report(direct: &mut Phase, single: &mut Phase, o: &Options, runs: Vec<Run
         o.duration.as_secs()
     );
     println!(
-        "  {:<34} {:>10} {:>9} {:>9}",
-        "path", "turns/s", "× direct", "p99 ms"
+        "  {:<34} {:>10} {:>9} {:>9} {:>10}",
+        "path", "turns/s", "× direct", "p99 ms", "CPU µs/ok"
     );
     let direct_rate = direct.rate();
     println!(
-        "  {:<34} {:>10.0} {:>9.3} {:>9.2}",
+        "  {:<34} {:>10.0} {:>9.3} {:>9.2} {:>10.1}",
         "mock direct",
         direct_rate,
         1.0,
-        direct.pct(0.99)
+        direct.pct(0.99),
+        direct.cpu_us_per_ok()
     );
     println!(
-        "  {:<34} {:>10.0} {:>9.3} {:>9.2}",
+        "  {:<34} {:>10.0} {:>9.3} {:>9.2} {:>10.1}",
         format!("chatgate, {}, 1 replica", o.backend),
         single.rate(),
         single.rate() / direct_rate,
-        single.pct(0.99)
+        single.pct(0.99),
+        single.cpu_us_per_ok()
     );
     for mut r in runs {
         println!(
-            "  {:<34} {:>10.0} {:>9.3} {:>9.2}   non-2xx {} errors {}; {} turns acknowledged, {} messages stored ({})",
+            "  {:<34} {:>10.0} {:>9.3} {:>9.2} {:>10.1}   non-2xx {} errors {}; {} turns acknowledged, {} messages stored ({})",
             format!("chatgate, postgres, {} replica{}", r.replicas, if r.replicas > 1 { "s" } else { "" }),
             r.phase.rate(),
             r.phase.rate() / direct_rate,
             r.phase.pct(0.99),
+            r.phase.cpu_us_per_ok(),
             r.phase.non_2xx,
             r.phase.errors,
             r.acked,

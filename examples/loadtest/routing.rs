@@ -7,12 +7,11 @@
 //! over one.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 
 use crate::load::{closed_loop, measured, Phase};
 use crate::options::Options;
-use crate::procs::{start_gateway, start_mock, wait_ready};
+use crate::procs::{start_gateway, start_mock, wait_ready, Servers};
 use crate::requests::{chat_maker, new_sessions};
 
 /// One gateway configuration's run.
@@ -51,8 +50,9 @@ fn two_upstreams(first: SocketAddr, second: SocketAddr) -> Vec<(String, String)>
 
 /// Two pairs of runs, one upstream then two, on fresh gateways and
 /// sessions; `o.duration` each.
-pub async fn run(exe: &Path, mock_addr: SocketAddr, o: &Options) -> Vec<Run> {
-    let (second_proc, second, _second_ctl) = start_mock(o.mock_exe.as_deref().unwrap_or(exe));
+pub async fn run(s: &Servers, o: &Options) -> Vec<Run> {
+    let (exe, mock_addr) = (s.gateway_exe.as_path(), s.mock.addr);
+    let (second_proc, second, _second_ctl) = start_mock(o.mock_exe.as_deref().unwrap_or(&s.exe));
     let mut runs = Vec::new();
     for _ in 0..2 {
         for (label, env) in [
