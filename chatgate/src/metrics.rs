@@ -288,7 +288,7 @@ impl Metrics {
         );
         registry.register(
             "rate_limit_unavailable",
-            "Rate-limit checks that found Redis out of reach (refused or let through, as rate_limit.on_unavailable says)",
+            "Rate-limit checks that found Redis out of reach (refused or let through, as rate_limit.on_unavailable says; a turn's quotas are one check)",
             self.limiter_unavailable.clone(),
         );
     }

@@ -272,10 +272,12 @@ impl RedisLimiter {
         match tokio::time::timeout(self.timeout, invocation.invoke_async::<Vec<i64>>(&mut conn))
             .await
         {
-            Ok(Ok(reply)) => {
+            // Reachable once the reply is one the script gives.
+            Ok(Ok(reply)) if matches!(reply[..], [1, ..] | [0, _, _]) => {
                 self.reachable();
                 Ok(reply)
             }
+            Ok(Ok(reply)) => Err(format!("unexpected reply {reply:?}")),
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err(format!("no answer within {:?}", self.timeout)),
         }
@@ -371,7 +373,9 @@ impl RateLimiter for RedisLimiter {
     }
 
     /// One script for both keys when `also` is a quota on the same Redis
-    /// connection: one round trip, and a refusal spends neither token.
+    /// connection, with the same timeout and outage policy (an outage is
+    /// then one event, decided by the one policy): one round trip, and a
+    /// refusal spends neither token.
     fn check_both<'a>(
         &'a self,
         key: SessionId,
@@ -379,7 +383,11 @@ impl RateLimiter for RedisLimiter {
         also_key: SessionId,
     ) -> Check<'a, Joint> {
         match (also as &dyn Any).downcast_ref::<RedisLimiter>() {
-            Some(also) if Arc::ptr_eq(&self.health, &also.health) => {
+            Some(also)
+                if Arc::ptr_eq(&self.health, &also.health)
+                    && self.policy == also.policy
+                    && self.timeout == also.timeout =>
+            {
                 Check::pending(self.decide_both(key, also, also_key))
             }
             _ => super::one_then_other(self, key, also, also_key),

@@ -292,6 +292,29 @@ mod redis_backend {
         );
     }
 
+    /// A turn's two quotas in one script while Redis is down: one outage
+    /// event, decided by the policy they share.
+    #[tokio::test]
+    async fn unreachable_redis_decides_both_quotas_once_by_their_policy() {
+        let url = dead_url().await;
+        for (policy, allowed) in [(OnUnavailable::Deny, false), (OnUnavailable::Allow, true)] {
+            let session = RedisLimiter::connect(&url, config("s:", 5, policy)).unwrap();
+            let payer = session.sibling(config("p:", 7, policy));
+            let both = session.check_both(SessionId::new_v4(), &payer, SessionId::new_v4());
+            match both.await {
+                Ok(joint) => {
+                    assert!(allowed, "{policy:?}");
+                    assert_eq!(joint, Joint::Allowed { remaining: 4 });
+                }
+                Err(e) => {
+                    assert!(!allowed, "{policy:?}: {e}");
+                    assert_eq!(e.kind(), ErrorKind::LimiterUnavailable);
+                }
+            }
+            assert_eq!(session.unavailable_count(), 1, "{policy:?}");
+        }
+    }
+
     #[tokio::test]
     async fn unreachable_redis_lets_through_when_told_to_and_counts() {
         let l = RedisLimiter::connect(&dead_url().await, config("x:", 5, OnUnavailable::Allow))
