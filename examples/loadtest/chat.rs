@@ -64,18 +64,24 @@ pub async fn run(s: &Servers, o: &Options, sessions: &Arc<Vec<String>>) -> Chat 
         ),
     )
     .await;
-    let chat = measured(
-        gw.pid,
-        closed_loop(
-            gw.addr,
-            o.connections,
-            o.duration,
-            chat_maker(Arc::clone(sessions)),
-        ),
-    )
-    .await;
+    // `/chat/` on the gateway, measured, when `run`.
+    let chat_loop = |run: bool| {
+        measured_if(
+            run,
+            gw.pid,
+            closed_loop(
+                gw.addr,
+                o.connections,
+                o.duration,
+                chat_maker(Arc::clone(sessions)),
+            ),
+        )
+    };
+    let chat = chat_loop(true).await;
     // Right after `/chat/`, on the same sessions: each response is that
-    // turn through the Responses API, stored with its response object.
+    // turn through the Responses API, stored with its response object;
+    // then `/chat/` again, so a response is read against the turns on
+    // either side of it.
     let responses = measured_if(
         o.phases.runs(Stage::Responses),
         gw.pid,
@@ -87,17 +93,7 @@ pub async fn run(s: &Servers, o: &Options, sessions: &Arc<Vec<String>>) -> Chat 
         ),
     )
     .await;
-    let chat_after = measured_if(
-        o.phases.runs(Stage::Responses),
-        gw.pid,
-        closed_loop(
-            gw.addr,
-            o.connections,
-            o.duration,
-            chat_maker(Arc::clone(sessions)),
-        ),
-    )
-    .await;
+    let chat_after = chat_loop(o.phases.runs(Stage::Responses)).await;
     let replicas = if o.phases.runs(Stage::Replicas) {
         replicas::run(&s.gateway_exe, mock.addr, o).await
     } else {
