@@ -451,15 +451,7 @@ impl<'c> PreparedTurn<'c> {
                 .as_ref()
                 .map(|(id, document)| ResponseRecord { id, document }),
         };
-        match &mut self.claim {
-            None => inner.store.append_turn(self.id, turn).await?,
-            Some(claim) => {
-                crate::claim::claims(&*inner.store)?
-                    .append_claimed_turn(self.id, claim.token, turn)
-                    .await?;
-                claim.released = true;
-            }
-        }
+        append(&inner, self.id, &mut self.claim, turn).await?;
         self.lease.record(messages, completion.target.as_ref());
         let (session_id, remaining, upstream) = (self.id, self.remaining, self.upstream);
         drop(self);
@@ -476,6 +468,27 @@ impl<'c> PreparedTurn<'c> {
             target: completion.target,
             response: document.map(|(_, d)| d),
         })
+    }
+}
+
+/// Appends `turn` to session `id`: under the turn's claim (which the
+/// append releases) on a shared store, plainly otherwise. The one place a
+/// turn's messages are written.
+async fn append(
+    inner: &Inner,
+    id: SessionId,
+    claim: &mut Option<ClaimGuard>,
+    turn: Turn<'_>,
+) -> Result<()> {
+    match claim {
+        None => inner.store.append_turn(id, turn).await,
+        Some(claim) => {
+            crate::claim::claims(&*inner.store)?
+                .append_claimed_turn(id, claim.token, turn)
+                .await?;
+            claim.released = true;
+            Ok(())
+        }
     }
 }
 
@@ -512,15 +525,7 @@ impl PreparedTurn<'_> {
             target: None,
             response: None,
         };
-        match &mut self.claim {
-            None => inner.store.append_turn(self.id, turn).await?,
-            Some(claim) => {
-                crate::claim::claims(&*inner.store)?
-                    .append_claimed_turn(self.id, claim.token, turn)
-                    .await?;
-                claim.released = true;
-            }
-        }
+        append(&inner, self.id, &mut self.claim, turn).await?;
         self.lease.record(&messages, None);
         Ok(())
     }
