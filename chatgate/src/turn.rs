@@ -407,7 +407,6 @@ fn stream_response<F: Framing>(at: Served<'_>, source: Source, mut framing: F) -
                         usage: live.usage,
                         finish_reason: finish.as_deref(),
                         raw: None,
-                        response: None,
                     };
                     live.close(&reply);
                     None

@@ -32,8 +32,18 @@ struct Entry {
     /// With its position among all feedback, for review paging.
     feedback: Vec<(i64, Feedback)>,
     usage: Usage,
-    /// Its responses: id, the position of the turn's reply, the document.
-    responses: Vec<(String, i64, String)>,
+    /// Its responses.
+    responses: Vec<Kept>,
+}
+
+/// A response as kept: its id, the positions of its turn's first message
+/// and of its reply, its document.
+#[derive(Debug)]
+struct Kept {
+    id: String,
+    first: i64,
+    through: i64,
+    document: String,
 }
 
 /// An in-memory storage backend.
@@ -70,7 +80,7 @@ impl MemoryStore {
     fn unindex(&self, e: &Entry) {
         if !e.responses.is_empty() {
             let mut index = self.index();
-            for (id, _, _) in &e.responses {
+            for Kept { id, .. } in &e.responses {
                 index.remove(id);
             }
         }
@@ -181,9 +191,12 @@ impl MessageStore for MemoryStore {
         e.messages
             .extend(turn.messages.iter().map(MessageRef::to_message));
         if let Some(r) = turn.response {
-            let through = e.next - 1;
-            e.responses
-                .push((r.id.to_owned(), through, r.document.to_owned()));
+            e.responses.push(Kept {
+                id: r.id.to_owned(),
+                first: next,
+                through: e.next - 1,
+                document: r.document.to_owned(),
+            });
             self.index().insert(r.id.to_owned(), id);
         }
         e.session.last_active = turn.reply_at();
@@ -255,15 +268,22 @@ impl ResponseStore for MemoryStore {
             return Ok(None);
         };
         Ok(map.get(&session).and_then(|e| {
-            e.responses
+            let r = e.responses.iter().find(|r| r.id == id)?;
+            let (positions, messages) = e
+                .positions
                 .iter()
-                .find(|(r, _, _)| r == id)
-                .map(|(r, through, document)| StoredResponse {
-                    id: r.clone(),
-                    session_id: session,
-                    through: MessageCursor::after(*through),
-                    document: document.clone(),
-                })
+                .zip(&e.messages)
+                .filter(|(p, _)| (r.first..=r.through).contains(*p))
+                .map(|(p, m)| (*p, m.clone()))
+                .unzip();
+            Some(StoredResponse {
+                id: r.id.clone(),
+                session_id: session,
+                through: MessageCursor::after(r.through),
+                document: r.document.clone(),
+                messages,
+                positions,
+            })
         }))
     }
 
@@ -273,8 +293,8 @@ impl ResponseStore for MemoryStore {
             let last = e.next - 1;
             e.responses
                 .last()
-                .filter(|(_, through, _)| *through == last)
-                .map(|(r, _, _)| r.clone())
+                .filter(|r| r.through == last)
+                .map(|r| r.id.clone())
         }))
     }
 
@@ -287,7 +307,7 @@ impl ResponseStore for MemoryStore {
             return Ok(false);
         };
         let before = e.responses.len();
-        e.responses.retain(|(r, _, _)| r != id);
+        e.responses.retain(|r| r.id != id);
         Ok(e.responses.len() < before)
     }
 

@@ -76,12 +76,19 @@ pub struct StoredResponse {
     pub through: MessageCursor,
     /// What the API keeps of it, as stored.
     pub document: String,
+    /// Its turn's messages that are still stored, oldest first: what the
+    /// turn took in, then its reply (at `through`). A message deleted since
+    /// (a conversation's item) is not among them. With the document, they
+    /// are the whole response: the document need not repeat them.
+    pub messages: Vec<Message>,
+    /// Each message's position, as in [`MessagePage::positions`](super::MessagePage::positions).
+    pub positions: Vec<i64>,
 }
 
 /// Stores responses with their turns (see the module doc).
 #[async_trait]
 pub trait ResponseStore: MessageStore {
-    /// A stored response by id.
+    /// A stored response by id, with its turn's messages.
     ///
     /// # Errors
     /// [`ErrorKind::Storage`] when the backend fails.

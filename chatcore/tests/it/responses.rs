@@ -1,6 +1,6 @@
 //! The response store's conformance suite (`ResponseStore`), on every
 //! backend: a response is stored with its turn and found by id with the
-//! position of its reply; the head is the response of the session's newest
+//! position of its reply and its turn's messages; the head is the response of the session's newest
 //! turn only; a fork copies the messages through a response and nothing
 //! after; deleting forgets the response, not its turn; responses go with
 //! their session (deleted, purged). Conversations' needs too: a message
@@ -78,10 +78,46 @@ async fn a_response_is_stored_with_its_turn<S: Store + 'static>(store: S) {
     assert_eq!(got.id, r1.as_str());
     assert_eq!(got.session_id, s.id);
     assert_eq!(got.document, "{\"a\":1}");
+    // It comes with its turn's messages, the reply last, at `through`.
+    assert_eq!(got.messages, [user("one", 1), assistant("first", 2)]);
+    assert_eq!(got.positions.len(), 2);
+    assert_eq!(got.positions.last(), Some(&got.through.position()));
     // Its position is its reply's: the history through it ends there.
     let history = store.history_through(s.id, got.through).await.unwrap();
     assert_eq!(history, [user("one", 1), assistant("first", 2)]);
-    assert!(store.get_response(r2.as_str()).await.unwrap().is_none());
+    // A later turn of three messages: its own three, none of the first's;
+    // a message deleted since is not among them, the others keep their
+    // positions.
+    let call = Message::from_json(CALL, at(4)).unwrap();
+    let result = Message::from_json(RESULT, at(5)).unwrap();
+    turn(
+        &store,
+        s.id,
+        &[call.clone(), result.clone(), assistant("second", 6)],
+        Some((r2.as_str(), "{}")),
+    )
+    .await;
+    let second = store.get_response(r2.as_str()).await.unwrap().unwrap();
+    assert_eq!(
+        second.messages,
+        [call.clone(), result.clone(), assistant("second", 6)]
+    );
+    assert_eq!(second.positions.last(), Some(&second.through.position()));
+    assert!(second.positions.windows(2).all(|w| w[0] < w[1]));
+    assert!(store
+        .delete_message(s.id, MessageCursor::after(second.positions[1]))
+        .await
+        .unwrap());
+    let after = store.get_response(r2.as_str()).await.unwrap().unwrap();
+    assert_eq!(after.messages, [call, assistant("second", 6)]);
+    assert_eq!(after.positions, [second.positions[0], second.positions[2]]);
+    let first = store.get_response(r1.as_str()).await.unwrap().unwrap();
+    assert_eq!(first.messages, [user("one", 1), assistant("first", 2)]);
+    assert!(store
+        .get_response(&new_response_id(s.id))
+        .await
+        .unwrap()
+        .is_none());
     assert!(store
         .get_response("resp_not_one_of_ours")
         .await

@@ -20,8 +20,10 @@ pub struct ResponsesRequest {
     pub model: String,
     /// The input items as the turn's messages.
     pub messages: Vec<Message>,
-    /// The input items as the API lists them back (each with an id).
-    pub items: Vec<Value>,
+    /// The input items as the API lists them back, not yet named; `None`
+    /// when the input was one text (its one item is the user message
+    /// stored: [`text_input_item`](crate::framing::responses::text_input_item)).
+    pub items: Option<Vec<Value>>,
     /// This response's system prompt (not carried to the next response).
     pub instructions: Option<String>,
     /// The response this one continues from.
@@ -317,27 +319,21 @@ fn chat_tool(tool: &Value) -> Result<Value, ApiError> {
 }
 
 /// The input (a string, or items) as the turn's messages and as the items
-/// the API lists back.
+/// the API lists back (`None` for a string: see [`ResponsesRequest::items`]).
 ///
 /// # Errors
 /// 400 naming the item at fault.
 pub fn read_input(
     input: Value,
     now: chrono::DateTime<chrono::Utc>,
-) -> Result<(Vec<Message>, Vec<Value>), ApiError> {
+) -> Result<(Vec<Message>, Option<Vec<Value>>), ApiError> {
     let items = match input {
         // The common case, made directly: one user message of text.
         Value::String(text) => {
             if text.is_empty() {
                 return Err(bad("input", "input must not be empty"));
             }
-            let item = json!({"type": "message", "role": "user",
-                "content": [{"type": "input_text", "text": text}],
-                "status": "completed"});
-            return Ok((
-                vec![Message::text(chatcore::Role::User, text, now)],
-                vec![item],
-            ));
+            return Ok((vec![Message::text(chatcore::Role::User, text, now)], None));
         }
         Value::Array(items) if !items.is_empty() => items,
         _ => {
@@ -432,7 +428,7 @@ pub fn read_input(
     if messages.is_empty() {
         return Err(bad("input", "input holds no message"));
     }
-    Ok((messages, listed))
+    Ok((messages, Some(listed)))
 }
 
 fn string_member(item: &Map<String, Value>, name: &str) -> Result<String, ApiError> {
@@ -686,7 +682,7 @@ mod tests {
         let roles: Vec<_> = r.messages.iter().map(|m| m.role.as_str()).collect();
         assert_eq!(roles, ["user", "assistant", "tool", "tool"]);
         assert_eq!(r.messages[1].view().calls(), ["c1", "c2"]);
-        let mut items = r.items.clone();
+        let mut items = r.items.clone().unwrap();
         name_items(&mut items, "resp_abc");
         let ids: Vec<&str> = items.iter().map(|i| i["id"].as_str().unwrap()).collect();
         assert_eq!(

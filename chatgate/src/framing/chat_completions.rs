@@ -400,7 +400,6 @@ mod tests {
             }),
             finish_reason: Some("tool_calls"),
             raw: None,
-            response: None,
         };
         let closing = f.closing(&reply);
         assert_eq!(closing.len(), 3, "finish, usage, [DONE]");

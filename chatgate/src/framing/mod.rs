@@ -36,8 +36,6 @@ pub struct Reply<'a> {
     pub finish_reason: Option<&'a str>,
     /// The upstream's body as it was sent, when there is one.
     pub raw: Option<&'a Bytes>,
-    /// The response document stored with the turn (the Responses API).
-    pub response: Option<&'a str>,
 }
 
 impl<'a> From<&'a ChatReply> for Reply<'a> {
@@ -49,7 +47,6 @@ impl<'a> From<&'a ChatReply> for Reply<'a> {
             usage: r.usage,
             finish_reason: r.finish_reason.as_deref(),
             raw: r.raw.as_ref(),
-            response: r.response.as_deref(),
         }
     }
 }
@@ -63,7 +60,6 @@ impl<'a> From<&'a Completion> for Reply<'a> {
             usage: c.usage,
             finish_reason: c.finish_reason.as_deref(),
             raw: c.raw.as_ref(),
-            response: None,
         }
     }
 }

@@ -3,16 +3,21 @@
 //! output items and their deltas, `response.completed` once the turn is
 //! stored), each with its `sequence_number`.
 //!
-//! The object a stored response returns is the one stored
-//! ([`Reply::response`]), so `GET /v1/responses/{id}` answers exactly what
-//! the client was given; output item ids follow from the response's id,
-//! so the items a stream announces are the ones the object holds.
+//! A stored response's object is made from its meta and its whole reply,
+//! the same way when it is returned (whole, or in `response.completed`)
+//! and when it is read back ([`Shown`]), so `GET /v1/responses/{id}`
+//! answers exactly what the client was given; output item ids follow from
+//! the response's id, so the items a stream announces are the ones the
+//! object holds.
 
 use bytes::Bytes;
 use chatcore::{Usage, WireMessage};
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::Response;
-use serde::Serialize;
+use std::borrow::Cow;
+
+use chatcore::StoredResponse;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use super::{sse, Framing, Piece, Reply};
@@ -333,29 +338,161 @@ impl From<Usage> for UsageOut {
     }
 }
 
-/// What a stored response keeps: its object (JSON) and its input items
-/// (JSON), one line each. Compact JSON never holds a raw newline, so the
-/// object is read back without parsing anything.
-pub fn document(mut object: Vec<u8>, items: &[Value]) -> String {
-    object.push(b'\n');
-    if serde_json::to_writer(&mut object, items).is_err() {
-        object.extend_from_slice(b"[]");
+/// What a stored response keeps besides its turn's messages, which hold
+/// its input and its reply: one line of JSON, the object's other members
+/// and, when the input was more than one text, the input items as the API
+/// lists them. The object and the items are made again from it and the
+/// messages, as they were when the response was created, so a response
+/// costs its turn a few dozen bytes rather than a second copy of both
+/// texts.
+///
+/// A response stored by an earlier version kept its whole object and its
+/// items, one line each (compact JSON holds no raw newline); it reads as
+/// it was.
+#[derive(Debug, Serialize, Deserialize)]
+struct Kept<'a> {
+    created_at: i64,
+    #[serde(borrow)]
+    model: Cow<'a, str>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    incomplete: bool,
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    previous_response_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    conversation: Option<Cow<'a, str>>,
+    /// Prompt, completion and cached tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    usage: Option<[u32; 3]>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    echo: Option<Cow<'a, Map<String, Value>>>,
+    /// Absent when the input was one text: its one item is the turn's
+    /// first message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    items: Option<Cow<'a, [Value]>>,
+}
+
+impl Meta {
+    /// The document a stored response keeps (see `Kept`): `items` are
+    /// its input items, `None` when the input was one text.
+    pub fn kept(
+        &self,
+        usage: Option<Usage>,
+        finish_reason: Option<&str>,
+        items: Option<&[Value]>,
+    ) -> String {
+        let kept = Kept {
+            created_at: self.created_at,
+            model: Cow::Borrowed(&self.model),
+            incomplete: finish_reason == Some("length"),
+            previous_response_id: self.previous_response_id.as_deref().map(Cow::Borrowed),
+            conversation: self.conversation.as_deref().map(Cow::Borrowed),
+            usage: usage.map(|u| [u.prompt_tokens, u.completion_tokens, u.cached_tokens]),
+            echo: (!self.echo.is_empty()).then_some(Cow::Borrowed(&self.echo)),
+            items: items.map(Cow::Borrowed),
+        };
+        // Strings and maps of values always serialize.
+        serde_json::to_string(&kept).unwrap_or_default()
     }
-    // serde_json writes UTF-8; the check cannot fail.
-    String::from_utf8(object).unwrap_or_default()
 }
 
-/// A stored document's object, as JSON.
-pub fn document_object(document: &str) -> &str {
-    document.split_once('\n').map_or(document, |(o, _)| o)
+/// A stored response as the API shows it: its object and its input items.
+#[derive(Debug)]
+pub struct Shown<'a> {
+    stored: &'a StoredResponse,
+    kept: Option<Kept<'a>>,
 }
 
-/// A stored document's input items.
-pub fn document_items(document: &str) -> Vec<Value> {
-    document
-        .split_once('\n')
-        .and_then(|(_, items)| serde_json::from_str(items).ok())
-        .unwrap_or_default()
+impl<'a> Shown<'a> {
+    /// Reads `stored`'s document.
+    ///
+    /// # Errors
+    /// 500 when the document is not one this gateway writes.
+    pub fn new(stored: &'a StoredResponse) -> Result<Self, ApiError> {
+        if stored.document.contains('\n') {
+            return Ok(Shown { stored, kept: None });
+        }
+        let kept = serde_json::from_str(&stored.document)
+            .map_err(|e| ApiError::internal(format!("a stored response cannot be read: {e}")))?;
+        Ok(Shown {
+            stored,
+            kept: Some(kept),
+        })
+    }
+
+    /// The turn's message at `position`, unless it was deleted.
+    fn message_at(&self, position: i64) -> Option<chatcore::MessageRef<'a>> {
+        let stored = self.stored;
+        let i = stored.positions.iter().position(|p| *p == position)?;
+        Some(stored.messages[i].view())
+    }
+
+    /// The response object, as JSON: the one the client was given.
+    pub fn object(&self) -> Vec<u8> {
+        let Some(kept) = &self.kept else {
+            let doc = &self.stored.document;
+            return doc.split_once('\n').map_or(doc.as_str(), |(o, _)| o).into();
+        };
+        let meta = Meta {
+            id: self.stored.id.clone(),
+            created_at: kept.created_at,
+            model: kept.model.clone().into_owned(),
+            previous_response_id: kept.previous_response_id.clone().map(Cow::into_owned),
+            conversation: kept.conversation.clone().map(Cow::into_owned),
+            store: true,
+            echo: kept.echo.clone().map(Cow::into_owned).unwrap_or_default(),
+        };
+        let reply = self.message_at(self.stored.through.position());
+        let content = reply.map_or("", |m| m.content);
+        let wire: Option<Value> = reply
+            .and_then(|m| m.wire)
+            .and_then(|w| serde_json::from_str(w).ok());
+        let output = meta.output_items(content, wire.as_ref());
+        let usage = kept.usage.map(|[p, c, cached]| Usage {
+            prompt_tokens: p,
+            completion_tokens: c,
+            cached_tokens: cached,
+        });
+        let finish = kept.incomplete.then_some("length");
+        meta.object_json("completed", &output, usage, finish, None)
+    }
+
+    /// The input items, oldest first.
+    pub fn items(&self) -> Vec<Value> {
+        let Some(kept) = &self.kept else {
+            return self
+                .stored
+                .document
+                .split_once('\n')
+                .and_then(|(_, items)| serde_json::from_str(items).ok())
+                .unwrap_or_default();
+        };
+        if let Some(items) = &kept.items {
+            return items.to_vec();
+        }
+        // One text: the user message just before the reply.
+        match self.message_at(self.stored.through.position() - 1) {
+            Some(m) if m.role == chatcore::Role::User => {
+                let mut item = text_input_item(m.content);
+                if let Some(o) = item.as_object_mut() {
+                    let suffix = self
+                        .stored
+                        .id
+                        .strip_prefix("resp_")
+                        .unwrap_or(&self.stored.id);
+                    o.insert("id".into(), Value::String(format!("msg_{suffix}_in0")));
+                }
+                vec![item]
+            }
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// The input item a text input is: one user message of `text`.
+pub fn text_input_item(text: &str) -> Value {
+    json!({"type": "message", "role": "user",
+        "content": [{"type": "input_text", "text": text}],
+        "status": "completed"})
 }
 
 /// One item being streamed.
@@ -559,17 +696,13 @@ impl Responses {
 
 impl Framing for Responses {
     fn whole(&self, reply: &Reply<'_>) -> Response<Body> {
-        let body = match reply.response {
-            Some(doc) => document_object(doc).as_bytes().to_vec(),
-            None => {
-                let wire: Option<Value> = reply
-                    .wire
-                    .and_then(|w| serde_json::from_str(w.as_str()).ok());
-                let output = self.meta.output_items(reply.content, wire.as_ref());
-                self.meta
-                    .object_json("completed", &output, reply.usage, reply.finish_reason, None)
-            }
-        };
+        let wire: Option<Value> = reply
+            .wire
+            .and_then(|w| serde_json::from_str(w.as_str()).ok());
+        let output = self.meta.output_items(reply.content, wire.as_ref());
+        let body =
+            self.meta
+                .object_json("completed", &output, reply.usage, reply.finish_reason, None);
         let mut resp = Response::new(Body::full(body));
         resp.headers_mut()
             .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -615,14 +748,17 @@ impl Framing for Responses {
     fn closing(&mut self, reply: &Reply<'_>) -> Vec<Bytes> {
         let mut out = Vec::new();
         self.close_open(&mut out);
-        let object: Value = match reply.response {
-            Some(doc) => serde_json::from_str(document_object(doc)).unwrap_or(Value::Null),
-            None => {
-                let output = std::mem::take(&mut self.items);
-                self.meta
-                    .object("completed", output, reply.usage, reply.finish_reason, None)
-            }
+        // A stored response's object is the one it is read back as: its
+        // output made from the whole reply, as `whole` and a later read
+        // make it.
+        let output = if self.meta.store {
+            self.meta.output(reply.content, reply.wire)
+        } else {
+            std::mem::take(&mut self.items)
         };
+        let object = self
+            .meta
+            .object("completed", output, reply.usage, reply.finish_reason, None);
         let kind = match object.get("status").and_then(Value::as_str) {
             Some("incomplete") => "response.incomplete",
             _ => "response.completed",
@@ -686,7 +822,19 @@ mod tests {
 
     #[test]
     fn a_streamed_reply_announces_the_items_its_object_holds() {
-        let mut f = Responses::new(meta());
+        // Stored, the object is made from the whole reply (as a later read
+        // makes it); not stored, from the items streamed.
+        let whole = WireMessage::parse(
+            r#"{"role":"assistant","content":"Hello","tool_calls":[{"id":"call_1","type":"function","function":{"name":"get","arguments":"{\"a\":1}"}}]}"#,
+        )
+        .unwrap();
+        for store in [true, false] {
+            streamed_items_match_the_object(store, &whole);
+        }
+    }
+
+    fn streamed_items_match_the_object(store: bool, whole: &WireMessage) {
+        let mut f = Responses::new(Meta { store, ..meta() });
         let mut frames = vec![f.opening(false).unwrap()];
         frames.extend(f.piece(Piece::Text("Hel")));
         frames.extend(f.piece(Piece::Text("lo")));
@@ -709,11 +857,10 @@ mod tests {
         let reply = Reply {
             session_id: None,
             content: "Hello",
-            wire: None,
+            wire: store.then_some(whole),
             usage: None,
             finish_reason: Some("tool_calls"),
             raw: None,
-            response: None,
         };
         frames.extend(f.closing(&reply));
         let all = events(&frames);
@@ -787,5 +934,95 @@ mod tests {
         assert_eq!(out[0]["type"], "function_call");
         assert_eq!(out[1]["call_id"], "c2");
         assert_eq!(out[1]["id"], "fc_abc_1");
+    }
+
+    fn stored(document: String, messages: Vec<chatcore::Message>) -> StoredResponse {
+        let n = messages.len() as i64;
+        StoredResponse {
+            id: "resp_abc".into(),
+            session_id: chatcore::SessionId::new_v4(),
+            through: chatcore::MessageCursor::after(10 + n - 1),
+            document,
+            positions: (10..10 + n).collect(),
+            messages,
+        }
+    }
+
+    #[test]
+    fn a_stored_response_reads_back_as_it_was_returned_from_a_few_bytes() {
+        let at = chrono::Utc::now();
+        let call = r#"{"role":"assistant","content":"Let me look.","tool_calls":[{"id":"c1","type":"function","function":{"name":"f","arguments":"{\"q\":1}"}}]}"#;
+        let reply = chatcore::Message::from_json(call, at).unwrap();
+        let mut m = meta();
+        m.echo.insert("metadata".into(), json!({"k": "v"}));
+        m.echo.insert("temperature".into(), json!(0.5));
+        m.previous_response_id = Some("resp_prev".into());
+        let usage = Usage {
+            prompt_tokens: 7,
+            completion_tokens: 3,
+            cached_tokens: 2,
+        };
+        let wire: Value = serde_json::from_str(reply.view().wire.unwrap()).unwrap();
+        let returned = m.object_json(
+            "completed",
+            &m.output_items("", Some(&wire)),
+            Some(usage),
+            Some("length"),
+            None,
+        );
+        // Item input: its items are kept as listed.
+        let items = vec![json!({"type": "message", "id": "mine", "role": "user",
+            "content": [{"type": "input_text", "text": "look it up"}], "status": "completed"})];
+        let doc = m.kept(Some(usage), Some("length"), Some(&items));
+        assert!(
+            !doc.contains("Let me look."),
+            "the reply is the turn's: {doc}"
+        );
+        let user = chatcore::Message::text(chatcore::Role::User, "look it up", at);
+        let r = stored(doc, vec![user.clone(), reply.clone()]);
+        let shown = Shown::new(&r).unwrap();
+        assert_eq!(shown.object(), returned);
+        assert_eq!(shown.items(), items);
+
+        // Text input: neither text is kept; the item is the user message.
+        let doc = m.kept(Some(usage), Some("length"), None);
+        assert!(
+            !doc.contains("look it up") && !doc.contains("Let me look."),
+            "{doc}"
+        );
+        let r = stored(doc, vec![user, reply]);
+        let shown = Shown::new(&r).unwrap();
+        assert_eq!(shown.object(), returned);
+        assert_eq!(
+            shown.items(),
+            [
+                json!({"type": "message", "id": "msg_abc_in0", "role": "user",
+                "content": [{"type": "input_text", "text": "look it up"}], "status": "completed"})
+            ]
+        );
+        // Its user message deleted (a conversation's item): no input item.
+        let mut gone = r;
+        gone.messages.remove(0);
+        gone.positions.remove(0);
+        assert_eq!(Shown::new(&gone).unwrap().items(), Vec::<Value>::new());
+        assert_eq!(Shown::new(&gone).unwrap().object(), returned);
+    }
+
+    #[test]
+    fn a_response_stored_whole_by_an_earlier_version_reads_as_it_was() {
+        let object = r#"{"id":"resp_abc","object":"response","status":"completed"}"#;
+        let items = r#"[{"type":"message","id":"msg_1","role":"user"}]"#;
+        let r = stored(format!("{object}\n{items}"), Vec::new());
+        let shown = Shown::new(&r).unwrap();
+        assert_eq!(shown.object(), object.as_bytes());
+        assert_eq!(
+            shown.items(),
+            serde_json::from_str::<Vec<Value>>(items).unwrap()
+        );
+        let r = stored("not json".into(), Vec::new());
+        assert_eq!(
+            Shown::new(&r).unwrap_err().status,
+            hyper::StatusCode::INTERNAL_SERVER_ERROR
+        );
     }
 }

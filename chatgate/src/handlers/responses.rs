@@ -25,7 +25,7 @@ use crate::api::openai::bad;
 use crate::api::responses::{name_items, new_id, parse_responses, ResponsesRequest};
 use crate::body::{json as json_response, Body};
 use crate::error::ApiError;
-use crate::framing::responses::{document, document_items, document_object, Meta, Responses};
+use crate::framing::responses::{Meta, Responses, Shown};
 use crate::handlers::openai::model_not_found;
 use crate::handlers::{read_body, HandlerResult};
 use crate::turn::{self, Served};
@@ -179,23 +179,13 @@ async fn stored(
     }
     // Its id names the session it is stored in (found without an index).
     meta.id = chatcore::new_response_id(prepared.session_id());
-    let mut items = std::mem::take(&mut request.items);
-    name_items(&mut items, &meta.id);
+    let items = request.items.take().map(|mut items| {
+        name_items(&mut items, &meta.id);
+        items
+    });
     let kept = meta.clone();
     prepared = prepared.with_response(meta.id.clone(), move |c, _| {
-        let wire: Option<Value> = c
-            .wire
-            .as_ref()
-            .and_then(|w| serde_json::from_str(w.as_str()).ok());
-        let output = kept.output_items(&c.content, wire.as_ref());
-        let object = kept.object_json(
-            "completed",
-            &output,
-            c.usage,
-            c.finish_reason.as_deref(),
-            None,
-        );
-        document(object, &items)
+        kept.kept(c.usage, c.finish_reason.as_deref(), items.as_deref())
     });
     let at = Served {
         app,
@@ -279,20 +269,19 @@ async fn unstored(
     ))
 }
 
-/// A stored response's document, for a caller who may see it.
-async fn find(scoped: &Scoped<'_>, id: &str) -> Result<String, ApiError> {
+/// A stored response, for a caller who may see it.
+async fn find(scoped: &Scoped<'_>, id: &str) -> Result<chatcore::StoredResponse, ApiError> {
     scoped
         .response(id)
         .await
-        .map(|r| r.document)
         .map_err(|e| or_not_found(e, || response_not_found(id)))
 }
 
 /// `GET /v1/responses/{id}`.
 pub async fn get(app: &Arc<App>, caller: Caller, id: &str) -> HandlerResult {
     let scoped = app.core.as_caller(caller);
-    let doc = find(&scoped, id).await?;
-    let mut resp = hyper::Response::new(Body::full(document_object(&doc).as_bytes().to_vec()));
+    let stored = find(&scoped, id).await?;
+    let mut resp = hyper::Response::new(Body::full(Shown::new(&stored)?.object()));
     resp.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static("application/json"),
@@ -322,8 +311,8 @@ pub async fn input_items(
 ) -> HandlerResult {
     let page = ItemPage::parse(query)?;
     let scoped = app.core.as_caller(caller);
-    let doc = find(&scoped, id).await?;
-    Ok(json_response(&page.list(document_items(&doc))))
+    let stored = find(&scoped, id).await?;
+    Ok(json_response(&page.list(Shown::new(&stored)?.items())))
 }
 
 /// A cursor-paged list's query: `after` (an item id), `limit`, `order`.

@@ -233,6 +233,59 @@ async fn a_function_call_in_the_middle_of_a_chain_goes_upstream_again() {
     assert_eq!(sent[1]["tool_calls"][0]["id"], call_id);
     assert_eq!(sent[2]["tool_call_id"], call_id);
     assert_eq!(sent[2]["content"], "sunny");
+    // Each reads back as it was returned, its items as they were sent.
+    for r in [&first, &second] {
+        let got = get(
+            gw.addr,
+            &format!("/v1/responses/{}", r["id"].as_str().unwrap()),
+        )
+        .await;
+        assert_eq!(got.json(), *r);
+    }
+    let items = get(
+        gw.addr,
+        &format!(
+            "/v1/responses/{}/input_items",
+            second["id"].as_str().unwrap()
+        ),
+    )
+    .await
+    .json();
+    assert_eq!(items["data"][0]["type"], "function_call_output");
+    assert_eq!(items["data"][0]["call_id"], call_id);
+    assert_eq!(items["data"][0]["output"], "sunny");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_response_repeats_neither_text_of_its_turn() {
+    let mut gw = Gateway::start().await;
+    let input = "a question only the turn's own row should hold";
+    let first = respond(
+        &gw,
+        json!({"model": MODEL, "input": input, "metadata": {"k": "v"}, "temperature": 0.25}),
+    )
+    .await;
+    let id = first["id"].as_str().unwrap().to_owned();
+    let reply = first["output"][0]["content"][0]["text"].as_str().unwrap();
+    assert!(reply.contains(input), "the mock echoes: {first}");
+    let got = get(gw.addr, &format!("/v1/responses/{id}")).await;
+    assert_eq!(got.json(), first);
+    let items = get(gw.addr, &format!("/v1/responses/{id}/input_items"))
+        .await
+        .json();
+    assert_eq!(items["data"][0]["content"][0]["text"], input);
+    assert_eq!(items["data"][0]["role"], "user");
+    gw.trigger_shutdown();
+    gw.wait_stopped().await;
+    // What the store keeps beside the turn's messages, read from the file.
+    let store = chatcore::SqliteStore::open(gw.dir_path().join("chatgate.db")).expect("open");
+    let stored = chatcore::ResponseStore::get_response(&store, &id)
+        .await
+        .unwrap()
+        .expect("stored");
+    assert!(!stored.document.contains(input), "{}", stored.document);
+    assert!(stored.document.len() < 200, "{}", stored.document);
+    assert_eq!(stored.messages.len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,7 +11,9 @@ use crate::message::Message;
 use crate::storage::{MessageCursor, ResponseStore, StoredResponse};
 use crate::types::{Session, SessionId};
 
-const GET_RESPONSE: &str = "SELECT session_id, through, document FROM responses WHERE id = $1";
+/// A response and its turn's messages still stored, one row each (one row
+/// of NULLs when there are none).
+const GET_RESPONSE: &str = "SELECT r.session_id, r.through, r.document, m.position, m.role, m.content, m.created_at, m.body FROM responses r LEFT JOIN messages m ON m.session_id = r.session_id AND m.position BETWEEN coalesce(r.first, r.through) AND r.through WHERE r.id = $1 ORDER BY m.position";
 /// The response whose turn ends at the session's last message.
 const HEAD_RESPONSE: &str = "SELECT r.id FROM sessions s JOIN responses r ON r.session_id = s.id AND r.through = s.messages - 1 WHERE s.id = $1";
 const DELETE_RESPONSE: &str = "DELETE FROM responses WHERE id = $1";
@@ -28,16 +30,26 @@ const CREATED: &str = "SELECT 1 FROM sessions WHERE id = $1";
 #[async_trait]
 impl ResponseStore for PostgresStore {
     async fn get_response(&self, id: &str) -> Result<Option<StoredResponse>> {
-        let Some(row) = self.query_opt(GET_RESPONSE, &[&id]).await? else {
+        let rows = self.query(GET_RESPONSE, &[&id]).await?;
+        let Some(first) = rows.first() else {
             return Ok(None);
         };
-        let session: uuid::Uuid = row.try_get(0)?;
-        Ok(Some(StoredResponse {
+        let session: uuid::Uuid = first.try_get(0)?;
+        let mut found = StoredResponse {
             id: id.to_owned(),
             session_id: SessionId::from(session),
-            through: MessageCursor::after(row.try_get(1)?),
-            document: row.try_get(2)?,
-        }))
+            through: MessageCursor::after(first.try_get(1)?),
+            document: first.try_get(2)?,
+            messages: Vec::with_capacity(rows.len()),
+            positions: Vec::with_capacity(rows.len()),
+        };
+        for row in &rows {
+            if let Some(position) = row.try_get::<_, Option<i64>>(3)? {
+                found.positions.push(position);
+                found.messages.push(message_from(row, 4)?);
+            }
+        }
+        Ok(Some(found))
     }
 
     async fn head_response(&self, id: SessionId) -> Result<Option<String>> {

@@ -99,6 +99,11 @@ const MIGRATIONS: &[&str] = &[
          document   text NOT NULL
      );
      CREATE INDEX responses_by_session ON responses (session_id, through);",
+    // v5: the position of a response's turn's first message, so a
+    // response is read with its turn's messages and its document need not
+    // repeat them. NULL for a response stored before, whose document holds
+    // everything.
+    "ALTER TABLE responses ADD COLUMN first bigint;",
 ];
 
 /// The schema version this code writes.

@@ -262,23 +262,27 @@ impl MessageStore for SqliteStore {
                 };
                 // The turn's messages as `[unix_ms, message]` pairs, the
                 // deleted one left as `null` so the others keep their
-                // positions.
+                // positions; the others are copied as they are, byte for
+                // byte (parsed into values, their members would be
+                // reordered).
                 let (_, user, user_at, reply, reply_at, body) = row;
-                let mut items: Vec<(i64, serde_json::Value)> = match body {
+                let text = |role: &str, content: String| {
+                    serde_json::value::to_raw_value(
+                        &serde_json::json!({"role": role, "content": content}),
+                    )
+                    .map_err(Error::internal)
+                };
+                let mut items: Vec<(i64, Box<serde_json::value::RawValue>)> = match body {
                     Some(body) => serde_json::from_str(&body).map_err(Error::storage)?,
                     None => vec![
-                        (
-                            user_at,
-                            serde_json::json!({"role": "user", "content": user}),
-                        ),
-                        (
-                            reply_at,
-                            serde_json::json!({"role": "assistant", "content": reply}),
-                        ),
+                        (user_at, text("user", user)?),
+                        (reply_at, text("assistant", reply)?),
                     ],
                 };
                 match items.get_mut(place) {
-                    Some((_, m)) if !m.is_null() => *m = serde_json::Value::Null,
+                    Some((_, m)) if m.get() != "null" => {
+                        *m = serde_json::value::to_raw_value(&()).map_err(Error::internal)?;
+                    }
                     _ => return Ok(false),
                 }
                 let body = serde_json::to_string(&items).map_err(Error::internal)?;

@@ -26,14 +26,22 @@ impl ResponseStore for SqliteStore {
                 let row = db
                     .prepare(GET_RESPONSE)?
                     .query_row(params![id_key(session), id, TURN_STRIDE], |r| {
-                        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+                        Ok((turn_row(r)?, r.get::<_, i64>(6)?, r.get::<_, String>(7)?))
                     })
                     .optional()?;
-                Ok(row.map(|(through, document)| StoredResponse {
+                let Some((turn, through, document)) = row else {
+                    return Ok(None);
+                };
+                let mut messages = Vec::with_capacity(2);
+                unfold(turn, &mut messages)?;
+                let (positions, messages) = messages.into_iter().unzip();
+                Ok(Some(StoredResponse {
                     id,
                     session_id: session,
                     through: MessageCursor::after(through),
                     document,
+                    messages,
+                    positions,
                 }))
             })
             .await
