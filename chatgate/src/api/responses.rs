@@ -61,43 +61,61 @@ pub fn new_id(prefix: &str) -> String {
 /// A validation error naming the member at fault; built-in tools and
 /// `background: true` are 400 `unsupported`.
 pub fn parse_responses(body: &[u8], policy: &Policy) -> Result<ResponsesRequest, ApiError> {
-    let mut body: Map<String, Value> = serde_json::from_slice(body).map_err(|e| {
+    // Members stay the raw text they came as: what is forwarded goes
+    // upstream byte for byte, and only what this API names is parsed.
+    let mut fields = Fields::parse(body).map_err(|e| {
         let mut err = ApiError::invalid_field("", format!("The body must be a JSON object: {e}"));
         err.code = Some("invalid_request");
         err
     })?;
     for denied in &policy.deny_params {
-        if body.contains_key(denied) {
+        if fields.get(denied).is_some() {
             return Err(bad(
                 denied,
                 format!("{denied} is not accepted by this gateway"),
             ));
         }
     }
-    let model = match body.remove("model") {
-        Some(Value::String(m)) if !m.trim().is_empty() => m,
-        Some(_) => return Err(bad("model", "model must be a non-empty string")),
+    let model = match fields.remove("model") {
+        Some(raw) => match serde_json::from_str::<String>(raw.get()) {
+            Ok(m) if !m.trim().is_empty() => m,
+            _ => return Err(bad("model", "model must be a non-empty string")),
+        },
         None => return Err(bad("model", "Field required")),
     };
-    let text_or_null =
-        |body: &mut Map<String, Value>, name: &str| -> Result<Option<String>, ApiError> {
-            match body.remove(name) {
-                None | Some(Value::Null) => Ok(None),
-                Some(Value::String(s)) => Ok(Some(s)),
-                Some(_) => Err(bad(name, format!("{name} must be a string"))),
-            }
-        };
-    let flag =
-        |body: &mut Map<String, Value>, name: &str, default: bool| -> Result<bool, ApiError> {
-            match body.remove(name) {
-                None | Some(Value::Null) => Ok(default),
-                Some(Value::Bool(b)) => Ok(b),
-                Some(_) => Err(bad(name, format!("{name} must be a boolean"))),
-            }
-        };
-    let instructions = text_or_null(&mut body, "instructions")?;
-    let previous_response_id = text_or_null(&mut body, "previous_response_id")?;
-    let conversation = match body.remove("conversation") {
+    // A member this API names, parsed; `None` when absent.
+    let take = |fields: &mut Fields, name: &str| -> Result<Option<Value>, ApiError> {
+        fields
+            .remove(name)
+            .map(|raw| {
+                serde_json::from_str(raw.get())
+                    .map_err(|e| bad(name, format!("{name} cannot be read: {e}")))
+            })
+            .transpose()
+    };
+    let text_or_null = |fields: &mut Fields, name: &str| -> Result<Option<String>, ApiError> {
+        match fields.remove(name) {
+            None => Ok(None),
+            Some(raw) if raw.get() == "null" => Ok(None),
+            Some(raw) => serde_json::from_str::<String>(raw.get())
+                .map(Some)
+                .map_err(|_| bad(name, format!("{name} must be a string"))),
+        }
+    };
+    let flag = |fields: &mut Fields, name: &str, default: bool| -> Result<bool, ApiError> {
+        match fields.remove(name) {
+            None => Ok(default),
+            Some(raw) => match raw.get() {
+                "null" => Ok(default),
+                "true" => Ok(true),
+                "false" => Ok(false),
+                _ => Err(bad(name, format!("{name} must be a boolean"))),
+            },
+        }
+    };
+    let instructions = text_or_null(&mut fields, "instructions")?;
+    let previous_response_id = text_or_null(&mut fields, "previous_response_id")?;
+    let conversation = match take(&mut fields, "conversation")? {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s),
         Some(Value::Object(o)) => match o.get("id") {
@@ -117,24 +135,21 @@ pub fn parse_responses(body: &[u8], policy: &Policy) -> Result<ResponsesRequest,
             "previous_response_id and conversation cannot be used together",
         ));
     }
-    let store = flag(&mut body, "store", true)?;
-    let stream = flag(&mut body, "stream", false)?;
-    if flag(&mut body, "background", false)? {
+    let store = flag(&mut fields, "store", true)?;
+    let stream = flag(&mut fields, "stream", false)?;
+    if flag(&mut fields, "background", false)? {
         return Err(unsupported(
             "background",
             "background responses are not supported by this gateway",
         ));
     }
-    let input = body
-        .remove("input")
-        .ok_or_else(|| bad("input", "Field required"))?;
+    let input = take(&mut fields, "input")?.ok_or_else(|| bad("input", "Field required"))?;
     let now = chrono::Utc::now();
     let (messages, items) = read_input(input, now)?;
 
     let mut echo = Map::new();
-    let mut fields = Fields::new();
     // Function tools take the chat-completions shape; no other kind has one.
-    if let Some(tools) = body.remove("tools") {
+    if let Some(tools) = take(&mut fields, "tools")? {
         if !tools.is_null() {
             let list = tools
                 .as_array()
@@ -149,7 +164,7 @@ pub fn parse_responses(body: &[u8], policy: &Policy) -> Result<ResponsesRequest,
             echo.insert("tools".into(), tools);
         }
     }
-    if let Some(choice) = body.remove("tool_choice") {
+    if let Some(choice) = take(&mut fields, "tool_choice")? {
         let chat =
             match &choice {
                 Value::String(_) | Value::Null => choice.clone(),
@@ -175,15 +190,17 @@ pub fn parse_responses(body: &[u8], policy: &Policy) -> Result<ResponsesRequest,
         }
         echo.insert("tool_choice".into(), choice);
     }
-    for name in ["text", "reasoning"] {
-        if body
-            .get(name)
+    let text = take(&mut fields, "text")?;
+    let reasoning = take(&mut fields, "reasoning")?;
+    for (name, value) in [("text", &text), ("reasoning", &reasoning)] {
+        if value
+            .as_ref()
             .is_some_and(|v| !(v.is_object() || v.is_null()))
         {
             return Err(bad(name, format!("{name} must be an object")));
         }
     }
-    if let Some(text) = body.remove("text") {
+    if let Some(text) = text {
         if let Some(format) = text.get("format").filter(|f| !f.is_null()) {
             let format_type = format.get("type").and_then(Value::as_str);
             match format_type {
@@ -215,13 +232,13 @@ pub fn parse_responses(body: &[u8], policy: &Policy) -> Result<ResponsesRequest,
         }
         echo.insert("text".into(), text);
     }
-    if let Some(reasoning) = body.remove("reasoning") {
+    if let Some(reasoning) = reasoning {
         if let Some(effort) = reasoning.get("effort").filter(|v| !v.is_null()) {
             fields.set("reasoning_effort", raw(effort));
         }
         echo.insert("reasoning".into(), reasoning);
     }
-    if let Some(max) = body.remove("max_output_tokens") {
+    if let Some(max) = take(&mut fields, "max_output_tokens")? {
         // OpenAI's floor: a reply cut shorter says nothing worth storing.
         if !(max.is_null() || max.as_u64().is_some_and(|n| n >= 16)) {
             return Err(bad(
@@ -236,7 +253,7 @@ pub fn parse_responses(body: &[u8], policy: &Policy) -> Result<ResponsesRequest,
     }
     // Repeated in the response object; not a chat-completions member.
     for name in ["metadata", "truncation", "include"] {
-        if let Some(v) = body.remove(name) {
+        if let Some(v) = take(&mut fields, name)? {
             echo.insert(name.into(), v);
         }
     }
@@ -245,27 +262,27 @@ pub fn parse_responses(body: &[u8], policy: &Policy) -> Result<ResponsesRequest,
             return Err(bad("metadata", "metadata must be an object"));
         }
     }
+    // A chat-completions streaming option; this API has its own events.
+    fields.remove("stream_options");
     // The rest (temperature, top_p, parallel_tool_calls, user,
     // safety_identifier, prompt_cache_key, service_tier, a server's own
-    // fields) means the same in both APIs: forwarded as sent.
-    for (name, value) in body {
-        if matches!(
-            name.as_str(),
-            "temperature"
-                | "top_p"
-                | "parallel_tool_calls"
-                | "user"
-                | "safety_identifier"
-                | "service_tier"
-                | "prompt_cache_key"
-                | "top_logprobs"
-        ) {
-            echo.insert(name.clone(), value.clone());
+    // fields) means the same in both APIs: forwarded as sent, and those the
+    // response object repeats kept for it too.
+    for name in [
+        "temperature",
+        "top_p",
+        "parallel_tool_calls",
+        "user",
+        "safety_identifier",
+        "service_tier",
+        "prompt_cache_key",
+        "top_logprobs",
+    ] {
+        if let Some(v) = fields.get(name) {
+            let v = serde_json::from_str(v.get())
+                .map_err(|e| bad(name, format!("{name} cannot be read: {e}")))?;
+            echo.insert(name.into(), v);
         }
-        if name == "stream_options" {
-            continue;
-        }
-        fields.set(&name, raw(&value));
     }
     for dropped in &policy.drop_params {
         fields.remove(dropped);
@@ -667,6 +684,25 @@ mod tests {
         assert_eq!(r.instructions.as_deref(), Some("be brief"));
         assert_eq!(r.messages.len(), 1);
         assert!(r.store, "store defaults to true");
+    }
+
+    #[test]
+    fn what_is_forwarded_goes_upstream_byte_for_byte() {
+        let body = br#"{"model": "m", "input": "hi", "temperature": 0.50,
+            "x_vendor": {"b": 1, "a": [2.0]}, "stream_options": {"include_usage": true}}"#;
+        let r = parse_responses(body, &Policy::default()).unwrap();
+        assert_eq!(r.fields.get("temperature").unwrap().get(), "0.50");
+        assert_eq!(
+            r.fields.get("x_vendor").unwrap().get(),
+            r#"{"b": 1, "a": [2.0]}"#
+        );
+        assert!(r.fields.get("stream_options").is_none());
+        assert!(r.fields.get("input").is_none() && r.fields.get("model").is_none());
+        assert_eq!(r.echo["temperature"], 0.5, "the object repeats it");
+        assert!(
+            r.items.is_none(),
+            "one text: its item is the stored message"
+        );
     }
 
     #[test]

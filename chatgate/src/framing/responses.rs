@@ -63,7 +63,7 @@ impl Meta {
     /// Written piece by piece: a stored response's object is made on every
     /// turn, and most of it is fixed text (names, and the defaults of what
     /// the request did not set), copied rather than serialized.
-    pub fn object_json<O: Serialize>(
+    pub fn object_json<O: Output + ?Sized>(
         &self,
         status: &str,
         output: &O,
@@ -71,17 +71,12 @@ impl Meta {
         finish_reason: Option<&str>,
         error: Option<&Value>,
     ) -> Vec<u8> {
-        fn put<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
-            if serde_json::to_writer(&mut *out, value).is_err() {
-                out.extend_from_slice(b"null");
-            }
-        }
         let incomplete = finish_reason == Some("length") && status == "completed";
         let mut out = Vec::with_capacity(1024);
         out.extend_from_slice(b"{\"id\":");
         put(&mut out, self.id.as_str());
         out.extend_from_slice(b",\"object\":\"response\",\"created_at\":");
-        put(&mut out, &self.created_at);
+        out.extend_from_slice(itoa::Buffer::new().format(self.created_at).as_bytes());
         out.extend_from_slice(b",\"status\":");
         put(&mut out, if incomplete { "incomplete" } else { status });
         out.extend_from_slice(b",\"background\":false,\"error\":");
@@ -94,7 +89,7 @@ impl Meta {
         out.extend_from_slice(b",\"model\":");
         put(&mut out, self.model.as_str());
         out.extend_from_slice(b",\"output\":");
-        put(&mut out, output);
+        output.write_json(&mut out);
         out.extend_from_slice(b",\"previous_response_id\":");
         put(&mut out, &self.previous_response_id);
         out.extend_from_slice(if self.store {
@@ -102,7 +97,10 @@ impl Meta {
         } else {
             b",\"store\":false,\"usage\":".as_slice()
         });
-        put(&mut out, &usage.map(UsageOut::from));
+        match usage {
+            Some(u) => write_usage(&mut out, u),
+            None => out.extend_from_slice(b"null"),
+        }
         // What the request may set, each with OpenAI's default.
         for (name, default) in ECHOED {
             out.extend_from_slice(b",\"");
@@ -223,6 +221,118 @@ impl Meta {
     }
 }
 
+/// `value` as JSON at the end of `out`.
+fn put<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+    if serde_json::to_writer(&mut *out, value).is_err() {
+        out.extend_from_slice(b"null");
+    }
+}
+
+/// A response object's output items, as they write themselves into it.
+pub trait Output {
+    /// Appends the items, a JSON array, to `out`.
+    fn write_json(&self, out: &mut Vec<u8>);
+}
+
+impl Output for [Value] {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        put(out, self);
+    }
+}
+
+/// A reply's items are written by hand: every member name is fixed text,
+/// and only the reply's own strings need escaping.
+impl Output for [ItemOut<'_>] {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        out.push(b'[');
+        for (i, item) in self.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            match item {
+                ItemOut::Message {
+                    id,
+                    status,
+                    role,
+                    content,
+                } => {
+                    out.extend_from_slice(b"{\"type\":\"message\",\"id\":");
+                    put(out, id.as_str());
+                    out.extend_from_slice(b",\"status\":");
+                    put(out, *status);
+                    out.extend_from_slice(b",\"role\":");
+                    put(out, *role);
+                    out.extend_from_slice(b",\"content\":[");
+                    for (j, part) in content.iter().enumerate() {
+                        if j > 0 {
+                            out.push(b',');
+                        }
+                        match part {
+                            PartOut::OutputText { text, .. } => {
+                                out.extend_from_slice(b"{\"type\":\"output_text\",\"text\":");
+                                put(out, &**text);
+                                out.extend_from_slice(b",\"annotations\":[],\"logprobs\":[]}");
+                            }
+                            PartOut::Refusal { refusal } => {
+                                out.extend_from_slice(b"{\"type\":\"refusal\",\"refusal\":");
+                                put(out, &**refusal);
+                                out.push(b'}');
+                            }
+                        }
+                    }
+                    out.extend_from_slice(b"]}");
+                }
+                ItemOut::FunctionCall {
+                    id,
+                    call_id,
+                    name,
+                    arguments,
+                    status,
+                } => {
+                    out.extend_from_slice(b"{\"type\":\"function_call\",\"id\":");
+                    put(out, id.as_str());
+                    out.extend_from_slice(b",\"call_id\":");
+                    put(out, *call_id);
+                    out.extend_from_slice(b",\"name\":");
+                    put(out, *name);
+                    out.extend_from_slice(b",\"arguments\":");
+                    put(out, *arguments);
+                    out.extend_from_slice(b",\"status\":");
+                    put(out, *status);
+                    out.push(b'}');
+                }
+            }
+        }
+        out.push(b']');
+    }
+}
+
+impl<T> Output for Vec<T>
+where
+    [T]: Output,
+{
+    fn write_json(&self, out: &mut Vec<u8>) {
+        self.as_slice().write_json(out);
+    }
+}
+
+/// `u` as the Responses API names its counts.
+fn write_usage(out: &mut Vec<u8>, u: Usage) {
+    let mut n = itoa::Buffer::new();
+    out.extend_from_slice(b"{\"input_tokens\":");
+    out.extend_from_slice(n.format(u.prompt_tokens).as_bytes());
+    out.extend_from_slice(b",\"input_tokens_details\":{\"cached_tokens\":");
+    out.extend_from_slice(n.format(u.cached_tokens).as_bytes());
+    out.extend_from_slice(b"},\"output_tokens\":");
+    out.extend_from_slice(n.format(u.completion_tokens).as_bytes());
+    out.extend_from_slice(b",\"output_tokens_details\":{\"reasoning_tokens\":0},\"total_tokens\":");
+    out.extend_from_slice(
+        n.format(u.prompt_tokens.saturating_add(u.completion_tokens))
+            .as_bytes(),
+    );
+    out.push(b'}');
+}
+
 /// An output item, borrowed from the reply.
 #[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -301,41 +411,6 @@ const ECHOED: &[(&str, &str)] = &[
 
 fn text_part(text: &str) -> Value {
     json!({"type": "output_text", "text": text, "annotations": [], "logprobs": []})
-}
-
-#[derive(Serialize)]
-struct UsageOut {
-    input_tokens: u32,
-    input_tokens_details: Cached,
-    output_tokens: u32,
-    output_tokens_details: Reasoned,
-    total_tokens: u32,
-}
-
-#[derive(Serialize)]
-struct Cached {
-    cached_tokens: u32,
-}
-
-#[derive(Serialize)]
-struct Reasoned {
-    reasoning_tokens: u32,
-}
-
-impl From<Usage> for UsageOut {
-    fn from(u: Usage) -> Self {
-        UsageOut {
-            input_tokens: u.prompt_tokens,
-            input_tokens_details: Cached {
-                cached_tokens: u.cached_tokens,
-            },
-            output_tokens: u.completion_tokens,
-            output_tokens_details: Reasoned {
-                reasoning_tokens: 0,
-            },
-            total_tokens: u.prompt_tokens.saturating_add(u.completion_tokens),
-        }
-    }
 }
 
 /// What a stored response keeps besides its turn's messages, which hold
@@ -1023,6 +1098,47 @@ mod tests {
         assert_eq!(
             Shown::new(&r).unwrap_err().status,
             hyper::StatusCode::INTERNAL_SERVER_ERROR
+        );
+    }
+
+    #[test]
+    fn the_hand_written_items_are_what_serde_writes() {
+        let wire: Value = serde_json::from_str(
+            r#"{"role":"assistant","content":"say \"hi\"\n\u00e9","tool_calls":[{"id":"c\"1","type":"function","function":{"name":"f","arguments":"{\"q\":\"\\n\"}"}}]}"#,
+        )
+        .unwrap();
+        let refusal: Value =
+            serde_json::from_str(r#"{"role":"assistant","content":null,"refusal":"no \"way\""}"#)
+                .unwrap();
+        let m = meta();
+        for items in [
+            m.output_items("", Some(&wire)),
+            m.output_items("", Some(&refusal)),
+            m.output_items("plain\ttext", None),
+            Vec::new(),
+        ] {
+            let mut mine = Vec::new();
+            items.write_json(&mut mine);
+            assert_eq!(
+                String::from_utf8(mine).unwrap(),
+                serde_json::to_string(&items).unwrap()
+            );
+        }
+        let mut usage = Vec::new();
+        write_usage(
+            &mut usage,
+            Usage {
+                prompt_tokens: 4_000_000_000,
+                completion_tokens: 400_000_000,
+                cached_tokens: 7,
+            },
+        );
+        let usage: Value = serde_json::from_slice(&usage).unwrap();
+        assert_eq!(
+            usage,
+            json!({"input_tokens": 4_000_000_000u32, "input_tokens_details": {"cached_tokens": 7},
+                "output_tokens": 400_000_000, "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": u32::MAX})
         );
     }
 }
