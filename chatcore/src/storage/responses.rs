@@ -24,7 +24,22 @@ use crate::types::{Session, SessionId};
 /// store can find a response's session from its id alone, with no index
 /// of its own for responses ([`response_session`]).
 pub fn new_response_id(session: SessionId) -> String {
-    format!("resp_{}{:016x}", session.as_uuid().simple(), nonce())
+    let mut id = String::with_capacity(53);
+    id.push_str("resp_");
+    id.push_str(
+        session
+            .as_uuid()
+            .simple()
+            .encode_lower(&mut uuid::Uuid::encode_buffer()),
+    );
+    let nonce = nonce();
+    // Sixteen hex digits, most significant first (what `{:016x}` writes).
+    id.extend(
+        (0..16)
+            .rev()
+            .map(|i| char::from_digit(((nonce >> (i * 4)) & 0xf) as u32, 16).unwrap_or('0')),
+    );
+    id
 }
 
 /// A number no other call in this process returns, from a random start:
@@ -130,4 +145,29 @@ pub trait ResponseStore: MessageStore {
         through: MessageCursor,
         into: &Session,
     ) -> Result<()>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_response_id_names_its_session_and_no_other() {
+        let session = SessionId::new_v4();
+        let (a, b) = (new_response_id(session), new_response_id(session));
+        assert_ne!(a, b);
+        for id in [&a, &b] {
+            assert_eq!(id.len(), 53, "{id}");
+            assert!(
+                id[5..]
+                    .bytes()
+                    .all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')),
+                "{id}"
+            );
+            assert_eq!(response_session(id), Some(session));
+        }
+        assert_eq!(&a[5..37], session.as_uuid().simple().to_string());
+        assert_eq!(response_session("resp_short"), None);
+        assert_eq!(response_session(&a.replace("resp_", "conv_")), None);
+    }
 }

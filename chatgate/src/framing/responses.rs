@@ -47,7 +47,7 @@ pub struct Meta {
 impl Meta {
     /// The id of the reply's message item.
     fn message_id(&self) -> String {
-        format!("msg_{}", self.suffix())
+        ["msg_", self.suffix()].concat()
     }
 
     /// The id of the reply's `index`th function call item.
@@ -424,26 +424,26 @@ fn text_part(text: &str) -> Value {
 /// A response stored by an earlier version kept its whole object and its
 /// items, one line each (compact JSON holds no raw newline); it reads as
 /// it was.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Deserialize)]
 struct Kept<'a> {
     created_at: i64,
     #[serde(borrow)]
     model: Cow<'a, str>,
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default)]
     incomplete: bool,
-    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    #[serde(borrow, default)]
     previous_response_id: Option<Cow<'a, str>>,
-    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    #[serde(borrow, default)]
     conversation: Option<Cow<'a, str>>,
     /// Prompt, completion and cached tokens.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     usage: Option<[u32; 3]>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    echo: Option<Cow<'a, Map<String, Value>>>,
+    #[serde(default)]
+    echo: Option<Map<String, Value>>,
     /// Absent when the input was one text: its one item is the turn's
     /// first message.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    items: Option<Cow<'a, [Value]>>,
+    #[serde(default)]
+    items: Option<Vec<Value>>,
 }
 
 impl Meta {
@@ -455,18 +455,44 @@ impl Meta {
         finish_reason: Option<&str>,
         items: Option<&[Value]>,
     ) -> String {
-        let kept = Kept {
-            created_at: self.created_at,
-            model: Cow::Borrowed(&self.model),
-            incomplete: finish_reason == Some("length"),
-            previous_response_id: self.previous_response_id.as_deref().map(Cow::Borrowed),
-            conversation: self.conversation.as_deref().map(Cow::Borrowed),
-            usage: usage.map(|u| [u.prompt_tokens, u.completion_tokens, u.cached_tokens]),
-            echo: (!self.echo.is_empty()).then_some(Cow::Borrowed(&self.echo)),
-            items: items.map(Cow::Borrowed),
-        };
-        // Strings and maps of values always serialize.
-        serde_json::to_string(&kept).unwrap_or_default()
+        // Written by hand, as the object is: the names are fixed text.
+        let mut out = Vec::with_capacity(128);
+        let mut n = itoa::Buffer::new();
+        out.extend_from_slice(b"{\"created_at\":");
+        out.extend_from_slice(n.format(self.created_at).as_bytes());
+        out.extend_from_slice(b",\"model\":");
+        put(&mut out, self.model.as_str());
+        if finish_reason == Some("length") {
+            out.extend_from_slice(b",\"incomplete\":true");
+        }
+        if let Some(id) = &self.previous_response_id {
+            out.extend_from_slice(b",\"previous_response_id\":");
+            put(&mut out, id.as_str());
+        }
+        if let Some(id) = &self.conversation {
+            out.extend_from_slice(b",\"conversation\":");
+            put(&mut out, id.as_str());
+        }
+        if let Some(u) = usage {
+            out.extend_from_slice(b",\"usage\":[");
+            out.extend_from_slice(n.format(u.prompt_tokens).as_bytes());
+            out.push(b',');
+            out.extend_from_slice(n.format(u.completion_tokens).as_bytes());
+            out.push(b',');
+            out.extend_from_slice(n.format(u.cached_tokens).as_bytes());
+            out.push(b']');
+        }
+        if !self.echo.is_empty() {
+            out.extend_from_slice(b",\"echo\":");
+            put(&mut out, &self.echo);
+        }
+        if let Some(items) = items {
+            out.extend_from_slice(b",\"items\":");
+            put(&mut out, items);
+        }
+        out.push(b'}');
+        // serde_json writes UTF-8, and so does everything else here.
+        String::from_utf8(out).unwrap_or_default()
     }
 }
 
@@ -514,7 +540,7 @@ impl<'a> Shown<'a> {
             previous_response_id: kept.previous_response_id.clone().map(Cow::into_owned),
             conversation: kept.conversation.clone().map(Cow::into_owned),
             store: true,
-            echo: kept.echo.clone().map(Cow::into_owned).unwrap_or_default(),
+            echo: kept.echo.clone().unwrap_or_default(),
         };
         let reply = self.message_at(self.stored.through.position());
         let content = reply.map_or("", |m| m.content);
@@ -542,7 +568,7 @@ impl<'a> Shown<'a> {
                 .unwrap_or_default();
         };
         if let Some(items) = &kept.items {
-            return items.to_vec();
+            return items.clone();
         }
         // One text: the user message just before the reply.
         match self.message_at(self.stored.through.position() - 1) {
