@@ -37,13 +37,14 @@ struct Entry {
 }
 
 /// A response as kept: its id, the positions of its turn's first message
-/// and of its reply, its document.
+/// and of its reply, its document, its turn's tokens.
 #[derive(Debug)]
 struct Kept {
     id: String,
     first: i64,
     through: i64,
     document: String,
+    usage: Option<Usage>,
 }
 
 /// An in-memory storage backend.
@@ -196,6 +197,7 @@ impl MessageStore for MemoryStore {
                 first: next,
                 through: e.next - 1,
                 document: r.document.to_owned(),
+                usage: turn.usage,
             });
             self.index().insert(r.id.to_owned(), id);
         }
@@ -283,6 +285,7 @@ impl ResponseStore for MemoryStore {
                 document: r.document.clone(),
                 messages,
                 positions,
+                usage: r.usage,
             })
         }))
     }

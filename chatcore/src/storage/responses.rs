@@ -17,7 +17,7 @@ use super::{MessageCursor, MessageStore};
 use crate::error::ErrorKind;
 use crate::error::Result;
 use crate::message::Message;
-use crate::types::{Session, SessionId};
+use crate::types::{Session, SessionId, Usage};
 
 /// A new response id for a response stored in session `session`:
 /// `resp_`, the session's id and a random part (32 and 16 hex digits). A
@@ -98,6 +98,9 @@ pub struct StoredResponse {
     pub messages: Vec<Message>,
     /// Each message's position, as in [`MessagePage::positions`](super::MessagePage::positions).
     pub positions: Vec<i64>,
+    /// The tokens its turn spent, as the upstream reported them (`None`
+    /// when it did not).
+    pub usage: Option<Usage>,
 }
 
 /// Stores responses with their turns (see the module doc).

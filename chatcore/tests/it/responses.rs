@@ -82,6 +82,14 @@ async fn a_response_is_stored_with_its_turn<S: Store + 'static>(store: S) {
     assert_eq!(got.messages, [user("one", 1), assistant("first", 2)]);
     assert_eq!(got.positions.len(), 2);
     assert_eq!(got.positions.last(), Some(&got.through.position()));
+    assert_eq!(
+        got.usage,
+        Some(Usage {
+            prompt_tokens: 3,
+            completion_tokens: 2,
+            cached_tokens: 0
+        })
+    );
     // Its position is its reply's: the history through it ends there.
     let history = store.history_through(s.id, got.through).await.unwrap();
     assert_eq!(history, [user("one", 1), assistant("first", 2)]);

@@ -433,11 +433,9 @@ struct Kept<'a> {
     incomplete: bool,
     #[serde(borrow, default)]
     previous_response_id: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    conversation: Option<Cow<'a, str>>,
-    /// Prompt, completion and cached tokens.
+    /// Whether it joined a conversation: the session it is stored in.
     #[serde(default)]
-    usage: Option<[u32; 3]>,
+    conversation: bool,
     #[serde(default)]
     echo: Option<Map<String, Value>>,
     /// Absent when the input was one text: its one item is the turn's
@@ -448,13 +446,10 @@ struct Kept<'a> {
 
 impl Meta {
     /// The document a stored response keeps (see `Kept`): `items` are
-    /// its input items, `None` when the input was one text.
-    pub fn kept(
-        &self,
-        usage: Option<Usage>,
-        finish_reason: Option<&str>,
-        items: Option<&[Value]>,
-    ) -> String {
+    /// its input items, `None` when the input was one text. Its usage is
+    /// its turn's, and its conversation (when it joined one) the session
+    /// it is stored in: neither is kept twice.
+    pub fn kept(&self, finish_reason: Option<&str>, items: Option<&[Value]>) -> String {
         // Written by hand, as the object is: the names are fixed text.
         let mut out = Vec::with_capacity(128);
         let mut n = itoa::Buffer::new();
@@ -469,18 +464,8 @@ impl Meta {
             out.extend_from_slice(b",\"previous_response_id\":");
             put(&mut out, id.as_str());
         }
-        if let Some(id) = &self.conversation {
-            out.extend_from_slice(b",\"conversation\":");
-            put(&mut out, id.as_str());
-        }
-        if let Some(u) = usage {
-            out.extend_from_slice(b",\"usage\":[");
-            out.extend_from_slice(n.format(u.prompt_tokens).as_bytes());
-            out.push(b',');
-            out.extend_from_slice(n.format(u.completion_tokens).as_bytes());
-            out.push(b',');
-            out.extend_from_slice(n.format(u.cached_tokens).as_bytes());
-            out.push(b']');
+        if self.conversation.is_some() {
+            out.extend_from_slice(b",\"conversation\":true");
         }
         if !self.echo.is_empty() {
             out.extend_from_slice(b",\"echo\":");
@@ -538,7 +523,9 @@ impl<'a> Shown<'a> {
             created_at: kept.created_at,
             model: kept.model.clone().into_owned(),
             previous_response_id: kept.previous_response_id.clone().map(Cow::into_owned),
-            conversation: kept.conversation.clone().map(Cow::into_owned),
+            conversation: kept
+                .conversation
+                .then(|| crate::handlers::responses::conversation_id(self.stored.session_id)),
             store: true,
             echo: kept.echo.clone().unwrap_or_default(),
         };
@@ -548,13 +535,8 @@ impl<'a> Shown<'a> {
             .and_then(|m| m.wire)
             .and_then(|w| serde_json::from_str(w).ok());
         let output = meta.output_items(content, wire.as_ref());
-        let usage = kept.usage.map(|[p, c, cached]| Usage {
-            prompt_tokens: p,
-            completion_tokens: c,
-            cached_tokens: cached,
-        });
         let finish = kept.incomplete.then_some("length");
-        meta.object_json("completed", &output, usage, finish, None)
+        meta.object_json("completed", &output, self.stored.usage, finish, None)
     }
 
     /// The input items, oldest first.
@@ -1037,15 +1019,25 @@ mod tests {
         assert_eq!(out[1]["id"], "fc_abc_1");
     }
 
+    /// Its turn's session.
+    fn session() -> chatcore::SessionId {
+        chatcore::SessionId::from(uuid::Uuid::from_u128(0xabc))
+    }
+
     fn stored(document: String, messages: Vec<chatcore::Message>) -> StoredResponse {
         let n = messages.len() as i64;
         StoredResponse {
             id: "resp_abc".into(),
-            session_id: chatcore::SessionId::new_v4(),
+            session_id: session(),
             through: chatcore::MessageCursor::after(10 + n - 1),
             document,
             positions: (10..10 + n).collect(),
             messages,
+            usage: Some(Usage {
+                prompt_tokens: 7,
+                completion_tokens: 3,
+                cached_tokens: 2,
+            }),
         }
     }
 
@@ -1058,6 +1050,7 @@ mod tests {
         m.echo.insert("metadata".into(), json!({"k": "v"}));
         m.echo.insert("temperature".into(), json!(0.5));
         m.previous_response_id = Some("resp_prev".into());
+        m.conversation = Some(crate::handlers::responses::conversation_id(session()));
         let usage = Usage {
             prompt_tokens: 7,
             completion_tokens: 3,
@@ -1074,7 +1067,7 @@ mod tests {
         // Item input: its items are kept as listed.
         let items = vec![json!({"type": "message", "id": "mine", "role": "user",
             "content": [{"type": "input_text", "text": "look it up"}], "status": "completed"})];
-        let doc = m.kept(Some(usage), Some("length"), Some(&items));
+        let doc = m.kept(Some("length"), Some(&items));
         assert!(
             !doc.contains("Let me look."),
             "the reply is the turn's: {doc}"
@@ -1086,10 +1079,14 @@ mod tests {
         assert_eq!(shown.items(), items);
 
         // Text input: neither text is kept; the item is the user message.
-        let doc = m.kept(Some(usage), Some("length"), None);
+        let doc = m.kept(Some("length"), None);
         assert!(
             !doc.contains("look it up") && !doc.contains("Let me look."),
             "{doc}"
+        );
+        assert!(
+            !doc.contains("conv_") && !doc.contains("usage"),
+            "the turn's: {doc}"
         );
         let r = stored(doc, vec![user, reply]);
         let shown = Shown::new(&r).unwrap();

@@ -177,15 +177,19 @@ async fn stored(
     if let Some(i) = request.instructions.take() {
         prepared = prepared.with_instructions(i);
     }
-    // Its id names the session it is stored in (found without an index).
+    // Its id names the session it is stored in (found without an index);
+    // a conversation is that session, named as its id is read back.
     meta.id = chatcore::new_response_id(prepared.session_id());
+    if meta.conversation.is_some() {
+        meta.conversation = Some(conversation_id(prepared.session_id()));
+    }
     let items = request.items.take().map(|mut items| {
         name_items(&mut items, &meta.id);
         items
     });
     let kept = meta.clone();
     prepared = prepared.with_response(meta.id.clone(), move |c, _| {
-        kept.kept(c.usage, c.finish_reason.as_deref(), items.as_deref())
+        kept.kept(c.finish_reason.as_deref(), items.as_deref())
     });
     let at = Served {
         app,

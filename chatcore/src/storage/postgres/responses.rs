@@ -9,11 +9,11 @@ use super::{millis, PostgresStore};
 use crate::error::{Error, Result};
 use crate::message::Message;
 use crate::storage::{MessageCursor, ResponseStore, StoredResponse};
-use crate::types::{Session, SessionId};
+use crate::types::{Session, SessionId, Usage};
 
 /// A response and its turn's messages still stored, one row each (one row
 /// of NULLs when there are none).
-const GET_RESPONSE: &str = "SELECT r.session_id, r.through, r.document, m.position, m.role, m.content, m.created_at, m.body FROM responses r LEFT JOIN messages m ON m.session_id = r.session_id AND m.position BETWEEN coalesce(r.first, r.through) AND r.through WHERE r.id = $1 ORDER BY m.position";
+const GET_RESPONSE: &str = "SELECT r.session_id, r.through, r.document, m.position, m.role, m.content, m.created_at, m.body, m.prompt_tokens, m.completion_tokens, m.cached_tokens FROM responses r LEFT JOIN messages m ON m.session_id = r.session_id AND m.position BETWEEN coalesce(r.first, r.through) AND r.through WHERE r.id = $1 ORDER BY m.position";
 /// The response whose turn ends at the session's last message.
 const HEAD_RESPONSE: &str = "SELECT r.id FROM sessions s JOIN responses r ON r.session_id = s.id AND r.through = s.messages - 1 WHERE s.id = $1";
 const DELETE_RESPONSE: &str = "DELETE FROM responses WHERE id = $1";
@@ -42,11 +42,23 @@ impl ResponseStore for PostgresStore {
             document: first.try_get(2)?,
             messages: Vec::with_capacity(rows.len()),
             positions: Vec::with_capacity(rows.len()),
+            usage: None,
         };
         for row in &rows {
             if let Some(position) = row.try_get::<_, Option<i64>>(3)? {
                 found.positions.push(position);
                 found.messages.push(message_from(row, 4)?);
+                // The turn's tokens are on its reply.
+                if position == found.through.position() {
+                    let tokens = (
+                        row.try_get::<_, Option<i64>>(8)?,
+                        row.try_get::<_, Option<i64>>(9)?,
+                        row.try_get::<_, Option<i64>>(10)?,
+                    );
+                    if let (Some(p), Some(c), cached) = tokens {
+                        found.usage = Some(Usage::from_sums(p, c, cached.unwrap_or(0)));
+                    }
+                }
             }
         }
         Ok(Some(found))

@@ -12,7 +12,7 @@ use super::{id_key, is_foreign_key_violation, Sql, SqliteStore, HOUR_MS};
 use crate::error::{Error, Result};
 use crate::message::Message;
 use crate::storage::{response_session, MessageCursor, ResponseStore, StoredResponse};
-use crate::types::{Session, SessionId};
+use crate::types::{Session, SessionId, Usage};
 
 #[async_trait]
 impl ResponseStore for SqliteStore {
@@ -26,10 +26,20 @@ impl ResponseStore for SqliteStore {
                 let row = db
                     .prepare(GET_RESPONSE)?
                     .query_row(params![id_key(session), id, TURN_STRIDE], |r| {
-                        Ok((turn_row(r)?, r.get::<_, i64>(6)?, r.get::<_, String>(7)?))
+                        let tokens = (
+                            r.get::<_, Option<i64>>(8)?,
+                            r.get::<_, Option<i64>>(9)?,
+                            r.get::<_, Option<i64>>(10)?,
+                        );
+                        Ok((
+                            turn_row(r)?,
+                            r.get::<_, i64>(6)?,
+                            r.get::<_, String>(7)?,
+                            tokens,
+                        ))
                     })
                     .optional()?;
-                let Some((turn, through, document)) = row else {
+                let Some((turn, through, document, tokens)) = row else {
                     return Ok(None);
                 };
                 let mut messages = Vec::with_capacity(2);
@@ -42,6 +52,12 @@ impl ResponseStore for SqliteStore {
                     document,
                     messages,
                     positions,
+                    usage: match tokens {
+                        (Some(p), Some(c), cached) => {
+                            Some(Usage::from_sums(p, c, cached.unwrap_or(0)))
+                        }
+                        _ => None,
+                    },
                 }))
             })
             .await

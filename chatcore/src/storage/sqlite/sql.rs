@@ -25,9 +25,9 @@ pub(super) const REVOKE_KEY: &str =
 pub(super) const RECENT_TURNS: &str = "SELECT seq, user_content, user_at, reply_content, reply_at, body FROM (SELECT seq, user_content, user_at, reply_content, reply_at, body FROM turns WHERE session_id = ?1 ORDER BY seq DESC LIMIT ?2) ORDER BY seq ASC";
 pub(super) const INSERT_TURN: &str = "INSERT INTO turns (session_id, user_content, user_at, reply_content, reply_at, prompt_tokens, completion_tokens, cached_tokens, body, response_id, response) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
 /// A response's turn (the columns `turn_row` reads), the position of its
-/// reply (`seq` × the stride plus the reply's place in the turn) and its
-/// document.
-pub(super) const GET_RESPONSE: &str = "SELECT seq, user_content, user_at, reply_content, reply_at, body, seq * ?3 + CASE WHEN body IS NULL THEN 1 ELSE json_array_length(body) - 1 END, response FROM turns WHERE session_id = ?1 AND response_id = ?2 ORDER BY seq DESC LIMIT 1";
+/// reply (`seq` × the stride plus the reply's place in the turn), its
+/// document and its turn's tokens.
+pub(super) const GET_RESPONSE: &str = "SELECT seq, user_content, user_at, reply_content, reply_at, body, seq * ?3 + CASE WHEN body IS NULL THEN 1 ELSE json_array_length(body) - 1 END, response, prompt_tokens, completion_tokens, cached_tokens FROM turns WHERE session_id = ?1 AND response_id = ?2 ORDER BY seq DESC LIMIT 1";
 pub(super) const TURNS_THROUGH: &str = "SELECT seq, user_content, user_at, reply_content, reply_at, body FROM turns WHERE session_id = ?1 AND seq <= ?2 ORDER BY seq";
 pub(super) const HEAD_RESPONSE: &str =
     "SELECT response_id FROM turns WHERE session_id = ?1 ORDER BY seq DESC LIMIT 1";
