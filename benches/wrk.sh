@@ -8,7 +8,11 @@
 #
 # Usage: benches/wrk.sh [seconds=10] [connections=64] [sessions=2000]
 # The gateway is target/release/chatgate (built here), or GATEWAY_EXE; the
-# mock is the load bench's (`loadtest __mock`).
+# mock is the load bench's (`loadtest __mock`). With RESPONSES=1, stored
+# responses (`POST /v1/responses` joining the same sessions as
+# conversations) run after /chat/, then /chat/ again, and the gateway's CPU
+# per response is compared with the mean of the two /chat/ runs (the
+# sessions grow meanwhile).
 #
 # Prints one line per target (requests/s, latency percentiles, max,
 # non-2xx, errors, server CPU per request) and the ratio of
@@ -100,6 +104,18 @@ request = function()
     '{"session_id":"' .. id .. '","role":"user","content":"Hello, how are you? #' .. n .. '"}')
 end
 ''' + done)
+with open(f"{work}/responses.lua", "w") as f:
+    convs = ["conv_" + i.replace("-", "") for i in ids]
+    f.write("local ids = {" + ",".join(json.dumps(c) for c in convs) + "}\n")
+    f.write('''
+local n = 0
+request = function()
+  n = n + 1
+  local id = ids[(n % #ids) + 1]
+  return wrk.format("POST", "/v1/responses", {["Content-Type"] = "application/json"},
+    '{"model":"gpt-3.5-turbo","input":"Hello, how are you? #' .. n .. '","conversation":"' .. id .. '"}')
+end
+''' + done)
 with open(f"{work}/direct.lua", "w") as f:
     f.write("local body = " + json.dumps(direct) + "\n")
     f.write('''
@@ -126,6 +142,7 @@ run() {
     cpu_us="$(awk -v t="$((after - before))" -v hz="$hz" -v n="$requests" 'BEGIN { printf "%.0f", t / hz * 1e6 / (n > 0 ? n : 1) }')"
     printf '%-28s %10s %9s %9s %9s %9s %8s %7s %12s\n' "$name" "$rps" "$p50" "$p99" "$p999" "$max" "$non2xx" "$errors" "$cpu_us"
     echo "$rps" >"$work/$name.rps"
+    echo "$cpu_us" >"$work/$name.cpu"
 }
 
 echo "wrk: $conns connections, 2 threads, ${secs}s per target, $sessions sessions round-robin; $(nproc) cores"
@@ -134,3 +151,10 @@ run "mock-direct" "$mock_port" "$work/direct.lua" "$mock_pid"
 run "chatgate-chat-defaults" "$gw_port" "$work/chat.lua" "$gw_pid"
 awk -v g="$(cat "$work/chatgate-chat-defaults.rps")" -v d="$(cat "$work/mock-direct.rps")" \
     'BEGIN { printf "ratio chatgate /chat/ / mock direct: %.3f\n", g / d }'
+if [ "${RESPONSES:-}" = 1 ]; then
+    run "chatgate-responses" "$gw_port" "$work/responses.lua" "$gw_pid"
+    run "chatgate-chat-after" "$gw_port" "$work/chat.lua" "$gw_pid"
+    awk -v r="$(cat "$work/chatgate-responses.cpu")" -v a="$(cat "$work/chatgate-chat-defaults.cpu")" \
+        -v b="$(cat "$work/chatgate-chat-after.cpu")" \
+        'BEGIN { c = (a + b) / 2; printf "stored response vs /chat/ turn, gateway CPU per request: %d vs %.1f µs (%+.1f%%)\n", r, c, (r / c - 1) * 100 }'
+fi

@@ -19,9 +19,9 @@ pub struct Chat {
     pub chat: Phase,
     /// Stored responses joining the same sessions as conversations.
     pub responses: Phase,
-    /// `/chat/` again right after the responses (when they ran), so a
-    /// response is read against the turns on either side of it: the
-    /// sessions' histories and the database grow during each phase.
+    /// `/chat/` again, interleaved with the responses (when they ran), so
+    /// a response is read against turns made over the same stretch: the
+    /// sessions' histories and the database grow all along.
     pub chat_after: Phase,
     /// The mock with bodies of chatgate's average upstream size.
     pub direct_sized: Phase,
@@ -78,22 +78,39 @@ pub async fn run(s: &Servers, o: &Options, sessions: &Arc<Vec<String>>) -> Chat 
         )
     };
     let chat = chat_loop(true).await;
-    // Right after `/chat/`, on the same sessions: each response is that
-    // turn through the Responses API, stored with its response object;
-    // then `/chat/` again, so a response is read against the turns on
-    // either side of it.
-    let responses = measured_if(
-        o.phases.runs(Stage::Responses),
-        gw.pid,
-        closed_loop(
-            gw.addr,
-            o.connections,
-            o.duration,
-            responses_maker(Arc::clone(sessions)),
-        ),
-    )
-    .await;
-    let chat_after = chat_loop(o.phases.runs(Stage::Responses)).await;
+    // After `/chat/` (which also brings the database past what fits in
+    // SQLite's page cache: a step in the cost of every later turn), on the
+    // same sessions: stored responses, each that turn through the
+    // Responses API, interleaved with more `/chat/` turns in the order
+    // R C C R R C, so that the growth of the histories and the database
+    // falls on both alike. Each part runs a sixth of three durations.
+    let (mut responses, mut chat_after) = (Phase::skipped(), Phase::skipped());
+    if o.phases.runs(Stage::Responses) {
+        let part = o.duration / 2;
+        let (mut r, mut c) = (Vec::new(), Vec::new());
+        for response_first in [true, false, true] {
+            for response in [response_first, !response_first] {
+                let make = if response {
+                    responses_maker(Arc::clone(sessions))
+                } else {
+                    chat_maker(Arc::clone(sessions))
+                };
+                let phase = measured(gw.pid, closed_loop(gw.addr, o.connections, part, make)).await;
+                if response {
+                    r.push(phase)
+                } else {
+                    c.push(phase)
+                }
+            }
+        }
+        for (into, parts) in [(&mut responses, r), (&mut chat_after, c)] {
+            let mut parts = parts.into_iter();
+            *into = parts.next().unwrap_or_else(Phase::skipped);
+            for p in parts {
+                into.absorb(p);
+            }
+        }
+    }
     let replicas = if o.phases.runs(Stage::Replicas) {
         replicas::run(&s.gateway_exe, mock.addr, o).await
     } else {

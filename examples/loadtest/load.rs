@@ -103,6 +103,22 @@ impl Phase {
         self.latencies_us.iter().filter(|l| **l > ms * 1000).count()
     }
 
+    /// Adds a later phase of the same requests: its counts, time,
+    /// latencies and CPU, thread kind by thread kind.
+    pub fn absorb(&mut self, other: Phase) {
+        self.elapsed += other.elapsed;
+        for (name, used) in &other.cpu {
+            match self.cpu.iter_mut().find(|(n, _)| n == name) {
+                Some((_, mine)) => {
+                    mine.cpu += used.cpu;
+                    mine.runs += used.runs;
+                }
+                None => self.cpu.push((name.clone(), *used)),
+            }
+        }
+        self.merge(other);
+    }
+
     fn merge(&mut self, other: Phase) {
         self.ok += other.ok;
         self.non_2xx += other.non_2xx;
