@@ -5,6 +5,7 @@
 //! cannot even be confirmed to exist. Sessions made here belong to the
 //! caller; reviewing feedback needs an admin.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use crate::caller::Caller;
@@ -210,8 +211,16 @@ impl<'a> Scoped<'a> {
     ) -> Result<Feedback> {
         // The session is looked up before any token is taken: feedback
         // naming sessions that do not exist costs nothing and leaves no
-        // limiter state behind.
-        let session = self.visible(id).await?;
+        // limiter state behind. A session this process holds hot is read
+        // there, with no trip to the store: its owner never changes, and
+        // every store's insert refuses a session deleted meanwhile (by
+        // another replica, say), as not found.
+        let hot = self.inner.hot.get(id);
+        let session = match &hot {
+            Some(hot) if self.caller.may_use(&hot.session) => Cow::Borrowed(&hot.session),
+            Some(_) => return Err(Error::session_not_found()),
+            None => Cow::Owned(self.visible(id).await?),
+        };
         // Refused feedback spends no token.
         crate::feedback::FeedbackDesk::validate(text, rating)?;
         let owner = session.owner.as_deref();

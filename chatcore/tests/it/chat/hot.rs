@@ -382,3 +382,48 @@ async fn a_turn_cancelled_after_it_is_stored_is_in_the_next_history() {
         "the cache hid a stored turn from the model"
     );
 }
+
+/// Feedback on a session held hot is checked against the hot copy's owner:
+/// its owner's feedback is stored, another principal's is refused as not
+/// found (and spends nothing), and a session deleted since is not found.
+#[tokio::test(flavor = "current_thread")]
+async fn feedback_on_a_hot_session_keeps_to_its_owner() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path().join("f.db")).unwrap());
+    let model = ScriptedModel::new().shared();
+    let core = core(Arc::clone(&store), &model, 100);
+    let as_ = |id: &str| {
+        core.as_caller(chatcore::Caller::Principal(chatcore::Principal {
+            id: id.to_owned(),
+            admin: false,
+        }))
+    };
+    let id = as_("alice")
+        .initialize(chatcore::NewSession::default())
+        .await
+        .unwrap()
+        .session
+        .id;
+    as_("alice").chat(id, "hi").await.unwrap();
+    let err = as_("bob")
+        .submit_feedback(id, "not mine", Some(1))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), chatcore::ErrorKind::SessionNotFound);
+    as_("alice")
+        .submit_feedback(id, "mine", Some(5))
+        .await
+        .unwrap();
+    let kept = store.list_feedback(id).await.unwrap();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].text, "mine");
+    // Deleted behind this facade's back (as another gateway would): the
+    // hot copy stays, the store refuses.
+    assert!(store.delete_session(id).await.unwrap());
+    let err = as_("alice")
+        .submit_feedback(id, "too late", None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), chatcore::ErrorKind::SessionNotFound);
+    assert!(store.list_feedback(id).await.unwrap().is_empty());
+}
