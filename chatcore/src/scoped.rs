@@ -214,7 +214,8 @@ impl<'a> Scoped<'a> {
         // limiter state behind. A session this process holds hot is read
         // there, with no trip to the store: its owner never changes, and
         // every store's insert refuses a session deleted meanwhile (by
-        // another replica, say), as not found.
+        // another replica, say), as not found; that rare feedback spends
+        // its token.
         let hot = self.inner.hot.get(id);
         let session = match &hot {
             Some(hot) if self.caller.may_use(&hot.session) => Cow::Borrowed(&hot.session),

@@ -271,13 +271,11 @@ impl ResponseStore for MemoryStore {
         };
         Ok(map.get(&session).and_then(|e| {
             let r = e.responses.iter().find(|r| r.id == id)?;
-            let (positions, messages) = e
-                .positions
-                .iter()
-                .zip(&e.messages)
-                .filter(|(p, _)| (r.first..=r.through).contains(*p))
-                .map(|(p, m)| (*p, m.clone()))
-                .unzip();
+            // Positions only grow: the turn's messages are one run of them.
+            let start = e.positions.partition_point(|p| *p < r.first);
+            let end = e.positions.partition_point(|p| *p <= r.through);
+            let positions = e.positions[start..end].to_vec();
+            let messages = e.messages[start..end].to_vec();
             Some(StoredResponse {
                 id: r.id.clone(),
                 session_id: session,

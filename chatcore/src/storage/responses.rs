@@ -1,7 +1,8 @@
 //! Responses stored with their turns: what OpenAI's Responses API keeps of
-//! a response (its object and its input items), written in the same
-//! atomic step as the turn that produced it, so a response the client was
-//! given can be continued at once, on any gateway sharing the store.
+//! a response beyond its turn's messages (a document the caller makes),
+//! written in the same atomic step as the turn that produced it, so a
+//! response the client was given can be continued at once, on any gateway
+//! sharing the store; it is read back with its turn's messages and tokens.
 //!
 //! A chain of responses is a session: continuing from the response whose
 //! turn is its session's newest turn ([`ResponseStore::head_response`])

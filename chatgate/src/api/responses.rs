@@ -22,7 +22,7 @@ pub struct ResponsesRequest {
     pub messages: Vec<Message>,
     /// The input items as the API lists them back, not yet named; `None`
     /// when the input was one text (its one item is the user message
-    /// stored: [`text_input_item`](crate::framing::responses::text_input_item)).
+    /// stored: [`text_input_item`]).
     pub items: Option<Vec<Value>>,
     /// This response's system prompt (not carried to the next response).
     pub instructions: Option<String>,
@@ -46,6 +46,18 @@ fn unsupported(param: &str, msg: impl Into<String>) -> ApiError {
 
 fn raw(v: &Value) -> Box<RawValue> {
     RawValue::from_string(v.to_string()).expect("a Value is JSON")
+}
+
+/// A conversation's id: `conv_` and its session's id.
+pub fn conversation_id(session: chatcore::SessionId) -> String {
+    format!("conv_{}", session.as_uuid().simple())
+}
+
+/// The input item a text input is: one user message of `text`.
+pub fn text_input_item(text: &str) -> Value {
+    json!({"type": "message", "role": "user",
+        "content": [{"type": "input_text", "text": text}],
+        "status": "completed"})
 }
 
 /// A fresh id with `prefix` (`resp`, `msg`, …): 32 random hex digits.

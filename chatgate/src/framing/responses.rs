@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use super::{sse, Framing, Piece, Reply};
+use crate::api::responses::{conversation_id, text_input_item};
 use crate::body::Body;
 use crate::error::ApiError;
 
@@ -525,7 +526,7 @@ impl<'a> Shown<'a> {
             previous_response_id: kept.previous_response_id.clone().map(Cow::into_owned),
             conversation: kept
                 .conversation
-                .then(|| crate::handlers::responses::conversation_id(self.stored.session_id)),
+                .then(|| conversation_id(self.stored.session_id)),
             store: true,
             echo: kept.echo.clone().unwrap_or_default(),
         };
@@ -536,7 +537,10 @@ impl<'a> Shown<'a> {
             .and_then(|w| serde_json::from_str(w).ok());
         let output = meta.output_items(content, wire.as_ref());
         let finish = kept.incomplete.then_some("length");
-        meta.object_json("completed", &output, self.stored.usage, finish, None)
+        // The turn's tokens go with its reply: a reply deleted from a
+        // conversation takes them along, on every store alike.
+        let usage = reply.and(self.stored.usage);
+        meta.object_json("completed", &output, usage, finish, None)
     }
 
     /// The input items, oldest first.
@@ -569,13 +573,6 @@ impl<'a> Shown<'a> {
             _ => Vec::new(),
         }
     }
-}
-
-/// The input item a text input is: one user message of `text`.
-pub fn text_input_item(text: &str) -> Value {
-    json!({"type": "message", "role": "user",
-        "content": [{"type": "input_text", "text": text}],
-        "status": "completed"})
 }
 
 /// One item being streamed.
@@ -1050,7 +1047,7 @@ mod tests {
         m.echo.insert("metadata".into(), json!({"k": "v"}));
         m.echo.insert("temperature".into(), json!(0.5));
         m.previous_response_id = Some("resp_prev".into());
-        m.conversation = Some(crate::handlers::responses::conversation_id(session()));
+        m.conversation = Some(conversation_id(session()));
         let usage = Usage {
             prompt_tokens: 7,
             completion_tokens: 3,
@@ -1104,6 +1101,30 @@ mod tests {
         gone.positions.remove(0);
         assert_eq!(Shown::new(&gone).unwrap().items(), Vec::<Value>::new());
         assert_eq!(Shown::new(&gone).unwrap().object(), returned);
+        // Its reply deleted: no output, and its tokens went with it.
+        let mut replyless = gone;
+        replyless.messages.clear();
+        replyless.positions.clear();
+        let o: Value = serde_json::from_slice(&Shown::new(&replyless).unwrap().object()).unwrap();
+        assert_eq!(o["output"], json!([]));
+        assert!(o["usage"].is_null(), "{o}");
+        assert_eq!(o["id"], "resp_abc");
+    }
+
+    #[test]
+    fn an_echoed_number_reads_back_as_it_was_returned() {
+        // 17 significant digits and a large exponent: read back without
+        // exact parsing, its last digit can move.
+        let mut m = meta();
+        let v: Value = serde_json::from_str("6.351783524375287e-259").unwrap();
+        m.echo.insert("top_p".into(), v);
+        m.echo.insert("temperature".into(), json!(0.1 + 0.2));
+        let returned = m.object_json("completed", &Vec::<ItemOut>::new(), None, None, None);
+        let r = stored(m.kept(None, None), Vec::new());
+        let back: Value = serde_json::from_slice(&Shown::new(&r).unwrap().object()).unwrap();
+        let sent: Value = serde_json::from_slice(&returned).unwrap();
+        assert_eq!(back["top_p"], sent["top_p"]);
+        assert_eq!(back["temperature"], sent["temperature"]);
     }
 
     #[test]

@@ -8,8 +8,9 @@
 //! the session through it otherwise, both decided while the turn holds the
 //! session, so two continuations of one response never share a history;
 //! `conversation` appends to the conversation's session. The response
-//! (its object and input items) is stored in the turn's own atomic write,
-//! so it can be continued the moment the client has it, on any replica.
+//! (what its turn's messages do not already hold) is stored in the turn's
+//! own atomic write, so it can be continued the moment the client has it,
+//! on any replica.
 //! `store: false` reads the chain but stores nothing.
 
 use std::sync::Arc;
@@ -84,10 +85,7 @@ pub fn conversation_session(id: &str) -> Result<SessionId, ApiError> {
         .ok_or_else(|| conversation_not_found(id))
 }
 
-/// A conversation's id.
-pub fn conversation_id(session: SessionId) -> String {
-    format!("conv_{}", session.as_uuid().simple())
-}
+pub use crate::api::responses::conversation_id;
 
 /// The 404 for a conversation that is not there (or not the caller's).
 pub(crate) fn conversation_not_found(id: &str) -> ApiError {

@@ -385,7 +385,7 @@ async fn a_turn_cancelled_after_it_is_stored_is_in_the_next_history() {
 
 /// Feedback on a session held hot is checked against the hot copy's owner:
 /// its owner's feedback is stored, another principal's is refused as not
-/// found (and spends nothing), and a session deleted since is not found.
+/// found, and a session deleted since is not found, with nothing stored.
 #[tokio::test(flavor = "current_thread")]
 async fn feedback_on_a_hot_session_keeps_to_its_owner() {
     let dir = tempfile::tempdir().unwrap();
