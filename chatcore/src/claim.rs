@@ -3,7 +3,9 @@
 //! store, which loads the history as stored by whichever gateway wrote
 //! last, and the append succeeds only while the claim is held. The claim is
 //! a row update, not a held connection or lock, so no database connection
-//! waits on the model.
+//! waits on the model. The history this process last stored or read is
+//! kept with its version (`Inner::windows`): a claim that finds the session
+//! still at that version reads no messages.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,15 +39,26 @@ pub(crate) async fn claim_session(
     // waits for a reply), so waiting polls: a short first wait, doubling,
     // with jitter so that two waiters do not retry in step.
     let mut wait = Duration::from_millis(2);
-    let (session, history) = loop {
+    // Taken out while the claim is in doubt: a failed claim leaves the
+    // next turn to read the history.
+    let mut kept = inner.windows.take_window(id);
+    let (session, window) = loop {
         guard.released = false;
+        let known = kept.as_ref().and_then(|w| w.version);
         match claims(&*inner.store)?
-            .claim_turn(id, token, ttl, inner.history_limit)
+            .claim_turn_since(id, token, ttl, inner.history_limit, known)
             .await?
         {
-            Claim::Held(session, history) => break (session, history),
+            Claim::Held(session, history, version) => {
+                break (session, inner.windows.window(history, version))
+            }
+            Claim::Current(session) => match kept.take() {
+                Some(window) => break (session, window),
+                None => return Err(Error::internal("a claim confirmed a history not kept")),
+            },
             Claim::Missing => {
                 guard.released = true;
+                inner.windows.forget(id);
                 return Err(Error::session_not_found());
             }
             Claim::Busy(session) => {
@@ -69,9 +82,9 @@ pub(crate) async fn claim_session(
     guard.renew_every(ttl);
     let mut session = session;
     session.metadata = None;
-    let hot = inner.hot.insert(session, history);
+    let hot = inner.windows.insert_window(session, window);
     let lease = inner
-        .hot
+        .windows
         .lease(hot)
         .ok_or_else(|| Error::internal("a fresh session window was already leased"))?;
     Ok((guard, lease, taken))

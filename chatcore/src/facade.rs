@@ -249,8 +249,11 @@ impl ChatCoreBuilder {
     /// 10,000; 0 turns it off). With it, a chat turn reads nothing from
     /// storage: the session and the history that can still fit the context
     /// budget are in memory. It assumes this facade is the only writer of
-    /// its store's messages, so it is always off on a store shared by
-    /// several gateways ([`MessageStore::claims`](crate::MessageStore::claims)).
+    /// its store's messages, so on a store shared by several gateways
+    /// ([`MessageStore::claims`](crate::MessageStore::claims)) it keeps the
+    /// histories only: each turn still claims its session, and reads its
+    /// messages only when another gateway moved them on
+    /// ([`HistoryVersion`](crate::HistoryVersion)).
     #[must_use]
     pub fn hot_sessions(mut self, n: usize) -> Self {
         self.hot_sessions = n;
@@ -316,17 +319,21 @@ impl ChatCoreBuilder {
             ));
         }
         // Another gateway may move a shared store's sessions on at any
-        // time; a cache would serve it stale history.
-        let hot_sessions = if store.claims().is_some() {
-            0
+        // time: there, a session's history is kept only for a claim to
+        // confirm it current, never served as it is.
+        let (hot_sessions, windows) = if store.claims().is_some() {
+            (0, self.hot_sessions)
         } else {
-            self.hot_sessions
+            (self.hot_sessions, 0)
         };
-        let hot = Arc::new(HotSessions::new(
-            hot_sessions,
-            self.hot_cache_bytes,
-            self.context_tokens,
-        ));
+        let cache = |n| {
+            Arc::new(HotSessions::new(
+                n,
+                self.hot_cache_bytes,
+                self.context_tokens,
+            ))
+        };
+        let (hot, windows) = (cache(hot_sessions), cache(windows));
         let sessions = SessionManager::new(
             Arc::clone(&store),
             Arc::clone(&self.clock),
@@ -349,6 +356,7 @@ impl ChatCoreBuilder {
                 feedback,
                 queues: Arc::default(),
                 hot,
+                windows,
                 system_prompt: self.system_prompt,
                 history_limit: history_read_limit(self.context_tokens),
                 context_tokens: self.context_tokens,
@@ -437,9 +445,10 @@ impl ChatCore {
         })
     }
 
-    /// How many sessions the hot cache holds now.
+    /// How many sessions the hot cache holds now (on a shared store: how
+    /// many histories are kept for claims to confirm).
     pub fn cached_sessions(&self) -> usize {
-        self.inner.hot.len()
+        self.inner.hot.len() + self.inner.windows.len()
     }
 
     /// Checks that storage and the rate limiters' stores are reachable.

@@ -33,6 +33,10 @@ pub(crate) struct Inner {
     pub(crate) feedback: FeedbackDesk,
     pub(crate) queues: Arc<TurnQueues>,
     pub(crate) hot: Arc<HotSessions>,
+    /// On a store shared by several gateways, each session's history as of
+    /// the version this process last stored or read, which only a claim
+    /// may use (see `claim`); `hot` is off there. Empty and off otherwise.
+    pub(crate) windows: Arc<HotSessions>,
     pub(crate) system_prompt: Option<String>,
     pub(crate) context_tokens: usize,
     pub(crate) history_limit: usize,

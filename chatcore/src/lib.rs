@@ -136,10 +136,10 @@ pub use redact::redact_url;
 pub use scoped::Scoped;
 pub use session::{SessionInfo, MAX_METADATA_BYTES, MAX_SYSTEM_PROMPT_CHARS};
 pub use storage::{
-    new_response_id, response_session, ApiKey, Claim, FeedbackFilter, FeedbackStore, KeyStore,
-    MemoryStore, MessageCursor, MessagePage, MessageStore, ResponseRecord, ResponseStore,
-    SessionCursor, SessionStore, SqliteOptions, SqliteStats, SqliteStore, Store, StoredResponse,
-    Turn, TurnClaims, TurnToken, MAX_TURN_MESSAGES,
+    new_response_id, response_session, ApiKey, Claim, FeedbackFilter, FeedbackStore,
+    HistoryVersion, KeyStore, MemoryStore, MessageCursor, MessagePage, MessageStore,
+    ResponseRecord, ResponseStore, SessionCursor, SessionStore, SqliteOptions, SqliteStats,
+    SqliteStore, Store, StoredResponse, Turn, TurnClaims, TurnToken, MAX_TURN_MESSAGES,
 };
 #[cfg(feature = "postgres")]
 pub use storage::{PostgresOptions, PostgresStore};

@@ -30,6 +30,7 @@ use chrono::{DateTime, Utc};
 
 use crate::history::{History, Packed as PackedEntry};
 use crate::message::{Message, MessageRef};
+use crate::storage::HistoryVersion;
 use crate::types::{from_millis, Session, SessionId};
 
 mod window;
@@ -227,8 +228,28 @@ impl HotSessions {
 
     /// Caches `session` with `history`; returns the entry.
     pub(crate) fn insert(&self, session: Session, history: Vec<Message>) -> Arc<Hot> {
-        let id = session.id;
+        self.insert_window(session, Window::new(history, self.budget))
+    }
+
+    /// A window for `history`, at `version` of a shared store's history.
+    pub(crate) fn window(&self, history: Vec<Message>, version: HistoryVersion) -> Window {
         let mut window = Window::new(history, self.budget);
+        window.version = Some(version);
+        window
+    }
+
+    /// Takes `id`'s window out of the cache, for a turn that will claim
+    /// the session in a shared store and may find it still current. The
+    /// entry stays, windowless, until the turn caches one again.
+    pub(crate) fn take_window(&self, id: SessionId) -> Option<Window> {
+        let hot = self.get(id)?;
+        let window = hot.lock().take();
+        window
+    }
+
+    /// Caches `session` with `window`; returns the entry.
+    pub(crate) fn insert_window(&self, session: Session, mut window: Window) -> Arc<Hot> {
+        let id = session.id;
         window.target = session.target.as_deref().map(Arc::from);
         let hot = Arc::new(Hot::new(session, window));
         if !self.enabled() {
@@ -393,6 +414,9 @@ impl Lease {
         if let Some(w) = self.window.as_mut() {
             for m in messages {
                 w.push(*m, budget);
+            }
+            if let Some(v) = w.version.as_mut() {
+                v.appended += messages.len() as i64;
             }
             if let Some(t) = target {
                 if w.target.as_ref() != Some(t) {

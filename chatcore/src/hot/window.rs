@@ -3,6 +3,7 @@
 
 use crate::history::{History, Packed as PackedEntry};
 use crate::message::{Message, MessageRef};
+use crate::storage::HistoryVersion;
 use crate::tokens::{message_tokens, orphaned_results};
 
 /// The newest messages of a session that fit the context budget, packed:
@@ -20,6 +21,9 @@ pub(crate) struct Window {
     /// The target that answered the session's last turn (see
     /// [`Completion::target`](crate::Completion::target)).
     pub(crate) target: Option<std::sync::Arc<str>>,
+    /// On a shared store, the version of the stored history these messages
+    /// are the newest of; moved by every turn this window records.
+    pub(crate) version: Option<HistoryVersion>,
 }
 
 impl Window {

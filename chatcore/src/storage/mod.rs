@@ -426,10 +426,12 @@ pub trait MessageStore: SessionStore {
 
     /// The claim protocol, for a store that other processes write at the
     /// same time (a database server shared by several gateways). A facade
-    /// on such a store claims each session for the length of a turn and
-    /// keeps no hot-session cache, since another process may have moved
-    /// the session on. An in-process or single-file store has one writer
-    /// and no claims: the provided version.
+    /// on such a store claims each session for the length of a turn, and
+    /// trusts no cached session without it: another process may have moved
+    /// the session on. It keeps each session's history as of a
+    /// [`HistoryVersion`], which the claim confirms or replaces. An
+    /// in-process or single-file store has one writer and no claims: the
+    /// provided version.
     fn claims(&self) -> Option<&dyn TurnClaims> {
         None
     }
@@ -442,7 +444,9 @@ pub trait MessageStore: SessionStore {
 #[async_trait]
 pub trait TurnClaims: Send + Sync {
     /// Claims session `id` for one turn, for `ttl` unless renewed, and
-    /// loads the session with its latest `limit` messages, all as one step:
+    /// loads the session with its latest `limit` messages, all as one step,
+    /// unless its history is still at version `known` ([`Claim::Current`]:
+    /// the caller has those messages already, and none are read).
     /// [`Claim::Busy`] with the session while another turn (in any
     /// process) holds an unexpired claim on it. A claim whose holder died
     /// lapses after its `ttl`, so a crashed gateway holds a session up for
@@ -451,13 +455,29 @@ pub trait TurnClaims: Send + Sync {
     /// # Errors
     /// [`ErrorKind::Storage`] or [`ErrorKind::StorageUnavailable`] when the
     /// backend fails.
+    async fn claim_turn_since(
+        &self,
+        id: SessionId,
+        token: TurnToken,
+        ttl: std::time::Duration,
+        limit: usize,
+        known: Option<HistoryVersion>,
+    ) -> Result<Claim>;
+
+    /// [`TurnClaims::claim_turn_since`] for a caller that knows no version
+    /// of the history: a held claim always comes with it.
+    ///
+    /// # Errors
+    /// As [`TurnClaims::claim_turn_since`].
     async fn claim_turn(
         &self,
         id: SessionId,
         token: TurnToken,
         ttl: std::time::Duration,
         limit: usize,
-    ) -> Result<Claim>;
+    ) -> Result<Claim> {
+        self.claim_turn_since(id, token, ttl, limit, None).await
+    }
 
     /// Extends `token`'s claim on `id` to `ttl` from now; `false` when the
     /// claim is no longer held (it lapsed and another turn took it).
@@ -512,12 +532,28 @@ impl Default for TurnToken {
     }
 }
 
-/// The outcome of [`TurnClaims::claim_turn`].
+/// How far a session's stored history has moved, in a store shared by
+/// several gateways: the messages ever appended to it, and the edits made
+/// to what was appended (a message deleted). Both only grow, and a history
+/// read at one version is the same wherever and whenever it is read, so a
+/// gateway holding it need not read it again while the version stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct HistoryVersion {
+    /// Messages appended to the session ever (its next message's position).
+    pub appended: i64,
+    /// Changes to appended messages (deletions) ever.
+    pub edits: i64,
+}
+
+/// The outcome of [`TurnClaims::claim_turn_since`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum Claim {
     /// The claim is held: the session and its latest messages, oldest
-    /// first, as stored when it was taken.
-    Held(Session, Vec<Message>),
+    /// first, as stored when it was taken, and the history's version then.
+    Held(Session, Vec<Message>, HistoryVersion),
+    /// The claim is held, and the session's history is still at the
+    /// version the claim named: the session alone.
+    Current(Session),
     /// Another turn holds the session (as stored now); try again shortly.
     Busy(Session),
     /// There is no such session.

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chatcore::{
-    ChatCore, Claim, ErrorKind, MessageStore, NewSession, PostgresOptions, PostgresStore,
-    PurgeReport, Role, Session, SessionId, SessionStore, TurnClaims, TurnToken,
+    ChatCore, Claim, ErrorKind, HistoryVersion, MessageCursor, MessageStore, NewSession,
+    PostgresOptions, PostgresStore, PurgeReport, Role, Session, SessionId, SessionStore,
+    TurnClaims, TurnToken,
 };
 
 use crate::support::pg::TestSchema;
@@ -50,6 +51,9 @@ on_postgres! {
     "multi_thread" => a_claim_that_waited_on_an_append_sees_its_messages,
     "multi_thread" => a_turn_longer_than_the_claim_ttl_keeps_its_claim,
     "multi_thread" => a_refused_message_does_not_wait_for_the_claim,
+    "current_thread" => a_claim_reads_no_messages_while_the_history_is_at_the_version_named,
+    "multi_thread" => a_claim_that_waited_on_a_deletion_reads_the_messages_again,
+    "multi_thread" => a_gateway_keeps_a_history_until_another_moves_it_on,
 }
 
 const TTL: Duration = Duration::from_secs(10);
@@ -57,7 +61,7 @@ const TTL: Duration = Duration::from_secs(10);
 /// The claim's history, or a panic saying what came instead.
 fn held(claim: Claim) -> (Session, Vec<chatcore::Message>) {
     match claim {
-        Claim::Held(session, history) => (session, history),
+        Claim::Held(session, history, _) => (session, history),
         other => panic!("expected the claim to be held, got {other:?}"),
     }
 }
@@ -709,4 +713,233 @@ async fn a_version_1_schema_migrates_and_its_messages_read_as_text(schema: TestS
         .unwrap()
         .unwrap();
     assert_eq!([page.messages, rest.messages].concat(), all);
+}
+
+/// The claim's session and the history's version, the messages having
+/// been read; or a panic saying what came instead.
+fn held_at(claim: Claim) -> (Vec<chatcore::Message>, HistoryVersion) {
+    match claim {
+        Claim::Held(_, history, version) => (history, version),
+        other => panic!("expected the claim to be held with its messages, got {other:?}"),
+    }
+}
+
+fn version(appended: i64, edits: i64) -> Option<HistoryVersion> {
+    Some(HistoryVersion { appended, edits })
+}
+
+async fn a_claim_reads_no_messages_while_the_history_is_at_the_version_named(schema: TestSchema) {
+    let store = schema.store().await;
+    let s = session(t0());
+    store.insert_session(&s).await.unwrap();
+    store.append_turn(s.id, turn!("u0", "a0", 0)).await.unwrap();
+    let [a, b, c, d, e, f] = [(); 6].map(|_| TurnToken::new());
+
+    let (history, v) = held_at(
+        store
+            .claim_turn_since(s.id, a, TTL, 10, None)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(pairs(&history), vec![user("u0"), assistant("a0")]);
+    assert_eq!(Some(v), version(2, 0));
+    store
+        .append_claimed_turn(s.id, a, turn!("u1", "a1", 10))
+        .await
+        .unwrap();
+
+    // Whoever stored that turn knows the history at 4 messages: it gets
+    // the session, and no messages, with the session as updated.
+    match store
+        .claim_turn_since(s.id, b, TTL, 10, version(4, 0))
+        .await
+        .unwrap()
+    {
+        Claim::Current(got) => assert_eq!(got.last_active, at(11)),
+        other => panic!("expected the history current, got {other:?}"),
+    }
+    // Held all the same: no other turn gets in.
+    assert!(matches!(
+        store
+            .claim_turn_since(s.id, c, TTL, 10, version(4, 0))
+            .await
+            .unwrap(),
+        Claim::Busy(_)
+    ));
+    store.release_claim(s.id, b).await.unwrap();
+
+    // A gateway that knew it at 2 messages reads it again.
+    let (history, v) = held_at(
+        store
+            .claim_turn_since(s.id, c, TTL, 10, version(2, 0))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(history.len(), 4);
+    assert_eq!(Some(v), version(4, 0));
+    store.release_claim(s.id, c).await.unwrap();
+
+    // A deletion moves the version: the same count of messages appended
+    // no longer means the same history.
+    assert!(store
+        .delete_message(s.id, MessageCursor::after(1))
+        .await
+        .unwrap());
+    let (history, v) = held_at(
+        store
+            .claim_turn_since(s.id, d, TTL, 10, version(4, 0))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        pairs(&history),
+        vec![user("u0"), user("u1"), assistant("a1")]
+    );
+    assert_eq!(Some(v), version(4, 1));
+    store.release_claim(s.id, d).await.unwrap();
+
+    // Deleting nothing edits nothing.
+    assert!(!store
+        .delete_message(s.id, MessageCursor::after(1))
+        .await
+        .unwrap());
+    assert!(matches!(
+        store
+            .claim_turn_since(s.id, e, TTL, 10, version(4, 1))
+            .await
+            .unwrap(),
+        Claim::Current(_)
+    ));
+    store.release_claim(s.id, e).await.unwrap();
+    assert!(matches!(
+        store
+            .claim_turn_since(SessionId::new_v4(), f, TTL, 10, version(4, 1))
+            .await
+            .unwrap(),
+        Claim::Missing
+    ));
+}
+
+/// As an append, a deletion in flight when a claim begins is seen by the
+/// claim's update and not by its read of the messages: the claim must not
+/// name the new version with the old messages.
+async fn a_claim_that_waited_on_a_deletion_reads_the_messages_again(schema: TestSchema) {
+    let store = schema.store().await;
+    let s = session(t0());
+    store.insert_session(&s).await.unwrap();
+    store
+        .append_turn(s.id, turn!("first", "reply one", 1))
+        .await
+        .unwrap();
+    // A deletion, in flight: as the store makes one, the session's row
+    // first, then the message.
+    let mut raw = schema.raw().await;
+    let deletion = raw.transaction().await.unwrap();
+    let deleter: i32 = deletion
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    deletion
+        .execute(
+            "UPDATE sessions SET edits = edits + 1 WHERE id = $1",
+            &[s.id.as_uuid()],
+        )
+        .await
+        .unwrap();
+    deletion
+        .execute(
+            "DELETE FROM messages WHERE session_id = $1 AND position = 0",
+            &[s.id.as_uuid()],
+        )
+        .await
+        .unwrap();
+    let claimer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .claim_turn_since(s.id, TurnToken::new(), TTL, 10, version(2, 0))
+                .await
+        })
+    };
+    let watcher = schema.raw().await;
+    let watcher = &watcher;
+    wait_until(
+        Duration::from_secs(20),
+        "the claim to wait on the deletion's row lock",
+        || async move {
+            watcher
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+                    &[&deleter],
+                )
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+                > 0
+        },
+    )
+    .await;
+    deletion.commit().await.unwrap();
+    let (history, v) = held_at(claimer.await.unwrap().unwrap());
+    assert_eq!(pairs(&history), vec![assistant("reply one")]);
+    assert_eq!(Some(v), version(2, 1));
+}
+
+/// A gateway keeps the history it stored and, while no other gateway moves
+/// the session on, sends it as it knows it; a turn or a deletion made
+/// through another gateway is read before its next turn.
+async fn a_gateway_keeps_a_history_until_another_moves_it_on(schema: TestSchema) {
+    let model = ScriptedModel::new().shared();
+    let a = facade(schema.store().await, &model);
+    let b = facade(schema.store().await, &model);
+    let id = new_session(&a).await;
+    a.anyone().chat(id, "one").await.unwrap();
+    assert_eq!(a.cached_sessions(), 1);
+
+    // Changed behind every gateway's back, not through the store: only a
+    // turn that reads the messages sees it. Gateway A has kept them.
+    let raw = schema.raw().await;
+    raw.execute(
+        "UPDATE messages SET content = 'ONE' WHERE session_id = $1 AND position = 0",
+        &[id.as_uuid()],
+    )
+    .await
+    .unwrap();
+    a.anyone().chat(id, "two").await.unwrap();
+    let last = |model: &ScriptedModel| model.seen().last().unwrap().history.clone();
+    assert_eq!(
+        last(&model),
+        vec![user("one"), assistant("reply to one")],
+        "A sends the history it kept"
+    );
+
+    // A turn through B (which reads the messages, having none kept) moves
+    // the session on; A reads it before its next turn.
+    b.anyone().chat(id, "three").await.unwrap();
+    assert_eq!(last(&model)[0], user("ONE"));
+    a.anyone().chat(id, "four").await.unwrap();
+    assert_eq!(
+        last(&model),
+        vec![
+            user("ONE"),
+            assistant("reply to one"),
+            user("two"),
+            assistant("reply to two"),
+            user("three"),
+            assistant("reply to three"),
+        ]
+    );
+
+    // So does an item deleted through B.
+    assert!(b
+        .anyone()
+        .delete_item(id, MessageCursor::after(1))
+        .await
+        .unwrap());
+    a.anyone().chat(id, "five").await.unwrap();
+    let history = last(&model);
+    assert_eq!(history.len(), 7, "{history:?}");
+    assert_eq!(history[0], user("ONE"));
+    assert_eq!(history[1], user("two"));
 }

@@ -7,6 +7,9 @@
 //! turns. A claim is a token and a deadline in the session's
 //! row: taking, renewing, releasing and the claimed append are each one
 //! conditional `UPDATE`, so no connection is held while the model answers.
+//! The message count and a count of deletions, both in the session's row
+//! and moved by the statements that change its messages, version its
+//! history: a claim naming the version a gateway holds reads no messages.
 
 use std::time::Duration;
 
@@ -18,7 +21,7 @@ use super::{millis, session_from, PostgresStore};
 use crate::error::{Error, Result};
 use crate::message::{Message, Role};
 use crate::storage::{
-    Claim, MessageCursor, MessagePage, MessageStore, Turn, TurnClaims, TurnToken,
+    Claim, HistoryVersion, MessageCursor, MessagePage, MessageStore, Turn, TurnClaims, TurnToken,
 };
 use crate::types::{SessionId, Usage};
 
@@ -42,17 +45,27 @@ const APPEND: &str = "WITH t AS (UPDATE sessions SET last_active = $2, turns = t
 /// turn's token, and counts as held: nothing was stored since.
 const APPEND_CLAIMED: &str = "WITH t AS (UPDATE sessions SET last_active = $2, turns = turns + 1, messages = messages + cardinality($3::text[]), target = coalesce($10::text, target), claim = NULL, claim_until = NULL WHERE id = $1 AND claim = $13 RETURNING messages - cardinality($3::text[]) AS first), r AS (INSERT INTO responses (id, session_id, first, through, document) SELECT $11::text, $1, t.first, t.first + cardinality($3::text[]) - 1, $12::text FROM t WHERE $11::text IS NOT NULL) INSERT INTO messages (session_id, position, role, content, body, created_at, prompt_tokens, completion_tokens, cached_tokens) SELECT $1, t.first + m.i - 1, m.role, m.content, m.body, m.at, CASE WHEN m.i = cardinality($3::text[]) THEN $7::bigint END, CASE WHEN m.i = cardinality($3::text[]) THEN $8::bigint END, CASE WHEN m.i = cardinality($3::text[]) THEN $9::bigint END FROM t, unnest($3::text[], $4::text[], $5::text[], $6::timestamptz[]) WITH ORDINALITY AS m(role, content, body, at, i)";
 /// Takes the claim when it is free, lapsed, or already this token's, and
-/// reads the latest `$4` messages (newest first) in the same round trip:
+/// reads the latest `$4` messages (newest first) in the same round trip,
+/// unless the history's version (`messages`, `edits`) is still `$5`, `$6`:
 /// one row per message, or one row with none; no row when the claim is
 /// not taken. Deadlines are on the database's clock (`clock_timestamp()`,
-/// which moves within a transaction, unlike `now()`). The session's turn
-/// count of messages comes from the row as updated, the messages from the statement's
-/// snapshot, so the two can disagree (see `claim_turn`).
-const CLAIM: &str = "WITH c AS (UPDATE sessions SET claim = $2, claim_until = clock_timestamp() + make_interval(secs => $3) WHERE id = $1 AND (claim IS NULL OR claim = $2 OR claim_until < clock_timestamp()) RETURNING created_at, last_active, system_prompt, metadata, owner, target, messages) SELECT c.created_at, c.last_active, c.system_prompt, c.metadata, c.owner, c.target, c.messages, m.position, m.role, m.content, m.created_at, m.body FROM c LEFT JOIN LATERAL (SELECT position, role, content, created_at, body FROM messages WHERE session_id = $1 ORDER BY position DESC LIMIT $4) m ON true ORDER BY m.position DESC";
+/// which moves within a transaction, unlike `now()`).
+///
+/// A statement reads the database as it was when it began, but an update
+/// that waited on another transaction's lock on the row (an append or a
+/// deletion committing) goes on with the row as that left it: the claim
+/// then names a version its messages were not read at. `s` reads the
+/// version as of the statement's start; when the two differ, `claim_turn`
+/// reads the messages again.
+const CLAIM: &str = "WITH c AS (UPDATE sessions SET claim = $2, claim_until = clock_timestamp() + make_interval(secs => $3) WHERE id = $1 AND (claim IS NULL OR claim = $2 OR claim_until < clock_timestamp()) RETURNING created_at, last_active, system_prompt, metadata, owner, target, messages, edits), s AS (SELECT messages, edits FROM sessions WHERE id = $1) SELECT c.created_at, c.last_active, c.system_prompt, c.metadata, c.owner, c.target, c.messages, c.edits, s.messages IS NOT DISTINCT FROM c.messages AND s.edits IS NOT DISTINCT FROM c.edits, m.position, m.role, m.content, m.created_at, m.body FROM c LEFT JOIN s ON true LEFT JOIN LATERAL (SELECT position, role, content, created_at, body FROM messages WHERE session_id = $1 AND (c.messages <> $5 OR c.edits <> $6) ORDER BY position DESC LIMIT $4) m ON true ORDER BY m.position DESC";
 const RENEW: &str = "UPDATE sessions SET claim_until = clock_timestamp() + make_interval(secs => $3) WHERE id = $1 AND claim = $2";
 const RELEASE: &str =
     "UPDATE sessions SET claim = NULL, claim_until = NULL WHERE id = $1 AND claim = $2";
-const DELETE_MESSAGE: &str = "DELETE FROM messages WHERE session_id = $1 AND position = $2";
+/// Deletes a message and counts the edit on its session, in one
+/// statement: the history's version moves with the history. The session's
+/// row is locked first, as every other statement on a session does, so a
+/// deletion and a sweep cannot deadlock.
+const DELETE_MESSAGE: &str = "WITH s AS (UPDATE sessions SET edits = edits + 1 WHERE id = $1 AND EXISTS (SELECT 1 FROM messages WHERE session_id = $1 AND position = $2) RETURNING id) DELETE FROM messages WHERE session_id = (SELECT id FROM s) AND position = $2";
 const EXISTS: &str = "SELECT 1 FROM sessions WHERE id = $1";
 const SESSION: &str =
     "SELECT created_at, last_active, system_prompt, metadata, owner, target FROM sessions WHERE id = $1";
@@ -124,16 +137,22 @@ impl PostgresStore {
 }
 
 impl PostgresStore {
-    /// [`TurnClaims::claim_turn`], unbounded.
+    /// [`TurnClaims::claim_turn_since`], unbounded.
     async fn claim(
         &self,
         id: SessionId,
         token: TurnToken,
         ttl: Duration,
         limit: usize,
+        known: Option<HistoryVersion>,
     ) -> Result<Claim> {
         let client = self.client().await?;
         let statement = client.prepare_cached(CLAIM).await?;
+        // No version is -1 messages: every session has at least 0.
+        let known = known.unwrap_or(HistoryVersion {
+            appended: -1,
+            edits: -1,
+        });
         let rows = client
             .query(
                 &statement,
@@ -142,6 +161,8 @@ impl PostgresStore {
                     &token.0,
                     &ttl.as_secs_f64(),
                     &sql_limit(limit),
+                    &known.appended,
+                    &known.edits,
                 ],
             )
             .await?;
@@ -160,14 +181,18 @@ impl PostgresStore {
             });
         };
         let session = session_from(id, row, 0)?;
-        let count: i64 = row.try_get(6)?;
-        let newest: Option<i64> = row.try_get(7)?;
-        // A statement reads the database as it was when it began. If the
-        // claim waited on the previous holder's append (its row lock), the
-        // row is read as updated but the messages are not: the newest one
-        // read is then not the last turn's reply. Rare; read them again.
-        let complete = limit == 0 || count == 0 || newest == Some(count - 1);
-        if !complete {
+        let version = HistoryVersion {
+            appended: row.try_get(6)?,
+            edits: row.try_get(7)?,
+        };
+        if version == known {
+            return Ok(Claim::Current(session));
+        }
+        // The version the messages were read at is not the claim's (see
+        // `CLAIM`): rare; read them again, now that the claim holds off
+        // other turns.
+        let as_read: bool = row.try_get(8)?;
+        if !as_read && limit > 0 {
             self.log_sql(RECENT);
             let statement = client.prepare_cached(RECENT).await?;
             let rows = client
@@ -177,15 +202,15 @@ impl PostgresStore {
                 .iter()
                 .map(|row| message_from(row, 0))
                 .collect::<Result<_>>()?;
-            return Ok(Claim::Held(session, history));
+            return Ok(Claim::Held(session, history, version));
         }
         let mut history = Vec::with_capacity(rows.len());
         for row in rows.iter().rev() {
-            if row.try_get::<_, Option<i64>>(7)?.is_some() {
-                history.push(message_from(row, 8)?);
+            if row.try_get::<_, Option<i64>>(9)?.is_some() {
+                history.push(message_from(row, 10)?);
             }
         }
-        Ok(Claim::Held(session, history))
+        Ok(Claim::Held(session, history, version))
     }
 }
 
@@ -274,14 +299,15 @@ impl MessageStore for PostgresStore {
 
 #[async_trait]
 impl TurnClaims for PostgresStore {
-    async fn claim_turn(
+    async fn claim_turn_since(
         &self,
         id: SessionId,
         token: TurnToken,
         ttl: Duration,
         limit: usize,
+        known: Option<HistoryVersion>,
     ) -> Result<Claim> {
-        self.bounded(self.claim(id, token, ttl, limit)).await
+        self.bounded(self.claim(id, token, ttl, limit, known)).await
     }
 
     async fn renew_claim(&self, id: SessionId, token: TurnToken, ttl: Duration) -> Result<bool> {

@@ -104,6 +104,11 @@ const MIGRATIONS: &[&str] = &[
     // repeat them. NULL for a response stored before, whose document holds
     // everything.
     "ALTER TABLE responses ADD COLUMN first bigint;",
+    // v6: a session's count of edits to its messages (deletions), moved in
+    // the statement that makes one. With `messages` it is the history's
+    // version (`HistoryVersion`): a gateway whose copy of the history is
+    // at the version a claim finds reads no messages.
+    "ALTER TABLE sessions ADD COLUMN edits bigint NOT NULL DEFAULT 0;",
 ];
 
 /// The schema version this code writes.
