@@ -146,7 +146,7 @@ impl PostgresStore {
         limit: usize,
         known: Option<HistoryVersion>,
     ) -> Result<Claim> {
-        let client = self.client().await?;
+        let client = self.claims_client().await?;
         let statement = client.prepare_cached(CLAIM).await?;
         // No version is -1 messages: every session has at least 0.
         let known = known.unwrap_or(HistoryVersion {
@@ -311,14 +311,13 @@ impl TurnClaims for PostgresStore {
     }
 
     async fn renew_claim(&self, id: SessionId, token: TurnToken, ttl: Duration) -> Result<bool> {
-        Ok(self
-            .execute(RENEW, &[id.as_uuid(), &token.0, &ttl.as_secs_f64()])
-            .await?
-            > 0)
+        let params: [&(dyn ToSql + Sync); 3] = [id.as_uuid(), &token.0, &ttl.as_secs_f64()];
+        Ok(self.execute_on(&self.db.claims, RENEW, &params).await? > 0)
     }
 
     async fn release_claim(&self, id: SessionId, token: TurnToken) -> Result<()> {
-        self.execute(RELEASE, &[id.as_uuid(), &token.0]).await?;
+        let params: [&(dyn ToSql + Sync); 2] = [id.as_uuid(), &token.0];
+        self.execute_on(&self.db.claims, RELEASE, &params).await?;
         Ok(())
     }
 

@@ -1,8 +1,10 @@
 //! `PostgresStore`: sessions, messages, feedback and API keys in one
 //! PostgreSQL database, shared by several gateways.
 //!
-//! A pool of connections (deadpool) serves every call; a connection is held
-//! only for its own statements or transaction, never across a model call.
+//! A pool of connections (deadpool) serves every call, and a quarter of
+//! them a turn's claims, which commit without waiting for the disk
+//! ([`claims_config`]); a connection is held only for its own statements
+//! or transaction, never across a model call.
 //! Turns of one session are serialised across gateways by claims on the
 //! session's row (`messages.rs`), the retention sweep by a lease
 //! (`purge.rs`), and the schema is migrated under an advisory lock
@@ -50,7 +52,8 @@ pub struct PostgresOptions {
     /// PEM roots that the server's certificate is checked against (a
     /// private CA); `None`: the system's roots.
     pub ca_file: Option<std::path::PathBuf>,
-    /// Connections the pool keeps at most.
+    /// Connections the store keeps at most (at least two): a quarter of
+    /// them, and at least one, serve turn claims.
     pub pool_size: usize,
     /// The longest a statement may run (set on every connection); one that
     /// runs longer fails with
@@ -128,6 +131,7 @@ pub struct PostgresStore {
 /// What the store's clones share.
 struct Db {
     pool: Pool,
+    claims: Pool,
     log: Option<Logger>,
     /// Who this store is when it holds the sweep lease: random per store,
     /// so two gateways never mistake each other's lease for their own.
@@ -141,14 +145,27 @@ struct Db {
 
 impl fmt::Debug for PostgresStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let status = self.db.pool.status();
+        let status = self.pool_status();
         f.debug_struct("PostgresStore")
             .field("pool_size", &status.max_size)
             .field("connections", &status.size)
-            .field("idle", &status.available)
+            .field("idle", &status.idle)
             .field("holder", &self.db.holder)
             .finish()
     }
+}
+
+/// Connections for turn claims: as `config`, but their commits do not wait
+/// for the server's disk. A claim is not data: a server crash that forgets
+/// one leaves its turn unable to store (its append finds the claim gone)
+/// and the session free, and the append, on an ordinary connection, waits
+/// for the disk, which by then holds the claim too. Not waiting makes a
+/// claim markedly cheaper for the server.
+fn claims_config(config: &tokio_postgres::Config) -> tokio_postgres::Config {
+    let mut claims = config.clone();
+    let options = config.get_options().unwrap_or_default();
+    claims.options(format!("{options} -c synchronous_commit=off").trim_start());
+    claims
 }
 
 /// The pool's state, for an operator's metrics.
@@ -213,35 +230,44 @@ impl PostgresStore {
         if config.get_application_name().is_none() {
             config.application_name("chatgate");
         }
-        let manager_config = ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
+        let claims_config = claims_config(&config);
+        let make_pool = |config: tokio_postgres::Config, size: usize| -> Result<Pool> {
+            let manager_config = ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            };
+            let manager =
+                match ssl {
+                    tls::SslMode::Plain if options.ca_file.is_none() => {
+                        Manager::from_config(config, NoTls, manager_config)
+                    }
+                    tls::SslMode::Plain => return Err(Error::invalid(
+                        "ca_file",
+                        "a CA file needs TLS: sslmode=require, verify-ca or verify-full in the URL",
+                    )),
+                    mode => {
+                        let tls = tls::connector(mode, options.ca_file.as_deref())?;
+                        Manager::from_config(config, tls, manager_config)
+                    }
+                };
+            Pool::builder(manager)
+                .max_size(size.max(1))
+                .wait_timeout(Some(options.connect_timeout))
+                .create_timeout(Some(options.connect_timeout))
+                .recycle_timeout(Some(options.connect_timeout))
+                .runtime(Runtime::Tokio1)
+                .build()
+                .map_err(Error::internal)
         };
-        let manager = match ssl {
-            tls::SslMode::Plain if options.ca_file.is_none() => {
-                Manager::from_config(config, NoTls, manager_config)
-            }
-            tls::SslMode::Plain => {
-                return Err(Error::invalid(
-                    "ca_file",
-                    "a CA file needs TLS: sslmode=require, verify-ca or verify-full in the URL",
-                ))
-            }
-            mode => {
-                let tls = tls::connector(mode, options.ca_file.as_deref())?;
-                Manager::from_config(config, tls, manager_config)
-            }
-        };
-        let pool = Pool::builder(manager)
-            .max_size(options.pool_size.max(1))
-            .wait_timeout(Some(options.connect_timeout))
-            .create_timeout(Some(options.connect_timeout))
-            .recycle_timeout(Some(options.connect_timeout))
-            .runtime(Runtime::Tokio1)
-            .build()
-            .map_err(Error::internal)?;
+        // Claims are short and a turn takes one: a quarter of the
+        // connections serve them, so the server sees no more connections
+        // than `pool_size` says.
+        let claims_size = (options.pool_size / 4).max(1);
+        let pool = make_pool(config, options.pool_size.saturating_sub(claims_size).max(1))?;
+        let claims = make_pool(claims_config, claims_size)?;
         let store = PostgresStore {
             db: Arc::new(Db {
                 pool,
+                claims,
                 log: options.sql_logger,
                 holder: uuid::Uuid::new_v4(),
                 connect_timeout: options.connect_timeout,
@@ -258,20 +284,26 @@ impl PostgresStore {
         Ok(store)
     }
 
-    /// The pool's state, for an operator's metrics.
+    /// The pool's state, for an operator's metrics: every connection,
+    /// those for claims included.
     pub fn pool_status(&self) -> PostgresPoolStatus {
-        let status = self.db.pool.status();
+        let (status, claims) = (self.db.pool.status(), self.db.claims.status());
         PostgresPoolStatus {
-            max_size: status.max_size,
-            size: status.size,
-            idle: status.available,
-            waiting: status.waiting,
+            max_size: status.max_size + claims.max_size,
+            size: status.size + claims.size,
+            idle: status.available + claims.available,
+            waiting: status.waiting + claims.waiting,
         }
     }
 
     /// A connection from the pool.
     async fn client(&self) -> Result<Object> {
         self.db.pool.get().await.map_err(pool_error)
+    }
+
+    /// A connection for a turn claim's statements (see [`claims_config`]).
+    async fn claims_client(&self) -> Result<Object> {
+        self.db.claims.get().await.map_err(pool_error)
     }
 
     /// Reports one SQL statement about to run (the gateway's `log.sql`): its text
@@ -321,8 +353,18 @@ impl PostgresStore {
 
     /// Runs one statement on a pooled connection; the rows it changed.
     async fn execute(&self, sql: &'static str, params: &[&(dyn ToSql + Sync)]) -> Result<u64> {
+        self.execute_on(&self.db.pool, sql, params).await
+    }
+
+    /// As [`PostgresStore::execute`], on a connection from `pool`.
+    async fn execute_on(
+        &self,
+        pool: &Pool,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64> {
         self.bounded(async {
-            let client = self.client().await?;
+            let client = pool.get().await.map_err(pool_error)?;
             self.log_sql(sql);
             let statement = client.prepare_cached(sql).await?;
             Ok(client.execute(&statement, params).await?)
@@ -418,6 +460,20 @@ fn rating_from(value: Option<i16>) -> Result<Option<Rating>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn claims_alone_commit_without_waiting_for_the_disk() {
+        let mut config: tokio_postgres::Config = "postgres://chat@db/chat".parse().unwrap();
+        config.options("-c statement_timeout=5000 -c search_path=tenant");
+        let claims = claims_config(&config);
+        assert_eq!(
+            claims.get_options(),
+            Some("-c statement_timeout=5000 -c search_path=tenant -c synchronous_commit=off")
+        );
+        assert_eq!(claims.get_hosts(), config.get_hosts());
+        assert_eq!(claims.get_user(), config.get_user());
+        assert!(!config.get_options().unwrap().contains("synchronous_commit"));
+    }
 
     #[test]
     fn debug_hides_the_password() {
