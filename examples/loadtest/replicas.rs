@@ -3,11 +3,14 @@
 //! shared limits), in the same run as the mock direct and the gateway on
 //! its configured backend (SQLite by default). Each PostgreSQL run has a
 //! schema of its own, dropped at the end once its messages are counted
-//! against the turns acknowledged.
+//! against the turns acknowledged. When PostgreSQL and Redis run on this
+//! machine, their processes' CPU per turn is reported too.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::load::{closed_loop_over, measured_all, Phase};
 use crate::options::Options;
@@ -66,6 +69,43 @@ pub struct Run {
     pub phase: Phase,
     pub acked: u64,
     pub stored: i64,
+    /// On-CPU time of this machine's PostgreSQL and Redis processes during
+    /// the run (zero when they run elsewhere).
+    pub postgres: Duration,
+    pub redis: Duration,
+}
+
+/// On-CPU time so far of each process on this machine named `name`, from
+/// `/proc/<pid>/schedstat` (a database server's processes are
+/// single-threaded: PostgreSQL's backends, Redis's main thread).
+fn cpu_of(name: &str) -> HashMap<u32, Duration> {
+    let mut out = HashMap::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in procs.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse().ok()) else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim_end() != name {
+            continue;
+        }
+        let sched = std::fs::read_to_string(format!("/proc/{pid}/schedstat")).unwrap_or_default();
+        if let Some(ns) = sched.split_whitespace().next().and_then(|n| n.parse().ok()) {
+            out.insert(pid, Duration::from_nanos(ns));
+        }
+    }
+    out
+}
+
+/// The CPU `name`'s processes used since `before` (processes started since
+/// count whole; those that ended are not counted).
+fn cpu_since(name: &str, before: &HashMap<u32, Duration>) -> Duration {
+    cpu_of(name)
+        .into_iter()
+        .map(|(pid, now)| now.saturating_sub(before.get(&pid).copied().unwrap_or_default()))
+        .sum()
 }
 
 /// Runs `/chat/` for `o.duration` on one, then three, gateways sharing a
@@ -99,6 +139,7 @@ pub async fn run(exe: &Path, mock_addr: SocketAddr, o: &Options) -> Vec<Run> {
         }
         let sessions = Arc::new(new_sessions(addrs[0], o.sessions).await);
         let pids: Vec<u32> = procs.iter().map(|p| p.0.id()).collect();
+        let (pg_before, redis_before) = (cpu_of("postgres"), cpu_of("redis-server"));
         let phase = measured_all(
             &pids,
             closed_loop_over(
@@ -110,6 +151,8 @@ pub async fn run(exe: &Path, mock_addr: SocketAddr, o: &Options) -> Vec<Run> {
             ),
         )
         .await;
+        let postgres = cpu_since("postgres", &pg_before);
+        let redis = cpu_since("redis-server", &redis_before);
         drop(procs); // killed: what they acknowledged must be stored
         let acked = phase.ok;
         let stored = pg.messages_then_drop().await;
@@ -118,6 +161,8 @@ pub async fn run(exe: &Path, mock_addr: SocketAddr, o: &Options) -> Vec<Run> {
             phase,
             acked,
             stored,
+            postgres,
+            redis,
         });
     }
     runs
@@ -155,13 +200,17 @@ pub fn report(direct: &mut Phase, single: &mut Phase, o: &Options, runs: Vec<Run
         single.cpu_us_per_ok()
     );
     for mut r in runs {
+        let ok = r.phase.ok.max(1) as f64;
+        let per_turn = |d: Duration| d.as_secs_f64() * 1e6 / ok;
         println!(
-            "  {:<34} {:>10.0} {:>9.3} {:>9.2} {:>10.1}   non-2xx {} errors {}; {} turns acknowledged, {} messages stored ({})",
+            "  {:<34} {:>10.0} {:>9.3} {:>9.2} {:>10.1}   PostgreSQL {:.0} µs/turn, Redis {:.0}; non-2xx {} errors {}; {} turns acknowledged, {} messages stored ({})",
             format!("chatgate, postgres, {} replica{}", r.replicas, if r.replicas > 1 { "s" } else { "" }),
             r.phase.rate(),
             r.phase.rate() / direct_rate,
             r.phase.pct(0.99),
             r.phase.cpu_us_per_ok(),
+            per_turn(r.postgres),
+            per_turn(r.redis),
             r.phase.non_2xx,
             r.phase.errors,
             r.acked,
