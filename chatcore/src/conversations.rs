@@ -105,6 +105,7 @@ impl Scoped<'_> {
         let deleted = self.inner.store.delete_message(id, position).await?;
         // The cached window may hold it: the next turn reads the store.
         self.inner.hot.discard(id);
+        self.inner.windows.discard(id);
         Ok(deleted)
     }
 }

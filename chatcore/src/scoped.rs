@@ -249,6 +249,7 @@ impl<'a> Scoped<'a> {
             return Err(Error::session_not_found());
         }
         self.inner.hot.forget(id);
+        self.inner.windows.forget(id);
         Ok(())
     }
 

@@ -39,7 +39,7 @@ use crate::queue::TurnSlot;
 use crate::quota::take_token;
 #[cfg(doc)]
 use crate::storage::ResponseStore;
-use crate::storage::{ResponseRecord, Turn};
+use crate::storage::{ResponseRecord, Turn, TurnToken};
 use crate::tokens::{estimate_tokens, message_tokens};
 use crate::types::{SessionId, Usage};
 
@@ -451,8 +451,9 @@ impl<'c> PreparedTurn<'c> {
                 .as_ref()
                 .map(|(id, document)| ResponseRecord { id, document }),
         };
-        append(&inner, self.id, &mut self.claim, turn).await?;
-        self.lease.record(messages, completion.target.as_ref());
+        let token = append(&inner, self.id, &mut self.claim, turn).await?;
+        self.lease
+            .record(messages, completion.target.as_ref(), token);
         let (session_id, remaining, upstream) = (self.id, self.remaining, self.upstream);
         drop(self);
         Ok(ChatReply {
@@ -472,22 +473,22 @@ impl<'c> PreparedTurn<'c> {
 }
 
 /// Appends `turn` to session `id`: under the turn's claim (which the
-/// append releases) on a shared store, plainly otherwise. The one place a
-/// turn's messages are written.
+/// append releases, and whose token it returns) on a shared store, plainly
+/// otherwise. The one place a turn's messages are written.
 async fn append(
     inner: &Inner,
     id: SessionId,
     claim: &mut Option<ClaimGuard>,
     turn: Turn<'_>,
-) -> Result<()> {
+) -> Result<Option<TurnToken>> {
     match claim {
-        None => inner.store.append_turn(id, turn).await,
+        None => inner.store.append_turn(id, turn).await.map(|()| None),
         Some(claim) => {
             crate::claim::claims(&*inner.store)?
                 .append_claimed_turn(id, claim.token, turn)
                 .await?;
             claim.released = true;
-            Ok(())
+            Ok(Some(claim.token))
         }
     }
 }
@@ -525,8 +526,8 @@ impl PreparedTurn<'_> {
             target: None,
             response: None,
         };
-        append(&inner, self.id, &mut self.claim, turn).await?;
-        self.lease.record(&messages, None);
+        let token = append(&inner, self.id, &mut self.claim, turn).await?;
+        self.lease.record(&messages, None, token);
         Ok(())
     }
 }

@@ -76,8 +76,10 @@ pub struct Run {
 }
 
 /// On-CPU time so far of each process on this machine named `name`, from
-/// `/proc/<pid>/schedstat` (a database server's processes are
-/// single-threaded: PostgreSQL's backends, Redis's main thread).
+/// `/proc/<pid>/schedstat`: its main thread, which is all of a PostgreSQL
+/// process and, on Redis's defaults, all of Redis's work per command.
+/// Every such process counts (autovacuum, the WAL writer: the server's
+/// work too), so run nothing else on them.
 fn cpu_of(name: &str) -> HashMap<u32, Duration> {
     let mut out = HashMap::new();
     let Ok(procs) = std::fs::read_dir("/proc") else {

@@ -30,7 +30,7 @@ use chrono::{DateTime, Utc};
 
 use crate::history::{History, Packed as PackedEntry};
 use crate::message::{Message, MessageRef};
-use crate::storage::HistoryVersion;
+use crate::storage::{HistoryVersion, TurnToken};
 use crate::types::{from_millis, Session, SessionId};
 
 mod window;
@@ -408,16 +408,24 @@ impl Lease {
 
     /// Records a stored turn's messages in the cache, and the target that
     /// answered it; the last message's time is the session's new
-    /// `last_active`.
-    pub(crate) fn record(&mut self, messages: &[MessageRef<'_>], target: Option<&Arc<str>>) {
+    /// `last_active`. On a shared store the turn was stored under claim
+    /// `token`, which moves the window's version; without one the window
+    /// has none.
+    pub(crate) fn record(
+        &mut self,
+        messages: &[MessageRef<'_>],
+        target: Option<&Arc<str>>,
+        token: Option<TurnToken>,
+    ) {
         let budget = self.cache.budget;
         if let Some(w) = self.window.as_mut() {
             for m in messages {
                 w.push(*m, budget);
             }
-            if let Some(v) = w.version.as_mut() {
-                v.appended += messages.len() as i64;
-            }
+            w.version = w
+                .version
+                .zip(token)
+                .map(|(v, token)| v.then(token, messages.len()));
             if let Some(t) = target {
                 if w.target.as_ref() != Some(t) {
                     w.target = Some(Arc::clone(t));

@@ -164,7 +164,7 @@ fn grow(cache: &Arc<HotSessions>) -> Vec<Arc<Hot>> {
             if let Some(mut lease) = cache.lease(Arc::clone(hot)) {
                 let text = "y".repeat(1000);
                 let reply = format!("{round}");
-                lease.record(&[user(&text), user(&reply)], None);
+                lease.record(&[user(&text), user(&reply)], None, None);
             }
         }
     }

@@ -501,7 +501,8 @@ pub trait TurnClaims: Send + Sync {
     /// As [`MessageStore::append_turn`], only while `token` holds the claim
     /// on `id`, releasing it in the same transaction. A claim that lapsed
     /// stores nothing: another turn may have been stored since this one
-    /// read the history.
+    /// read the history. A history at version `v` when claimed is then at
+    /// `v.then(token, turn.messages.len())` ([`HistoryVersion::then`]).
     ///
     /// # Errors
     /// [`ErrorKind::StorageUnavailable`] when the claim is no longer held;
@@ -532,17 +533,31 @@ impl Default for TurnToken {
     }
 }
 
-/// How far a session's stored history has moved, in a store shared by
-/// several gateways: the messages ever appended to it, and the edits made
-/// to what was appended (a message deleted). Both only grow, and a history
-/// read at one version is the same wherever and whenever it is read, so a
-/// gateway holding it need not read it again while the version stands.
+/// Where a session's stored history stands, in a store shared by several
+/// gateways: the messages ever appended to it, and the id of the last
+/// change to its messages, which every statement that changes them sets
+/// anew (a claimed append, to its claim's token). Two different histories
+/// never share a version, even after the database is restored to an
+/// earlier time and moves on differently, so a gateway holding the history
+/// at a version need not read it again while the version stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct HistoryVersion {
     /// Messages appended to the session ever (its next message's position).
     pub appended: i64,
-    /// Changes to appended messages (deletions) ever.
-    pub edits: i64,
+    /// The last change to the session's messages.
+    pub head: uuid::Uuid,
+}
+
+impl HistoryVersion {
+    /// The version once `token`'s claimed append
+    /// ([`TurnClaims::append_claimed_turn`]) of `messages` messages is
+    /// stored onto this one.
+    pub fn then(self, token: TurnToken, messages: usize) -> Self {
+        HistoryVersion {
+            appended: self.appended + messages as i64,
+            head: token.0,
+        }
+    }
 }
 
 /// The outcome of [`TurnClaims::claim_turn_since`].

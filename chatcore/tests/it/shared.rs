@@ -52,6 +52,7 @@ on_postgres! {
     "multi_thread" => a_turn_longer_than_the_claim_ttl_keeps_its_claim,
     "multi_thread" => a_refused_message_does_not_wait_for_the_claim,
     "current_thread" => a_claim_reads_no_messages_while_the_history_is_at_the_version_named,
+    "current_thread" => a_history_restored_and_moved_on_differently_is_read_again,
     "multi_thread" => a_claim_that_waited_on_a_deletion_reads_the_messages_again,
     "multi_thread" => a_gateway_keeps_a_history_until_another_moves_it_on,
 }
@@ -724,10 +725,6 @@ fn held_at(claim: Claim) -> (Vec<chatcore::Message>, HistoryVersion) {
     }
 }
 
-fn version(appended: i64, edits: i64) -> Option<HistoryVersion> {
-    Some(HistoryVersion { appended, edits })
-}
-
 async fn a_claim_reads_no_messages_while_the_history_is_at_the_version_named(schema: TestSchema) {
     let store = schema.store().await;
     let s = session(t0());
@@ -735,23 +732,24 @@ async fn a_claim_reads_no_messages_while_the_history_is_at_the_version_named(sch
     store.append_turn(s.id, turn!("u0", "a0", 0)).await.unwrap();
     let [a, b, c, d, e, f] = [(); 6].map(|_| TurnToken::new());
 
-    let (history, v) = held_at(
+    let (history, first) = held_at(
         store
             .claim_turn_since(s.id, a, TTL, 10, None)
             .await
             .unwrap(),
     );
     assert_eq!(pairs(&history), vec![user("u0"), assistant("a0")]);
-    assert_eq!(Some(v), version(2, 0));
+    assert_eq!(first.appended, 2);
     store
         .append_claimed_turn(s.id, a, turn!("u1", "a1", 10))
         .await
         .unwrap();
+    let stored = first.then(a, 2);
 
-    // Whoever stored that turn knows the history at 4 messages: it gets
-    // the session, and no messages, with the session as updated.
+    // Whoever stored that turn knows the history as it now is: it gets the
+    // session, and no messages, with the session as updated.
     match store
-        .claim_turn_since(s.id, b, TTL, 10, version(4, 0))
+        .claim_turn_since(s.id, b, TTL, 10, Some(stored))
         .await
         .unwrap()
     {
@@ -761,22 +759,22 @@ async fn a_claim_reads_no_messages_while_the_history_is_at_the_version_named(sch
     // Held all the same: no other turn gets in.
     assert!(matches!(
         store
-            .claim_turn_since(s.id, c, TTL, 10, version(4, 0))
+            .claim_turn_since(s.id, c, TTL, 10, Some(stored))
             .await
             .unwrap(),
         Claim::Busy(_)
     ));
     store.release_claim(s.id, b).await.unwrap();
 
-    // A gateway that knew it at 2 messages reads it again.
+    // A gateway that knew it before that turn reads it again.
     let (history, v) = held_at(
         store
-            .claim_turn_since(s.id, c, TTL, 10, version(2, 0))
+            .claim_turn_since(s.id, c, TTL, 10, Some(first))
             .await
             .unwrap(),
     );
     assert_eq!(history.len(), 4);
-    assert_eq!(Some(v), version(4, 0));
+    assert_eq!(v, stored);
     store.release_claim(s.id, c).await.unwrap();
 
     // A deletion moves the version: the same count of messages appended
@@ -785,9 +783,9 @@ async fn a_claim_reads_no_messages_while_the_history_is_at_the_version_named(sch
         .delete_message(s.id, MessageCursor::after(1))
         .await
         .unwrap());
-    let (history, v) = held_at(
+    let (history, deleted) = held_at(
         store
-            .claim_turn_since(s.id, d, TTL, 10, version(4, 0))
+            .claim_turn_since(s.id, d, TTL, 10, Some(stored))
             .await
             .unwrap(),
     );
@@ -795,17 +793,18 @@ async fn a_claim_reads_no_messages_while_the_history_is_at_the_version_named(sch
         pairs(&history),
         vec![user("u0"), user("u1"), assistant("a1")]
     );
-    assert_eq!(Some(v), version(4, 1));
+    assert_eq!(deleted.appended, 4);
+    assert_ne!(deleted, stored);
     store.release_claim(s.id, d).await.unwrap();
 
-    // Deleting nothing edits nothing.
+    // Deleting nothing changes nothing.
     assert!(!store
         .delete_message(s.id, MessageCursor::after(1))
         .await
         .unwrap());
     assert!(matches!(
         store
-            .claim_turn_since(s.id, e, TTL, 10, version(4, 1))
+            .claim_turn_since(s.id, e, TTL, 10, Some(deleted))
             .await
             .unwrap(),
         Claim::Current(_)
@@ -813,11 +812,67 @@ async fn a_claim_reads_no_messages_while_the_history_is_at_the_version_named(sch
     store.release_claim(s.id, e).await.unwrap();
     assert!(matches!(
         store
-            .claim_turn_since(SessionId::new_v4(), f, TTL, 10, version(4, 1))
+            .claim_turn_since(SessionId::new_v4(), f, TTL, 10, Some(deleted))
             .await
             .unwrap(),
         Claim::Missing
     ));
+}
+
+/// A database taken back in time (restored, or failed over to a standby
+/// that missed commits) may move a session on again from an earlier
+/// point: as many messages as a gateway knew, but others. Each change has
+/// an id of its own, so that gateway's version no longer stands.
+async fn a_history_restored_and_moved_on_differently_is_read_again(schema: TestSchema) {
+    let store = schema.store().await;
+    let s = session(t0());
+    store.insert_session(&s).await.unwrap();
+    let (a, b, c) = (TurnToken::new(), TurnToken::new(), TurnToken::new());
+    let (_, before) = held_at(
+        store
+            .claim_turn_since(s.id, a, TTL, 10, None)
+            .await
+            .unwrap(),
+    );
+    store
+        .append_claimed_turn(s.id, a, turn!("lost", "lost reply", 1))
+        .await
+        .unwrap();
+    let known = before.then(a, 2);
+    // The restore: the turn is gone, and the session is as it was.
+    let raw = schema.raw().await;
+    raw.execute(
+        "DELETE FROM messages WHERE session_id = $1",
+        &[s.id.as_uuid()],
+    )
+    .await
+    .unwrap();
+    raw.execute(
+        "UPDATE sessions SET messages = 0, turns = 0, head = $2 WHERE id = $1",
+        &[s.id.as_uuid(), &before.head],
+    )
+    .await
+    .unwrap();
+    // Another gateway's turn moves it on to as many messages.
+    held_at(
+        store
+            .claim_turn_since(s.id, b, TTL, 10, None)
+            .await
+            .unwrap(),
+    );
+    store
+        .append_claimed_turn(s.id, b, turn!("kept", "kept reply", 2))
+        .await
+        .unwrap();
+    let (history, v) = held_at(
+        store
+            .claim_turn_since(s.id, c, TTL, 10, Some(known))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(pairs(&history), vec![user("kept"), assistant("kept reply")]);
+    assert_eq!(v.appended, known.appended);
+    assert_ne!(v, known);
 }
 
 /// As an append, a deletion in flight when a claim begins is seen by the
@@ -831,8 +886,16 @@ async fn a_claim_that_waited_on_a_deletion_reads_the_messages_again(schema: Test
         .append_turn(s.id, turn!("first", "reply one", 1))
         .await
         .unwrap();
-    // A deletion, in flight: as the store makes one, the session's row
-    // first, then the message.
+    let token = TurnToken::new();
+    let (_, known) = held_at(
+        store
+            .claim_turn_since(s.id, token, TTL, 10, None)
+            .await
+            .unwrap(),
+    );
+    store.release_claim(s.id, token).await.unwrap();
+    // A deletion, in flight, in the order the store's statement takes its
+    // locks: the session's row (its new head), then the message.
     let mut raw = schema.raw().await;
     let deletion = raw.transaction().await.unwrap();
     let deleter: i32 = deletion
@@ -842,7 +905,7 @@ async fn a_claim_that_waited_on_a_deletion_reads_the_messages_again(schema: Test
         .get(0);
     deletion
         .execute(
-            "UPDATE sessions SET edits = edits + 1 WHERE id = $1",
+            "UPDATE sessions SET head = gen_random_uuid() WHERE id = $1",
             &[s.id.as_uuid()],
         )
         .await
@@ -858,7 +921,7 @@ async fn a_claim_that_waited_on_a_deletion_reads_the_messages_again(schema: Test
         let store = store.clone();
         tokio::spawn(async move {
             store
-                .claim_turn_since(s.id, TurnToken::new(), TTL, 10, version(2, 0))
+                .claim_turn_since(s.id, TurnToken::new(), TTL, 10, Some(known))
                 .await
         })
     };
@@ -883,7 +946,8 @@ async fn a_claim_that_waited_on_a_deletion_reads_the_messages_again(schema: Test
     deletion.commit().await.unwrap();
     let (history, v) = held_at(claimer.await.unwrap().unwrap());
     assert_eq!(pairs(&history), vec![assistant("reply one")]);
-    assert_eq!(Some(v), version(2, 1));
+    assert_eq!(v.appended, 2);
+    assert_ne!(v, known);
 }
 
 /// A gateway keeps the history it stored and, while no other gateway moves

@@ -7,9 +7,10 @@
 //! turns. A claim is a token and a deadline in the session's
 //! row: taking, renewing, releasing and the claimed append are each one
 //! conditional `UPDATE`, so no connection is held while the model answers.
-//! The message count and a count of deletions, both in the session's row
-//! and moved by the statements that change its messages, version its
-//! history: a claim naming the version a gateway holds reads no messages.
+//! The message count and the id of the last change (`head`), both in the
+//! session's row and set by the statements that change its messages,
+//! version its history: a claim naming the version a gateway holds reads
+//! no messages.
 
 use std::time::Duration;
 
@@ -39,33 +40,35 @@ const USAGE: &str = "SELECT coalesce(sum(prompt_tokens), 0)::bigint, coalesce(su
 /// read and moved under the row lock the update takes; the reply (the
 /// last) carries the tokens. A response (`$11`, `$12`) is stored in the
 /// same statement.
-const APPEND: &str = "WITH t AS (UPDATE sessions SET last_active = $2, turns = turns + 1, messages = messages + cardinality($3::text[]), target = coalesce($10::text, target) WHERE id = $1 RETURNING messages - cardinality($3::text[]) AS first), r AS (INSERT INTO responses (id, session_id, first, through, document) SELECT $11::text, $1, t.first, t.first + cardinality($3::text[]) - 1, $12::text FROM t WHERE $11::text IS NOT NULL) INSERT INTO messages (session_id, position, role, content, body, created_at, prompt_tokens, completion_tokens, cached_tokens) SELECT $1, t.first + m.i - 1, m.role, m.content, m.body, m.at, CASE WHEN m.i = cardinality($3::text[]) THEN $7::bigint END, CASE WHEN m.i = cardinality($3::text[]) THEN $8::bigint END, CASE WHEN m.i = cardinality($3::text[]) THEN $9::bigint END FROM t, unnest($3::text[], $4::text[], $5::text[], $6::timestamptz[]) WITH ORDINALITY AS m(role, content, body, at, i)";
-/// As [`APPEND`], only while `$13` holds the claim, which it releases. A
+const APPEND: &str = "WITH t AS (UPDATE sessions SET last_active = $2, turns = turns + 1, messages = messages + cardinality($3::text[]), target = coalesce($10::text, target), head = $13 WHERE id = $1 RETURNING messages - cardinality($3::text[]) AS first), r AS (INSERT INTO responses (id, session_id, first, through, document) SELECT $11::text, $1, t.first, t.first + cardinality($3::text[]) - 1, $12::text FROM t WHERE $11::text IS NOT NULL) INSERT INTO messages (session_id, position, role, content, body, created_at, prompt_tokens, completion_tokens, cached_tokens) SELECT $1, t.first + m.i - 1, m.role, m.content, m.body, m.at, CASE WHEN m.i = cardinality($3::text[]) THEN $7::bigint END, CASE WHEN m.i = cardinality($3::text[]) THEN $8::bigint END, CASE WHEN m.i = cardinality($3::text[]) THEN $9::bigint END FROM t, unnest($3::text[], $4::text[], $5::text[], $6::timestamptz[]) WITH ORDINALITY AS m(role, content, body, at, i)";
+/// As [`APPEND`], only while `$13` holds the claim, which it releases, the
+/// claim's token being the change's id. A
 /// claim that lapsed but was not taken by another turn still carries this
 /// turn's token, and counts as held: nothing was stored since.
-const APPEND_CLAIMED: &str = "WITH t AS (UPDATE sessions SET last_active = $2, turns = turns + 1, messages = messages + cardinality($3::text[]), target = coalesce($10::text, target), claim = NULL, claim_until = NULL WHERE id = $1 AND claim = $13 RETURNING messages - cardinality($3::text[]) AS first), r AS (INSERT INTO responses (id, session_id, first, through, document) SELECT $11::text, $1, t.first, t.first + cardinality($3::text[]) - 1, $12::text FROM t WHERE $11::text IS NOT NULL) INSERT INTO messages (session_id, position, role, content, body, created_at, prompt_tokens, completion_tokens, cached_tokens) SELECT $1, t.first + m.i - 1, m.role, m.content, m.body, m.at, CASE WHEN m.i = cardinality($3::text[]) THEN $7::bigint END, CASE WHEN m.i = cardinality($3::text[]) THEN $8::bigint END, CASE WHEN m.i = cardinality($3::text[]) THEN $9::bigint END FROM t, unnest($3::text[], $4::text[], $5::text[], $6::timestamptz[]) WITH ORDINALITY AS m(role, content, body, at, i)";
+const APPEND_CLAIMED: &str = "WITH t AS (UPDATE sessions SET last_active = $2, turns = turns + 1, messages = messages + cardinality($3::text[]), target = coalesce($10::text, target), claim = NULL, claim_until = NULL, head = $13 WHERE id = $1 AND claim = $13 RETURNING messages - cardinality($3::text[]) AS first), r AS (INSERT INTO responses (id, session_id, first, through, document) SELECT $11::text, $1, t.first, t.first + cardinality($3::text[]) - 1, $12::text FROM t WHERE $11::text IS NOT NULL) INSERT INTO messages (session_id, position, role, content, body, created_at, prompt_tokens, completion_tokens, cached_tokens) SELECT $1, t.first + m.i - 1, m.role, m.content, m.body, m.at, CASE WHEN m.i = cardinality($3::text[]) THEN $7::bigint END, CASE WHEN m.i = cardinality($3::text[]) THEN $8::bigint END, CASE WHEN m.i = cardinality($3::text[]) THEN $9::bigint END FROM t, unnest($3::text[], $4::text[], $5::text[], $6::timestamptz[]) WITH ORDINALITY AS m(role, content, body, at, i)";
 /// Takes the claim when it is free, lapsed, or already this token's, and
 /// reads the latest `$4` messages (newest first) in the same round trip,
-/// unless the history's version (`messages`, `edits`) is still `$5`, `$6`:
+/// unless the history's version (`messages`, `head`) is still `$5`, `$6`:
 /// one row per message, or one row with none; no row when the claim is
 /// not taken. Deadlines are on the database's clock (`clock_timestamp()`,
-/// which moves within a transaction, unlike `now()`).
+/// which moves within a transaction, unlike `now()`). A session with no
+/// `head` yet (stored before it existed) gets the claim's token.
 ///
 /// A statement reads the database as it was when it began, but an update
 /// that waited on another transaction's lock on the row (an append or a
 /// deletion committing) goes on with the row as that left it: the claim
 /// then names a version its messages were not read at. `s` reads the
-/// version as of the statement's start; when the two differ, `claim_turn`
+/// version as of the statement's start; when the two differ, `claim`
 /// reads the messages again.
-const CLAIM: &str = "WITH c AS (UPDATE sessions SET claim = $2, claim_until = clock_timestamp() + make_interval(secs => $3) WHERE id = $1 AND (claim IS NULL OR claim = $2 OR claim_until < clock_timestamp()) RETURNING created_at, last_active, system_prompt, metadata, owner, target, messages, edits), s AS (SELECT messages, edits FROM sessions WHERE id = $1) SELECT c.created_at, c.last_active, c.system_prompt, c.metadata, c.owner, c.target, c.messages, c.edits, s.messages IS NOT DISTINCT FROM c.messages AND s.edits IS NOT DISTINCT FROM c.edits, m.position, m.role, m.content, m.created_at, m.body FROM c LEFT JOIN s ON true LEFT JOIN LATERAL (SELECT position, role, content, created_at, body FROM messages WHERE session_id = $1 AND (c.messages <> $5 OR c.edits <> $6) ORDER BY position DESC LIMIT $4) m ON true ORDER BY m.position DESC";
+const CLAIM: &str = "WITH c AS (UPDATE sessions SET claim = $2, claim_until = clock_timestamp() + make_interval(secs => $3), head = coalesce(head, $2) WHERE id = $1 AND (claim IS NULL OR claim = $2 OR claim_until < clock_timestamp()) RETURNING created_at, last_active, system_prompt, metadata, owner, target, messages, head), s AS (SELECT messages, head FROM sessions WHERE id = $1) SELECT c.created_at, c.last_active, c.system_prompt, c.metadata, c.owner, c.target, c.messages, c.head, s.messages IS NOT DISTINCT FROM c.messages AND s.head IS NOT DISTINCT FROM c.head, m.position, m.role, m.content, m.created_at, m.body FROM c LEFT JOIN s ON true LEFT JOIN LATERAL (SELECT position, role, content, created_at, body FROM messages WHERE session_id = $1 AND (c.messages <> $5 OR c.head IS DISTINCT FROM $6) ORDER BY position DESC LIMIT $4) m ON true ORDER BY m.position DESC";
 const RENEW: &str = "UPDATE sessions SET claim_until = clock_timestamp() + make_interval(secs => $3) WHERE id = $1 AND claim = $2";
 const RELEASE: &str =
     "UPDATE sessions SET claim = NULL, claim_until = NULL WHERE id = $1 AND claim = $2";
-/// Deletes a message and counts the edit on its session, in one
-/// statement: the history's version moves with the history. The session's
-/// row is locked first, as every other statement on a session does, so a
-/// deletion and a sweep cannot deadlock.
-const DELETE_MESSAGE: &str = "WITH s AS (UPDATE sessions SET edits = edits + 1 WHERE id = $1 AND EXISTS (SELECT 1 FROM messages WHERE session_id = $1 AND position = $2) RETURNING id) DELETE FROM messages WHERE session_id = (SELECT id FROM s) AND position = $2";
+/// Deletes a message and gives its session's history a new `head` (`$3`),
+/// in one statement: the history's version moves with the history. The
+/// session's row is locked first, as every other statement on a session
+/// does, so a deletion and a sweep cannot deadlock.
+const DELETE_MESSAGE: &str = "WITH s AS (UPDATE sessions SET head = $3 WHERE id = $1 AND EXISTS (SELECT 1 FROM messages WHERE session_id = $1 AND position = $2) RETURNING id) DELETE FROM messages WHERE session_id = (SELECT id FROM s) AND position = $2";
 const EXISTS: &str = "SELECT 1 FROM sessions WHERE id = $1";
 const SESSION: &str =
     "SELECT created_at, last_active, system_prompt, metadata, owner, target FROM sessions WHERE id = $1";
@@ -108,10 +111,11 @@ impl PostgresStore {
         let texts: Vec<&str> = turn.messages.iter().map(|m| m.content).collect();
         let bodies: Vec<Option<&str>> = turn.messages.iter().map(|m| m.wire).collect();
         let times: Vec<_> = turn.messages.iter().map(|m| millis(m.created_at)).collect();
-        let claim = token.map(|t| t.0);
+        // A claimed append's id is its claim's token (see `HistoryVersion`).
+        let head = token.map_or_else(uuid::Uuid::new_v4, |t| t.0);
         let response_id = turn.response.map(|r| r.id);
         let document = turn.response.map(|r| r.document);
-        let mut params: Vec<&(dyn ToSql + Sync)> = vec![
+        let params: [&(dyn ToSql + Sync); 13] = [
             id.as_uuid(),
             &reply_at,
             &roles,
@@ -124,13 +128,12 @@ impl PostgresStore {
             &turn.target,
             &response_id,
             &document,
+            &head,
         ];
-        let sql = match &claim {
-            Some(claim) => {
-                params.push(claim);
-                APPEND_CLAIMED
-            }
-            None => APPEND,
+        let sql = if token.is_some() {
+            APPEND_CLAIMED
+        } else {
+            APPEND
         };
         Ok(self.execute(sql, &params).await? > 0)
     }
@@ -149,10 +152,7 @@ impl PostgresStore {
         let client = self.claims_client().await?;
         let statement = client.prepare_cached(CLAIM).await?;
         // No version is -1 messages: every session has at least 0.
-        let known = known.unwrap_or(HistoryVersion {
-            appended: -1,
-            edits: -1,
-        });
+        let (appended, head) = known.map_or((-1, None), |v| (v.appended, Some(v.head)));
         let rows = client
             .query(
                 &statement,
@@ -161,8 +161,8 @@ impl PostgresStore {
                     &token.0,
                     &ttl.as_secs_f64(),
                     &sql_limit(limit),
-                    &known.appended,
-                    &known.edits,
+                    &appended,
+                    &head,
                 ],
             )
             .await?;
@@ -183,9 +183,9 @@ impl PostgresStore {
         let session = session_from(id, row, 0)?;
         let version = HistoryVersion {
             appended: row.try_get(6)?,
-            edits: row.try_get(7)?,
+            head: row.try_get(7)?,
         };
-        if version == known {
+        if Some(version) == known {
             return Ok(Claim::Current(session));
         }
         // The version the messages were read at is not the claim's (see
@@ -232,8 +232,9 @@ impl MessageStore for PostgresStore {
     }
 
     async fn delete_message(&self, id: SessionId, position: MessageCursor) -> Result<bool> {
+        let head = uuid::Uuid::new_v4();
         Ok(self
-            .execute(DELETE_MESSAGE, &[id.as_uuid(), &position.position()])
+            .execute(DELETE_MESSAGE, &[id.as_uuid(), &position.position(), &head])
             .await?
             > 0)
     }

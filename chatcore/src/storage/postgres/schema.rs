@@ -104,11 +104,13 @@ const MIGRATIONS: &[&str] = &[
     // repeat them. NULL for a response stored before, whose document holds
     // everything.
     "ALTER TABLE responses ADD COLUMN first bigint;",
-    // v6: a session's count of edits to its messages (deletions), moved in
-    // the statement that makes one. With `messages` it is the history's
+    // v6: the id of the last change to a session's messages, set anew by
+    // every statement that changes them (an append, to its claim's token;
+    // a deletion, to a fresh id). With `messages` it is the history's
     // version (`HistoryVersion`): a gateway whose copy of the history is
-    // at the version a claim finds reads no messages.
-    "ALTER TABLE sessions ADD COLUMN edits bigint NOT NULL DEFAULT 0;",
+    // at the version a claim finds reads no messages. NULL until a claim
+    // first sets it.
+    "ALTER TABLE sessions ADD COLUMN head uuid;",
 ];
 
 /// The schema version this code writes.
