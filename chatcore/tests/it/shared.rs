@@ -53,6 +53,7 @@ on_postgres! {
     "multi_thread" => a_refused_message_does_not_wait_for_the_claim,
     "current_thread" => a_claim_reads_no_messages_while_the_history_is_at_the_version_named,
     "current_thread" => a_history_restored_and_moved_on_differently_is_read_again,
+    "current_thread" => claims_run_on_connections_of_their_own,
     "multi_thread" => a_claim_that_waited_on_a_deletion_reads_the_messages_again,
     "multi_thread" => a_gateway_keeps_a_history_until_another_moves_it_on,
 }
@@ -1006,4 +1007,52 @@ async fn a_gateway_keeps_a_history_until_another_moves_it_on(schema: TestSchema)
     assert_eq!(history.len(), 7, "{history:?}");
     assert_eq!(history[0], user("ONE"));
     assert_eq!(history[1], user("two"));
+}
+
+/// Claims, and only claims, run on the connections that commit without
+/// waiting for the disk: named apart, so `pg_stat_activity` tells which
+/// connection ran what.
+async fn claims_run_on_connections_of_their_own(schema: TestSchema) {
+    let name = format!("t{}", &SessionId::new_v4().to_string()[..8]);
+    let url = format!(
+        "{}{}application_name={name}",
+        schema.options().url,
+        if schema.options().url.contains('?') {
+            '&'
+        } else {
+            '?'
+        }
+    );
+    let store = PostgresStore::connect(PostgresOptions {
+        url,
+        ..schema.options()
+    })
+    .await
+    .unwrap();
+    let s = session(t0());
+    store.insert_session(&s).await.unwrap();
+    let token = TurnToken::new();
+    held(store.claim_turn(s.id, token, TTL, 10).await.unwrap());
+    store
+        .append_claimed_turn(s.id, token, turn!("u", "a", 1))
+        .await
+        .unwrap();
+    // What each of this store's connections ran last.
+    let raw = schema.raw().await;
+    let last: Vec<(String, String)> = raw
+        .query(
+            "SELECT application_name, query FROM pg_stat_activity WHERE application_name LIKE $1 || '%'",
+            &[&name],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let ran = |conn: &str, what: &str| last.iter().any(|(n, q)| n == conn && q.contains(what));
+    let claims = format!("{name}-claims");
+    assert!(ran(&claims, "SET claim = $2"), "{last:?}");
+    assert!(!ran(&name, "SET claim = $2"), "{last:?}");
+    assert!(ran(&name, "INSERT INTO messages"), "{last:?}");
+    assert!(!ran(&claims, "INSERT INTO messages"), "{last:?}");
 }

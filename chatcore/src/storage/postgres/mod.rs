@@ -161,15 +161,14 @@ impl fmt::Debug for PostgresStore {
 /// and the session free, and the append, on an ordinary connection, waits
 /// for the disk, which by then holds the claim too. Not waiting makes a
 /// claim markedly cheaper for the server.
-/// Named apart (unless the URL names every connection) so that an
-/// operator sees them apart in `pg_stat_activity`.
+/// Named apart (`chatgate-claims`, or the URL's `application_name` with
+/// `-claims`) so that an operator sees them apart in `pg_stat_activity`.
 fn claims_config(config: &tokio_postgres::Config) -> tokio_postgres::Config {
     let mut claims = config.clone();
     let options = config.get_options().unwrap_or_default();
     claims.options(format!("{options} -c synchronous_commit=off").trim_start());
-    if config.get_application_name() == Some("chatgate") {
-        claims.application_name("chatgate-claims");
-    }
+    let name = config.get_application_name().unwrap_or("chatgate");
+    claims.application_name(format!("{name}-claims"));
     claims
 }
 
@@ -476,7 +475,7 @@ mod tests {
         config.application_name("billing");
         assert_eq!(
             claims_config(&config).get_application_name(),
-            Some("billing")
+            Some("billing-claims")
         );
         assert_eq!(
             claims.get_options(),
