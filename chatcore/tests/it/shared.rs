@@ -56,6 +56,8 @@ on_postgres! {
     "current_thread" => claims_run_on_connections_of_their_own,
     "multi_thread" => a_claim_that_waited_on_a_deletion_reads_the_messages_again,
     "multi_thread" => a_gateway_keeps_a_history_until_another_moves_it_on,
+    "current_thread" => appends_waiting_together_commit_in_one_statement_and_fail_alone,
+    "current_thread" => claims_waiting_together_go_as_one_statement,
 }
 
 const TTL: Duration = Duration::from_secs(10);
@@ -1055,4 +1057,369 @@ async fn claims_run_on_connections_of_their_own(schema: TestSchema) {
     assert!(!ran(&name, "SET claim = $2"), "{last:?}");
     assert!(ran(&name, "INSERT INTO messages"), "{last:?}");
     assert!(!ran(&claims, "INSERT INTO messages"), "{last:?}");
+}
+
+/// The statements logged (their text), in order.
+#[derive(Debug, Default, Clone)]
+struct Statements(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl slog::Drain for Statements {
+    type Ok = ();
+    type Err = slog::Never;
+    fn log(&self, record: &slog::Record<'_>, _: &slog::OwnedKVList) -> Result<(), slog::Never> {
+        struct Text<'a>(&'a mut Vec<String>);
+        impl slog::Serializer for Text<'_> {
+            fn emit_arguments(
+                &mut self,
+                key: slog::Key,
+                value: &std::fmt::Arguments,
+            ) -> slog::Result {
+                if key == "statement" {
+                    self.0.push(value.to_string());
+                }
+                Ok(())
+            }
+        }
+        let mut lines = self.0.lock().unwrap();
+        let _ = slog::KV::serialize(&record.kv(), record, &mut Text(&mut lines));
+        Ok(())
+    }
+}
+
+impl Statements {
+    /// How many of the statements logged contain `what`.
+    fn count(&self, what: &str) -> usize {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.contains(what))
+            .count()
+    }
+}
+
+/// Spawns the claimed appends of `turns` (session, token, reply), then
+/// lets each run until it waits for its batch (a current-thread runtime
+/// runs spawned tasks when the test yields).
+async fn spawn_appends(
+    store: &PostgresStore,
+    turns: &[(SessionId, TurnToken, &'static str)],
+) -> Vec<tokio::task::JoinHandle<chatcore::Result<()>>> {
+    let tasks = turns
+        .iter()
+        .map(|&(id, token, reply)| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .append_claimed_turn(id, token, turn!("question", reply, 5))
+                    .await
+            })
+        })
+        .collect();
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+    tasks
+}
+
+/// Holds session `id`'s row locked in a transaction on `raw` until the
+/// returned transaction ends; its backend's pid.
+async fn block_row<'a>(
+    raw: &'a mut tokio_postgres::Client,
+    id: SessionId,
+) -> (tokio_postgres::Transaction<'a>, i32) {
+    let blocker = raw.transaction().await.unwrap();
+    blocker
+        .execute(
+            "SELECT 1 FROM sessions WHERE id = $1 FOR UPDATE",
+            &[id.as_uuid()],
+        )
+        .await
+        .unwrap();
+    let pid: i32 = blocker
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    (blocker, pid)
+}
+
+async fn appends_waiting_together_commit_in_one_statement_and_fail_alone(schema: TestSchema) {
+    let statements = Statements::default();
+    // Two connections: one for claims, one for appends, so one batch at a
+    // time is in flight.
+    let store = PostgresStore::connect(PostgresOptions {
+        pool_size: 2,
+        sql_logger: Some(slog::Logger::root(statements.clone(), slog::o!())),
+        ..schema.options()
+    })
+    .await
+    .unwrap();
+    let mut sessions = Vec::new();
+    for _ in 0..7 {
+        let s = session(t0());
+        store.insert_session(&s).await.unwrap();
+        store.append_turn(s.id, turn!("u0", "a0", 1)).await.unwrap();
+        let token = TurnToken::new();
+        held(store.claim_turn(s.id, token, TTL, 10).await.unwrap());
+        sessions.push((s.id, token));
+    }
+    // The third session's claim was taken by another turn since.
+    let (lapsed, old) = sessions[2];
+    store.release_claim(lapsed, old).await.unwrap();
+    held(
+        store
+            .claim_turn(lapsed, TurnToken::new(), TTL, 10)
+            .await
+            .unwrap(),
+    );
+
+    let watcher = schema.raw().await;
+    let blocked_on = |pid: i32| {
+        let watcher = &watcher;
+        async move {
+            watcher
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+                    &[&pid],
+                )
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+                > 0
+        }
+    };
+    let batch = "unnest($1::uuid[]";
+
+    // A first append waits on a row lock; three arrive meanwhile and go
+    // to the server together once it is done.
+    let mut raw = schema.raw().await;
+    let (blocker, pid) = block_row(&mut raw, sessions[0].0).await;
+    let first = spawn_appends(&store, &[(sessions[0].0, sessions[0].1, "r0")]).await;
+    wait_until(Duration::from_secs(20), "the first append to wait", || {
+        blocked_on(pid)
+    })
+    .await;
+    let rest = spawn_appends(
+        &store,
+        &[
+            (sessions[1].0, sessions[1].1, "r1"),
+            (lapsed, old, "r2"),
+            (sessions[3].0, sessions[3].1, "r3"),
+        ],
+    )
+    .await;
+    assert_eq!(statements.count(batch), 0);
+    blocker.rollback().await.unwrap();
+    for task in first {
+        task.await.unwrap().unwrap();
+    }
+    let mut outcomes = Vec::new();
+    for task in rest {
+        outcomes.push(task.await);
+    }
+    assert_eq!(statements.count(batch), 1, "one statement for three turns");
+    outcomes[0].as_ref().unwrap().as_ref().unwrap();
+    let fenced = outcomes[1].as_ref().unwrap().as_ref().unwrap_err();
+    assert_eq!(
+        fenced.kind(),
+        ErrorKind::StorageUnavailable,
+        "{}",
+        fenced.chain()
+    );
+    outcomes[2].as_ref().unwrap().as_ref().unwrap();
+    for (i, reply) in [(0, "r0"), (1, "r1"), (3, "r3")] {
+        let history = store.recent_messages(sessions[i].0, 10).await.unwrap();
+        assert_eq!(
+            pairs(&history),
+            vec![
+                user("u0"),
+                assistant("a0"),
+                user("question"),
+                assistant(reply)
+            ]
+        );
+        // Each append released its claim.
+        held(
+            store
+                .claim_turn(sessions[i].0, TurnToken::new(), TTL, 1)
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(store.recent_messages(lapsed, 10).await.unwrap().len(), 2);
+
+    // A batch the server refuses for one turn's text (PostgreSQL's text
+    // holds no NUL) is tried again turn by turn: only that turn fails.
+    let (blocker, pid) = block_row(&mut raw, sessions[4].0).await;
+    let first = spawn_appends(&store, &[(sessions[4].0, sessions[4].1, "r4")]).await;
+    wait_until(Duration::from_secs(20), "the first append to wait", || {
+        blocked_on(pid)
+    })
+    .await;
+    let rest = spawn_appends(
+        &store,
+        &[
+            (sessions[5].0, sessions[5].1, "nul \0 in the reply"),
+            (sessions[6].0, sessions[6].1, "r6"),
+        ],
+    )
+    .await;
+    blocker.commit().await.unwrap();
+    for task in first {
+        task.await.unwrap().unwrap();
+    }
+    let mut outcomes = Vec::new();
+    for task in rest {
+        outcomes.push(task.await);
+    }
+    assert_eq!(statements.count(batch), 2, "the second batch was tried");
+    let refused = outcomes[0].as_ref().unwrap().as_ref().unwrap_err();
+    assert_eq!(
+        refused.kind(),
+        ErrorKind::InvalidInput,
+        "{}",
+        refused.chain()
+    );
+    outcomes[1].as_ref().unwrap().as_ref().unwrap();
+    assert_eq!(
+        store
+            .recent_messages(sessions[5].0, 10)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        pairs(&store.recent_messages(sessions[6].0, 10).await.unwrap()),
+        vec![
+            user("u0"),
+            assistant("a0"),
+            user("question"),
+            assistant("r6")
+        ]
+    );
+}
+
+async fn claims_waiting_together_go_as_one_statement(schema: TestSchema) {
+    let statements = Statements::default();
+    // One claims connection: one batch of claims at a time is in flight.
+    let store = PostgresStore::connect(PostgresOptions {
+        pool_size: 2,
+        sql_logger: Some(slog::Logger::root(statements.clone(), slog::o!())),
+        ..schema.options()
+    })
+    .await
+    .unwrap();
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let s = session(t0());
+        store.insert_session(&s).await.unwrap();
+        store
+            .append_turn(s.id, turn!(format!("u{i}").as_str(), "a", 1))
+            .await
+            .unwrap();
+        ids.push(s.id);
+    }
+    let [blocked, current, stale, busy, abandoned] = ids[..] else {
+        unreachable!()
+    };
+    // `current`'s version is known; `busy` is held by another turn.
+    let token = TurnToken::new();
+    let (_, version) = held_at(
+        store
+            .claim_turn_since(current, token, TTL, 10, None)
+            .await
+            .unwrap(),
+    );
+    store.release_claim(current, token).await.unwrap();
+    held(
+        store
+            .claim_turn(busy, TurnToken::new(), TTL, 10)
+            .await
+            .unwrap(),
+    );
+    let batch = "unnest($1::uuid[], $2::uuid[], $3::float8[]";
+
+    let watcher = schema.raw().await;
+    let mut raw = schema.raw().await;
+    let (blocker, pid) = block_row(&mut raw, blocked).await;
+    let claim = |id: SessionId, known: Option<HistoryVersion>| {
+        let store = store.clone();
+        // Far longer than the test waits: only a release frees them.
+        let ttl = Duration::from_secs(600);
+        tokio::spawn(async move {
+            store
+                .claim_turn_since(id, TurnToken::new(), ttl, 10, known)
+                .await
+        })
+    };
+    let first = claim(blocked, None);
+    wait_until(Duration::from_secs(20), "the first claim to wait", || {
+        let watcher = &watcher;
+        async move {
+            watcher
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+                    &[&pid],
+                )
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+                > 0
+        }
+    })
+    .await;
+    let rest = [
+        claim(current, Some(version)),
+        claim(stale, None),
+        claim(busy, None),
+        claim(SessionId::new_v4(), None),
+    ];
+    let gone = claim(abandoned, None);
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+    // Its caller goes away while its claim waits for a batch.
+    gone.abort();
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(statements.count(batch), 0);
+    blocker.rollback().await.unwrap();
+    held(first.await.unwrap().unwrap());
+    let mut outcomes = Vec::new();
+    for task in rest {
+        outcomes.push(task.await.unwrap().unwrap());
+    }
+    assert_eq!(statements.count(batch), 1, "one statement for five claims");
+    assert!(
+        matches!(outcomes[0], Claim::Current(ref s) if s.id == current),
+        "{:?}",
+        outcomes[0]
+    );
+    let (history, _) = held_at(outcomes[1].clone());
+    assert_eq!(pairs(&history), vec![user("u2"), assistant("a")]);
+    assert!(
+        matches!(outcomes[2], Claim::Busy(ref s) if s.id == busy),
+        "{:?}",
+        outcomes[2]
+    );
+    assert_eq!(outcomes[3], Claim::Missing);
+    // The abandoned claim was released once it landed.
+    wait_until(
+        Duration::from_secs(20),
+        "the abandoned claim's release",
+        || {
+            let store = store.clone();
+            async move {
+                let token = TurnToken::new();
+                matches!(
+                    store.claim_turn(abandoned, token, TTL, 10).await.unwrap(),
+                    Claim::Held(..)
+                )
+            }
+        },
+    )
+    .await;
 }

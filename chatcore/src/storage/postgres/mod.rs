@@ -32,6 +32,8 @@ use tokio_postgres::{NoTls, Row};
 use crate::error::{Error, ErrorKind, Result};
 use crate::types::{from_millis, Rating, Session, SessionId};
 
+mod batch;
+mod claims;
 mod feedback;
 mod keys;
 mod messages;
@@ -132,6 +134,10 @@ pub struct PostgresStore {
 struct Db {
     pool: Pool,
     claims: Pool,
+    /// Claimed appends, committed in groups (`batch.rs`).
+    appends: batch::Appends,
+    /// Turn claims, in groups (`claims.rs`).
+    claims_batches: claims::Claims,
     log: Option<Logger>,
     /// Who this store is when it holds the sweep lease: random per store,
     /// so two gateways never mistake each other's lease for their own.
@@ -268,14 +274,20 @@ impl PostgresStore {
         let claims_size = (options.pool_size / 4).max(1);
         let pool = make_pool(config, options.pool_size.saturating_sub(claims_size).max(1))?;
         let claims = make_pool(claims_config, claims_size)?;
+        let call_timeout = options.statement_timeout + options.connect_timeout;
+        let appends = batch::Appends::start(pool.clone(), options.sql_logger.clone(), call_timeout);
+        let claims_batches =
+            claims::Claims::start(claims.clone(), options.sql_logger.clone(), call_timeout);
         let store = PostgresStore {
             db: Arc::new(Db {
                 pool,
                 claims,
+                appends,
+                claims_batches,
                 log: options.sql_logger,
                 holder: uuid::Uuid::new_v4(),
                 connect_timeout: options.connect_timeout,
-                call_timeout: options.statement_timeout + options.connect_timeout,
+                call_timeout,
             }),
         };
         let mut client = store.client().await?;
