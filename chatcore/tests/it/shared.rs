@@ -58,6 +58,7 @@ on_postgres! {
     "multi_thread" => a_gateway_keeps_a_history_until_another_moves_it_on,
     "current_thread" => appends_waiting_together_commit_in_one_statement_and_fail_alone,
     "current_thread" => claims_waiting_together_go_as_one_statement,
+    "multi_thread" => a_batch_held_up_on_a_row_lock_holds_up_no_other_session,
 }
 
 const TTL: Duration = Duration::from_secs(10);
@@ -1422,4 +1423,55 @@ async fn claims_waiting_together_go_as_one_statement(schema: TestSchema) {
         },
     )
     .await;
+}
+
+async fn a_batch_held_up_on_a_row_lock_holds_up_no_other_session(schema: TestSchema) {
+    let store = schema.store().await;
+    let mut sessions = Vec::new();
+    for _ in 0..2 {
+        let s = session(t0());
+        store.insert_session(&s).await.unwrap();
+        let token = TurnToken::new();
+        held(store.claim_turn(s.id, token, TTL, 10).await.unwrap());
+        sessions.push((s.id, token));
+    }
+    let [(held_up, first_token), (other, other_token)] = sessions[..] else {
+        unreachable!()
+    };
+    let mut raw = schema.raw().await;
+    let (blocker, pid) = block_row(&mut raw, held_up).await;
+    let first = spawn_appends(&store, &[(held_up, first_token, "r0")]).await;
+    let watcher = schema.raw().await;
+    let watcher = &watcher;
+    wait_until(
+        Duration::from_secs(20),
+        "the first append to wait",
+        || async move {
+            watcher
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+                    &[&pid],
+                )
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+                > 0
+        },
+    )
+    .await;
+    // Another session's append goes in a batch of its own beside it.
+    store
+        .append_claimed_turn(other, other_token, turn!("u", "a", 1))
+        .await
+        .unwrap();
+    assert!(
+        !first[0].is_finished(),
+        "the held-up append is still waiting"
+    );
+    assert_eq!(store.recent_messages(other, 10).await.unwrap().len(), 2);
+    blocker.rollback().await.unwrap();
+    for task in first {
+        task.await.unwrap().unwrap();
+    }
+    assert_eq!(store.recent_messages(held_up, 10).await.unwrap().len(), 2);
 }

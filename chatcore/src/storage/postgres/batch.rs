@@ -10,12 +10,14 @@
 //! only once it is on disk, as before, and a batch that fails stores none
 //! of its turns.
 //!
-//! One task per store gathers the batches. It starts one as soon as a
-//! connection is free for it, with whatever is waiting, so an append never
-//! waits for a timer, and a lone turn goes alone. A few batches may be in
-//! flight at once ([`IN_FLIGHT`]), so that one batch waiting on a session's
-//! row lock (held by an operator's transaction, a sweep) holds up only the
-//! turns it carries.
+//! One task per store gathers the batches. It starts one as soon as the
+//! batch before has been answered, with whatever waited meanwhile, so an
+//! append never waits for a timer and a lone turn goes alone, while under
+//! load batches grow by themselves. One batch at a time is what costs the
+//! server least; but a batch held up past [`HELD_UP`] (waiting on a
+//! session's row lock that an operator's transaction or a sweep holds)
+//! lets the next start beside it, up to [`IN_FLIGHT`] at once, so a held
+//! batch delays only the turns it carries.
 //!
 //! A batch is one statement in its own transaction, so when the server
 //! refuses it the server stored none of it. A refusal that one turn may
@@ -37,8 +39,13 @@ use super::{millis, pool_error, transient_state};
 use crate::error::{Error, Result};
 use crate::storage::Turn;
 
-/// The most batches of one store in flight at once.
+/// The most batches of one kind in flight at once.
 const IN_FLIGHT: usize = 4;
+
+/// How long a batch may take before the next starts beside it: far
+/// beyond what a batch takes on a server that answers, far below a
+/// statement's timeout.
+const HELD_UP: std::time::Duration = std::time::Duration::from_millis(25);
 
 /// The most turns in one batch: past a few dozen a batch saves nothing
 /// more, and its arrays only grow.
@@ -118,7 +125,8 @@ pub(super) struct Batches<T> {
 
 impl<T: Send + 'static> Batches<T> {
     /// Starts the task that hands whatever waits to `store`, as one batch,
-    /// whenever fewer than `slots` batches are in flight.
+    /// once the batch before is answered or held up, with fewer than
+    /// `slots` in flight.
     pub(super) fn start<F, Fut>(slots: usize, store: F) -> Self
     where
         F: Fn(Vec<T>) -> Fut + Send + 'static,
@@ -128,8 +136,7 @@ impl<T: Send + 'static> Batches<T> {
         let slots = Arc::new(Semaphore::new(slots.max(1)));
         tokio::spawn(async move {
             loop {
-                // A free slot first, then whatever waits: jobs that arrive
-                // while every slot is busy make the next batch bigger.
+                // A free slot first, then whatever waits.
                 let Ok(slot) = slots.clone().acquire_owned().await else {
                     return;
                 };
@@ -144,10 +151,15 @@ impl<T: Send + 'static> Batches<T> {
                     }
                 }
                 let stored = store(batch);
+                let (answered, done) = oneshot::channel::<()>();
                 tokio::spawn(async move {
                     stored.await;
                     drop(slot);
+                    drop(answered);
                 });
+                // What arrives while this batch is out goes in the next,
+                // unless this one is held up.
+                let _ = tokio::time::timeout(HELD_UP, done).await;
             }
         });
         Batches { queue }
