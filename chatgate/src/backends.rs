@@ -64,6 +64,7 @@ pub async fn store(config: &Config, log: &Logger) -> chatcore::Result<Storage> {
                 statement_timeout: s.statement_timeout,
                 connect_timeout: s.statement_timeout,
                 sql_logger,
+                logger: Some(log.new(o!("component" => "storage"))),
             })
             .await?;
             Storage {

@@ -1099,26 +1099,44 @@ impl Statements {
     }
 }
 
-/// Spawns the claimed appends of `turns` (session, token, reply), then
-/// lets each run until it waits for its batch (a current-thread runtime
-/// runs spawned tasks when the test yields).
+/// The usage every turn of [`spawn_appends`] reports.
+const USAGE: chatcore::Usage = chatcore::Usage {
+    prompt_tokens: 11,
+    completion_tokens: 7,
+    cached_tokens: 3,
+};
+
+/// Spawns the claimed appends of `turns` (session, token, reply), each
+/// reporting [`USAGE`] and moving its session to target `route-b`; with
+/// `queued`, waits until they all wait for a batch.
 async fn spawn_appends(
     store: &PostgresStore,
     turns: &[(SessionId, TurnToken, &'static str)],
+    queued: bool,
 ) -> Vec<tokio::task::JoinHandle<chatcore::Result<()>>> {
+    let before = store.pool_status().waiting;
     let tasks = turns
         .iter()
         .map(|&(id, token, reply)| {
             let store = store.clone();
             tokio::spawn(async move {
-                store
-                    .append_claimed_turn(id, token, turn!("question", reply, 5))
-                    .await
+                let messages = crate::support::pair("question", reply, 5);
+                let turn = chatcore::Turn {
+                    messages: &messages,
+                    usage: Some(USAGE),
+                    target: Some("route-b"),
+                    response: None,
+                };
+                store.append_claimed_turn(id, token, turn).await
             })
         })
         .collect();
-    for _ in 0..20 {
-        tokio::task::yield_now().await;
+    if queued {
+        wait_until(Duration::from_secs(20), "the appends to queue", || {
+            let waiting = store.pool_status().waiting;
+            async move { waiting >= before + turns.len() }
+        })
+        .await;
     }
     tasks
 }
@@ -1152,18 +1170,27 @@ async fn appends_waiting_together_commit_in_one_statement_and_fail_alone(schema:
     let store = PostgresStore::connect(PostgresOptions {
         pool_size: 2,
         sql_logger: Some(slog::Logger::root(statements.clone(), slog::o!())),
+        // Far beyond what the test waits on its row locks.
+        statement_timeout: Duration::from_secs(60),
         ..schema.options()
     })
     .await
     .unwrap();
     let mut sessions = Vec::new();
+    let mut versions = Vec::new();
     for _ in 0..7 {
         let s = session(t0());
         store.insert_session(&s).await.unwrap();
         store.append_turn(s.id, turn!("u0", "a0", 1)).await.unwrap();
         let token = TurnToken::new();
-        held(store.claim_turn(s.id, token, TTL, 10).await.unwrap());
+        let (_, version) = held_at(
+            store
+                .claim_turn_since(s.id, token, TTL, 10, None)
+                .await
+                .unwrap(),
+        );
         sessions.push((s.id, token));
+        versions.push(version);
     }
     // The third session's claim was taken by another turn since.
     let (lapsed, old) = sessions[2];
@@ -1190,13 +1217,15 @@ async fn appends_waiting_together_commit_in_one_statement_and_fail_alone(schema:
                 > 0
         }
     };
-    let batch = "unnest($1::uuid[]";
+    // Only the batched append has sixteen parameters; a lone one names
+    // its claim as its thirteenth.
+    let (batch, alone) = ("$16::timestamptz[]", "AND claim = $13");
 
     // A first append waits on a row lock; three arrive meanwhile and go
     // to the server together once it is done.
     let mut raw = schema.raw().await;
     let (blocker, pid) = block_row(&mut raw, sessions[0].0).await;
-    let first = spawn_appends(&store, &[(sessions[0].0, sessions[0].1, "r0")]).await;
+    let first = spawn_appends(&store, &[(sessions[0].0, sessions[0].1, "r0")], false).await;
     wait_until(Duration::from_secs(20), "the first append to wait", || {
         blocked_on(pid)
     })
@@ -1208,6 +1237,7 @@ async fn appends_waiting_together_commit_in_one_statement_and_fail_alone(schema:
             (lapsed, old, "r2"),
             (sessions[3].0, sessions[3].1, "r3"),
         ],
+        true,
     )
     .await;
     assert_eq!(statements.count(batch), 0);
@@ -1220,6 +1250,7 @@ async fn appends_waiting_together_commit_in_one_statement_and_fail_alone(schema:
         outcomes.push(task.await);
     }
     assert_eq!(statements.count(batch), 1, "one statement for three turns");
+    assert_eq!(statements.count(alone), 1, "the first turn's, alone");
     outcomes[0].as_ref().unwrap().as_ref().unwrap();
     let fenced = outcomes[1].as_ref().unwrap().as_ref().unwrap_err();
     assert_eq!(
@@ -1240,20 +1271,26 @@ async fn appends_waiting_together_commit_in_one_statement_and_fail_alone(schema:
                 assistant(reply)
             ]
         );
-        // Each append released its claim.
-        held(
+        // Each append stored its usage and target, moved the history's
+        // version to its token, and released its claim.
+        assert_eq!(store.session_usage(sessions[i].0).await.unwrap(), USAGE);
+        let got = store.get_session(sessions[i].0).await.unwrap().unwrap();
+        assert_eq!(got.target.as_deref(), Some("route-b"));
+        let moved = versions[i].then(sessions[i].1, 2);
+        assert!(matches!(
             store
-                .claim_turn(sessions[i].0, TurnToken::new(), TTL, 1)
+                .claim_turn_since(sessions[i].0, TurnToken::new(), TTL, 1, Some(moved))
                 .await
                 .unwrap(),
-        );
+            Claim::Current(_)
+        ));
     }
     assert_eq!(store.recent_messages(lapsed, 10).await.unwrap().len(), 2);
 
     // A batch the server refuses for one turn's text (PostgreSQL's text
     // holds no NUL) is tried again turn by turn: only that turn fails.
     let (blocker, pid) = block_row(&mut raw, sessions[4].0).await;
-    let first = spawn_appends(&store, &[(sessions[4].0, sessions[4].1, "r4")]).await;
+    let first = spawn_appends(&store, &[(sessions[4].0, sessions[4].1, "r4")], false).await;
     wait_until(Duration::from_secs(20), "the first append to wait", || {
         blocked_on(pid)
     })
@@ -1264,6 +1301,7 @@ async fn appends_waiting_together_commit_in_one_statement_and_fail_alone(schema:
             (sessions[5].0, sessions[5].1, "nul \0 in the reply"),
             (sessions[6].0, sessions[6].1, "r6"),
         ],
+        true,
     )
     .await;
     blocker.commit().await.unwrap();
@@ -1275,6 +1313,7 @@ async fn appends_waiting_together_commit_in_one_statement_and_fail_alone(schema:
         outcomes.push(task.await);
     }
     assert_eq!(statements.count(batch), 2, "the second batch was tried");
+    assert_eq!(statements.count(alone), 4, "then each of its turns alone");
     let refused = outcomes[0].as_ref().unwrap().as_ref().unwrap_err();
     assert_eq!(
         refused.kind(),
@@ -1308,6 +1347,7 @@ async fn claims_waiting_together_go_as_one_statement(schema: TestSchema) {
     let store = PostgresStore::connect(PostgresOptions {
         pool_size: 2,
         sql_logger: Some(slog::Logger::root(statements.clone(), slog::o!())),
+        statement_timeout: Duration::from_secs(60),
         ..schema.options()
     })
     .await
@@ -1378,22 +1418,24 @@ async fn claims_waiting_together_go_as_one_statement(schema: TestSchema) {
         claim(SessionId::new_v4(), None),
     ];
     let gone = claim(abandoned, None);
-    for _ in 0..20 {
-        tokio::task::yield_now().await;
-    }
-    // Its caller goes away while its claim waits for a batch.
+    wait_until(Duration::from_secs(20), "the claims to queue", || {
+        let waiting = store.pool_status().waiting;
+        async move { waiting >= 5 }
+    })
+    .await;
+    // Two callers go away: the first while its claim is out, held up on
+    // the row lock; another while its claim still waits for a batch.
+    first.abort();
     gone.abort();
-    for _ in 0..20 {
-        tokio::task::yield_now().await;
-    }
+    let release = "SET claim = NULL, claim_until = NULL WHERE id = $1 AND claim = $2";
+    let released = statements.count(release);
     assert_eq!(statements.count(batch), 0);
     blocker.rollback().await.unwrap();
-    held(first.await.unwrap().unwrap());
     let mut outcomes = Vec::new();
     for task in rest {
         outcomes.push(task.await.unwrap().unwrap());
     }
-    assert_eq!(statements.count(batch), 1, "one statement for five claims");
+    assert_eq!(statements.count(batch), 1, "one statement for four claims");
     assert!(
         matches!(outcomes[0], Claim::Current(ref s) if s.id == current),
         "{:?}",
@@ -1407,22 +1449,26 @@ async fn claims_waiting_together_go_as_one_statement(schema: TestSchema) {
         outcomes[2]
     );
     assert_eq!(outcomes[3], Claim::Missing);
-    // The abandoned claim was released once it landed.
+    // The claim that landed after its caller left was released; the one
+    // whose caller left first was never sent.
     wait_until(
         Duration::from_secs(20),
         "the abandoned claim's release",
         || {
-            let store = store.clone();
-            async move {
-                let token = TurnToken::new();
-                matches!(
-                    store.claim_turn(abandoned, token, TTL, 10).await.unwrap(),
-                    Claim::Held(..)
-                )
-            }
+            let count = statements.count(release);
+            async move { count > released }
         },
     )
     .await;
+    assert_eq!(statements.count(release), released + 1);
+    for id in [blocked, abandoned] {
+        held(
+            store
+                .claim_turn(id, TurnToken::new(), TTL, 10)
+                .await
+                .unwrap(),
+        );
+    }
 }
 
 async fn a_batch_held_up_on_a_row_lock_holds_up_no_other_session(schema: TestSchema) {
@@ -1440,7 +1486,7 @@ async fn a_batch_held_up_on_a_row_lock_holds_up_no_other_session(schema: TestSch
     };
     let mut raw = schema.raw().await;
     let (blocker, pid) = block_row(&mut raw, held_up).await;
-    let first = spawn_appends(&store, &[(held_up, first_token, "r0")]).await;
+    let first = spawn_appends(&store, &[(held_up, first_token, "r0")], false).await;
     let watcher = schema.raw().await;
     let watcher = &watcher;
     wait_until(

@@ -27,7 +27,7 @@ use tokio::sync::oneshot;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
-use super::batch::{bounded, retry_alone, shared, slots, Batches};
+use super::batch::{bounded, log_retry, retry_alone, shared, slots, unanswered, Batches, Job};
 use super::messages::{message_from, sql_limit, EXISTS, RECENT, SESSION};
 use super::{pool_error, session_from, PostgresStore};
 use crate::error::{Error, Result};
@@ -85,14 +85,31 @@ struct Pending {
     done: oneshot::Sender<Result<ClaimRows>>,
 }
 
+impl Job for Pending {
+    fn abandoned(&self) -> bool {
+        self.done.is_closed()
+    }
+
+    fn bytes(&self) -> usize {
+        64
+    }
+}
+
 /// Turn claims, in batches on the claims connections.
 pub(super) struct Claims(Batches<Pending>);
 
 impl Claims {
-    /// Starts the task that batches claims onto connections from `pool`.
-    pub(super) fn start(pool: Pool, log: Option<Logger>, call_timeout: Duration) -> Self {
+    /// Starts the task that batches claims onto connections from `pool`;
+    /// `log` hears of batches the server refused.
+    pub(super) fn start(
+        pool: Pool,
+        sql_log: Option<Logger>,
+        log: Option<Logger>,
+        call_timeout: Duration,
+    ) -> Self {
         let batcher = Arc::new(Batcher {
             pool,
+            sql_log,
             log,
             call_timeout,
         });
@@ -108,46 +125,68 @@ impl Claims {
     pub(super) async fn claim(&self, params: ClaimParams) -> Option<Result<ClaimRows>> {
         let (done, answer) = oneshot::channel();
         self.0.push(Pending { params, done }).ok()?;
-        answer.await.ok()
+        Some(answer.await.unwrap_or_else(|_| Err(unanswered())))
+    }
+
+    /// Claims waiting for a batch.
+    pub(super) fn queued(&self) -> usize {
+        self.0.queued()
     }
 }
 
 /// What the claims' batches need of the store.
 struct Batcher {
     pool: Pool,
+    sql_log: Option<Logger>,
     log: Option<Logger>,
     call_timeout: Duration,
 }
 
 impl Batcher {
-    /// Takes the claims of `batch` and answers each; releases those whose
-    /// callers are gone.
-    async fn claim(&self, mut batch: Vec<Pending>) {
+    /// Takes the claims of `batch`, answers each, then releases those
+    /// whose callers have gone.
+    async fn claim(self: Arc<Self>, mut batch: Vec<Pending>) {
         if batch.len() == 1 {
             let pending = batch.pop().expect("one claim");
             let rows = bounded(self.call_timeout, self.one(&pending.params)).await;
-            self.answer(pending, rows).await;
+            if let Some(p) = answer(pending, rows) {
+                self.release(p).await;
+            }
             return;
         }
-        // Rows locked in the order of their ids, as a sweep locks them.
+        // Sorted by session, the order in which the statement's plan
+        // usually takes the rows' locks, and a sweep takes them; a deadlock
+        // all the same is retried claim by claim.
         batch.sort_unstable_by_key(|p| p.params.id);
         match bounded(self.call_timeout, self.many(&batch)).await {
             Ok(rows) => {
                 let mut rows = rows.into_iter().peekable();
+                let mut gone = Vec::new();
                 for (k, pending) in batch.into_iter().enumerate() {
                     let mut own = Vec::new();
                     while let Some(row) = rows.next_if(|r| r.get::<_, i64>(0) == k as i64 + 1) {
                         own.push(row);
                     }
-                    self.answer(pending, Ok(ClaimRows { rows: own, at: 1 }))
-                        .await;
+                    gone.extend(answer(pending, Ok(ClaimRows { rows: own, at: 1 })));
+                }
+                for p in gone {
+                    self.release(p).await;
                 }
             }
             Err(e) if retry_alone(&e) => {
+                log_retry(self.log.as_ref(), "claim", batch.len(), &e);
+                let mut alone = tokio::task::JoinSet::new();
                 for pending in batch {
-                    let rows = bounded(self.call_timeout, self.one(&pending.params)).await;
-                    self.answer(pending, rows).await;
+                    let batcher = Arc::clone(&self);
+                    alone.spawn(async move {
+                        let rows =
+                            bounded(batcher.call_timeout, batcher.one(&pending.params)).await;
+                        if let Some(p) = answer(pending, rows) {
+                            batcher.release(p).await;
+                        }
+                    });
                 }
+                while alone.join_next().await.is_some() {}
             }
             Err(e) => {
                 let e = Arc::new(e);
@@ -158,24 +197,8 @@ impl Batcher {
         }
     }
 
-    /// Hands `rows` to the claim's caller, or releases the claim when the
-    /// caller is gone.
-    async fn answer(&self, pending: Pending, rows: Result<ClaimRows>) {
-        let claimed = matches!(&rows, Ok(r) if !r.rows.is_empty());
-        if pending.done.send(rows).is_err() && claimed {
-            let p = pending.params;
-            let _ = bounded(self.call_timeout, self.release(p.id, p.token)).await;
-        }
-    }
-
     fn log_sql(&self, sql: &str, claimed: bool) {
-        // A claim that claimed nothing (a busy or unknown session) saved
-        // nothing, and is a read's line.
-        match (&self.log, claimed) {
-            (Some(log), true) => crate::storage::log_sql(log, sql),
-            (Some(log), false) => slog::debug!(log, "sql"; "statement" => sql),
-            (None, _) => {}
-        }
+        log_claim(self.sql_log.as_ref(), sql, claimed);
     }
 
     /// One claim with `CLAIM`.
@@ -207,12 +230,34 @@ impl Batcher {
         Ok(rows)
     }
 
-    async fn release(&self, id: uuid::Uuid, token: uuid::Uuid) -> Result<()> {
-        let client = self.pool.get().await.map_err(pool_error)?;
-        self.log_sql(RELEASE, true);
-        let statement = client.prepare_cached(RELEASE).await?;
-        client.execute(&statement, &[&id, &token]).await?;
-        Ok(())
+    /// Releases a claim whose caller has gone (best effort: a claim not
+    /// released lapses after its TTL).
+    async fn release(&self, p: ClaimParams) {
+        let release = async {
+            let client = self.pool.get().await.map_err(pool_error)?;
+            self.log_sql(RELEASE, true);
+            let statement = client.prepare_cached(RELEASE).await?;
+            client.execute(&statement, &[&p.id, &p.token]).await?;
+            Ok(())
+        };
+        let _ = bounded(self.call_timeout, release).await;
+    }
+}
+
+/// Hands `rows` to the claim's caller; the claim, when it was taken and
+/// the caller has gone.
+fn answer(pending: Pending, rows: Result<ClaimRows>) -> Option<ClaimParams> {
+    let claimed = matches!(&rows, Ok(r) if !r.rows.is_empty());
+    (pending.done.send(rows).is_err() && claimed).then_some(pending.params)
+}
+
+/// Logs a claim statement once its outcome is known: one that claimed
+/// nothing (a busy or unknown session) saved nothing, and is a read's line.
+fn log_claim(log: Option<&Logger>, sql: &str, claimed: bool) {
+    match (log, claimed) {
+        (Some(log), true) => crate::storage::log_sql(log, sql),
+        (Some(log), false) => slog::debug!(log, "sql"; "statement" => sql),
+        (None, _) => {}
     }
 }
 
@@ -279,11 +324,11 @@ impl PostgresStore {
     /// claims are not batched (see `claims.rs`).
     async fn claim_alone(&self, p: &ClaimParams) -> Result<ClaimRows> {
         let client = self.claims_client().await?;
-        self.log_sql(CLAIM);
         let statement = client.prepare_cached(CLAIM).await?;
         let params: [&(dyn ToSql + Sync); 6] =
             [&p.id, &p.token, &p.ttl, &p.limit, &p.appended, &p.head];
         let rows = client.query(&statement, &params).await?;
+        log_claim(self.db.log.as_ref(), CLAIM, !rows.is_empty());
         Ok(ClaimRows { rows, at: 0 })
     }
 }

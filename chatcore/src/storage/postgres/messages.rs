@@ -80,7 +80,10 @@ impl PostgresStore {
         token: Option<TurnToken>,
     ) -> Result<bool> {
         if let Some(token) = token {
-            if let Some(stored) = self.db.appends.append(*id.as_uuid(), token.0, &turn).await {
+            let batched = self.db.appends.append(*id.as_uuid(), token.0, &turn);
+            // Bounded as a lone statement is: an append given up on before
+            // its batch forms is not sent.
+            if let Some(stored) = self.bounded(async { Ok(batched.await) }).await? {
                 return stored;
             }
         }

@@ -6,7 +6,9 @@
 //! ([`claims_config`]); a connection is held only for its own statements
 //! or transaction, never across a model call.
 //! Turns of one session are serialised across gateways by claims on the
-//! session's row (`messages.rs`), the retention sweep by a lease
+//! session's row (`claims.rs`); claims and claimed appends waiting at the
+//! same moment go to the server as one statement each (`batch.rs`,
+//! `appends.rs`). The retention sweep is serialised by a lease
 //! (`purge.rs`), and the schema is migrated under an advisory lock
 //! (`schema.rs`); `sessions.rs`, `responses.rs`, `feedback.rs` and
 //! `keys.rs` hold the other operations. This file connects and maps errors.
@@ -32,6 +34,7 @@ use tokio_postgres::{NoTls, Row};
 use crate::error::{Error, ErrorKind, Result};
 use crate::types::{from_millis, Rating, Session, SessionId};
 
+mod appends;
 mod batch;
 mod claims;
 mod feedback;
@@ -71,6 +74,10 @@ pub struct PostgresOptions {
     /// Where every SQL statement executed is reported (the gateway's `log.sql`);
     /// `None` reports nothing. Parameter values are never logged.
     pub sql_logger: Option<Logger>,
+    /// Where the store reports trouble it works around by itself (a batch
+    /// of statements the server refused, tried again one by one); `None`
+    /// reports nothing.
+    pub logger: Option<Logger>,
 }
 
 impl PostgresOptions {
@@ -104,6 +111,7 @@ impl Default for PostgresOptions {
             connect_timeout: Duration::from_secs(5),
             schema: None,
             sql_logger: None,
+            logger: None,
             ca_file: None,
         }
     }
@@ -118,6 +126,7 @@ impl fmt::Debug for PostgresOptions {
             .field("connect_timeout", &self.connect_timeout)
             .field("schema", &self.schema)
             .field("sql_logger", &self.sql_logger.is_some())
+            .field("logger", &self.logger.is_some())
             .field("ca_file", &self.ca_file)
             .finish()
     }
@@ -134,8 +143,8 @@ pub struct PostgresStore {
 struct Db {
     pool: Pool,
     claims: Pool,
-    /// Claimed appends, committed in groups (`batch.rs`).
-    appends: batch::Appends,
+    /// Claimed appends, committed in groups (`appends.rs`).
+    appends: appends::Appends,
     /// Turn claims, in groups (`claims.rs`).
     claims_batches: claims::Claims,
     log: Option<Logger>,
@@ -187,7 +196,8 @@ pub struct PostgresPoolStatus {
     pub size: usize,
     /// Open connections not in use.
     pub idle: usize,
-    /// Calls waiting for a connection.
+    /// Calls waiting for a connection, or for their batch (claims and
+    /// claimed appends, which go to the server in groups).
     pub waiting: usize,
 }
 
@@ -222,7 +232,7 @@ impl PostgresStore {
         // them from its first statement without a round trip of its own.
         let mut startup = config.get_options().unwrap_or_default().to_owned();
         // Read committed is what the claim's re-read relies on (see
-        // `messages`), whatever the database's default is.
+        // `claims`), whatever the database's default is.
         startup.push_str(&format!(
             " -c statement_timeout={} -c default_transaction_isolation=read\\ committed",
             options.statement_timeout.as_millis().max(1)
@@ -275,9 +285,18 @@ impl PostgresStore {
         let pool = make_pool(config, options.pool_size.saturating_sub(claims_size).max(1))?;
         let claims = make_pool(claims_config, claims_size)?;
         let call_timeout = options.statement_timeout + options.connect_timeout;
-        let appends = batch::Appends::start(pool.clone(), options.sql_logger.clone(), call_timeout);
-        let claims_batches =
-            claims::Claims::start(claims.clone(), options.sql_logger.clone(), call_timeout);
+        let appends = appends::Appends::start(
+            pool.clone(),
+            options.sql_logger.clone(),
+            options.logger.clone(),
+            call_timeout,
+        );
+        let claims_batches = claims::Claims::start(
+            claims.clone(),
+            options.sql_logger.clone(),
+            options.logger.clone(),
+            call_timeout,
+        );
         let store = PostgresStore {
             db: Arc::new(Db {
                 pool,
@@ -308,7 +327,10 @@ impl PostgresStore {
             max_size: status.max_size + claims.max_size,
             size: status.size + claims.size,
             idle: status.available + claims.available,
-            waiting: status.waiting + claims.waiting,
+            waiting: status.waiting
+                + claims.waiting
+                + self.db.appends.queued()
+                + self.db.claims_batches.queued(),
         }
     }
 

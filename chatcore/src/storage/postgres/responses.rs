@@ -1,5 +1,6 @@
 //! Responses on PostgreSQL: a table beside the messages, written by the
-//! statement that appends the response's turn (`messages.rs`); a fork is
+//! statement that appends the response's turn (`messages.rs`, or its
+//! batch's, `appends.rs`); a fork is
 //! one statement that creates the session and copies the messages.
 
 use async_trait::async_trait;
