@@ -1163,6 +1163,23 @@ async fn block_row<'a>(
     (blocker, pid)
 }
 
+/// Waits until a statement on another connection waits on a lock that
+/// backend `pid` holds (as `watcher`, a connection of its own, sees it).
+async fn wait_blocked_by(watcher: &tokio_postgres::Client, pid: i32, what: &str) {
+    wait_until(Duration::from_secs(20), what, || async move {
+        watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+                &[&pid],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+            > 0
+    })
+    .await;
+}
+
 async fn appends_waiting_together_commit_in_one_statement_and_fail_alone(schema: TestSchema) {
     let statements = Statements::default();
     // Two connections: one for claims, one for appends, so one batch at a
@@ -1203,20 +1220,6 @@ async fn appends_waiting_together_commit_in_one_statement_and_fail_alone(schema:
     );
 
     let watcher = schema.raw().await;
-    let blocked_on = |pid: i32| {
-        let watcher = &watcher;
-        async move {
-            watcher
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
-                    &[&pid],
-                )
-                .await
-                .unwrap()
-                .get::<_, i64>(0)
-                > 0
-        }
-    };
     // Only the batched append has sixteen parameters; a lone one names
     // its claim as its thirteenth.
     let (batch, alone) = ("$16::timestamptz[]", "AND claim = $13");
@@ -1226,10 +1229,7 @@ async fn appends_waiting_together_commit_in_one_statement_and_fail_alone(schema:
     let mut raw = schema.raw().await;
     let (blocker, pid) = block_row(&mut raw, sessions[0].0).await;
     let first = spawn_appends(&store, &[(sessions[0].0, sessions[0].1, "r0")], false).await;
-    wait_until(Duration::from_secs(20), "the first append to wait", || {
-        blocked_on(pid)
-    })
-    .await;
+    wait_blocked_by(&watcher, pid, "the first append to wait").await;
     let rest = spawn_appends(
         &store,
         &[
@@ -1291,10 +1291,7 @@ async fn appends_waiting_together_commit_in_one_statement_and_fail_alone(schema:
     // holds no NUL) is tried again turn by turn: only that turn fails.
     let (blocker, pid) = block_row(&mut raw, sessions[4].0).await;
     let first = spawn_appends(&store, &[(sessions[4].0, sessions[4].1, "r4")], false).await;
-    wait_until(Duration::from_secs(20), "the first append to wait", || {
-        blocked_on(pid)
-    })
-    .await;
+    wait_blocked_by(&watcher, pid, "the first append to wait").await;
     let rest = spawn_appends(
         &store,
         &[
@@ -1396,21 +1393,7 @@ async fn claims_waiting_together_go_as_one_statement(schema: TestSchema) {
         })
     };
     let first = claim(blocked, None);
-    wait_until(Duration::from_secs(20), "the first claim to wait", || {
-        let watcher = &watcher;
-        async move {
-            watcher
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
-                    &[&pid],
-                )
-                .await
-                .unwrap()
-                .get::<_, i64>(0)
-                > 0
-        }
-    })
-    .await;
+    wait_blocked_by(&watcher, pid, "the first claim to wait").await;
     let rest = [
         claim(current, Some(version)),
         claim(stale, None),
@@ -1488,23 +1471,7 @@ async fn a_batch_held_up_on_a_row_lock_holds_up_no_other_session(schema: TestSch
     let (blocker, pid) = block_row(&mut raw, held_up).await;
     let first = spawn_appends(&store, &[(held_up, first_token, "r0")], false).await;
     let watcher = schema.raw().await;
-    let watcher = &watcher;
-    wait_until(
-        Duration::from_secs(20),
-        "the first append to wait",
-        || async move {
-            watcher
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
-                    &[&pid],
-                )
-                .await
-                .unwrap()
-                .get::<_, i64>(0)
-                > 0
-        },
-    )
-    .await;
+    wait_blocked_by(&watcher, pid, "the first append to wait").await;
     // Another session's append goes in a batch of its own beside it.
     store
         .append_claimed_turn(other, other_token, turn!("u", "a", 1))

@@ -17,7 +17,7 @@ use slog::Logger;
 use tokio::sync::oneshot;
 use tokio_postgres::types::ToSql;
 
-use super::batch::{bounded, log_retry, retry_alone, shared, slots, unanswered, Batches, Job};
+use super::batch::{bounded, log_retry, retry_alone, shared, slots, Batches, Job};
 use super::messages::APPEND_CLAIMED;
 use super::{millis, pool_error};
 use crate::error::{Error, Result};
@@ -142,9 +142,7 @@ impl Appends {
         token: uuid::Uuid,
         turn: &Turn<'_>,
     ) -> Option<Result<bool>> {
-        let (done, answer) = oneshot::channel();
-        self.0.push(Pending::new(id, token, turn, done)).ok()?;
-        Some(answer.await.unwrap_or_else(|_| Err(unanswered())))
+        self.0.ask(|done| Pending::new(id, token, turn, done)).await
     }
 
     /// Appends waiting for a batch.

@@ -144,6 +144,18 @@ impl<T: Job> Batches<T> {
         })
     }
 
+    /// Queues the job that `job` makes around its answer's sender, and
+    /// waits for the answer; `None` when the task is gone (the caller runs
+    /// the job alone).
+    pub(super) async fn ask<R>(
+        &self,
+        job: impl FnOnce(oneshot::Sender<Result<R>>) -> T,
+    ) -> Option<Result<R>> {
+        let (done, answer) = oneshot::channel();
+        self.push(job(done)).ok()?;
+        Some(answer.await.unwrap_or_else(|_| Err(unanswered())))
+    }
+
     /// Jobs waiting for a batch.
     pub(super) fn queued(&self) -> usize {
         self.queued.load(Ordering::Relaxed)
@@ -159,7 +171,7 @@ pub(super) fn slots(size: usize) -> usize {
 
 /// The error of a job whose batch ended without answering it (its task
 /// panicked): whether it was done is unknown.
-pub(super) fn unanswered() -> Error {
+fn unanswered() -> Error {
     Error::storage_unavailable("the batch carrying this statement ended without an answer")
 }
 

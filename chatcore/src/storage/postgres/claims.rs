@@ -27,7 +27,7 @@ use tokio::sync::oneshot;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
-use super::batch::{bounded, log_retry, retry_alone, shared, slots, unanswered, Batches, Job};
+use super::batch::{bounded, log_retry, retry_alone, shared, slots, Batches, Job};
 use super::messages::{message_from, sql_limit, EXISTS, RECENT, SESSION};
 use super::{pool_error, session_from, PostgresStore};
 use crate::error::{Error, Result};
@@ -123,9 +123,7 @@ impl Claims {
     /// Takes the claim `params` in the next batch; `None` when the batching
     /// task is gone (the caller claims alone).
     pub(super) async fn claim(&self, params: ClaimParams) -> Option<Result<ClaimRows>> {
-        let (done, answer) = oneshot::channel();
-        self.0.push(Pending { params, done }).ok()?;
-        Some(answer.await.unwrap_or_else(|_| Err(unanswered())))
+        self.0.ask(|done| Pending { params, done }).await
     }
 
     /// Claims waiting for a batch.
