@@ -1180,19 +1180,25 @@ async fn wait_blocked_by(watcher: &tokio_postgres::Client, pid: i32, what: &str)
     .await;
 }
 
-async fn appends_waiting_together_commit_in_one_statement_and_fail_alone(schema: TestSchema) {
+/// A store with two connections (one for claims, one for appends, so
+/// one batch of each kind at a time is in flight) whose statements are
+/// logged to the `Statements` returned.
+async fn one_batch_at_a_time(schema: &TestSchema) -> (PostgresStore, Statements) {
     let statements = Statements::default();
-    // Two connections: one for claims, one for appends, so one batch at a
-    // time is in flight.
     let store = PostgresStore::connect(PostgresOptions {
         pool_size: 2,
         sql_logger: Some(slog::Logger::root(statements.clone(), slog::o!())),
-        // Far beyond what the test waits on its row locks.
+        // Far beyond what the tests wait on their row locks.
         statement_timeout: Duration::from_secs(60),
         ..schema.options()
     })
     .await
     .unwrap();
+    (store, statements)
+}
+
+async fn appends_waiting_together_commit_in_one_statement_and_fail_alone(schema: TestSchema) {
+    let (store, statements) = one_batch_at_a_time(&schema).await;
     let mut sessions = Vec::new();
     let mut versions = Vec::new();
     for _ in 0..7 {
@@ -1339,16 +1345,7 @@ async fn appends_waiting_together_commit_in_one_statement_and_fail_alone(schema:
 }
 
 async fn claims_waiting_together_go_as_one_statement(schema: TestSchema) {
-    let statements = Statements::default();
-    // One claims connection: one batch of claims at a time is in flight.
-    let store = PostgresStore::connect(PostgresOptions {
-        pool_size: 2,
-        sql_logger: Some(slog::Logger::root(statements.clone(), slog::o!())),
-        statement_timeout: Duration::from_secs(60),
-        ..schema.options()
-    })
-    .await
-    .unwrap();
+    let (store, statements) = one_batch_at_a_time(&schema).await;
     let mut ids = Vec::new();
     for i in 0..5 {
         let s = session(t0());
