@@ -498,21 +498,10 @@ async fn a_claim_that_waited_on_an_append_sees_its_messages(schema: TestSchema) 
     // Wait until the claim waits on the append's row lock (as another
     // connection sees it), then commit the append.
     let watcher = schema.raw().await;
-    let watcher = &watcher;
-    wait_until(
-        Duration::from_secs(20),
+    wait_blocked_by(
+        &watcher,
+        appender,
         "the claim to wait on the append's row lock",
-        || async move {
-            watcher
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
-                    &[&appender],
-                )
-                .await
-                .unwrap()
-                .get::<_, i64>(0)
-                > 0
-        },
     )
     .await;
     assert!(
@@ -930,21 +919,10 @@ async fn a_claim_that_waited_on_a_deletion_reads_the_messages_again(schema: Test
         })
     };
     let watcher = schema.raw().await;
-    let watcher = &watcher;
-    wait_until(
-        Duration::from_secs(20),
+    wait_blocked_by(
+        &watcher,
+        deleter,
         "the claim to wait on the deletion's row lock",
-        || async move {
-            watcher
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
-                    &[&deleter],
-                )
-                .await
-                .unwrap()
-                .get::<_, i64>(0)
-                > 0
-        },
     )
     .await;
     deletion.commit().await.unwrap();
