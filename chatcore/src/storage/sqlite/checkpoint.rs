@@ -358,6 +358,18 @@ mod tests {
             let tails = stats.tails.load(Ordering::Relaxed);
             let frames = commit(&conn, &mut checkpoints, &mut logged);
             rows += 1;
+            // Once the thread is asked, the writer waits for it to catch
+            // up: how much each side copies then depends on the policy,
+            // not on how a busy machine schedules the two threads (a
+            // writer committing in a tight loop while the thread waits
+            // for a core copies more than the thread does).
+            while checkpoints.running && !checkpoints.caught_up.load(Ordering::Acquire) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the thread never caught up: {stats:?}"
+                );
+                thread::sleep(Duration::from_millis(1));
+            }
             // The WAL never grows far past the threshold while the thread
             // keeps pace (SQLite's autocheckpoint is off: the hook replaced
             // it, so nothing else bounds it).
