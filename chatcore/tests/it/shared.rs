@@ -144,9 +144,11 @@ async fn a_claim_lapses_after_its_ttl_and_fences_its_old_holder(schema: TestSche
     let s = session(t0());
     store.insert_session(&s).await.unwrap();
     let (dead, next) = (TurnToken::new(), TurnToken::new());
+    // Long enough for the next statement to find it held on a slow
+    // machine, short enough to wait out.
     held(
         store
-            .claim_turn(s.id, dead, Duration::from_millis(200), 10)
+            .claim_turn(s.id, dead, Duration::from_secs(2), 10)
             .await
             .unwrap(),
     );
@@ -440,13 +442,15 @@ async fn a_turn_waits_out_a_dead_gateways_claim(schema: TestSchema) {
     let id = new_session(&core).await;
     // A gateway claimed the session and died: nobody renews its claim.
     let ttl = Duration::from_millis(300);
+    // Taken before the claim: its lifetime counts from when the server ran
+    // it, which a slow reply could put well before a later reading.
+    let started = Instant::now();
     held(
         dead.claim_turn(id, TurnToken::new(), ttl, 10)
             .await
             .unwrap(),
     );
 
-    let started = Instant::now();
     let reply = core.anyone().chat(id, "anyone there?").await.unwrap();
     assert!(started.elapsed() >= ttl - Duration::from_millis(50));
     assert_eq!(reply.content, "reply to anyone there?");
@@ -537,11 +541,13 @@ fn facade_with_ttl(store: PostgresStore, model: &Arc<ScriptedModel>, ttl: Durati
 /// claim (renewed while it runs): a turn on another gateway waits for it,
 /// and both are stored, the slow one first.
 async fn a_turn_longer_than_the_claim_ttl_keeps_its_claim(schema: TestSchema) {
-    let ttl = Duration::from_millis(300);
+    // Renewed every third of its lifetime: a renewal may come a second
+    // late on a slow machine and the claim still holds.
+    let ttl = Duration::from_secs(2);
     let slow = ScriptedModel::new()
         .with_delay(|m| {
             if m == "slow" {
-                Duration::from_millis(1_200)
+                Duration::from_secs(5)
             } else {
                 Duration::ZERO
             }
@@ -563,7 +569,7 @@ async fn a_turn_longer_than_the_claim_ttl_keeps_its_claim(schema: TestSchema) {
     )
     .await;
     b.anyone().chat(id, "after").await.unwrap();
-    // Without renewal the claim would lapse at 300 ms, "after" would be
+    // Without renewal the claim would lapse at 2 s, "after" would be
     // stored first, and the slow turn's append would be refused.
     first.await.unwrap().unwrap();
     let store = schema.store().await;

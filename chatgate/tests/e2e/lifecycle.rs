@@ -300,9 +300,11 @@ async fn kill_9_under_load_loses_no_acknowledged_turn() {
 async fn purge_and_the_background_sweep_delete_sessions_past_retention() {
     let dir = tempfile::tempdir().unwrap();
     // Retention may not be shorter than the idle timeout (config refuses it).
+    // Both long enough for a loaded machine to run the steps that must
+    // find the session alive.
     let retention = [
-        ("CHATGATE_SESSION__RETENTION", "1s"),
-        ("CHATGATE_SESSION__IDLE_TIMEOUT", "1s"),
+        ("CHATGATE_SESSION__RETENTION", "3s"),
+        ("CHATGATE_SESSION__IDLE_TIMEOUT", "3s"),
     ];
     let server = Server::start_with_env(dir.path(), &retention).await;
     let id = new_session(server.addr).await;
@@ -329,7 +331,7 @@ async fn purge_and_the_background_sweep_delete_sessions_past_retention() {
         "`chatgate purge` to delete the session past retention",
         || {
             let mut purged = None;
-            if idle_since.elapsed() >= Duration::from_secs(1) {
+            if idle_since.elapsed() >= Duration::from_secs(3) {
                 let log_before = std::fs::metadata(&app_log).map_or(0, |m| m.len() as usize);
                 let out = run(dir.path(), &["--mock-upstream", "purge"], &env);
                 assert!(
@@ -389,7 +391,7 @@ async fn purge_and_the_background_sweep_delete_sessions_past_retention() {
         let path = path.clone();
         async move { get(addr, &path).await.status == 404 }
     };
-    wait_until(Duration::from_secs(10), "the sweep to delete it", gone).await;
+    wait_until(Duration::from_secs(30), "the sweep to delete it", gone).await;
     let r = get(addr, &format!("/session/{id}")).await;
     r.assert_error(404, "Session not found");
     // A purged session is gone for chat too (no cached copy answers).
@@ -405,8 +407,8 @@ async fn purge_and_the_background_sweep_delete_sessions_past_retention() {
 async fn a_session_purged_beside_a_live_gateway_is_404_everywhere() {
     let dir = tempfile::tempdir().unwrap();
     let retention = [
-        ("CHATGATE_SESSION__RETENTION", "1s"),
-        ("CHATGATE_SESSION__IDLE_TIMEOUT", "1s"),
+        ("CHATGATE_SESSION__RETENTION", "3s"),
+        ("CHATGATE_SESSION__IDLE_TIMEOUT", "3s"),
     ];
     let server = Server::start_with_env(dir.path(), &retention).await;
     let id = new_session(server.addr).await;
@@ -419,7 +421,7 @@ async fn a_session_purged_beside_a_live_gateway_is_404_everywhere() {
         "`chatgate purge` to delete it",
         || {
             let mut purged = false;
-            if idle_since.elapsed() >= Duration::from_secs(1) {
+            if idle_since.elapsed() >= Duration::from_secs(3) {
                 let out = run(dir.path(), &["--mock-upstream", "purge"], &env);
                 assert!(
                     out.status.success(),

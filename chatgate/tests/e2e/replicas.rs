@@ -93,6 +93,9 @@ impl Cluster {
             ),
             ("CHATGATE_OPENAI__BASE_URL", &mock.base_url()),
             ("CHATGATE_LOG__SQL", "false"),
+            // A loaded machine may answer a check slowly; the outages here
+            // are cuts, refused at once, not stalls.
+            ("CHATGATE_RATE_LIMIT__TIMEOUT", "10s"),
         ]
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -532,7 +535,9 @@ async fn losing_redis_or_postgres_answers_503_and_recovers_without_a_restart() {
     // PostgreSQL goes while a turn waits on the model: the turn answers
     // 503 and stores nothing. Once it returns the session goes on (after
     // the failed turn's claim, which could not be released, lapses).
-    c.mock.set_latency(Duration::from_millis(800));
+    // Slow enough that the cut below lands before the reply, however
+    // late a loaded machine runs it.
+    c.mock.set_latency(Duration::from_secs(4));
     let calls_before = c.mock.request_count();
     let pending = {
         let sid = sid.clone();
