@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use crate::load::{closed_loop, measured, measured_if, Phase};
+use crate::load::{closed_loop, measured, measured_if, open_loop, Phase};
 use crate::options::{Options, Stage};
 use crate::procs::Servers;
 use crate::replicas;
@@ -23,6 +23,14 @@ pub struct Chat {
     /// a response is read against turns made over the same stretch: the
     /// sessions' histories and the database grow all along.
     pub chat_after: Phase,
+    /// Stored responses and `/chat/` turns again, interleaved the same
+    /// way, both sent at one fixed rate (`paced_rate`): in a closed loop
+    /// the slower of the two also runs at a lower rate, with fewer
+    /// requests sharing each wake-up, so its CPU per request is not its
+    /// work alone.
+    pub responses_paced: Phase,
+    pub chat_paced: Phase,
+    pub paced_rate: u32,
     /// The mock with bodies of chatgate's average upstream size.
     pub direct_sized: Phase,
     /// How many history messages those bodies carried, when they ran.
@@ -39,6 +47,9 @@ impl Chat {
             chat: Phase::skipped(),
             responses: Phase::skipped(),
             chat_after: Phase::skipped(),
+            responses_paced: Phase::skipped(),
+            chat_paced: Phase::skipped(),
+            paced_rate: 0,
             direct_sized: Phase::skipped(),
             sized_history: None,
             init: Phase::skipped(),
@@ -85,30 +96,21 @@ pub async fn run(s: &Servers, o: &Options, sessions: &Arc<Vec<String>>) -> Chat 
     // R C C R R C, so that the growth of the histories and the database
     // falls on both alike. Each part runs a sixth of three durations.
     let (mut responses, mut chat_after) = (Phase::skipped(), Phase::skipped());
+    let (mut responses_paced, mut chat_paced) = (Phase::skipped(), Phase::skipped());
+    // A third of the `/chat/` loop's rate: both kinds keep up with it
+    // (at half, answers queue up on this two-core machine).
+    let paced_rate = (chat.rate() / 3.0) as u32;
     if o.phases.runs(Stage::Responses) {
         let part = o.duration / 2;
-        let (mut r, mut c) = (Vec::new(), Vec::new());
-        for response_first in [true, false, true] {
-            for response in [response_first, !response_first] {
-                let make = if response {
-                    responses_maker(Arc::clone(sessions))
-                } else {
-                    chat_maker(Arc::clone(sessions))
-                };
-                let phase = measured(gw.pid, closed_loop(gw.addr, o.connections, part, make)).await;
-                if response {
-                    r.push(phase)
-                } else {
-                    c.push(phase)
-                }
-            }
-        }
-        for (into, parts) in [(&mut responses, r), (&mut chat_after, c)] {
-            let mut parts = parts.into_iter();
-            *into = parts.next().unwrap_or_else(Phase::skipped);
-            for p in parts {
-                into.absorb(p);
-            }
+        (responses, chat_after) = interleaved(sessions, |make| {
+            measured(gw.pid, closed_loop(gw.addr, o.connections, part, make))
+        })
+        .await;
+        if paced_rate > 0 {
+            (responses_paced, chat_paced) = interleaved(sessions, |make| {
+                measured(gw.pid, open_loop(gw.addr, paced_rate, part, make))
+            })
+            .await;
         }
     }
     let replicas = if o.phases.runs(Stage::Replicas) {
@@ -156,10 +158,42 @@ pub async fn run(s: &Servers, o: &Options, sessions: &Arc<Vec<String>>) -> Chat 
         chat,
         responses,
         chat_after,
+        responses_paced,
+        chat_paced,
+        paced_rate,
         direct_sized,
         sized_history: sized.then_some(avg_history),
         init,
         feedback,
         replicas,
     }
+}
+
+/// Stored responses and `/chat/` turns, each part run by `run`, in the
+/// order R C C R R C, so that the growth of the histories and the database
+/// falls on both alike: (the responses, the turns).
+async fn interleaved<F, Fut>(sessions: &Arc<Vec<String>>, run: F) -> (Phase, Phase)
+where
+    F: Fn(crate::load::Make) -> Fut,
+    Fut: std::future::Future<Output = Phase>,
+{
+    let (mut r, mut c) = (Vec::new(), Vec::new());
+    for response_first in [true, false, true] {
+        for response in [response_first, !response_first] {
+            if response {
+                r.push(run(responses_maker(Arc::clone(sessions))).await);
+            } else {
+                c.push(run(chat_maker(Arc::clone(sessions))).await);
+            }
+        }
+    }
+    let joined = |parts: Vec<Phase>| {
+        let mut parts = parts.into_iter();
+        let mut all = parts.next().unwrap_or_else(Phase::skipped);
+        for p in parts {
+            all.absorb(p);
+        }
+        all
+    };
+    (joined(r), joined(c))
 }

@@ -190,6 +190,8 @@ async fn drive(o: Options) -> ExitCode {
     let acked = chat.chat.ok
         + chat.responses.ok
         + chat.chat_after.ok
+        + chat.responses_paced.ok
+        + chat.chat_paced.ok
         + warmed.map_or(0, |w| w.acked)
         + lat.chat_open.ok
         + lat.chat_c1.ok

@@ -256,7 +256,7 @@ pub fn summary(
     println!();
     let runs = std::mem::take(&mut chat.replicas);
     replicas::report(&mut chat.direct, &mut chat.chat, o, runs);
-    ratios(&chat);
+    ratios(&mut chat);
     for (name, dir, g) in latency_rows(lat) {
         println!(
             "added latency, {name}: p50 {:+.3} ms, p99 {:+.3} ms",
@@ -284,6 +284,8 @@ pub fn summary(
     let non_2xx = chat.chat.non_2xx
         + chat.responses.non_2xx
         + chat.chat_after.non_2xx
+        + chat.responses_paced.non_2xx
+        + chat.chat_paced.non_2xx
         + chat.init.non_2xx
         + chat.feedback.non_2xx
         + lat.chat_open.non_2xx
@@ -293,7 +295,7 @@ pub fn summary(
 }
 
 /// chatgate's throughput over the mock's, endpoint by endpoint.
-fn ratios(c: &Chat) {
+fn ratios(c: &mut Chat) {
     let (chat, direct) = (c.chat.rate(), c.direct.rate());
     println!(
         "ratio chatgate/direct, /chat/ throughput: {:.3} ({:.0} vs {:.0} turns/s)",
@@ -319,6 +321,17 @@ fn ratios(c: &Chat) {
             c.chat.cpu_us_per_ok(),
             c.responses.rate(),
             c.chat_after.rate()
+        );
+    }
+    if c.responses_paced.ok > 0 {
+        let turn = c.chat_paced.cpu_us_per_ok();
+        let response = c.responses_paced.cpu_us_per_ok();
+        println!(
+            "stored response vs /chat/ turn at one fixed rate ({}/s, interleaved R C C R R C), gateway CPU per request: {response:.1} vs {turn:.1} µs ({:+.1}%); p99 {:.1} vs {:.1} ms",
+            c.paced_rate,
+            (response / turn - 1.0) * 100.0,
+            c.responses_paced.pct(0.99),
+            c.chat_paced.pct(0.99)
         );
     }
     println!(
