@@ -18,7 +18,7 @@ use slog::{error, info, warn};
 use crate::body::{Body, UpstreamTarget, UpstreamTime};
 use crate::cors::preflight;
 use crate::error::ApiError;
-use crate::routes::{dispatch, is_openai_path, method_label, route_template};
+use crate::routes::{dispatch, find, is_openai_path, method_label, Matched};
 use crate::App;
 
 /// Serves one request: the service function given to hyper.
@@ -38,12 +38,13 @@ pub async fn serve(
         .cloned();
     let rid: &str = request_id.to_str().unwrap_or("-");
     let openai_shape = is_openai_path(uri.path());
-    let route = route_template(uri.path()).unwrap_or("other");
+    let matched = find(uri.path());
+    let route = matched.as_ref().map_or("other", Matched::template);
     let method_label = method_label(&method);
     let mut limited = None;
 
     let result = if method == Method::OPTIONS {
-        if route_template(req.uri().path()).is_some() {
+        if matched.is_some() {
             Ok(preflight(preflight_headers))
         } else {
             Err(ApiError::not_found())
@@ -51,7 +52,7 @@ pub async fn serve(
     } else {
         // A panic in a handler is a bug: answer 500 (the cause goes to the
         // log) instead of dropping the connection.
-        match CatchUnwind(Box::pin(dispatch(&app, req, rid, peer))).await {
+        match CatchUnwind(Box::pin(dispatch(&app, req, matched, rid, peer))).await {
             Ok(result) => result,
             Err(panic) => {
                 let what = panic

@@ -302,14 +302,21 @@ static ROUTES: &[Route] = &[
 
 /// A path matched to its route, with its parameter (an id, a file name,
 /// a model) and, for a route with two, the second (an item's id).
-struct Matched<'p> {
+pub(crate) struct Matched<'p> {
     route: &'static Route,
     param: &'p str,
     second: &'p str,
 }
 
+impl Matched<'_> {
+    /// The route's template (the metrics' `route` label).
+    pub(crate) fn template(&self) -> &'static str {
+        self.route.template
+    }
+}
+
 /// The route `path` matches.
-fn find(path: &str) -> Option<Matched<'_>> {
+pub(crate) fn find(path: &str) -> Option<Matched<'_>> {
     let body = path.strip_prefix('/').unwrap_or(path);
     let trimmed = body.strip_suffix('/').unwrap_or(body);
     'routes: for route in ROUTES {
@@ -382,15 +389,17 @@ pub fn is_openai_path(path: &str) -> bool {
     path == "/v1" || path.starts_with("/v1/")
 }
 
-/// Routes a request: finds its route and method, asks who is calling as
-/// the route needs, and calls the handler.
+/// Routes a request to the route its path matched (found once, by the
+/// caller, which labels its metrics with it): checks its method, asks
+/// who is calling as the route needs, and calls the handler.
 pub(crate) async fn dispatch(
     app: &Arc<App>,
     req: Request<Incoming>,
+    matched: Option<Matched<'_>>,
     rid: &str,
     peer: IpAddr,
 ) -> HandlerResult {
-    let Some(matched) = find(req.uri().path()) else {
+    let Some(matched) = matched else {
         return Err(ApiError::not_found());
     };
     if let Some(exists) = matched.route.exists {

@@ -10,6 +10,8 @@
 //! the response's id, so the items a stream announces are the ones the
 //! object holds.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use chatcore::{Usage, WireMessage};
 use hyper::header::{HeaderValue, CONTENT_TYPE};
@@ -430,7 +432,9 @@ enum Open {
 /// The Responses framing, for one request.
 #[derive(Debug)]
 pub struct Responses {
-    meta: Meta,
+    /// Shared with what the turn stores (a stored response's document is
+    /// written from it once the reply is whole).
+    meta: Arc<Meta>,
     seq: u64,
     /// Output items announced, in order; the last may still be open.
     items: Vec<Value>,
@@ -439,9 +443,9 @@ pub struct Responses {
 
 impl Responses {
     /// A framing for the response `meta` describes.
-    pub fn new(meta: Meta) -> Self {
+    pub fn new(meta: impl Into<Arc<Meta>>) -> Self {
         Responses {
-            meta,
+            meta: meta.into(),
             seq: 0,
             items: Vec::new(),
             open: None,

@@ -42,7 +42,7 @@ pub async fn create(
 ) -> HandlerResult {
     let (parts, body) = req.into_parts();
     let body = read_body(app, body, &parts.headers, app.max_v1_body_bytes).await?;
-    let request = parse_responses(&body, &app.v1_policy)?;
+    let mut request = parse_responses(&body, &app.v1_policy)?;
     drop(body);
     if !app.models.contains(&request.model) {
         return Err(model_not_found(&request.model));
@@ -68,7 +68,7 @@ pub async fn create(
         previous_response_id: request.previous_response_id.clone(),
         conversation: request.conversation.clone(),
         store: request.store,
-        echo: request.echo.clone(),
+        echo: std::mem::take(&mut request.echo),
     };
     if request.store {
         stored(app, scoped, request, meta, rid).await
@@ -151,11 +151,11 @@ async fn stored(
     let again = previous
         .as_ref()
         .map(|_| (messages.clone(), options.clone()));
-    let conversation = request.conversation.clone();
+    let conversation = request.conversation.as_deref();
     let mut prepared = scoped
         .prepare(session, TurnInput::Items(messages), options)
         .await
-        .map_err(|e| match &conversation {
+        .map_err(|e| match conversation {
             Some(c) => or_not_found(e, || conversation_not_found(c)),
             None => e.into(),
         })?;
@@ -185,7 +185,8 @@ async fn stored(
         name_items(&mut items, &meta.id);
         items
     });
-    let kept = meta.clone();
+    let meta = Arc::new(meta);
+    let kept = Arc::clone(&meta);
     prepared = prepared.with_response(meta.id.clone(), move |c, _| {
         kept.kept(c.finish_reason.as_deref(), items.as_deref())
     });
