@@ -315,7 +315,8 @@ impl Matched<'_> {
     }
 }
 
-/// The route `path` matches.
+/// The route `path` matches, or `None` for a path that is none of ours
+/// (404, CORS preflights included).
 pub(crate) fn find(path: &str) -> Option<Matched<'_>> {
     let body = path.strip_prefix('/').unwrap_or(path);
     let trimmed = body.strip_suffix('/').unwrap_or(body);
@@ -364,12 +365,6 @@ pub(crate) fn find(path: &str) -> Option<Matched<'_>> {
         }
     }
     None
-}
-
-/// The route template `path` matches (the metrics' `route` label), or
-/// `None` for a path that is none of ours (CORS preflights answer 404).
-pub fn route_template(path: &str) -> Option<&'static str> {
-    find(path).map(|m| m.route.template)
 }
 
 /// The method as a metrics label (anything unusual is `other`).
@@ -523,7 +518,7 @@ mod tests {
             ("/nope", None),
             (&*format!("/session/{id}/messages/more"), None),
         ] {
-            assert_eq!(route_template(path), template, "{path}");
+            assert_eq!(find(path).map(|m| m.template()), template, "{path}");
         }
     }
 
