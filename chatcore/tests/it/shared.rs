@@ -59,6 +59,7 @@ on_postgres! {
     "current_thread" => appends_waiting_together_commit_in_one_statement_and_fail_alone,
     "current_thread" => claims_waiting_together_go_as_one_statement,
     "multi_thread" => a_batch_held_up_on_a_row_lock_holds_up_no_other_session,
+    "multi_thread" => the_store_vacuums_sessions_once_enough_turns_are_stored,
 }
 
 const TTL: Duration = Duration::from_secs(10);
@@ -1468,4 +1469,61 @@ async fn a_batch_held_up_on_a_row_lock_holds_up_no_other_session(schema: TestSch
         task.await.unwrap().unwrap();
     }
     assert_eq!(store.recent_messages(held_up, 10).await.unwrap().len(), 2);
+}
+
+/// Manual vacuums of `sessions` so far, as the server counts them
+/// (autovacuum's are counted apart).
+async fn vacuums(raw: &tokio_postgres::Client) -> i64 {
+    raw.query_one(
+        "SELECT vacuum_count FROM pg_stat_user_tables WHERE relid = 'sessions'::regclass",
+        &[],
+    )
+    .await
+    .expect("read the table's statistics")
+    .get(0)
+}
+
+async fn the_store_vacuums_sessions_once_enough_turns_are_stored(schema: TestSchema) {
+    let store = schema.store().await;
+    let raw = schema.raw().await;
+    let sessions: Vec<_> = (0..10).map(|_| session(t0())).collect();
+    for s in &sessions {
+        store.insert_session(s).await.unwrap();
+    }
+    let append = |n: usize| {
+        let (store, ids) = (
+            store.clone(),
+            sessions.iter().map(|s| s.id).collect::<Vec<_>>(),
+        );
+        async move {
+            for k in 0..n {
+                store
+                    .append_turn(ids[k % ids.len()], turn!("u", "a", 1))
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    // Fewer turns than call for a vacuum: none comes, however long.
+    append(999).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        vacuums(&raw).await,
+        0,
+        "a vacuum before enough turns were stored"
+    );
+    // The thousandth does.
+    append(1).await;
+    wait_until(Duration::from_secs(20), "a vacuum of sessions", || {
+        let raw = &raw;
+        async move { vacuums(raw).await >= 1 }
+    })
+    .await;
+    // Every turn is still there.
+    let messages: i64 = raw
+        .query_one("SELECT count(*) FROM messages", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(messages, 2000);
 }

@@ -79,6 +79,20 @@ impl PostgresStore {
         turn: Turn<'_>,
         token: Option<TurnToken>,
     ) -> Result<bool> {
+        let stored = self.append_once(id, turn, token).await?;
+        if stored {
+            self.db.upkeep.turn_stored();
+        }
+        Ok(stored)
+    }
+
+    /// [`PostgresStore::append`], uncounted.
+    async fn append_once(
+        &self,
+        id: SessionId,
+        turn: Turn<'_>,
+        token: Option<TurnToken>,
+    ) -> Result<bool> {
         if let Some(token) = token {
             let batched = self.db.appends.append(*id.as_uuid(), token.0, &turn);
             // Bounded as a lone statement is: an append given up on before

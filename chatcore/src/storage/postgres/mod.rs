@@ -11,7 +11,8 @@
 //! `appends.rs`). The retention sweep is serialised by a lease
 //! (`purge.rs`), and the schema is migrated under an advisory lock
 //! (`schema.rs`); `sessions.rs`, `responses.rs`, `feedback.rs` and
-//! `keys.rs` hold the other operations. This file connects and maps errors.
+//! `keys.rs` hold the other operations; `vacuum.rs` keeps the sessions
+//! table lean under a stream of turns. This file connects and maps errors.
 //!
 //! Every connection runs with a `statement_timeout`; a statement that hits
 //! it, a server out of reach, a pool with no free connection in time and a
@@ -45,6 +46,7 @@ mod responses;
 mod schema;
 mod sessions;
 mod tls;
+mod vacuum;
 
 /// How a [`PostgresStore`] connects.
 #[derive(Clone)]
@@ -147,6 +149,8 @@ struct Db {
     appends: appends::Appends,
     /// Turn claims, in groups (`claims.rs`).
     claims_batches: claims::Claims,
+    /// Turns stored since `sessions` was last vacuumed (`vacuum.rs`).
+    upkeep: vacuum::Upkeep,
     log: Option<Logger>,
     /// Who this store is when it holds the sweep lease: random per store,
     /// so two gateways never mistake each other's lease for their own.
@@ -303,6 +307,7 @@ impl PostgresStore {
                 claims,
                 appends,
                 claims_batches,
+                upkeep: vacuum::Upkeep::default(),
                 log: options.sql_logger,
                 holder: uuid::Uuid::new_v4(),
                 connect_timeout: options.connect_timeout,
@@ -316,6 +321,7 @@ impl PostgresStore {
             store.db.log.as_ref(),
         )
         .await?;
+        vacuum::start(Arc::downgrade(&store.db), options.logger);
         Ok(store)
     }
 
