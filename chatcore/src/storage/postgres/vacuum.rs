@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use slog::Logger;
 
+use super::batch::bounded;
 use super::{pool_error, Db};
 use crate::error::Result;
 
@@ -92,16 +93,12 @@ pub(super) fn start(db: Weak<Db>, log: Option<Logger>) {
 
 /// One vacuum of `sessions`, on a pooled connection.
 async fn vacuum(db: &Db) -> Result<()> {
-    let client = db.pool.get().await.map_err(pool_error)?;
-    if let Some(log) = &db.log {
-        crate::storage::log_sql(log, VACUUM);
-    }
-    let call = client.batch_execute(VACUUM);
-    match tokio::time::timeout(db.call_timeout, call).await {
-        Ok(done) => Ok(done?),
-        Err(_) => Err(crate::error::Error::storage_unavailable(format!(
-            "PostgreSQL did not answer within {:?}",
-            db.call_timeout
-        ))),
-    }
+    bounded(db.call_timeout, async {
+        let client = db.pool.get().await.map_err(pool_error)?;
+        if let Some(log) = &db.log {
+            crate::storage::log_sql(log, VACUUM);
+        }
+        Ok(client.batch_execute(VACUUM).await?)
+    })
+    .await
 }
